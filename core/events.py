@@ -1,0 +1,239 @@
+"""Typed events the engine emits while a run goes on.
+
+Every renderer (the headless line printer, the JSON printer, the Textual dashboard, the journal's
+``events.jsonl``) consumes the same stream of these dataclasses through an :class:`EventBus`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+#: Every status a task can be in, in the order a task normally passes through them.
+TASK_STATUSES = (
+    "pending",
+    "creating",
+    "setup",
+    "running",
+    "succeeded",
+    "failed",
+    "aborted",
+    "rejected",
+    "conflict",
+    "merged",
+    "discarded",
+)
+#: Statuses after which the task's agent is no longer running.
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "aborted", "rejected", "conflict", "merged", "discarded"})
+
+PHASES = ("preflight", "creating", "setup", "running", "review", "merging", "verify", "landing", "report", "cleanup", "done")
+
+
+@dataclass(kw_only=True)
+class Event:
+    """Base of every event: which run, and when."""
+
+    TYPE: ClassVar[str] = "event"
+    run: str = ""
+    ts: float = field(default_factory=time.time)
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"type": self.TYPE}
+        data.update(dataclasses.asdict(self))
+        return data
+
+
+@dataclass(kw_only=True)
+class RunStarted(Event):
+    TYPE: ClassVar[str] = "run_started"
+    repo: str
+    base: str
+    base_commit: str
+    backend: str
+    run_dir: str
+    tasks: list[str]
+    agents: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class PhaseChanged(Event):
+    TYPE: ClassVar[str] = "phase"
+    phase: str
+
+
+@dataclass(kw_only=True)
+class TaskStatus(Event):
+    """A task moved to another status (see :data:`TASK_STATUSES`)."""
+
+    TYPE: ClassVar[str] = "task_status"
+    task: str
+    status: str
+    reason: str = ""
+    workspace: str = ""
+    branch: str = ""
+
+
+@dataclass(kw_only=True)
+class TaskOutput(Event):
+    """One line of an agent's (or its setup's) output, already made readable by its parser."""
+
+    TYPE: ClassVar[str] = "output"
+    task: str
+    line: str
+    stream: str = "agent"  # agent | setup
+
+
+@dataclass(kw_only=True)
+class TaskActivity(Event):
+    """What the agent says it is doing now (from structured output), for the pane's status line."""
+
+    TYPE: ClassVar[str] = "activity"
+    task: str
+    text: str
+
+
+@dataclass(kw_only=True)
+class TaskFinished(Event):
+    """An agent exited and its work was committed onto its branch."""
+
+    TYPE: ClassVar[str] = "task_finished"
+    task: str
+    status: str
+    exit_code: int | None
+    duration: float
+    cost: float | None = None
+    tokens: int | None = None
+    files: list[str] = field(default_factory=list)
+    added: int = 0
+    removed: int = 0
+    commit: str = ""
+    text: str = ""
+    reason: str = ""
+
+
+@dataclass(kw_only=True)
+class ForecastEvent(Event):
+    """Predicted merge outcome of one succeeded task against base and every other task."""
+
+    TYPE: ClassVar[str] = "forecast"
+    task: str
+    files: list[str]
+    conflicts_with: list[str]
+    conflicts_with_base: bool
+    conflict_files: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ReviewDecision(Event):
+    TYPE: ClassVar[str] = "review"
+    task: str
+    approved: bool
+    by: str = "policy"
+
+
+@dataclass(kw_only=True)
+class MergeEvent(Event):
+    """The outcome of merging one approved task into the integration workspace."""
+
+    TYPE: ClassVar[str] = "merge"
+    task: str
+    ok: bool
+    strategy: str
+    commit: str = ""
+    conflict_files: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class VerifyOutput(Event):
+    TYPE: ClassVar[str] = "verify_output"
+    line: str
+
+
+@dataclass(kw_only=True)
+class VerifyResult(Event):
+    TYPE: ClassVar[str] = "verify"
+    ok: bool
+    exit_code: int | None
+    command: str
+    duration: float
+
+
+@dataclass(kw_only=True)
+class Landed(Event):
+    TYPE: ClassVar[str] = "land"
+    ok: bool
+    base: str
+    old: str = ""
+    new: str = ""
+    message: str = ""
+    kept: str = ""  # integration branch kept when landing did not happen
+
+
+@dataclass(kw_only=True)
+class LogEvent(Event):
+    """An engine message or an ``rt.observe.log`` call."""
+
+    TYPE: ClassVar[str] = "log"
+    level: str
+    message: str
+    task: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RunFinished(Event):
+    TYPE: ClassVar[str] = "run_finished"
+    exit_code: int
+    state: str
+    report: str = ""
+    kept_branches: list[str] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    cost: float | None = None
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Fans events out to subscribers, synchronously and in order.
+
+    Subscribers must be quick (append to a buffer, write a line); a subscriber that raises is
+    dropped from nothing and never stops the run: its error is reported once on stderr.
+    """
+
+    def __init__(self, run: str = "") -> None:
+        self.run = run
+        self._subscribers: list[Subscriber] = []
+        self._broken: set[int] = set()
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def emit(self, event: Event) -> Event:
+        if not event.run:
+            event.run = self.run
+        for fn in list(self._subscribers):
+            try:
+                fn(event)
+            except Exception as exc:  # a renderer bug must not break the run
+                if id(fn) not in self._broken:
+                    self._broken.add(id(fn))
+                    import sys
+
+                    print(f"corral: event subscriber {fn!r} failed: {exc!r}", file=sys.stderr)
+        return event
+
+    def log(self, level: str, message: str, task: str | None = None, **data: Any) -> None:
+        self.emit(LogEvent(level=level, message=message, task=task, data=data))

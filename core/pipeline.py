@@ -1,0 +1,397 @@
+"""The plan pipeline: the eleven steps of a run (SPEC.md), written as a program on the runtime.
+
+:func:`prepare` is step 1 (preflight) and creates nothing; :func:`execute` does steps 2-11 and
+always cleans up, also when cancelled (Ctrl-C, SIGTERM, SIGHUP, quitting the dashboard).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import anyio
+
+from .events import (
+    EventBus,
+    ForecastEvent,
+    Landed,
+    MergeEvent,
+    ReviewDecision,
+    RunFinished,
+    RunStarted,
+    TaskFinished,
+    TaskOutput,
+    VerifyOutput,
+    VerifyResult,
+)
+from .journal import Journal, new_run_id
+from .plan import Plan, TaskSpec
+from .procs import Supervised
+from .report import render_report
+from .runtime import Approver, RunOptions, Runtime, TaskInfo
+from .setup import setup_command
+from .vcs import open_backend
+from .vcs.base import Backend, UsageError, VcsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class Prepared:
+    """A plan that passed preflight: everything needed to start, nothing created yet."""
+
+    plan: Plan
+    backend: Backend
+    base_name: str
+    base_commit: str
+    worktree_root: str | None
+    run_id: str = field(default_factory=new_run_id)
+
+
+async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
+                  max_parallel: int | None = None, approve: str | None = None) -> Prepared:
+    """Step 1, preflight. Raises :class:`UsageError` naming the problem; creates nothing."""
+    if base is not None:
+        plan.base = base
+    if verify is not None:
+        plan.verify = verify
+    if max_parallel is not None:
+        if max_parallel < 0:
+            raise UsageError(f"--max-parallel {max_parallel}: must be >= 0")
+        plan.max_parallel = max_parallel
+    if approve is not None:
+        plan.approve = approve
+    backend = await open_backend(repo, plan.vcs)
+    try:
+        base_name = plan.base or await backend.current_base()
+        base_commit = await backend.resolve(base_name)
+        problems = await backend.preflight()
+        if problems:
+            raise UsageError(problems[0])
+        for task in plan.tasks:
+            profile = plan.profile(task)
+            if profile.find() is None:
+                raise UsageError(
+                    f"task {task.name!r}: agent {profile.name!r} needs {profile.executable!r}, which is not on PATH "
+                    f"(install it, or set [agents.{profile.name}] command = [...] in the plan)"
+                )
+            ref = backend.ref_name("20000101-000000-0000", task.name)
+            if not await backend.check_ref_name(ref):
+                raise UsageError(f"task {task.name!r}: {ref!r} is not a valid branch name")
+        root = plan.worktree_root or None
+        if root:
+            p = Path(root).expanduser()
+            if not p.is_dir():
+                raise UsageError(f"worktree_root {root!r}: no such directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UsageError(f"worktree_root {root!r}: not writable")
+            root = str(p.resolve())
+        else:
+            import tempfile
+
+            tmp = tempfile.gettempdir()
+            if not os.access(tmp, os.W_OK | os.X_OK):
+                raise UsageError(f"temp dir {tmp!r}: not writable (set worktree_root)")
+    except BaseException:
+        await backend.close()
+        raise
+    return Prepared(plan, backend, base_name, base_commit, root)
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    run_id: str
+    run_dir: Path
+    report: Path | None
+    state: str
+    runtime: Runtime | None = None
+
+
+async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False,
+                  grace: float = 3.0, on_runtime: Callable[[Runtime], None] | None = None) -> Outcome:
+    """Steps 2-11. Cancellation (Ctrl-C and friends) propagates after cleanup has run."""
+    plan, backend = prep.plan, prep.backend
+    bus.run = prep.run_id
+    journal = Journal(backend.state_dir, prep.run_id)
+    journal.create()
+    unsubscribe = bus.subscribe(journal.on_event)
+    journal.update(
+        state="running", pid=os.getpid(), repo=str(backend.root), backend=backend.kind, base=prep.base_name,
+        base_commit=prep.base_commit, plan=plan.to_dict(),
+    )
+    options = RunOptions(run_id=prep.run_id, worktree_root=prep.worktree_root, grace=grace,
+                         keep_worktrees=keep_worktrees)
+    rt = Runtime(backend=backend, bus=bus, journal=journal, profiles=plan.agents, approver=approver,
+                 options=options, base_name=prep.base_name, base_commit=prep.base_commit)
+    state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "", "cancelled": False,
+             "error": ""}
+    outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
+    for t in plan.tasks:
+        rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+    if on_runtime:
+        on_runtime(rt)
+    bus.emit(RunStarted(repo=str(backend.root), base=prep.base_name, base_commit=prep.base_commit,
+                        backend=backend.kind, run_dir=str(journal.dir), tasks=[t.name for t in plan.tasks],
+                        agents={t.name: t.agent for t in plan.tasks}))
+    try:
+        async with rt:
+            await _steps(rt, plan, state)
+    except anyio.get_cancelled_exc_class():
+        state["cancelled"] = True
+        raise
+    except (VcsError, OSError) as exc:
+        state["error"] = str(exc)
+        bus.log("error", f"run failed: {exc}")
+    finally:
+        with anyio.CancelScope(shield=True):
+            outcome.exit_code = _exit_code(rt, state)
+            outcome.state = ("interrupted" if state["cancelled"] else
+                             "error" if state["error"] else "completed" if outcome.exit_code == 0 else "failed")
+            await _finish(rt, plan, state, outcome, keep_worktrees)
+            unsubscribe()
+            journal.close()
+            await backend.close()
+    return outcome
+
+
+async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
+    bus = rt.bus
+    # steps 2-5, per task: workspace, setup, agent, commit
+    rt.set_phase("running")
+    sem = anyio.Semaphore(plan.max_parallel or len(plan.tasks))
+    async with anyio.create_task_group() as tg:
+        for t in plan.tasks:
+            tg.start_soon(_task_flow, rt, plan, t, sem)
+
+    # step 6: review
+    done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
+    if not done:
+        bus.log("info", "no task succeeded: nothing to review or merge")
+        return
+    rt.set_phase("review")
+    heads = {t.name: t.workspace.head for t in done if t.workspace}
+    forecast = await rt.workspaces.forecast(heads)
+    for t in done:
+        others = forecast.conflicts_of(t.name)
+        bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
+                               conflicts_with=sorted(k for k in others if k != "base"),
+                               conflicts_with_base="base" in others, conflict_files=others))
+    decisions = await rt.approver.review(rt, done, forecast)
+    for t in done:
+        t.approved = bool(decisions.get(t.name))
+        bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
+        if not t.approved and t.status == "succeeded":
+            rt.set_status(t.name, "rejected", "not approved")
+    approved = [rt.tasks[t.name] for t in plan.tasks
+                if rt.tasks[t.name].approved and rt.tasks[t.name].status == "succeeded"]
+    if not approved:
+        bus.log("info", "nothing approved: nothing to merge")
+        return
+
+    # step 7: merge into the integration workspace
+    rt.set_phase("merging")
+    integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved], plan.merge)
+    state["integration"] = integ
+    merged: list[TaskInfo] = []
+    for o in outcomes:
+        info = rt.tasks[o.task]
+        bus.emit(MergeEvent(task=o.task, ok=o.ok, strategy=plan.merge, commit=o.commit,
+                            conflict_files=o.conflict_files))
+        if o.ok:
+            merged.append(info)
+        else:
+            info.conflict_files = o.conflict_files
+            rt.set_status(o.task, "conflict", "conflicts in " + ", ".join(o.conflict_files[:5]))
+    state["merged"] = merged
+    if not merged:
+        return
+    if integ.head == rt.base_commit:
+        bus.log("info", "the approved tasks changed nothing: nothing to land")
+        for info in merged:
+            info.merged = True
+            rt.set_status(info.name, "merged", "no changes")
+        state["landed"] = True
+        return
+
+    # step 8: verify
+    if plan.verify.strip():
+        rt.set_phase("verify")
+        start = time.monotonic()
+        bus.log("info", f"verify: {plan.verify}")
+        proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path,
+                          on_line=lambda line: bus.emit(VerifyOutput(line=line)),
+                          log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
+        res = await proc.run()
+        ok = res.exit_code == 0
+        state["verify_ok"] = ok
+        bus.emit(VerifyResult(ok=ok, exit_code=res.exit_code, command=plan.verify, duration=time.monotonic() - start))
+        if not ok:
+            state["integration_kept"] = integ.ref
+            bus.log("error", f"verify failed (exit {res.exit_code}): nothing lands; the merge result is kept on "
+                             f"branch {integ.ref}")
+            return
+
+    # step 9: land
+    rt.set_phase("landing")
+    names = ", ".join(t.name for t in merged)
+    if not await rt.approver.confirm_land(rt, f"Land {names} onto {rt.base_name}?"):
+        state["landed"] = False
+        state["integration_kept"] = integ.ref
+        state["land_message"] = "landing declined"
+        bus.emit(Landed(ok=False, base=rt.base_name, old=rt.base_commit, new=integ.head,
+                        message="landing declined", kept=integ.ref))
+        return
+    land = await rt.backend.land(rt.base_name, rt.base_commit, integ.head)
+    state["landed"] = land.ok
+    state["land_message"] = land.message
+    if land.ok:
+        for info in merged:
+            info.merged = True
+            rt.set_status(info.name, "merged")
+        bus.emit(Landed(ok=True, base=rt.base_name, old=land.old, new=land.new, message=land.message))
+    else:
+        state["integration_kept"] = integ.ref
+        hint = _land_hint(rt, integ.ref)
+        bus.emit(Landed(ok=False, base=rt.base_name, old=land.old, new=land.new,
+                        message=f"{land.message}; {hint}", kept=integ.ref))
+
+
+def _land_hint(rt: Runtime, ref: str) -> str:
+    if rt.backend.kind == "jj":
+        return f"to land by hand: jj bookmark set {rt.base_name} -r {ref}"
+    return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
+
+
+async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    bus, name = rt.bus, t.name
+    info = rt.tasks[name]
+    if rt.aborted(name):
+        rt.set_status(name, "aborted", "aborted before start")
+        return
+    rt.set_status(name, "creating")
+    try:
+        ws = await rt.workspaces.create(name)
+    except VcsError as exc:
+        rt.set_status(name, "failed", f"workspace: {exc}")
+        return
+    info.workspace = ws
+    rt.set_status(name, "setup")
+    command, why = setup_command(plan.task_setup(t), ws.path)
+    if command:
+        bus.log("info", f"setup ({why}): {command}", task=name)
+        proc = Supervised(
+            ["sh", "-c", command], cwd=ws.path,
+            on_line=lambda line: bus.emit(TaskOutput(task=name, line=line, stream="setup")),
+            log_path=rt.journal.log_path(name), grace=rt.options.grace,
+        )
+        rt._procs[name] = proc
+        try:
+            res = await proc.run()
+        finally:
+            rt._procs.pop(name, None)
+        if rt.aborted(name):
+            rt.set_status(name, "aborted", "aborted during setup")
+            return
+        if res.exit_code != 0:
+            rt.set_status(name, "failed", f"setup failed (exit {res.exit_code}): {command}")
+            return
+    elif plan.task_setup(t) == "auto":
+        bus.log("debug", f"setup: {why}", task=name)
+    async with sem:
+        result = await rt.run_agent({
+            "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
+            "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
+        })
+    first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
+    with anyio.CancelScope(shield=True):
+        try:
+            snap = await rt.workspaces.snapshot(ws, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+        except VcsError as exc:
+            bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
+            rt.set_status(name, "failed", f"commit failed: {exc}")
+            return
+    info.snapshot = snap
+    bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code, duration=result.duration,
+                          cost=result.usage.cost, tokens=result.usage.tokens or None, files=snap.files,
+                          added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,
+                          reason=result.reason))
+    rt.journal.update_task(name, files=snap.files, commit=snap.commit, added=snap.added, removed=snap.removed)
+    rt.set_status(name, result.status, result.reason)
+
+
+def _exit_code(rt: Runtime, state: dict) -> int:
+    if state["cancelled"]:
+        return EXIT_INTERRUPTED
+    if state["error"]:
+        return EXIT_FAILED
+    bad = any(t.status in ("failed", "aborted", "conflict") for t in rt.tasks.values())
+    if bad or state["verify_ok"] is False or state["landed"] is False:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_worktrees: bool) -> None:
+    """Steps 10 and 11: report, then cleanup (always)."""
+    bus = rt.bus
+    # stop anything still running (a cancelled run): the task group already did; be sure
+    for proc in list(rt._procs.values()):
+        proc.stop("cancelled")
+    for info in rt.tasks.values():
+        if not info.finished:
+            rt.set_status(info.name, "aborted", "run interrupted" if state["cancelled"] else "run ended")
+
+    def keep(ws) -> bool:
+        if ws.task == "integration":
+            return bool(state.get("integration_kept"))
+        info = rt.tasks.get(ws.task)
+        return info is None or info.status not in ("merged", "discarded")
+
+    kept = []
+    for info in rt.tasks.values():
+        if info.workspace is not None and keep(info.workspace):
+            info.branch_kept = True
+            kept.append(info.workspace.ref)
+    if state.get("integration_kept"):
+        kept.append(state["integration_kept"])
+
+    rt.set_phase("report")
+    report = render_report(rt, plan, state, outcome, kept)
+    path = rt.journal.dir / "report.md"
+    path.write_text(report, encoding="utf-8")
+    outcome.report = path
+
+    rt.set_phase("cleanup")
+    if keep_worktrees:
+        bus.log("info", "--keep-worktrees: workspaces left in place: "
+                + ", ".join(str(ws.path) for ws in rt.workspaces.list()))
+    else:
+        await rt.workspaces.cleanup(keep)
+        # branches of merged tasks whose workspace was already gone
+        for info in rt.tasks.values():
+            ws = info.workspace
+            if ws is not None and info.status in ("merged", "discarded") and await rt.backend.ref_exists(ws.ref):
+                await rt.backend.delete_ref(ws.ref)
+    rt.set_phase("done")
+    total_cost = sum((t.result.usage.cost or 0) for t in rt.tasks.values() if t.result and t.result.usage.cost)
+    has_cost = any(t.result and t.result.usage.cost is not None for t in rt.tasks.values())
+    summary = [
+        {
+            "task": t.name, "agent": t.agent, "status": t.status, "reason": t.reason,
+            "duration": round(t.result.duration, 2) if t.result else None,
+            "cost": t.result.usage.cost if t.result else None,
+            "files": len(t.snapshot.files) if t.snapshot else 0,
+            "branch": t.workspace.ref if (t.workspace and t.branch_kept) else "",
+        }
+        for t in rt.tasks.values()
+    ]
+    rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(),
+                      landed=bool(state.get("landed")), kept_branches=kept, report=str(path))
+    bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(path), kept_branches=kept,
+                         summary=summary, cost=total_cost if has_cost else None))
+
+
+__all__ = ["prepare", "execute", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -1,0 +1,209 @@
+"""The process supervisor: start a command in its own process group, stream its output line by line,
+log every byte to disk, and stop the whole group (TERM, then KILL after a grace period) on abort,
+timeout, cancellation or exit. Every process started here is reaped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import anyio
+from anyio.abc import Process
+
+#: Longest line handed to a display callback; the log file always keeps the full output.
+MAX_DISPLAY_LINE = 16 * 1024
+CHUNK = 64 * 1024
+DEFAULT_GRACE = 3.0
+
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_line(raw: bytes) -> str:
+    """Bytes of one output line to text fit for a pane: UTF-8 (bad bytes replaced), no ANSI escapes,
+    no control characters, no trailing CR."""
+    text = raw.decode("utf-8", errors="replace")
+    if "\r" in text:
+        # progress bars redraw with CR: show the last state of the line
+        text = text.rstrip("\r").rsplit("\r", 1)[-1]
+    if "\x1b" in text:
+        text = _ANSI_RE.sub("", text)
+    return _CTRL_RE.sub("\ufffd", text).replace("\t", "    ")
+
+
+@dataclass
+class ProcResult:
+    exit_code: int | None
+    reason: str  # exited | timeout | aborted | cancelled | error
+    duration: float
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group has no process left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+async def kill_group(proc: Process, grace: float = DEFAULT_GRACE) -> None:
+    """Stop a process group: TERM, wait up to ``grace`` for the leader, then KILL whatever is left
+    of the group (the leader can exit while its children live on), and reap the leader."""
+    with anyio.CancelScope(shield=True):
+        pgid = proc.pid
+        if proc.returncode is None:
+            if _signal_group(pgid, signal.SIGTERM):
+                with anyio.move_on_after(grace):
+                    await proc.wait()
+        else:
+            # the leader is gone; give its children a moment after TERM before KILL
+            if _signal_group(pgid, signal.SIGTERM):
+                deadline = time.monotonic() + min(grace, 0.5)
+                while time.monotonic() < deadline and _signal_group(pgid, 0):
+                    await anyio.sleep(0.02)
+        _signal_group(pgid, signal.SIGKILL)
+        await proc.wait()
+
+
+class Supervised:
+    """One supervised command. Create, then ``await run()``; ``stop(reason)`` from the same event loop
+    ends it early (TERM to the group, KILL after ``grace``)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | Path,
+        env: dict[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+        log_path: Path | None = None,
+        timeout: float = 0,
+        grace: float = DEFAULT_GRACE,
+        on_start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cwd = str(cwd)
+        self.env = env
+        self.on_line = on_line or (lambda line: None)
+        self.log_path = log_path
+        self.timeout = timeout
+        self.grace = grace
+        self.on_start = on_start
+        self.pid: int | None = None
+        self._stop = anyio.Event()
+        self._stop_reason = "aborted"
+        self._proc: Process | None = None
+
+    def stop(self, reason: str = "aborted") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def run(self) -> ProcResult:
+        start = time.monotonic()
+        reason = "exited"
+        try:
+            proc = await anyio.open_process(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.on_line(f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}")
+            return ProcResult(None, "error", time.monotonic() - start)
+        self._proc = proc
+        self.pid = proc.pid
+        if self.on_start:
+            self.on_start(proc.pid)
+        log = open(self.log_path, "ab") if self.log_path else None
+        try:
+            async with anyio.create_task_group() as tg:
+                pump_done = anyio.Event()
+                tg.start_soon(self._pump, proc, log, pump_done)
+                watch = anyio.CancelScope()
+
+                async def watcher() -> None:
+                    nonlocal reason
+                    with watch:
+                        limit = self.timeout if self.timeout and self.timeout > 0 else math.inf
+                        with anyio.move_on_after(limit):
+                            await self._stop.wait()
+                        reason = self._stop_reason if self._stop.is_set() else "timeout"
+                        await kill_group(proc, self.grace)
+
+                tg.start_soon(watcher)
+                await proc.wait()
+                watch.cancel()
+                # children the agent left behind (a dev server) die with it
+                await kill_group(proc, self.grace)
+                with anyio.move_on_after(2):
+                    await pump_done.wait()
+                tg.cancel_scope.cancel()
+        except BaseException:
+            reason = "cancelled"
+            raise
+        finally:
+            await kill_group(proc, self.grace)
+            with anyio.CancelScope(shield=True):
+                await proc.aclose()
+            if log:
+                log.close()
+        code = proc.returncode
+        return ProcResult(code, reason, time.monotonic() - start)
+
+    async def _pump(self, proc: Process, log, done: anyio.Event) -> None:
+        assert proc.stdout is not None
+        buf = b""
+        emit = self.on_line
+        try:
+            while True:
+                try:
+                    chunk = await proc.stdout.receive(CHUNK)
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    break
+                if log:
+                    log.write(chunk)
+                buf += chunk
+                if b"\n" in buf:
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        if len(raw) > MAX_DISPLAY_LINE:
+                            raw = raw[:MAX_DISPLAY_LINE] + b" [...]"
+                        emit(clean_line(raw))
+                if len(buf) > MAX_DISPLAY_LINE:
+                    # a line with no newline for a long while: show what we have, keep reading
+                    emit(clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]")
+                    buf = b""
+            if buf:
+                emit(clean_line(buf))
+        finally:
+            if log:
+                log.flush()
+            done.set()
+
+
+async def run_captured(argv: list[str], cwd: str | Path, env: dict[str, str] | None = None,
+                       timeout: float = 0) -> tuple[int | None, str]:
+    """Run a short command in its own process group and return (exit code, combined output)."""
+    lines: list[str] = []
+    result = await Supervised(argv, cwd=cwd, env=env, on_line=lines.append, timeout=timeout).run()
+    return result.exit_code, "\n".join(lines)

@@ -1,0 +1,87 @@
+"""``report.md``: what a run did, per task, with totals at the top."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .runtime import Runtime
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def fmt_cost(cost: float | None) -> str:
+    return "-" if cost is None else f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
+
+
+def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: Any, kept: list[str]) -> str:
+    tasks = list(rt.tasks.values())
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    costs = [t.result.usage.cost for t in tasks if t.result and t.result.usage.cost is not None]
+    tokens = sum(t.result.usage.tokens for t in tasks if t.result)
+    lines = [
+        f"# corral run {rt.run_id}",
+        "",
+        f"- repository: `{rt.backend.root}` ({rt.backend.kind})",
+        f"- base: `{rt.base_name}` at `{rt.base_commit[:12]}`",
+        f"- started: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rt.started))}, "
+        f"took {fmt_duration(time.time() - rt.started)}",
+        f"- outcome: **{outcome.state}** (exit code {outcome.exit_code})",
+        f"- tasks: {len(tasks)} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")",
+        f"- total cost: {fmt_cost(sum(costs)) if costs else '-'}" + (f", {tokens} tokens" if tokens else ""),
+        f"- merge strategy: {plan.merge}; verify: {('`' + plan.verify + '`') if plan.verify else 'none'}",
+    ]
+    if state.get("verify_ok") is not None:
+        lines.append(f"- verify: {'passed' if state['verify_ok'] else 'FAILED'}")
+    if state.get("landed") is True:
+        lines.append(f"- landed: yes ({state.get('land_message') or 'nothing to move'})")
+    elif state.get("landed") is False or state.get("integration_kept"):
+        lines.append(f"- landed: no ({state.get('land_message') or 'verify failed'})")
+    else:
+        lines.append("- landed: no (nothing to land)")
+    if state.get("error"):
+        lines.append(f"- error: {state['error']}")
+    if kept:
+        lines += ["", "## Branches kept (work not merged)", ""]
+        lines += [f"- `{ref}`" for ref in kept]
+    lines += ["", "## Tasks", "", "| task | agent | status | duration | cost | files | merged |",
+              "|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        files = len(t.snapshot.files) if t.snapshot else 0
+        lines.append(
+            f"| {t.name} | {t.agent} | {t.status}{(' (' + t.reason + ')') if t.reason else ''} | "
+            f"{fmt_duration(t.result.duration if t.result else None)} | "
+            f"{fmt_cost(t.result.usage.cost if t.result else None)} | {files} | {'yes' if t.merged else 'no'} |"
+        )
+    for t in tasks:
+        lines += ["", f"### {t.name}", ""]
+        lines.append(f"- status: {t.status}" + (f" ({t.reason})" if t.reason else ""))
+        if t.workspace:
+            lines.append(f"- branch: `{t.workspace.ref}`" + (" (kept)" if t.branch_kept else " (deleted)"))
+        if t.snapshot:
+            lines.append(f"- commit: `{t.snapshot.commit[:12]}`, +{t.snapshot.added} -{t.snapshot.removed}")
+            if t.snapshot.files:
+                lines.append("- files changed: " + ", ".join(f"`{f}`" for f in t.snapshot.files[:50])
+                             + (f" and {len(t.snapshot.files) - 50} more" if len(t.snapshot.files) > 50 else ""))
+        if t.conflict_files:
+            lines.append("- conflicts in: " + ", ".join(f"`{f}`" for f in t.conflict_files))
+        if t.result and t.result.text.strip():
+            lines += ["", "Final text:", "", "```text", t.result.text.strip()[:4000], "```"]
+    return "\n".join(lines) + "\n"

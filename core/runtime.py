@@ -1,0 +1,449 @@
+"""The runtime (``rt``): spawn agents, run them in parallel, join them, observe, ask for approval.
+
+It is the one engine behind both front doors: the plan pipeline (:mod:`corral.core.pipeline`) and
+user programs (``async def run(input, rt)``). Everything it does is announced on its
+:class:`~corral.core.events.EventBus`; the dashboard and the headless renderers only listen to that
+bus and call the control methods (:meth:`Runtime.abort`, :meth:`Runtime.abort_all`,
+:meth:`Runtime.discard`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+import anyio
+
+from .agents import Profile
+from .events import (
+    FINISHED_STATUSES,
+    EventBus,
+    LogEvent,
+    PhaseChanged,
+    TaskActivity,
+    TaskOutput,
+    TaskStatus,
+)
+from .journal import Journal, write_atomic
+from .parsers import Usage, make_parser
+from .procs import Supervised
+from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
+
+
+@dataclass
+class AgentResult:
+    """What one agent run produced (attribute names follow pi-factory's runtime)."""
+
+    agent: str
+    name: str
+    exit_code: int | None
+    text: str
+    usage: Usage
+    duration: float
+    status: str  # succeeded | failed | aborted
+    reason: str = ""
+    step: str = ""
+    cwd: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass
+class TaskInfo:
+    """Everything the engine knows about one task (or spawned agent), for renderers and the report."""
+
+    name: str
+    agent: str
+    prompt: str = ""
+    system_prompt: str = ""
+    status: str = "pending"
+    reason: str = ""
+    workspace: Workspace | None = None
+    snapshot: Snapshot | None = None
+    result: AgentResult | None = None
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    approved: bool | None = None
+    merged: bool = False
+    branch_kept: bool = False
+    conflict_files: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class Approver(Protocol):
+    """Who decides: a policy (``--approve all|none``), the terminal, or the dashboard."""
+
+    async def review(self, rt: "Runtime", candidates: list[TaskInfo], forecast: Forecast) -> dict[str, bool]: ...
+
+    async def confirm_land(self, rt: "Runtime", message: str) -> bool: ...
+
+    async def ask(self, rt: "Runtime", question: str, default: bool) -> bool: ...
+
+
+class PolicyApprover:
+    """``--approve all`` / ``--approve none``: decides without asking."""
+
+    def __init__(self, approve_all: bool) -> None:
+        self.approve_all = approve_all
+
+    async def review(self, rt: "Runtime", candidates: list[TaskInfo], forecast: Forecast) -> dict[str, bool]:
+        return {t.name: self.approve_all for t in candidates}
+
+    async def confirm_land(self, rt: "Runtime", message: str) -> bool:
+        return self.approve_all
+
+    async def ask(self, rt: "Runtime", question: str, default: bool) -> bool:
+        return self.approve_all
+
+
+@dataclass
+class RunOptions:
+    run_id: str
+    worktree_root: str | None = None
+    grace: float = 3.0
+    keep_worktrees: bool = False
+
+
+class Handle:
+    """A spawned agent; ``await rt.join(handle)`` gives its :class:`AgentResult`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.done = anyio.Event()
+        self.result: AgentResult | None = None
+        self.error: BaseException | None = None
+
+
+class Observer:
+    """``rt.observe``: log into the event log, write artifacts into the run folder."""
+
+    def __init__(self, rt: "Runtime") -> None:
+        self._rt = rt
+
+    def log(self, level: str, message: str, **data: Any) -> None:
+        self._rt.bus.emit(LogEvent(level=level, message=str(message), data=data))
+
+    def artifact(self, name: str, content: str | bytes) -> str:
+        safe = Path(name).name
+        if not safe or safe in (".", ".."):
+            raise ValueError(f"artifact name {name!r} is not a file name")
+        path = self._rt.journal.dir / safe
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            write_atomic(path, content)
+        self._rt.bus.emit(LogEvent(level="info", message=f"artifact {safe} written", data={"path": str(path)}))
+        return str(path)
+
+
+class Workspaces:
+    """``rt.workspaces``: the active backend's workspaces, tracked so that none outlives the run."""
+
+    def __init__(self, rt: "Runtime") -> None:
+        self._rt = rt
+        self.live: dict[str, Workspace] = {}
+
+    async def create(self, name: str, base: str | None = None) -> Workspace:
+        rt = self._rt
+        if name in self.live:
+            raise ValueError(f"workspace {name!r} already exists in this run")
+        base_commit = await rt.backend.resolve(base) if base else rt.base_commit
+        ws = await rt.backend.create_workspace(rt.run_id, name, base_commit, rt.options.worktree_root)
+        self.live[name] = ws
+        rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
+        return ws
+
+    async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:
+        return await self._rt.backend.snapshot(ws, message or f"corral: {ws.task}")
+
+    async def remove(self, ws: Workspace | str, keep_branch: bool = True) -> None:
+        ws = self.live.get(ws, None) if isinstance(ws, str) else ws
+        if ws is None:
+            return
+        await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+        self.live.pop(ws.task, None)
+        self._rt.journal.update_task(ws.task, workspace_removed=True, branch_kept=keep_branch)
+
+    def list(self) -> list[Workspace]:
+        return list(self.live.values())
+
+    async def forecast(self, heads: dict[str, str] | None = None) -> Forecast:
+        rt = self._rt
+        if heads is None:
+            heads = {ws.task: ws.head for ws in self.live.values() if ws.head}
+        bases = {name: self.live[name].base_commit for name in heads if name in self.live}
+        return await rt.backend.forecast(rt.base_name, heads, bases)
+
+    async def merge(self, heads: list[tuple[str, str]], strategy: str = "merge") -> tuple[Workspace, list[MergeOutcome]]:
+        rt = self._rt
+        ws, outcomes = await rt.backend.integrate(rt.run_id, rt.base_commit, heads, strategy, rt.options.worktree_root)
+        self.live[ws.task] = ws
+        return ws, outcomes
+
+    async def cleanup(self, keep: Callable[[Workspace], bool]) -> None:
+        """Remove every workspace still alive (shielded: runs even when the run is being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            for ws in list(self.live.values()):
+                try:
+                    await self.remove(ws, keep_branch=keep(ws))
+                except Exception as exc:  # keep going: other workspaces still need removing
+                    self._rt.bus.log("error", f"could not remove workspace {ws.path}: {exc}", task=ws.task)
+
+
+class Runtime:
+    """The runtime handed to programs as ``rt`` and used by the plan pipeline."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        bus: EventBus,
+        journal: Journal,
+        profiles: dict[str, Profile],
+        approver: Approver,
+        options: RunOptions,
+        base_name: str,
+        base_commit: str,
+    ) -> None:
+        self.backend = backend
+        self.bus = bus
+        self.journal = journal
+        self.profiles = profiles
+        self.approver = approver
+        self.options = options
+        self.run_id = options.run_id
+        self.base_name = base_name
+        self.base_commit = base_commit
+        self.tasks: dict[str, TaskInfo] = {}
+        self.phase = "preflight"
+        self.observe = Observer(self)
+        self.workspaces = Workspaces(self)
+        self._procs: dict[str, Supervised] = {}
+        self._abort_requested: set[str] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._counter = 0
+        self.started = time.time()
+
+    # -------------------------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> "Runtime":
+        self._tg_cm = anyio.create_task_group()
+        self._tg = await self._tg_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        try:
+            return await self._tg_cm.__aexit__(*exc)
+        finally:
+            self._tg = None
+
+    # ---------------------------------------------------------------------------- state
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.journal.update(phase=phase)
+        self.bus.emit(PhaseChanged(phase=phase))
+
+    def add_task(self, name: str, agent: str, prompt: str = "", system_prompt: str = "") -> TaskInfo:
+        info = self.tasks.get(name)
+        if info is None:
+            info = TaskInfo(name=name, agent=agent, prompt=prompt, system_prompt=system_prompt)
+            self.tasks[name] = info
+            self.journal.update_task(name, status="pending", agent=agent)
+        return info
+
+    def set_status(self, name: str, status: str, reason: str = "") -> None:
+        info = self.tasks[name]
+        info.status = status
+        info.reason = reason
+        ws = info.workspace
+        self.journal.update_task(name, status=status, reason=reason)
+        self.bus.emit(TaskStatus(task=name, status=status, reason=reason,
+                                 workspace=str(ws.path) if ws else "", branch=ws.ref if ws else ""))
+
+    # --------------------------------------------------------------------------- control
+    def abort(self, name: str) -> bool:
+        """Stop one agent (TERM to its process group, KILL after the grace period). A task still
+        waiting to start is aborted before it starts. Returns False when there is nothing to abort."""
+        info = self.tasks.get(name)
+        if info is None or info.finished:
+            return False
+        self._abort_requested.add(name)
+        proc = self._procs.get(name)
+        if proc is not None:
+            proc.stop("aborted")
+        self.bus.log("warning", f"abort requested for {name}", task=name)
+        return True
+
+    def abort_all(self) -> int:
+        return sum(1 for name in list(self.tasks) if self.abort(name))
+
+    def aborted(self, name: str) -> bool:
+        return name in self._abort_requested
+
+    async def discard(self, name: str) -> bool:
+        """Abort the task if it runs, then delete its workspace and its branch: its work is gone."""
+        info = self.tasks.get(name)
+        if info is None or info.status in ("merged", "discarded"):
+            return False
+        if not info.finished:
+            self.abort(name)
+            with anyio.move_on_after(self.options.grace + 5):
+                while not info.finished:
+                    await anyio.sleep(0.05)
+        ws = info.workspace
+        if ws is not None and ws.task in self.workspaces.live:
+            await self.workspaces.remove(ws, keep_branch=False)
+        elif ws is not None:
+            await self.backend.delete_ref(ws.ref)
+        self.set_status(name, "discarded", "discarded by the user")
+        return True
+
+    # ---------------------------------------------------------------------------- agents
+    def _spec(self, spec: dict[str, Any] | Any, step: str = "") -> dict[str, Any]:
+        if not isinstance(spec, dict):
+            raise TypeError(f"an agent spec is a dict, not {type(spec).__name__}")
+        unknown = set(spec) - {"agent", "task", "system_prompt", "cwd", "step", "profile", "name", "timeout"}
+        if unknown:
+            raise ValueError(f"agent spec: unknown keys {sorted(unknown)}")
+        out = dict(spec)
+        profile = out.get("profile") or out.get("agent")
+        if not profile or profile not in self.profiles:
+            raise ValueError(f"agent spec: unknown agent profile {profile!r} (known: {', '.join(sorted(self.profiles))})")
+        if not out.get("task"):
+            raise ValueError("agent spec: 'task' (the prompt) is empty")
+        out["profile"] = profile
+        out.setdefault("step", step)
+        if "name" not in out:
+            base = str(out.get("agent") or profile)
+            self._counter += 1
+            name = base if base not in self.tasks else f"{base}-{self._counter}"
+            out["name"] = name
+        return out
+
+    async def run_agent(self, spec: dict[str, Any]) -> AgentResult:
+        """Run one agent to completion in ``spec['cwd']`` (it must be a workspace or a directory)."""
+        spec = self._spec(spec)
+        name = spec["name"]
+        profile = self.profiles[spec["profile"]]
+        info = self.add_task(name, profile.name, spec["task"], spec.get("system_prompt", ""))
+        cwd = str(spec.get("cwd") or (info.workspace.path if info.workspace else self.backend.root))
+        timeout = float(spec.get("timeout") or profile.timeout or 0)
+        parser = make_parser(profile.format)
+        start = time.monotonic()
+        if self.aborted(name):
+            result = AgentResult(profile.name, name, None, "", Usage(), 0.0, "aborted", "aborted before start",
+                                 spec.get("step", ""), cwd)
+            info.result = result
+            self.set_status(name, "aborted", result.reason)
+            return result
+
+        argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
+                            workspace=cwd, run=self.run_id)
+        env = dict(os.environ)
+        env.update(dict(profile.env))
+        env.update({
+            "CORRAL_RUN": self.run_id,
+            "CORRAL_TASK": name,
+            "CORRAL_WORKSPACE": cwd,
+            # no auto-gc inside agents while others share the object store
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "gc.auto",
+            "GIT_CONFIG_VALUE_0": "0",
+        })
+        emit = self.bus.emit
+        last_activity = [""]
+
+        def on_line(line: str) -> None:
+            for shown in parser.feed(line):
+                emit(TaskOutput(task=name, line=shown))
+            if parser.activity != last_activity[0]:
+                last_activity[0] = parser.activity
+                emit(TaskActivity(task=name, text=parser.activity))
+
+        def on_start(pid: int) -> None:
+            info.pid = pid
+            self.journal.update_task(name, pid=pid, pgid=pid)
+
+        proc = Supervised(argv, cwd=cwd, env=env, on_line=on_line, log_path=self.journal.log_path(name),
+                          timeout=timeout, grace=self.options.grace, on_start=on_start)
+        self._procs[name] = proc
+        info.started = time.time()
+        self.set_status(name, "running")
+        try:
+            res = await proc.run()
+        finally:
+            self._procs.pop(name, None)
+            info.ended = time.time()
+        parser.finish()
+        if res.reason == "aborted" or self.aborted(name):
+            status, reason = "aborted", "aborted by the user"
+        elif res.reason == "timeout":
+            status, reason = "failed", f"timeout after {timeout:g}s"
+        elif res.reason == "error":
+            status, reason = "failed", f"could not start {argv[0]}"
+        elif res.exit_code != 0:
+            status, reason = "failed", f"exit code {res.exit_code}"
+        elif getattr(parser, "error", ""):
+            status, reason = "failed", str(getattr(parser, "error"))
+        else:
+            status, reason = "succeeded", ""
+        result = AgentResult(profile.name, name, res.exit_code, parser.final_text, parser.usage,
+                             time.monotonic() - start, status, reason, spec.get("step", ""), cwd)
+        info.result = result
+        self.journal.update_task(name, exit_code=res.exit_code, duration=result.duration, cost=result.usage.cost,
+                                 tokens=result.usage.tokens, pid=None)
+        return result
+
+    async def _run_handle(self, handle: Handle, spec: dict[str, Any]) -> None:
+        try:
+            result = await self.run_agent(spec)
+            info = self.tasks[result.name]
+            self.set_status(result.name, result.status, result.reason)
+            handle.result = result
+            del info
+        except BaseException as exc:
+            handle.error = exc
+            raise
+        finally:
+            handle.done.set()
+
+    def spawn(self, spec: dict[str, Any], step: str = "") -> Handle:
+        """Start an agent now; it gets a pane. ``await rt.join(handle)`` for its result."""
+        if self._tg is None:
+            raise RuntimeError("rt.spawn needs a running runtime")
+        spec = self._spec(spec, step)
+        info = self.add_task(spec["name"], spec["profile"], spec["task"], spec.get("system_prompt", ""))
+        self.set_status(info.name, "pending")
+        handle = Handle(spec["name"])
+        self._tg.start_soon(self._run_handle, handle, spec)
+        return handle
+
+    async def join(self, handle: Handle) -> AgentResult:
+        await handle.done.wait()
+        if handle.error is not None:
+            raise handle.error
+        assert handle.result is not None
+        return handle.result
+
+    async def parallel(self, step: str, specs: list[dict[str, Any]]) -> list[AgentResult]:
+        """Run every spec at once; results in the order of ``specs``."""
+        handles = [self.spawn(s, step) for s in specs]
+        return [await self.join(h) for h in handles]
+
+    async def approve(self, question: str, default: bool = False) -> bool:
+        """Ask the person (dashboard or terminal) or follow ``--approve``."""
+        self.bus.log("info", f"approval asked: {question}")
+        answer = await self.approver.ask(self, question, default)
+        self.bus.log("info", f"approval {'given' if answer else 'refused'}: {question}")
+        return answer
+
+
+AsyncFn = Callable[..., Awaitable[Any]]

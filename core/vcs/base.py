@@ -1,0 +1,183 @@
+"""The interface every VCS backend (git, jj) implements, and the value types it returns."""
+
+from __future__ import annotations
+
+import abc
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class VcsError(RuntimeError):
+    """A VCS operation failed; the message is fit for the user."""
+
+
+class UsageError(VcsError):
+    """The repository or a revision given by the user is not usable (exit 2, nothing created)."""
+
+
+@dataclass
+class Workspace:
+    """An isolated checkout one task works in."""
+
+    task: str
+    path: Path
+    ref: str  # git: branch name (corral/<run>/<task>); jj: bookmark name
+    name: str = ""  # jj: workspace name; git: the worktree id
+    base_commit: str = ""
+    head: str = ""  # commit holding the task's work once snapshotted
+
+
+@dataclass
+class Snapshot:
+    """The state of a task's work after its agent exited."""
+
+    commit: str
+    files: list[str]
+    added: int = 0
+    removed: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.files)
+
+
+@dataclass
+class Forecast:
+    """Predicted conflicts, from trial merges that leave no trace."""
+
+    files: dict[str, list[str]] = field(default_factory=dict)
+    #: (a, b) -> conflicting paths, for every pair of tasks that would conflict; b may be "base"
+    conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def conflicts_of(self, task: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for (a, b), paths in self.conflicts.items():
+            if a == task:
+                out[b] = paths
+            elif b == task:
+                out[a] = paths
+        return out
+
+
+@dataclass
+class MergeOutcome:
+    task: str
+    ok: bool
+    commit: str = ""
+    conflict_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LandOutcome:
+    ok: bool
+    message: str
+    old: str = ""
+    new: str = ""
+
+
+@dataclass
+class Leftover:
+    """A workspace an interrupted run left behind."""
+
+    run: str
+    task: str
+    path: Path
+    ref: str
+    name: str = ""
+    alive: bool = False  # the run that made it still runs
+
+
+def private_dir(root: str | Path | None, prefix: str) -> Path:
+    """A fresh private directory (mode 0700, unpredictable name) for a workspace."""
+    if root:
+        root = Path(root)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=str(root) if root else None))
+    os.chmod(path, 0o700)
+    return path
+
+
+class Backend(abc.ABC):
+    """One repository, one VCS. All methods are async; blocking work runs off the event loop."""
+
+    kind: str
+    root: Path
+
+    @property
+    @abc.abstractmethod
+    def state_dir(self) -> Path:
+        """Where corral keeps its journal for this repository."""
+
+    @abc.abstractmethod
+    async def current_base(self) -> str:
+        """The default base: the current branch (git) / ``@-`` (jj)."""
+
+    @abc.abstractmethod
+    async def resolve(self, rev: str) -> str:
+        """Commit id of ``rev``; :class:`UsageError` when it does not resolve."""
+
+    @abc.abstractmethod
+    async def preflight(self) -> list[str]:
+        """Problems that forbid a run (mid-merge, mid-rebase); empty when all is well."""
+
+    @abc.abstractmethod
+    def ref_name(self, run: str, task: str) -> str:
+        """The branch / bookmark holding a task's work."""
+
+    @abc.abstractmethod
+    async def check_ref_name(self, name: str) -> bool:
+        """Whether ``name`` is a valid branch / bookmark name."""
+
+    @abc.abstractmethod
+    async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
+        ...
+
+    @abc.abstractmethod
+    async def snapshot(self, ws: Workspace, message: str) -> Snapshot:
+        """Commit whatever the agent left uncommitted onto its branch and describe what changed."""
+
+    @abc.abstractmethod
+    async def diff(self, ws: Workspace, context: int = 3) -> str:
+        """The task's diff against its base."""
+
+    @abc.abstractmethod
+    async def forecast(self, base: str, heads: dict[str, str]) -> Forecast:
+        """Trial-merge every pair of task heads and each against ``base``."""
+
+    @abc.abstractmethod
+    async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
+                        root: str | None) -> tuple[Workspace, list[MergeOutcome]]:
+        """Create the integration workspace at base and merge each (task, head) into it in order;
+        a conflicting task is left out and the others still merge."""
+
+    @abc.abstractmethod
+    async def head_of(self, ws: Workspace) -> str:
+        ...
+
+    @abc.abstractmethod
+    async def land(self, base: str, old: str, new: str) -> LandOutcome:
+        """Move ``base`` from ``old`` to ``new``, only if it is still at ``old``."""
+
+    @abc.abstractmethod
+    async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
+        """Remove the workspace (directory and VCS metadata); delete its ref unless ``keep_ref``."""
+
+    @abc.abstractmethod
+    async def delete_ref(self, ref: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    async def list_leftovers(self) -> list[Leftover]:
+        ...
+
+    @abc.abstractmethod
+    async def ref_exists(self, ref: str) -> bool:
+        ...
+
+    async def holds_unmerged_work(self, ref: str) -> bool:
+        """Whether ``ref`` holds commits that no branch outside corral's has (so deleting it loses work)."""
+        return True
+
+    async def close(self) -> None:
+        """Release anything held open."""

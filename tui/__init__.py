@@ -1,0 +1,1 @@
+"""corral's front ends: the command line, the headless renderers and the Textual dashboard."""

@@ -1,0 +1,340 @@
+"""The ``corral`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageExit(Exception):
+    """Bad usage: print one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one clear line, exit 2
+        raise UsageExit(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corral.core import __version__
+
+    p = _Parser(prog="corral", description="Run coding agents in parallel, each in its own git worktree or jj "
+                "workspace; watch them live; merge what you approve, verified and atomically.")
+    p.add_argument("--version", action="version", version=f"corral {__version__}")
+    p.add_argument("--repo", default=None, help="repository (default: the one containing the current directory)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a plan file (.toml), a program (.py), or ad-hoc --task arguments")
+    r.add_argument("target", nargs="?", help="PLAN.toml or PROGRAM.py")
+    r.add_argument("--task", action="append", default=[], metavar="NAME=PROMPT", help="an ad-hoc task (repeatable)")
+    r.add_argument("--repo", default=None, help="repository (default: the one containing the current directory)")
+    r.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
+    r.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
+    r.add_argument("--approve", choices=("ask", "all", "none"), default=None, help="who approves merges (default: ask)")
+    r.add_argument("--agent", default=None, help="default agent for ad-hoc tasks (default: claude)")
+    r.add_argument("--max-parallel", type=int, default=None, metavar="N", help="agents running at once (0: all)")
+    r.add_argument("--base", default=None, metavar="REV", help="revision to start from (default: current branch)")
+    r.add_argument("--verify", default=None, metavar="CMD", help="command run on the merge result before landing")
+    r.add_argument("--keep-worktrees", action="store_true", help="leave workspaces in place after the run")
+    r.add_argument("--input", default=None, metavar="JSON", help="input for a program (JSON)")
+
+    d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
+    d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
+    d.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
+    d.add_argument("--delay", type=float, default=0.4, help="seconds the scripted agents pause between lines")
+
+    ru = sub.add_parser("runs", help="list this repository's runs")
+    ru.add_argument("--repo", default=None)
+    ru.add_argument("--json", action="store_true", help="one JSON object per run")
+
+    c = sub.add_parser("clean", help="remove workspaces left by interrupted runs; keep branches holding work")
+    c.add_argument("--repo", default=None)
+    c.add_argument("--dry-run", action="store_true", help="only say what would be done")
+
+    sub.add_parser("agents", help="list agent profiles, whether each command is found, and its version")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code = dispatch(args)
+    except UsageExit as exc:
+        print(str(exc), file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.stdout.flush()
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def fail_usage(message: str) -> NoReturn:
+    raise UsageExit(f"corral: {message}")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd is None:
+        return open_home(args.repo)
+    if cmd == "run":
+        return cmd_run(args)
+    if cmd == "demo":
+        return cmd_demo(args)
+    if cmd == "runs":
+        return cmd_runs(args)
+    if cmd == "clean":
+        return cmd_clean(args)
+    if cmd == "agents":
+        return cmd_agents()
+    fail_usage(f"unknown command {cmd!r}")
+
+
+# ----------------------------------------------------------------------------------------- run
+def _load_plan(args: argparse.Namespace):
+    from corral.core.plan import PlanError, adhoc_plan, load_plan
+
+    try:
+        if args.target and args.task:
+            fail_usage("give either a plan file or --task arguments, not both")
+        if args.target:
+            if args.agent is not None:
+                fail_usage("--agent is for ad-hoc --task runs; set agent = \"...\" in the plan")
+            return load_plan(args.target)
+        if not args.task:
+            fail_usage("run needs a plan file (PLAN.toml), a program (PROGRAM.py) or --task NAME=PROMPT")
+        return adhoc_plan(args.task, args.agent or "claude")
+    except PlanError as exc:
+        fail_usage(str(exc))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.json and not args.headless:
+        fail_usage("--json needs --headless")
+    if args.target and args.target.endswith(".py"):
+        from corral.tui.programs import run_program_cli
+
+        return run_program_cli(args)
+    if args.input is not None:
+        fail_usage("--input is for programs (PROGRAM.py)")
+    plan = _load_plan(args)
+    repo = args.repo or os.getcwd()
+    return launch(plan, repo, args, headless=args.headless, json_mode=args.json)
+
+
+def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mode: bool,
+           banner: str | None = None) -> int:
+    """Preflight (exit 2 on any problem, nothing created), then the run in the chosen front end."""
+    import anyio
+
+    from corral.core.pipeline import prepare
+    from corral.core.vcs.base import UsageError
+
+    async def do_prepare():
+        return await prepare(plan, repo, base=getattr(args, "base", None), verify=getattr(args, "verify", None),
+                             max_parallel=getattr(args, "max_parallel", None),
+                             approve=getattr(args, "approve", None))
+
+    try:
+        prep = anyio.run(do_prepare)
+    except UsageError as exc:
+        fail_usage(str(exc))
+    keep = bool(getattr(args, "keep_worktrees", False))
+    if headless:
+        return run_headless(prep, json_mode=json_mode, keep_worktrees=keep, banner=banner)
+    from corral.tui.app import run_dashboard
+
+    return run_dashboard(prep, keep_worktrees=keep)
+
+
+def make_headless_approver(mode: str, bus):
+    from corral.core.runtime import PolicyApprover
+
+    if mode == "all":
+        return PolicyApprover(True)
+    if mode == "none":
+        return PolicyApprover(False)
+    if sys.stdin is not None and sys.stdin.isatty():
+        from corral.tui.headless import TerminalApprover
+
+        return TerminalApprover()
+    bus.log("info", "--approve ask without a terminal on stdin means none: nothing will be merged "
+                    "(use --approve all to merge)")
+    return PolicyApprover(False)
+
+
+async def with_signals(body, on_signal=None):
+    """Run ``body()`` so that SIGINT, SIGTERM and SIGHUP cancel it (its cleanup still runs, shielded),
+    and later signals during cleanup only print a note. Returns (result, signal received or None)."""
+    import anyio
+
+    got: list[int] = []
+    result = None
+    async with anyio.create_task_group() as tg:
+        scope = anyio.CancelScope()
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if not got:
+                        got.append(signum)
+                        print(f"\ncorral: {signal.Signals(signum).name}: stopping agents and cleaning up "
+                              "(work is kept on its branches)", file=sys.stderr, flush=True)
+                        if on_signal:
+                            on_signal(signum)
+                        scope.cancel()
+                    else:
+                        print("corral: cleanup in progress, please wait", file=sys.stderr, flush=True)
+
+        tg.start_soon(watch)
+        await anyio.sleep(0)
+        with scope:
+            result = await body()
+        tg.cancel_scope.cancel()
+    return result, (got[0] if got else None)
+
+
+def run_headless(prep, *, json_mode: bool, keep_worktrees: bool, banner: str | None = None) -> int:
+    import anyio
+
+    from corral.core.events import EventBus
+    from corral.core.pipeline import execute
+    from corral.tui.headless import JsonRenderer, LineRenderer
+
+    bus = EventBus(prep.run_id)
+    bus.subscribe(JsonRenderer() if json_mode else LineRenderer())
+    if banner and not json_mode:
+        print(banner, flush=True)
+    approver = make_headless_approver(prep.plan.approve, bus)
+
+    async def main() -> Any:
+        return await with_signals(lambda: execute(prep, approver, bus, keep_worktrees=keep_worktrees))
+
+    outcome, sig = anyio.run(main)
+    if sig is not None or outcome is None:
+        return EXIT_INTERRUPTED
+    return outcome.exit_code
+
+
+# ---------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from corral.core.demo import demo_plan, make_demo_repo
+
+    if args.json and not args.headless:
+        fail_usage("--json needs --headless")
+    if args.delay < 0:
+        fail_usage("--delay must be >= 0")
+    repo = make_demo_repo()
+    plan = demo_plan(args.delay)
+    banner = (f"corral demo: scratch repository {repo}\n"
+              f"corral demo: {len(plan.tasks)} scripted agents; one fails, two edit the same line")
+    return launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner)
+
+
+# ---------------------------------------------------------------------------------- runs, clean
+def _open_backend(repo: str | None):
+    import anyio
+
+    from corral.core.vcs import open_backend
+    from corral.core.vcs.base import UsageError
+
+    try:
+        return anyio.run(open_backend, repo or os.getcwd())
+    except UsageError as exc:
+        fail_usage(str(exc))
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from corral.core.journal import list_runs
+
+    backend = _open_backend(args.repo)
+    runs = list_runs(backend.state_dir)
+    if args.json:
+        for r in runs:
+            print(json.dumps({k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
+                                                     "base", "kept_branches")}, default=str))
+        return EXIT_OK
+    if not runs:
+        print(f"no corral runs in {backend.root}")
+        return EXIT_OK
+    rows = [("run", "started", "state", "ok", "failed", "landed")]
+    for r in runs:
+        tasks = r.get("tasks", {}).values()
+        ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
+        bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])) if r.get("started") else "-"
+        rows.append((r["run"], started, str(r.get("state", "?")), str(ok), str(bad),
+                     "yes" if r.get("landed") else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    import anyio
+
+    from corral.core.clean import clean
+
+    backend = _open_backend(args.repo)
+    rep = anyio.run(clean, backend, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for pid in rep.killed:
+        print(f"{'would stop' if args.dry_run else 'stopped'} leftover agent process group {pid}")
+    for lo in rep.removed:
+        print(f"{verb} workspace {lo.path} (run {lo.run}, task {lo.task})")
+    for lo in rep.skipped_live:
+        print(f"left alone: {lo.path} belongs to run {lo.run}, which is still running")
+    for ref in rep.kept_branches:
+        print(f"kept branch {ref} (holds work not merged)")
+    if not (rep.removed or rep.killed or rep.skipped_live):
+        print(f"nothing to clean in {backend.root}")
+    return EXIT_OK
+
+
+def cmd_agents() -> int:
+    from corral.core.agents import BUILTIN
+    from corral.core.procs import run_captured
+    import anyio
+
+    rows = [("agent", "command", "found", "version")]
+
+    async def version(profile) -> str:
+        if not profile.version_args or profile.find() is None:
+            return "-"
+        with anyio.move_on_after(10):
+            code, out = await run_captured([profile.executable, *profile.version_args], cwd=os.getcwd(), timeout=8)
+            lines = [l for l in out.splitlines() if l.strip()]
+            return lines[0][:40] if lines else f"exit {code}"
+        return "timed out"
+
+    async def main() -> None:
+        for name, p in BUILTIN.items():
+            path = p.find()
+            rows.append((name, " ".join(p.command[:3]) + (" ..." if len(p.command) > 3 else ""),
+                         path or "not found", await version(p)))
+
+    anyio.run(main)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def open_home(repo: str | None) -> int:
+    from corral.tui.app import run_home
+
+    return run_home(repo or os.getcwd())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Headless renderers of the engine's event stream: plain lines, or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TextIO
+
+import anyio
+import anyio.to_thread
+
+from corral.core.events import (
+    Event,
+    ForecastEvent,
+    Landed,
+    LogEvent,
+    MergeEvent,
+    PhaseChanged,
+    ReviewDecision,
+    RunFinished,
+    RunStarted,
+    TaskActivity,
+    TaskFinished,
+    TaskOutput,
+    TaskStatus,
+    VerifyOutput,
+    VerifyResult,
+)
+from corral.core.report import fmt_cost, fmt_duration
+from corral.core.runtime import Runtime, TaskInfo
+from corral.core.vcs.base import Forecast
+
+
+class LineRenderer:
+    """``[task] line`` for agent output, ``corral: ...`` for engine events, a summary table at the end."""
+
+    def __init__(self, out: TextIO | None = None, verbose: bool = False) -> None:
+        self.out = out or sys.stdout
+        self.verbose = verbose
+
+    def __call__(self, ev: Event) -> None:
+        w = self.out.write
+        if isinstance(ev, TaskOutput):
+            w(f"[{ev.task}] {ev.line}\n")
+            return
+        if isinstance(ev, VerifyOutput):
+            w(f"[verify] {ev.line}\n")
+            return
+        text = self.describe(ev)
+        if text is not None:
+            w(f"corral: {text}\n")
+        if isinstance(ev, RunFinished):
+            w(self.summary(ev))
+        self.out.flush()
+
+    def describe(self, ev: Event) -> str | None:
+        if isinstance(ev, RunStarted):
+            return (f"run {ev.run} on {ev.repo} ({ev.backend}), base {ev.base} at {ev.base_commit[:12]}, "
+                    f"{len(ev.tasks)} task(s); state in {ev.run_dir}")
+        if isinstance(ev, PhaseChanged):
+            return f"phase: {ev.phase}"
+        if isinstance(ev, TaskStatus):
+            extra = f" ({ev.reason})" if ev.reason else ""
+            where = f" in {ev.workspace}" if ev.status == "setup" and ev.workspace else ""
+            return f"{ev.task}: {ev.status}{extra}{where}"
+        if isinstance(ev, TaskFinished):
+            cost = f", cost {fmt_cost(ev.cost)}" if ev.cost is not None else ""
+            return (f"{ev.task}: agent exited with {ev.exit_code} after {fmt_duration(ev.duration)}{cost}; "
+                    f"{len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})")
+        if isinstance(ev, TaskActivity):
+            return f"{ev.task}: {ev.text}" if self.verbose and ev.text else None
+        if isinstance(ev, ForecastEvent):
+            parts = []
+            if ev.conflicts_with:
+                parts.append("would conflict with " + ", ".join(ev.conflicts_with))
+            if ev.conflicts_with_base:
+                parts.append("would conflict with base")
+            files = ", ".join(ev.files[:6]) + (" ..." if len(ev.files) > 6 else "")
+            return f"forecast {ev.task}: {len(ev.files)} file(s) [{files}]; " + ("; ".join(parts) or "merges cleanly")
+        if isinstance(ev, ReviewDecision):
+            return f"{ev.task}: {'approved' if ev.approved else 'not approved'}"
+        if isinstance(ev, MergeEvent):
+            if ev.ok:
+                return f"merged {ev.task} ({ev.strategy})"
+            return f"{ev.task}: CONFLICT merging ({ev.strategy}) in {', '.join(ev.conflict_files)}; left out"
+        if isinstance(ev, VerifyResult):
+            return f"verify {'passed' if ev.ok else 'FAILED'} (exit {ev.exit_code}, {fmt_duration(ev.duration)})"
+        if isinstance(ev, Landed):
+            return ("landed: " if ev.ok else "not landed: ") + ev.message
+        if isinstance(ev, LogEvent):
+            if ev.level == "debug" and not self.verbose:
+                return None
+            prefix = f"{ev.task}: " if ev.task else ""
+            level = "" if ev.level == "info" else f"{ev.level}: "
+            return f"{level}{prefix}{ev.message}"
+        if isinstance(ev, RunFinished):
+            return f"run {ev.run} {ev.state} (exit {ev.exit_code}); report: {ev.report}"
+        return None
+
+    def summary(self, ev: RunFinished) -> str:
+        rows = [("task", "agent", "status", "time", "cost", "files", "branch kept")]
+        for r in ev.summary:
+            rows.append((r["task"], r["agent"], r["status"], fmt_duration(r["duration"]), fmt_cost(r["cost"]),
+                         str(r["files"]), r["branch"] or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["", "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+        if ev.cost is not None:
+            lines.append(f"total cost: {fmt_cost(ev.cost)}")
+        return "\n".join(lines) + "\n"
+
+
+class JsonRenderer:
+    """One JSON object per event per line (``--json``)."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+
+    def __call__(self, ev: Event) -> None:
+        self.out.write(json.dumps(ev.to_dict(), default=str, ensure_ascii=False) + "\n")
+        if not isinstance(ev, (TaskOutput, VerifyOutput)):
+            self.out.flush()
+
+
+class TerminalApprover:
+    """``--approve ask`` in headless mode with a terminal: asks on stdin/stderr."""
+
+    async def _yes(self, question: str, default: bool) -> bool:
+        hint = "[Y/n]" if default else "[y/N]"
+
+        def ask() -> bool:
+            sys.stderr.write(f"{question} {hint} ")
+            sys.stderr.flush()
+            try:
+                answer = sys.stdin.readline()
+            except (OSError, ValueError):
+                return default
+            answer = answer.strip().lower()
+            return default if not answer else answer in ("y", "yes")
+
+        return await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+
+    async def review(self, rt: Runtime, candidates: list[TaskInfo], forecast: Forecast) -> dict[str, bool]:
+        out = {}
+        for t in candidates:
+            files = len(t.snapshot.files) if t.snapshot else 0
+            clash = forecast.conflicts_of(t.name)
+            note = f"; would conflict with {', '.join(sorted(clash))}" if clash else ""
+            out[t.name] = await self._yes(f"approve {t.name} ({files} file(s) changed{note})?", False)
+        return out
+
+    async def confirm_land(self, rt: Runtime, message: str) -> bool:
+        return await self._yes(message, True)
+
+    async def ask(self, rt: Runtime, question: str, default: bool) -> bool:
+        return await self._yes(question, default)
