@@ -86,19 +86,24 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
             p = Path(root).expanduser()
             if not p.is_dir():
                 raise UsageError(f"worktree_root {root!r}: no such directory")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise UsageError(f"worktree_root {root!r}: not writable")
             root = str(p.resolve())
-        else:
-            import tempfile
-
-            tmp = tempfile.gettempdir()
-            if not os.access(tmp, os.W_OK | os.X_OK):
-                raise UsageError(f"temp dir {tmp!r}: not writable (set worktree_root)")
+        _check_writable(root)
     except BaseException:
         await backend.close()
         raise
     return Prepared(plan, backend, base_name, base_commit, root)
+
+
+def _check_writable(root: str | None) -> None:
+    """Workspaces are made with mkdtemp under ``root`` (default: the temp dir): try it once."""
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".corral-probe-", dir=root)
+    except OSError as exc:
+        where = f"worktree_root {root!r}" if root else f"temp dir {tempfile.gettempdir()!r}"
+        raise UsageError(f"{where}: not writable ({exc.strerror or exc})") from None
+    os.rmdir(probe)
 
 
 @dataclass

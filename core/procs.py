@@ -18,6 +18,8 @@ from typing import Callable
 import anyio
 from anyio.abc import Process
 
+from .watchdog import Watchdog
+
 #: Longest line handed to a display callback; the log file always keeps the full output.
 MAX_DISPLAY_LINE = 16 * 1024
 CHUNK = 64 * 1024
@@ -132,6 +134,9 @@ class Supervised:
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
+        watchdog = Watchdog.get()
+        if watchdog:
+            watchdog.register(proc.pid)
         if self.on_start:
             self.on_start(proc.pid)
         log = open(self.log_path, "ab") if self.log_path else None
@@ -165,6 +170,8 @@ class Supervised:
             await kill_group(proc, self.grace)
             with anyio.CancelScope(shield=True):
                 await proc.aclose()
+            if watchdog:
+                watchdog.unregister(proc.pid)
             if log:
                 log.close()
         code = proc.returncode
