@@ -228,7 +228,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         start = time.monotonic()
         bus.log("info", f"verify: {plan.verify}")
         proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path,
-                          on_line=lambda line: bus.emit(VerifyOutput(line=line)),
+                          on_lines=lambda lines: bus.emit(VerifyOutput(lines=lines)),
                           log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
         res = await proc.run()
         ok = res.exit_code == 0
@@ -290,7 +290,7 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
         bus.log("info", f"setup ({why}): {command}", task=name)
         proc = Supervised(
             ["sh", "-c", command], cwd=ws.path,
-            on_line=lambda line: bus.emit(TaskOutput(task=name, line=line, stream="setup")),
+            on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
             log_path=rt.journal.log_path(name), grace=rt.options.grace,
         )
         rt._procs[name] = proc
