@@ -14,6 +14,7 @@ from typing import Callable
 
 import anyio
 
+from .diagnostics import loop_monitor
 from .events import (
     EventBus,
     ForecastEvent,
@@ -143,7 +144,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
                         backend=backend.kind, run_dir=str(journal.dir), tasks=[t.name for t in plan.tasks],
                         agents={t.name: t.agent for t in plan.tasks}))
     try:
-        async with rt:
+        async with loop_monitor(), rt:
             await _steps(rt, plan, state)
     except anyio.get_cancelled_exc_class():
         state["cancelled"] = True
@@ -165,12 +166,18 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
 
 async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
     bus = rt.bus
-    # steps 2-5, per task: workspace, setup, agent, commit
+    # step 2: every workspace first, so the agents start together
+    rt.set_phase("creating")
+    async with anyio.create_task_group() as tg:
+        for t in plan.tasks:
+            tg.start_soon(_create_workspace, rt, t)
+    # steps 3-5, per task: setup, agent, commit
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or len(plan.tasks))
     async with anyio.create_task_group() as tg:
         for t in plan.tasks:
-            tg.start_soon(_task_flow, rt, plan, t, sem)
+            if rt.tasks[t.name].workspace is not None:
+                tg.start_soon(_task_flow, rt, plan, t, sem)
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -271,19 +278,26 @@ def _land_hint(rt: Runtime, ref: str) -> str:
     return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
 
 
-async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
-    bus, name = rt.bus, t.name
-    info = rt.tasks[name]
+async def _create_workspace(rt: Runtime, t: TaskSpec) -> None:
+    name = t.name
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted before start")
         return
     rt.set_status(name, "creating")
     try:
-        ws = await rt.workspaces.create(name)
+        rt.tasks[name].workspace = await rt.workspaces.create(name)
     except VcsError as exc:
         rt.set_status(name, "failed", f"workspace: {exc}")
+
+
+async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    bus, name = rt.bus, t.name
+    info = rt.tasks[name]
+    ws = info.workspace
+    assert ws is not None
+    if rt.aborted(name):
+        rt.set_status(name, "aborted", "aborted before start")
         return
-    info.workspace = ws
     rt.set_status(name, "setup")
     command, why = setup_command(plan.task_setup(t), ws.path)
     if command:

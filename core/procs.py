@@ -107,6 +107,7 @@ class Supervised:
         timeout: float = 0,
         grace: float = DEFAULT_GRACE,
         on_start: Callable[[int], None] | None = None,
+        nice: int = 0,
     ) -> None:
         self.argv = argv
         self.cwd = str(cwd)
@@ -116,6 +117,7 @@ class Supervised:
         self.timeout = timeout
         self.grace = grace
         self.on_start = on_start
+        self.nice = nice
         self.pid: int | None = None
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
@@ -148,6 +150,12 @@ class Supervised:
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
+        if self.nice:
+            # agents yield the CPU to corral itself, so the dashboard stays responsive under load
+            try:
+                os.setpriority(os.PRIO_PGRP, proc.pid, self.nice)
+            except OSError:
+                pass
         watchdog = Watchdog.get()
         if watchdog:
             watchdog.register(proc.pid)
@@ -207,12 +215,11 @@ class Supervised:
                 cut = buf.rfind(b"\n")
                 if cut >= 0:
                     complete, buf = buf[: cut + 1], buf[cut + 1 :]
-                    if len(complete) > MAX_DISPLAY_LINE and max(map(len, complete.split(b"\n"))) > MAX_DISPLAY_LINE:
-                        complete = b"\n".join(
-                            raw[:MAX_DISPLAY_LINE] + b" [...]" if len(raw) > MAX_DISPLAY_LINE else raw
-                            for raw in complete.split(b"\n")
-                        )
-                    emit(clean_lines(complete))
+                    lines = clean_lines(complete)
+                    if len(complete) > MAX_DISPLAY_LINE and max(map(len, lines)) > MAX_DISPLAY_LINE:
+                        lines = [line[:MAX_DISPLAY_LINE] + " [...]" if len(line) > MAX_DISPLAY_LINE else line
+                                 for line in lines]
+                    emit(lines)
                 if len(buf) > MAX_DISPLAY_LINE:
                     # a line with no newline for a long while: show what we have, keep reading
                     emit([clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]"])

@@ -33,6 +33,10 @@ from .procs import Supervised
 from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
 
 
+#: Agents run at this niceness: when they saturate the CPUs, corral (and its dashboard) still gets to run.
+AGENT_NICE = 5
+
+
 @dataclass
 class AgentResult:
     """What one agent run produced (attribute names follow pi-factory's runtime)."""
@@ -374,7 +378,7 @@ class Runtime:
             self.journal.update_task(name, pid=pid, pgid=pid)
 
         proc = Supervised(argv, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start)
+                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE)
         self._procs[name] = proc
         info.started = time.time()
         self.set_status(name, "running")
