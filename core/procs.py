@@ -91,6 +91,7 @@ class Supervised:
         timeout: float = 0,
         grace: float = DEFAULT_GRACE,
         on_start: Callable[[int], None] | None = None,
+        max_line: int = MAX_DISPLAY_LINE,
     ) -> None:
         self.argv = argv
         self.cwd = str(cwd)
@@ -100,6 +101,8 @@ class Supervised:
         self.timeout = timeout
         self.grace = grace
         self.on_start = on_start
+        #: longest line handed to on_line (structured output needs whole lines: its parser shortens them)
+        self.max_line = max(1024, max_line)
         self.pid: int | None = None
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
@@ -174,6 +177,7 @@ class Supervised:
         assert proc.stdout is not None
         buf = b""
         emit = self.on_line
+        limit = self.max_line
         try:
             while True:
                 try:
@@ -186,12 +190,12 @@ class Supervised:
                 if b"\n" in buf:
                     *lines, buf = buf.split(b"\n")
                     for raw in lines:
-                        if len(raw) > MAX_DISPLAY_LINE:
-                            raw = raw[:MAX_DISPLAY_LINE] + b" [...]"
+                        if len(raw) > limit:
+                            raw = raw[:limit] + b" [...]"
                         emit(clean_line(raw))
-                if len(buf) > MAX_DISPLAY_LINE:
+                if len(buf) > limit:
                     # a line with no newline for a long while: show what we have, keep reading
-                    emit(clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]")
+                    emit(clean_line(buf[:limit]) + " [...]")
                     buf = b""
             if buf:
                 emit(clean_line(buf))

@@ -29,7 +29,10 @@ from .events import (
 )
 from .journal import Journal, write_atomic
 from .parsers import Usage, make_parser
-from .procs import Supervised
+from .procs import MAX_DISPLAY_LINE, Supervised
+
+#: longest output line handed whole to a structured-output parser
+STRUCTURED_MAX_LINE = 8 * 1024 * 1024
 from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
 
 
@@ -373,7 +376,9 @@ class Runtime:
             self.journal.update_task(name, pid=pid, pgid=pid)
 
         proc = Supervised(argv, cwd=cwd, env=env, on_line=on_line, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start)
+                          timeout=timeout, grace=self.options.grace, on_start=on_start,
+                          # structured output: the parser needs whole events (a result line can be long)
+                          max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)
         self._procs[name] = proc
         info.started = time.time()
         self.set_status(name, "running")
@@ -391,6 +396,8 @@ class Runtime:
             status, reason = "failed", f"could not start {argv[0]}"
         elif res.exit_code != 0:
             status, reason = "failed", f"exit code {res.exit_code}"
+            if getattr(parser, "error", ""):
+                reason += f": {getattr(parser, 'error')}"
         elif getattr(parser, "error", ""):
             status, reason = "failed", str(getattr(parser, "error"))
         else:
