@@ -58,6 +58,8 @@ class Parser:
     final_text: str = ""
     #: set when the agent reported a failure in its output (the task fails even with exit code 0)
     error: str = ""
+    #: the agent's working directory (set by the runtime): paths under it are shown relative
+    cwd: str = ""
     _tail: list[str] = field(default_factory=list)
 
     TAIL_LINES = 20
@@ -138,6 +140,15 @@ def text_lines(text: str) -> list[str]:
     return lines
 
 
+def _usage_note(usage: Usage) -> str:
+    bits = []
+    if usage.cost is not None:
+        bits.append(f"${usage.cost:.4f}")
+    if usage.tokens:
+        bits.append(f"{usage.tokens} tokens")
+    return f" ({', '.join(bits)})" if bits else ""
+
+
 def _count_lines(text: str) -> int:
     return len([ln for ln in text.splitlines() if ln.strip()])
 
@@ -208,7 +219,6 @@ class JsonLinesParser(Parser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cwd = ""
         self._last_text = ""  # the last assistant text seen, fallback for the final text
 
     def feed(self, line: str) -> list[str]:
@@ -570,14 +580,11 @@ class AiderParser(Parser):
         if _AIDER_HEADER.match(s):
             return
         if s.startswith("<<<<<<< SEARCH"):
+            # the block is announced by "path" then an opening fence ("```" or "```python")
             self._in_block = True
-            self._block_file = self._prev.strip().strip("`")
-            if self._reply and self._reply[-1].strip().strip("`") == self._block_file:
-                self._reply.pop()
             if self._reply and self._reply[-1].strip().startswith("```"):
                 self._reply.pop()
-            if self._reply and self._reply[-1].strip() == self._block_file:
-                self._reply.pop()
+            self._block_file = self._reply.pop().strip() if self._reply and self._reply[-1].strip() else ""
             self.activity = f"editing {self._block_file}" if self._block_file else "editing"
             return
         if self._in_block:
@@ -753,11 +760,12 @@ class OpencodeJsonParser(JsonLinesParser):
             return [f"✗ error: {message}"]
         if kind == "done":
             self.activity = "done"
+            out = [f"✓ done{_usage_note(self.usage)}"]
             rejected = [r for r in _list(ev.get("rejected")) if isinstance(r, str)]
             if rejected:
-                return [f"permission requests rejected: {', '.join(rejected)} (allow them in opencode's config, "
-                        "or add --auto to the command)"]
-            return []
+                out.append(f"permission requests rejected: {', '.join(rejected)} (allow them in opencode's "
+                           "config, or add --auto to the command)")
+            return out
         return None
 
 
@@ -825,6 +833,7 @@ class PiJsonParser(JsonLinesParser):
             return []
         if kind == "agent_end":
             self.activity = "done" if not self._last_error else "failed"
+            summary = [] if self._last_error else [f"✓ done{_usage_note(self.usage)}"]
             if not self._last_text:
                 for msg in reversed(_list(ev.get("messages"))):
                     if isinstance(msg, dict) and msg.get("role") == "assistant":
@@ -832,7 +841,7 @@ class PiJsonParser(JsonLinesParser):
                         if text.strip():
                             self._last_text = text
                             break
-            return self._flush()
+            return self._flush() + summary
         if kind == "auto_compaction_start":
             self.activity = "compacting context"
             return ["(compacting context)"]

@@ -340,6 +340,7 @@ class Runtime:
         cwd = str(spec.get("cwd") or (info.workspace.path if info.workspace else self.backend.root))
         timeout = float(spec.get("timeout") or profile.timeout or 0)
         parser = make_parser(profile.format)
+        parser.cwd = cwd
         start = time.monotonic()
         if self.aborted(name):
             result = AgentResult(profile.name, name, None, "", Usage(), 0.0, "aborted", "aborted before start",
