@@ -26,7 +26,7 @@ from corral.core.events import (
     VerifyOutput,
     VerifyResult,
 )
-from corral.core.report import fmt_cost, fmt_duration
+from corral.core.report import fmt_cost, fmt_duration, fmt_usage
 from corral.core.runtime import Runtime, TaskInfo
 from corral.core.vcs.base import Forecast
 
@@ -64,7 +64,7 @@ class LineRenderer:
             where = f" in {ev.workspace}" if ev.status == "setup" and ev.workspace else ""
             return f"{ev.task}: {ev.status}{extra}{where}"
         if isinstance(ev, TaskFinished):
-            cost = f", cost {fmt_cost(ev.cost)}" if ev.cost is not None else ""
+            cost = f", {fmt_usage(ev.cost, ev.tokens)}" if ev.cost is not None or ev.tokens else ""
             return (f"{ev.task}: agent exited with {ev.exit_code} after {fmt_duration(ev.duration)}{cost}; "
                     f"{len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})")
         if isinstance(ev, TaskActivity):
@@ -100,7 +100,8 @@ class LineRenderer:
     def summary(self, ev: RunFinished) -> str:
         rows = [("task", "agent", "status", "time", "cost", "files", "branch kept")]
         for r in ev.summary:
-            rows.append((r["task"], r["agent"], r["status"], fmt_duration(r["duration"]), fmt_cost(r["cost"]),
+            rows.append((r["task"], r["agent"], r["status"], fmt_duration(r["duration"]),
+                         fmt_usage(r["cost"], r.get("tokens")),
                          str(r["files"]), r["branch"] or "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["", "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(),
