@@ -194,7 +194,7 @@ def test_headless_lines_show_usage(repo, wt_root, tmp_path):
     assert "[c] → Write: claude.txt" in out and "[g] → write_file: gemini.txt" in out
     assert "c: agent exited with 0 after" in out and ", $1.50; 1 file(s) changed" in out
     assert ", 10.4k tokens; 1 file(s) changed" in out
-    assert "total cost: $1.50" in out
+    assert "total cost: $1.50 (23679 tokens)" in out
     assert '{"type"' not in out
 
 

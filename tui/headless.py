@@ -107,8 +107,11 @@ class LineRenderer:
         lines = ["", "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(),
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+        tokens = getattr(ev, "tokens", None)
         if ev.cost is not None:
-            lines.append(f"total cost: {fmt_cost(ev.cost)}")
+            lines.append(f"total cost: {fmt_cost(ev.cost)}" + (f" ({tokens} tokens)" if tokens else ""))
+        elif tokens:
+            lines.append(f"total tokens: {tokens}")
         return "\n".join(lines) + "\n"
 
 
