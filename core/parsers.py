@@ -75,6 +75,11 @@ class Parser:
             if len(self._tail) > self.TAIL_LINES:
                 del self._tail[0]
 
+    def drain(self) -> list[str]:
+        """Called once after the agent exited, before :meth:`finish`: lines still held back (a
+        streamed message that never ended with a newline), to show."""
+        return []
+
     def finish(self) -> None:
         """Called once after the agent exited."""
         if not self.final_text:
@@ -283,10 +288,13 @@ class ClaudeStreamParser(JsonLinesParser):
             if sub == "compact_boundary":
                 return ["(context compacted)"]
             return []  # hooks, status: nothing a person needs in the pane
-        if kind == "assistant":
-            return self._assistant(_dict(ev.get("message")))
-        if kind == "user":
-            return self._user(_dict(ev.get("message")))
+        if kind in ("assistant", "user"):
+            sub = bool(ev.get("parent_tool_use_id"))  # a subagent's (Task tool) message: indented
+            if kind == "assistant":
+                out = self._assistant(_dict(ev.get("message")), subagent=sub)
+            else:
+                out = self._user(_dict(ev.get("message")))
+            return [f"  │ {line}" for line in out] if sub else out
         if kind == "stream_event":
             inner = _dict(ev.get("event"))
             if inner.get("type") == "content_block_start":
@@ -302,7 +310,7 @@ class ClaudeStreamParser(JsonLinesParser):
             return self._result(ev)
         return None
 
-    def _assistant(self, msg: dict) -> list[str]:
+    def _assistant(self, msg: dict, subagent: bool = False) -> list[str]:
         out: list[str] = []
         for block in _list(msg.get("content")):
             if not isinstance(block, dict):
@@ -311,7 +319,8 @@ class ClaudeStreamParser(JsonLinesParser):
             if btype == "text":
                 text = _str(block.get("text"))
                 if text.strip():
-                    self._last_text = text
+                    if not subagent:
+                        self._last_text = text
                     self.activity = "writing"
                     out += text_lines(text)
             elif btype == "thinking":
@@ -696,6 +705,9 @@ class GeminiStreamParser(JsonLinesParser):
             return out + [short(json.dumps(ev, ensure_ascii=False), SUMMARY * 2)]
         return None
 
+    def drain(self) -> list[str]:
+        return self._flush()
+
     def finish(self) -> None:
         text = "".join(self._turn).strip()
         if text:
@@ -882,6 +894,9 @@ class PiJsonParser(JsonLinesParser):
             self._last_error = ""
         self._streamed = False
         return out
+
+    def drain(self) -> list[str]:
+        return self._flush()
 
     def finish(self) -> None:
         if self._last_error:

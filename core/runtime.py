@@ -388,6 +388,8 @@ class Runtime:
         finally:
             self._procs.pop(name, None)
             info.ended = time.time()
+        for shown in parser.drain():
+            emit(TaskOutput(task=name, line=shown))
         parser.finish()
         if res.reason == "aborted" or self.aborted(name):
             status, reason = "aborted", "aborted by the user"

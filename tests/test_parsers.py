@@ -527,3 +527,30 @@ def test_registry():
     for fmt, cls in PARSERS.items():
         assert type(make_parser(fmt)) is cls
         assert make_parser(fmt) is not make_parser(fmt)  # fresh state per agent run
+
+
+def test_claude_subagent_messages_are_indented_and_not_the_final_text():
+    p = ClaudeStreamParser()
+    sub = claude_msg({"type": "text", "text": "Subagent report"})
+    sub["parent_tool_use_id"] = "toolu_task"
+    shown, _ = run(p, [claude_msg({"type": "tool_use", "id": "toolu_task", "name": "Task",
+                                   "input": {"description": "Explore the code", "prompt": "..."}}),
+                       sub, claude_msg({"type": "text", "text": "Main answer"})])
+    assert shown == ["→ Task: Explore the code", "  │ Subagent report", "Main answer"]
+    assert p.final_text == "Main answer"
+
+
+@pytest.mark.parametrize("cls,events", [
+    (GeminiStreamParser, [gem("message", role="assistant", content="no newline at the end", delta=True)]),
+    (PiJsonParser, [delta("no newline at the end")]),
+])
+def test_text_held_back_is_drained_at_exit(cls, events):
+    p = cls()
+    shown = []
+    for ev in events:
+        shown += p.feed(json.dumps(ev))
+    assert shown == []
+    assert p.drain() == ["no newline at the end"]
+    assert p.drain() == []
+    p.finish()
+    assert isinstance(p.final_text, str)
