@@ -391,6 +391,11 @@ class CodexJsonParser(JsonLinesParser):
     ``todo_list``, ``error``; top-level ``error``. Codex reports tokens, no cost.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._completed = False
+        self._stream_error = ""
+
     def handle(self, ev: dict) -> list[str] | None:
         kind = ev.get("type")
         if kind == "thread.started":
@@ -406,6 +411,7 @@ class CodexJsonParser(JsonLinesParser):
             self.usage.input_tokens = _int(usage.get("input_tokens"))
             self.usage.output_tokens = _int(usage.get("output_tokens"))
             self.activity = "done"
+            self._completed = True
             cached = _int(usage.get("cached_input_tokens"))
             return [f"✓ turn completed: {self.usage.input_tokens} input tokens"
                     + (f" ({cached} cached)" if cached else "") + f", {self.usage.output_tokens} output tokens"]
@@ -415,7 +421,8 @@ class CodexJsonParser(JsonLinesParser):
             self.activity = "failed"
             return [f"✗ turn failed: {message}"]
         if kind == "error":
-            return [f"error: {short(ev.get('message')) or 'unknown error'}"]
+            self._stream_error = short(ev.get("message")) or "unknown error"
+            return [f"error: {self._stream_error}"]
         if kind in ("item.started", "item.updated", "item.completed"):
             return self._item(kind.split(".")[1], _dict(ev.get("item")))
         if kind in ("item.plan.delta", "request_user_input"):
@@ -493,6 +500,12 @@ class CodexJsonParser(JsonLinesParser):
         if itype == "collab_tool_call":
             return [f"→ {_str(item.get('tool')) or 'collab'}"] if phase == "started" else []
         return None
+
+    def finish(self) -> None:
+        # a stream error (reconnecting...) that the turn recovered from is no failure
+        if not self.error and self._stream_error and not self._completed:
+            self.error = f"codex: {self._stream_error}"
+        super().finish()
 
 
 # ------------------------------------------------------------------------------------------- aider
@@ -604,7 +617,9 @@ class AiderParser(Parser):
         if self._reply and self._reply[-1].startswith("[edit") and s.startswith("```") and not s.strip("`"):
             return  # closing fence of an edit block
         if s or self._reply:
-            self._reply.append(line.rstrip())
+            self._reply.append(_clip(line.rstrip()))
+            if len(self._reply) > 400:  # a long session: the end of the reply is what counts
+                del self._reply[:100]
             if s:
                 self.activity = "writing"
 
@@ -634,7 +649,6 @@ class GeminiStreamParser(JsonLinesParser):
         super().__init__()
         self._pending = ""  # streamed text not yet ended by a newline
         self._turn: list[str] = []  # assistant text since the last tool call
-        self._all: list[str] = []
         self._tools: dict[str, str] = {}
 
     def _flush(self) -> list[str]:
@@ -651,7 +665,6 @@ class GeminiStreamParser(JsonLinesParser):
             content = _str(ev.get("content"))
             self.activity = "writing"
             self._turn.append(content)
-            self._all.append(content)
             if not ev.get("delta"):
                 content = content if content.endswith("\n") else content + "\n"
             self._pending += content

@@ -198,6 +198,16 @@ def test_codex_turn_failed_and_first_experimental_format():
     assert p.final_text == "Working on it"
 
 
+def test_codex_stream_error_fails_only_without_a_completed_turn():
+    p = CodexJsonParser()
+    run(p, [{"type": "turn.started"}, {"type": "error", "message": "Reconnecting... 1/5"},
+            {"type": "turn.completed", "usage": {"input_tokens": 5, "output_tokens": 1}}])
+    assert p.error == ""
+    p = CodexJsonParser()
+    run(p, [{"type": "turn.started"}, {"type": "error", "message": "exceeded retry limit, last status: 429"}])
+    assert p.error == "codex: exceeded retry limit, last status: 429"
+
+
 # ------------------------------------------------------------------------------------------- aider
 AIDER_OUTPUT = """\
 Aider v0.86.2
