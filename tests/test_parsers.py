@@ -564,3 +564,13 @@ def test_text_held_back_is_drained_at_exit(cls, events):
     assert p.drain() == []
     p.finish()
     assert isinstance(p.final_text, str)
+
+
+def test_claude_success_subtype_with_is_error():
+    # an API/auth failure: subtype "success" but is_error, the message in "result"
+    p = ClaudeStreamParser()
+    shown, _ = run(p, [{"type": "result", "subtype": "success", "is_error": True, "duration_ms": 300,
+                        "num_turns": 1, "result": "Invalid API key · Please run /login", "total_cost_usd": 0}])
+    assert p.error == "claude reported an error: Invalid API key · Please run /login"
+    assert shown == ["✗ success, 1 turn(s), 0.3s, $0.0000: Invalid API key · Please run /login"]
+    assert p.usage.cost == 0.0
