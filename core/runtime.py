@@ -29,7 +29,10 @@ from .events import (
 )
 from .journal import Journal, write_atomic
 from .parsers import Usage, make_parser
-from .procs import Supervised
+from .procs import MAX_DISPLAY_LINE, Supervised
+
+#: longest output line handed whole to a structured-output parser
+STRUCTURED_MAX_LINE = 8 * 1024 * 1024
 from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
 
 
@@ -341,6 +344,7 @@ class Runtime:
         cwd = str(spec.get("cwd") or (info.workspace.path if info.workspace else self.backend.root))
         timeout = float(spec.get("timeout") or profile.timeout or 0)
         parser = make_parser(profile.format)
+        parser.cwd = cwd
         start = time.monotonic()
         if self.aborted(name):
             result = AgentResult(profile.name, name, None, "", Usage(), 0.0, "aborted", "aborted before start",
@@ -378,7 +382,9 @@ class Runtime:
             self.journal.update_task(name, pid=pid, pgid=pid)
 
         proc = Supervised(argv, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE)
+                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE,
+                          # structured output: the parser needs whole events (a result line can be long)
+                          max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)
         self._procs[name] = proc
         info.started = time.time()
         self.set_status(name, "running")
@@ -387,6 +393,9 @@ class Runtime:
         finally:
             self._procs.pop(name, None)
             info.ended = time.time()
+        rest = parser.drain()
+        if rest:
+            emit(TaskOutput(task=name, lines=rest))
         parser.finish()
         if res.reason == "aborted" or self.aborted(name):
             status, reason = "aborted", "aborted by the user"
@@ -396,6 +405,8 @@ class Runtime:
             status, reason = "failed", f"could not start {argv[0]}"
         elif res.exit_code != 0:
             status, reason = "failed", f"exit code {res.exit_code}"
+            if getattr(parser, "error", ""):
+                reason += f": {getattr(parser, 'error')}"
         elif getattr(parser, "error", ""):
             status, reason = "failed", str(getattr(parser, "error"))
         else:
