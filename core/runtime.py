@@ -28,7 +28,7 @@ from .events import (
     TaskStatus,
 )
 from .journal import Journal, write_atomic
-from .parsers import Usage, make_parser
+from .parsers import TextParser, Usage, make_parser
 from .procs import MAX_DISPLAY_LINE, Supervised
 
 #: longest output line handed whole to a structured-output parser
@@ -370,12 +370,23 @@ class Runtime:
         last_activity = [""]
 
         def on_lines(lines: list[str]) -> None:
-            shown = parser.feed_lines(lines)
+            if isinstance(parser, TextParser):  # plain text: the whole batch at once (chatty agents)
+                shown = parser.feed_lines(lines)
+                if shown:
+                    emit(TaskOutput(task=name, lines=shown))
+                return
+            # structured output: line by line, so every change of activity is seen in order
+            shown = []
+            for line in lines:
+                shown += parser.feed(line)
+                if parser.activity != last_activity[0]:
+                    if shown:
+                        emit(TaskOutput(task=name, lines=shown))
+                        shown = []
+                    last_activity[0] = parser.activity
+                    emit(TaskActivity(task=name, text=parser.activity))
             if shown:
                 emit(TaskOutput(task=name, lines=shown))
-            if parser.activity != last_activity[0]:
-                last_activity[0] = parser.activity
-                emit(TaskActivity(task=name, text=parser.activity))
 
         def on_start(pid: int) -> None:
             info.pid = pid
