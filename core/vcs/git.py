@@ -246,7 +246,11 @@ class GitBackend(Backend):
         return f"corral run={run} pid={os.getpid()}"
 
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
-        branch = self.ref_name(run, task)
+        return await self._new_worktree(run, task, self.ref_name(run, task), base_commit, root)
+
+    async def _new_worktree(self, run: str, task: str, branch: str, base_commit: str, root: str | None) -> Workspace:
+        """A locked worktree on a new branch at ``base_commit`` in a fresh private directory; on any
+        failure nothing is left behind."""
         path = private_dir(root, f"corral-{task}-")
         try:
             await self._add_worktree(
@@ -358,21 +362,7 @@ class GitBackend(Backend):
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
                         root: str | None) -> tuple[Workspace, list[MergeOutcome]]:
-        branch = self.ref_name(run, "integration")
-        path = private_dir(root, "corral-integration-")
-        try:
-            await self._add_worktree(
-                path,
-                ["--no-track", "--lock", "--reason", self._lock_reason(run), "-b", branch, str(path), base_commit],
-                branch,
-            )
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._forget_path(path)
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-        ws = Workspace(task="integration", path=path, ref=branch, name=path.name, base_commit=base_commit,
-                       head=base_commit)
+        ws = await self._new_worktree(run, "integration", self.ref_name(run, "integration"), base_commit, root)
         env = await self.ident_env()
         outcomes = []
         for task, head in heads:
