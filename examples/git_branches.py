@@ -15,116 +15,7 @@ scripts below), ``tasks`` (a list of ``{"name", "task", "system_prompt"?, "scrip
 ``strategy`` (merge | squash | rebase), ``delay`` (seconds between demo lines).
 """
 
-# The demo tasks. Each has a prompt for a real agent and a script for the `shell` agent that does the
-# same thing. All of them also add a line to corral_example/CHANGES.md, so their branches conflict
-# there and the merger agent has something to do.
-TASKS = [
-    {
-        "name": "slugify",
-        "task": "Create corral_example/slugify.py defining slugify(text) -> str (lowercase; runs of characters "
-                "other than a-z and 0-9 become one '-'; no leading or trailing '-') and corral_example/"
-                "test_slugify.py with unittest tests for it. Create corral_example/__init__.py (empty) if "
-                "it is missing. Append the line '- slugify()' to corral_example/CHANGES.md. Touch nothing else.",
-        "script": r"""
-echo "Planning slugify()"; sleep {d}
-mkdir -p corral_example && : > corral_example/__init__.py
-cat > corral_example/slugify.py <<'PY'
-import re
-
-
-def slugify(text):
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-PY
-echo "Wrote corral_example/slugify.py"; sleep {d}
-cat > corral_example/test_slugify.py <<'PY'
-import unittest
-
-from corral_example.slugify import slugify
-
-
-class SlugifyTest(unittest.TestCase):
-    def test_slugify(self):
-        self.assertEqual(slugify("Hello, World!"), "hello-world")
-PY
-echo "- slugify()" >> corral_example/CHANGES.md
-echo "Done: slugify() with a test."
-""",
-    },
-    {
-        "name": "wordcount",
-        "task": "Create corral_example/wordcount.py defining wordcount(text) -> dict mapping each lowercase "
-                "word to its count, and corral_example/test_wordcount.py with unittest tests for it. Create "
-                "corral_example/__init__.py (empty) if it is missing. Append the line '- wordcount()' to "
-                "corral_example/CHANGES.md. Touch nothing else.",
-        "script": r"""
-echo "Planning wordcount()"; sleep {d}
-mkdir -p corral_example && : > corral_example/__init__.py
-cat > corral_example/wordcount.py <<'PY'
-def wordcount(text):
-    counts = {}
-    for word in text.lower().split():
-        counts[word] = counts.get(word, 0) + 1
-    return counts
-PY
-echo "Wrote corral_example/wordcount.py"; sleep {d}
-cat > corral_example/test_wordcount.py <<'PY'
-import unittest
-
-from corral_example.wordcount import wordcount
-
-
-class WordcountTest(unittest.TestCase):
-    def test_wordcount(self):
-        self.assertEqual(wordcount("a b A"), {"a": 2, "b": 1})
-PY
-echo "- wordcount()" >> corral_example/CHANGES.md
-echo "Done: wordcount() with a test."
-""",
-    },
-    {
-        "name": "roman",
-        "task": "Create corral_example/roman.py defining roman(n) -> str (Roman numeral of 1 <= n <= 3999) and "
-                "corral_example/test_roman.py with unittest tests for it. Create corral_example/__init__.py "
-                "(empty) if it is missing. Append the line '- roman()' to corral_example/CHANGES.md. Touch "
-                "nothing else.",
-        "script": r"""
-echo "Planning roman()"; sleep {d}
-mkdir -p corral_example && : > corral_example/__init__.py
-cat > corral_example/roman.py <<'PY'
-NUMERALS = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),
-            (50, "L"), (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
-
-
-def roman(n):
-    out = ""
-    for value, letters in NUMERALS:
-        while n >= value:
-            out += letters
-            n -= value
-    return out
-PY
-echo "Wrote corral_example/roman.py"; sleep {d}
-cat > corral_example/test_roman.py <<'PY'
-import unittest
-
-from corral_example.roman import roman
-
-
-class RomanTest(unittest.TestCase):
-    def test_roman(self):
-        self.assertEqual(roman(1994), "MCMXCIV")
-PY
-echo "- roman()" >> corral_example/CHANGES.md
-echo "Done: roman() with a test."
-""",
-    },
-]
-
-INSTALL = r"""
-if [ -f requirements.txt ]; then echo "installing requirements.txt"; python3 -m pip install -q -r requirements.txt
-elif [ -f package-lock.json ]; then echo "npm ci"; npm ci
-else echo "no dependencies to install"; fi
-"""
+from _demo_tasks import INSTALL, demo_tasks, task_text
 
 # What the merger does with the shell agent: merge each branch, and where it conflicts keep both sides.
 MERGER_SCRIPT = r"""
@@ -157,7 +48,9 @@ async def run(input, rt):
     demo = agent == "shell"
     delay = float(input.get("delay", 0.3))
     strategy = input.get("strategy", "merge")
-    tasks = input.get("tasks") or TASKS
+    # the demo tasks all add a line to corral_example/CHANGES.md: their branches conflict there, and
+    # the merger agent has something to do
+    tasks = input.get("tasks") or demo_tasks(changelog=True)
     workspaces = []
     try:
         # 1. one worktree per task, each on its own branch (corral/<run>/<task>) from base
@@ -176,8 +69,8 @@ async def run(input, rt):
         results = await rt.parallel("worktree-agents", [
             {
                 "agent": t["name"], "profile": agent, "cwd": str(ws.path), "step": i,
-                "system_prompt": t.get("system_prompt", "Implement the requested changes. Commit your work when done."),
-                "task": t["script"].replace("{d}", str(delay)) if demo and t.get("script") else t["task"],
+                "system_prompt": t.get("system_prompt", "Implement the requested changes."),
+                "task": task_text(t, demo, delay),
             }
             for i, (t, ws) in enumerate(zip(tasks, workspaces))
         ])
