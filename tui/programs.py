@@ -11,13 +11,31 @@ from typing import Any, Awaitable, Callable
 from corral.core.events import Event, ProgramResult
 
 
+class _Usage(Exception):
+    pass
+
+
+def fail_usage(message: str):
+    raise _Usage(message)
+
+
 def run_program_cli(args: argparse.Namespace) -> int:
+    """``corral run PROGRAM.py``. Bad usage: one line on stderr, exit 2, nothing created."""
+    try:
+        return _run_program_cli(args)
+    except _Usage as exc:
+        # (printed here rather than raised as the CLI's UsageExit: under `python -m corral.tui.cli`
+        # that class exists twice, as __main__.UsageExit and corral.tui.cli.UsageExit)
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_program_cli(args: argparse.Namespace) -> int:
     import anyio
 
     from corral.core.agents import BUILTIN
     from corral.core.program import ProgramError, load_program, parse_input, prepare_program
     from corral.core.vcs.base import UsageError
-    from corral.tui.cli import fail_usage
 
     if args.task:
         fail_usage("give either a program (PROGRAM.py) or --task arguments, not both")
