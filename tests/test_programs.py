@@ -120,7 +120,8 @@ def _jj_backend_present() -> bool:
 
 
 @pytest.mark.jj
-def test_jj_example_merger_combines_changes(tmp_path):
+@pytest.mark.parametrize("example", ["jj_merger.py", "fanout_integrator.py"])
+def test_jj_examples_combine_changes_and_land(tmp_path, example):
     if not has_jj():
         pytest.skip("jj is not installed")
     if not _jj_backend_present():
@@ -128,7 +129,7 @@ def test_jj_example_merger_combines_changes(tmp_path):
     repo = make_repo(tmp_path / "repo")
     subprocess.run(["jj", "git", "init", "--colocate"], cwd=repo, check=True, capture_output=True)
     env = {"JJ_USER": "Test Author", "JJ_EMAIL": "author@example.com"}
-    res = corral("run", str(EXAMPLES / "jj_merger.py"), "--headless", "--approve", "all",
+    res = corral("run", str(EXAMPLES / example), "--headless", "--approve", "all",
                  "--input", '{"delay": 0}', "--base", "main", cwd=repo, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     out = subprocess.run(["jj", "file", "list", "-r", "main"], cwd=repo, capture_output=True, text=True).stdout
@@ -136,6 +137,10 @@ def test_jj_example_merger_combines_changes(tmp_path):
         assert f"corral_example/{name}.py" in out
     ws = subprocess.run(["jj", "workspace", "list"], cwd=repo, capture_output=True, text=True).stdout
     assert ws.strip().count("\n") == 0, ws  # only the default workspace is left
+    result = json.loads(Path(res.stdout.split("stored in ", 1)[1].split("):", 1)[0]).read_text())
+    assert result["landed"] is True
+    bookmarks = subprocess.run(["jj", "bookmark", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert "corral/" not in bookmarks, bookmarks  # everything landed: no bookmark needed to keep work
 
 
 def test_jj_example_in_a_git_repo_fails_clearly(repo):
