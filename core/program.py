@@ -294,7 +294,7 @@ async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_
     rt.set_phase("report")
     if outcome.returned:
         path = rt.journal.dir / "result.json"
-        write_atomic(path, json.dumps(outcome.value, indent=2, default=str, ensure_ascii=False) + "\n")
+        write_atomic(path, json.dumps(outcome.value, indent=2, default=_plain, ensure_ascii=False) + "\n")
         outcome.result_path = path
         bus.emit(ProgramResult(value=_jsonable(outcome.value), path=str(path)))
     report = rt.journal.dir / "report.md"
@@ -310,8 +310,19 @@ async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_
                          summary=summary, cost=cost))
 
 
+def _plain(obj: Any) -> Any:
+    """JSON for what a program may return besides plain data: results, workspaces, paths."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=_plain))
 
 
 def render_program_report(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, kept: list[str]) -> str:
@@ -341,7 +352,7 @@ def render_program_report(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dic
     lines += ["", "## Input", "", "```json", json.dumps(rt.input, indent=2, default=str, ensure_ascii=False), "```"]
     if outcome.returned:
         lines += ["", "## Result", "", "```json",
-                  json.dumps(outcome.value, indent=2, default=str, ensure_ascii=False)[:20000], "```"]
+                  json.dumps(outcome.value, indent=2, default=_plain, ensure_ascii=False)[:20000], "```"]
     if outcome.traceback:
         lines += ["", "## Error", "", "```text", outcome.traceback[-20000:], "```"]
     if seen["artifacts"]:
@@ -360,5 +371,29 @@ def render_program_report(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dic
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Program", "ProgramError", "ProgramOutcome", "ProgramRuntime", "load_program", "parse_input",
+def pipeline_program(plan: Any) -> Program:
+    """The plan pipeline (steps 2-9 of a run) as a program: one engine, two front doors. ``corral run
+    PLAN.toml`` runs the same steps through :func:`corral.core.pipeline.execute`, which adds the
+    plan's own report; here they run on a program's runtime and return what happened."""
+    from .pipeline import _exit_code, _steps
+
+    async def run(input: Any, rt: Runtime) -> dict[str, Any]:
+        state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "",
+                 "cancelled": False, "error": ""}
+        for t in plan.tasks:
+            rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+        await _steps(rt, plan, state)
+        kept = state.get("integration_kept")
+        integ = state.get("integration")
+        if integ is not None and not kept and integ.task in rt.workspaces.live:
+            await rt.workspaces.remove(integ, keep_branch=False)
+        return {"tasks": {t.name: t.status for t in rt.tasks.values()}, "landed": bool(state["landed"]),
+                "verify_ok": state["verify_ok"], "exit_code": _exit_code(rt, state)}
+
+    module = types.ModuleType("corral_plan_pipeline")
+    module.run = run
+    return Program(Path(plan.source or "plan"), run, module)
+
+
+__all__ = ["Program", "pipeline_program", "ProgramError", "ProgramOutcome", "ProgramRuntime", "load_program", "parse_input",
            "prepare_program", "execute_program", "render_program_report"]

@@ -451,3 +451,56 @@ def test_bad_invocation_exit_2_nothing_created(repo, tmp_path, args, message):
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr
     assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": []}
+
+
+# -------------------------------------------------------------------- one engine, two front doors
+def test_plan_pipeline_runs_as_a_program_on_the_same_runtime(repo, tmp_path):
+    import anyio
+
+    from corral.core.events import EventBus
+    from corral.core.pipeline import execute, prepare
+    from corral.core.plan import adhoc_plan
+    from corral.core.program import ProgramRuntime, execute_program, pipeline_program
+    from corral.core.runtime import PolicyApprover, Runtime
+
+    def plan():
+        return adhoc_plan(["one=echo 1 > one.txt", "two=echo 2 > two.txt; echo x >> README.md"], "shell")
+
+    runtimes: list = []
+
+    async def main():
+        prep = await prepare(plan(), repo, approve="all")
+        program = pipeline_program(prep.plan)
+        out = await execute_program(prep, program, {}, PolicyApprover(True), EventBus(prep.run_id),
+                                    on_runtime=runtimes.append)
+        prep2 = await prepare(plan(), repo, approve="none")
+        out2 = await execute(prep2, PolicyApprover(False), EventBus(prep2.run_id), on_runtime=runtimes.append)
+        return out, out2
+
+    out, out2 = anyio.run(main)
+    assert out.exit_code == 0, (out.run_dir / "report.md").read_text()
+    assert out.value == {"tasks": {"one": "merged", "two": "merged"}, "landed": True, "verify_ok": None,
+                         "exit_code": 0}
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    assert "one.txt" in files and "two.txt" in files
+    # the plan front door: the same Runtime class underneath
+    assert out2.exit_code == 0 and type(runtimes[1]) is Runtime and isinstance(runtimes[0], ProgramRuntime)
+    assert corral_state(repo)["worktrees"] == []
+    # the second run approved nothing: its work stays on its branches; the first left no branch
+    assert sorted(b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]) == ["one", "two"]
+
+
+def test_program_may_return_results_and_workspaces(repo, tmp_path):
+    prog = write_program(tmp_path, """
+        async def run(input, rt):
+            ws = await rt.workspaces.create("w")
+            results = await rt.parallel("s", [{"agent": "shell", "task": "echo hi > hi.txt", "cwd": str(ws.path)}])
+            return {"results": results, "ws": ws.path, "set": {1}}
+    """)
+    res = corral("run", str(prog), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((run_dir(repo) / "result.json").read_text())
+    r = result["results"][0]
+    assert r["agent"] == "shell" and r["exit_code"] == 0 and r["files"] == ["hi.txt"] and "cost" in r["usage"]
+    assert result["set"] == [1] and isinstance(result["ws"], str)
+    assert_no_workspace_left(repo)
