@@ -222,8 +222,7 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 outcome.traceback = tb
                 bus.log("error", f"program raised {outcome.error}\n{tb}", traceback=tb)
-            if rt._program_scope.cancelled_caught or (rt._program_scope.cancel_called and not outcome.returned
-                                                      and not outcome.error):
+            if rt._program_scope.cancel_called:  # abort-all: the run is interrupted, however run() ended
                 cancelled = True
             running = [n for n, t in rt.tasks.items() if not t.finished]
             if running:
