@@ -237,11 +237,16 @@ class Workspaces:
         if strategy not in ("merge", "squash", "rebase"):
             raise ValueError(f"merge strategy {strategy!r}: must be merge, squash or rebase")
         pairs = [await self._head(h) for h in heads]
-        self._merges += 1
-        run = rt.run_id if self._merges == 1 else f"{rt.run_id}-m{self._merges}"
+        # each merge gets an integration workspace of its own: the first `integration`, then
+        # `integration-2`, ... (on branch corral/<run>-m2/integration: the backend names that branch)
+        n = self._merges + 1
+        while (f"integration-{n}" if n > 1 else "integration") in self.created:
+            n += 1
+        self._merges = n
+        run = rt.run_id if n == 1 else f"{rt.run_id}-m{n}"
         ws, outcomes = await rt.backend.integrate(run, rt.base_commit, pairs, strategy, rt.options.worktree_root)
-        if self._merges > 1:
-            ws.task = f"{ws.task}-{self._merges}"
+        if n > 1:
+            ws.task = f"{ws.task}-{n}"
         self.live[ws.task] = ws
         self.created[ws.task] = ws
         return ws, outcomes

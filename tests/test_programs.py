@@ -504,3 +504,21 @@ def test_program_may_return_results_and_workspaces(repo, tmp_path):
     assert r["agent"] == "shell" and r["exit_code"] == 0 and r["files"] == ["hi.txt"] and "cost" in r["usage"]
     assert result["set"] == [1] and isinstance(result["ws"], str)
     assert_no_workspace_left(repo)
+
+
+def test_two_merges_in_one_run_get_their_own_integration_workspaces(repo, tmp_path):
+    prog = write_program(tmp_path, """
+        async def run(input, rt):
+            a = await rt.workspaces.create("integration")   # a name the engine also uses
+            await rt.parallel("x", [{"agent": "shell", "task": "echo a > a.txt", "cwd": str(a.path)}])
+            i1, o1 = await rt.workspaces.merge([a])
+            i2, o2 = await rt.workspaces.merge(["integration"], strategy="rebase")
+            landed = await rt.workspaces.land(i2)
+            return [i1.task, i2.task, i1.ref != i2.ref, landed.ok, [o.ok for o in o1 + o2]]
+    """)
+    res = corral("run", str(prog), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((run_dir(repo) / "result.json").read_text())
+    assert result == ["integration-2", "integration-3", True, True, [True, True]]
+    assert git(repo, "show", "main:a.txt") == "a"
+    assert_no_workspace_left(repo)
