@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import anyio
 
+from .diagnostics import loop_monitor
 from .events import EventBus, Landed, LogEvent, ProgramResult, RunFinished, RunStarted
 from .journal import write_atomic
 from .pipeline import (
@@ -210,7 +211,7 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
                         backend=prep.backend.kind, run_dir=str(journal.dir), tasks=[], agents={}))
     cancelled = False
     try:
-        async with rt:
+        async with loop_monitor(), rt:
             rt.set_phase("running")
             bus.log("info", f"program {program.path} started", input=input)
             try:
