@@ -84,9 +84,12 @@ def load_program(path: str | Path) -> Program:
     folder = str(p.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    # registered like an imported module (dataclasses, pickle and typing look modules up by name)
+    sys.modules[module.__name__] = module
     try:
         exec(code, module.__dict__)
     except BaseException as exc:  # noqa: BLE001 - any failure at load time is a usage error
+        sys.modules.pop(module.__name__, None)
         if isinstance(exc, KeyboardInterrupt):
             raise
         line = ""

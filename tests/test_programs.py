@@ -492,10 +492,19 @@ def test_plan_pipeline_runs_as_a_program_on_the_same_runtime(repo, tmp_path):
 
 def test_program_may_return_results_and_workspaces(repo, tmp_path):
     prog = write_program(tmp_path, """
+        from __future__ import annotations
+
+        from dataclasses import dataclass
+
+        @dataclass
+        class Summary:   # a program's own dataclass (needs its module registered to be defined)
+            name: str
+            count: int = 0
+
         async def run(input, rt):
             ws = await rt.workspaces.create("w")
             results = await rt.parallel("s", [{"agent": "shell", "task": "echo hi > hi.txt", "cwd": str(ws.path)}])
-            return {"results": results, "ws": ws.path, "set": {1}}
+            return {"results": results, "ws": ws.path, "set": {1}, "summary": Summary("s", 2)}
     """)
     res = corral("run", str(prog), "--headless", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -503,6 +512,7 @@ def test_program_may_return_results_and_workspaces(repo, tmp_path):
     r = result["results"][0]
     assert r["agent"] == "shell" and r["exit_code"] == 0 and r["files"] == ["hi.txt"] and "cost" in r["usage"]
     assert result["set"] == [1] and isinstance(result["ws"], str)
+    assert result["summary"] == {"name": "s", "count": 2}
     assert_no_workspace_left(repo)
 
 
