@@ -532,3 +532,55 @@ def test_two_merges_in_one_run_get_their_own_integration_workspaces(repo, tmp_pa
     assert result == ["integration-2", "integration-3", True, True, [True, True]]
     assert git(repo, "show", "main:a.txt") == "a"
     assert_no_workspace_left(repo)
+
+
+# ------------------------------------------------------------------------- with a "real" agent
+FAKE_CLAUDE = r'''#!PYTHON
+"""A stand-in for `claude -p PROMPT --output-format stream-json --verbose ...`: writes the first
+corral_example/*.py file the prompt names, prints Claude Code's stream-json events."""
+import json, os, re, sys
+
+argv = sys.argv[1:]
+assert argv[0] == "-p" and "--output-format" in argv and "--verbose" in argv, argv
+prompt = argv[1]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({"prompt": prompt, "cwd": os.getcwd()}) + "\n")
+path = re.search(r"corral_example/\w+\.py", prompt).group(0)
+os.makedirs(os.path.dirname(path), exist_ok=True)
+open("corral_example/__init__.py", "a").close()
+with open(path, "w") as f:
+    f.write("# written by the fake claude\n")
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": "s1", "model": "claude-x"})
+emit({"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": f"Writing {path}"}]},
+      "session_id": "s1"})
+emit({"type": "result", "subtype": "success", "is_error": False, "result": f"Wrote {path}.", "session_id": "s1",
+      "total_cost_usd": 0.01, "usage": {"input_tokens": 10, "output_tokens": 20}})
+'''
+
+
+def test_git_example_with_a_real_agent_profile_uses_the_prompts(repo, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    fake.write_text(FAKE_CLAUDE.replace("PYTHON", sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "claude.log"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log)}
+    res = corral("run", str(EXAMPLES / "git_branches.py"), "--headless", "--approve", "all",
+                 "--input", '{"agent": "claude"}', cwd=repo, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    assert len(calls) == 3  # one per task; the installers are shell, and nothing conflicted: no merger
+    assert all(c["prompt"].startswith("Create corral_example/") for c in calls)
+    assert len({c["cwd"] for c in calls}) == 3 and str(repo) not in {c["cwd"] for c in calls}
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    assert {"corral_example/slugify.py", "corral_example/wordcount.py", "corral_example/roman.py"} <= set(files)
+    result = json.loads((run_dir(repo) / "result.json").read_text())
+    assert result["status"] == "complete" and result["merged_by_merger"] == []
+    from corral.core.parsers import known_formats
+
+    if "claude-stream-json" in known_formats():  # the Claude parser reads the cost from the result event
+        assert result["totalCost"] == pytest.approx(0.03)
+    assert_no_workspace_left(repo)

@@ -87,6 +87,22 @@ def program_starter(prep, program, value: Any, *, keep_worktrees: bool = False, 
     return start
 
 
+def _program_line_renderer():
+    from corral.core.events import RunStarted
+    from corral.tui.headless import LineRenderer
+
+    class ProgramLineRenderer(LineRenderer):
+        """The plan renderer, but a program's run starts with no tasks: its agents come as it goes."""
+
+        def describe(self, ev: Event) -> str | None:
+            if isinstance(ev, RunStarted):
+                return (f"program run {ev.run} on {ev.repo} ({ev.backend}), base {ev.base} at "
+                        f"{ev.base_commit[:12]}; state in {ev.run_dir}")
+            return super().describe(ev)
+
+    return ProgramLineRenderer()
+
+
 class ResultPrinter:
     """Line mode: print the program's return value when it arrives (before the summary table)."""
 
@@ -106,13 +122,13 @@ def run_program_headless(prep, program, value: Any, *, json_mode: bool, keep_wor
 
     from corral.core.events import EventBus
     from corral.tui.cli import EXIT_INTERRUPTED, make_headless_approver, with_signals
-    from corral.tui.headless import JsonRenderer, LineRenderer
+    from corral.tui.headless import JsonRenderer
 
     bus = EventBus(prep.run_id)
     if json_mode:
         bus.subscribe(JsonRenderer())
     else:
-        bus.subscribe(LineRenderer())
+        bus.subscribe(_program_line_renderer())
         bus.subscribe(ResultPrinter())
     approver = make_headless_approver(prep.plan.approve, bus)
     start = program_starter(prep, program, value, keep_worktrees=keep_worktrees, default_agent=default_agent)
