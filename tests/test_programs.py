@@ -441,6 +441,8 @@ def test_bad_program_exit_2_nothing_created(repo, tmp_path, kind):
     (["PROG", "--input", "{not json"], "--input: not valid JSON"),
     (["PROG", "--input", "@nowhere.json"], "--input @nowhere.json: cannot read"),
     (["PROG", "--verify", "true"], "--verify is for plans"),
+    (["PROG", "--task", "a=b"], "not both"),
+    (["PROG", "--max-parallel", "2"], "--max-parallel is for plans"),
     (["PROG", "--agent", "nope"], "--agent 'nope': unknown agent profile"),
     (["PROG", "--base", "no-such-rev"], "no-such-rev"),
 ])
