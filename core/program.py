@@ -310,7 +310,8 @@ async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_
                       report=str(report), result=str(outcome.result_path) if outcome.result_path else None,
                       error=outcome.error or None, landed=any(ev.ok for ev in seen["lands"]))
     bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(report), kept_branches=kept,
-                         summary=summary, cost=cost))
+                         summary=summary, cost=cost,
+                         tokens=sum(t.result.usage.tokens for t in rt.tasks.values() if t.result) or None))
 
 
 def _plain(obj: Any) -> Any:

@@ -544,7 +544,7 @@ import json, os, re, sys
 
 argv = sys.argv[1:]
 assert argv[0] == "-p" and "--output-format" in argv and "--verbose" in argv, argv
-prompt = argv[1]
+prompt = argv[argv.index("--") + 1] if "--" in argv else argv[1]
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps({"prompt": prompt, "cwd": os.getcwd()}) + "\n")
 path = re.search(r"corral_example/\w+\.py", prompt).group(0)
