@@ -203,6 +203,15 @@ class RunFinished(Event):
     tokens: int | None = None  # total over the tasks, where agents report tokens
 
 
+@dataclass(kw_only=True)
+class ProgramResult(Event):
+    """What a program's ``run(input, rt)`` returned (stored as ``result.json`` in the run folder)."""
+
+    TYPE: ClassVar[str] = "program_result"
+    value: Any = None
+    path: str = ""
+
+
 Subscriber = Callable[[Event], None]
 
 

@@ -121,18 +121,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
                   grace: float = 3.0, on_runtime: Callable[[Runtime], None] | None = None) -> Outcome:
     """Steps 2-11. Cancellation (Ctrl-C and friends) propagates after cleanup has run."""
     plan, backend = prep.plan, prep.backend
-    bus.run = prep.run_id
-    journal = Journal(backend.state_dir, prep.run_id)
-    journal.create()
-    unsubscribe = bus.subscribe(journal.on_event)
-    journal.update(
-        state="running", pid=os.getpid(), repo=str(backend.root), backend=backend.kind, base=prep.base_name,
-        base_commit=prep.base_commit, plan=plan.to_dict(),
-    )
-    options = RunOptions(run_id=prep.run_id, worktree_root=prep.worktree_root, grace=grace,
-                         keep_worktrees=keep_worktrees)
-    rt = Runtime(backend=backend, bus=bus, journal=journal, profiles=plan.agents, approver=approver,
-                 options=options, base_name=prep.base_name, base_commit=prep.base_commit)
+    rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace,
+                                        plan=plan.to_dict())
     state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "", "cancelled": False,
              "error": ""}
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
@@ -162,6 +152,54 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
             journal.close()
             await backend.close()
     return outcome
+
+
+def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False, grace: float = 3.0,
+             runtime_cls: type[Runtime] = Runtime, default_agent: str | None = None,
+             **journal_fields) -> tuple[Runtime, Journal, Callable[[], None]]:
+    """The start every run shares (plan pipeline and programs): its journal folder, the journal
+    listening to the bus, and the runtime. Returns (runtime, journal, unsubscribe the journal)."""
+    backend = prep.backend
+    bus.run = prep.run_id
+    journal = Journal(backend.state_dir, prep.run_id)
+    journal.create()
+    unsubscribe = bus.subscribe(journal.on_event)
+    journal.update(
+        state="running", pid=os.getpid(), repo=str(backend.root), backend=backend.kind, base=prep.base_name,
+        base_commit=prep.base_commit, **journal_fields,
+    )
+    options = RunOptions(run_id=prep.run_id, worktree_root=prep.worktree_root, grace=grace,
+                         keep_worktrees=keep_worktrees, default_agent=default_agent)
+    rt = runtime_cls(backend=backend, bus=bus, journal=journal, profiles=prep.plan.agents, approver=approver,
+                     options=options, base_name=prep.base_name, base_commit=prep.base_commit)
+    return rt, journal, unsubscribe
+
+
+def stop_unfinished(rt: Runtime, cancelled: bool) -> None:
+    """At the end of a run: stop any process still running, and mark every unfinished task aborted."""
+    for proc in list(rt._procs.values()):
+        proc.stop("cancelled")
+    for info in rt.tasks.values():
+        if not info.finished:
+            rt.set_status(info.name, "aborted", "run interrupted" if cancelled else "run ended")
+
+
+def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
+    """One row per task for the RunFinished event, and the total cost (None when no agent reported one)."""
+    total_cost = sum((t.result.usage.cost or 0) for t in rt.tasks.values() if t.result and t.result.usage.cost)
+    has_cost = any(t.result and t.result.usage.cost is not None for t in rt.tasks.values())
+    summary = [
+        {
+            "task": t.name, "agent": t.agent, "status": t.status, "reason": t.reason,
+            "duration": round(t.result.duration, 2) if t.result else None,
+            "cost": t.result.usage.cost if t.result else None,
+            "tokens": (t.result.usage.tokens or None) if t.result else None,
+            "files": len(t.snapshot.files) if t.snapshot else 0,
+            "branch": t.workspace.ref if (t.workspace and t.branch_kept) else "",
+        }
+        for t in rt.tasks.values()
+    ]
+    return summary, (total_cost if has_cost else None)
 
 
 async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
@@ -368,11 +406,7 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
     """Steps 10 and 11: report, then cleanup (always)."""
     bus = rt.bus
     # stop anything still running (a cancelled run): the task group already did; be sure
-    for proc in list(rt._procs.values()):
-        proc.stop("cancelled")
-    for info in rt.tasks.values():
-        if not info.finished:
-            rt.set_status(info.name, "aborted", "run interrupted" if state["cancelled"] else "run ended")
+    stop_unfinished(rt, state["cancelled"])
 
     def keep(ws) -> bool:
         if ws.task == "integration":
@@ -406,24 +440,12 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
             if ws is not None and info.status in ("merged", "discarded") and await rt.backend.ref_exists(ws.ref):
                 await rt.backend.delete_ref(ws.ref)
     rt.set_phase("done")
-    total_cost = sum((t.result.usage.cost or 0) for t in rt.tasks.values() if t.result and t.result.usage.cost)
-    has_cost = any(t.result and t.result.usage.cost is not None for t in rt.tasks.values())
-    summary = [
-        {
-            "task": t.name, "agent": t.agent, "status": t.status, "reason": t.reason,
-            "duration": round(t.result.duration, 2) if t.result else None,
-            "cost": t.result.usage.cost if t.result else None,
-            "tokens": (t.result.usage.tokens or None) if t.result else None,
-            "files": len(t.snapshot.files) if t.snapshot else 0,
-            "branch": t.workspace.ref if (t.workspace and t.branch_kept) else "",
-        }
-        for t in rt.tasks.values()
-    ]
+    summary, cost = run_summary(rt)
     rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(),
                       landed=bool(state.get("landed")), kept_branches=kept, report=str(path))
     bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(path), kept_branches=kept,
-                         summary=summary, cost=total_cost if has_cost else None,
+                         summary=summary, cost=cost,
                          tokens=sum(t.result.usage.tokens for t in rt.tasks.values() if t.result) or None))
 
 
-__all__ = ["prepare", "execute", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["prepare", "execute", "open_run", "stop_unfinished", "run_summary", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -78,8 +78,15 @@ def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: A
     if kept:
         lines += ["", "## Branches kept (work not merged)", ""]
         lines += [f"- `{ref}`" for ref in kept]
-    lines += ["", "## Tasks", "", "| task | agent | status | duration | cost | files | merged |",
-              "|---|---|---|---|---|---|---|"]
+    lines += render_tasks(rt)
+    return "\n".join(lines) + "\n"
+
+
+def render_tasks(rt: "Runtime", title: str = "Tasks") -> list[str]:
+    """The per-task part of a report (a table, then one section per task): plans and programs share it."""
+    tasks = list(rt.tasks.values())
+    lines = ["", f"## {title}", "", "| task | agent | status | duration | cost | files | merged |",
+             "|---|---|---|---|---|---|---|"]
     for t in tasks:
         files = len(t.snapshot.files) if t.snapshot else 0
         lines.append(
@@ -107,4 +114,4 @@ def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: A
             lines.append("- conflicts in: " + ", ".join(f"`{f}`" for f in t.conflict_files))
         if t.result and t.result.text.strip():
             lines += ["", "Final text:", "", "```text", t.result.text.strip()[:4000], "```"]
-    return "\n".join(lines) + "\n"
+    return lines

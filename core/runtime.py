@@ -10,6 +10,7 @@ bus and call the control methods (:meth:`Runtime.abort`, :meth:`Runtime.abort_al
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +22,31 @@ from .agents import Profile
 from .events import (
     FINISHED_STATUSES,
     EventBus,
+    Landed,
     LogEvent,
     PhaseChanged,
     TaskActivity,
+    TaskFinished,
     TaskOutput,
     TaskStatus,
 )
 from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
 from .procs import MAX_DISPLAY_LINE, Supervised
+from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace
 
 #: longest output line handed whole to a structured-output parser
 STRUCTURED_MAX_LINE = 8 * 1024 * 1024
-from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
+
+
+#: a task, agent or workspace name: it becomes a branch name, a log file name and a pane title
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,39}$")
+
+
+def readable_name(text: str) -> str:
+    """``text`` made fit for a name: runs of other characters become '-', at most 32 characters."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:32].rstrip("-.")
+    return out or "agent"
 
 
 #: Agents run at this niceness: when they saturate the CPUs, corral (and its dashboard) still gets to run.
@@ -54,6 +67,8 @@ class AgentResult:
     reason: str = ""
     step: str = ""
     cwd: str = ""
+    profile: str = ""  # the agent profile that ran (``agent`` is the spec's display name)
+    files: list[str] = field(default_factory=list)  # what it changed, when it ran in a workspace
 
     @property
     def ok(self) -> bool:
@@ -118,6 +133,8 @@ class RunOptions:
     worktree_root: str | None = None
     grace: float = 3.0
     keep_worktrees: bool = False
+    #: profile used for a spec whose ``agent`` is a display name and that names no ``profile``
+    default_agent: str | None = None
 
 
 class Handle:
@@ -158,14 +175,20 @@ class Workspaces:
     def __init__(self, rt: "Runtime") -> None:
         self._rt = rt
         self.live: dict[str, Workspace] = {}
+        #: every workspace this run created (also the removed ones), for the final sweep of branches
+        self.created: dict[str, Workspace] = {}
+        self._merges = 0
 
     async def create(self, name: str, base: str | None = None) -> Workspace:
         rt = self._rt
-        if name in self.live:
+        if name in self.live or name in self.created:
             raise ValueError(f"workspace {name!r} already exists in this run")
+        if not NAME_RE.match(str(name)) or not await rt.backend.check_ref_name(rt.backend.ref_name(rt.run_id, name)):
+            raise ValueError(f"workspace name {name!r}: use letters, digits, '.', '_' and '-' (at most 40)")
         base_commit = await rt.backend.resolve(base) if base else rt.base_commit
         ws = await rt.backend.create_workspace(rt.run_id, name, base_commit, rt.options.worktree_root)
         self.live[name] = ws
+        self.created[name] = ws
         rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
         return ws
 
@@ -183,18 +206,78 @@ class Workspaces:
     def list(self) -> list[Workspace]:
         return list(self.live.values())
 
-    async def forecast(self, heads: dict[str, str] | None = None) -> Forecast:
+    async def forecast(self, heads: dict[str, str] | list[Any] | None = None) -> Forecast:
+        """Predicted conflicts between ``heads`` (a dict name -> commit, or a list of workspaces,
+        workspace or branch names; default: every live workspace) and with base."""
         rt = self._rt
         if heads is None:
             heads = {ws.task: ws.head for ws in self.live.values() if ws.head}
+        elif not isinstance(heads, dict):
+            heads = dict([await self._head(h) for h in heads])
         bases = {name: self.live[name].base_commit for name in heads if name in self.live}
         return await rt.backend.forecast(rt.base_name, heads, bases)
 
-    async def merge(self, heads: list[tuple[str, str]], strategy: str = "merge") -> tuple[Workspace, list[MergeOutcome]]:
+    async def _head(self, item: Any) -> tuple[str, str]:
+        """(label, commit) of a workspace (its work committed first), a workspace name, a branch or
+        revision name, or a ``(label, commit)`` pair."""
+        if isinstance(item, tuple) and len(item) == 2:
+            return str(item[0]), str(item[1])
+        if isinstance(item, str) and item in self.live:
+            item = self.live[item]
+        if isinstance(item, Workspace):
+            if item.task in self.live and item.path.is_dir():
+                await self.snapshot(item)
+            return item.task, item.head or item.base_commit
+        if isinstance(item, str):
+            try:
+                return item, await self._rt.backend.resolve(item)
+            except VcsError as exc:
+                raise ValueError(f"merge: {item!r} is neither a workspace of this run nor a revision ({exc})") from None
+        raise TypeError(f"merge: expected a workspace, a workspace or branch name, or (name, commit), "
+                        f"not {type(item).__name__}")
+
+    async def merge(self, heads: list[Any], strategy: str = "merge") -> tuple[Workspace, list[MergeOutcome]]:
+        """Merge ``heads`` (workspaces, workspace or branch names, or ``(name, commit)`` pairs) in order
+        into a new integration workspace at base; a conflicting one is left out (its outcome says
+        which files) and the others still merge. Returns the integration workspace and the outcomes."""
         rt = self._rt
-        ws, outcomes = await rt.backend.integrate(rt.run_id, rt.base_commit, heads, strategy, rt.options.worktree_root)
+        if strategy not in ("merge", "squash", "rebase"):
+            raise ValueError(f"merge strategy {strategy!r}: must be merge, squash or rebase")
+        pairs = [await self._head(h) for h in heads]
+        # each merge gets an integration workspace of its own: the first `integration`, then
+        # `integration-2`, ... (on branch corral/<run>-m2/integration: the backend names that branch)
+        n = self._merges + 1
+        while (f"integration-{n}" if n > 1 else "integration") in self.created:
+            n += 1
+        self._merges = n
+        run = rt.run_id if n == 1 else f"{rt.run_id}-m{n}"
+        ws, outcomes = await rt.backend.integrate(run, rt.base_commit, pairs, strategy, rt.options.worktree_root)
+        if n > 1:
+            ws.task = f"{ws.task}-{n}"
         self.live[ws.task] = ws
+        self.created[ws.task] = ws
         return ws, outcomes
+
+    async def land(self, ws: Workspace | str) -> LandOutcome:
+        """Move the base branch to ``ws``'s work (committed first), only if base has not moved
+        since the run started (or since the last land). Announces a ``land`` event."""
+        rt = self._rt
+        if isinstance(ws, str):
+            if ws not in self.live:
+                raise ValueError(f"land: no live workspace {ws!r}")
+            ws = self.live[ws]
+        if ws.task in self.live and ws.path.is_dir():
+            await self.snapshot(ws)
+        new = ws.head or ws.base_commit
+        if new == rt.base_commit:
+            out = LandOutcome(True, "nothing to land", new, new)
+        else:
+            out = await rt.backend.land(rt.base_name, rt.base_commit, new)
+        if out.ok:
+            rt.base_commit = new
+        rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=out.message,
+                           kept="" if out.ok else ws.ref))
+        return out
 
     async def cleanup(self, keep: Callable[[Workspace], bool]) -> None:
         """Remove every workspace still alive (shielded: runs even when the run is being cancelled)."""
@@ -324,23 +407,46 @@ class Runtime:
     def _spec(self, spec: dict[str, Any] | Any, step: str = "") -> dict[str, Any]:
         if not isinstance(spec, dict):
             raise TypeError(f"an agent spec is a dict, not {type(spec).__name__}")
+        spec = dict(spec)
+        for camel, snake in (("systemPrompt", "system_prompt"),):  # pi-factory's spelling
+            if camel in spec:
+                spec.setdefault(snake, spec.pop(camel))
         unknown = set(spec) - {"agent", "task", "system_prompt", "cwd", "step", "profile", "name", "timeout"}
         if unknown:
             raise ValueError(f"agent spec: unknown keys {sorted(unknown)}")
-        out = dict(spec)
-        profile = out.get("profile") or out.get("agent")
+        out = spec
+        profile = out.get("profile")
+        if not profile:
+            profile = out.get("agent")
+            if profile not in self.profiles and out.get("agent") and self.options.default_agent:
+                profile = self.options.default_agent
         if not profile or profile not in self.profiles:
-            raise ValueError(f"agent spec: unknown agent profile {profile!r} (known: {', '.join(sorted(self.profiles))})")
+            raise ValueError(f"agent spec: unknown agent profile {profile!r} (known: {', '.join(sorted(self.profiles))})"
+                             + ("" if out.get("profile") else "; give 'profile' when 'agent' is a display name"))
         if not out.get("task"):
             raise ValueError("agent spec: 'task' (the prompt) is empty")
+        if out.get("cwd") is not None:
+            cwd = Path(str(out["cwd"]))
+            if not cwd.is_dir():
+                raise ValueError(f"agent spec: cwd {str(cwd)!r} is not a directory")
+            out["cwd"] = str(cwd)
         out["profile"] = profile
-        out.setdefault("step", step)
+        out.setdefault("agent", profile)
+        # the step a call names (rt.parallel's first argument) wins over a spec's own (often an index)
+        out["step"] = step or ("" if out.get("step") is None else str(out["step"]))
         if "name" not in out:
-            base = str(out.get("agent") or profile)
-            self._counter += 1
-            name = base if base not in self.tasks else f"{base}-{self._counter}"
-            out["name"] = name
+            out["name"] = self.unique_name(str(out.get("agent") or profile))
         return out
+
+    def unique_name(self, wanted: str) -> str:
+        """A task name not used yet in this run, readable: ``merger``, then ``merger-2``, ``merger-3``."""
+        base = readable_name(wanted)
+        if base not in self.tasks:
+            return base
+        n = 2
+        while f"{base}-{n}" in self.tasks:
+            n += 1
+        return f"{base}-{n}"
 
     async def run_agent(self, spec: dict[str, Any]) -> AgentResult:
         """Run one agent to completion in ``spec['cwd']`` (it must be a workspace or a directory)."""
@@ -348,14 +454,17 @@ class Runtime:
         name = spec["name"]
         profile = self.profiles[spec["profile"]]
         info = self.add_task(name, profile.name, spec["task"], spec.get("system_prompt", ""))
+        if info.workspace is None and spec.get("cwd"):
+            # an agent sent into one of the run's workspaces: its pane shows that workspace's branch
+            info.workspace = self._workspace_at(str(spec["cwd"]))
         cwd = str(spec.get("cwd") or (info.workspace.path if info.workspace else self.backend.root))
         timeout = float(spec.get("timeout") or profile.timeout or 0)
         parser = make_parser(profile.format)
         parser.cwd = cwd
         start = time.monotonic()
         if self.aborted(name):
-            result = AgentResult(profile.name, name, None, "", Usage(), 0.0, "aborted", "aborted before start",
-                                 spec.get("step", ""), cwd)
+            result = AgentResult(str(spec.get("agent") or profile.name), name, None, "", Usage(), 0.0, "aborted",
+                                 "aborted before start", spec.get("step", ""), cwd, profile.name)
             info.result = result
             self.set_status(name, "aborted", result.reason)
             return result
@@ -429,17 +538,47 @@ class Runtime:
             status, reason = "failed", str(getattr(parser, "error"))
         else:
             status, reason = "succeeded", ""
-        result = AgentResult(profile.name, name, res.exit_code, parser.final_text, parser.usage,
-                             time.monotonic() - start, status, reason, spec.get("step", ""), cwd)
+        result = AgentResult(str(spec.get("agent") or profile.name), name, res.exit_code, parser.final_text,
+                             parser.usage, time.monotonic() - start, status, reason, spec.get("step", ""), cwd,
+                             profile.name)
         info.result = result
         self.journal.update_task(name, exit_code=res.exit_code, duration=result.duration, cost=result.usage.cost,
                                  tokens=result.usage.tokens, pid=None)
         return result
 
+    def _workspace_at(self, cwd: str) -> Workspace | None:
+        try:
+            target = Path(cwd).resolve()
+        except OSError:
+            return None
+        for ws in self.workspaces.live.values():
+            if Path(ws.path).resolve() == target:
+                return ws
+        return None
+
     async def _run_handle(self, handle: Handle, spec: dict[str, Any]) -> None:
         try:
             result = await self.run_agent(spec)
             info = self.tasks[result.name]
+            ws = info.workspace
+            if ws is not None and ws.task in self.workspaces.live and Path(ws.path).is_dir():
+                # commit what the agent left onto the workspace's branch (as the pipeline does)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        snap = await self.workspaces.snapshot(ws, f"corral: {result.name}\n\nrun {self.run_id}, "
+                                                                  f"agent {result.agent} ({result.profile})")
+                    except VcsError as exc:
+                        self.bus.log("error", f"could not commit the work of {result.name}: {exc}", task=result.name)
+                    else:
+                        info.snapshot = snap
+                        result.files = list(snap.files)
+                        self.journal.update_task(result.name, files=snap.files, commit=snap.commit)
+            snap = info.snapshot
+            self.bus.emit(TaskFinished(task=result.name, status=result.status, exit_code=result.exit_code,
+                                       duration=result.duration, cost=result.usage.cost,
+                                       tokens=result.usage.tokens or None, files=snap.files if snap else [],
+                                       added=snap.added if snap else 0, removed=snap.removed if snap else 0,
+                                       commit=snap.commit if snap else "", text=result.text, reason=result.reason))
             self.set_status(result.name, result.status, result.reason)
             handle.result = result
             del info
@@ -454,6 +593,8 @@ class Runtime:
         if self._tg is None:
             raise RuntimeError("rt.spawn needs a running runtime")
         spec = self._spec(spec, step)
+        if spec["name"] in self.tasks:  # a name given twice: the second agent gets its own pane
+            spec["name"] = self.unique_name(spec["name"])
         info = self.add_task(spec["name"], spec["profile"], spec["task"], spec.get("system_prompt", ""))
         self.set_status(info.name, "pending")
         handle = Handle(spec["name"])
