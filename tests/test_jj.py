@@ -91,12 +91,15 @@ def state(repo: Path) -> dict:
     return {"bookmarks": sorted(marks), "workspaces": wss, "runs": runs}
 
 
-def no_trial_traces(repo: Path) -> None:
-    """Neither the log nor the operation log shows a trial merge or a rolled-back integration step."""
+def no_trial_traces(repo: Path, op_log: bool = True) -> None:
+    """Neither the log nor the operation log shows a trial merge or a rolled-back integration step
+    (an older jj, without detached operations, cannot keep them out of the operation log)."""
     subjects = jj(repo, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
     assert "trial merge" not in subjects and "corral: anchor" not in subjects
     ops = jj(repo, "op", "log", "--no-graph", "-T", 'description ++ " " ++ tags ++ "\\n"')
-    assert "trial merge" not in ops
+    if op_log:
+        assert "trial merge" not in ops
+    assert "reconcile divergent operations" not in ops
     assert jj(repo, "log", "-r", "conflicts()", "--no-graph", "-T", 'commit_id ++ "\\n"').strip() == ""
 
 
@@ -356,3 +359,57 @@ def test_clean_after_a_killed_run(plain: Path, tmp_path: Path, wt_root: Path) ->
     assert st["bookmarks"] == [f"corral/{run_id}/w"]
     assert file_at(plain, f"corral/{run_id}/w", "w.txt") == "work\n"
     assert f"kept branch corral/{run_id}/w" in res.stdout
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached-ops", "old-jj"])
+def test_backend_trials_and_discard(plain: Path, wt_root: Path, detached: bool) -> None:
+    """The backend API on a real repo: forecast and integration leave no trial behind (with detached
+    operations, and on an older jj without them, where trials are abandoned); a discarded task's
+    change is abandoned; a kept one stays on its bookmark."""
+    import anyio
+
+    from corral.core.vcs import open_backend
+
+    old_main = commit_of(plain, "main")
+
+    async def scenario() -> None:
+        b = await open_backend(plain)
+        assert b.kind == "jj"
+        if not detached:
+            b.version = (0, 40, 0)  # jj before --no-integrate-operation
+        assert b.detached_ops is detached
+        edits = {"x": ("line 5", "line five"), "y": ("line 5", "ligne cinq"), "z": ("line 1", "line one")}
+        wss = {}
+        for task, (old, new) in edits.items():
+            ws = await b.create_workspace("20260101-000000-abcd", task, old_main, str(wt_root))
+            app = ws.path / "src" / "app.py"
+            app.write_text(app.read_text().replace(old + "\n", new + "\n"))
+            snap = await b.snapshot(ws, f"corral: {task}")
+            assert snap.files == ["src/app.py"] and snap.change_id
+            wss[task] = ws
+        ops_before = jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"')
+        fc = await b.forecast("main", {t: ws.head for t, ws in wss.items()})
+        assert fc.conflicts == {("x", "y"): ["src/app.py"]}
+        if detached:  # the forecast added nothing to the operation log
+            assert jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"') == ops_before
+        integ, outcomes = await b.integrate("20260101-000000-abcd", old_main,
+                                            [(t, ws.head) for t, ws in wss.items()], "merge", str(wt_root))
+        assert [(o.task, o.ok) for o in outcomes] == [("x", True), ("y", False), ("z", True)]
+        assert outcomes[1].conflict_files == ["src/app.py"]
+        assert "line five" in (integ.path / "src" / "app.py").read_text()
+        no_trial_traces(plain, op_log=detached)
+        # discard y: its change is abandoned; x stays on its bookmark; the integration is dropped
+        y_change = jj(plain, "log", "-r", wss["y"].head, "--no-graph", "-T", "change_id").strip()
+        await b.remove_workspace(wss["y"], keep_ref=False)
+        await b.remove_workspace(wss["x"], keep_ref=True)
+        await b.remove_workspace(wss["z"], keep_ref=True)
+        await b.remove_workspace(integ, keep_ref=False)
+        visible = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'change_id ++ "\\n"').split()
+        assert y_change not in visible
+        assert state(plain)["bookmarks"] == ["corral/20260101-000000-abcd/x", "corral/20260101-000000-abcd/z"]
+        assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == []
+        subjects = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+        assert "corral: merge" not in subjects
+        assert await b.holds_unmerged_work("corral/20260101-000000-abcd/x")
+
+    anyio.run(scenario)

@@ -463,22 +463,27 @@ class JjBackend(Backend):
     async def trial_merge(self, parents: Sequence[str], op: str | None = None) -> list[str] | None:
         """Conflicting paths of merging ``parents`` (None: merges cleanly), from a merge commit made in
         an operation that never joins the op log (or, on old jj, a commit abandoned at once)."""
+        if self.detached_ops:
+            return await self._trial_merge(parents, op)
+        async with self.mutating():  # attached: the trial is a real operation, abandoned at once
+            return await self._trial_merge(parents, None)
+
+    async def _trial_merge(self, parents: Sequence[str], op: str | None) -> list[str] | None:
         token = secrets.token_hex(8)
         txn = self.txn(op)
-        res = await txn.run("new", "--no-edit", *parents, "-m", f"corral: trial merge {token}")
-        del res
-        found = await txn.commits(f"children({parents[-1]}) & description(substring:{_quote(token)})")
+        found: list[_Commit] = []
         try:
+            await txn.run("new", "--no-edit", *parents, "-m", f"corral: trial merge {token}")
+            found = await txn.commits(f"children({parents[-1]}) & description(substring:{_quote(token)})")
             if len(found) != 1:
                 raise VcsError(f"jj: trial merge of {', '.join(p[:12] for p in parents)} not found")
             if not found[0].conflict:
                 return None
             return await txn.conflict_files(found[0].commit)
         finally:
-            txn.created = [c.change for c in found]
-            if not txn.detached:
-                async with self.mutating():
-                    await txn.rollback()
+            with anyio.CancelScope(shield=True):
+                txn.created = [c.change for c in found]
+                await txn.rollback()
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
         fc = Forecast()
