@@ -413,3 +413,19 @@ def test_backend_trials_and_discard(plain: Path, wt_root: Path, detached: bool) 
         assert await b.holds_unmerged_work("corral/20260101-000000-abcd/x")
 
     anyio.run(scenario)
+
+
+def test_base_moved_during_the_run_lands_nothing(plain: Path, tmp_path: Path) -> None:
+    """Someone moves ``main`` while the agents work: corral does not move it again."""
+    mover = (f"echo A > a.txt; jj --ignore-working-copy -R {plain} new --no-edit main -m moved >/dev/null 2>&1 && "
+             f"jj --ignore-working-copy -R {plain} bookmark set main "
+             "-r 'children(main) & description(substring:\"moved\")' >/dev/null 2>&1")
+    p = plan(tmp_path, {"a": mover}, base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "main moved during the run" in res.stdout
+    assert jj(plain, "log", "-r", "main", "--no-graph", "-T", "description.first_line()") == "moved"
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert f"corral/{run_id}/integration" in st["bookmarks"] and f"corral/{run_id}/a" in st["bookmarks"]
+    assert "jj bookmark set main -r" in res.stdout  # how to land by hand

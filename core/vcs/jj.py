@@ -175,6 +175,7 @@ class JjBackend(Backend):
         self._notices: list[str] = []
         self._created: dict[str, list[str]] = {}  # integration bookmark -> change ids it made
         self._not_bookmark: set[str] = set()
+        self._diff_template = True
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -424,7 +425,15 @@ class JjBackend(Backend):
                         change_id=info[0].change if info else "")
 
     async def _files(self, frm: str, to: str) -> list[str]:
-        res = await self.jj("diff", "--from", frm, "--to", to, "-T", 'path ++ "\\n"')
+        if self._diff_template:
+            res = await self.jj("diff", "--from", frm, "--to", to, "-T", 'path ++ "\\n"', check=False)
+            if res.ok:
+                return sorted(set(res.lines()))
+            if "unexpected argument" not in res.err:
+                raise VcsError(f"jj diff: {_short_err(res)}")
+            self._diff_template = False  # a jj without `diff -T`
+        # --name-only prints paths relative to the current directory: run at the repository root
+        res = await self.jj("diff", "--from", frm, "--to", to, "--name-only")
         return sorted(set(res.lines()))
 
     async def _diff_stats(self, frm: str, to: str) -> tuple[list[str], int, int]:
@@ -679,6 +688,9 @@ class JjBackend(Backend):
                     await self.jj("workspace", "forget", ws.name, check=False)
                 if ws.path.exists():
                     shutil.rmtree(ws.path, ignore_errors=True)
+                if self.colocated and self._no_colocate is False:
+                    # a colocated workspace is also a git worktree: drop git's record of it
+                    await _run(["git", "worktree", "prune"], str(self.root), None)
                 if not keep_ref:
                     await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
                     if ws.task == "integration":
