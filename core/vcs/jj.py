@@ -233,12 +233,15 @@ class JjBackend(Backend):
         return self._env
 
     async def jj(self, *args: str, cwd: str | Path | None = None, check: bool = True,
-                 workspace: bool = False) -> JjResult:
+                 workspace: bool = False, user_wc: bool = False) -> JjResult:
         """Run jj. On the repository (default) with ``--ignore-working-copy``; with ``workspace=True``
-        inside one of corral's workspaces (``cwd``), snapshotting it first."""
+        inside one of corral's workspaces (``cwd``), snapshotting it first; with ``user_wc=True`` on the
+        repository the way a user's own command runs (a last resort, for a jj that insists)."""
         argv = ["jj", *GLOBAL]
         if workspace:
             argv += ["-R", str(cwd), *SNAPSHOT_CONFIG]
+        elif user_wc:
+            argv += ["-R", str(self.root)]
         else:
             argv += ["-R", str(self.root), "--ignore-working-copy"]
         argv += list(args)
@@ -306,6 +309,11 @@ class JjBackend(Backend):
     async def check_ref_name(self, name: str) -> bool:
         # jj bookmarks are exported to git (colocated or not), so they must be valid git branch names
         code, _, _ = await _run(["git", "check-ref-format", f"refs/heads/{name}"], str(self.root), None)
+        if code == 127:  # no git binary: the common rules
+            parts = name.split("/")
+            return (bool(name) and not name.endswith((".", ".lock", "/")) and ".." not in name and "@{" not in name
+                    and not any(p == "" or p.startswith(".") for p in parts)
+                    and not re.search(r"[\x00-\x20\x7f~^:?*\[\\]", name))
         return code == 0
 
     async def bookmarks(self, pattern: str = "glob:*") -> dict[str, str | None]:
@@ -343,10 +351,12 @@ class JjBackend(Backend):
         ``--ignore-working-copy``, jj registers the workspace but cannot check it out; the check-out
         then happens inside the new workspace (``jj new REV`` there)."""
         async with self._colocate_lock:
+            user_wc = False
             while True:
                 flags = ["--no-colocate"] if self._no_colocate else []
                 async with self.mutating():
-                    res = await self.jj("workspace", "add", *flags, "--name", name, "-r", rev, str(path), check=False)
+                    res = await self.jj("workspace", "add", *flags, "--name", name, "-r", rev, str(path), check=False,
+                                        user_wc=user_wc)
                     registered = name in await self._workspaces()
                 if registered:
                     if self._no_colocate is None:
@@ -360,6 +370,9 @@ class JjBackend(Backend):
                         "workspaces with --no-colocate (no .git inside them: agents should use jj, not git)")
                     for child in path.iterdir():  # the failed attempt may leave files behind
                         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+                    continue
+                if not user_wc and "working copy" in text:
+                    user_wc = True  # this jj will not add a workspace without loading the current one
                     continue
                 raise VcsError(f"jj workspace add {path}: {_short_err(res)}")
         # check out REV in the new workspace (its first working-copy commit may sit elsewhere)
