@@ -81,11 +81,14 @@ class TaskStatus(Event):
 
 @dataclass(kw_only=True)
 class TaskOutput(Event):
-    """One line of an agent's (or its setup's) output, already made readable by its parser."""
+    """Lines of an agent's (or its setup's) output, already made readable by its parser.
+
+    Lines arrive in batches (one per read from the agent's pipe) so that chatty agents cost one
+    event per chunk, not one per line. JSON renderers print one ``output`` object per line."""
 
     TYPE: ClassVar[str] = "output"
     task: str
-    line: str
+    lines: list[str]
     stream: str = "agent"  # agent | setup
 
 
@@ -151,8 +154,10 @@ class MergeEvent(Event):
 
 @dataclass(kw_only=True)
 class VerifyOutput(Event):
+    """Lines of the verify command's output (batched like :class:`TaskOutput`)."""
+
     TYPE: ClassVar[str] = "verify_output"
-    line: str
+    lines: list[str]
 
 
 @dataclass(kw_only=True)

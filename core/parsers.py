@@ -40,6 +40,13 @@ class Parser:
         self._remember(line)
         return [line]
 
+    def feed_lines(self, lines: list[str]) -> list[str]:
+        """Take a batch of lines; return the lines to show for them."""
+        out: list[str] = []
+        for line in lines:
+            out += self.feed(line)
+        return out
+
     def _remember(self, line: str) -> None:
         if line.strip():
             self._tail.append(line)
@@ -54,6 +61,12 @@ class Parser:
 
 class TextParser(Parser):
     """Plain text output (the ``shell`` profile and any command without structured output)."""
+
+    def feed_lines(self, lines: list[str]) -> list[str]:
+        tail = [line for line in lines[-self.TAIL_LINES :] if line.strip()]
+        if tail:
+            self._tail = (self._tail + tail)[-self.TAIL_LINES :]
+        return lines
 
 
 PARSERS: dict[str, type[Parser]] = {"text": TextParser}

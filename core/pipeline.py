@@ -14,6 +14,7 @@ from typing import Callable
 
 import anyio
 
+from .diagnostics import loop_monitor
 from .events import (
     EventBus,
     ForecastEvent,
@@ -86,19 +87,24 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
             p = Path(root).expanduser()
             if not p.is_dir():
                 raise UsageError(f"worktree_root {root!r}: no such directory")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise UsageError(f"worktree_root {root!r}: not writable")
             root = str(p.resolve())
-        else:
-            import tempfile
-
-            tmp = tempfile.gettempdir()
-            if not os.access(tmp, os.W_OK | os.X_OK):
-                raise UsageError(f"temp dir {tmp!r}: not writable (set worktree_root)")
+        _check_writable(root)
     except BaseException:
         await backend.close()
         raise
     return Prepared(plan, backend, base_name, base_commit, root)
+
+
+def _check_writable(root: str | None) -> None:
+    """Workspaces are made with mkdtemp under ``root`` (default: the temp dir): try it once."""
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".corral-probe-", dir=root)
+    except OSError as exc:
+        where = f"worktree_root {root!r}" if root else f"temp dir {tempfile.gettempdir()!r}"
+        raise UsageError(f"{where}: not writable ({exc.strerror or exc})") from None
+    os.rmdir(probe)
 
 
 @dataclass
@@ -138,7 +144,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
                         backend=backend.kind, run_dir=str(journal.dir), tasks=[t.name for t in plan.tasks],
                         agents={t.name: t.agent for t in plan.tasks}))
     try:
-        async with rt:
+        async with loop_monitor(), rt:
             await _steps(rt, plan, state)
     except anyio.get_cancelled_exc_class():
         state["cancelled"] = True
@@ -160,12 +166,18 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
 
 async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
     bus = rt.bus
-    # steps 2-5, per task: workspace, setup, agent, commit
+    # step 2: every workspace first, so the agents start together
+    rt.set_phase("creating")
+    async with anyio.create_task_group() as tg:
+        for t in plan.tasks:
+            tg.start_soon(_create_workspace, rt, t)
+    # steps 3-5, per task: setup, agent, commit
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or len(plan.tasks))
     async with anyio.create_task_group() as tg:
         for t in plan.tasks:
-            tg.start_soon(_task_flow, rt, plan, t, sem)
+            if rt.tasks[t.name].workspace is not None:
+                tg.start_soon(_task_flow, rt, plan, t, sem)
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -223,7 +235,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         start = time.monotonic()
         bus.log("info", f"verify: {plan.verify}")
         proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path,
-                          on_line=lambda line: bus.emit(VerifyOutput(line=line)),
+                          on_lines=lambda lines: bus.emit(VerifyOutput(lines=lines)),
                           log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
         res = await proc.run()
         ok = res.exit_code == 0
@@ -268,26 +280,33 @@ def _land_hint(rt: Runtime, ref: str) -> str:
     return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
 
 
-async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
-    bus, name = rt.bus, t.name
-    info = rt.tasks[name]
+async def _create_workspace(rt: Runtime, t: TaskSpec) -> None:
+    name = t.name
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted before start")
         return
     rt.set_status(name, "creating")
     try:
-        ws = await rt.workspaces.create(name)
+        rt.tasks[name].workspace = await rt.workspaces.create(name)
     except VcsError as exc:
         rt.set_status(name, "failed", f"workspace: {exc}")
+
+
+async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    bus, name = rt.bus, t.name
+    info = rt.tasks[name]
+    ws = info.workspace
+    assert ws is not None
+    if rt.aborted(name):
+        rt.set_status(name, "aborted", "aborted before start")
         return
-    info.workspace = ws
     rt.set_status(name, "setup")
     command, why = setup_command(plan.task_setup(t), ws.path)
     if command:
         bus.log("info", f"setup ({why}): {command}", task=name)
         proc = Supervised(
             ["sh", "-c", command], cwd=ws.path,
-            on_line=lambda line: bus.emit(TaskOutput(task=name, line=line, stream="setup")),
+            on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
             log_path=rt.journal.log_path(name), grace=rt.options.grace,
         )
         rt._procs[name] = proc

@@ -18,6 +18,8 @@ from typing import Callable
 import anyio
 from anyio.abc import Process
 
+from .watchdog import Watchdog
+
 #: Longest line handed to a display callback; the log file always keeps the full output.
 MAX_DISPLAY_LINE = 16 * 1024
 CHUNK = 64 * 1024
@@ -25,6 +27,20 @@ DEFAULT_GRACE = 3.0
 
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+_CONTROL_BYTES = bytes(c for c in range(32) if c != 10) + b"\x7f"
+
+
+def clean_lines(data: bytes) -> list[str]:
+    """Complete lines (``data`` ends with a newline) to pane text; fast when nothing needs cleaning
+    (two C-speed scans), line by line only when a control byte or bad UTF-8 is present."""
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # after the last newline
+    if len(data.translate(None, _CONTROL_BYTES)) == len(data) and (data.isascii() or "\ufffd" not in text):
+        return lines
+    return [clean_line(line.encode("utf-8", "surrogatepass")) for line in lines]
 
 
 def clean_line(raw: bytes) -> str:
@@ -86,20 +102,22 @@ class Supervised:
         *,
         cwd: str | Path,
         env: dict[str, str] | None = None,
-        on_line: Callable[[str], None] | None = None,
+        on_lines: Callable[[list[str]], None] | None = None,
         log_path: Path | None = None,
         timeout: float = 0,
         grace: float = DEFAULT_GRACE,
         on_start: Callable[[int], None] | None = None,
+        nice: int = 0,
     ) -> None:
         self.argv = argv
         self.cwd = str(cwd)
         self.env = env
-        self.on_line = on_line or (lambda line: None)
+        self.on_lines = on_lines or (lambda lines: None)
         self.log_path = log_path
         self.timeout = timeout
         self.grace = grace
         self.on_start = on_start
+        self.nice = nice
         self.pid: int | None = None
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
@@ -128,10 +146,19 @@ class Supervised:
                 start_new_session=True,
             )
         except OSError as exc:
-            self.on_line(f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}")
+            self.on_lines([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
+        if self.nice:
+            # agents yield the CPU to corral itself, so the dashboard stays responsive under load
+            try:
+                os.setpriority(os.PRIO_PGRP, proc.pid, self.nice)
+            except OSError:
+                pass
+        watchdog = Watchdog.get()
+        if watchdog:
+            watchdog.register(proc.pid)
         if self.on_start:
             self.on_start(proc.pid)
         log = open(self.log_path, "ab") if self.log_path else None
@@ -165,6 +192,8 @@ class Supervised:
             await kill_group(proc, self.grace)
             with anyio.CancelScope(shield=True):
                 await proc.aclose()
+            if watchdog:
+                watchdog.unregister(proc.pid)
             if log:
                 log.close()
         code = proc.returncode
@@ -173,7 +202,7 @@ class Supervised:
     async def _pump(self, proc: Process, log, done: anyio.Event) -> None:
         assert proc.stdout is not None
         buf = b""
-        emit = self.on_line
+        emit = self.on_lines
         try:
             while True:
                 try:
@@ -183,18 +212,20 @@ class Supervised:
                 if log:
                     log.write(chunk)
                 buf += chunk
-                if b"\n" in buf:
-                    *lines, buf = buf.split(b"\n")
-                    for raw in lines:
-                        if len(raw) > MAX_DISPLAY_LINE:
-                            raw = raw[:MAX_DISPLAY_LINE] + b" [...]"
-                        emit(clean_line(raw))
+                cut = buf.rfind(b"\n")
+                if cut >= 0:
+                    complete, buf = buf[: cut + 1], buf[cut + 1 :]
+                    lines = clean_lines(complete)
+                    if len(complete) > MAX_DISPLAY_LINE and max(map(len, lines)) > MAX_DISPLAY_LINE:
+                        lines = [line[:MAX_DISPLAY_LINE] + " [...]" if len(line) > MAX_DISPLAY_LINE else line
+                                 for line in lines]
+                    emit(lines)
                 if len(buf) > MAX_DISPLAY_LINE:
                     # a line with no newline for a long while: show what we have, keep reading
-                    emit(clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]")
+                    emit([clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]"])
                     buf = b""
             if buf:
-                emit(clean_line(buf))
+                emit([clean_line(buf)])
         finally:
             if log:
                 log.flush()
@@ -205,5 +236,5 @@ async def run_captured(argv: list[str], cwd: str | Path, env: dict[str, str] | N
                        timeout: float = 0) -> tuple[int | None, str]:
     """Run a short command in its own process group and return (exit code, combined output)."""
     lines: list[str] = []
-    result = await Supervised(argv, cwd=cwd, env=env, on_line=lines.append, timeout=timeout).run()
+    result = await Supervised(argv, cwd=cwd, env=env, on_lines=lines.extend, timeout=timeout).run()
     return result.exit_code, "\n".join(lines)

@@ -33,6 +33,10 @@ from .procs import Supervised
 from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
 
 
+#: Agents run at this niceness: when they saturate the CPUs, corral (and its dashboard) still gets to run.
+AGENT_NICE = 5
+
+
 @dataclass
 class AgentResult:
     """What one agent run produced (attribute names follow pi-factory's runtime)."""
@@ -363,9 +367,10 @@ class Runtime:
         emit = self.bus.emit
         last_activity = [""]
 
-        def on_line(line: str) -> None:
-            for shown in parser.feed(line):
-                emit(TaskOutput(task=name, line=shown))
+        def on_lines(lines: list[str]) -> None:
+            shown = parser.feed_lines(lines)
+            if shown:
+                emit(TaskOutput(task=name, lines=shown))
             if parser.activity != last_activity[0]:
                 last_activity[0] = parser.activity
                 emit(TaskActivity(task=name, text=parser.activity))
@@ -374,8 +379,8 @@ class Runtime:
             info.pid = pid
             self.journal.update_task(name, pid=pid, pgid=pid)
 
-        proc = Supervised(argv, cwd=cwd, env=env, on_line=on_line, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start)
+        proc = Supervised(argv, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
+                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE)
         self._procs[name] = proc
         info.started = time.time()
         self.set_status(name, "running")

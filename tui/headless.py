@@ -41,10 +41,11 @@ class LineRenderer:
     def __call__(self, ev: Event) -> None:
         w = self.out.write
         if isinstance(ev, TaskOutput):
-            w(f"[{ev.task}] {ev.line}\n")
+            prefix = f"[{ev.task}] "
+            w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
             return
         if isinstance(ev, VerifyOutput):
-            w(f"[verify] {ev.line}\n")
+            w("[verify] " + "\n[verify] ".join(ev.lines) + "\n")
             return
         text = self.describe(ev)
         if text is not None:
@@ -118,9 +119,14 @@ class JsonRenderer:
         self.out = out or sys.stdout
 
     def __call__(self, ev: Event) -> None:
+        if isinstance(ev, (TaskOutput, VerifyOutput)):
+            # one object per output line, so consumers need not know about batching
+            data = ev.to_dict()
+            lines = data.pop("lines")
+            self.out.write("".join(json.dumps({**data, "line": line}, ensure_ascii=False) + "\n" for line in lines))
+            return
         self.out.write(json.dumps(ev.to_dict(), default=str, ensure_ascii=False) + "\n")
-        if not isinstance(ev, (TaskOutput, VerifyOutput)):
-            self.out.flush()
+        self.out.flush()
 
 
 class TerminalApprover:

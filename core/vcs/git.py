@@ -277,11 +277,12 @@ class GitBackend(Backend):
             await self.git("add", "-A", cwd=path)
             await self.git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, cwd=path,
                            env=await self.ident_env())
-        head = (await self.git("rev-parse", "HEAD", cwd=path if path.is_dir() else None)).out.strip() \
-            if path.is_dir() else ws.head
+        head = (await self.git("rev-parse", "HEAD", cwd=path)).out.strip() if path.is_dir() else ws.head
         # the agent may have moved HEAD off its branch: keep the branch pointing at its work
         await self._sync_branch(ws, head)
         ws.head = head
+        if not ws.base_commit:
+            return Snapshot(commit=head, files=[])
         return await self.describe(ws)
 
     async def _sync_branch(self, ws: Workspace, head: str) -> None:

@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmark scripts (not a test module)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GEN = HERE / "_gen.py"
+
+
+def scratch_repo(files: int = 1, prefix: str = "corral-bench-") -> Path:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    for i in range(files):
+        p = root / f"d{i % 100:02d}" / f"f{i:05d}.txt" if files > 1 else root / "README.md"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"file {i}\n" + "content line\n" * 5)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    return root
+
+
+def corral_cmd() -> list[str]:
+    return [sys.executable, "-m", "corral.tui.cli"]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3f}"

@@ -1,0 +1,105 @@
+"""Log streaming: N agents each printing L lines of ~80 characters as fast as they can.
+
+Baseline: a bare Python program draining the same N pipes to N files (selectors, 64 KiB reads).
+corral: a headless run of N shell agents running the same generator. Prints the median of R runs
+of each, the throughput ratio (corral / baseline, over the agents' streaming window), the worst
+event-loop stall and corral's peak RSS, and checks the log files are byte-identical.
+
+    python benchmarks/log_streaming.py [--agents 16] [--lines 100000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import GEN, corral_cmd, fmt, median, scratch_repo
+
+
+def baseline(agents: int, lines: int, outdir: Path) -> float:
+    sel = selectors.DefaultSelector()
+    start = time.perf_counter()
+    procs = []
+    for i in range(agents):
+        p = subprocess.Popen([sys.executable, str(GEN), str(lines), f"t{i}"], stdout=subprocess.PIPE)
+        f = open(outdir / f"t{i}.log", "wb")
+        sel.register(p.stdout, selectors.EVENT_READ, f)
+        procs.append(p)
+    left = agents
+    while left:
+        for key, _ in sel.select():
+            data = os.read(key.fd, 65536)
+            if data:
+                key.data.write(data)
+            else:
+                sel.unregister(key.fileobj)
+                key.data.close()
+                left -= 1
+    for p in procs:
+        p.wait()
+    return time.perf_counter() - start
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def corral_run(repo: Path, agents: int, lines: int, plan: Path) -> dict:
+    monitor = Path(tempfile.mktemp(prefix="corral-monitor-"))
+    env = {**os.environ, "CORRAL_LOOP_MONITOR": str(monitor)}
+    start = time.perf_counter()
+    subprocess.run([*corral_cmd(), "run", str(plan), "--headless", "--approve", "none"], cwd=repo,
+                   stdout=subprocess.DEVNULL, env=env, check=False)
+    total = time.perf_counter() - start
+    runs = sorted((repo / ".git/corral/runs").iterdir())
+    run_dir = runs[-1]
+    events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    started = [e["ts"] for e in events if e["type"] == "task_status" and e["status"] == "running"]
+    ended = [e["ts"] for e in events if e["type"] == "task_finished"]
+    stats = json.loads(monitor.read_text())
+    monitor.unlink()
+    return {"total": total, "window": max(ended) - min(started), "run_dir": run_dir, **stats}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=16)
+    ap.add_argument("--lines", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    repo = scratch_repo()
+    plan = repo.parent / f"{repo.name}-plan.toml"
+    body = ['agent = "shell"', 'setup = "none"']
+    for i in range(a.agents):
+        body += ["[[tasks]]", f'name = "t{i}"', f"prompt = {json.dumps(f'{sys.executable} {GEN} {a.lines} t{i}')}"]
+    plan.write_text("\n".join(body) + "\n")
+    mb = a.agents * a.lines * 80 / 1e6
+    print(f"log streaming: {a.agents} agents x {a.lines} lines (~{mb:.0f} MB), median of {a.runs} runs")
+
+    base_times, outdir = [], Path(tempfile.mkdtemp(prefix="corral-drain-"))
+    for _ in range(a.runs):
+        base_times.append(baseline(a.agents, a.lines, outdir))
+    results = [corral_run(repo, a.agents, a.lines, plan) for _ in range(a.runs)]
+    same = all(digest(outdir / f"t{i}.log") == digest(results[-1]["run_dir"] / "logs" / f"t{i}.log")
+               for i in range(a.agents))
+    b = median(base_times)
+    w = median([r["window"] for r in results])
+    print(f"  baseline (bare drain to files)   {fmt(b)} s   {a.agents * a.lines / b / 1e6:.2f} M lines/s")
+    print(f"  corral headless, streaming window {fmt(w)} s   {a.agents * a.lines / w / 1e6:.2f} M lines/s"
+          f"   (whole run incl. 16 worktrees: {fmt(median([r['total'] for r in results]))} s)")
+    print(f"  throughput ratio corral/baseline  {b / w:.2f}   (target >= 0.5)")
+    print(f"  worst event-loop stall            {max(r['max_stall_s'] for r in results) * 1000:.0f} ms   (target < 150)")
+    print(f"  peak RSS of corral                {max(r['max_rss_mb'] for r in results):.0f} MB   (target < 300)")
+    print(f"  log files identical to baseline   {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

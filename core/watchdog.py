@@ -1,0 +1,107 @@
+"""The agent watchdog: if corral itself dies (even by SIGKILL), no agent outlives it.
+
+corral starts one watchdog process per corral process, in its own session, and keeps the write end
+of a pipe to its stdin. It tells the watchdog each agent process group it starts (``+PGID``) and
+each it has reaped (``-PGID``). When the pipe reaches EOF without a clean ``bye`` (the corral
+process is gone, however it died), the watchdog sends TERM to every group still registered, waits
+a moment, then KILL, and exits. A parent-death signal would not do: it reaches only the direct
+child, never an agent's own children (a dev server it started).
+
+Run as ``python -m corral.core.watchdog``; :class:`Watchdog` is the client side.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+GRACE = 1.0
+
+
+def _serve() -> int:
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    groups: set[int] = set()
+    stdin = sys.stdin.buffer
+    for raw in stdin:
+        line = raw.strip()
+        if line == b"bye":
+            return 0
+        if line[:1] == b"+" and line[1:].isdigit():
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-" and line[1:].isdigit():
+            groups.discard(int(line[1:]))
+    # EOF without bye: corral died. Stop everything it left running.
+    for sig, pause in ((signal.SIGTERM, GRACE), (signal.SIGKILL, 0)):
+        for pgid in list(groups):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                groups.discard(pgid)
+        if groups and pause:
+            time.sleep(pause)
+    return 0
+
+
+class Watchdog:
+    """Client: starts the watchdog on first use and registers process groups with it."""
+
+    _instance: "Watchdog | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral.core.watchdog"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls) -> "Watchdog | None":
+        if os.environ.get("CORRAL_NO_WATCHDOG"):
+            return None
+        with cls._lock:
+            if cls._instance is None or cls._instance.proc.poll() is not None:
+                try:
+                    cls._instance = Watchdog()
+                except OSError:
+                    return None
+            return cls._instance
+
+    def _send(self, text: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+
+    def register(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def unregister(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """A clean exit: tell the watchdog to stand down, and reap it."""
+        if self.proc.poll() is None:
+            self._send("bye\n")
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())

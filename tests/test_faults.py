@@ -1,0 +1,226 @@
+"""Faults, crashes and hostile input: nothing lost, nothing leaked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import corral, corral_state, git, write_plan
+from test_engine_git import _pids_alive, plan_text, run_plan
+
+EMPTY = {"branches": [], "worktrees": [], "runs": []}
+
+
+def start_run(repo: Path, plan: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", *args],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def wait_for(proc: subprocess.Popen, text: str, count: int, timeout: float = 30) -> str:
+    seen: list[str] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline and sum(text in l for l in seen) < count:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    assert sum(text in l for l in seen) >= count, "".join(seen)
+    return "".join(seen)
+
+
+def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp_path, wt_root):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = (f"sleep 300 & echo $! > {pids}/$CORRAL_TASK.child; echo $$ > {pids}/$CORRAL_TASK.pid; "
+              f"trap '' TERM; echo unsaved > wip-$CORRAL_TASK.txt; echo started; wait")
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", script), ("b", script), ("c", "echo quick")]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 2)
+    proc.kill()  # SIGKILL: no cleanup code of corral's runs
+    proc.wait(timeout=10)
+    all_pids = [int(p.read_text()) for p in pids.iterdir()]
+    assert len(all_pids) == 4
+    deadline = time.time() + 5
+    while _pids_alive(all_pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _pids_alive(all_pids) == [], "agents outlived corral"
+
+    # the journal is readable, and clean finds what the run left
+    run_dir = next((repo / ".git/corral/runs").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "running"
+    left = corral_state(repo)
+    assert len(left["worktrees"]) == 3
+    dry = corral("clean", "--dry-run", cwd=repo)
+    assert dry.returncode == 0 and dry.stdout.count("would remove workspace") == 3
+    assert corral_state(repo)["worktrees"] == left["worktrees"]
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("removed workspace") == 3
+    state = corral_state(repo)
+    assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
+    # a and b held uncommitted work: salvaged onto their kept branches; c had none: branch deleted
+    assert sorted(b.rsplit("/", 1)[1] for b in state["branches"]) == ["a", "b"]
+    for b in state["branches"]:
+        task = b.rsplit("/", 1)[1]
+        assert git(repo, "show", f"{b}:wip-{task}.txt") == "unsaved"
+        assert f"kept branch {b}" in res.stdout
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
+    assert "interrupted" in corral("runs", cwd=repo).stdout
+    assert "nothing to clean" in corral("clean", cwd=repo).stdout
+
+
+def test_second_ctrl_c_during_cleanup_does_not_half_remove(repo, tmp_path, wt_root):
+    script = "trap 'sleep 1; exit 1' TERM; echo work > wip.txt; echo started; sleep 300 & wait"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [(f"t{i}", script) for i in range(3)]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "cleanup in progress" in out
+    state = corral_state(repo)
+    assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
+    assert len(state["branches"]) == 3
+    for b in state["branches"]:
+        assert git(repo, "show", f"{b}:wip.txt") == "work"
+    assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""
+
+
+def test_agent_that_ignores_term_is_killed_after_grace(repo, tmp_path, wt_root):
+    # timeout ends it: TERM is ignored, so KILL after the grace period must
+    script = "trap '' TERM; echo stubborn; sleep 300 & wait; wait"
+    start = time.time()
+    res = run_plan(repo, tmp_path, wt_root, [("stubborn", script)], "--approve", "all", timeout=1)
+    assert time.time() - start < 20
+    assert res.returncode == 1, res.stdout
+    assert "stubborn: failed (timeout after 1s)" in res.stdout
+
+
+def test_24_tasks_in_one_run_without_git_lock_errors(repo, tmp_path, wt_root):
+    tasks = [(f"task-{i:02d}", f"echo {i} > file-{i:02d}.txt") for i in range(24)]
+    res = run_plan(repo, tmp_path, wt_root, tasks, "--approve", "all")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "lock" not in res.stdout.lower()
+    assert len(list(repo.glob("file-*.txt"))) == 24
+    assert corral_state(repo)["worktrees"] == [] and corral_state(repo)["branches"] == []
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("", "is empty"),
+    ("x" * 41, "at most 40"),
+    ("..", "must not start with '.'"),
+    ("a..b", "must not contain '..'"),
+    ("a/b", "may only hold"),
+    ("-rf", "must not start with '-'"),
+    ("tâche", "may only hold"),
+    ("a;rm -rf ~", "may only hold"),
+    ("$(id)", "may only hold"),
+    ("x.lock", "must not end with '.lock'"),
+])
+def test_hostile_task_names_are_refused(repo, tmp_path, name, problem):
+    plan = write_plan(tmp_path / "plan.toml",
+                      f'agent = "shell"\n[[tasks]]\nname = {json.dumps(name)}\nprompt = "echo hi"\n')
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert problem in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert corral_state(repo) == EMPTY
+
+
+def test_prompts_reach_agents_verbatim_never_through_a_shell(repo, tmp_path, wt_root):
+    recorder = tmp_path / "bin" / "recorder"
+    recorder.parent.mkdir()
+    recorder.write_text("#!/usr/bin/env python3\nimport json, sys\n"
+                        "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\nprint('recorded')\n")
+    recorder.chmod(0o755)
+    prompt = "it's \"quoted\"\nnew line; $(touch /tmp/pwned-corral) `id` && rm -rf ~ | cat > x"
+    body = (f'worktree_root = "{wt_root}"\nagent = "rec"\nsetup = "none"\n'
+            f'[agents.rec]\ncommand = ["{recorder}", "--task", "{{task}}", "--prompt", "{{prompt}}", "x{{run}}y"]\n'
+            f'[[tasks]]\nname = "t-1"\nprompt = {json.dumps(prompt)}\n')
+    plan = write_plan(tmp_path / "plan.toml", body)
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    argv = json.loads((repo / "argv.json").read_text())
+    assert argv[:4] == ["--task", "t-1", "--prompt", prompt]
+    assert argv[4].startswith("x2") and argv[4].endswith("y")
+    assert not Path("/tmp/pwned-corral").exists()
+
+
+def test_nul_in_a_prompt_is_refused(repo, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", 'agent = "shell"\n[[tasks]]\nname = "a"\nprompt = "x\\u0000y"\n')
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 2 and "NUL" in res.stderr
+    assert corral_state(repo) == EMPTY
+
+
+def test_unwritable_worktree_root_is_refused(repo, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml",
+                      'worktree_root = "/sys"\nagent = "shell"\n[[tasks]]\nname = "a"\nprompt = "x"\n')
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 2 and "worktree_root '/sys': not writable" in res.stderr
+    assert corral_state(repo) == EMPTY
+
+
+def test_disk_full_during_setup_fails_that_task_only(repo, tmp_path, wt_root):
+    body = plan_text(wt_root, [("full", "echo never runs"), ("fine", "echo 1 > fine.txt")])
+    body = body.replace('name = "full"', 'name = "full"\nsetup = "head -c 100000 /dev/zero > /dev/full"')
+    plan = write_plan(tmp_path / "plan.toml", body)
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 1, res.stdout
+    assert "full: failed (setup failed (exit 1)" in res.stdout
+    assert "No space left on device" in res.stdout
+    assert "never runs" not in res.stdout
+    assert (repo / "fine.txt").exists()
+    assert corral_state(repo)["worktrees"] == []
+
+
+def test_binary_garbage_huge_lines_and_no_newline(repo, tmp_path, wt_root):
+    tasks = [
+        ("garbage", "head -c 200000 /dev/urandom; echo; echo after-garbage"),
+        ("huge", f"{sys.executable} -c \"import sys; sys.stdout.write('x' * 10_000_000 + '\\n')\"; echo after-huge"),
+        ("nonl", "printf 'no newline at the end'"),
+    ]
+    res = run_plan(repo, tmp_path, wt_root, tasks, "--approve", "none")
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert "[garbage] after-garbage" in res.stdout
+    assert "[huge] after-huge" in res.stdout
+    assert "[nonl] no newline at the end" in res.stdout
+    longest = max(len(line) for line in res.stdout.splitlines())
+    assert longest < 20_000  # panes get capped lines
+    run_dir = next((repo / ".git/corral/runs").iterdir())
+    assert (run_dir / "logs" / "huge.log").stat().st_size == 10_000_001 + len("after-huge\n")
+    assert (run_dir / "logs" / "garbage.log").stat().st_size == 200_000 + 1 + len("after-garbage\n")
+
+
+def test_workspaces_are_private_fresh_dirs(repo, tmp_path, wt_root):
+    probe = tmp_path / "probe.txt"
+    script = f"pwd > {probe}; stat -c %a . >> {probe}"
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
+    assert res.returncode == 0
+    path, mode = probe.read_text().split()
+    assert mode == "700"
+    assert Path(path).parent == wt_root and Path(path).name.startswith("corral-a-")
+    assert len(Path(path).name) > len("corral-a-") + 5  # random part
+
+
+def test_preplanted_symlinks_in_the_worktree_root_are_not_followed(repo, tmp_path, wt_root):
+    target = tmp_path / "victim"
+    target.mkdir()
+    for i in range(50):  # plant a lot of plausible names
+        (wt_root / f"corral-a-{i:08d}").symlink_to(target)
+    res = run_plan(repo, tmp_path, wt_root, [("a", "echo 1 > one.txt")], "--approve", "all")
+    assert res.returncode == 0, res.stdout
+    assert list(target.iterdir()) == []
+    assert all(p.is_symlink() for p in wt_root.iterdir())
