@@ -62,6 +62,7 @@ COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ confl
 _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
+_RUN_RE = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]+)-m\d+$")  # the run of a second merge's integration
 MIN_VERSION = (0, 36)
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
@@ -474,7 +475,7 @@ class JjBackend(Backend):
         return res.out
 
     async def head_of(self, ws: Workspace) -> str:
-        if ws.task == "integration":
+        if _is_integration(ws):
             return ws.head
         wc = await self._wc(ws)
         if wc.empty and not wc.subject and len(wc.parents) == 1:
@@ -691,7 +692,7 @@ class JjBackend(Backend):
         bookmark first, so removal never loses anything; a discarded task's change is abandoned."""
         with anyio.CancelScope(shield=True):
             registered = bool(ws.name) and ws.name in await self._workspaces()
-            if keep_ref and ws.task != "integration" and registered and ws.path.is_dir():
+            if keep_ref and not _is_integration(ws) and registered and ws.path.is_dir():
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
                 except VcsError:
@@ -706,7 +707,7 @@ class JjBackend(Backend):
                     await _run(["git", "worktree", "prune"], str(self.root), None)
                 if not keep_ref:
                     await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
-                    if ws.task == "integration":
+                    if _is_integration(ws):
                         mine = self._created.pop(ws.ref, [])
                     elif ws.base_commit and ws.head and ws.head != ws.base_commit:
                         mine = [f"({ws.base_commit}..{ws.head})"]
@@ -722,14 +723,35 @@ class JjBackend(Backend):
             await self.jj("bookmark", "delete", f"exact:{ref}", check=False)
 
     async def list_leftovers(self) -> list[Leftover]:
+        # the journals say which run and task each workspace belongs to; the name is the fallback
+        known: dict[str, tuple[str, str, str]] = {}
+        runs_dir = self.state_dir / "runs"
+        if runs_dir.is_dir():
+            for d in runs_dir.iterdir():
+                try:
+                    data = json.loads((d / "run.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                for task, info in (data.get("tasks") or {}).items():
+                    if isinstance(info, dict) and info.get("workspace"):
+                        known[os.path.realpath(info["workspace"])] = (d.name, task, str(info.get("branch") or ""))
         out = []
         for name, (root, _) in (await self._workspaces()).items():
-            m = _LEFTOVER_RE.match(name)
-            if not m:
+            if not name.startswith("corral-"):
                 continue
-            run, task = m.group(1), m.group(2)
-            out.append(Leftover(run=run, task=task, path=Path(root), ref=self.ref_name(run, task), name=name,
-                                alive=self._run_alive(run)))
+            if os.path.realpath(root) in known:
+                run, task, ref = known[os.path.realpath(root)]
+                ref = ref or self.ref_name(run, task)
+            elif name.endswith("-integration"):
+                run, task = name[len("corral-"):-len("-integration")], "integration"
+                ref = self.ref_name(run, task)
+            elif (m := _LEFTOVER_RE.match(name)) is not None:
+                run, task = m.group(1), m.group(2)
+                ref = self.ref_name(run, task)
+            else:
+                continue
+            out.append(Leftover(run=run, task=task, path=Path(root), ref=ref, name=name,
+                                alive=self._run_alive(_RUN_RE.sub(r"\1", run))))
         return out
 
     def _run_alive(self, run: str) -> bool:
@@ -753,6 +775,11 @@ class JjBackend(Backend):
 
     async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
         return {n: t or "" for n, t in (await self.bookmarks(f"glob:{prefix}*")).items()}
+
+
+def _is_integration(ws: Workspace) -> bool:
+    """The integration workspace of a merge (``integration``, ``integration-2``, ...)."""
+    return ws.ref.endswith("/integration")
 
 
 async def _run(argv: list[str], cwd: str, env: dict[str, str] | None) -> tuple[int, str, str]:
