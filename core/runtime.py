@@ -163,9 +163,9 @@ class Workspaces:
         base_commit = await rt.backend.resolve(base) if base else rt.base_commit
         ws = await rt.backend.create_workspace(rt.run_id, name, base_commit, rt.options.worktree_root)
         self.live[name] = ws
+        rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
         for note in getattr(rt.backend, "take_notices", lambda: [])():
             rt.bus.log("warning", note)
-        rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
         return ws
 
     async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:
