@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PLACEHOLDERS = ("prompt", "system_prompt", "task", "workspace", "run")
@@ -26,10 +26,16 @@ class Profile:
     format: str = "text"
     env: tuple[tuple[str, str], ...] = ()
     timeout: float = 0
-    #: argv elements that are dropped together with the next one when it expands to "" (flag + value)
+    #: argv elements that are dropped together with the next one when it expands to "" (flag + value).
+    #: Any ``-flag`` followed by an element that is exactly ``{system_prompt}`` is treated the same way.
     optional_flags: tuple[str, ...] = ()
     version_args: tuple[str, ...] = ("--version",)
+    #: what the agent may do unattended with this command line
     notes: str = ""
+    #: how to give it more (or fewer) rights
+    change: str = ""
+    #: the CLI has no system-prompt flag: the system prompt goes in front of the prompt
+    prepend_system_prompt: bool = False
 
     @property
     def executable(self) -> str:
@@ -39,15 +45,40 @@ class Profile:
         """Full path of the executable, or None when it is not on PATH."""
         return shutil.which(self.executable)
 
+    def command_line(self) -> str:
+        """The command template for people: optional flag pairs in brackets."""
+        out: list[str] = []
+        parts = list(self.command)
+        i = 0
+        while i < len(parts):
+            if i + 1 < len(parts) and self._optional(parts[i], parts[i + 1]):
+                out.append(f"[{_quote(parts[i])} {_quote(parts[i + 1])}]")
+                i += 2
+                continue
+            out.append(_quote(parts[i]))
+            i += 1
+        return " ".join(out)
+
+    def _optional(self, flag: str, value: str) -> bool:
+        if flag in self.optional_flags:
+            return True
+        # the system prompt is the one placeholder that may be empty: "--system {system_prompt}" is optional
+        return flag.startswith("-") and flag != "--" and value == "{system_prompt}"
+
     def argv(self, **values: str) -> list[str]:
-        """Fill the placeholders; each fills one element. A flag in ``optional_flags`` whose value is
-        empty is dropped together with it (no empty ``--append-system-prompt ""``)."""
+        """Fill the placeholders; each fills one element. A flag whose value is ``{system_prompt}`` is
+        dropped together with it when there is no system prompt (no empty ``--append-system-prompt ""``).
+        With :attr:`prepend_system_prompt`, the system prompt goes in front of the prompt instead."""
+        values = dict(values)
+        if self.prepend_system_prompt and values.get("system_prompt", "").strip():
+            values["prompt"] = f"{values['system_prompt'].strip()}\n\n{values.get('prompt', '')}"
+            values["system_prompt"] = ""
         out: list[str] = []
         parts = list(self.command)
         i = 0
         while i < len(parts):
             part = parts[i]
-            if part in self.optional_flags and i + 1 < len(parts):
+            if i + 1 < len(parts) and self._optional(part, parts[i + 1]):
                 value = _fill(parts[i + 1], values)
                 if value:
                     out += [part, value]
@@ -62,60 +93,94 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), template)
 
 
+def _quote(part: str) -> str:
+    import shlex
+
+    if _PLACEHOLDER_RE.search(part) and not any(ch.isspace() for ch in part):
+        return part
+    return shlex.quote(part)
+
+
 BUILTIN: dict[str, Profile] = {
     p.name: p
     for p in [
         Profile(
             "shell",
             ("sh", "-c", "{prompt}"),
-            notes="The prompt is a shell script run by sh -c in the workspace. For scripts, demos and tests.",
+            notes="The prompt is a shell script run by sh -c in the workspace, with your rights. "
+            "For scripts, demos and tests.",
+            change="It can do whatever the script does; there is nothing to grant.",
             version_args=(),
         ),
         Profile(
             "claude",
             (
-                "claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose",
-                "--permission-mode", "acceptEdits", "--append-system-prompt", "{system_prompt}",
+                "claude", "-p", "--output-format", "stream-json", "--verbose",
+                "--permission-mode", "acceptEdits", "--append-system-prompt", "{system_prompt}", "--", "{prompt}",
             ),
             format="claude-stream-json",
-            optional_flags=("--append-system-prompt",),
-            notes="Edits files without asking (acceptEdits); other tools follow your Claude Code settings. "
-            "Override command to add --allowedTools or use --permission-mode bypassPermissions.",
+            notes="Reads and edits files in its workspace without asking (--permission-mode acceptEdits). "
+            "Shell commands and other tools that your Claude Code settings do not allow are denied "
+            "(never asked: -p mode does not prompt); denials are shown in the pane.",
+            change="Override [agents.claude] command: add --allowedTools \"Bash(npm test:*),Bash(git diff:*)\" to "
+            "allow some commands, or use --permission-mode bypassPermissions to allow everything "
+            "(refused as root unless IS_SANDBOX=1).",
         ),
         Profile(
             "codex",
-            ("codex", "exec", "--json", "--full-auto", "--skip-git-repo-check", "{prompt}"),
+            ("codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--", "{prompt}"),
             format="codex-json",
-            notes="--full-auto: workspace-write sandbox, no approval prompts. corral commits for it.",
+            prepend_system_prompt=True,
+            notes="codex exec never asks for approval. --sandbox workspace-write: it may edit files in its "
+            "workspace and run commands there, without network access; writes outside are blocked.",
+            change="Override [agents.codex] command: --sandbox read-only to forbid edits, --sandbox "
+            "danger-full-access (or --dangerously-bypass-approvals-and-sandbox) to lift the sandbox.",
         ),
         Profile(
             "aider",
             (
-                "aider", "--message", "{prompt}", "--yes-always", "--no-auto-commits", "--no-stream",
-                "--no-pretty", "--no-check-update", "--no-show-release-notes",
+                "aider", "--message={prompt}", "--yes-always", "--no-auto-commits", "--no-dirty-commits",
+                "--no-gitignore", "--no-stream", "--no-pretty", "--no-fancy-input", "--no-check-update",
+                "--no-show-release-notes", "--no-analytics", "--chat-history-file=/dev/null",
+                "--input-history-file=/dev/null",
             ),
             format="aider",
             env=(("PYTHONUNBUFFERED", "1"),),
-            notes="--yes-always answers every question with yes; no auto-commits (corral commits).",
+            prepend_system_prompt=True,
+            notes="--yes-always answers yes to every question: it edits files, creates the files it "
+            "mentions and runs the shell commands it suggests. It never commits (corral commits).",
+            change="Override [agents.aider] command: drop --yes-always to make it refuse whatever needs a "
+            "confirmation (stdin is closed), add --no-suggest-shell-commands to keep it from running commands.",
         ),
         Profile(
             "gemini",
-            ("gemini", "-p", "{prompt}", "-o", "stream-json", "--approval-mode", "auto_edit"),
+            ("gemini", "--output-format", "stream-json", "--approval-mode", "auto_edit", "--prompt={prompt}"),
             format="gemini-stream-json",
-            notes="auto_edit: file edits are approved; use --approval-mode yolo to allow every tool.",
+            prepend_system_prompt=True,
+            notes="--approval-mode auto_edit: file edits are approved; tools that would need a confirmation "
+            "(shell commands) are not available in headless mode.",
+            change="Override [agents.gemini] command: --approval-mode yolo allows every tool (shell "
+            "included), --approval-mode default allows only read-only tools; or list tools in "
+            "--allowed-tools.",
         ),
         Profile(
             "opencode",
-            ("opencode", "run", "--format", "json", "{prompt}"),
+            ("opencode", "run", "--format", "json", "--", "{prompt}"),
             format="opencode-json",
-            notes="Permission requests are rejected in run mode unless allowed in opencode's config.",
+            prepend_system_prompt=True,
+            notes="Tools follow opencode's permission config (by default edits and commands are allowed); "
+            "anything configured as \"ask\" is rejected in run mode, and the rejections are shown.",
+            change="Set \"permission\" in opencode.json (allow/ask/deny per tool), or add --auto to the "
+            "command to approve every request that is not denied.",
         ),
         Profile(
             "pi",
-            ("pi", "--mode", "json", "-p", "{prompt}", "--append-system-prompt", "{system_prompt}"),
+            ("pi", "--mode", "json", "-p", "--append-system-prompt", "{system_prompt}", "{prompt}"),
             format="pi-json",
-            optional_flags=("--append-system-prompt",),
-            notes="pi runs its tools without asking in print mode.",
+            notes="pi has no permission prompts: its tools (read, bash, edit, write) run without asking. "
+            "A prompt that starts with '-' or '@' is taken by pi as a flag or a file.",
+            change="Override [agents.pi] command: --tools read,grep,find,ls for a read-only agent, or "
+            "--tools read,edit,write to forbid shell commands.",
         ),
     ]
 }
@@ -163,7 +228,44 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
         format=fmt,
         env=tuple(sorted(env.items())),
         timeout=float(timeout),
-        optional_flags=base.optional_flags if base and "command" not in table else (),
+        optional_flags=base.optional_flags if base else (),
         version_args=base.version_args if base else ("--version",),
-        notes=base.notes if base else "",
+        notes=base.notes if base and "command" not in table else "",
+        change=base.change if base and "command" not in table else "",
+        prepend_system_prompt=bool(base and base.prepend_system_prompt
+                                   and not any("{system_prompt}" in c for c in command)),
     )
+
+
+async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict[str, Profile] | None = None,
+                           version_timeout: float = 8) -> list[dict[str, Any]]:
+    """For ``corral agents``: each profile with its command line, where its program is and its
+    version (``PROGRAM --version``, run concurrently, each in its own process group)."""
+    import anyio
+
+    from .procs import run_captured
+
+    builtin = BUILTIN if builtin is None else builtin
+    rows: list[dict[str, Any]] = []
+    for name, p in profiles.items():
+        origin = "built-in" if builtin.get(name) == p else ("plan (overrides built-in)" if name in builtin else "plan")
+        rows.append({
+            "agent": name, "origin": origin, "command": p.command_line(), "argv": list(p.command),
+            "format": p.format, "timeout": p.timeout or None, "path": p.find(), "version": None,
+            "unattended": p.notes, "change": p.change,
+        })
+
+    async def version(row: dict[str, Any], p: Profile) -> None:
+        if not p.version_args or not row["path"]:
+            return
+        code, out = None, ""
+        with anyio.move_on_after(version_timeout + 2):
+            code, out = await run_captured([row["path"], *p.version_args], cwd=cwd, timeout=version_timeout)
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        row["version"] = lines[0][:60] if lines and code == 0 else (f"? (exit {code})" if code is not None
+                                                                      else "? (timed out)")
+
+    async with anyio.create_task_group() as tg:
+        for row, p in zip(rows, profiles.values()):
+            tg.start_soon(version, row, p)
+    return rows

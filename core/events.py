@@ -200,6 +200,7 @@ class RunFinished(Event):
     kept_branches: list[str] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     cost: float | None = None
+    tokens: int | None = None  # total over the tasks, where agents report tokens
 
 
 Subscriber = Callable[[Event], None]

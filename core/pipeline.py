@@ -406,6 +406,7 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
             "task": t.name, "agent": t.agent, "status": t.status, "reason": t.reason,
             "duration": round(t.result.duration, 2) if t.result else None,
             "cost": t.result.usage.cost if t.result else None,
+            "tokens": (t.result.usage.tokens or None) if t.result else None,
             "files": len(t.snapshot.files) if t.snapshot else 0,
             "branch": t.workspace.ref if (t.workspace and t.branch_kept) else "",
         }
@@ -414,7 +415,8 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
     rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(),
                       landed=bool(state.get("landed")), kept_branches=kept, report=str(path))
     bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(path), kept_branches=kept,
-                         summary=summary, cost=total_cost if has_cost else None))
+                         summary=summary, cost=total_cost if has_cost else None,
+                         tokens=sum(t.result.usage.tokens for t in rt.tasks.values() if t.result) or None))
 
 
 __all__ = ["prepare", "execute", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

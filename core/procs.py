@@ -108,6 +108,7 @@ class Supervised:
         grace: float = DEFAULT_GRACE,
         on_start: Callable[[int], None] | None = None,
         nice: int = 0,
+        max_line: int = MAX_DISPLAY_LINE,
     ) -> None:
         self.argv = argv
         self.cwd = str(cwd)
@@ -118,6 +119,8 @@ class Supervised:
         self.grace = grace
         self.on_start = on_start
         self.nice = nice
+        #: longest line handed to on_lines (structured output needs whole lines: its parser shortens them)
+        self.max_line = max(1024, max_line)
         self.pid: int | None = None
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
@@ -203,6 +206,7 @@ class Supervised:
         assert proc.stdout is not None
         buf = b""
         emit = self.on_lines
+        limit = self.max_line
         try:
             while True:
                 try:
@@ -216,13 +220,12 @@ class Supervised:
                 if cut >= 0:
                     complete, buf = buf[: cut + 1], buf[cut + 1 :]
                     lines = clean_lines(complete)
-                    if len(complete) > MAX_DISPLAY_LINE and max(map(len, lines)) > MAX_DISPLAY_LINE:
-                        lines = [line[:MAX_DISPLAY_LINE] + " [...]" if len(line) > MAX_DISPLAY_LINE else line
-                                 for line in lines]
+                    if len(complete) > limit and max(map(len, lines)) > limit:
+                        lines = [line[:limit] + " [...]" if len(line) > limit else line for line in lines]
                     emit(lines)
-                if len(buf) > MAX_DISPLAY_LINE:
+                if len(buf) > limit:
                     # a line with no newline for a long while: show what we have, keep reading
-                    emit([clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]"])
+                    emit([clean_line(buf[:limit]) + " [...]"])
                     buf = b""
             if buf:
                 emit([clean_line(buf)])

@@ -29,6 +29,23 @@ def fmt_cost(cost: float | None) -> str:
     return "-" if cost is None else f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
 
 
+def fmt_tokens(tokens: int | None) -> str:
+    if not tokens:
+        return "-"
+    if tokens < 1000:
+        return str(tokens)
+    if tokens < 1_000_000:
+        return f"{tokens / 1000:.1f}k"
+    return f"{tokens / 1_000_000:.2f}M"
+
+
+def fmt_usage(cost: float | None, tokens: int | None) -> str:
+    """Cost where the agent reports it, tokens otherwise (codex, gemini): ``$0.0123`` / ``24.9k tokens``."""
+    if cost is not None:
+        return fmt_cost(cost)
+    return f"{fmt_tokens(tokens)} tokens" if tokens else "-"
+
+
 def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: Any, kept: list[str]) -> str:
     tasks = list(rt.tasks.values())
     counts: dict[str, int] = {}
@@ -68,11 +85,17 @@ def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: A
         lines.append(
             f"| {t.name} | {t.agent} | {t.status}{(' (' + t.reason + ')') if t.reason else ''} | "
             f"{fmt_duration(t.result.duration if t.result else None)} | "
-            f"{fmt_cost(t.result.usage.cost if t.result else None)} | {files} | {'yes' if t.merged else 'no'} |"
+            f"{fmt_usage(t.result.usage.cost, t.result.usage.tokens) if t.result else '-'} | {files} | "
+            f"{'yes' if t.merged else 'no'} |"
         )
     for t in tasks:
         lines += ["", f"### {t.name}", ""]
         lines.append(f"- status: {t.status}" + (f" ({t.reason})" if t.reason else ""))
+        if t.result and (t.result.usage.cost is not None or t.result.usage.tokens):
+            u = t.result.usage
+            lines.append("- usage: " + ", ".join(x for x in (
+                fmt_cost(u.cost) if u.cost is not None else "",
+                f"{u.tokens} tokens ({u.input_tokens} in, {u.output_tokens} out)" if u.tokens else "") if x))
         if t.workspace:
             lines.append(f"- branch: `{t.workspace.ref}`" + (" (kept)" if t.branch_kept else " (deleted)"))
         if t.snapshot:

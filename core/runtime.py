@@ -28,8 +28,11 @@ from .events import (
     TaskStatus,
 )
 from .journal import Journal, write_atomic
-from .parsers import Usage, make_parser
-from .procs import Supervised
+from .parsers import TextParser, Usage, make_parser
+from .procs import MAX_DISPLAY_LINE, Supervised
+
+#: longest output line handed whole to a structured-output parser
+STRUCTURED_MAX_LINE = 8 * 1024 * 1024
 from .vcs.base import Backend, Forecast, MergeOutcome, Snapshot, VcsError, Workspace
 
 
@@ -343,6 +346,7 @@ class Runtime:
         cwd = str(spec.get("cwd") or (info.workspace.path if info.workspace else self.backend.root))
         timeout = float(spec.get("timeout") or profile.timeout or 0)
         parser = make_parser(profile.format)
+        parser.cwd = cwd
         start = time.monotonic()
         if self.aborted(name):
             result = AgentResult(profile.name, name, None, "", Usage(), 0.0, "aborted", "aborted before start",
@@ -368,19 +372,32 @@ class Runtime:
         last_activity = [""]
 
         def on_lines(lines: list[str]) -> None:
-            shown = parser.feed_lines(lines)
+            if isinstance(parser, TextParser):  # plain text: the whole batch at once (chatty agents)
+                shown = parser.feed_lines(lines)
+                if shown:
+                    emit(TaskOutput(task=name, lines=shown))
+                return
+            # structured output: line by line, so every change of activity is seen in order
+            shown = []
+            for line in lines:
+                shown += parser.feed(line)
+                if parser.activity != last_activity[0]:
+                    if shown:
+                        emit(TaskOutput(task=name, lines=shown))
+                        shown = []
+                    last_activity[0] = parser.activity
+                    emit(TaskActivity(task=name, text=parser.activity))
             if shown:
                 emit(TaskOutput(task=name, lines=shown))
-            if parser.activity != last_activity[0]:
-                last_activity[0] = parser.activity
-                emit(TaskActivity(task=name, text=parser.activity))
 
         def on_start(pid: int) -> None:
             info.pid = pid
             self.journal.update_task(name, pid=pid, pgid=pid)
 
         proc = Supervised(argv, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE)
+                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE,
+                          # structured output: the parser needs whole events (a result line can be long)
+                          max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)
         self._procs[name] = proc
         info.started = time.time()
         self.set_status(name, "running")
@@ -389,6 +406,9 @@ class Runtime:
         finally:
             self._procs.pop(name, None)
             info.ended = time.time()
+        rest = parser.drain()
+        if rest:
+            emit(TaskOutput(task=name, lines=rest))
         parser.finish()
         if res.reason == "aborted" or self.aborted(name):
             status, reason = "aborted", "aborted by the user"
@@ -398,6 +418,8 @@ class Runtime:
             status, reason = "failed", f"could not start {argv[0]}"
         elif res.exit_code != 0:
             status, reason = "failed", f"exit code {res.exit_code}"
+            if getattr(parser, "error", ""):
+                reason += f": {getattr(parser, 'error')}"
         elif getattr(parser, "error", ""):
             status, reason = "failed", str(getattr(parser, "error"))
         else:

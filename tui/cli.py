@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repo", default=None)
     c.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
-    sub.add_parser("agents", help="list agent profiles, whether each command is found, and its version")
+    ag = sub.add_parser("agents", help="list agent profiles, whether each command is found, and its version")
+    ag.add_argument("--plan", default=None, metavar="PLAN.toml", help="also the profiles a plan defines or overrides")
+    ag.add_argument("--json", action="store_true", help="one JSON object per profile")
     return p
 
 
@@ -95,7 +97,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "clean":
         return cmd_clean(args)
     if cmd == "agents":
-        return cmd_agents()
+        return cmd_agents(args)
     fail_usage(f"unknown command {cmd!r}")
 
 
@@ -301,32 +303,43 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_agents() -> int:
-    from corral.core.agents import BUILTIN
-    from corral.core.procs import run_captured
+def cmd_agents(args: argparse.Namespace | None = None) -> int:
     import anyio
 
-    rows = [("agent", "command", "found", "version")]
+    from corral.core.agents import BUILTIN, inspect_profiles
 
-    async def version(profile) -> str:
-        if not profile.version_args or profile.find() is None:
-            return "-"
-        with anyio.move_on_after(10):
-            code, out = await run_captured([profile.executable, *profile.version_args], cwd=os.getcwd(), timeout=8)
-            lines = [l for l in out.splitlines() if l.strip()]
-            return lines[0][:40] if lines else f"exit {code}"
-        return "timed out"
+    profiles = dict(BUILTIN)
+    plan_path = getattr(args, "plan", None)
+    if plan_path:
+        from corral.core.plan import PlanError, load_plan
 
-    async def main() -> None:
-        for name, p in BUILTIN.items():
-            path = p.find()
-            rows.append((name, " ".join(p.command[:3]) + (" ..." if len(p.command) > 3 else ""),
-                         path or "not found", await version(p)))
-
-    anyio.run(main)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        try:
+            profiles = dict(load_plan(plan_path).agents)
+        except PlanError as exc:
+            fail_usage(str(exc))
+    rows = anyio.run(inspect_profiles, profiles, os.getcwd())
+    if getattr(args, "json", False):
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    table = [("agent", "found", "version", "command")]
+    for r in rows:
+        table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
+                      r["version"] or "-", r["command"]))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    if any(r["origin"] != "built-in" for r in rows):
+        print(f"(* defined or overridden in {plan_path})")
+    print("\nWhat each agent may do unattended (stdin is closed; nothing waits for an answer):")
+    for r in rows:
+        print(f"  {r['agent']}: {r['unattended'] or 'custom command line: see its own documentation.'}")
+        if r["change"]:
+            print(f"    to change: {r['change']}")
+    missing = [r["agent"] for r in rows if not r["path"]]
+    if missing:
+        print(f"\nNot found on PATH: {', '.join(missing)}. Install them, or point a plan at them with "
+              f"[agents.NAME] command = [\"/path/to/program\", ...].")
     return EXIT_OK
 
 

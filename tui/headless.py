@@ -26,7 +26,7 @@ from corral.core.events import (
     VerifyOutput,
     VerifyResult,
 )
-from corral.core.report import fmt_cost, fmt_duration
+from corral.core.report import fmt_cost, fmt_duration, fmt_usage
 from corral.core.runtime import Runtime, TaskInfo
 from corral.core.vcs.base import Forecast
 
@@ -65,7 +65,7 @@ class LineRenderer:
             where = f" in {ev.workspace}" if ev.status == "setup" and ev.workspace else ""
             return f"{ev.task}: {ev.status}{extra}{where}"
         if isinstance(ev, TaskFinished):
-            cost = f", cost {fmt_cost(ev.cost)}" if ev.cost is not None else ""
+            cost = f", {fmt_usage(ev.cost, ev.tokens)}" if ev.cost is not None or ev.tokens else ""
             return (f"{ev.task}: agent exited with {ev.exit_code} after {fmt_duration(ev.duration)}{cost}; "
                     f"{len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})")
         if isinstance(ev, TaskActivity):
@@ -101,14 +101,18 @@ class LineRenderer:
     def summary(self, ev: RunFinished) -> str:
         rows = [("task", "agent", "status", "time", "cost", "files", "branch kept")]
         for r in ev.summary:
-            rows.append((r["task"], r["agent"], r["status"], fmt_duration(r["duration"]), fmt_cost(r["cost"]),
+            rows.append((r["task"], r["agent"], r["status"], fmt_duration(r["duration"]),
+                         fmt_usage(r["cost"], r.get("tokens")),
                          str(r["files"]), r["branch"] or "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["", "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(),
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+        tokens = getattr(ev, "tokens", None)
         if ev.cost is not None:
-            lines.append(f"total cost: {fmt_cost(ev.cost)}")
+            lines.append(f"total cost: {fmt_cost(ev.cost)}" + (f" ({tokens} tokens)" if tokens else ""))
+        elif tokens:
+            lines.append(f"total tokens: {tokens}")
         return "\n".join(lines) + "\n"
 
 
