@@ -63,7 +63,7 @@ _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
 _RUN_RE = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]+)-m\d+$")  # the run of a second merge's integration
-MIN_VERSION = (0, 36)
+MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
 
