@@ -33,7 +33,7 @@ from .plan import Plan, TaskSpec
 from .procs import Supervised
 from .report import render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo
-from .setup import setup_command
+from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError, VcsError
 
@@ -302,6 +302,17 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
         return
     rt.set_status(name, "setup")
     command, why = setup_command(plan.task_setup(t), ws.path)
+    if command and plan.reuse_deps and plan.task_setup(t) == "auto":
+        src, note = reusable_dependencies(rt.backend.root, ws.path)
+        bus.log("info", f"setup: {note}", task=name)
+        if src is not None:
+            res = await Supervised(copy_command(src, ws.path / src.name), cwd=ws.path,
+                                   on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
+                                   log_path=rt.journal.log_path(name), grace=rt.options.grace).run()
+            if res.exit_code == 0:
+                command = None
+            else:
+                bus.log("warning", f"copy of {src} failed: installing instead", task=name)
     if command:
         bus.log("info", f"setup ({why}): {command}", task=name)
         proc = Supervised(

@@ -22,7 +22,7 @@ ENUMS = {
 }
 TOP_KEYS = {
     "base", "vcs", "worktree_root", "max_parallel", "agent", "setup", "verify", "merge", "approve",
-    "timeout", "tasks", "agents",
+    "timeout", "tasks", "agents", "reuse_deps",
 }
 TASK_KEYS = {"name", "prompt", "system_prompt", "agent", "setup", "timeout"}
 
@@ -54,6 +54,8 @@ class Plan:
     merge: str = "merge"
     approve: str = "ask"
     timeout: float = 0
+    #: with setup = "auto": copy the base checkout's node_modules when the lock file is unchanged
+    reuse_deps: bool = False
     agents: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
     source: str = "--task"
 
@@ -81,6 +83,7 @@ class Plan:
             "merge": self.merge,
             "approve": self.approve,
             "timeout": self.timeout,
+            "reuse_deps": self.reuse_deps,
             "tasks": [
                 {
                     "name": t.name,
@@ -203,6 +206,10 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     plan.verify = c.string(data, "verify", "verify", "") or ""
     plan.max_parallel = int(c.number(data, "max_parallel", "max_parallel", 0, integer=True))
     plan.timeout = float(c.number(data, "timeout", "timeout", 0, integer=False))
+    if "reuse_deps" in data:
+        if not isinstance(data["reuse_deps"], bool):
+            raise c.fail("reuse_deps", "must be true or false")
+        plan.reuse_deps = data["reuse_deps"]
 
     agents = data.get("agents", {})
     if not isinstance(agents, dict):

@@ -200,12 +200,19 @@ class Workspaces:
 
     async def cleanup(self, keep: Callable[[Workspace], bool]) -> None:
         """Remove every workspace still alive (shielded: runs even when the run is being cancelled)."""
-        with anyio.CancelScope(shield=True):
-            for ws in list(self.live.values()):
+        limiter = anyio.CapacityLimiter(4)
+
+        async def remove_one(ws: Workspace) -> None:
+            async with limiter:
                 try:
                     await self.remove(ws, keep_branch=keep(ws))
                 except Exception as exc:  # keep going: other workspaces still need removing
                     self._rt.bus.log("error", f"could not remove workspace {ws.path}: {exc}", task=ws.task)
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for ws in list(self.live.values()):
+                    tg.start_soon(remove_one, ws)
 
 
 class Runtime:

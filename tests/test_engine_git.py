@@ -351,3 +351,14 @@ def test_demo_headless_shows_every_step():
     repo = Path(out.splitlines()[0].split("scratch repository ")[1])
     assert (repo / "calc" / "mul.py").exists() and (repo / "docs" / "guide.md").exists()
     assert corral_state(repo)["worktrees"] == []
+
+
+def test_keep_worktrees_leaves_them_for_the_user_and_clean_removes_them_later(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt")], "--approve", "none", "--keep-worktrees")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "--keep-worktrees: workspaces left in place" in res.stdout
+    [path] = corral_state(repo)["worktrees"]
+    assert Path(path, "one.txt").read_text() == "1\n"
+    res = corral("clean", cwd=repo)
+    assert "removed workspace" in res.stdout and corral_state(repo)["worktrees"] == []
+    assert [b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]] == ["one"]

@@ -470,10 +470,14 @@ class GitBackend(Backend):
                 if keep_dir:
                     # could not commit: leave the directory for the user rather than lose work
                     return
+            # delete the files first, outside the lock and in parallel with other removals (the
+            # work is on the branch by now); then drop git's metadata under the lock
+            if ws.path.is_dir():
+                await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
             async with self.mutating():
                 await self.git("worktree", "unlock", str(ws.path), check=False)
-                res = await self.git("worktree", "remove", "--force", "--force", str(ws.path), check=False)
-                if not res.ok and ws.path.exists():
+                await self.git("worktree", "remove", "--force", "--force", str(ws.path), check=False)
+                if ws.path.exists():
                     shutil.rmtree(ws.path, ignore_errors=True)
                 await self.git("worktree", "prune", check=False)
                 if not keep_ref:
