@@ -433,3 +433,20 @@ def test_base_moved_during_the_run_lands_nothing(plain: Path, tmp_path: Path) ->
     run_id = st["runs"][0]
     assert f"corral/{run_id}/integration" in st["bookmarks"] and f"corral/{run_id}/a" in st["bookmarks"]
     assert "jj bookmark set main -r" in res.stdout  # how to land by hand
+
+
+def test_keep_worktrees_then_clean(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """--keep-worktrees leaves the landed run's workspaces; ``corral clean`` removes them later and
+    drops the bookmarks whose work already landed."""
+    p = plan(tmp_path, {"one": "echo 1 > one.txt", "two": "echo 2 > two.txt"}, base="main")
+    res = run(plain, p, "--approve", "all", "--keep-worktrees", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "--keep-worktrees: workspaces left in place" in res.stdout
+    st = state(plain)
+    assert len(st["workspaces"]) == 3  # two tasks and the integration
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0 and res.stdout.count("removed workspace") == 3, res.stdout + res.stderr
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
+    assert st["bookmarks"] == []  # everything landed: nothing left to keep
+    assert file_at(plain, "main", "one.txt") == "1\n" and file_at(plain, "main", "two.txt") == "2\n"
