@@ -228,6 +228,9 @@ def test_conflicting_pair(jrepo: Path, tmp_path: Path) -> None:
     assert parents_of(jrepo, f"corral/{run_id}/fr") == [old_main]
     assert len(parents_of(jrepo, "main")) == 3  # base, en, other
     no_trial_traces(jrepo)
+    # the conflicting integration step (en + fr) was never part of the operation log either
+    ops = jj(jrepo, "op", "log", "--no-graph", "-T", 'description ++ " " ++ tags ++ "\\n"')
+    assert "corral: merge en, fr" not in ops and "corral: merge en, other" in ops
 
 
 def test_failing_verify_lands_nothing(plain: Path, tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ confl
 _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
+_HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
 _RUN_RE = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]+)-m\d+$")  # the run of a second merge's integration
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
@@ -177,6 +178,10 @@ class JjBackend(Backend):
         self._created: dict[str, list[str]] = {}  # integration bookmark -> change ids it made
         self._not_bookmark: set[str] = set()
         self._diff_template = True
+        #: answers about commit ids, which never change: (from, to) -> files / stats; commit -> change id
+        self._files_memo: dict[tuple[str, str], list[str]] = {}
+        self._stats_memo: dict[tuple[str, str], tuple[list[str], int, int]] = {}
+        self._change_of: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -421,8 +426,10 @@ class JjBackend(Backend):
                 await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True)
                 wc = await self._wc(ws)
             head = wc.commit
+            self._change_of[head] = wc.change
         elif wc.subject or len(wc.parents) != 1:
             head = wc.commit
+            self._change_of[head] = wc.change
         elif ws.base_commit and wc.parents == [ws.base_commit]:
             head = ws.base_commit  # the agent changed nothing
         else:
@@ -433,12 +440,23 @@ class JjBackend(Backend):
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
         base = ws.base_commit or head
-        info = await self.txn().commits(head)
+        change = self._change_of.get(head)
+        if change is None:
+            info = await self.txn().commits(head)
+            change = self._change_of[head] = info[0].change if info else ""
         files, added, removed = await self._diff_stats(base, head)
-        return Snapshot(commit=head, files=files, added=added, removed=removed,
-                        change_id=info[0].change if info else "")
+        return Snapshot(commit=head, files=files, added=added, removed=removed, change_id=change)
 
     async def _files(self, frm: str, to: str) -> list[str]:
+        key = (frm, to)
+        if key not in self._files_memo:
+            files = await self._files_uncached(frm, to)
+            if not (_HEX_RE.match(frm) and _HEX_RE.match(to)):
+                return files
+            self._files_memo[key] = files
+        return list(self._files_memo[key])
+
+    async def _files_uncached(self, frm: str, to: str) -> list[str]:
         if self._diff_template:
             res = await self.jj("diff", "--from", frm, "--to", to, "-T", 'path ++ "\\n"', check=False)
             if res.ok:
@@ -453,6 +471,9 @@ class JjBackend(Backend):
     async def _diff_stats(self, frm: str, to: str) -> tuple[list[str], int, int]:
         if frm == to:
             return [], 0, 0
+        if (frm, to) in self._stats_memo:
+            files, added, removed = self._stats_memo[(frm, to)]
+            return list(files), added, removed
         files = await self._files(frm, to)
         res = await self.jj("diff", "--git", "--context", "0", "--from", frm, "--to", to)
         added = removed = 0
@@ -466,6 +487,8 @@ class JjBackend(Backend):
                 added += 1
             elif in_hunk and line.startswith("-"):
                 removed += 1
+        if _HEX_RE.match(frm) and _HEX_RE.match(to):
+            self._stats_memo[(frm, to)] = (list(files), added, removed)
         return files, added, removed
 
     async def diff(self, ws: Workspace, context: int = 3) -> str:
