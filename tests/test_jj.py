@@ -160,6 +160,10 @@ def test_three_tasks_land_and_user_working_copy_is_untouched(jrepo: Path, tmp_pa
         # colocated: git sees the landed bookmark too
         git_main = subprocess.run(["git", "rev-parse", "main"], cwd=jrepo, capture_output=True, text=True)
         assert git_main.stdout.strip() == new_main
+        refs = subprocess.run(["git", "for-each-ref", "refs/heads/corral/"], cwd=jrepo, capture_output=True, text=True)
+        assert refs.stdout == ""  # no corral branch left in git either
+        wts = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=jrepo, capture_output=True, text=True)
+        assert wts.stdout.count("worktree ") == 1
 
 
 @pytest.mark.parametrize("strategy", ["rebase", "squash"])
