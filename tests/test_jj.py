@@ -457,3 +457,10 @@ def test_keep_worktrees_then_clean(plain: Path, tmp_path: Path, wt_root: Path) -
     assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
     assert st["bookmarks"] == []  # everything landed: nothing left to keep
     assert file_at(plain, "main", "one.txt") == "1\n" and file_at(plain, "main", "two.txt") == "2\n"
+
+
+def test_vcs_jj_on_a_git_repository_is_refused(repo: Path, tmp_path: Path) -> None:
+    p = plan(tmp_path, {"a": "true"}, vcs="jj")
+    res = run(repo, p, "--approve", "all")
+    assert res.returncode == 2 and "not a jj repository" in res.stderr, res.stdout + res.stderr
+    assert not (repo / ".jj").exists() and not (repo / ".git" / "corral" / "runs").exists()
