@@ -311,6 +311,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
 
 
 def _land_hint(rt: Runtime, ref: str) -> str:
+    if hasattr(rt.backend, "land_hint"):
+        return rt.backend.land_hint(rt.base_name, ref)
     if rt.backend.kind == "jj":
         return f"to land by hand: jj bookmark set {rt.base_name} -r {ref}"
     return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
@@ -388,6 +390,8 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
                           added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,
                           reason=result.reason))
     rt.journal.update_task(name, files=snap.files, commit=snap.commit, added=snap.added, removed=snap.removed)
+    if getattr(snap, "change_id", ""):
+        rt.journal.update_task(name, change_id=snap.change_id)
     rt.set_status(name, result.status, result.reason)
 
 

@@ -190,6 +190,8 @@ class Workspaces:
         self.live[name] = ws
         self.created[name] = ws
         rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
+        for note in getattr(rt.backend, "take_notices", lambda: [])():
+            rt.bus.log("warning", note)
         return ws
 
     async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:

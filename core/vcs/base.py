@@ -37,6 +37,7 @@ class Snapshot:
     files: list[str]
     added: int = 0
     removed: int = 0
+    change_id: str = ""  # jj: the change id of the task's change
 
     @property
     def changed(self) -> bool:

@@ -1,0 +1,466 @@
+"""The plan pipeline on real jj repositories (colocated and not), through the real ``corral`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import corral, has_jj, write_plan
+
+pytestmark = [pytest.mark.jj, pytest.mark.skipif(not has_jj(), reason="jj is not installed (run ../shared/tools/install-jj)")]
+
+APP = "".join(f"line {i}\n" for i in range(1, 11))
+
+
+@pytest.fixture(autouse=True)
+def jj_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No machine config, a fixed identity: tests never depend on the user's jj setup."""
+    cfg = tmp_path / "jjconfig.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("JJ_CONFIG", str(cfg))
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+
+
+def jj(repo: Path, *args: str, check: bool = True, wc: bool = False) -> str:
+    argv = ["jj", "--no-pager", "--color", "never", *([] if wc else ["--ignore-working-copy"]), *args]
+    res = subprocess.run(argv, cwd=repo, capture_output=True, text=True, start_new_session=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"jj {' '.join(args)} failed: {res.stderr}")
+    return res.stdout
+
+
+def make_jj_repo(path: Path, colocate: bool, files: dict[str, str] | None = None) -> Path:
+    """A jj repository whose bookmark ``main`` holds ``files``; the default workspace sits on an
+    empty change on top of it (the usual jj layout)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["jj", "git", "init", *([] if colocate else ["--no-colocate"]), str(path)], check=True,
+                   capture_output=True)
+    for rel, text in (files or {"README.md": "# project\n", "src/app.py": APP}).items():
+        p = path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    jj(path, "describe", "-m", "initial", wc=True)
+    jj(path, "new", wc=True)
+    jj(path, "bookmark", "create", "main", "-r", "@-")
+    return path
+
+
+@pytest.fixture(params=["colocated", "plain"])
+def jrepo(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return make_jj_repo(tmp_path / "repo", request.param == "colocated")
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Path:
+    return make_jj_repo(tmp_path / "repo", False)
+
+
+@pytest.fixture
+def colocated(tmp_path: Path) -> Path:
+    return make_jj_repo(tmp_path / "repo", True)
+
+
+def commit_of(repo: Path, rev: str) -> str:
+    return jj(repo, "log", "-r", rev, "--no-graph", "-T", "commit_id").strip()
+
+
+def parents_of(repo: Path, rev: str) -> list[str]:
+    return jj(repo, "log", "-r", rev, "--no-graph", "-T", 'parents.map(|c| c.commit_id()).join(",")').strip().split(",")
+
+
+def file_at(repo: Path, rev: str, path: str) -> str | None:
+    res = subprocess.run(["jj", "--no-pager", "--ignore-working-copy", "file", "show", "-r", rev, path], cwd=repo,
+                         capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else None
+
+
+def state(repo: Path) -> dict:
+    """What a run can leave behind in a jj repo: corral bookmarks and workspaces, run folders."""
+    marks = [l for l in jj(repo, "bookmark", "list", "-T", 'name ++ "\\n"', "glob:corral/*").splitlines() if l]
+    wss = [l for l in jj(repo, "workspace", "list", "-T", 'name ++ "\\n"').splitlines() if l.startswith("corral-")]
+    runs_dir = repo / ".jj" / "corral" / "runs"
+    runs = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+    return {"bookmarks": sorted(marks), "workspaces": wss, "runs": runs}
+
+
+def no_trial_traces(repo: Path, op_log: bool = True, agents_use_jj: bool = False) -> None:
+    """Neither the log nor the operation log shows a trial merge or a rolled-back integration step
+    (an older jj, without detached operations, cannot keep them out of the operation log)."""
+    subjects = jj(repo, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+    assert "trial merge" not in subjects and "corral: anchor" not in subjects
+    ops = jj(repo, "op", "log", "--no-graph", "-T", 'description ++ " " ++ tags ++ "\\n"')
+    if op_log:
+        assert "trial merge" not in ops
+    if not agents_use_jj:  # corral's own operations never run concurrently (agents' may)
+        assert "reconcile divergent operations" not in ops
+    assert jj(repo, "log", "-r", "conflicts()", "--no-graph", "-T", 'commit_id ++ "\\n"').strip() == ""
+
+
+def plan(tmp_path: Path, tasks: dict[str, str], **top: str) -> Path:
+    lines = ['agent = "shell"', 'setup = "none"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    for name, script in tasks.items():
+        lines += ["[[tasks]]", f"name = {json.dumps(name)}", f"prompt = {json.dumps(script)}"]
+    return write_plan(tmp_path / "plan.toml", "\n".join(lines) + "\n")
+
+
+EDIT_TOP = "sed -i 's/^line 2$/line two/' src/app.py"
+EDIT_BOTTOM = "sed -i 's/^line 9$/line nine/' src/app.py"
+
+
+def run(repo: Path, plan_path: Path, *extra: str, wt_root: Path | None = None) -> subprocess.CompletedProcess:
+    args = ["run", str(plan_path), "--repo", str(repo), "--headless", *extra]
+    return corral(*args, env={"TMPDIR": str(wt_root)} if wt_root else None)
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_three_tasks_land_and_user_working_copy_is_untouched(jrepo: Path, tmp_path: Path, wt_root: Path) -> None:
+    # the user's own change in the default workspace: one file jj already knows, one it has not seen
+    (jrepo / "notes.txt").write_text("mine\n")
+    jj(jrepo, "describe", "-m", "my work in progress", wc=True)
+    (jrepo / "scratch.txt").write_text("not yet snapshotted\n")
+    user_wc = commit_of(jrepo, "@")
+    old_main = commit_of(jrepo, "main")
+    p = plan(tmp_path, {"top": EDIT_TOP, "bottom": EDIT_BOTTOM, "docs": "mkdir docs && echo hi > docs/x.md"},
+             base="main", verify="grep -q 'line two' src/app.py && grep -q 'line nine' src/app.py")
+    res = run(jrepo, p, "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "landed: main moved" in res.stdout
+    new_main = commit_of(jrepo, "main")
+    assert new_main != old_main
+    # one merge commit: base first, then the tasks in plan order
+    parents = parents_of(jrepo, "main")
+    assert parents[0] == old_main and len(parents) == 4
+    assert "line two" in file_at(jrepo, "main", "src/app.py") and "line nine" in file_at(jrepo, "main", "src/app.py")
+    assert file_at(jrepo, "main", "docs/x.md") == "hi\n"
+    assert file_at(jrepo, "main", "notes.txt") is None  # the user's change did not ride along
+    # the user's working copy: same commit, same parent, files on disk as they were
+    assert commit_of(jrepo, "@") == user_wc
+    assert parents_of(jrepo, "@") == [old_main]
+    assert (jrepo / "scratch.txt").read_text() == "not yet snapshotted\n"
+    assert (jrepo / "notes.txt").read_text() == "mine\n"
+    st = state(jrepo)
+    assert st["bookmarks"] == [] and st["workspaces"] == [] and len(st["runs"]) == 1
+    assert list(wt_root.iterdir()) == []
+    no_trial_traces(jrepo)
+    # the merged tasks' changes stay in main's history, described
+    subjects = jj(jrepo, "log", "-r", "::main", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+    assert "corral: top" in subjects and "corral: bottom" in subjects
+    run_json = json.loads((jrepo / ".jj" / "corral" / "runs" / st["runs"][0] / "run.json").read_text())
+    assert run_json["backend"] == "jj" and run_json["tasks"]["top"]["change_id"]
+    if (jrepo / ".git").exists():
+        # colocated: git sees the landed bookmark too
+        git_main = subprocess.run(["git", "rev-parse", "main"], cwd=jrepo, capture_output=True, text=True)
+        assert git_main.stdout.strip() == new_main
+        refs = subprocess.run(["git", "for-each-ref", "refs/heads/corral/"], cwd=jrepo, capture_output=True, text=True)
+        assert refs.stdout == ""  # no corral branch left in git either
+        wts = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=jrepo, capture_output=True, text=True)
+        assert wts.stdout.count("worktree ") == 1
+
+
+@pytest.mark.parametrize("strategy", ["rebase", "squash"])
+def test_rebase_and_squash_strategies(plain: Path, tmp_path: Path, strategy: str) -> None:
+    old_main = commit_of(plain, "main")
+    # agent a commits part of its work itself (jj commit) and leaves the rest in its working copy
+    a = "echo A > a.txt && jj commit -m 'agent: first half' >/dev/null 2>&1 && echo A2 > a2.txt"
+    p = plan(tmp_path, {"a": a, "b": EDIT_TOP, "c": "echo C > c.txt"}, base="main", merge=strategy)
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # linear history on top of the old main: the tasks' commits (rebase) or one per task (squash)
+    chain = jj(plain, "log", "-r", f"{old_main}..main", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+    subjects = chain.split("\n")[:-1]
+    if strategy == "rebase":
+        assert subjects == ["corral: c", "corral: b", "corral: a", "agent: first half"]
+    else:
+        assert subjects == ["corral: c (squashed)", "corral: b (squashed)", "corral: a (squashed)"]
+    for rev in ("main", "main-", "main--"):
+        assert len(parents_of(plain, rev)) == 1
+    assert file_at(plain, "main", "a.txt") == "A\n" and file_at(plain, "main", "c.txt") == "C\n"
+    assert file_at(plain, "main", "a2.txt") == "A2\n"
+    # the task's own changes were copied, so they are abandoned: nothing dangles next to main
+    heads = jj(plain, "log", "-r", "heads(all())", "--no-graph", "-T", 'commit_id ++ "\\n"').split()
+    assert set(heads) == {commit_of(plain, "main"), commit_of(plain, "@")}
+    assert state(plain)["bookmarks"] == []
+    no_trial_traces(plain, agents_use_jj=True)
+
+
+def test_failed_task_keeps_its_change(plain: Path, tmp_path: Path) -> None:
+    p = plan(tmp_path, {"good": "echo ok > good.txt", "bad": "echo half > half.txt; exit 3"}, base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert st["bookmarks"] == [f"corral/{run_id}/bad"]
+    assert st["workspaces"] == []
+    # the failed task's work is on its bookmark, described, findable
+    assert file_at(plain, f"corral/{run_id}/bad", "half.txt") == "half\n"
+    desc = jj(plain, "log", "-r", f"corral/{run_id}/bad", "--no-graph", "-T", "description.first_line()")
+    assert desc == "corral: bad"
+    assert file_at(plain, "main", "good.txt") == "ok\n"
+    assert file_at(plain, "main", "half.txt") is None
+    report = (plain / ".jj" / "corral" / "runs" / run_id / "report.md").read_text()
+    assert f"corral/{run_id}/bad" in report
+
+
+def test_conflicting_pair(jrepo: Path, tmp_path: Path) -> None:
+    old_main = commit_of(jrepo, "main")
+    p = plan(tmp_path, {
+        "en": "sed -i 's/^line 5$/line five/' src/app.py",
+        "fr": "sed -i 's/^line 5$/ligne cinq/' src/app.py",
+        "other": EDIT_BOTTOM,
+    }, base="main")
+    res = run(jrepo, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert "forecast en" in out and "conflict" in out.split("forecast en", 1)[1].splitlines()[0]
+    assert "fr: conflict" in out
+    st = state(jrepo)
+    run_id = st["runs"][0]
+    assert st["bookmarks"] == [f"corral/{run_id}/fr"]
+    # en and other landed; fr's change is intact (not conflicted) on its bookmark
+    assert "line five" in file_at(jrepo, "main", "src/app.py")
+    assert "line nine" in file_at(jrepo, "main", "src/app.py")
+    assert "ligne cinq" in file_at(jrepo, f"corral/{run_id}/fr", "src/app.py")
+    assert parents_of(jrepo, f"corral/{run_id}/fr") == [old_main]
+    assert len(parents_of(jrepo, "main")) == 3  # base, en, other
+    no_trial_traces(jrepo)
+    # the conflicting integration step (en + fr) was never part of the operation log either
+    ops = jj(jrepo, "op", "log", "--no-graph", "-T", 'description ++ " " ++ tags ++ "\\n"')
+    assert "corral: merge en, fr" not in ops and "corral: merge en, other" in ops
+
+
+def test_failing_verify_lands_nothing(plain: Path, tmp_path: Path) -> None:
+    old_main = commit_of(plain, "main")
+    p = plan(tmp_path, {"a": "echo A > a.txt", "b": "echo B > b.txt"}, base="main", verify="test -f nope.txt")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert commit_of(plain, "main") == old_main
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert st["bookmarks"] == sorted([f"corral/{run_id}/a", f"corral/{run_id}/b", f"corral/{run_id}/integration"])
+    assert st["workspaces"] == []
+    integ = f"corral/{run_id}/integration"
+    assert file_at(plain, integ, "a.txt") == "A\n" and file_at(plain, integ, "b.txt") == "B\n"
+
+
+def test_approve_none_merges_nothing(plain: Path, tmp_path: Path) -> None:
+    old_main = commit_of(plain, "main")
+    p = plan(tmp_path, {"a": "echo A > a.txt", "b": "echo B > b.txt"}, base="main")
+    res = run(plain, p, "--approve", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert commit_of(plain, "main") == old_main
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert st["bookmarks"] == [f"corral/{run_id}/a", f"corral/{run_id}/b"]
+    assert st["workspaces"] == []
+    assert file_at(plain, f"corral/{run_id}/a", "a.txt") == "A\n"
+
+
+def test_default_base_is_parent_of_working_copy_and_landing_is_refused(colocated: Path, tmp_path: Path) -> None:
+    """Base ``@-`` is not a bookmark: the result is kept on the integration bookmark, nothing moves."""
+    old_main = commit_of(colocated, "main")
+    p = plan(tmp_path, {"a": "echo A > a.txt"})
+    res = run(colocated, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "is not a bookmark" in res.stdout
+    assert commit_of(colocated, "main") == old_main
+    st = state(colocated)
+    run_id = st["runs"][0]
+    integ = f"corral/{run_id}/integration"
+    assert integ in st["bookmarks"]
+    assert file_at(colocated, integ, "a.txt") == "A\n"
+    assert parents_of(colocated, integ) == [old_main] or old_main in parents_of(colocated, integ)
+    git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
+    major, minor = (int(x) for x in git.split()[2].split(".")[:2])
+    if (major, minor) < (2, 42):
+        assert res.stdout.count("--no-colocate") == 1  # said once
+
+
+def test_sigint_cleans_up_and_keeps_work(jrepo: Path, tmp_path: Path, wt_root: Path) -> None:
+    p = plan(tmp_path, {"slow1": "echo one > one.txt; echo started; sleep 30",
+                        "slow2": "echo two > two.txt; echo started; sleep 30"}, base="main")
+    env = dict(os.environ, TMPDIR=str(wt_root))
+    env.pop("CORRAL_RUN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(p), "--repo", str(jrepo),
+                             "--headless", "--approve", "all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = {f for d in wt_root.iterdir() for f in ("one.txt", "two.txt") if (d / f).exists()}
+            if len(found) == 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the agents did not start")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    st = state(jrepo)
+    run_id = st["runs"][0]
+    assert st["workspaces"] == []
+    assert list(wt_root.iterdir()) == []
+    assert st["bookmarks"] == [f"corral/{run_id}/slow1", f"corral/{run_id}/slow2"]
+    # the uncommitted work of the interrupted agents was snapshotted onto their bookmarks
+    assert file_at(jrepo, f"corral/{run_id}/slow1", "one.txt") == "one\n"
+    assert file_at(jrepo, f"corral/{run_id}/slow2", "two.txt") == "two\n"
+    data = json.loads((jrepo / ".jj" / "corral" / "runs" / run_id / "run.json").read_text())
+    assert data["state"] == "interrupted"
+
+
+@pytest.mark.parametrize("case", ["bad-base", "bad-agent", "bad-plan", "ambiguous-base"])
+def test_bad_plans_create_nothing(plain: Path, tmp_path: Path, case: str) -> None:
+    ops_before = jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"')
+    if case == "bad-base":
+        p, extra = plan(tmp_path, {"a": "true"}, base="no-such-bookmark"), []
+    elif case == "bad-agent":
+        p = write_plan(tmp_path / "plan.toml", '[[tasks]]\nname = "a"\nprompt = "x"\nagent = "nope"\n')
+        extra = []
+    elif case == "bad-plan":
+        p, extra = write_plan(tmp_path / "plan.toml", "[[tasks]\nname = \n"), []
+    else:
+        p, extra = plan(tmp_path, {"a": "true"}, base="all()"), []
+    res = run(plain, p, "--approve", "all", *extra)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("corral"), res.stderr
+    assert state(plain) == {"bookmarks": [], "workspaces": [], "runs": []}
+    assert jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"') == ops_before
+
+
+def test_clean_after_a_killed_run(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """A run killed outright leaves workspaces; ``corral clean`` forgets them and keeps the work."""
+    p = plan(tmp_path, {"w": "echo work > w.txt; echo started; sleep 30"}, base="main")
+    env = dict(os.environ, TMPDIR=str(wt_root))
+    env.pop("CORRAL_RUN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(p), "--repo", str(plain),
+                             "--headless", "--approve", "all"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any((d / "w.txt").exists() for d in wt_root.iterdir()):
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    st = state(plain)
+    assert len(st["workspaces"]) == 1
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed workspace" in res.stdout
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
+    assert st["bookmarks"] == [f"corral/{run_id}/w"]
+    assert file_at(plain, f"corral/{run_id}/w", "w.txt") == "work\n"
+    assert f"kept branch corral/{run_id}/w" in res.stdout
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached-ops", "old-jj"])
+def test_backend_trials_and_discard(plain: Path, wt_root: Path, detached: bool) -> None:
+    """The backend API on a real repo: forecast and integration leave no trial behind (with detached
+    operations, and on an older jj without them, where trials are abandoned); a discarded task's
+    change is abandoned; a kept one stays on its bookmark."""
+    import anyio
+
+    from corral.core.vcs import open_backend
+
+    old_main = commit_of(plain, "main")
+
+    async def scenario() -> None:
+        b = await open_backend(plain)
+        assert b.kind == "jj"
+        if not detached:
+            b.version = (0, 40, 0)  # jj before --no-integrate-operation
+        assert b.detached_ops is detached
+        edits = {"x": ("line 5", "line five"), "y": ("line 5", "ligne cinq"), "z": ("line 1", "line one")}
+        wss = {}
+        for task, (old, new) in edits.items():
+            ws = await b.create_workspace("20260101-000000-abcd", task, old_main, str(wt_root))
+            app = ws.path / "src" / "app.py"
+            app.write_text(app.read_text().replace(old + "\n", new + "\n"))
+            snap = await b.snapshot(ws, f"corral: {task}")
+            assert snap.files == ["src/app.py"] and snap.change_id
+            wss[task] = ws
+        ops_before = jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"')
+        fc = await b.forecast("main", {t: ws.head for t, ws in wss.items()})
+        assert fc.conflicts == {("x", "y"): ["src/app.py"]}
+        if detached:  # the forecast added nothing to the operation log
+            assert jj(plain, "op", "log", "--no-graph", "-T", 'id ++ "\\n"') == ops_before
+        integ, outcomes = await b.integrate("20260101-000000-abcd", old_main,
+                                            [(t, ws.head) for t, ws in wss.items()], "merge", str(wt_root))
+        assert [(o.task, o.ok) for o in outcomes] == [("x", True), ("y", False), ("z", True)]
+        assert outcomes[1].conflict_files == ["src/app.py"]
+        assert "line five" in (integ.path / "src" / "app.py").read_text()
+        no_trial_traces(plain, op_log=detached)
+        # discard y: its change is abandoned; x stays on its bookmark; the integration is dropped
+        y_change = jj(plain, "log", "-r", wss["y"].head, "--no-graph", "-T", "change_id").strip()
+        await b.remove_workspace(wss["y"], keep_ref=False)
+        await b.remove_workspace(wss["x"], keep_ref=True)
+        await b.remove_workspace(wss["z"], keep_ref=True)
+        await b.remove_workspace(integ, keep_ref=False)
+        visible = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'change_id ++ "\\n"').split()
+        assert y_change not in visible
+        assert state(plain)["bookmarks"] == ["corral/20260101-000000-abcd/x", "corral/20260101-000000-abcd/z"]
+        assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == []
+        subjects = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+        assert "corral: merge" not in subjects
+        assert await b.holds_unmerged_work("corral/20260101-000000-abcd/x")
+
+    anyio.run(scenario)
+
+
+def test_base_moved_during_the_run_lands_nothing(plain: Path, tmp_path: Path) -> None:
+    """Someone moves ``main`` while the agents work: corral does not move it again."""
+    mover = (f"echo A > a.txt; jj --ignore-working-copy -R {plain} new --no-edit main -m moved >/dev/null 2>&1 && "
+             f"jj --ignore-working-copy -R {plain} bookmark set main "
+             "-r 'children(main) & description(substring:\"moved\")' >/dev/null 2>&1")
+    p = plan(tmp_path, {"a": mover}, base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "main moved during the run" in res.stdout
+    assert jj(plain, "log", "-r", "main", "--no-graph", "-T", "description.first_line()") == "moved"
+    st = state(plain)
+    run_id = st["runs"][0]
+    assert f"corral/{run_id}/integration" in st["bookmarks"] and f"corral/{run_id}/a" in st["bookmarks"]
+    assert "jj bookmark set main -r" in res.stdout  # how to land by hand
+
+
+def test_keep_worktrees_then_clean(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """--keep-worktrees leaves the landed run's workspaces; ``corral clean`` removes them later and
+    drops the bookmarks whose work already landed."""
+    p = plan(tmp_path, {"one": "echo 1 > one.txt", "two": "echo 2 > two.txt"}, base="main")
+    res = run(plain, p, "--approve", "all", "--keep-worktrees", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "--keep-worktrees: workspaces left in place" in res.stdout
+    st = state(plain)
+    assert len(st["workspaces"]) == 3  # two tasks and the integration
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0 and res.stdout.count("removed workspace") == 3, res.stdout + res.stderr
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
+    assert st["bookmarks"] == []  # everything landed: nothing left to keep
+    assert file_at(plain, "main", "one.txt") == "1\n" and file_at(plain, "main", "two.txt") == "2\n"
+
+
+def test_vcs_jj_on_a_git_repository_is_refused(repo: Path, tmp_path: Path) -> None:
+    p = plan(tmp_path, {"a": "true"}, vcs="jj")
+    res = run(repo, p, "--approve", "all")
+    assert res.returncode == 2 and "not a jj repository" in res.stderr, res.stdout + res.stderr
+    assert not (repo / ".jj").exists() and not (repo / ".git" / "corral" / "runs").exists()
