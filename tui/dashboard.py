@@ -283,8 +283,8 @@ class CorralApp(App[int]):
             self._review_items = None
             screen = self._review_screen
             self._review_screen = None
-            if screen is not None and screen in self.screen_stack and self.screen is screen:
-                self.pop_screen()
+            if not pending.event.is_set() and screen is not None and self.screen is screen:
+                self.pop_screen()  # the run was cancelled while the review was open
 
     def open_review(self) -> None:
         from .review_screen import ReviewItem, ReviewScreen
@@ -342,8 +342,8 @@ class CorralApp(App[int]):
         finally:
             if screen in self._modals:
                 self._modals.remove(screen)
-            if screen in self.screen_stack and self.screen is screen:
-                self.pop_screen()
+            if not pending.event.is_set() and self.screen is screen:
+                self.pop_screen()  # the run was cancelled while the question was open
 
     # ------------------------------------------------------------------------------- controls
     def abort_task(self, name: str) -> None:

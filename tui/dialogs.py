@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import RenderableType
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -43,8 +44,8 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Static(self.title_text, classes="confirm-title")
             yield Static(self.body, classes="confirm-body")
             with Horizontal():
-                yield Button(f"{self.no_label} [n]", id="no", variant="primary")
-                yield Button(f"{self.yes_label} [y]", id="yes", variant="error" if self.danger else "success")
+                yield Button(Text(f"{self.no_label} [n]"), id="no", variant="primary")
+                yield Button(Text(f"{self.yes_label} [y]"), id="yes", variant="error" if self.danger else "success")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -69,7 +69,7 @@ class HomeScreen(Screen):
             yield DataTable(id="home-leftovers", cursor_type="row")
             with Horizontal(id="home-clean-row"):
                 yield Static("", id="home-leftover-note")
-                yield Button("Clean up [c]", id="home-clean", variant="warning")
+                yield Button(Text("Clean up [c]"), id="home-clean", variant="warning")
             yield Label("Start a run", classes="section")
             with Vertical(id="home-form"):
                 yield Static("Tasks, one per line: NAME=PROMPT", classes="hint")
@@ -79,7 +79,7 @@ class HomeScreen(Screen):
                     options = [(name, name) for name in BUILTIN]
                     yield Select(options, value="claude" if "claude" in BUILTIN else options[0][1],
                                  allow_blank=False, id="home-agent")
-                    yield Button("Start run [ctrl+r]", id="home-start", variant="success")
+                    yield Button(Text("Start run [ctrl+r]"), id="home-start", variant="success")
                 yield Static("", id="home-error")
         yield Footer()
 

@@ -94,7 +94,7 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#review-tasks", DataTable)
-        table.add_column("decision", key="decision", width=10)
+        table.add_column("decision", key="decision", width=11)
         table.add_column("task", key="task")
         table.add_column("status", key="status")
         table.add_column("+", key="added")

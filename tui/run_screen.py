@@ -25,6 +25,10 @@ PANE_MIN_WIDTH = 52
 PANE_HEIGHT = 12
 
 
+class PanesScroll(VerticalScroll, can_focus=False):
+    """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
+
+
 class RunScreen(Screen):
     """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
 
@@ -63,7 +67,7 @@ class RunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield RunHeader()
         yield Static("", id="run-banner")
-        with VerticalScroll(id="panes-scroll"):
+        with PanesScroll(id="panes-scroll"):
             yield Container(id="panes")
         with Collapsible(title="Verify", id="verify-box", collapsed=False):
             yield Log(max_lines=self.model.max_lines, id="verify-log")
@@ -105,11 +109,11 @@ class RunScreen(Screen):
                 grid.mount_all(added)
                 self._columns = 0
                 self._layout_grid(self.size.width)
-                if self.focused is None and self.app.screen is self:
+                if self.focused_pane is None:
                     self.call_after_refresh(self._focus_first)
         for name, pane in self.panes.items():
             view = model.tasks[name]
-            if not pane.is_mounted:
+            if not pane.ready:
                 continue
             if view.pending:
                 lines, view.pending = view.pending, []
@@ -159,7 +163,7 @@ class RunScreen(Screen):
             self.refresh_bindings()
 
     def _focus_first(self) -> None:
-        if self.focused is None and self.panes:
+        if self.focused_pane is None and self.panes and self.app.screen is self:
             next(iter(self.panes.values())).focus()
 
     # ------------------------------------------------------------------------------- focus

@@ -67,6 +67,8 @@ class TaskPane(Vertical, can_focus=True):
         self.border_title = task_name
         self.border_subtitle = agent
         self._meta_text = ""
+        self._activity_text = ""
+        self.ready = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="pane-head"):
@@ -75,16 +77,19 @@ class TaskPane(Vertical, can_focus=True):
         yield Static("", classes="pane-activity")
         yield PaneLog(max_lines=self.max_lines, auto_scroll=True)
 
-    @property
-    def log_widget(self) -> PaneLog:
-        return self.query_one(PaneLog)
+    def on_mount(self) -> None:
+        self._badge = self.query_one(StatusBadge)
+        self._meta = self.query_one(".pane-meta", Static)
+        self._activity = self.query_one(".pane-activity", Static)
+        self.log_widget = self.query_one(PaneLog)
+        self.ready = True
 
     def show(self, view: TaskView, now: float) -> None:
         """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
         if view.agent and view.agent != self.agent:
             self.agent = view.agent
             self.border_subtitle = view.agent
-        self.query_one(StatusBadge).set_status(view.status)
+        self._badge.set_status(view.status)
         self.set_class(view.finished, "-finished")
         parts = [fmt_duration(view.elapsed(now)) if view.started is not None else "-"]
         parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
@@ -95,9 +100,11 @@ class TaskPane(Vertical, can_focus=True):
         text = " · ".join(parts)
         if text != self._meta_text:
             self._meta_text = text
-            self.query_one(".pane-meta", Static).update(text)
-        activity = view.reason if view.finished and view.reason else view.activity
-        self.query_one(".pane-activity", Static).update(Text(activity or "", no_wrap=True, overflow="ellipsis"))
+            self._meta.update(text)
+        activity = (view.reason if view.finished and view.reason else view.activity) or ""
+        if activity != self._activity_text:
+            self._activity_text = activity
+            self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"))
 
 
 class RunHeader(Horizontal):
