@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -123,28 +122,37 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
             return Text("✘ reject", style="bold red")
         return Text("? undecided", style="yellow")
 
-    def _matrix(self) -> Table:
+    def _matrix(self) -> Text:
+        """Task x task (plus base): CONFLICT where a trial merge conflicts, ok where it merges."""
         names = self.candidates
-        table = Table(title="conflict forecast", title_justify="left", show_lines=False, expand=False,
-                      pad_edge=False, box=None, padding=(0, 1))
-        table.add_column("", style="bold", no_wrap=True)
-        for name in names:
-            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=12)
-        table.add_column("base", no_wrap=True)
+        text = Text()
+        text.append("conflict forecast", style="bold underline")
+        text.append("  (trial merges, nothing touched)\n", style="dim")
+        if not names:
+            text.append("no succeeded task to forecast", style="dim")
+            return text
+
+        def cut(name: str, width: int) -> str:
+            return name if len(name) <= width else name[: width - 1] + "…"
+
+        first = min(max(len(n) for n in names), 16) + 2
+        cols = [min(max(len(n), 8), 12) + 2 for n in names] + [6]
+        text.append(" " * first)
+        for name, width in zip(names + ["base"], cols):
+            text.append(cut(name, width - 2).ljust(width), style="bold")
+        text.append("\n")
         for a in names:
             clash = self.forecast.conflicts_of(a)
-            row = []
-            for b in names + ["base"]:
+            text.append(cut(a, first - 2).ljust(first), style="bold")
+            for b, width in zip(names + ["base"], cols):
                 if a == b:
-                    row.append(Text("·", style="dim"))
+                    text.append("·".ljust(width), style="dim")
                 elif b in clash:
-                    row.append(Text("CONFLICT", style="bold red"))
+                    text.append("CONFLICT".ljust(width), style="bold red")
                 else:
-                    row.append(Text("ok", style="green"))
-            table.add_row(a, *row)
-        if not names:
-            table.add_row(Text("no succeeded task to forecast", style="dim"))
-        return table
+                    text.append("ok".ljust(width), style="green")
+            text.append("\n")
+        return text
 
     def _files_text(self, name: str) -> Text:
         item = self.items[name]

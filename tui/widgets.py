@@ -56,7 +56,7 @@ class TaskPane(Vertical, can_focus=True):
     TaskPane > .pane-head { height: 1; }
     TaskPane .pane-meta { width: 1fr; padding: 0 1; color: $text-muted; }
     TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
-    TaskPane PaneLog { height: 1fr; background: $surface; }
+    TaskPane PaneLog { height: 1fr; background: $surface; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
