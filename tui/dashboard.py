@@ -212,8 +212,13 @@ class CorralApp(App[int]):
         screen = self.run_screen
         if screen is None or not screen.is_mounted:
             return
+        from textual.css.query import NoMatches
+
         with self.batch_update():
-            screen.flush()
+            try:
+                screen.flush()
+            except NoMatches:  # the app is shutting down and its widgets are going away
+                pass
 
     # ------------------------------------------------------------------------------- quitting
     async def action_quit(self) -> None:

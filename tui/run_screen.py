@@ -59,6 +59,7 @@ class RunScreen(Screen):
         self.panes: dict[str, TaskPane] = {}
         self._columns = 0
         self._binding_key: tuple = ()
+        self._ready = False
 
     @property
     def corral(self) -> "CorralApp":
@@ -79,6 +80,7 @@ class RunScreen(Screen):
         self.query_one("#verify-box").display = False
         self.query_one("#run-banner").display = False
         self._layout_grid(self.size.width)
+        self._ready = True
         self.flush()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -94,6 +96,8 @@ class RunScreen(Screen):
     # ------------------------------------------------------------------------------ updates
     def flush(self) -> None:
         """Bring widgets up to date with the model (called by the app's one timer)."""
+        if not self._ready:
+            return
         model = self.model
         now = self.corral.clock()
         if model.new_tasks:
@@ -119,12 +123,14 @@ class RunScreen(Screen):
                 lines, view.pending = view.pending, []
                 pane.log_widget.write_lines(lines)
             pane.show(view, now)
-        if model.log_pending:
+        event_log = self.query("#event-log").first(Log) if self.query("#event-log") else None
+        if model.log_pending and event_log is not None:
             lines, model.log_pending = model.log_pending, []
-            self.query_one("#event-log", Log).write_lines(lines)
-        if model.verify_pending:
+            event_log.write_lines(lines)
+        verify_log = self.query("#verify-log").first(Log) if self.query("#verify-log") else None
+        if model.verify_pending and verify_log is not None:
             lines, model.verify_pending = model.verify_pending, []
-            self.query_one("#verify-log", Log).write_lines(lines)
+            verify_log.write_lines(lines)
         if model.verify_started:
             box = self.query_one("#verify-box", Collapsible)
             if not box.display:

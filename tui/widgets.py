@@ -123,7 +123,15 @@ class RunHeader(Horizontal):
         yield ProgressBar(total=1, show_eta=False, show_percentage=False, id="run-progress")
         yield Static("", id="run-stats")
 
+    def on_mount(self) -> None:
+        self._info = self.query_one("#run-info", Static)
+        self._bar = self.query_one(ProgressBar)
+        self._stats = self.query_one("#run-stats", Static)
+        self.ready = True
+
     def show(self, model: RunModel, now: float) -> None:
+        if not getattr(self, "ready", False):
+            return
         info = Text()
         info.append("run ", style="dim")
         info.append(model.run or "-", style="bold")
@@ -136,10 +144,9 @@ class RunHeader(Horizontal):
         info.append("\n")
         info.append("repo ", style="dim")
         info.append(model.repo or "-")
-        self.query_one("#run-info", Static).update(info)
-        bar = self.query_one(ProgressBar)
-        bar.update(total=max(model.total, 1), progress=model.done_count)
+        self._info.update(info)
+        self._bar.update(total=max(model.total, 1), progress=model.done_count)
         cost = model.total_cost
         stats = (f"{model.done_count}/{model.total} done\n{fmt_duration(model.elapsed(now))} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
-        self.query_one("#run-stats", Static).update(stats)
+        self._stats.update(stats)
