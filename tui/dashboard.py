@@ -16,12 +16,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import anyio
 from rich.text import Text
 from textual import work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from corral.core.events import EventBus
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 EXIT_INTERRUPTED = 130
 #: Panes are flushed this often (seconds).
-FLUSH_INTERVAL = 1 / 20
+FLUSH_INTERVAL = 1 / 12
 
 
 class DashboardApprover:
@@ -219,6 +220,23 @@ class CorralApp(App[int]):
                 screen.flush()
             except NoMatches:  # the app is shutting down and its widgets are going away
                 pass
+
+    def get_system_commands(self, screen: Any) -> Iterable[SystemCommand]:
+        """The screen's keys in the command palette too (only those that can act now)."""
+        yield from super().get_system_commands(screen)
+        seen: set[str] = set()
+        for binding in getattr(screen, "BINDINGS", []):
+            if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+                continue
+            action = binding.action
+            name = action.split("(", 1)[0].removeprefix("app.")
+            target = self if action.startswith("app.") else screen
+            if target.check_action(name, ()) is not True:
+                continue
+            seen.add(action)
+            key = binding.key.split(",")[0]
+            yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
+                                partial(screen.run_action, action))
 
     # ------------------------------------------------------------------------------- quitting
     async def action_quit(self) -> None:

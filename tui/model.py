@@ -65,6 +65,7 @@ class TaskView:
     removed: int = 0
     activity: str = ""
     lines_total: int = 0
+    skipped: int = 0
     pending: list[str] = field(default_factory=list)
 
     @property

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 #: Narrowest a pane gets before the grid drops a column.
 PANE_MIN_WIDTH = 52
 PANE_HEIGHT = 12
+#: Most lines one pane takes per flush (12 a second); under a flood the older ones are only on disk.
+FLUSH_CAP = 150
 
 
 class PanesScroll(VerticalScroll, can_focus=False):
@@ -121,6 +123,11 @@ class RunScreen(Screen):
                 continue
             if view.pending:
                 lines, view.pending = view.pending, []
+                if len(lines) > FLUSH_CAP:
+                    # a flood: show the newest lines; the full log is on disk (l opens it)
+                    skipped = len(lines) - FLUSH_CAP
+                    view.skipped += skipped
+                    lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-FLUSH_CAP:]]
                 pane.log_widget.write_lines(lines)
             pane.show(view, now)
         event_log = self.query("#event-log").first(Log) if self.query("#event-log") else None

@@ -54,7 +54,7 @@ class TaskPane(Vertical, can_focus=True):
     TaskPane { border: round $panel-lighten-2; height: 1fr; min-height: 8; padding: 0 1; }
     TaskPane:focus { border: heavy $accent; }
     TaskPane > .pane-head { height: 1; }
-    TaskPane .pane-meta { width: 1fr; padding: 0 1; color: $text-muted; }
+    TaskPane .pane-meta { width: 1fr; height: 1; padding: 0 1; color: $text-muted; }
     TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
     TaskPane PaneLog { height: 1fr; background: $surface; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
     """
@@ -100,11 +100,11 @@ class TaskPane(Vertical, can_focus=True):
         text = " · ".join(parts)
         if text != self._meta_text:
             self._meta_text = text
-            self._meta.update(text)
+            self._meta.update(text, layout=False)
         activity = (view.reason if view.finished and view.reason else view.activity) or ""
         if activity != self._activity_text:
             self._activity_text = activity
-            self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"))
+            self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"), layout=False)
 
 
 class RunHeader(Horizontal):
@@ -115,7 +115,7 @@ class RunHeader(Horizontal):
     RunHeader #run-info { width: 1fr; }
     RunHeader #run-progress { width: 32; padding: 0 1; }
     RunHeader #run-progress Bar { width: 20; }
-    RunHeader #run-stats { width: auto; min-width: 24; text-align: right; }
+    RunHeader #run-stats { width: 26; text-align: right; }
     """
 
     def compose(self) -> ComposeResult:
@@ -127,6 +127,7 @@ class RunHeader(Horizontal):
         self._info = self.query_one("#run-info", Static)
         self._bar = self.query_one(ProgressBar)
         self._stats = self.query_one("#run-stats", Static)
+        self._last: list = [None, None, None]
         self.ready = True
 
     def show(self, model: RunModel, now: float) -> None:
@@ -144,9 +145,16 @@ class RunHeader(Horizontal):
         info.append("\n")
         info.append("repo ", style="dim")
         info.append(model.repo or "-")
-        self._info.update(info)
-        self._bar.update(total=max(model.total, 1), progress=model.done_count)
+        if info.plain != self._last[0]:
+            self._last[0] = info.plain
+            self._info.update(info, layout=False)
+        progress = (max(model.total, 1), model.done_count)
+        if progress != self._last[1]:
+            self._last[1] = progress
+            self._bar.update(total=progress[0], progress=progress[1])
         cost = model.total_cost
         stats = (f"{model.done_count}/{model.total} done\n{fmt_duration(model.elapsed(now))} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
-        self._stats.update(stats)
+        if stats != self._last[2]:
+            self._last[2] = stats
+            self._stats.update(stats, layout=False)
