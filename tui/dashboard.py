@@ -82,9 +82,6 @@ class CorralApp(App[int]):
     (``home_repo``), or neither (a bus fed by the caller: tests and screenshots)."""
 
     TITLE = "corral"
-    CSS = """
-    Screen { background: $background; }
-    """
     BINDINGS = [
         Binding("ctrl+q", "quit_run", "Quit", show=False, priority=True),
     ]
