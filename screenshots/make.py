@@ -88,7 +88,7 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
 
         home = CorralApp(home_repo=str(repo), notifications=False)
         async with home.run_test(size=size) as pilot:
-            await until(pilot, lambda: isinstance(home.screen, HomeScreen) and home.screen.runs, what="home")
+            await until(pilot, lambda: isinstance(home.screen, HomeScreen) and home.screen.loaded, what="home")
             home.screen.query_one("#home-tasks").text = "fix-typos=Fix the typos in README.md\nadd-tests=Add tests for calc/greet.py"
             await pilot.pause(0.3)
             await save("home", home)

@@ -32,7 +32,7 @@ def test_home_lists_leftovers_and_cleans_them_keeping_work(repo: Path, tmp_path:
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.leftovers,
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded and app.screen.leftovers,
                         what="leftovers listed")
             screen = app.screen
             assert [lo.ref for lo in screen.leftovers] == [branch]

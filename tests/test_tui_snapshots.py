@@ -98,12 +98,15 @@ def test_home_screen(snap_compare, monkeypatch) -> None:
 
         for _ in range(100):
             screen = pilot.app.screen
-            if isinstance(screen, HomeScreen) and screen.runs:
+            if isinstance(screen, HomeScreen) and screen.loaded:
                 break
             await pilot.pause(0.05)
-        await pilot.pause(0.2)
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause(0.3)
 
     try:
         assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
     finally:
         shutil.rmtree(HOME, ignore_errors=True)
+        monkeypatch.undo()
+        time.tzset()

@@ -53,6 +53,8 @@ class HomeScreen(Screen):
         self.backend: Any = None
         self.leftovers: list[Any] = []
         self.runs: list[dict[str, Any]] = []
+        #: how many times the lists were (re)loaded; tests wait on it
+        self.loaded = 0
 
     @property
     def corral(self) -> "CorralApp":
@@ -123,6 +125,7 @@ class HomeScreen(Screen):
         self.query_one("#home-leftover-note", Static).update(note)
         self.query_one("#home-clean", Button).disabled = not stale
         self.refresh_bindings()
+        self.loaded += 1
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clean":
