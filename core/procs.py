@@ -182,6 +182,7 @@ class Supervised:
                     break
                 if log:
                     log.write(chunk)
+                    log.flush()  # so the full log can be read (l in the dashboard) while the agent runs
                 buf += chunk
                 if b"\n" in buf:
                     *lines, buf = buf.split(b"\n")

@@ -22,6 +22,8 @@ def run_dashboard(prep: "Prepared", keep_worktrees: bool = False) -> int:
     app = CorralApp(prep=prep, keep_worktrees=keep_worktrees, bell=_bell(), handle_signals=True)
     result = app.run()
     code = result if isinstance(result, int) else app.exit_code
+    if app.terminal_lost:
+        return code
     if app.outcome is not None and app.outcome.report:
         print(f"corral: run {app.outcome.run_id} {app.outcome.state} (exit {code}); report: {app.outcome.report}")
     elif code == 130:

@@ -124,6 +124,8 @@ class CorralApp(App[int]):
         self._review_screen: "ReviewScreen | None" = None
         self._modals: list[Any] = []
         self._stopping = False
+        #: set when SIGHUP said the terminal went away
+        self.terminal_lost = False
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -132,11 +134,14 @@ class CorralApp(App[int]):
             import asyncio
 
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                try:
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-                except (NotImplementedError, RuntimeError, ValueError):
-                    pass
+            self._loop = loop
+            try:
+                loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+                # a plain handler for SIGHUP: it must run even when the loop is stuck writing to a
+                # terminal that is gone (Textual's writer thread dies on EIO and its queue fills up)
+                signal.signal(signal.SIGHUP, self._on_hangup)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
         if self.prep is not None:
             self.start_run(self.prep)
         elif self.home_repo is not None:
@@ -262,6 +267,38 @@ class CorralApp(App[int]):
 
     def _on_signal(self, signum: int) -> None:
         self.stop_and_exit()
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        """The terminal is gone: stop drawing (so nothing blocks on it), then stop and clean up."""
+        self.terminal_lost = True
+        driver = self._driver
+        if driver is not None:
+            # nothing more reaches the terminal; and SIGCONT (sent with SIGHUP to an orphaned group)
+            # must not restart application mode on it
+            driver.write = lambda data: None  # type: ignore[method-assign]
+            driver.flush = lambda: None  # type: ignore[method-assign]
+        try:
+            signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+        writer = getattr(driver, "_writer_thread", None)
+        old = getattr(writer, "_queue", None)
+        if writer is not None and old is not None:
+            import queue
+
+            writer._queue = queue.Queue()  # unbounded and never read: later writes go nowhere
+            try:
+                while True:
+                    old.get_nowait()  # unblocks a write stuck on the full queue
+            except queue.Empty:
+                pass
+            try:
+                old.put_nowait(None)  # a still-living writer thread ends
+            except queue.Full:
+                pass
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(self.stop_and_exit)
 
     @work(exclusive=True, group="stop", exit_on_error=False)
     async def stop_and_exit(self) -> None:
