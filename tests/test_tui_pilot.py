@@ -225,3 +225,37 @@ def test_quit_after_cancel_answer_keeps_running(repo: Path, wt_root: Path) -> No
 
     run(main())
     assert corral_state(repo)["worktrees"] == []
+
+
+def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
+    async def main() -> None:
+        plan = shell_plan({"left": TICKER.format(name="left"), "right": TICKER.format(name="right")}, wt_root)
+        prep = await prepare(plan, repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_pane is not None
+                        and app.model.tasks["right"].status == "running", what="running")
+            screen = app.run_screen
+            assert screen.focused_task == "left"
+            assert screen.check_action("review", ()) is None, "nothing to review yet: dimmed"
+            assert screen.check_action("abort", ()) is True
+            titles = [c.title for c in app.get_system_commands(screen)]
+            assert "Abort [a]" in titles and not any(t.startswith("Review") for t in titles)
+            await pilot.press("right")
+            assert screen.focused_task == "right"
+            await pilot.press("z")
+            assert screen.maximized is screen.panes["right"]
+            assert screen.panes["right"].region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
+            await pilot.press("z")
+            assert screen.maximized is None
+            events = screen.query_one("#events-box")
+            assert events.collapsed
+            await pilot.press("e")
+            assert not events.collapsed
+            await pilot.pause(0.3)
+            assert any("right: running" in line for line in screen.query_one("#event-log").lines)
+            await pilot.press("A")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            await pilot.press("q")
+
+    run(main())

@@ -332,7 +332,10 @@ class CorralApp(App[int]):
         self._review_items = (candidates, forecast)
         try:
             self.open_review()
-            self.notify("review ready: y approve, n reject, m merge the approved ones", title="review")
+            if self.notifications:
+                self.notify("review ready: y approve, n reject, m merge the approved ones", title="review")
+            if self.bell_on_finish:
+                self.bell()  # a person is needed now
             await pending.event.wait()
             return dict(pending.result or {})
         finally:
@@ -393,6 +396,8 @@ class CorralApp(App[int]):
             pending.event.set()
 
         self.push_screen(screen, done)
+        if self.bell_on_finish:
+            self.bell()
         try:
             await pending.event.wait()
             return bool(pending.result)
