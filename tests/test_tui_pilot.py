@@ -259,3 +259,47 @@ def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
             await pilot.press("q")
 
     run(main())
+
+
+def test_runner_program_asks_through_the_dashboard(repo: Path) -> None:
+    """A program-style runner on the real runtime: its agent gets a pane, rt.approve() asks here."""
+    from corral.core.agents import BUILTIN
+    from corral.core.journal import Journal, new_run_id
+    from corral.core.runtime import RunOptions, Runtime
+    from corral.core.vcs import open_backend
+
+    answers: list[bool] = []
+
+    async def runner(approver, bus, on_runtime) -> int:
+        backend = await open_backend(repo)
+        run_id = new_run_id()
+        journal = Journal(backend.state_dir, run_id)
+        journal.create()
+        try:
+            rt = Runtime(backend=backend, bus=bus, journal=journal, profiles=dict(BUILTIN), approver=approver,
+                         options=RunOptions(run_id=run_id, grace=0.5), base_name="main",
+                         base_commit=await backend.resolve("main"))
+            on_runtime(rt)
+            async with rt:
+                result = await rt.join(rt.spawn({"agent": "shell", "name": "probe", "task": "echo probing",
+                                                 "cwd": str(repo)}))
+                answers.append(await rt.approve(f"probe said {result.text or 'something'}; go on?"))
+            return 0 if answers[0] else 1
+        finally:
+            journal.close()
+            await backend.close()
+
+    async def main() -> None:
+        app = CorralApp(runner=runner, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+            assert "go on?" in str(app.screen.body)
+            await until(pilot, lambda: "probe" in app.run_screen.panes and app.run_screen.panes["probe"].ready
+                        and pane_lines(app, "probe") == ["probing"], what="the agent's pane")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="program end")
+            assert answers == [True] and app.exit_code == 0
+            await pilot.press("q")
+        assert app.return_value == 0
+
+    run(main())

@@ -32,6 +32,19 @@ def run_dashboard(prep: "Prepared", keep_worktrees: bool = False) -> int:
     return code
 
 
+def run_dashboard_runner(runner, run_id: str = "") -> int:
+    """Run any ``runner(approver, bus, on_runtime) -> exit code | outcome`` in the dashboard (for
+    programs: build the runtime with ``approver`` and ``bus``, call ``on_runtime(rt)`` once it
+    exists, run the program, clean up shielded). Returns its exit code, or 130 when quit mid-run."""
+    from .dashboard import CorralApp
+
+    app = CorralApp(runner=runner, bell=_bell(), handle_signals=True)
+    if run_id:
+        app.bus.run = run_id
+    result = app.run()
+    return result if isinstance(result, int) else app.exit_code
+
+
 def run_home(repo_path: str) -> int:
     """Plain ``corral``: this repository's runs, leftovers of interrupted runs, and a form to start
     an ad-hoc run. Exit 2 (one line) when ``repo_path`` is not a repository."""
@@ -56,4 +69,4 @@ def run_home(repo_path: str) -> int:
     return result if isinstance(result, int) else app.exit_code
 
 
-__all__ = ["run_dashboard", "run_home"]
+__all__ = ["run_dashboard", "run_dashboard_runner", "run_home"]

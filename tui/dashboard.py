@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import anyio
 from rich.text import Text
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .run_screen import RunScreen
 
 EXIT_INTERRUPTED = 130
+#: ``runner(approver, bus, on_runtime)``: what :meth:`CorralApp.start_runner` runs.
+Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
 #: Panes are flushed this often (seconds).
 FLUSH_INTERVAL = 1 / 12
 
@@ -90,6 +92,7 @@ class CorralApp(App[int]):
         self,
         *,
         prep: "Prepared | None" = None,
+        runner: "Runner | None" = None,
         keep_worktrees: bool = False,
         home_repo: str | None = None,
         bus: EventBus | None = None,
@@ -101,6 +104,7 @@ class CorralApp(App[int]):
     ) -> None:
         super().__init__()
         self.prep = prep
+        self.runner = runner
         self.keep_worktrees = keep_worktrees
         self.home_repo = home_repo
         self.clock = clock
@@ -144,6 +148,8 @@ class CorralApp(App[int]):
                 pass
         if self.prep is not None:
             self.start_run(self.prep)
+        elif self.runner is not None:
+            self.start_runner(self.runner)
         elif self.home_repo is not None:
             from .home_screen import HomeScreen
 
@@ -174,17 +180,34 @@ class CorralApp(App[int]):
         self.show_run_screen()
         self._run_pipeline(prep, approver)
 
-    @work(exclusive=True, group="pipeline", exit_on_error=False)
-    async def _run_pipeline(self, prep: "Prepared", approver: Any) -> None:
+    def start_runner(self, runner: "Runner", run_id: str = "") -> None:
+        """Show the run screen and run ``runner(approver, bus, on_runtime)`` (a program on the
+        runtime, say) the way a plan's pipeline runs: it returns an exit code or an object with
+        ``exit_code``; quitting cancels it (its cleanup must be shielded)."""
+        if run_id:
+            self.bus.run = run_id
+        self._pipeline_running = True
+        self._pipeline_done = anyio.Event()
+        self.show_run_screen()
+        self._run_worker(lambda: runner(DashboardApprover(self), self.bus, self._on_runtime))
+
+    def _run_pipeline(self, prep: "Prepared", approver: Any) -> None:
         from corral.core.pipeline import execute
 
+        self._run_worker(lambda: execute(prep, approver, self.bus, keep_worktrees=self.keep_worktrees,
+                                         grace=self.grace, on_runtime=self._on_runtime))
+
+    @work(exclusive=True, group="pipeline", exit_on_error=False)
+    async def _run_worker(self, start: Callable[[], Awaitable[Any]]) -> None:
         self._scope = anyio.CancelScope()
         try:
             with self._scope:
-                outcome = await execute(prep, approver, self.bus, keep_worktrees=self.keep_worktrees,
-                                        grace=self.grace, on_runtime=self._on_runtime)
-                self.outcome = outcome
-                self.exit_code = outcome.exit_code
+                result = await start()
+                if isinstance(result, int):
+                    self.exit_code = result
+                else:
+                    self.outcome = result
+                    self.exit_code = int(getattr(result, "exit_code", 1))
             if self._scope.cancelled_caught:
                 self.exit_code = EXIT_INTERRUPTED
         except Exception as exc:  # an engine bug: say so, keep the dashboard up

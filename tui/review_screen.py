@@ -242,7 +242,25 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
             self._refresh_row(name)
 
     def action_merge(self) -> None:
-        self.dismiss({name: bool(self.decisions.get(name)) for name in self.candidates})
+        decisions = {name: bool(self.decisions.get(name)) for name in self.candidates}
+        undecided = [n for n in self.candidates if n not in self.decisions]
+        approved = [n for n in self.candidates if decisions[n]]
+        if not undecided and approved:
+            self.dismiss(decisions)
+            return
+        from .dialogs import ConfirmScreen
+
+        body = Text()
+        if approved:
+            body.append(f"Merge {', '.join(approved)}.\n")
+        else:
+            body.append("Nothing is approved: nothing will be merged.\n", style="bold")
+        if undecided:
+            body.append(f"Not decided yet, so rejected: {', '.join(undecided)}.\n")
+        body.append("\nRejected work stays on its branch.", style="dim")
+        title = "Merge the approved tasks?" if approved else "Reject every task?"
+        self.app.push_screen(ConfirmScreen(title, body, yes="Go on", no="Back to review", danger=not approved),
+                             lambda yes: self.dismiss(decisions) if yes else None)
 
     def action_back(self) -> None:
         self.dismiss(None)

@@ -60,6 +60,8 @@ class RunScreen(Screen):
         self.model = model
         self.panes: dict[str, TaskPane] = {}
         self._columns = 0
+        self._row_height = 0
+        self._scroll_height = 0
         self._binding_key: tuple = ()
         self._ready = False
 
@@ -89,17 +91,28 @@ class RunScreen(Screen):
         self._layout_grid(event.size.width)
 
     def _layout_grid(self, width: int) -> None:
-        columns = max(1, min(max(len(self.panes), 1), width // PANE_MIN_WIDTH))
-        if columns != self._columns:
-            self._columns = columns
+        """As many columns as fit (at least PANE_MIN_WIDTH each); rows fill the height when all
+        panes fit, else PANE_HEIGHT each and the grid scrolls."""
+        count = max(len(self.panes), 1)
+        columns = max(1, min(count, width // PANE_MIN_WIDTH))
+        rows = -(-count // columns)
+        height = self.query_one("#panes-scroll").size.height
+        row_height = max(PANE_HEIGHT, height // rows) if height else PANE_HEIGHT
+        if (columns, row_height) != (self._columns, self._row_height):
+            self._columns, self._row_height = columns, row_height
             grid = self.query_one("#panes")
             grid.styles.grid_size_columns = columns
+            grid.styles.grid_rows = str(row_height)
 
     # ------------------------------------------------------------------------------ updates
     def flush(self) -> None:
         """Bring widgets up to date with the model (called by the app's one timer)."""
         if not self._ready:
             return
+        scroll_height = self.query_one("#panes-scroll").size.height
+        if scroll_height != self._scroll_height:  # the verify pane or the banner came or went
+            self._scroll_height = scroll_height
+            self._layout_grid(self.size.width)
         model = self.model
         now = self.corral.clock()
         if model.new_tasks:
@@ -113,7 +126,6 @@ class RunScreen(Screen):
                     self.panes[name] = pane
                     added.append(pane)
                 grid.mount_all(added)
-                self._columns = 0
                 self._layout_grid(self.size.width)
                 if self.focused_pane is None:
                     self.call_after_refresh(self._focus_first)
