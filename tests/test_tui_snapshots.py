@@ -87,9 +87,15 @@ def _home_repo() -> Path:
     return HOME
 
 
-def test_home_screen(snap_compare, monkeypatch) -> None:
+def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
+    # the agent list says which agents are installed: make that the same on every machine
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("git", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(bin_dir))
     repo = _home_repo()
     app = CorralApp(home_repo=str(repo), notifications=False)
 

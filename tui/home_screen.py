@@ -24,7 +24,8 @@ STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "
 
 def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
     """One journal entry as a table row: run, started, state, ok, failed, landed."""
-    tasks = list((r.get("tasks") or {}).values())
+    # the integration workspace is journaled next to the tasks; it is not one
+    tasks = [t for name, t in (r.get("tasks") or {}).items() if name != "integration" or t.get("agent")]
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
     bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
@@ -78,9 +79,11 @@ class HomeScreen(Screen):
                 yield TextArea(id="home-tasks", soft_wrap=True, show_line_numbers=False)
                 with Horizontal(id="home-form-row"):
                     yield Static("Agent", classes="hint")
-                    options = [(name, name) for name in BUILTIN]
-                    yield Select(options, value="claude" if "claude" in BUILTIN else options[0][1],
-                                 allow_blank=False, id="home-agent")
+                    found = {name: p.find() is not None for name, p in BUILTIN.items()}
+                    options = [(name if ok else f"{name} (not found)", name) for name, ok in found.items()]
+                    default = "claude" if found.get("claude") else next((n for n, ok in found.items() if ok),
+                                                                         next(iter(BUILTIN)))
+                    yield Select(options, value=default, allow_blank=False, id="home-agent")
                     yield Button(Text("Start run [ctrl+r]"), id="home-start", variant="success")
                 yield Static("", id="home-error")
         yield Footer()
