@@ -50,6 +50,7 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
         Binding("Y", "decide_all(True)", "Approve all", show=False, id="review.approve_all"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
+        Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
     ]
 
     def __init__(self, items: list[ReviewItem], forecast: Forecast, load_diff: DiffLoader,
