@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import Process
 
 #: Longest line handed to a display callback; the log file always keeps the full output.
@@ -194,6 +195,8 @@ class Supervised:
                     # a line with no newline for a long while: show what we have, keep reading
                     emit(clean_line(buf[:MAX_DISPLAY_LINE]) + " [...]")
                     buf = b""
+                # a read from a full buffer does not yield: let the other agents and the UI run
+                await anyio.lowlevel.checkpoint()
             if buf:
                 emit(clean_line(buf))
         finally:

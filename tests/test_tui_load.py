@@ -67,5 +67,5 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
           f"worst focus change after a key: {stats['worst_key'] * 1000:.0f} ms over {stats['presses']:.0f} presses")
     assert stats["lines"] == N * 15000
     assert stats["presses"] >= 3
-    assert stats["worst_key"] < 1.5  # measured 0.3-0.9 s on a shared, busy 2-core machine
+    assert stats["worst_key"] < 1.5  # measured 0.3-0.5 s on a shared 2-core machine at load 4-5
     assert corral_state(repo)["worktrees"] == []

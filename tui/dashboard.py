@@ -385,7 +385,8 @@ class CorralApp(App[int]):
             snap = t.snapshot
             items.append(ReviewItem(name=t.name, status=t.status, agent=t.agent,
                                     added=snap.added if snap else 0, removed=snap.removed if snap else 0,
-                                    files=list(snap.files) if snap else [], candidate=t.name in names))
+                                    files=list(snap.files) if snap else [],
+                                    candidate=t.name in names and t.status == "succeeded"))
         previous = self._review_screen.decisions if self._review_screen is not None else {}
         screen = ReviewScreen(items, forecast, self._load_diff, previous)
         self._review_screen = screen
