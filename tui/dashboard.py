@@ -230,7 +230,9 @@ class CorralApp(App[int]):
     def _on_model_notify(self, title: str, message: str, severity: str) -> None:
         if not self.notifications:
             return
-        self.notify(message, title=title, severity=severity)  # type: ignore[arg-type]
+        # many agents finishing at once must not bury the screen in toasts: short-lived unless bad
+        self.notify(message, title=title, severity=severity,  # type: ignore[arg-type]
+                    timeout=3 if severity == "information" else 8)
         if self.bell_on_finish and severity in ("error", "warning"):
             self.bell()
 
