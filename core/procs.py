@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import Process
 
 from .watchdog import Watchdog
@@ -215,6 +216,7 @@ class Supervised:
                     break
                 if log:
                     log.write(chunk)
+                    log.flush()  # so the full log can be read (l in the dashboard) while the agent runs
                 buf += chunk
                 cut = buf.rfind(b"\n")
                 if cut >= 0:
@@ -227,6 +229,8 @@ class Supervised:
                     # a line with no newline for a long while: show what we have, keep reading
                     emit([clean_line(buf[:limit]) + " [...]"])
                     buf = b""
+                # a read from a full buffer does not yield: let the other agents and the UI run
+                await anyio.lowlevel.checkpoint()
             if buf:
                 emit([clean_line(buf)])
         finally:

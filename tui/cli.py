@@ -237,6 +237,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fail_usage("--delay must be >= 0")
     repo = make_demo_repo()
     plan = demo_plan(args.delay)
+    if not args.headless:
+        plan.approve = "ask"  # the dashboard is where a person approves: show the review screen
     banner = (f"corral demo: scratch repository {repo}\n"
               f"corral demo: {len(plan.tasks)} scripted agents; one fails, two edit the same line")
     return launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner)

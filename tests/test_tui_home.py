@@ -1,0 +1,93 @@
+"""The home screen (plain ``corral``) on real repositories: runs, leftovers and their clean-up, and
+starting an ad-hoc run from the form."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from conftest import corral, corral_state, git
+from corral.tui.dashboard import CorralApp
+from corral.tui.dialogs import ConfirmScreen
+from corral.tui.home_screen import HomeScreen
+from corral.tui.review_screen import ReviewScreen
+from corral.tui.run_screen import RunScreen
+from test_tui_pilot import SIZE, pane_lines, until
+
+
+def make_leftover(repo: Path, tmp_path: Path) -> tuple[Path, str]:
+    """What a SIGKILLed corral leaves: a locked worktree on a corral branch, holding uncommitted work."""
+    run = "20270101-000000-dead"
+    branch = f"corral/{run}/lost"
+    path = tmp_path / "leftover-ws"
+    git(repo, "worktree", "add", "--no-track", "--lock", "--reason", f"corral run={run} pid=999999",
+        "-b", branch, str(path), "main")
+    (path / "salvage.txt").write_text("work an agent left\n")
+    return path, branch
+
+
+def test_home_lists_leftovers_and_cleans_them_keeping_work(repo: Path, tmp_path: Path) -> None:
+    path, branch = make_leftover(repo, tmp_path)
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded and app.screen.leftovers,
+                        what="leftovers listed")
+            screen = app.screen
+            assert [lo.ref for lo in screen.leftovers] == [branch]
+            assert screen.check_action("clean", ()) is True
+            await pilot.press("c")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+            assert str(path) in str(app.screen.body)
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and not app.screen.leftovers,
+                        what="leftover cleaned")
+            assert screen.check_action("clean", ()) is None, "clean-up is dimmed when nothing is left"
+            await pilot.press("q")
+
+    asyncio.run(main())
+    assert not path.exists()
+    assert corral_state(repo)["worktrees"] == []
+    # the uncommitted work was salvaged onto its branch, which is kept
+    assert branch in corral_state(repo)["branches"]
+    assert "salvage.txt" in git(repo, "ls-tree", "-r", "--name-only", branch)
+
+
+def test_home_starts_an_adhoc_run(repo: Path) -> None:
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.backend is not None,
+                        what="home loaded")
+            home = app.screen
+            home.query_one("#home-agent").value = "shell"
+            home.query_one("#home-tasks").text = "bad name!=echo x"
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: "bad task name" in str(home.query_one("#home-error").render()),
+                        what="form error")
+            assert isinstance(app.screen, HomeScreen), "a bad form starts nothing"
+            home.query_one("#home-tasks").text = "hello=echo hello from the form > hello.txt; echo said hello"
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: app.run_screen is not None and app.prep is not None, what="run screen")
+            assert app.run_screen in app.screen_stack and isinstance(app.run_screen, RunScreen)
+            await until(pilot, lambda: "hello" in app.run_screen.panes and "said hello" in pane_lines(app, "hello"),
+                        what="output of hello")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review")
+            await pilot.press("y", "m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert app.model.tasks["hello"].status == "merged"
+            await pilot.press("q")
+        assert app.return_value == 0
+
+    asyncio.run(main())
+    assert "hello.txt" in git(repo, "ls-tree", "-r", "--name-only", "main")
+    assert corral_state(repo)["worktrees"] == []
+
+
+def test_home_outside_a_repository_is_one_line_exit_2(tmp_path: Path) -> None:
+    res = corral("--repo", str(tmp_path / "nowhere"))
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "corral:" in res.stderr

@@ -1,0 +1,72 @@
+"""Entry points of the dashboard, light to import: Textual and the screens load only when called."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.core.pipeline import Prepared
+
+
+def _bell() -> bool:
+    return os.environ.get("CORRAL_BELL", "").lower() in ("1", "yes", "true", "on")
+
+
+def run_dashboard(prep: "Prepared", keep_worktrees: bool = False) -> int:
+    """Run ``prep`` (already through preflight) in the dashboard. Returns the run's exit code
+    (0 or 1), or 130 when the person quit (or SIGTERM/SIGHUP came) while it ran."""
+    from .dashboard import CorralApp
+
+    app = CorralApp(prep=prep, keep_worktrees=keep_worktrees, bell=_bell(), handle_signals=True)
+    result = app.run()
+    code = result if isinstance(result, int) else app.exit_code
+    if app.terminal_lost:
+        return code
+    if app.outcome is not None and app.outcome.report:
+        print(f"corral: run {app.outcome.run_id} {app.outcome.state} (exit {code}); report: {app.outcome.report}")
+    elif code == 130:
+        print("corral: run interrupted; agents stopped, workspaces removed, branches with work kept",
+              file=sys.stderr)
+    return code
+
+
+def run_dashboard_runner(runner, run_id: str = "") -> int:
+    """Run any ``runner(approver, bus, on_runtime) -> exit code | outcome`` in the dashboard (for
+    programs: build the runtime with ``approver`` and ``bus``, call ``on_runtime(rt)`` once it
+    exists, run the program, clean up shielded). Returns its exit code, or 130 when quit mid-run."""
+    from .dashboard import CorralApp
+
+    app = CorralApp(runner=runner, bell=_bell(), handle_signals=True)
+    if run_id:
+        app.bus.run = run_id
+    result = app.run()
+    return result if isinstance(result, int) else app.exit_code
+
+
+def run_home(repo_path: str) -> int:
+    """Plain ``corral``: this repository's runs, leftovers of interrupted runs, and a form to start
+    an ad-hoc run. Exit 2 (one line) when ``repo_path`` is not a repository."""
+    import anyio
+
+    from corral.core.vcs import open_backend
+    from corral.core.vcs.base import UsageError
+
+    async def check() -> None:
+        backend = await open_backend(repo_path)
+        await backend.close()
+
+    try:
+        anyio.run(check)
+    except UsageError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    from .dashboard import CorralApp
+
+    app = CorralApp(home_repo=repo_path, bell=_bell(), handle_signals=True)
+    result = app.run()
+    return result if isinstance(result, int) else app.exit_code
+
+
+__all__ = ["run_dashboard", "run_dashboard_runner", "run_home"]

@@ -1,0 +1,578 @@
+"""The Textual app: runs the engine's pipeline on Textual's asyncio loop and renders its event stream.
+
+No engine logic lives here. The app subscribes a :class:`~corral.tui.model.RunModel` to the
+:class:`~corral.core.events.EventBus`; subscribers are called synchronously in the loop thread, so the
+model only appends to per-pane buffers, and one ``set_interval`` timer flushes every pane inside
+``batch_update()``. Controls go through the :class:`~corral.core.runtime.Runtime` handed over by
+``on_runtime``: ``rt.abort``, ``rt.abort_all``, ``rt.discard``; approvals through
+:class:`DashboardApprover`, which pushes the review screen or a confirmation and awaits the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+from functools import partial
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+
+import anyio
+from rich.text import Text
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+
+from corral.core.events import EventBus
+from corral.core.report import fmt_duration
+
+from .dialogs import ConfirmScreen
+from .model import RunModel
+
+if TYPE_CHECKING:
+    from corral.core.pipeline import Outcome, Prepared
+    from corral.core.runtime import Runtime, TaskInfo
+    from corral.core.vcs.base import Forecast
+
+    from .review_screen import ReviewScreen
+    from .run_screen import RunScreen
+
+EXIT_INTERRUPTED = 130
+#: ``runner(approver, bus, on_runtime)``: what :meth:`CorralApp.start_runner` runs.
+Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
+#: Panes are flushed this often (seconds).
+FLUSH_INTERVAL = 1 / 12
+
+
+class DashboardApprover:
+    """The person at the dashboard decides: the review screen, and modal confirmations."""
+
+    def __init__(self, app: "CorralApp") -> None:
+        self.app = app
+
+    async def review(self, rt: "Runtime", candidates: list["TaskInfo"], forecast: "Forecast") -> dict[str, bool]:
+        return await self.app.request_review(candidates, forecast)
+
+    async def confirm_land(self, rt: "Runtime", message: str) -> bool:
+        body = Text()
+        result = self.app.model.verify_result
+        if result is not None:
+            body.append(f"verify {'PASSED' if result.ok else 'FAILED'}", style="bold green" if result.ok else "bold red")
+            body.append(f": {result.command} (exit {result.exit_code}, {fmt_duration(result.duration)})\n\n")
+        else:
+            body.append("no verify command configured\n\n", style="dim")
+        body.append(message)
+        body.append(f"\n\n{rt.base_name} moves to the merge result only if it did not move meanwhile.", style="dim")
+        return await self.app.request_confirm("Land the merge?", body, yes="Land", no="Keep branch", danger=False)
+
+    async def ask(self, rt: "Runtime", question: str, default: bool) -> bool:
+        return await self.app.request_confirm("Approval asked", question, danger=False)
+
+
+class _Pending:
+    """A question the pipeline is waiting on."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: Any = None
+
+
+class CorralApp(App[int]):
+    """corral's dashboard. Give it a prepared run (``prep``), a repository for the home screen
+    (``home_repo``), or neither (a bus fed by the caller: tests and screenshots)."""
+
+    TITLE = "corral"
+    BINDINGS = [
+        Binding("ctrl+q", "quit_run", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        *,
+        prep: "Prepared | None" = None,
+        runner: "Runner | None" = None,
+        keep_worktrees: bool = False,
+        home_repo: str | None = None,
+        bus: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
+        notifications: bool = True,
+        bell: bool = False,
+        handle_signals: bool = False,
+        grace: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.prep = prep
+        self.runner = runner
+        self.keep_worktrees = keep_worktrees
+        self.home_repo = home_repo
+        self.clock = clock
+        self.notifications = notifications
+        self.bell_on_finish = bell
+        self.handle_signals = handle_signals
+        self.grace = grace
+        self.bus = bus or EventBus()
+        self.model = RunModel()
+        self._unsubscribe = self.bus.subscribe(self.model)
+        self.model.on_notify = self._on_model_notify
+        self.rt: "Runtime | None" = None
+        self.outcome: "Outcome | None" = None
+        self.exit_code = 0
+        self.run_screen: "RunScreen | None" = None
+        self._scope: anyio.CancelScope | None = None
+        self._pipeline_running = False
+        self._pipeline_done = anyio.Event()
+        self._review: _Pending | None = None
+        self._review_items: tuple[list["TaskInfo"], "Forecast"] | None = None
+        self._review_screen: "ReviewScreen | None" = None
+        self._modals: list[Any] = []
+        self._stopping = False
+        #: set when SIGHUP said the terminal went away
+        self.terminal_lost = False
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def on_mount(self) -> None:
+        self.set_interval(FLUSH_INTERVAL, self._flush, name="flush")
+        if self.handle_signals:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            try:
+                loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+                # a plain handler for SIGHUP: it must run even when the loop is stuck writing to a
+                # terminal that is gone (Textual's writer thread dies on EIO and its queue fills up)
+                signal.signal(signal.SIGHUP, self._on_hangup)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        if self.prep is not None:
+            self.start_run(self.prep)
+        elif self.runner is not None:
+            self.start_runner(self.runner)
+        elif self.home_repo is not None:
+            from .home_screen import HomeScreen
+
+            self.push_screen(HomeScreen(self.home_repo))
+        else:
+            self.show_run_screen()
+
+    def show_run_screen(self) -> "RunScreen":
+        from .run_screen import RunScreen
+
+        if self.run_screen is None:
+            self.run_screen = RunScreen(self.model)
+        self.push_screen(self.run_screen)
+        return self.run_screen
+
+    def start_run(self, prep: "Prepared", keep_worktrees: bool | None = None) -> None:
+        """Show the run screen and run the pipeline of ``prep`` in a worker on this loop."""
+        from corral.core.runtime import PolicyApprover
+
+        if keep_worktrees is not None:
+            self.keep_worktrees = keep_worktrees
+        self.prep = prep
+        self.bus.run = prep.run_id
+        mode = prep.plan.approve
+        approver = PolicyApprover(mode == "all") if mode in ("all", "none") else DashboardApprover(self)
+        self._pipeline_running = True
+        self._pipeline_done = anyio.Event()
+        self.show_run_screen()
+        self._run_pipeline(prep, approver)
+
+    def start_runner(self, runner: "Runner", run_id: str = "") -> None:
+        """Show the run screen and run ``runner(approver, bus, on_runtime)`` (a program on the
+        runtime, say) the way a plan's pipeline runs: it returns an exit code or an object with
+        ``exit_code``; quitting cancels it (its cleanup must be shielded)."""
+        if run_id:
+            self.bus.run = run_id
+        self._pipeline_running = True
+        self._pipeline_done = anyio.Event()
+        self.show_run_screen()
+        self._run_worker(lambda: runner(DashboardApprover(self), self.bus, self._on_runtime))
+
+    def _run_pipeline(self, prep: "Prepared", approver: Any) -> None:
+        from corral.core.pipeline import execute
+
+        self._run_worker(lambda: execute(prep, approver, self.bus, keep_worktrees=self.keep_worktrees,
+                                         grace=self.grace, on_runtime=self._on_runtime))
+
+    @work(exclusive=True, group="pipeline", exit_on_error=False)
+    async def _run_worker(self, start: Callable[[], Awaitable[Any]]) -> None:
+        self._scope = anyio.CancelScope()
+        try:
+            with self._scope:
+                result = await start()
+                if isinstance(result, int):
+                    self.exit_code = result
+                else:
+                    self.outcome = result
+                    self.exit_code = int(getattr(result, "exit_code", 1))
+            if self._scope.cancelled_caught:
+                self.exit_code = EXIT_INTERRUPTED
+        except Exception as exc:  # an engine bug: say so, keep the dashboard up
+            self.exit_code = 1
+            self.bus.log("error", f"the run stopped on an internal error: {exc!r}")
+            self.notify(f"internal error: {exc!r}", severity="error", timeout=10)
+        finally:
+            self._pipeline_running = False
+            self._close_modals()
+            self._pipeline_done.set()
+            self._flush()
+
+    def _on_runtime(self, rt: "Runtime") -> None:
+        self.rt = rt
+
+    @property
+    def pipeline_running(self) -> bool:
+        return self._pipeline_running
+
+    def _on_model_notify(self, title: str, message: str, severity: str) -> None:
+        if not self.notifications:
+            return
+        # many agents finishing at once must not bury the screen in toasts: short-lived unless bad
+        self.notify(message, title=title, severity=severity,  # type: ignore[arg-type]
+                    timeout=3 if severity == "information" else 8)
+        if self.bell_on_finish and severity in ("error", "warning"):
+            self.bell()
+
+    def _flush(self) -> None:
+        screen = self.run_screen
+        if screen is None or not screen.is_mounted:
+            return
+        from textual.css.query import NoMatches
+
+        with self.batch_update():
+            try:
+                screen.flush()
+            except NoMatches:  # the app is shutting down and its widgets are going away
+                pass
+
+    def get_system_commands(self, screen: Any) -> Iterable[SystemCommand]:
+        """The screen's keys in the command palette too (only those that can act now)."""
+        yield from super().get_system_commands(screen)
+        seen: set[str] = set()
+        for binding in getattr(screen, "BINDINGS", []):
+            if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+                continue
+            action = binding.action
+            name = action.split("(", 1)[0].removeprefix("app.")
+            target = self if action.startswith("app.") else screen
+            if target.check_action(name, ()) is not True:
+                continue
+            seen.add(action)
+            key = binding.key.split(",")[0]
+            yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
+                                partial(screen.run_action, action))
+
+    # ------------------------------------------------------------------------------- quitting
+    async def action_quit(self) -> None:
+        await self.action_quit_run()
+
+    async def action_quit_run(self) -> None:
+        """Quit; while the run goes on, ask first, then stop every agent and clean up."""
+        if self._stopping:
+            self.notify("still cleaning up, please wait", severity="warning")
+            return
+        if not self._pipeline_running:
+            self.exit(self.exit_code)
+            return
+        running = sum(1 for t in self.model.tasks.values() if not t.finished)
+        body = Text()
+        if running:
+            body.append(f"{running} task(s) still running. ", style="bold")
+        body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
+                    "removes every workspace and keeps the branches that hold unmerged work.")
+        self.push_screen(ConfirmScreen("Quit corral?", body, yes="Stop and quit", no="Keep running"),
+                         self._quit_answer)
+
+    def _quit_answer(self, yes: bool | None) -> None:
+        if yes:
+            self.stop_and_exit()
+
+    def _on_signal(self, signum: int) -> None:
+        self.stop_and_exit()
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        """The terminal is gone: stop drawing (so nothing blocks on it), then stop and clean up."""
+        self.terminal_lost = True
+        driver = self._driver
+        if driver is not None:
+            # nothing more reaches the terminal; and SIGCONT (sent with SIGHUP to an orphaned group)
+            # must not restart application mode on it
+            driver.write = lambda data: None  # type: ignore[method-assign]
+            driver.flush = lambda: None  # type: ignore[method-assign]
+        try:
+            signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+        writer = getattr(driver, "_writer_thread", None)
+        old = getattr(writer, "_queue", None)
+        if writer is not None and old is not None:
+            import queue
+
+            writer._queue = queue.Queue()  # unbounded and never read: later writes go nowhere
+            try:
+                while True:
+                    old.get_nowait()  # unblocks a write stuck on the full queue
+            except queue.Empty:
+                pass
+            try:
+                old.put_nowait(None)  # a still-living writer thread ends
+            except queue.Full:
+                pass
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(self.stop_and_exit)
+
+    @work(exclusive=True, group="stop", exit_on_error=False)
+    async def stop_and_exit(self) -> None:
+        """Cancel the pipeline (its cleanup is shielded and runs), wait for it, exit with 130."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._pipeline_running and self._scope is not None:
+            self.notify("stopping agents and cleaning up ...", timeout=30)
+            self._scope.cancel()
+            await self._pipeline_done.wait()
+            self.exit(EXIT_INTERRUPTED)
+        else:
+            self.exit(self.exit_code)
+
+    def _close_modals(self) -> None:
+        """The pipeline ended while a question was open: close it."""
+        for screen in list(self._modals):
+            if screen.is_attached and screen in self.screen_stack:
+                screen.dismiss(None)
+        self._modals.clear()
+
+    # ------------------------------------------------------------------------------ approvals
+    @property
+    def review_pending(self) -> bool:
+        return self._review is not None
+
+    async def request_review(self, candidates: list["TaskInfo"], forecast: "Forecast") -> dict[str, bool]:
+        pending = _Pending()
+        self._review = pending
+        self._review_items = (candidates, forecast)
+        try:
+            self.open_review()
+            if self.notifications:
+                self.notify("review ready: y approve, n reject, m merge the approved ones", title="review")
+            if self.bell_on_finish:
+                self.bell()  # a person is needed now
+            await pending.event.wait()
+            return dict(pending.result or {})
+        finally:
+            self._review = None
+            self._review_items = None
+            screen = self._review_screen
+            self._review_screen = None
+            if not pending.event.is_set() and screen is not None and self.screen is screen:
+                self.pop_screen()  # the run was cancelled while the review was open
+
+    def open_review(self) -> None:
+        from .review_screen import ReviewItem, ReviewScreen
+
+        if self._review is None or self._review_items is None:
+            return
+        if self._review_screen is not None and self._review_screen in self.screen_stack:
+            return
+        candidates, forecast = self._review_items
+        names = {c.name for c in candidates}
+        rt = self.rt
+        items = []
+        tasks = list(rt.tasks.values()) if rt is not None else candidates
+        for t in tasks:
+            snap = t.snapshot
+            items.append(ReviewItem(name=t.name, status=t.status, agent=t.agent,
+                                    added=snap.added if snap else 0, removed=snap.removed if snap else 0,
+                                    files=list(snap.files) if snap else [],
+                                    candidate=t.name in names and t.status == "succeeded"))
+        previous = self._review_screen.decisions if self._review_screen is not None else {}
+        screen = ReviewScreen(items, forecast, self._load_diff, previous)
+        self._review_screen = screen
+
+        def done(result: dict[str, bool] | None) -> None:
+            pending = self._review
+            if result is None or pending is None:
+                return  # back to the run screen; decide later with r
+            pending.result = result
+            pending.event.set()
+
+        self.push_screen(screen, done)
+
+    async def _load_diff(self, name: str) -> str:
+        rt = self.rt
+        if rt is None:
+            return ""
+        info = rt.tasks.get(name)
+        if info is None or info.workspace is None:
+            return ""
+        return await rt.backend.diff(info.workspace)
+
+    async def request_confirm(self, title: str, body: Any, yes: str = "Yes", no: str = "No",
+                              danger: bool = True) -> bool:
+        pending = _Pending()
+        screen = ConfirmScreen(title, body, yes=yes, no=no, danger=danger)
+        self._modals.append(screen)
+
+        def done(answer: bool | None) -> None:
+            pending.result = bool(answer)
+            pending.event.set()
+
+        self.push_screen(screen, done)
+        if self.bell_on_finish:
+            self.bell()
+        try:
+            await pending.event.wait()
+            return bool(pending.result)
+        finally:
+            if screen in self._modals:
+                self._modals.remove(screen)
+            if not pending.event.is_set() and self.screen is screen:
+                self.pop_screen()  # the run was cancelled while the question was open
+
+    # ------------------------------------------------------------------------------- controls
+    def abort_task(self, name: str) -> None:
+        if self.rt is None:
+            return
+        if self.rt.abort(name):
+            self.notify(f"aborting {name}: TERM now, KILL after {self.grace:g}s", title=name)
+        else:
+            self.notify(f"{name} is not running", severity="warning")
+
+    def abort_all(self) -> None:
+        if self.rt is None:
+            return
+        n = self.rt.abort_all()
+        self.notify(f"aborting {n} task(s)" if n else "nothing is running",
+                    severity="warning" if not n else "information")
+
+    def confirm_discard(self, name: str) -> None:
+        rt = self.rt
+        if rt is None or name not in rt.tasks:
+            return
+        info = rt.tasks[name]
+        view = self.model.tasks.get(name)
+        body = Text()
+        body.append("This deletes, with no way back:\n", style="bold")
+        if info.workspace is not None:
+            body.append(f"  the workspace {info.workspace.path}\n")
+            body.append(f"  the branch {info.workspace.ref}\n")
+        if view is not None and view.files is not None:
+            body.append(f"  and {name}'s work: {view.files} file(s) changed (+{view.added} -{view.removed})\n")
+        else:
+            body.append(f"  and everything {name} has done so far\n")
+        if info.status in ("pending", "creating", "setup", "running"):
+            body.append("\nThe agent is stopped first.", style="dim")
+        self.push_screen(ConfirmScreen(f"Discard {name}?", body, yes="Discard", no="Keep"),
+                         lambda yes: self._discard(name) if yes else None)
+
+    @work(group="discard", exit_on_error=False)
+    async def _discard(self, name: str) -> None:
+        rt = self.rt
+        if rt is None:
+            return
+        self.notify(f"discarding {name} ...", title=name)
+        try:
+            ok = await rt.discard(name)
+        except Exception as exc:
+            self.notify(f"could not discard {name}: {exc}", severity="error")
+            return
+        if ok:
+            self.notify(f"{name}: workspace and branch deleted", title=name)
+
+    def workspace_dir(self, name: str | None) -> Path | None:
+        if name is None:
+            return None
+        path: Path | None = None
+        if self.rt is not None and name in self.rt.tasks and self.rt.tasks[name].workspace is not None:
+            path = Path(self.rt.tasks[name].workspace.path)
+        elif self.model.tasks.get(name) and self.model.tasks[name].workspace:
+            path = Path(self.model.tasks[name].workspace)
+        if path is None or not path.is_dir():
+            return None
+        if self.model.tasks.get(name) and self.model.tasks[name].status == "discarded":
+            return None
+        return path
+
+    def log_file(self, name: str) -> Path | None:
+        if not self.model.run_dir:
+            return None
+        path = Path(self.model.run_dir) / "logs" / f"{name}.log"
+        return path if path.is_file() else None
+
+    async def open_shell(self, name: str) -> None:
+        path = self.workspace_dir(name)
+        if path is None:
+            self.notify(f"{name} has no workspace on disk", severity="warning")
+            return
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        banner = (f"corral: a shell in {name}'s workspace {path}\n"
+                  f"corral: agents keep running; exit the shell (Ctrl-D) to return to the dashboard\n")
+        await self._run_suspended([shell], cwd=str(path), banner=banner)
+
+    async def open_pager(self, name: str) -> None:
+        path = self.log_file(name)
+        if path is None:
+            self.notify(f"no log for {name} yet", severity="warning")
+            return
+        pager = shlex.split(os.environ.get("PAGER") or "less -R") or ["less"]
+        await self._run_suspended([*pager, str(path)], cwd=str(path.parent))
+
+    async def _run_suspended(self, argv: list[str], cwd: str, banner: str = "") -> None:
+        """Hand the terminal to ``argv`` (in its own process group, made the terminal's foreground
+        group) while the loop keeps running the pipeline; the screen is redrawn afterwards."""
+        try:
+            with self.batch_update():
+                with self.suspend():
+                    if banner:
+                        os.write(1, banner.encode())
+                    code = await run_in_foreground(argv, cwd)
+        except Exception as exc:  # SuspendNotSupported, a missing $SHELL
+            self.notify(f"could not run {argv[0]}: {exc}", severity="error")
+            return
+        self.refresh(repaint=True, layout=True)
+        if code not in (0, None):
+            self.notify(f"{Path(argv[0]).name} exited with {code}", severity="warning")
+
+
+async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
+    """Run an interactive program on the terminal: its own process group, given the terminal's
+    foreground while it runs (so Ctrl-C reaches it, not corral), always reaped."""
+    import anyio.to_thread
+
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        tty = None
+    proc = subprocess.Popen(argv, cwd=cwd, process_group=0)
+    old_ttou = None
+    try:
+        if tty is not None:
+            old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                try:
+                    os.setpgid(proc.pid, proc.pid)
+                except OSError:
+                    pass
+                os.tcsetpgrp(tty, proc.pid)
+            except OSError:
+                pass
+        return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+        if tty is not None:
+            try:
+                os.tcsetpgrp(tty, os.getpgrp())
+            except OSError:
+                pass
+            os.close(tty)
+        if old_ttou is not None:
+            signal.signal(signal.SIGTTOU, old_ttou)

@@ -1,0 +1,58 @@
+"""Modal confirmations: ``y`` confirms, ``n`` or Escape cancels, focus starts on the safe choice."""
+
+from __future__ import annotations
+
+from rich.console import RenderableType
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask one yes/no question; dismisses with True (yes) or False (no, Escape)."""
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical { width: 72; max-width: 90%; height: auto; border: thick $warning;
+                               background: $surface; padding: 1 2; }
+    ConfirmScreen .confirm-title { text-style: bold; margin-bottom: 1; }
+    ConfirmScreen .confirm-body { margin-bottom: 1; }
+    ConfirmScreen Horizontal { height: auto; align-horizontal: right; }
+    ConfirmScreen Button { margin-left: 2; }
+    """
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", tooltip="Confirm", id="confirm.yes"),
+        Binding("n", "answer(False)", "No", tooltip="Cancel", id="confirm.no"),
+        Binding("escape", "answer(False)", "Cancel", show=False),
+    ]
+
+    def __init__(self, title: str, body: RenderableType, yes: str = "Yes", no: str = "No",
+                 danger: bool = True) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.yes_label = yes
+        self.no_label = no
+        self.danger = danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, classes="confirm-title")
+            yield Static(self.body, classes="confirm-body")
+            with Horizontal():
+                yield Button(Text(f"{self.no_label} [n]"), id="no", variant="primary")
+                yield Button(Text(f"{self.yes_label} [y]"), id="yes", variant="error" if self.danger else "success")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

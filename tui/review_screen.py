@@ -1,0 +1,267 @@
+"""The review screen: every task with its status, +/- lines and files touched; the conflict forecast
+as a task x task matrix (plus base); the selected task's diff, syntax-highlighted. ``y`` approves,
+``n`` rejects, ``m`` merges the approved ones (dismissing with the decisions), Escape goes back to
+the run screen with nothing decided yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from corral.core.vcs.base import Forecast
+
+#: Longest diff shown, in lines; the rest is one `git diff` away.
+MAX_DIFF_LINES = 4000
+
+
+@dataclass
+class ReviewItem:
+    """One row of the review table."""
+
+    name: str
+    status: str
+    agent: str = ""
+    added: int = 0
+    removed: int = 0
+    files: list[str] = field(default_factory=list)
+    candidate: bool = False  # succeeded, so it can be approved
+
+
+DiffLoader = Callable[[str], Awaitable[str]]
+
+
+class ReviewScreen(Screen[dict[str, bool] | None]):
+    """Approve or reject each succeeded task, then merge the approved ones."""
+
+    CSS_PATH = "review_screen.tcss"
+
+    BINDINGS = [
+        Binding("y", "decide(True)", "Approve", tooltip="Approve the selected task", id="review.approve"),
+        Binding("n", "decide(False)", "Reject", tooltip="Reject the selected task", id="review.reject"),
+        Binding("Y", "decide_all(True)", "Approve all", show=False, id="review.approve_all"),
+        Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
+        Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
+        Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
+    ]
+
+    def __init__(self, items: list[ReviewItem], forecast: Forecast, load_diff: DiffLoader,
+                 decisions: dict[str, bool] | None = None) -> None:
+        super().__init__()
+        self.items = {item.name: item for item in items}
+        self.order = [item.name for item in items]
+        self.forecast = forecast
+        self.load_diff = load_diff
+        self.decisions: dict[str, bool] = dict(decisions or {})
+        self.selected: str | None = None
+        self._diffs: dict[str, str] = {}
+
+    @property
+    def candidates(self) -> list[str]:
+        return [n for n in self.order if self.items[n].candidate]
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title(), id="review-title")
+        with Horizontal():
+            with Vertical(id="review-left"):
+                yield DataTable(id="review-tasks", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="review-matrix")
+                yield Static("", id="review-files")
+            with VerticalScroll(id="review-diff-scroll"):
+                yield Static("", id="review-diff")
+        yield Footer()
+
+    def _title(self) -> Text:
+        n_ok = sum(1 for n in self.candidates if self.decisions.get(n))
+        text = Text()
+        text.append(" REVIEW ", style="bold reverse")
+        text.append(f"  {len(self.candidates)} task(s) to decide · {n_ok} approved · ")
+        text.append("y", style="bold")
+        text.append(" approve  ")
+        text.append("n", style="bold")
+        text.append(" reject  ")
+        text.append("m", style="bold")
+        text.append(" merge the approved ones")
+        return text
+
+    def on_mount(self) -> None:
+        table = self.query_one("#review-tasks", DataTable)
+        table.add_column("decision", key="decision", width=11)
+        table.add_column("task", key="task")
+        table.add_column("status", key="status")
+        table.add_column("+", key="added")
+        table.add_column("-", key="removed")
+        table.add_column("files", key="files")
+        for name in self.order:
+            item = self.items[name]
+            table.add_row(self._decision_cell(name), name, item.status.upper(),
+                          Text(f"+{item.added}", style="green"), Text(f"-{item.removed}", style="red"),
+                          str(len(item.files)), key=name)
+        self.query_one("#review-matrix", Static).update(self._matrix())
+        first = self.candidates[0] if self.candidates else (self.order[0] if self.order else None)
+        if first is not None:
+            table.move_cursor(row=self.order.index(first))
+            self._select(first)
+        table.focus()
+
+    # ----------------------------------------------------------------------------- rendering
+    def _decision_cell(self, name: str) -> Text:
+        if not self.items[name].candidate:
+            return Text("-", style="dim")
+        decision = self.decisions.get(name)
+        if decision is True:
+            return Text("✔ approve", style="bold green")
+        if decision is False:
+            return Text("✘ reject", style="bold red")
+        return Text("? undecided", style="yellow")
+
+    def _matrix(self) -> Text:
+        """Task x task (plus base): CONFLICT where a trial merge conflicts, ok where it merges."""
+        names = self.candidates
+        text = Text()
+        text.append("conflict forecast", style="bold underline")
+        text.append("  (trial merges, nothing touched)\n", style="dim")
+        if not names:
+            text.append("no succeeded task to forecast", style="dim")
+            return text
+
+        def cut(name: str, width: int) -> str:
+            return name if len(name) <= width else name[: width - 1] + "…"
+
+        first = min(max(len(n) for n in names), 16) + 2
+        cols = [min(max(len(n), 8), 12) + 2 for n in names] + [6]
+        text.append(" " * first)
+        for name, width in zip(names + ["base"], cols):
+            text.append(cut(name, width - 2).ljust(width), style="bold")
+        text.append("\n")
+        for a in names:
+            clash = self.forecast.conflicts_of(a)
+            text.append(cut(a, first - 2).ljust(first), style="bold")
+            for b, width in zip(names + ["base"], cols):
+                if a == b:
+                    text.append("·".ljust(width), style="dim")
+                elif b in clash:
+                    text.append("CONFLICT".ljust(width), style="bold red")
+                else:
+                    text.append("ok".ljust(width), style="green")
+            text.append("\n")
+        return text
+
+    def _files_text(self, name: str) -> Text:
+        item = self.items[name]
+        text = Text()
+        text.append(f"{name}", style="bold")
+        text.append(f" · {item.status}")
+        if item.agent:
+            text.append(f" · {item.agent}", style="dim")
+        text.append(f" · {len(item.files)} file(s) touched\n")
+        clash = self.forecast.conflicts_of(name)
+        for f in item.files[:30]:
+            hot = any(f in paths for paths in clash.values())
+            text.append(f"  {f}", style="bold red" if hot else "")
+            text.append("  (conflict)\n" if hot else "\n", style="red")
+        if len(item.files) > 30:
+            text.append(f"  ... and {len(item.files) - 30} more\n", style="dim")
+        for other, paths in sorted(clash.items()):
+            text.append(f"would conflict with {other}: {', '.join(paths)}\n", style="red")
+        return text
+
+    def _select(self, name: str) -> None:
+        if name == self.selected:
+            return
+        self.selected = name
+        self.query_one("#review-files", Static).update(self._files_text(name))
+        self.refresh_bindings()
+        if name in self._diffs:
+            self._show_diff(name, self._diffs[name])
+        else:
+            self.query_one("#review-diff", Static).update(Text("loading diff ...", style="dim"))
+            self._fetch_diff(name)
+
+    @work(exclusive=True, group="review-diff", exit_on_error=False)
+    async def _fetch_diff(self, name: str) -> None:
+        try:
+            diff = await self.load_diff(name)
+        except Exception as exc:  # a missing workspace must not break the screen
+            diff = f"(diff not available: {exc})"
+        self._diffs[name] = diff
+        if self.selected == name:
+            self._show_diff(name, diff)
+
+    def _show_diff(self, name: str, diff: str) -> None:
+        widget = self.query_one("#review-diff", Static)
+        if not diff.strip():
+            widget.update(Text(f"{name}: no changes", style="dim"))
+            return
+        lines = diff.splitlines()
+        note = ""
+        if len(lines) > MAX_DIFF_LINES:
+            note = f"\n... {len(lines) - MAX_DIFF_LINES} more lines not shown"
+            diff = "\n".join(lines[:MAX_DIFF_LINES])
+        widget.update(Syntax(diff + note, "diff", theme="monokai", word_wrap=False, background_color="default"))
+        self.query_one("#review-diff-scroll").scroll_home(animate=False)
+
+    def _refresh_row(self, name: str) -> None:
+        table = self.query_one("#review-tasks", DataTable)
+        table.update_cell(name, "decision", self._decision_cell(name))
+        self.query_one("#review-title", Static).update(self._title())
+
+    # -------------------------------------------------------------------------------- events
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value in self.items:
+            self._select(str(event.row_key.value))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "decide":
+            return True if (self.selected and self.items[self.selected].candidate) else None
+        return True
+
+    def action_decide(self, approve: bool) -> None:
+        name = self.selected
+        if not name or not self.items[name].candidate:
+            return
+        self.decisions[name] = approve
+        self._refresh_row(name)
+        # move on to the next undecided task
+        table = self.query_one("#review-tasks", DataTable)
+        for other in self.order[self.order.index(name) + 1:]:
+            if self.items[other].candidate and other not in self.decisions:
+                table.move_cursor(row=self.order.index(other))
+                break
+
+    def action_decide_all(self, approve: bool) -> None:
+        for name in self.candidates:
+            self.decisions[name] = approve
+            self._refresh_row(name)
+
+    def action_merge(self) -> None:
+        decisions = {name: bool(self.decisions.get(name)) for name in self.candidates}
+        undecided = [n for n in self.candidates if n not in self.decisions]
+        approved = [n for n in self.candidates if decisions[n]]
+        if not undecided and approved:
+            self.dismiss(decisions)
+            return
+        from .dialogs import ConfirmScreen
+
+        body = Text()
+        if approved:
+            body.append(f"Merge {', '.join(approved)}.\n")
+        else:
+            body.append("Nothing is approved: nothing will be merged.\n", style="bold")
+        if undecided:
+            body.append(f"Not decided yet, so rejected: {', '.join(undecided)}.\n")
+        body.append("\nRejected work stays on its branch.", style="dim")
+        title = "Merge the approved tasks?" if approved else "Reject every task?"
+        self.app.push_screen(ConfirmScreen(title, body, yes="Go on", no="Back to review", danger=not approved),
+                             lambda yes: self.dismiss(decisions) if yes else None)
+
+    def action_back(self) -> None:
+        self.dismiss(None)

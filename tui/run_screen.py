@@ -1,0 +1,294 @@
+"""The run screen: a header, one pane per task in a grid that adapts to the width, the verify pane
+and a collapsible event log. Actions reach the engine only through the app's control methods."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Collapsible, Footer, Log, Static
+
+from .model import RunModel
+from .widgets import RunHeader, TaskPane
+
+if TYPE_CHECKING:
+    from .dashboard import CorralApp
+
+#: Narrowest a pane gets before the grid drops a column.
+PANE_MIN_WIDTH = 52
+PANE_HEIGHT = 12
+#: Most lines one pane takes per flush (12 a second); under a flood the older ones are only on disk.
+FLUSH_CAP = 150
+
+
+class PanesScroll(VerticalScroll, can_focus=False):
+    """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
+
+
+class RunScreen(Screen):
+    """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
+
+    CSS_PATH = "run_screen.tcss"
+    AUTO_FOCUS = None
+
+    BINDINGS = [
+        Binding("tab", "focus_pane(1)", "Next pane", show=False, id="run.next"),
+        Binding("shift+tab", "focus_pane(-1)", "Previous pane", show=False, id="run.prev"),
+        Binding("right", "focus_pane(1)", "Next pane", show=False),
+        Binding("left", "focus_pane(-1)", "Previous pane", show=False),
+        Binding("down", "focus_row(1)", "Pane below", show=False),
+        Binding("up", "focus_row(-1)", "Pane above", show=False),
+        Binding("z,enter", "zoom", "Zoom", tooltip="Zoom the focused pane to full screen and back", id="run.zoom"),
+        Binding("a", "abort", "Abort", tooltip="Stop the focused agent (TERM, then KILL)", id="run.abort"),
+        Binding("A", "abort_all", "Abort all", tooltip="Stop every agent", id="run.abort_all"),
+        Binding("d", "discard", "Discard", tooltip="Delete the focused task's workspace and work", id="run.discard"),
+        Binding("r", "review", "Review", tooltip="Review diffs and approve merges", id="run.review"),
+        Binding("o", "shell", "Shell", tooltip="Open $SHELL in the focused workspace", id="run.shell"),
+        Binding("l", "pager", "Full log", tooltip="Open the focused task's full log in $PAGER", id="run.log"),
+        Binding("e", "toggle_events", "Events", tooltip="Show or hide the event log", id="run.events"),
+        Binding("q", "app.quit_run", "Quit", tooltip="Quit (stops running agents after asking)", id="run.quit"),
+    ]
+
+    def __init__(self, model: RunModel) -> None:
+        super().__init__()
+        self.model = model
+        self.panes: dict[str, TaskPane] = {}
+        self._columns = 0
+        self._row_height = 0
+        self._scroll_height = 0
+        self._binding_key: tuple = ()
+        self._ready = False
+
+    @property
+    def corral(self) -> "CorralApp":
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader()
+        yield Static("", id="run-banner")
+        with PanesScroll(id="panes-scroll"):
+            yield Container(id="panes")
+        with Collapsible(title="Verify", id="verify-box", collapsed=False):
+            yield Log(max_lines=self.model.max_lines, id="verify-log")
+        with Collapsible(title="Events", id="events-box", collapsed=True):
+            yield Log(max_lines=self.model.max_lines, id="event-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#verify-box").display = False
+        self.query_one("#run-banner").display = False
+        self._layout_grid(self.size.width)
+        self._ready = True
+        self.flush()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout_grid(event.size.width)
+
+    def _layout_grid(self, width: int) -> None:
+        """As many columns as fit (at least PANE_MIN_WIDTH each); rows fill the height when all
+        panes fit, else PANE_HEIGHT each and the grid scrolls."""
+        count = max(len(self.panes), 1)
+        columns = max(1, min(count, width // PANE_MIN_WIDTH))
+        rows = -(-count // columns)
+        height = self.query_one("#panes-scroll").size.height
+        row_height = max(PANE_HEIGHT, height // rows) if height else PANE_HEIGHT
+        if (columns, row_height) != (self._columns, self._row_height):
+            self._columns, self._row_height = columns, row_height
+            grid = self.query_one("#panes")
+            grid.styles.grid_size_columns = columns
+            grid.styles.grid_rows = str(row_height)
+
+    # ------------------------------------------------------------------------------ updates
+    def flush(self) -> None:
+        """Bring widgets up to date with the model (called by the app's one timer)."""
+        if not self._ready:
+            return
+        scroll_height = self.query_one("#panes-scroll").size.height
+        if scroll_height != self._scroll_height:  # the verify pane or the banner came or went
+            self._scroll_height = scroll_height
+            self._layout_grid(self.size.width)
+        model = self.model
+        now = self.corral.clock()
+        if model.new_tasks:
+            new = [name for name in model.new_tasks if name not in self.panes]
+            model.new_tasks.clear()
+            if new:
+                grid = self.query_one("#panes")
+                added = []
+                for name in new:
+                    pane = TaskPane(name, model.tasks[name].agent, max_lines=model.max_lines)
+                    self.panes[name] = pane
+                    added.append(pane)
+                grid.mount_all(added)
+                self._layout_grid(self.size.width)
+                if self.focused_pane is None:
+                    self.call_after_refresh(self._focus_first)
+        for name, pane in self.panes.items():
+            view = model.tasks[name]
+            if not pane.ready:
+                continue
+            if view.pending:
+                lines, view.pending = view.pending, []
+                if len(lines) > FLUSH_CAP:
+                    # a flood: show the newest lines; the full log is on disk (l opens it)
+                    skipped = len(lines) - FLUSH_CAP
+                    view.skipped += skipped
+                    lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-FLUSH_CAP:]]
+                pane.log_widget.write_lines(lines)
+            pane.show(view, now)
+        event_log = self.query("#event-log").first(Log) if self.query("#event-log") else None
+        if model.log_pending and event_log is not None:
+            lines, model.log_pending = model.log_pending, []
+            event_log.write_lines(lines)
+        verify_log = self.query("#verify-log").first(Log) if self.query("#verify-log") else None
+        if model.verify_pending and verify_log is not None:
+            lines, model.verify_pending = model.verify_pending, []
+            verify_log.write_lines(lines)
+        if model.verify_started:
+            box = self.query_one("#verify-box", Collapsible)
+            if not box.display:
+                box.display = True
+            result = model.verify_result
+            title = "Verify: running" if result is None else (
+                f"Verify: {'PASSED' if result.ok else 'FAILED'} (exit {result.exit_code})")
+            if box.title != title:
+                box.title = title
+        self.query_one(RunHeader).show(model, now)
+        if model.finished is not None:
+            banner = self.query_one("#run-banner", Static)
+            if not banner.display:
+                fin = model.finished
+                text = Text()
+                text.append(f" run {fin.state} ", style="bold reverse")
+                text.append(f" exit code {fin.exit_code}")
+                if fin.kept_branches:
+                    text.append(f" · branches kept: {', '.join(fin.kept_branches)}")
+                text.append(f" · report: {fin.report}" if fin.report else "")
+                text.append("  — press q to quit", style="dim")
+                banner.update(text)
+                banner.set_class(fin.exit_code != 0, "-failed")
+                banner.display = True
+        model.dirty.clear()
+        self._refresh_bindings_if_changed()
+
+    def _refresh_bindings_if_changed(self) -> None:
+        pane = self.focused_pane
+        view = self.model.tasks.get(pane.task_name) if pane else None
+        key = (pane.task_name if pane else None, view.status if view else None, bool(view and view.workspace),
+               self.model.phase, self.corral.review_pending, self.model.finished is not None,
+               self.maximized is not None)
+        if key != self._binding_key:
+            self._binding_key = key
+            self.refresh_bindings()
+
+    def _focus_first(self) -> None:
+        if self.focused_pane is None and self.panes and self.app.screen is self:
+            next(iter(self.panes.values())).focus()
+
+    # ------------------------------------------------------------------------------- focus
+    @property
+    def focused_pane(self) -> TaskPane | None:
+        widget = self.focused
+        while widget is not None and not isinstance(widget, TaskPane):
+            parent = widget.parent
+            widget = parent if isinstance(parent, Widget) else None
+        return widget if isinstance(widget, TaskPane) else None
+
+    @property
+    def focused_task(self) -> str | None:
+        pane = self.focused_pane
+        return pane.task_name if pane else None
+
+    def _move(self, delta: int) -> None:
+        panes = list(self.panes.values())
+        if not panes:
+            return
+        cur = self.focused_pane
+        if cur is None or cur not in panes:
+            target = panes[0] if delta > 0 else panes[-1]
+        else:
+            idx = panes.index(cur) + delta
+            if abs(delta) == 1:
+                idx %= len(panes)
+            elif not 0 <= idx < len(panes):
+                return
+            target = panes[idx]
+        if self.maximized is not None:
+            self.minimize()
+            self.maximize(target)
+        target.focus()
+        target.scroll_visible()
+
+    def action_focus_pane(self, delta: int) -> None:
+        self._move(delta)
+
+    def action_focus_row(self, delta: int) -> None:
+        self._move(delta * max(self._columns, 1))
+
+    # ------------------------------------------------------------------------------ actions
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        app = self.corral
+        name = self.focused_task
+        view = self.model.tasks.get(name) if name else None
+        if action == "zoom":
+            return True if (view is not None or self.maximized is not None) else None
+        if action == "abort":
+            return True if (app.rt is not None and view is not None and not view.finished) else None
+        if action == "abort_all":
+            return True if (app.rt is not None and any(not t.finished for t in self.model.tasks.values())) else None
+        if action == "discard":
+            ok = (app.rt is not None and view is not None and bool(view.workspace)
+                  and view.status not in ("merged", "discarded", "creating")
+                  and self.model.phase in ("running", "review") and self.model.finished is None)
+            return True if ok else None
+        if action == "review":
+            return True if app.review_pending else None
+        if action == "shell":
+            return True if (view is not None and app.workspace_dir(name) is not None) else None
+        if action == "pager":
+            return True if (name is not None and app.log_file(name) is not None) else None
+        return True
+
+    def action_zoom(self) -> None:
+        if self.maximized is not None:
+            self.minimize()
+            return
+        pane = self.focused_pane
+        if pane is not None:
+            self.maximize(pane)
+
+    def action_abort(self) -> None:
+        name = self.focused_task
+        if name:
+            self.corral.abort_task(name)
+
+    def action_abort_all(self) -> None:
+        self.corral.abort_all()
+
+    def action_discard(self) -> None:
+        name = self.focused_task
+        if name:
+            self.corral.confirm_discard(name)
+
+    def action_review(self) -> None:
+        self.corral.open_review()
+
+    async def action_shell(self) -> None:
+        name = self.focused_task
+        if name:
+            await self.corral.open_shell(name)
+
+    async def action_pager(self) -> None:
+        name = self.focused_task
+        if name:
+            await self.corral.open_pager(name)
+
+    def action_toggle_events(self) -> None:
+        box = self.query_one("#events-box", Collapsible)
+        box.collapsed = not box.collapsed

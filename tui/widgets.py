@@ -1,0 +1,160 @@
+"""Reusable dashboard widgets: the status badge, a task pane, the run header."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Log, ProgressBar, Static
+
+from corral.core.report import fmt_cost, fmt_duration
+
+from .model import BADGE_WORDS, PANE_MAX_LINES, RunModel, TaskView
+
+
+class StatusBadge(Static):
+    """A task status as a word in capitals on a coloured background (``-<status>`` class)."""
+
+    DEFAULT_CSS = """
+    StatusBadge { width: auto; padding: 0 1; text-style: bold; color: $text; background: $panel; }
+    StatusBadge.-creating, StatusBadge.-setup { background: $primary-darken-2; }
+    StatusBadge.-running { background: $primary; }
+    StatusBadge.-succeeded { background: $success-darken-1; }
+    StatusBadge.-merged { background: $success; color: $background; }
+    StatusBadge.-failed { background: $error; }
+    StatusBadge.-aborted { background: $warning-darken-2; }
+    StatusBadge.-conflict { background: $warning; color: $background; }
+    StatusBadge.-rejected, StatusBadge.-discarded { background: $surface-lighten-2; color: $text-muted; }
+    """
+
+    def __init__(self, status: str = "pending", **kwargs) -> None:
+        super().__init__(BADGE_WORDS.get(status, status.upper()), **kwargs)
+        self.status = status
+        self.add_class(f"-{status}")
+
+    def set_status(self, status: str) -> None:
+        if status == self.status:
+            return
+        self.remove_class(f"-{self.status}")
+        self.status = status
+        self.add_class(f"-{status}")
+        self.update(BADGE_WORDS.get(status, status.upper()))
+
+
+class PaneLog(Log, can_focus=False):
+    """The live log of one pane (focus stays on the pane, so keys act on the task)."""
+
+
+class TaskPane(Vertical, can_focus=True):
+    """One task, live: name and agent in the border, status badge, elapsed time, cost, files, log."""
+
+    ALLOW_MAXIMIZE = True
+
+    DEFAULT_CSS = """
+    TaskPane { border: round $panel-lighten-2; height: 1fr; min-height: 8; padding: 0 1; }
+    TaskPane:focus { border: heavy $accent; }
+    TaskPane > .pane-head { height: 1; }
+    TaskPane .pane-meta { width: 1fr; height: 1; padding: 0 1; color: $text-muted; }
+    TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
+    TaskPane PaneLog { height: 1fr; background: $surface; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
+    """
+
+    def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
+        super().__init__(classes="task-pane")
+        self.task_name = task_name
+        self.agent = agent
+        self.max_lines = max_lines
+        self.border_title = task_name
+        self.border_subtitle = agent
+        self._meta_text = ""
+        self._activity_text = ""
+        self.ready = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="pane-head"):
+            yield StatusBadge("pending")
+            yield Static("", classes="pane-meta")
+        yield Static("", classes="pane-activity")
+        yield PaneLog(max_lines=self.max_lines, auto_scroll=True)
+
+    def on_mount(self) -> None:
+        self._badge = self.query_one(StatusBadge)
+        self._meta = self.query_one(".pane-meta", Static)
+        self._activity = self.query_one(".pane-activity", Static)
+        self.log_widget = self.query_one(PaneLog)
+        self.ready = True
+
+    def show(self, view: TaskView, now: float) -> None:
+        """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
+        if view.agent and view.agent != self.agent:
+            self.agent = view.agent
+            self.border_subtitle = view.agent
+        self._badge.set_status(view.status)
+        self.set_class(view.finished, "-finished")
+        parts = [fmt_duration(view.elapsed(now)) if view.started is not None else "-"]
+        parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
+        if view.files is not None:
+            parts.append(f"{view.files} file{'s' if view.files != 1 else ''} (+{view.added} -{view.removed})")
+        else:
+            parts.append("files -")
+        text = " · ".join(parts)
+        if text != self._meta_text:
+            self._meta_text = text
+            self._meta.update(text, layout=False)
+        activity = (view.reason if view.finished and view.reason else view.activity) or ""
+        if activity != self._activity_text:
+            self._activity_text = activity
+            self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"), layout=False)
+
+
+class RunHeader(Horizontal):
+    """Run id, repository, base, phase, a progress bar (tasks finished / total), elapsed time, cost."""
+
+    DEFAULT_CSS = """
+    RunHeader { height: 2; background: $boost; padding: 0 1; }
+    RunHeader #run-info { width: 1fr; }
+    RunHeader #run-progress { width: 32; padding: 0 1; }
+    RunHeader #run-progress Bar { width: 20; }
+    RunHeader #run-stats { width: 26; text-align: right; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="run-info")
+        yield ProgressBar(total=1, show_eta=False, show_percentage=False, id="run-progress")
+        yield Static("", id="run-stats")
+
+    def on_mount(self) -> None:
+        self._info = self.query_one("#run-info", Static)
+        self._bar = self.query_one(ProgressBar)
+        self._stats = self.query_one("#run-stats", Static)
+        self._last: list = [None, None, None]
+        self.ready = True
+
+    def show(self, model: RunModel, now: float) -> None:
+        if not getattr(self, "ready", False):
+            return
+        info = Text()
+        info.append("run ", style="dim")
+        info.append(model.run or "-", style="bold")
+        info.append("  base ", style="dim")
+        info.append(model.base or "-")
+        if model.base_commit:
+            info.append(f" @ {model.base_commit[:10]}", style="dim")
+        info.append("  phase ", style="dim")
+        info.append(model.phase, style="bold reverse" if model.phase not in ("done",) else "bold")
+        info.append("\n")
+        info.append("repo ", style="dim")
+        info.append(model.repo or "-")
+        if info.plain != self._last[0]:
+            self._last[0] = info.plain
+            self._info.update(info, layout=False)
+        progress = (max(model.total, 1), model.done_count)
+        if progress != self._last[1]:
+            self._last[1] = progress
+            self._bar.update(total=progress[0], progress=progress[1])
+        cost = model.total_cost
+        stats = (f"{model.done_count}/{model.total} done\n{fmt_duration(model.elapsed(now))} · "
+                 f"{fmt_cost(cost) if cost is not None else '$-'}")
+        if stats != self._last[2]:
+            self._last[2] = stats
+            self._stats.update(stats, layout=False)
