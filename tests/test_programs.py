@@ -261,23 +261,6 @@ def test_input_from_file_and_json_mode(repo, tmp_path):
     assert evs[-1]["type"] == "run_finished" and evs[-1]["exit_code"] == 0
 
 
-def test_without_headless_falls_back_or_uses_dashboard_hook(repo, tmp_path):
-    try:
-        from corral.tui.app import run_program_dashboard  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the dashboard runs programs in this build (covered by the dashboard's tests)")
-    prog = write_program(tmp_path, """
-        async def run(input, rt):
-            return {"ok": True}
-    """)
-    res = corral("run", str(prog), "--approve", "none", cwd=repo)
-    assert res.returncode == 0, res.stderr
-    assert "running headless" in res.stderr
-    assert '"ok": true' in res.stdout
-
-
 # ------------------------------------------------------------------------- failure and cleanup
 def test_exception_in_run_is_reported_with_traceback_exit_1_no_workspace_left(repo, tmp_path):
     prog = write_program(tmp_path, """

@@ -44,19 +44,19 @@ def feed_run(bus: EventBus) -> None:
            "Edit tests/test_mul.py (+8 lines)", "$ python -m unittest -q", "Ran 2 tests in 0.001s", "OK",
            "Done: mul() added with a test."]
     for line in mul:
-        e(TaskOutput(task="add-mul", line=line, ts=T0 + 10))
+        e(TaskOutput(task="add-mul", lines=[line], ts=T0 + 10))
     e(TaskFinished(task="add-mul", status="succeeded", exit_code=0, duration=41.5, cost=0.0412, tokens=18000,
                    files=["calc/mul.py", "tests/test_mul.py"], added=10, removed=0, commit="abc", ts=T0 + 45))
     e(TaskStatus(task="add-mul", status="succeeded", ts=T0 + 45))
     for i in range(40):
-        e(TaskOutput(task="write-docs", line=f"writing docs/guide.md: section {i + 1} of 60", ts=T0 + 20))
+        e(TaskOutput(task="write-docs", lines=[f"writing docs/guide.md: section {i + 1} of 60"], ts=T0 + 20))
     e(TaskActivity(task="write-docs", text="editing docs/guide.md", ts=T0 + 20))
     for line in ["Trying to upgrade the build system", "Downloading toolchain...",
                  "error: toolchain mirror unreachable"]:
-        e(TaskOutput(task="upgrade-build", line=line, ts=T0 + 30))
+        e(TaskOutput(task="upgrade-build", lines=[line], ts=T0 + 30))
     e(TaskStatus(task="upgrade-build", status="failed", reason="exit code 3", ts=T0 + 38))
     for line in ["Changing the greeting to hi there", "sed -i calc/greet.py"]:
-        e(TaskOutput(task="greet-en", line=line, ts=T0 + 40))
+        e(TaskOutput(task="greet-en", lines=[line], ts=T0 + 40))
     e(TaskActivity(task="greet-en", text="running: sed -i calc/greet.py", ts=T0 + 40))
     e(LogEvent(level="info", message="max_parallel = 4: greet-fr waits for a free slot", ts=T0 + 5))
 

@@ -32,13 +32,21 @@ def run_dashboard(prep: "Prepared", keep_worktrees: bool = False) -> int:
     return code
 
 
-def run_dashboard_runner(runner, run_id: str = "") -> int:
+def run_program_dashboard(prep: "Prepared", start, *, title: str = "corral") -> int:
+    """``corral run PROGRAM.py`` in the dashboard: ``start(approver, bus, on_runtime)`` runs the
+    program on the runtime (see ``corral.tui.programs.program_starter``)."""
+    return run_dashboard_runner(start, run_id=prep.run_id, approve=prep.plan.approve, title=title)
+
+
+def run_dashboard_runner(runner, run_id: str = "", approve: str = "ask", title: str = "corral") -> int:
     """Run any ``runner(approver, bus, on_runtime) -> exit code | outcome`` in the dashboard (for
     programs: build the runtime with ``approver`` and ``bus``, call ``on_runtime(rt)`` once it
     exists, run the program, clean up shielded). Returns its exit code, or 130 when quit mid-run."""
     from .dashboard import CorralApp
 
     app = CorralApp(runner=runner, bell=_bell(), handle_signals=True)
+    app.runner_approve = approve
+    app.title = title
     if run_id:
         app.bus.run = run_id
     result = app.run()

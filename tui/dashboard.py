@@ -149,7 +149,7 @@ class CorralApp(App[int]):
         if self.prep is not None:
             self.start_run(self.prep)
         elif self.runner is not None:
-            self.start_runner(self.runner)
+            self.start_runner(self.runner, approve=self.runner_approve)
         elif self.home_repo is not None:
             from .home_screen import HomeScreen
 
@@ -180,16 +180,23 @@ class CorralApp(App[int]):
         self.show_run_screen()
         self._run_pipeline(prep, approver)
 
-    def start_runner(self, runner: "Runner", run_id: str = "") -> None:
+    #: ``--approve`` mode for a runner given to the constructor
+    runner_approve: str = "ask"
+
+    def start_runner(self, runner: "Runner", run_id: str = "", approve: str = "ask") -> None:
         """Show the run screen and run ``runner(approver, bus, on_runtime)`` (a program on the
         runtime, say) the way a plan's pipeline runs: it returns an exit code or an object with
-        ``exit_code``; quitting cancels it (its cleanup must be shielded)."""
+        ``exit_code``; quitting cancels it (its cleanup must be shielded). ``approve`` is the
+        ``--approve`` mode: ``ask`` puts each question to the person, ``all``/``none`` answer it."""
+        from corral.core.runtime import PolicyApprover
+
         if run_id:
             self.bus.run = run_id
+        approver = PolicyApprover(approve == "all") if approve in ("all", "none") else DashboardApprover(self)
         self._pipeline_running = True
         self._pipeline_done = anyio.Event()
         self.show_run_screen()
-        self._run_worker(lambda: runner(DashboardApprover(self), self.bus, self._on_runtime))
+        self._run_worker(lambda: runner(approver, self.bus, self._on_runtime))
 
     def _run_pipeline(self, prep: "Prepared", approver: Any) -> None:
         from corral.core.pipeline import execute

@@ -171,14 +171,17 @@ class RunModel:
         if isinstance(ev, TaskOutput):
             view = self.tasks.get(ev.task) or self.task(ev.task)
             buf = view.pending
-            buf.append(ev.line if ev.stream == "agent" else f"[{ev.stream}] {ev.line}")
-            view.lines_total += 1
+            if ev.stream == "agent":
+                buf.extend(ev.lines)
+            else:
+                buf.extend(f"[{ev.stream}] {line}" for line in ev.lines)
+            view.lines_total += len(ev.lines)
             if len(buf) > self.max_lines:
                 del buf[: len(buf) - self.max_lines]
             return
         if isinstance(ev, VerifyOutput):
             self.verify_started = True
-            self.verify_pending.append(ev.line)
+            self.verify_pending.extend(ev.lines)
             if len(self.verify_pending) > self.max_lines:
                 del self.verify_pending[: len(self.verify_pending) - self.max_lines]
             return

@@ -58,17 +58,13 @@ def _run_program_cli(args: argparse.Namespace) -> int:
     keep = bool(args.keep_worktrees)
     headless = bool(args.headless)
     if not headless:
-        try:
-            from corral.tui.app import run_program_dashboard
-        except ImportError:
-            print("corral: the dashboard cannot run programs in this build; running headless", file=sys.stderr)
-            headless = True
-        else:
-            code = run_program_dashboard(prep, program_starter(prep, program, value, keep_worktrees=keep,
-                                                               default_agent=args.agent),
-                                         title=f"corral {program.path.name}")
-            _print_stored_result(prep)
-            return code
+        from corral.tui.app import run_program_dashboard
+
+        code = run_program_dashboard(prep, program_starter(prep, program, value, keep_worktrees=keep,
+                                                           default_agent=args.agent),
+                                     title=f"corral {program.path.name}")
+        _print_stored_result(prep)
+        return code
     return run_program_headless(prep, program, value, json_mode=bool(args.json), keep_worktrees=keep,
                                 default_agent=args.agent)
 
