@@ -75,10 +75,10 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
         for task in plan.tasks:
             profile = plan.profile(task)
             if profile.find() is None:
-                raise UsageError(
-                    f"task {task.name!r}: agent {profile.name!r} needs {profile.executable!r}, which is not on PATH "
-                    f"(install it, or set [agents.{profile.name}] command = [...] in the plan)"
-                )
+                hint = ("install it, or pick another with --agent NAME" if plan.source == "--task" else
+                        f"install it, or set [agents.{profile.name}] command = [...] in the plan")
+                raise UsageError(f"task {task.name!r}: agent {profile.name!r} needs {profile.executable!r}, "
+                                 f"which is not on PATH ({hint})")
             ref = backend.ref_name("20000101-000000-0000", task.name)
             if not await backend.check_ref_name(ref):
                 raise UsageError(f"task {task.name!r}: {ref!r} is not a valid branch name")

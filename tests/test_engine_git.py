@@ -362,3 +362,12 @@ def test_keep_worktrees_leaves_them_for_the_user_and_clean_removes_them_later(re
     res = corral("clean", cwd=repo)
     assert "removed workspace" in res.stdout and corral_state(repo)["worktrees"] == []
     assert [b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]] == ["one"]
+
+
+def test_repo_option_before_or_after_the_command(repo, tmp_path):
+    res = corral("run", "--headless", "--agent", "shell", "--approve", "all", "--task", "a=echo 1 > a.txt",
+                 "--repo", str(repo), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for args in (["--repo", str(repo), "runs"], ["runs", "--repo", str(repo)]):
+        out = corral(*args, cwd=tmp_path)
+        assert out.returncode == 0 and "completed" in out.stdout, out.stderr

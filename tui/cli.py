@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a plan file (.toml), a program (.py), or ad-hoc --task arguments")
     r.add_argument("target", nargs="?", help="PLAN.toml or PROGRAM.py")
     r.add_argument("--task", action="append", default=[], metavar="NAME=PROMPT", help="an ad-hoc task (repeatable)")
-    r.add_argument("--repo", default=None, help="repository (default: the one containing the current directory)")
+    r.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the one containing the current directory)")
     r.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
     r.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
     r.add_argument("--approve", choices=("ask", "all", "none"), default=None, help="who approves merges (default: ask)")
@@ -52,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--delay", type=float, default=0.4, help="seconds the scripted agents pause between lines")
 
     ru = sub.add_parser("runs", help="list this repository's runs")
-    ru.add_argument("--repo", default=None)
+    ru.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
     ru.add_argument("--json", action="store_true", help="one JSON object per run")
 
     c = sub.add_parser("clean", help="remove workspaces left by interrupted runs; keep branches holding work")
-    c.add_argument("--repo", default=None)
+    c.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
     c.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
     ag = sub.add_parser("agents", help="list agent profiles, whether each command is found, and its version")
