@@ -289,7 +289,13 @@ class JjBackend(Backend):
         return self.repo_dir.parent / "corral"
 
     async def current_base(self) -> str:
-        return "@-"
+        """``@-``, named by its bookmark when exactly one (not corral's own) points at it, so the
+        result can land by moving that bookmark."""
+        res = await self.jj("log", "-r", "@-", "--no-graph", "-T",
+                            'local_bookmarks.map(|b| b.name()).join("\n") ++ "\n"', check=False)
+        names = [n.strip() for n in res.out.splitlines() if n.strip() and not n.strip().startswith("corral/")] \
+            if res.ok else []
+        return names[0] if len(names) == 1 else "@-"
 
     async def resolve(self, rev: str) -> str:
         if not rev or rev.startswith("-") or "\0" in rev or "\n" in rev:
