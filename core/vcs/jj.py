@@ -395,18 +395,22 @@ class JjBackend(Backend):
                 await self.jj("new", rev, cwd=path, workspace=True)
 
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
+        return await self._new_workspace(run, task, self.ref_name(run, task), base_commit, base_commit, root)
+
+    async def _new_workspace(self, run: str, task: str, ref: str, base_commit: str, at: str,
+                             root: str | None) -> Workspace:
+        """A workspace at ``at`` in a fresh private directory; on any failure nothing is left behind."""
         name = self.workspace_name(run, task)
         path = private_dir(root, f"corral-{task}-")
         try:
-            await self._add_workspace(name, path, base_commit)
+            await self._add_workspace(name, path, at)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 async with self.mutating():
                     await self.jj("workspace", "forget", name, check=False)
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        return Workspace(task=task, path=path, ref=self.ref_name(run, task), name=name, base_commit=base_commit,
-                         head=base_commit)
+        return Workspace(task=task, path=path, ref=ref, name=name, base_commit=base_commit, head=at)
 
     async def _wc(self, ws: Workspace) -> _Commit:
         """The workspace's working-copy commit, after snapshotting what is on disk."""
@@ -612,17 +616,7 @@ class JjBackend(Backend):
                 await txn.run("bookmark", "set", ref, "-r", base_commit, "--allow-backwards")
             await txn.integrate()
         self._created[ref] = created
-        path = private_dir(root, "corral-integration-")
-        name = self.workspace_name(run, "integration")
-        try:
-            await self._add_workspace(name, path, tip)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                async with self.mutating():
-                    await self.jj("workspace", "forget", name, check=False)
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-        ws = Workspace(task="integration", path=path, ref=ref, name=name, base_commit=base_commit, head=tip)
+        ws = await self._new_workspace(run, "integration", ref, base_commit, tip, root)
         return ws, outcomes
 
     async def _merge_step(self, txn: _Txn, run: str, task: str, head: str, strategy: str, base_commit: str,
