@@ -3,6 +3,7 @@ and a collapsible event log. Actions reach the engine only through the app's con
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -83,6 +84,13 @@ class RunScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#verify-box").display = False
         self.query_one("#run-banner").display = False
+        # looked up once: a query walks the whole DOM, and flush runs 12 times a second
+        self._scroll = self.query_one("#panes-scroll")
+        self._event_log = self.query_one("#event-log", Log)
+        self._verify_log = self.query_one("#verify-log", Log)
+        self._verify_box = self.query_one("#verify-box", Collapsible)
+        self._banner = self.query_one("#run-banner", Static)
+        self._header = self.query_one(RunHeader)
         self._layout_grid(self.size.width)
         self._ready = True
         self.flush()
@@ -109,12 +117,14 @@ class RunScreen(Screen):
         """Bring widgets up to date with the model (called by the app's one timer)."""
         if not self._ready:
             return
-        scroll_height = self.query_one("#panes-scroll").size.height
+        scroll_height = self._scroll.size.height
         if scroll_height != self._scroll_height:  # the verify pane or the banner came or went
             self._scroll_height = scroll_height
             self._layout_grid(self.size.width)
         model = self.model
-        now = self.corral.clock()
+        # whole seconds: every elapsed time on screen ticks at the same moment, once a second, so an
+        # idle dashboard repaints once a second rather than on every flush
+        now = float(math.floor(self.corral.clock()))
         if model.new_tasks:
             new = [name for name in model.new_tasks if name not in self.panes]
             model.new_tasks.clear()
@@ -142,16 +152,14 @@ class RunScreen(Screen):
                     lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-FLUSH_CAP:]]
                 pane.log_widget.write_lines(lines)
             pane.show(view, now)
-        event_log = self.query("#event-log").first(Log) if self.query("#event-log") else None
-        if model.log_pending and event_log is not None:
+        if model.log_pending and self._event_log.is_attached:
             lines, model.log_pending = model.log_pending, []
-            event_log.write_lines(lines)
-        verify_log = self.query("#verify-log").first(Log) if self.query("#verify-log") else None
-        if model.verify_pending and verify_log is not None:
+            self._event_log.write_lines(lines)
+        if model.verify_pending and self._verify_log.is_attached:
             lines, model.verify_pending = model.verify_pending, []
-            verify_log.write_lines(lines)
+            self._verify_log.write_lines(lines)
         if model.verify_started:
-            box = self.query_one("#verify-box", Collapsible)
+            box = self._verify_box
             if not box.display:
                 box.display = True
             result = model.verify_result
@@ -159,9 +167,9 @@ class RunScreen(Screen):
                 f"Verify: {'PASSED' if result.ok else 'FAILED'} (exit {result.exit_code})")
             if box.title != title:
                 box.title = title
-        self.query_one(RunHeader).show(model, now)
+        self._header.show(model, now)
         if model.finished is not None:
-            banner = self.query_one("#run-banner", Static)
+            banner = self._banner
             if not banner.display:
                 fin = model.finished
                 text = Text()

@@ -12,6 +12,14 @@ from corral.core.report import fmt_cost, fmt_duration
 from .model import BADGE_WORDS, PANE_MAX_LINES, RunModel, TaskView
 
 
+def fmt_elapsed(seconds: float | None, live: bool) -> str:
+    """Elapsed time on screen: whole seconds while it still ticks (one repaint a second at most),
+    ``fmt_duration`` (tenths under 10 s) once it stopped."""
+    if seconds is None or not live:
+        return fmt_duration(seconds)
+    return f"{int(seconds)}s" if seconds < 10 else fmt_duration(float(int(seconds)))
+
+
 class StatusBadge(Static):
     """A task status as a word in capitals on a coloured background (``-<status>`` class)."""
 
@@ -91,7 +99,7 @@ class TaskPane(Vertical, can_focus=True):
             self.border_subtitle = view.agent
         self._badge.set_status(view.status)
         self.set_class(view.finished, "-finished")
-        parts = [fmt_duration(view.elapsed(now)) if view.started is not None else "-"]
+        parts = [fmt_elapsed(view.elapsed(now), view.ended is None) if view.started is not None else "-"]
         parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
         if view.files is not None:
             parts.append(f"{view.files} file{'s' if view.files != 1 else ''} (+{view.added} -{view.removed})")
@@ -153,7 +161,7 @@ class RunHeader(Horizontal):
             self._last[1] = progress
             self._bar.update(total=progress[0], progress=progress[1])
         cost = model.total_cost
-        stats = (f"{model.done_count}/{model.total} done\n{fmt_duration(model.elapsed(now))} · "
+        stats = (f"{model.done_count}/{model.total} done\n{fmt_elapsed(model.elapsed(now), model.ended is None)} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
         if stats != self._last[2]:
             self._last[2] = stats
