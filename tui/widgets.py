@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual.geometry import Size
+from textual.reactive import Reactive
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Log, ProgressBar, Static
@@ -51,6 +54,27 @@ class StatusBadge(Static):
 
 class PaneLog(Log, can_focus=False):
     """The live log of one pane (focus stays on the pane, so keys act on the task)."""
+
+    #: A longer log does not change the pane's size: Log's ``virtual_size`` asks for a layout of the
+    #: whole screen on every write (50-100 ms with 16 panes, many times a second while the panes fill
+    #: up); here it repaints, and lays out only when the scrollbar comes or goes.
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False, repaint=True)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        region = self.scrollable_content_region
+        if (old.height > region.height) != (new.height > region.height) or \
+                (old.width > region.width) != (new.width > region.width):
+            self.refresh(layout=True)
+        elif self.show_vertical_scrollbar:
+            self.vertical_scrollbar.window_virtual_size = new.height
+
+    def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
+        """The widest line, measured here and now. Textual's Log starts a thread worker for it on
+        every write: with 16 panes flushed 12 times a second that is ~200 threads and ~600 worker
+        state messages a second, which starved the loop under a flood."""
+        if lines:
+            process = self._process_line
+            self._update_maximum_width(updates, max(cell_len(process(line)) for line in lines))
 
 
 class TaskPane(Vertical, can_focus=True):
