@@ -28,6 +28,15 @@ PANE_HEIGHT = 12
 FLUSH_CAP = 150
 
 
+def _freeze_heap() -> None:
+    """Move what exists now (modules, Textual, the screen and its panes: some 100,000 objects) out
+    of the garbage collector's sight. Under a flood the oldest generation is collected every second
+    or so, and walking those objects each time made 50-100 ms stalls; they live as long as the app."""
+    import gc
+
+    gc.freeze()
+
+
 class PanesScroll(VerticalScroll, can_focus=False):
     """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
 
@@ -139,6 +148,7 @@ class RunScreen(Screen):
                 self._layout_grid(self.size.width)
                 if self.focused_pane is None:
                     self.call_after_refresh(self._focus_first)
+                self.call_after_refresh(_freeze_heap)
         for name, pane in self.panes.items():
             view = model.tasks[name]
             if not pane.ready:
