@@ -60,8 +60,8 @@ class LoopLateness:
             late = time.perf_counter() - before - TICK
             self.ticks += 1
             self.worst = max(self.worst, late)
-            if late > 0.05:
-                self.stalls.append((round(before - self.t0, 3), round(late, 3)))
+            if late > 0.02:
+                self.stalls.append((round(before - self.t0, 3), round(late, 3), time.time()))
 
     def stop(self) -> None:
         if self._task is not None:
@@ -219,11 +219,17 @@ def run_child(kind: str, plan: Path, repo: Path, agents: int, env: dict | None =
     raise SystemExit(f"{kind} child failed (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
 
 
-def streaming_window(run_dir: Path) -> float:
+def streaming_span(run_dir: Path) -> tuple[float, float]:
+    """From the first agent running to the last agent finished (wall clock, from events.jsonl)."""
     events = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
     started = [e["ts"] for e in events if e["type"] == "task_status" and e["status"] == "running"]
     ended = [e["ts"] for e in events if e["type"] == "task_finished"]
-    return max(ended) - min(started)
+    return min(started), max(ended)
+
+
+def streaming_window(run_dir: Path) -> float:
+    start, end = streaming_span(run_dir)
+    return end - start
 
 
 def bench_stream(a: argparse.Namespace) -> None:
@@ -242,6 +248,8 @@ def bench_stream(a: argparse.Namespace) -> None:
         r.update(json.loads(monitor.read_text()))
         monitor.unlink()
         r["window"] = streaming_window(Path(r["run_dir"]))
+        start, end = streaming_span(Path(r["run_dir"]))
+        r["stream_stall_s"] = max([late for _, late, at in r["stalls"] if start <= at <= end], default=0.0)
         r["same"] = all(digest(outdir / f"t{i}.log") == digest(Path(r["run_dir"]) / "logs" / f"t{i}.log")
                         for i in range(a.agents))
         r["tail_ok"] = all(v == [f"{n} line {a.lines - 1:07d} ".ljust(79, "x")] for n, v in r["last_shown"].items())
@@ -258,7 +266,9 @@ def bench_stream(a: argparse.Namespace) -> None:
     print(f"  dashboard, streaming window        {fmt(w)} s   {n / w / 1e6:.2f} M lines/s")
     print(f"  throughput ratio dashboard/base    {b / w:.2f}   (target >= 0.5)")
     print(f"  worst stall, pipeline loop monitor {max(r['max_stall_s'] for r in results) * 1000:.0f} ms   (target < 150)")
-    print(f"  worst stall, 5 ms timer in the app {max(r['app_stall_s'] for r in results) * 1000:.0f} ms   (target < 150)")
+    print(f"  worst stall, 5 ms timer in the app {max(r['app_stall_s'] for r in results) * 1000:.0f} ms   (target < 150)"
+          f"   (while the agents stream: {max(r['stream_stall_s'] for r in results) * 1000:.0f} ms;"
+          f" before, the 16 panes are built)")
     if keys:
         print(f"  key `z` to zoom toggled            median {median(keys) * 1000:.0f} ms, worst {keys[-1] * 1000:.0f} ms"
               f"   over {len(keys)} presses during the flood (one more run: window {fmt(keyed['window'])} s,"
