@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual.geometry import Size
+from textual.reactive import Reactive
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Log, ProgressBar, Static
@@ -10,6 +13,14 @@ from textual.widgets import Log, ProgressBar, Static
 from corral.core.report import fmt_cost, fmt_duration
 
 from .model import BADGE_WORDS, PANE_MAX_LINES, RunModel, TaskView
+
+
+def fmt_elapsed(seconds: float | None, live: bool) -> str:
+    """Elapsed time on screen: whole seconds while it still ticks (one repaint a second at most),
+    ``fmt_duration`` (tenths under 10 s) once it stopped."""
+    if seconds is None or not live:
+        return fmt_duration(seconds)
+    return f"{int(seconds)}s" if seconds < 10 else fmt_duration(float(int(seconds)))
 
 
 class StatusBadge(Static):
@@ -43,6 +54,27 @@ class StatusBadge(Static):
 
 class PaneLog(Log, can_focus=False):
     """The live log of one pane (focus stays on the pane, so keys act on the task)."""
+
+    #: A longer log does not change the pane's size: Log's ``virtual_size`` asks for a layout of the
+    #: whole screen on every write (50-100 ms with 16 panes, many times a second while the panes fill
+    #: up); here it repaints, and lays out only when the scrollbar comes or goes.
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False, repaint=True)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        region = self.scrollable_content_region
+        if (old.height > region.height) != (new.height > region.height) or \
+                (old.width > region.width) != (new.width > region.width):
+            self.refresh(layout=True)
+        elif self.show_vertical_scrollbar:
+            self.vertical_scrollbar.window_virtual_size = new.height
+
+    def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
+        """The widest line, measured here and now. Textual's Log starts a thread worker for it on
+        every write: with 16 panes flushed 12 times a second that is ~200 threads and ~600 worker
+        state messages a second, which starved the loop under a flood."""
+        if lines:
+            process = self._process_line
+            self._update_maximum_width(updates, max(cell_len(process(line)) for line in lines))
 
 
 class TaskPane(Vertical, can_focus=True):
@@ -91,7 +123,7 @@ class TaskPane(Vertical, can_focus=True):
             self.border_subtitle = view.agent
         self._badge.set_status(view.status)
         self.set_class(view.finished, "-finished")
-        parts = [fmt_duration(view.elapsed(now)) if view.started is not None else "-"]
+        parts = [fmt_elapsed(view.elapsed(now), view.ended is None) if view.started is not None else "-"]
         parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
         if view.files is not None:
             parts.append(f"{view.files} file{'s' if view.files != 1 else ''} (+{view.added} -{view.removed})")
@@ -153,7 +185,7 @@ class RunHeader(Horizontal):
             self._last[1] = progress
             self._bar.update(total=progress[0], progress=progress[1])
         cost = model.total_cost
-        stats = (f"{model.done_count}/{model.total} done\n{fmt_duration(model.elapsed(now))} · "
+        stats = (f"{model.done_count}/{model.total} done\n{fmt_elapsed(model.elapsed(now), model.ended is None)} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
         if stats != self._last[2]:
             self._last[2] = stats
