@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -47,6 +48,11 @@ async def engine(repo: Path, count: int, vcs: str) -> tuple[float, float]:
     return created, removed
 
 
+def settle() -> None:
+    os.sync()
+    time.sleep(2)
+
+
 def git_cleanup(repo: Path, root: Path) -> None:
     subprocess.run(["sh", "-c", "git worktree list --porcelain | sed -n 's/^worktree //p' | tail -n +2 | "
                     "xargs -r -n1 git worktree remove --force; git for-each-ref --format='%(refname)' refs/heads/b/ | "
@@ -64,12 +70,18 @@ def main() -> None:
     print(f"workspace creation: {a.count} workspaces of a {a.files}-file repository, median of {a.runs} runs")
     loop = ("i=0; while [ $i -lt {count} ]; do git worktree add -q --no-track -b b/$i {root}/w$i main; "
             "i=$((i+1)); done")
-    base = []
-    for _ in range(a.runs):
-        took, root = shell_loop(repo, a.count, loop)
-        base.append(took)
-        git_cleanup(repo, root)
-    ours = [asyncio.run(engine(repo, a.count, "git")) for _ in range(a.runs)]
+    # the filesystem pays for deletions later (ext4 discard, journal): settle it before each
+    # measurement, and alternate the order so neither side always runs after the other's cleanup
+    base, ours = [], []
+    for i in range(a.runs):
+        for which in (("base", "ours") if i % 2 == 0 else ("ours", "base")):
+            settle()
+            if which == "base":
+                took, root = shell_loop(repo, a.count, loop)
+                base.append(took)
+                git_cleanup(repo, root)
+            else:
+                ours.append(asyncio.run(engine(repo, a.count, "git")))
     b, c = median(base), median([x[0] for x in ours])
     print(f"  git  baseline (sequential worktree add loop)  {fmt(b)} s")
     print(f"  git  corral (parallel, locked metadata)       {fmt(c)} s   ratio {b / c:.2f}x   "
@@ -86,12 +98,16 @@ def main() -> None:
                  ">/dev/null 2>&1 || jj workspace add -r main --name b$i {root}/w$i; i=$((i+1)); done")
         jbase = []
         for _ in range(a.runs):
+            settle()
             took, root = shell_loop(repo, a.count, jloop)
             jbase.append(took)
             subprocess.run(["sh", "-c", f"for i in $(seq 0 {a.count - 1}); do jj workspace forget b$i; done"],
                            cwd=repo, capture_output=True)
             shutil.rmtree(root, ignore_errors=True)
-        jours = [asyncio.run(engine(repo, a.count, "jj")) for _ in range(a.runs)]
+        jours = []
+        for _ in range(a.runs):
+            settle()
+            jours.append(asyncio.run(engine(repo, a.count, "jj")))
         jb, jc = median(jbase), median([x[0] for x in jours])
         print(f"  jj   baseline (sequential workspace add loop) {fmt(jb)} s")
         print(f"  jj   corral                                   {fmt(jc)} s   ratio {jb / jc:.2f}x")
