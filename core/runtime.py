@@ -178,6 +178,12 @@ class Workspaces:
         #: every workspace this run created (also the removed ones), for the final sweep of branches
         self.created: dict[str, Workspace] = {}
         self._merges = 0
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def _lock(self, ws: Workspace) -> anyio.Lock:
+        """One workspace, one operation at a time: a commit of an agent's work and the removal of
+        its workspace (a program's ``finally``) must not interleave."""
+        return self._locks.setdefault(str(ws.path), anyio.Lock())
 
     async def create(self, name: str, base: str | None = None) -> Workspace:
         rt = self._rt
@@ -195,13 +201,16 @@ class Workspaces:
         return ws
 
     async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:
-        return await self._rt.backend.snapshot(ws, message or f"corral: {ws.task}")
+        async with self._lock(ws):
+            return await self._rt.backend.snapshot(ws, message or f"corral: {ws.task}")
 
     async def remove(self, ws: Workspace | str, keep_branch: bool = True) -> None:
         ws = self.live.get(ws, None) if isinstance(ws, str) else ws
         if ws is None:
             return
-        await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+        with anyio.CancelScope(shield=True):
+            async with self._lock(ws):
+                await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
         self.live.pop(ws.task, None)
         self._rt.journal.update_task(ws.task, workspace_removed=True, branch_kept=keep_branch)
 

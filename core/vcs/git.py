@@ -64,13 +64,14 @@ class GitResult:
 
 def _run_git_sync(args: Sequence[str], cwd: str, env: dict[str, str] | None, stdin_text: str | None) -> GitResult:
     cmd = gitpython.Git(cwd)
-    kwargs = {}
     istream = None
     if stdin_text is not None:
         istream = tempfile.TemporaryFile()
         istream.write(stdin_text.encode())
         istream.seek(0)
     try:
+        if not os.path.isdir(cwd):
+            return GitResult(128, "", f"fatal: cannot change to '{cwd}': No such file or directory")
         code, out, err = cmd.execute(
             ["git", *ENGINE_CONFIG, *args],
             istream=istream,
@@ -79,8 +80,9 @@ def _run_git_sync(args: Sequence[str], cwd: str, env: dict[str, str] | None, std
             env=env,
             strip_newline_in_stdout=False,
             start_new_session=True,
-            **kwargs,
         )
+    except gitpython.exc.GitCommandNotFound as exc:  # the directory went away meanwhile
+        return GitResult(128, "", f"fatal: {exc}")
     finally:
         if istream is not None:
             istream.close()
