@@ -9,6 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class CommandResult:
+    """What a VCS command gave back: exit code, stdout, stderr."""
+
+    __slots__ = ("code", "out", "err")
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def lines(self) -> list[str]:
+        return [line for line in self.out.splitlines() if line.strip()]
+
+
 class VcsError(RuntimeError):
     """A VCS operation failed; the message is fit for the user."""
 

@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from .base import (
     Backend,
+    CommandResult,
     Forecast,
     LandOutcome,
     Leftover,
@@ -51,15 +52,7 @@ ENGINE_CONFIG = (
 RETRIES = 5
 
 
-class GitResult:
-    __slots__ = ("code", "out", "err")
-
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
+GitResult = CommandResult
 
 
 def _run_git_sync(args: Sequence[str], cwd: str, env: dict[str, str] | None, stdin_text: str | None) -> GitResult:

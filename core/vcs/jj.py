@@ -37,6 +37,7 @@ import anyio.to_thread
 
 from .base import (
     Backend,
+    CommandResult,
     Forecast,
     LandOutcome,
     Leftover,
@@ -69,18 +70,7 @@ MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untes
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
 
 
-class JjResult:
-    __slots__ = ("code", "out", "err")
-
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
-
-    def lines(self) -> list[str]:
-        return [line for line in self.out.splitlines() if line.strip()]
+JjResult = CommandResult
 
 
 def _short_err(res: JjResult) -> str:
