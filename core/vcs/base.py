@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import fcntl
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+import anyio.to_thread
 
 
 class CommandResult:
@@ -125,6 +131,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def state_dir(self) -> Path:
         """Where corral keeps its journal for this repository."""
+
+    @contextlib.asynccontextmanager
+    async def mutating(self) -> AsyncIterator[None]:
+        """The repo-wide lock around shared-state mutations (workspace add/remove, ref updates):
+        an ``anyio.Lock`` inside this process plus ``flock`` on ``<state_dir>/engine.lock`` across
+        processes."""
+        lock = self.__dict__.get("_repo_lock")
+        if lock is None:
+            lock = self.__dict__["_repo_lock"] = anyio.Lock()
+        async with lock:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     @abc.abstractmethod
     async def current_base(self) -> str:

@@ -11,14 +11,12 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Sequence
 
 import anyio
 import anyio.to_thread
@@ -100,7 +98,6 @@ class GitBackend(Backend):
         self.root = root
         self.common_dir = common_dir
         self.git_dir = git_dir
-        self._lock = anyio.Lock()
         self._ident: dict[str, str] | None = None
         self._limiter = anyio.CapacityLimiter(8)
 
@@ -132,21 +129,6 @@ class GitBackend(Backend):
         if check and not res.ok:
             raise VcsError(f"git {' '.join(args[:3])}: {_short_err(res)}")
         return res
-
-    @contextlib.asynccontextmanager
-    async def mutating(self) -> AsyncIterator[None]:
-        """The repo-wide lock around shared-state mutations (in-process and across processes)."""
-        async with self._lock:
-            lock_dir = self.common_dir / "corral"
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
 
     async def ident_env(self) -> dict[str, str] | None:
         """Author/committer for engine commits when the user configured none."""

@@ -20,8 +20,6 @@ an ``anyio.Lock`` inside this process plus ``flock`` on ``.jj/corral/engine.lock
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -30,7 +28,7 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Sequence
 
 import anyio
 import anyio.to_thread
@@ -159,7 +157,6 @@ class JjBackend(Backend):
         self.repo_dir = repo_dir
         self.version = version
         self.colocated = (root / ".git").exists()
-        self._lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(4)
         self._env: dict[str, str] | None = None
         self._no_colocate: bool | None = None  # None: not decided yet
@@ -248,19 +245,6 @@ class JjBackend(Backend):
         if check and not res.ok:
             raise VcsError(f"jj {' '.join(a for a in args[:3] if not a.startswith('--'))}: {_short_err(res)}")
         return res
-
-    @contextlib.asynccontextmanager
-    async def mutating(self) -> AsyncIterator[None]:
-        async with self._lock:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
 
     def take_notices(self) -> list[str]:
         """Things worth telling the user once (e.g. the --no-colocate fallback)."""
