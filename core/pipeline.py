@@ -339,38 +339,39 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
         rt.set_status(name, "aborted", "aborted before start")
         return
     rt.set_status(name, "setup")
-    command, why = setup_command(plan.task_setup(t), ws.path)
-    if command and plan.reuse_deps and plan.task_setup(t) == "auto":
+    setting = plan.task_setup(t)
+    command, why = setup_command(setting, ws.path)
+
+    async def setup_step(argv: list[str]) -> int | None:
+        """One setup command in the workspace, its output in the pane and the log, abortable."""
+        proc = Supervised(argv, cwd=ws.path,
+                          on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
+                          log_path=rt.journal.log_path(name), grace=rt.options.grace)
+        rt._procs[name] = proc
+        try:
+            return (await proc.run()).exit_code
+        finally:
+            rt._procs.pop(name, None)
+
+    if command and plan.reuse_deps and setting == "auto":
         src, note = reusable_dependencies(rt.backend.root, ws.path)
         bus.log("info", f"setup: {note}", task=name)
         if src is not None:
-            res = await Supervised(copy_command(src, ws.path / src.name), cwd=ws.path,
-                                   on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
-                                   log_path=rt.journal.log_path(name), grace=rt.options.grace).run()
-            if res.exit_code == 0:
+            if await setup_step(copy_command(src, ws.path / src.name)) == 0:
                 command = None
-            else:
+            elif not rt.aborted(name):
                 bus.log("warning", f"copy of {src} failed: installing instead", task=name)
-    if command:
+    if command and not rt.aborted(name):
         bus.log("info", f"setup ({why}): {command}", task=name)
-        proc = Supervised(
-            ["sh", "-c", command], cwd=ws.path,
-            on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
-            log_path=rt.journal.log_path(name), grace=rt.options.grace,
-        )
-        rt._procs[name] = proc
-        try:
-            res = await proc.run()
-        finally:
-            rt._procs.pop(name, None)
-        if rt.aborted(name):
-            rt.set_status(name, "aborted", "aborted during setup")
+        code = await setup_step(["sh", "-c", command])
+        if not rt.aborted(name) and code != 0:
+            rt.set_status(name, "failed", f"setup failed (exit {code}): {command}")
             return
-        if res.exit_code != 0:
-            rt.set_status(name, "failed", f"setup failed (exit {res.exit_code}): {command}")
-            return
-    elif plan.task_setup(t) == "auto":
+    elif not command and setting == "auto":
         bus.log("debug", f"setup: {why}", task=name)
+    if rt.aborted(name):
+        rt.set_status(name, "aborted", "aborted during setup")
+        return
     async with sem:
         result = await rt.run_agent({
             "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
