@@ -17,7 +17,6 @@ from typing import Callable
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import Process
 
 from .watchdog import Watchdog
 
@@ -56,6 +55,118 @@ def clean_line(raw: bytes) -> str:
     return _CTRL_RE.sub("\ufffd", text).replace("\t", "    ")
 
 
+def _renice_session(pid: int, nice: int) -> None:
+    """Lower the priority of a new session led by ``pid``: its process group, and its autogroup. With
+    the kernel's autogroup scheduling each session is one scheduling group and a nice value only
+    counts inside its group, so an agent in a session of its own would otherwise compete with corral
+    as an equal whatever its nice value."""
+    try:
+        os.setpriority(os.PRIO_PGRP, pid, nice)
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass  # no autogroup (other kernels, other systems): the plain nice value is what counts
+
+
+_SPAWN_LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("corral_spawn_limiter")
+
+
+def _spawn_limiter() -> anyio.CapacityLimiter:
+    """One spawning thread at a time per event loop: spawns are serial in the kernel anyway, and
+    sixteen threads running Popen's Python code at once would fight the event loop for the GIL."""
+    try:
+        return _SPAWN_LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _SPAWN_LIMITER.set(limiter)
+        return limiter
+
+
+class Child:
+    """A started command: its own session and process group, stdin closed, stdout and stderr on one
+    pipe read without blocking the event loop.
+
+    Started from a worker thread, so the fork and exec (which under load can take tens of
+    milliseconds while the child waits for a CPU) never stall the event loop, and awaited through a
+    pidfd, so no thread sits in ``waitpid`` per child. Where pidfds are missing (not Linux, or an old
+    kernel) a worker thread waits instead."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        assert popen.stdout is not None
+        self._out = popen.stdout.fileno()
+        os.set_blocking(self._out, False)
+        try:
+            self._pidfd: int | None = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        self._waiter: anyio.Event | None = None
+
+    @classmethod
+    async def start(cls, argv: list[str], *, cwd: str, env: dict[str, str] | None, nice: int = 0) -> "Child":
+        def spawn() -> Child:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+            if nice:
+                # agents yield the CPU to corral itself, so the dashboard stays responsive under load;
+                # set at once, so the child's own start-up already runs at the lower priority
+                _renice_session(popen.pid, nice)
+            try:
+                return cls(popen)
+            except BaseException:
+                popen.kill()
+                popen.wait()
+                raise
+        # shielded: a child started while the caller was being cancelled must still be handed back,
+        # so the caller's cleanup stops and reaps it
+        with anyio.CancelScope(shield=True):
+            return await anyio.to_thread.run_sync(spawn, limiter=_spawn_limiter())
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for the process to exit and reap it; several tasks may wait at once."""
+        while self._popen.poll() is None:
+            if self._waiter is not None:
+                await self._waiter.wait()
+                continue
+            self._waiter = waiter = anyio.Event()
+            try:
+                if self._pidfd is not None:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+            finally:
+                self._waiter = None
+                waiter.set()
+        return self._popen.returncode
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of output; b"" at the end of it."""
+        while True:
+            try:
+                return os.read(self._out, size)
+            except BlockingIOError:
+                await anyio.wait_readable(self._out)
+
+    def close(self) -> None:
+        """Close the pipe and the pidfd (the process itself is stopped and reaped by then)."""
+        for fd in (self._out, self._pidfd):
+            if fd is not None:
+                anyio.notify_closing(fd)
+        assert self._popen.stdout is not None
+        self._popen.stdout.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
 @dataclass
 class ProcResult:
     exit_code: int | None
@@ -74,7 +185,7 @@ def _signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-async def kill_group(proc: Process, grace: float = DEFAULT_GRACE) -> None:
+async def kill_group(proc: Child, grace: float = DEFAULT_GRACE) -> None:
     """Stop a process group: TERM, wait up to ``grace`` for the leader, then KILL whatever is left
     of the group (the leader can exit while its children live on), and reap the leader."""
     with anyio.CancelScope(shield=True):
@@ -125,7 +236,7 @@ class Supervised:
         self.pid: int | None = None
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
-        self._proc: Process | None = None
+        self._proc: Child | None = None
 
     def stop(self, reason: str = "aborted") -> None:
         if not self._stop.is_set():
@@ -140,26 +251,12 @@ class Supervised:
         start = time.monotonic()
         reason = "exited"
         try:
-            proc = await anyio.open_process(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-            )
+            proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice)
         except OSError as exc:
             self.on_lines([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
-        if self.nice:
-            # agents yield the CPU to corral itself, so the dashboard stays responsive under load
-            try:
-                os.setpriority(os.PRIO_PGRP, proc.pid, self.nice)
-            except OSError:
-                pass
         watchdog = Watchdog.get()
         if watchdog:
             watchdog.register(proc.pid)
@@ -194,8 +291,7 @@ class Supervised:
             raise
         finally:
             await kill_group(proc, self.grace)
-            with anyio.CancelScope(shield=True):
-                await proc.aclose()
+            proc.close()
             if watchdog:
                 watchdog.unregister(proc.pid)
             if log:
@@ -203,16 +299,14 @@ class Supervised:
         code = proc.returncode
         return ProcResult(code, reason, time.monotonic() - start)
 
-    async def _pump(self, proc: Process, log, done: anyio.Event) -> None:
-        assert proc.stdout is not None
+    async def _pump(self, proc: Child, log, done: anyio.Event) -> None:
         buf = b""
         emit = self.on_lines
         limit = self.max_line
         try:
             while True:
-                try:
-                    chunk = await proc.stdout.receive(CHUNK)
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                chunk = await proc.read(CHUNK)
+                if not chunk:
                     break
                 if log:
                     log.write(chunk)
