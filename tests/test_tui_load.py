@@ -12,6 +12,7 @@ from conftest import corral_state
 from corral.core.pipeline import prepare
 from corral.tui.dashboard import CorralApp
 from corral.tui.model import PANE_MAX_LINES
+from corral.tui.run_screen import FLOOD_LINES, FLOODS_PER_FLUSH
 from test_tui_pilot import SIZE, shell_plan, until
 
 # 30 bursts of 500 lines, 50 ms apart: 15,000 lines per agent, ~10,000 lines/s each while it lasts
@@ -29,6 +30,16 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == N
                         and app.run_screen.focused_pane is not None, what="16 panes")
+            screen = app.run_screen
+            # which panes each flush repaints while they flood
+            writes: list[tuple[int, str, int, bool]] = []
+            real_write = screen._write
+
+            def write(pane, view) -> None:
+                writes.append((screen._flushes, pane.task_name, len(view.pending), view.agent_running))
+                real_write(pane, view)
+
+            screen._write = write  # type: ignore[method-assign]
             await until(pilot, lambda: sum(t.lines_total for t in app.model.tasks.values()) > 2000,
                         what="the flood")
             # a key press must move focus promptly while the flood goes on
@@ -49,6 +60,22 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
                 presses += 1
                 await pilot.pause(0.1)
             stats["worst_key"] = worst_key
+            # a frame never renders every flooding pane at once, and none of them waits long for its turn
+            flooded: dict[int, list[str]] = {}
+            for flush, name, count, running in writes:
+                if running and count >= FLOOD_LINES:
+                    flooded.setdefault(flush, []).append(name)
+            assert flooded, "the agents flooded their panes"
+            assert max(len(v) for v in flooded.values()) <= FLOODS_PER_FLUSH
+            # how long a flooded pane waited: from its previous repaint (of any kind) to this one
+            last: dict[str, int] = {}
+            gaps = []
+            for flush, name, count, running in writes:
+                if running and count >= FLOOD_LINES and name in last:
+                    gaps.append(flush - last[name])
+                last[name] = flush
+            assert gaps and max(gaps) <= 2 * -(-N // FLOODS_PER_FLUSH), "each flooded pane is repainted every few flushes"
+            stats["flood_flushes"] = len(flooded)
             stats["presses"] = presses
             await until(pilot, lambda: not app.pipeline_running, timeout=90, what="run end")
             total = sum(t.lines_total for t in app.model.tasks.values())

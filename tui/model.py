@@ -66,6 +66,8 @@ class TaskView:
     activity: str = ""
     lines_total: int = 0
     skipped: int = 0
+    #: lines dropped from ``pending`` before a flush could show them (only on disk)
+    dropped: int = 0
     pending: list[str] = field(default_factory=list)
 
     @property
@@ -177,6 +179,7 @@ class RunModel:
                 buf.extend(f"[{ev.stream}] {line}" for line in ev.lines)
             view.lines_total += len(ev.lines)
             if len(buf) > self.max_lines:
+                view.dropped += len(buf) - self.max_lines
                 del buf[: len(buf) - self.max_lines]
             return
         if isinstance(ev, VerifyOutput):

@@ -27,7 +27,7 @@ class StatusBadge(Static):
     """A task status as a word in capitals on a coloured background (``-<status>`` class)."""
 
     DEFAULT_CSS = """
-    StatusBadge { width: auto; padding: 0 1; text-style: bold; color: $text; background: $panel; }
+    StatusBadge { width: 11; padding: 0 1; text-align: center; text-style: bold; color: $text; background: $panel; }
     StatusBadge.-creating, StatusBadge.-setup { background: $primary-darken-2; }
     StatusBadge.-running { background: $primary; }
     StatusBadge.-succeeded { background: $success-darken-1; }
@@ -49,23 +49,28 @@ class StatusBadge(Static):
         self.remove_class(f"-{self.status}")
         self.status = status
         self.add_class(f"-{status}")
-        self.update(BADGE_WORDS.get(status, status.upper()))
+        # a fixed width (the longest word): a new status repaints the badge, it never lays out the screen
+        self.update(BADGE_WORDS.get(status, status.upper()), layout=False)
 
 
-class PaneLog(Log, can_focus=False):
-    """The live log of one pane (focus stays on the pane, so keys act on the task)."""
+class QuietLog(Log):
+    """A Log whose writes repaint it and never lay out the screen."""
 
     #: A longer log does not change the pane's size: Log's ``virtual_size`` asks for a layout of the
-    #: whole screen on every write (50-100 ms with 16 panes, many times a second while the panes fill
-    #: up); here it repaints, and lays out only when the scrollbar comes or goes.
+    #: whole screen on every write (50-150 ms with 16 panes, many times a second while the panes fill
+    #: up); here it repaints. The vertical scrollbar is always there and the horizontal one never
+    #: (TaskPane's CSS), so no write makes a scrollbar come or go, which would need a layout too.
     virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False, repaint=True)
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
-        region = self.scrollable_content_region
-        if (old.height > region.height) != (new.height > region.height) or \
-                (old.width > region.width) != (new.width > region.width):
-            self.refresh(layout=True)
-        elif self.show_vertical_scrollbar:
+        styles = self.styles
+        if styles.overflow_y == "auto" or styles.overflow_x == "auto":
+            region = self.scrollable_content_region
+            if (old.height > region.height) != (new.height > region.height) or \
+                    (old.width > region.width) != (new.width > region.width):
+                self.refresh(layout=True)
+                return
+        if self.show_vertical_scrollbar:
             self.vertical_scrollbar.window_virtual_size = new.height
 
     def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
@@ -75,6 +80,10 @@ class PaneLog(Log, can_focus=False):
         if lines:
             process = self._process_line
             self._update_maximum_width(updates, max(cell_len(process(line)) for line in lines))
+
+
+class PaneLog(QuietLog, can_focus=False):
+    """The live log of one pane (focus stays on the pane, so keys act on the task)."""
 
 
 class TaskPane(Vertical, can_focus=True):
@@ -88,7 +97,8 @@ class TaskPane(Vertical, can_focus=True):
     TaskPane > .pane-head { height: 1; }
     TaskPane .pane-meta { width: 1fr; height: 1; padding: 0 1; color: $text-muted; }
     TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
-    TaskPane PaneLog { height: 1fr; background: $surface; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
+    TaskPane PaneLog { height: 1fr; background: $surface; overflow-x: hidden; overflow-y: scroll;
+                       scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
@@ -101,6 +111,8 @@ class TaskPane(Vertical, can_focus=True):
         self._meta_text = ""
         self._activity_text = ""
         self.ready = False
+        #: the screen's flush count when its log was last written (flooded panes take turns)
+        self.written_at = 0
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="pane-head"):
@@ -122,7 +134,6 @@ class TaskPane(Vertical, can_focus=True):
             self.agent = view.agent
             self.border_subtitle = view.agent
         self._badge.set_status(view.status)
-        self.set_class(view.finished, "-finished")
         parts = [fmt_elapsed(view.elapsed(now), view.ended is None) if view.started is not None else "-"]
         parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
         if view.files is not None:
