@@ -215,7 +215,8 @@ class GitBackend(Backend):
             raise VcsError(f"git worktree add {path}: {_short_err(last)} (after {RETRIES} tries)")
         # populate the checkout in parallel with other workspaces: this touches only the new
         # worktree's own index
-        res = await self.git("reset", "--hard", "-q", cwd=path, check=False)
+        async with self.checkouts:
+            res = await self.git("reset", "--hard", "-q", cwd=path, check=False)
         if not res.ok:
             raise VcsError(f"checkout of {path}: {_short_err(res)}")
 

@@ -335,7 +335,7 @@ class JjBackend(Backend):
     async def _add_workspace(self, name: str, path: Path, rev: str) -> None:
         """``jj workspace add`` without touching the user's working copy. Run on the repository with
         ``--ignore-working-copy``, jj registers the workspace but cannot check it out; the check-out
-        then happens inside the new workspace (``jj new REV`` there)."""
+        then happens inside the new workspace (``jj new REV``, then ``jj workspace update-stale``)."""
         async with self._colocate_lock:
             user_wc = False
             while True:
@@ -361,12 +361,14 @@ class JjBackend(Backend):
                     user_wc = True  # this jj will not add a workspace without loading the current one
                     continue
                 raise VcsError(f"jj workspace add {path}: {_short_err(res)}")
-        # check out REV in the new workspace (its first working-copy commit may sit elsewhere)
+        # a fresh working-copy commit on REV: an operation, under the lock, that touches no file
+        # (the workspace's first working-copy commit may sit elsewhere, and its files may be missing)
         async with self.mutating():
-            here = (await self.jj("log", "-r", "@", "--no-graph", "-T", COMMIT_T, cwd=path, workspace=True)).lines()
-            wc = _Commit(here[0]) if here else None
-            if wc is None or wc.parents != [rev] or not wc.empty:
-                await self.jj("new", rev, cwd=path, workspace=True)
+            await self.jj("new", rev, "--ignore-working-copy", cwd=path, workspace=True)
+        # then the check-out, in parallel with other workspaces: it writes this workspace's files
+        # and records no operation
+        async with self.checkouts:
+            await self.jj("workspace", "update-stale", cwd=path, workspace=True)
 
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
         return await self._new_workspace(run, task, self.ref_name(run, task), base_commit, base_commit, root)
