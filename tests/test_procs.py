@@ -121,3 +121,24 @@ def test_stop_while_the_exit_is_awaited_twice(tmp_path: Path) -> None:
 
     anyio.run(main)
     assert _alive_with(marker) == []
+
+
+def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
+    """The log writer thread keeps every byte in order; a failing log write (disk full) ends the
+    run with that error, as a write made on the event loop would, and stops the agent."""
+    marker = f"corral-test-{uuid.uuid4().hex}"
+    log = tmp_path / "agent.log"
+    script = "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done; printf tail"
+
+    async def main() -> None:
+        result = await Supervised(["sh", "-c", script], cwd=tmp_path, log_path=log).run()
+        assert result.exit_code == 0
+        with pytest.raises(BaseException) as info:
+            await Supervised(["sh", "-c", f"yes {marker} # {marker}"], cwd=tmp_path, grace=0.5,
+                             log_path=Path("/dev/full")).run()
+        errors = info.value.exceptions if isinstance(info.value, BaseExceptionGroup) else [info.value]
+        assert any(isinstance(e, OSError) and e.errno == 28 for e in errors), errors
+
+    anyio.run(main)
+    assert log.read_text() == "".join(f"line {i}\n" for i in range(3000)) + "tail"
+    assert _alive_with(marker) == []
