@@ -98,7 +98,9 @@ class TaskPane(Vertical, can_focus=True):
     TaskPane .pane-meta { width: 1fr; height: 1; padding: 0 1; color: $text-muted; }
     TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
     TaskPane PaneLog { height: 1fr; background: $surface; overflow-x: hidden; overflow-y: scroll;
-                       scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
+                       scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1;
+                       scrollbar-background: $surface; scrollbar-background-hover: $surface;
+                       scrollbar-background-active: $surface; }
     """
 
     def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
