@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,3 +38,25 @@ def median(xs: list[float]) -> float:
 
 def fmt(x: float) -> str:
     return f"{x:.3f}"
+
+
+def timed(args: list[str], runs: int) -> float:
+    """Median wall time of running ``args`` (output discarded) ``runs`` times."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def import_times(args: list[str]) -> list[tuple[int, int, str]]:
+    """(cumulative microseconds, nesting depth, module) of each import made by ``python -X importtime
+    ARGS``."""
+    res = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
+    rows = []
+    for line in res.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    return rows

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import GEN, fmt, median, scratch_repo
+from _common import GEN, fmt, import_times, median, scratch_repo, timed
 
 HERE = Path(__file__).resolve().parent
 SIZE = (160, 48)
@@ -302,35 +301,19 @@ def bench_paint(a: argparse.Namespace) -> None:
         except ValueError:
             raise SystemExit(f"paint child failed: {res.stdout[-1000:]}\n{res.stderr[-3000:]}")
         rows.append((t_import - t0, t_prep - t0, t_paint - t0))
-    floor = []
-    for _ in range(a.runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        floor.append(time.perf_counter() - t0)
-    help_t = []
-    for _ in range(a.runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "corral.tui.cli", "--help"], stdout=subprocess.DEVNULL, check=True)
-        help_t.append(time.perf_counter() - t0)
-    print(f"  python -c pass (floor)             {fmt(median(floor))} s")
-    print(f"  corral --help                      {fmt(median(help_t))} s")
+    floor = timed([sys.executable, "-c", "pass"], a.runs)
+    help_t = timed([sys.executable, "-m", "corral.tui.cli", "--help"], a.runs)
+    print(f"  python -c pass (floor)             {fmt(floor)} s")
+    print(f"  corral --help                      {fmt(help_t)} s")
     print(f"  imports done (tui.app, dashboard)  {fmt(median([r[0] for r in rows]))} s")
     print(f"  preflight done                     {fmt(median([r[1] for r in rows]))} s")
     print(f"  first paint of the run screen      {fmt(median([r[2] for r in rows]))} s   (target < 1)")
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", "import corral.tui.app; import corral.tui.dashboard;"
-                          " import corral.tui.run_screen"], capture_output=True, text=True)
-    parsed = []
-    for line in res.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
-        if m:
-            parsed.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    parsed = import_times(["-c", "import corral.tui.app; import corral.tui.dashboard; import corral.tui.run_screen"])
     print(f"  heaviest imports of the dashboard path (cumulative; total "
           f"{sum(us for us, d, _ in parsed if d == 1) / 1000:.0f} ms):")
     for us, _, name in sorted((r for r in parsed if r[1] <= 3), reverse=True)[:12]:
         print(f"    {us / 1000:7.1f} ms  {name}")
-    app_only = subprocess.run([sys.executable, "-X", "importtime", "-c", "import corral.tui.app"],
-                              capture_output=True, text=True).stderr
-    heavy = sorted({m.group(1).split(".")[0] for m in re.finditer(r"\|\s+(\S+)$", app_only, re.M)}
+    heavy = sorted({name.split(".")[0] for _, _, name in import_times(["-c", "import corral.tui.app"])}
                    & {"textual", "rich", "git", "anyio"})
     print(f"  imported by `import corral.tui.app` alone: {', '.join(heavy) or 'none of textual/rich/git/anyio'}")
 

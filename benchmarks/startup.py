@@ -8,21 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
-import time
 
-from _common import corral_cmd, fmt, median
-
-
-def timed(args: list[str], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        times.append(time.perf_counter() - start)
-    return median(times)
+from _common import corral_cmd, fmt, import_times, timed
 
 
 def main() -> None:
@@ -34,13 +22,7 @@ def main() -> None:
     print(f"  python -c pass (floor)   {fmt(bare)} s")
     for args in (["--version"], ["--help"], ["run", "--help"]):
         print(f"  corral {' '.join(args):<16} {fmt(timed([*corral_cmd(), *args], a.runs))} s")
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "corral.tui.cli", "--help"],
-                         capture_output=True, text=True)
-    rows = []
-    for line in res.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
-        if m:
-            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    rows = import_times(["-m", "corral.tui.cli", "--help"])
     top = sorted((r for r in rows if r[1] <= 3), reverse=True)[:10]
     print("  heaviest imports for `corral --help` (cumulative):")
     for us, _, name in top:
