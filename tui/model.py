@@ -65,7 +65,6 @@ class TaskView:
     removed: int = 0
     activity: str = ""
     lines_total: int = 0
-    skipped: int = 0
     #: lines dropped from ``pending`` before a flush could show them (only on disk)
     dropped: int = 0
     pending: list[str] = field(default_factory=list)

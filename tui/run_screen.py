@@ -214,7 +214,6 @@ class RunScreen(Screen):
         skipped = view.dropped + max(0, len(lines) - FLUSH_CAP)
         if skipped:
             # a flood: show the newest lines; the full log is on disk (l opens it)
-            view.skipped += skipped
             view.dropped = 0
             lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-FLUSH_CAP:]]
         pane.log_widget.write_lines(lines)
