@@ -1,4 +1,12 @@
-"""Finding and removing what interrupted runs left behind, keeping every branch that holds work."""
+"""Finding and removing what interrupted runs left behind, keeping every branch that holds work.
+
+corral cleans up only what it registered (see :mod:`corral.core.vcs.registry`): each workspace it
+made has a record, and clean-up acts on a record only when the VCS agrees (the worktree's lock reason
+names the record; it is not the main worktree). A workspace that never became ready holds no work
+and is dropped; any other has what it holds committed onto its branch first, and its branch is kept
+when it holds work that is nowhere else. ``--dry-run`` goes through the same decisions and says
+them, changing nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +16,50 @@ import signal
 from dataclasses import dataclass, field
 
 from .journal import list_runs, write_atomic
-from .vcs.base import Backend, Leftover, Workspace
+from .vcs.base import Backend, Leftover, VcsError
+from .vcs.registry import CREATING
+
+
+@dataclass
+class CleanItem:
+    """What clean-up did (or, with ``--dry-run``, would do) with one registered workspace."""
+
+    leftover: Leftover
+    #: "drop": a half-made workspace (no work), removed; "salvage": its work committed onto its
+    #: branch, then removed; "skip": left alone (``why`` says why); "live": its run still runs
+    action: str
+    why: str = ""
+    #: refs kept because they hold work (the branch, refs holding other commits made there)
+    kept: list[str] = field(default_factory=list)
+    #: its branch, deleted because it holds no work of its own
+    deleted: list[str] = field(default_factory=list)
+    #: files committed from the workspace before it went (with --dry-run: that would be)
+    committed: list[str] = field(default_factory=list)
+    #: the clean-up failed; what remains and why
+    error: str = ""
 
 
 @dataclass
 class CleanReport:
-    removed: list[Leftover] = field(default_factory=list)
-    kept_branches: list[str] = field(default_factory=list)
-    skipped_live: list[Leftover] = field(default_factory=list)
+    items: list[CleanItem] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     runs_marked: list[str] = field(default_factory=list)
+
+    @property
+    def removed(self) -> list[Leftover]:
+        return [i.leftover for i in self.items if i.action in ("drop", "salvage") and not i.error]
+
+    @property
+    def kept_branches(self) -> list[str]:
+        return [r for i in self.items for r in i.kept]
+
+    @property
+    def skipped_live(self) -> list[Leftover]:
+        return [i.leftover for i in self.items if i.action == "live"]
+
+    @property
+    def failed(self) -> list[CleanItem]:
+        return [i for i in self.items if i.error]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,6 +89,51 @@ def stale_runs(backend: Backend) -> list[dict]:
     return out
 
 
+async def _plan_item(backend: Backend, lo: Leftover) -> CleanItem:
+    """What clean-up does with one leftover, decided without changing anything."""
+    if lo.alive:
+        return CleanItem(lo, "live")
+    rec = lo.record
+    if rec is None:
+        return CleanItem(lo, "skip", why="corral has no record of it")
+    why = await backend.vet_leftover(rec)
+    if why:
+        return CleanItem(lo, "skip", why=why)
+    if rec.state == CREATING:
+        return CleanItem(lo, "drop", why="it never became ready, so it holds no work")
+    item = CleanItem(lo, "salvage")
+    item.committed = await backend.pending_changes(backend.workspace_of(rec))
+    if rec.ref and await backend.ref_exists(rec.ref):
+        if item.committed or await backend.holds_unmerged_work(rec.ref, rec.base_commit):
+            item.kept.append(rec.ref)
+        else:
+            item.deleted.append(rec.ref)
+    return item
+
+
+async def _do_item(backend: Backend, item: CleanItem) -> None:
+    rec = item.leftover.record
+    assert rec is not None
+    ws = backend.workspace_of(rec)
+    try:
+        if item.action == "drop":
+            await backend.drop_half_made(ws)
+            backend.registry.drop(rec)
+            return
+        await backend.remove_workspace(ws, keep_ref=True)
+        item.kept, item.deleted = [], []
+        for ref in [rec.ref, *ws.extra_refs]:
+            if not ref or not await backend.ref_exists(ref):
+                continue
+            if ref != rec.ref or await backend.holds_unmerged_work(ref, rec.base_commit):
+                item.kept.append(ref)
+            else:
+                await backend.delete_ref(ref)
+                item.deleted.append(ref)
+    except VcsError as exc:
+        item.error = str(exc)
+
+
 async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
     rep = CleanReport()
     # 1. agents of dead runs that are still alive (corral was SIGKILLed): stop their process groups
@@ -69,22 +156,13 @@ async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
             path = backend.state_dir / "runs" / run / "run.json"
             if path.parent.is_dir():
                 write_atomic(path, json.dumps(data, indent=2, default=str))
-    # 2. workspaces left behind: salvage uncommitted work onto their branches, remove them
+    # 2. the workspaces corral registered and never removed
     for lo in await backend.list_leftovers():
-        if lo.alive:
-            rep.skipped_live.append(lo)
-            continue
-        rep.removed.append(lo)
-        ws = Workspace(task=lo.task, path=lo.path, ref=lo.ref, name=lo.name)
-        holds_work = await backend.holds_unmerged_work(lo.ref) if lo.ref else False
-        if not dry_run:
-            await backend.remove_workspace(ws, keep_ref=True)
-            holds_work = await backend.holds_unmerged_work(lo.ref) if lo.ref else False
-            if lo.ref and not holds_work:
-                await backend.delete_ref(lo.ref)
-        if lo.ref and holds_work:
-            rep.kept_branches.append(lo.ref)
+        item = await _plan_item(backend, lo)
+        rep.items.append(item)
+        if not dry_run and item.action in ("drop", "salvage"):
+            await _do_item(backend, item)
     return rep
 
 
-__all__ = ["clean", "CleanReport", "stale_runs"]
+__all__ = ["clean", "CleanItem", "CleanReport", "stale_runs"]

@@ -121,6 +121,24 @@ class TaskFinished(Event):
 
 
 @dataclass(kw_only=True)
+class WorkRecorded(Event):
+    """A task's work changed after its agent exited: edits made by hand in its workspace committed,
+    or what a stopped task left salvaged. ``files``/``added``/``removed`` are its whole work now."""
+
+    TYPE: ClassVar[str] = "work_recorded"
+    task: str
+    commit: str
+    files: list[str] = field(default_factory=list)
+    added: int = 0
+    removed: int = 0
+    #: refs holding other commits made in the workspace (kept, not merged)
+    extra_refs: list[str] = field(default_factory=list)
+    #: changes still in the workspace that could not be committed
+    uncommitted: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass(kw_only=True)
 class ForecastEvent(Event):
     """Predicted merge outcome of one succeeded task against base and every other task."""
 

@@ -50,6 +50,8 @@ class Prepared:
     base_commit: str
     worktree_root: str | None
     run_id: str = field(default_factory=new_run_id)
+    #: what the user should know before the run starts (not problems): shown at its start
+    notes: list[str] = field(default_factory=list)
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
@@ -92,7 +94,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
     except BaseException:
         await backend.close()
         raise
-    return Prepared(plan, backend, base_name, base_commit, root)
+    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit))
 
 
 def _check_writable(root: str | None) -> None:
@@ -133,6 +135,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     bus.emit(RunStarted(repo=str(backend.root), base=prep.base_name, base_commit=prep.base_commit,
                         backend=backend.kind, run_dir=str(journal.dir), tasks=[t.name for t in plan.tasks],
                         agents={t.name: t.agent for t in plan.tasks}))
+    for note in rt.notes:
+        bus.log("warning", note)
     try:
         async with loop_monitor(), rt:
             await _steps(rt, plan, state)
@@ -172,6 +176,7 @@ def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktree
                          keep_worktrees=keep_worktrees, default_agent=default_agent)
     rt = runtime_cls(backend=backend, bus=bus, journal=journal, profiles=prep.plan.agents, approver=approver,
                      options=options, base_name=prep.base_name, base_commit=prep.base_commit)
+    rt.notes = list(prep.notes)
     return rt, journal, unsubscribe
 
 
@@ -195,7 +200,8 @@ def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
             "cost": t.result.usage.cost if t.result else None,
             "tokens": (t.result.usage.tokens or None) if t.result else None,
             "files": len(t.snapshot.files) if t.snapshot else 0,
-            "branch": t.workspace.ref if (t.workspace and t.branch_kept) else "",
+            "branch": ", ".join(([t.workspace.ref] if t.branch_kept else []) + t.workspace.extra_refs)
+            if t.workspace else "",
         }
         for t in rt.tasks.values()
     ]
@@ -204,18 +210,13 @@ def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
 
 async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
     bus = rt.bus
-    # step 2: every workspace first, so the agents start together
-    rt.set_phase("creating")
-    async with anyio.create_task_group() as tg:
-        for t in plan.tasks:
-            tg.start_soon(_create_workspace, rt, t)
-    # steps 3-5, per task: setup, agent, commit
+    # steps 2-5, per task: its workspace, setup, agent, commit. A workspace is made when its agent
+    # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
-    sem = anyio.Semaphore(plan.max_parallel or len(plan.tasks))
+    sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
     async with anyio.create_task_group() as tg:
         for t in plan.tasks:
-            if rt.tasks[t.name].workspace is not None:
-                tg.start_soon(_task_flow, rt, plan, t, sem)
+            tg.start_soon(_task_flow, rt, plan, t, sem)
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -223,6 +224,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         bus.log("info", "no task succeeded: nothing to review or merge")
         return
     rt.set_phase("review")
+    await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
+    done = [t for t in done if t.status == "succeeded"]
     heads = {t.name: t.workspace.head for t in done if t.workspace}
     forecast = await rt.workspaces.forecast(heads)
     for t in done:
@@ -238,6 +241,9 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
             rt.set_status(t.name, "rejected", "not approved")
     approved = [rt.tasks[t.name] for t in plan.tasks
                 if rt.tasks[t.name].approved and rt.tasks[t.name].status == "succeeded"]
+    # what was edited by hand in a workspace during the review is part of the task's work
+    await settle(rt, approved, "corral: edits made in {task}'s workspace after its agent exited")
+    approved = [t for t in approved if t.status == "succeeded"]
     if not approved:
         bus.log("info", "nothing approved: nothing to merge")
         return
@@ -299,6 +305,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
     state["landed"] = land.ok
     state["land_message"] = land.message
     if land.ok:
+        rt.workspaces.note_landed(integ)
         for info in merged:
             info.merged = True
             rt.set_status(info.name, "merged")
@@ -318,19 +325,30 @@ def _land_hint(rt: Runtime, ref: str) -> str:
     return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
 
 
-async def _create_workspace(rt: Runtime, t: TaskSpec) -> None:
+async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
     name = t.name
-    if rt.aborted(name):
-        rt.set_status(name, "aborted", "aborted before start")
-        return
     rt.set_status(name, "creating")
     try:
         rt.tasks[name].workspace = await rt.workspaces.create(name)
     except VcsError as exc:
         rt.set_status(name, "failed", f"workspace: {exc}")
+        return False
+    if rt.notes:
+        rt.bus.emit(TaskOutput(task=name, lines=[f"corral: note: {n}" for n in rt.notes], stream="setup"))
+    return True
 
 
 async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    name = t.name
+    async with sem:
+        if rt.aborted(name):
+            rt.set_status(name, "aborted", "aborted before start")
+            return
+        if await _create_workspace(rt, t):
+            await _agent_flow(rt, plan, t)
+
+
+async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
     bus, name = rt.bus, t.name
     info = rt.tasks[name]
     ws = info.workspace
@@ -372,28 +390,45 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted during setup")
         return
-    async with sem:
-        result = await rt.run_agent({
-            "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
-            "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
-        })
+    result = await rt.run_agent({
+        "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
+        "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
+    })
     first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
-    with anyio.CancelScope(shield=True):
-        try:
-            snap = await rt.workspaces.snapshot(ws, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
-        except VcsError as exc:
-            bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
-            rt.set_status(name, "failed", f"commit failed: {exc}")
-            return
-    info.snapshot = snap
+    try:
+        snap = await rt.record_work(name, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+    except VcsError as exc:
+        bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
+        rt.set_status(name, "failed", f"commit failed: {exc}")
+        return
+    assert snap is not None
     bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code, duration=result.duration,
                           cost=result.usage.cost, tokens=result.usage.tokens or None, files=snap.files,
                           added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,
                           reason=result.reason))
-    rt.journal.update_task(name, files=snap.files, commit=snap.commit, added=snap.added, removed=snap.removed)
-    if getattr(snap, "change_id", ""):
-        rt.journal.update_task(name, change_id=snap.change_id)
-    rt.set_status(name, result.status, result.reason)
+    status, reason = result.status, result.reason
+    if snap.uncommitted:
+        status, reason = "failed", _uncommitted_reason(snap.uncommitted)
+    rt.set_status(name, status, reason)
+
+
+def _uncommitted_reason(paths: list[str]) -> str:
+    return (f"changes corral could not commit (kept in the workspace): {', '.join(paths[:5])}"
+            + (f" and {len(paths) - 5} more" if len(paths) > 5 else ""))
+
+
+async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
+    """Commit what the workspaces of ``tasks`` hold now (edits made by hand after the agents exited)
+    onto their branches, so review, merge and discard see all of it. A task whose changes cannot be
+    committed fails (its workspace is kept); one that cannot be committed at all fails too."""
+    for info in tasks:
+        try:
+            snap = await rt.record_work(info.name, message.replace("{task}", info.name))
+        except VcsError as exc:
+            rt.set_status(info.name, "failed", f"commit failed: {exc}")
+            continue
+        if snap is not None and snap.uncommitted:
+            rt.set_status(info.name, "failed", _uncommitted_reason(snap.uncommitted))
 
 
 def _exit_code(rt: Runtime, state: dict) -> int:
@@ -408,24 +443,23 @@ def _exit_code(rt: Runtime, state: dict) -> int:
 
 
 async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_worktrees: bool) -> None:
-    """Steps 10 and 11: report, then cleanup (always)."""
+    """Steps 11 and 10: cleanup (always), then the report of what really remains."""
     bus = rt.bus
     # stop anything still running (a cancelled run): the task group already did; be sure
     stop_unfinished(rt, state["cancelled"])
+    # every task's work on its branch before anything is decided: what a stopped agent left, and
+    # edits made by hand in a workspace; the report counts it
+    await rt.record_all_work("corral: salvage uncommitted work of {task}")
 
-    def keep(ws) -> bool:
-        if ws.task == "integration":
-            return bool(state.get("integration_kept"))
-        info = rt.tasks.get(ws.task)
-        return info is None or info.status not in ("merged", "discarded")
-
-    kept = []
-    for info in rt.tasks.values():
-        if info.workspace is not None and keep(info.workspace):
-            info.branch_kept = True
-            kept.append(info.workspace.ref)
-    if state.get("integration_kept"):
-        kept.append(state["integration_kept"])
+    rt.set_phase("cleanup")
+    left: list[str] = []
+    if keep_worktrees:
+        bus.log("info", "--keep-worktrees: workspaces left in place: "
+                + ", ".join(str(ws.path) for ws in rt.workspaces.list()))
+        kept = await rt.workspaces.sweep_refs()
+    else:
+        kept, left = await rt.workspaces.wind_up()
+    state["workspaces_left"] = left
 
     rt.set_phase("report")
     report = render_report(rt, plan, state, outcome, kept)
@@ -433,17 +467,6 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
     path.write_text(report, encoding="utf-8")
     outcome.report = path
 
-    rt.set_phase("cleanup")
-    if keep_worktrees:
-        bus.log("info", "--keep-worktrees: workspaces left in place: "
-                + ", ".join(str(ws.path) for ws in rt.workspaces.list()))
-    else:
-        await rt.workspaces.cleanup(keep)
-        # branches of merged tasks whose workspace was already gone
-        for info in rt.tasks.values():
-            ws = info.workspace
-            if ws is not None and info.status in ("merged", "discarded") and await rt.backend.ref_exists(ws.ref):
-                await rt.backend.delete_ref(ws.ref)
     rt.set_phase("done")
     summary, cost = run_summary(rt)
     rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(),

@@ -212,6 +212,8 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
         on_runtime(rt)
     bus.emit(RunStarted(repo=str(prep.backend.root), base=prep.base_name, base_commit=prep.base_commit,
                         backend=prep.backend.kind, run_dir=str(journal.dir), tasks=[], agents={}))
+    for note in rt.notes:
+        bus.log("warning", note)
     cancelled = False
     try:
         async with loop_monitor(), rt:
@@ -260,38 +262,23 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
 
 async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_worktrees: bool,
                   cancelled: bool) -> None:
-    bus, backend = rt.bus, rt.backend
+    bus = rt.bus
     stop_unfinished(rt, cancelled)
 
+    await rt.record_all_work("corral: salvage uncommitted work of {task}")
     rt.set_phase("cleanup")
     left = rt.workspaces.list()
     if keep_worktrees:
         if left:
             bus.log("info", "--keep-worktrees: workspaces left in place: " + ", ".join(str(ws.path) for ws in left))
+        kept = await rt.workspaces.sweep_refs()
     else:
         if left:
             bus.log("info", f"removing {len(left)} workspace(s) the program left: "
                     + ", ".join(ws.task for ws in left) + " (their branches are kept when they hold work)")
-        await rt.workspaces.cleanup(lambda ws: True)
-    # branches: delete those whose work is already on another branch (merged, landed, or no work);
-    # keep the others, so no work is lost
-    kept: list[str] = []
-    for ws in rt.workspaces.created.values():
-        if keep_worktrees and ws.task in rt.workspaces.live:
-            continue
-        try:
-            if not await backend.ref_exists(ws.ref):
-                continue
-            if await backend.holds_unmerged_work(ws.ref):
-                kept.append(ws.ref)
-            else:
-                await backend.delete_ref(ws.ref)
-        except VcsError as exc:
-            bus.log("error", f"could not check branch {ws.ref}: {exc}")
-            kept.append(ws.ref)
-    for info in rt.tasks.values():
-        if info.workspace is not None and info.workspace.ref in kept:
-            info.branch_kept = True
+        # branches: those whose work is already on another branch (merged, landed, or no work) go;
+        # the others stay, so no work is lost
+        kept, _ = await rt.workspaces.wind_up()
     outcome.kept_branches = kept
 
     rt.set_phase("report")

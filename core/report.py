@@ -78,6 +78,9 @@ def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: A
     if kept:
         lines += ["", "## Branches kept (work not merged)", ""]
         lines += [f"- `{ref}`" for ref in kept]
+    if state.get("workspaces_left"):
+        lines += ["", "## Workspaces left in place (they hold changes corral could not commit)", ""]
+        lines += [f"- `{p}`" for p in state["workspaces_left"]]
     lines += render_tasks(rt)
     return "\n".join(lines) + "\n"
 
@@ -110,6 +113,12 @@ def render_tasks(rt: "Runtime", title: str = "Tasks") -> list[str]:
             if t.snapshot.files:
                 lines.append("- files changed: " + ", ".join(f"`{f}`" for f in t.snapshot.files[:50])
                              + (f" and {len(t.snapshot.files) - 50} more" if len(t.snapshot.files) > 50 else ""))
+        if t.snapshot and t.snapshot.extra_refs:
+            lines.append("- other commits made in its workspace (not merged), kept on: "
+                         + ", ".join(f"`{r}`" for r in t.snapshot.extra_refs))
+        if t.snapshot and t.snapshot.uncommitted:
+            lines.append("- changes corral could not commit, left in the workspace: "
+                         + ", ".join(f"`{f}`" for f in t.snapshot.uncommitted[:20]))
         if t.conflict_files:
             lines.append("- conflicts in: " + ", ".join(f"`{f}`" for f in t.conflict_files))
         if t.result and t.result.text.strip():

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 
+from . import plan as _plan
 from .agents import Profile
 from .events import (
     FINISHED_STATUSES,
@@ -29,6 +30,7 @@ from .events import (
     TaskFinished,
     TaskOutput,
     TaskStatus,
+    WorkRecorded,
 )
 from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
@@ -40,7 +42,7 @@ STRUCTURED_MAX_LINE = 8 * 1024 * 1024
 
 
 #: a task, agent or workspace name: it becomes a branch name, a log file name and a pane title
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,39}$")
+NAME_RE = _plan.NAME_RE
 
 
 def readable_name(text: str) -> str:
@@ -179,6 +181,10 @@ class Workspaces:
         self.created: dict[str, Workspace] = {}
         self._merges = 0
         self._locks: dict[str, anyio.Lock] = {}
+        #: integration workspace -> (workspace name -> head merged into it)
+        self._merged: dict[str, dict[str, str]] = {}
+        #: workspace name -> the head of it that landed on base
+        self.landed: dict[str, str] = {}
 
     def _lock(self, ws: Workspace) -> anyio.Lock:
         """One workspace, one operation at a time: a commit of an agent's work and the removal of
@@ -263,10 +269,12 @@ class Workspaces:
         self._merges = n
         run = rt.run_id if n == 1 else f"{rt.run_id}-m{n}"
         ws, outcomes = await rt.backend.integrate(run, rt.base_commit, pairs, strategy, rt.options.worktree_root)
+        ws.role = "integration"
         if n > 1:
             ws.task = f"{ws.task}-{n}"
         self.live[ws.task] = ws
         self.created[ws.task] = ws
+        self._merged[ws.task] = {label: head for (label, head), o in zip(pairs, outcomes) if o.ok}
         return ws, outcomes
 
     async def land(self, ws: Workspace | str) -> LandOutcome:
@@ -286,25 +294,64 @@ class Workspaces:
             out = await rt.backend.land(rt.base_name, rt.base_commit, new)
         if out.ok:
             rt.base_commit = new
+            self.note_landed(ws)
         rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=out.message,
                            kept="" if out.ok else ws.ref))
         return out
 
-    async def cleanup(self, keep: Callable[[Workspace], bool]) -> None:
-        """Remove every workspace still alive (shielded: runs even when the run is being cancelled)."""
+    def note_landed(self, integration: Workspace) -> None:
+        """The work merged into ``integration`` is on base now."""
+        self.landed.update(self._merged.get(integration.task, {}))
+
+    async def wind_up(self) -> tuple[list[str], list[str]]:
+        """The end of a run: remove every workspace still alive, its work committed onto its branch
+        first (a workspace whose changes cannot be committed stays where it is), then delete this
+        run's branches that hold no work of their own (merged, landed, or never changed). Shielded:
+        runs even when the run is being cancelled. Returns (refs kept, workspaces left in place)."""
+        rt = self._rt
         limiter = anyio.CapacityLimiter(4)
+        left: list[str] = []
 
         async def remove_one(ws: Workspace) -> None:
             async with limiter:
                 try:
-                    await self.remove(ws, keep_branch=keep(ws))
+                    await self.remove(ws, keep_branch=True)
                 except Exception as exc:  # keep going: other workspaces still need removing
-                    self._rt.bus.log("error", f"could not remove workspace {ws.path}: {exc}", task=ws.task)
+                    left.append(str(ws.path))
+                    rt.bus.log("error", f"could not remove workspace {ws.path}: {exc}", task=ws.task)
 
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for ws in list(self.live.values()):
                     tg.start_soon(remove_one, ws)
+            return await self.sweep_refs(), left
+
+    async def sweep_refs(self) -> list[str]:
+        """Delete the refs of this run's workspaces that hold no work of their own; return the others
+        (a ref holding commits made in a workspace beside the task's own work is always kept)."""
+        rt, backend = self._rt, self._rt.backend
+        kept: list[str] = []
+        for ws in self.created.values():
+            if rt.options.keep_worktrees and ws.task in self.live:
+                kept += [ws.ref, *ws.extra_refs]
+                continue
+            try:
+                if await backend.ref_exists(ws.ref):
+                    # landed as it is now (a rebase or squash landed copies of it), or holding nothing
+                    # that is not elsewhere: its work is safe without it
+                    landed = ws.head and self.landed.get(ws.task) == ws.head
+                    if not landed and await backend.holds_unmerged_work(ws.ref, ws.base_commit):
+                        kept.append(ws.ref)
+                    else:
+                        await backend.drop_work(ws)
+                kept += [r for r in ws.extra_refs if await backend.ref_exists(r)]
+            except VcsError as exc:
+                rt.bus.log("error", f"could not check branch {ws.ref}: {exc}")
+                kept.append(ws.ref)
+        for info in rt.tasks.values():
+            if info.workspace is not None:
+                info.branch_kept = info.workspace.ref in kept
+        return kept
 
 
 class Runtime:
@@ -340,6 +387,8 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
+        #: what the user should know about this run's repository (shown at the start, and in panes)
+        self.notes: list[str] = []
 
     # -------------------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> "Runtime":
@@ -376,6 +425,53 @@ class Runtime:
         self.bus.emit(TaskStatus(task=name, status=status, reason=reason,
                                  workspace=str(ws.path) if ws else "", branch=ws.ref if ws else ""))
 
+    async def record_work(self, name: str, message: str) -> Snapshot | None:
+        """Settle a task's work: commit what its workspace holds, gather every commit made there onto
+        its branch (and kept refs), and record the result (journal, ``info.snapshot``). Emits
+        :class:`WorkRecorded` with ``note`` when the work changed since it was last recorded.
+        Shielded. Raises :class:`VcsError` when the work could not be committed."""
+        info = self.tasks[name]
+        ws = info.workspace
+        if ws is None or ws.task not in self.workspaces.live:
+            return info.snapshot
+        before = info.snapshot
+        with anyio.CancelScope(shield=True):
+            snap = await self.workspaces.snapshot(ws, message)
+        info.snapshot = snap
+        self.journal.update_task(name, files=snap.files, commit=snap.commit, added=snap.added, removed=snap.removed,
+                                 extra_refs=snap.extra_refs, uncommitted=snap.uncommitted,
+                                 **({"change_id": snap.change_id} if snap.change_id else {}))
+        if snap.extra_refs and (before is None or before.extra_refs != snap.extra_refs):
+            self.bus.log("warning", "other commits made in the workspace, not part of the task's work, are kept on "
+                         + ", ".join(snap.extra_refs), task=name)
+        if before is not None and (before.commit, before.extra_refs, before.uncommitted) != \
+                (snap.commit, snap.extra_refs, snap.uncommitted):
+            self.bus.emit(WorkRecorded(task=name, commit=snap.commit, files=snap.files, added=snap.added,
+                                       removed=snap.removed, extra_refs=snap.extra_refs,
+                                       uncommitted=snap.uncommitted,
+                                       note=message.split("\n")[0].removeprefix("corral: ")))
+        return snap
+
+    async def record_all_work(self, message: str) -> None:
+        """:meth:`record_work` for every task whose workspace is still there (errors are logged);
+        ``{task}`` in ``message`` is the task's name."""
+        limiter = anyio.CapacityLimiter(4)
+
+        async def one(name: str) -> None:
+            async with limiter:
+                try:
+                    await self.record_work(name, message.replace("{task}", name))
+                except VcsError as exc:
+                    self.bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for name, info in self.tasks.items():
+                    ws = info.workspace
+                    if ws is not None and ws.role == "task" and ws.task in self.workspaces.live \
+                            and info.status != "discarded":
+                        tg.start_soon(one, name)
+
     # --------------------------------------------------------------------------- control
     def abort(self, name: str) -> bool:
         """Stop one agent (TERM to its process group, KILL after the grace period). A task still
@@ -411,6 +507,8 @@ class Runtime:
             await self.workspaces.remove(ws, keep_branch=False)
         elif ws is not None:
             await self.backend.delete_ref(ws.ref)
+        for ref in ws.extra_refs if ws is not None else []:
+            await self.backend.delete_ref(ref)
         self.set_status(name, "discarded", "discarded by the user")
         return True
 
@@ -571,19 +669,15 @@ class Runtime:
         try:
             result = await self.run_agent(spec)
             info = self.tasks[result.name]
-            ws = info.workspace
-            if ws is not None and ws.task in self.workspaces.live and Path(ws.path).is_dir():
+            if info.workspace is not None:
                 # commit what the agent left onto the workspace's branch (as the pipeline does)
-                with anyio.CancelScope(shield=True):
-                    try:
-                        snap = await self.workspaces.snapshot(ws, f"corral: {result.name}\n\nrun {self.run_id}, "
-                                                                  f"agent {result.agent} ({result.profile})")
-                    except VcsError as exc:
-                        self.bus.log("error", f"could not commit the work of {result.name}: {exc}", task=result.name)
-                    else:
-                        info.snapshot = snap
-                        result.files = list(snap.files)
-                        self.journal.update_task(result.name, files=snap.files, commit=snap.commit)
+                try:
+                    snap = await self.record_work(result.name, f"corral: {result.name}\n\nrun {self.run_id}, "
+                                                               f"agent {result.agent} ({result.profile})")
+                except VcsError as exc:
+                    self.bus.log("error", f"could not commit the work of {result.name}: {exc}", task=result.name)
+                else:
+                    result.files = list(snap.files) if snap else []
             snap = info.snapshot
             self.bus.emit(TaskFinished(task=result.name, status=result.status, exit_code=result.exit_code,
                                        duration=result.duration, cost=result.usage.cost,

@@ -42,9 +42,10 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
     pids.mkdir()
     script = (f"sleep 300 & echo $! > {pids}/$CORRAL_TASK.child; echo $$ > {pids}/$CORRAL_TASK.pid; "
               f"trap '' TERM; echo unsaved > wip-$CORRAL_TASK.txt; echo started; wait")
-    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", script), ("b", script), ("c", "echo quick")]))
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", script), ("b", script),
+                                                                  ("c", "echo quick; echo started")]))
     proc = start_run(repo, plan, "--approve", "all")
-    wait_for(proc, "started", 2)
+    wait_for(proc, "started", 3)
     proc.kill()  # SIGKILL: no cleanup code of corral's runs
     proc.wait(timeout=10)
     all_pids = [int(p.read_text()) for p in pids.iterdir()]

@@ -471,8 +471,9 @@ def test_plan_pipeline_runs_as_a_program_on_the_same_runtime(repo, tmp_path):
     # the plan front door: the same Runtime class underneath
     assert out2.exit_code == 0 and type(runtimes[1]) is Runtime and isinstance(runtimes[0], ProgramRuntime)
     assert corral_state(repo)["worktrees"] == []
-    # the second run approved nothing: its work stays on its branches; the first left no branch
-    assert sorted(b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]) == ["one", "two"]
+    # the second run approved nothing: its work stays on its branches; the first left no branch. Its
+    # task "one" changed nothing (one.txt already held "1"), so no branch is kept for it
+    assert sorted(b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]) == ["two"]
 
 
 def test_program_may_return_results_and_workspaces(repo, tmp_path):

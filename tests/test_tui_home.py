@@ -6,23 +6,29 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import corral, corral_state, git
+from conftest import corral, corral_state, git, write_plan
 from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
 from corral.tui.home_screen import HomeScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
+from test_engine_git import plan_text
+from test_faults import start_run, wait_for
 from test_tui_pilot import SIZE, pane_lines, until
 
 
 def make_leftover(repo: Path, tmp_path: Path) -> tuple[Path, str]:
-    """What a SIGKILLed corral leaves: a locked worktree on a corral branch, holding uncommitted work."""
-    run = "20270101-000000-dead"
-    branch = f"corral/{run}/lost"
-    path = tmp_path / "leftover-ws"
-    git(repo, "worktree", "add", "--no-track", "--lock", "--reason", f"corral run={run} pid=999999",
-        "-b", branch, str(path), "main")
-    (path / "salvage.txt").write_text("work an agent left\n")
+    """What a SIGKILLed corral leaves: its registered worktree on a corral branch, holding uncommitted work."""
+    wt_root = tmp_path / "worktrees"
+    wt_root.mkdir()
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("lost", "echo 'work an agent left' > salvage.txt; echo started; exec sleep 600")]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 1)
+    proc.kill()
+    proc.wait(timeout=10)
+    [path] = list(wt_root.iterdir())
+    [branch] = corral_state(repo)["branches"]
     return path, branch
 
 

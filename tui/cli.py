@@ -290,18 +290,41 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     backend = _open_backend(args.repo)
     rep = anyio.run(clean, backend, args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    for pid in rep.killed:
-        print(f"{'would stop' if args.dry_run else 'stopped'} leftover agent process group {pid}")
-    for lo in rep.removed:
-        print(f"{verb} workspace {lo.path} (run {lo.run}, task {lo.task})")
-    for lo in rep.skipped_live:
-        print(f"left alone: {lo.path} belongs to run {lo.run}, which is still running")
-    for ref in rep.kept_branches:
-        print(f"kept branch {ref} (holds work not merged)")
-    if not (rep.removed or rep.killed or rep.skipped_live):
+    for line in clean_lines(rep, args.dry_run):
+        print(line)
+    if not rep.items and not rep.killed:
         print(f"nothing to clean in {backend.root}")
-    return EXIT_OK
+    return EXIT_FAILED if rep.failed else EXIT_OK
+
+
+def clean_lines(rep, dry_run: bool) -> list[str]:
+    """What ``corral clean`` did (or, with ``--dry-run``, would do), one line per action."""
+    would = dry_run
+    out = [f"{'would stop' if would else 'stopped'} leftover agent process group {pid}" for pid in rep.killed]
+    for item in rep.items:
+        lo = item.leftover
+        label = f"{lo.path} (run {lo.run}, task {lo.task})"
+        if item.action == "live":
+            out.append(f"left alone: {lo.path} belongs to run {lo.run}, which is still running")
+            continue
+        if item.action == "skip":
+            out.append(f"left alone: {label}: {item.why}")
+            continue
+        if item.error:
+            out.append(f"could not clean {label}: {item.error}")
+            continue
+        if item.action == "drop":
+            out.append(f"{'would remove' if would else 'removed'} half-made workspace {label}: {item.why}")
+            continue
+        if item.committed:
+            out.append(f"{'would commit' if would else 'committed'} {len(item.committed)} uncommitted file(s) "
+                       f"of {lo.task} onto {lo.ref}")
+        out.append(f"{'would remove' if would else 'removed'} workspace {label}")
+        for ref in item.kept:
+            out.append(f"{'would keep' if would else 'kept'} branch {ref} (holds work not merged)")
+        for ref in item.deleted:
+            out.append(f"{'would delete' if would else 'deleted'} branch {ref} (holds no work of its own)")
+    return out
 
 
 def cmd_agents(args: argparse.Namespace | None = None) -> int:

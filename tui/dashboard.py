@@ -456,21 +456,31 @@ class CorralApp(App[int]):
         self.notify(f"aborting {n} task(s)" if n else "nothing is running",
                     severity="warning" if not n else "information")
 
-    def confirm_discard(self, name: str) -> None:
+    @work(group="discard", exit_on_error=False)
+    async def confirm_discard(self, name: str) -> None:
         rt = self.rt
         if rt is None or name not in rt.tasks:
             return
         info = rt.tasks[name]
         view = self.model.tasks.get(name)
+        ws = info.workspace
+        # what is in the workspace and not committed yet (edits made there by hand, or by an agent
+        # still running) is deleted too: say so
+        pending = await rt.backend.pending_changes(ws) if ws is not None else []
         body = Text()
         body.append("This deletes, with no way back:\n", style="bold")
-        if info.workspace is not None:
-            body.append(f"  the workspace {info.workspace.path}\n")
-            body.append(f"  the branch {info.workspace.ref}\n")
+        if ws is not None:
+            body.append(f"  the workspace {ws.path}\n")
+            body.append(f"  the branch {ws.ref}\n")
+            for ref in ws.extra_refs:
+                body.append(f"  the branch {ref} (other commits made in the workspace)\n")
         if view is not None and view.files is not None:
             body.append(f"  and {name}'s work: {view.files} file(s) changed (+{view.added} -{view.removed})\n")
         else:
             body.append(f"  and everything {name} has done so far\n")
+        if pending:
+            body.append(f"  and {len(pending)} uncommitted file(s) in the workspace: "
+                        + ", ".join(pending[:6]) + (" ..." if len(pending) > 6 else "") + "\n")
         if info.status in ("pending", "creating", "setup", "running"):
             body.append("\nThe agent is stopped first.", style="dim")
         self.push_screen(ConfirmScreen(f"Discard {name}?", body, yes="Discard", no="Keep"),

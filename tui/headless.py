@@ -21,6 +21,7 @@ from corral.core.events import (
     RunStarted,
     TaskActivity,
     TaskFinished,
+    WorkRecorded,
     TaskOutput,
     TaskStatus,
     VerifyOutput,
@@ -70,6 +71,8 @@ class LineRenderer:
                     f"{len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})")
         if isinstance(ev, TaskActivity):
             return f"{ev.task}: {ev.text}" if self.verbose and ev.text else None
+        if isinstance(ev, WorkRecorded):
+            return work_line(ev)
         if isinstance(ev, ForecastEvent):
             parts = []
             if ev.conflicts_with:
@@ -165,3 +168,13 @@ class TerminalApprover:
 
     async def ask(self, rt: Runtime, question: str, default: bool) -> bool:
         return await self._yes(question, default)
+
+
+def work_line(ev: WorkRecorded) -> str:
+    """One line on a task's work recorded after its agent exited (headless output, the event log)."""
+    text = f"{ev.task}: {ev.note or 'work recorded'}; now {len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})"
+    if ev.extra_refs:
+        text += "; other commits made in its workspace kept on " + ", ".join(ev.extra_refs)
+    if ev.uncommitted:
+        text += "; NOT committed (workspace kept): " + ", ".join(ev.uncommitted[:5])
+    return text

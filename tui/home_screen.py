@@ -165,6 +165,8 @@ class HomeScreen(Screen):
         rep = await clean(self.backend)
         kept = f"; kept {len(rep.kept_branches)} branch(es) holding work" if rep.kept_branches else ""
         self.notify(f"removed {len(rep.removed)} workspace(s){kept}", title="clean-up")
+        for item in rep.failed:
+            self.notify(f"could not clean {item.leftover.path}: {item.error}", title="clean-up", severity="error")
         self.load()
 
     def action_start(self) -> None:

@@ -23,11 +23,13 @@ from corral.core.events import (
     RunStarted,
     TaskActivity,
     TaskFinished,
+    WorkRecorded,
     TaskOutput,
     TaskStatus,
     VerifyOutput,
     VerifyResult,
 )
+from corral.tui.headless import work_line
 
 #: Statuses shown on a badge, with the word shown (readable without colour).
 BADGE_WORDS = {
@@ -218,6 +220,13 @@ class RunModel:
             cost = f", cost ${ev.cost:.4f}" if ev.cost is not None else ""
             self._log(f"{ev.task}: agent exited ({ev.exit_code}) after {ev.duration:.1f}s{cost}; "
                       f"{len(ev.files)} file(s) changed (+{ev.added} -{ev.removed})")
+            return
+        if isinstance(ev, WorkRecorded):
+            view = self.task(ev.task)
+            view.files = len(ev.files)
+            view.added, view.removed = ev.added, ev.removed
+            self.dirty.update((ev.task, ""))
+            self._log(work_line(ev))
             return
         if isinstance(ev, ForecastEvent):
             self.forecast.files[ev.task] = list(ev.files)

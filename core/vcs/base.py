@@ -14,6 +14,8 @@ from typing import AsyncIterator
 import anyio
 import anyio.to_thread
 
+from .registry import Record, Registry
+
 
 class CommandResult:
     """What a VCS command gave back: exit code, stdout, stderr."""
@@ -49,6 +51,13 @@ class Workspace:
     name: str = ""  # jj: workspace name; git: the worktree id
     base_commit: str = ""
     head: str = ""  # commit holding the task's work once snapshotted
+    role: str = "task"  # "task" | "integration": what corral decides about it goes by role, never by name
+    run: str = ""
+    key: str = ""  # its record in the workspace registry (see registry.py)
+    admin: str = ""  # git: the worktree's administrative directory
+    #: refs holding commits made in the workspace that are not in ``head`` (an agent that moved HEAD
+    #: elsewhere after committing): kept, never merged, named in the report
+    extra_refs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +69,10 @@ class Snapshot:
     added: int = 0
     removed: int = 0
     change_id: str = ""  # jj: the change id of the task's change
+    #: refs holding the workspace's other commits (see Workspace.extra_refs)
+    extra_refs: list[str] = field(default_factory=list)
+    #: changes still in the workspace that could not be committed (inside a submodule, ...)
+    uncommitted: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -102,14 +115,18 @@ class LandOutcome:
 
 @dataclass
 class Leftover:
-    """A workspace an interrupted run left behind."""
+    """A workspace an interrupted run left behind, from its record in the registry."""
 
     run: str
     task: str
     path: Path
     ref: str
     name: str = ""
-    alive: bool = False  # the run that made it still runs
+    alive: bool = False  # the corral process that made it still runs
+    record: "Record | None" = None
+    #: "creating": never became ready, holds no work (dropped, not salvaged); "ready": an agent may
+    #: have worked in it (its work is committed onto its branch before it goes)
+    state: str = "ready"
 
 
 def private_dir(root: str | Path | None, prefix: str) -> Path:
@@ -119,6 +136,19 @@ def private_dir(root: str | Path | None, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=str(root) if root else None))
     os.chmod(path, 0o700)
     return path
+
+
+def pid_is_corral(pid: int) -> bool:
+    """Whether ``pid`` is a live corral process (this one included)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"corral" in f.read()
+    except OSError:
+        return False
 
 
 class Backend(abc.ABC):
@@ -131,6 +161,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def state_dir(self) -> Path:
         """Where corral keeps its journal for this repository."""
+
+    @property
+    def registry(self) -> Registry:
+        """The records of the workspaces corral made in this repository."""
+        reg = self.__dict__.get("_registry")
+        if reg is None:
+            reg = self.__dict__["_registry"] = Registry(self.state_dir)
+        return reg
 
     @contextlib.asynccontextmanager
     async def mutating(self) -> AsyncIterator[None]:
@@ -174,6 +212,10 @@ class Backend(abc.ABC):
     async def preflight(self) -> list[str]:
         """Problems that forbid a run (mid-merge, mid-rebase); empty when all is well."""
 
+    async def notes(self, base_commit: str) -> list[str]:
+        """Things about the repository a user should know before a run (not problems)."""
+        return []
+
     @abc.abstractmethod
     def ref_name(self, run: str, task: str) -> str:
         """The branch / bookmark holding a task's work."""
@@ -189,6 +231,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def snapshot(self, ws: Workspace, message: str) -> Snapshot:
         """Commit whatever the agent left uncommitted onto its branch and describe what changed."""
+
+    async def pending_changes(self, ws: Workspace) -> list[str]:
+        """Paths the workspace holds changed and not committed yet (empty when it is gone)."""
+        return []
 
     @abc.abstractmethod
     async def diff(self, ws: Workspace, context: int = 3) -> str:
@@ -220,15 +266,41 @@ class Backend(abc.ABC):
     async def delete_ref(self, ref: str) -> None:
         ...
 
-    @abc.abstractmethod
+    async def drop_work(self, ws: Workspace) -> None:
+        """Let go of a removed workspace's work (merged, landed, or none): delete its ref, and
+        whatever the VCS keeps alive only for it."""
+        await self.delete_ref(ws.ref)
+
     async def list_leftovers(self) -> list[Leftover]:
-        ...
+        """The workspaces corral registered in this repository and has not removed yet (each with
+        whether the corral process that made it still runs)."""
+        return [Leftover(run=rec.run, task=rec.task, path=Path(rec.path), ref=rec.ref, name=rec.name or rec.key,
+                         alive=pid_is_corral(rec.pid), record=rec, state=rec.state)
+                for rec in [*self.registry.records(), *await self.legacy_leftovers()]]
+
+    async def legacy_leftovers(self) -> list[Record]:
+        """Workspaces an older corral made before the registry existed, where it can tell."""
+        return []
+
+    async def vet_leftover(self, rec: Record) -> str:
+        """Why corral must not act on the registered workspace ``rec`` ("" when it may)."""
+        return ""
+
+    async def drop_half_made(self, ws: Workspace) -> None:
+        """Remove a workspace that never became ready (it holds no work)."""
+        await self.remove_workspace(ws, keep_ref=False)
+
+    @staticmethod
+    def workspace_of(rec: Record) -> Workspace:
+        """The workspace a registry record describes."""
+        return Workspace(task=rec.task, path=Path(rec.path), ref=rec.ref, name=rec.name or Path(rec.path).name,
+                         base_commit=rec.base_commit, role=rec.role, run=rec.run, key=rec.key, admin=rec.admin)
 
     @abc.abstractmethod
     async def ref_exists(self, ref: str) -> bool:
         ...
 
-    async def holds_unmerged_work(self, ref: str) -> bool:
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
         """Whether ``ref`` holds commits that no branch outside corral's has (so deleting it loses work)."""
         return True
 

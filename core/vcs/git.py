@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,8 +33,8 @@ from .base import (
     UsageError,
     VcsError,
     Workspace,
-    private_dir,
 )
+from .registry import READY, Record, lock_reason, reason_key
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git as gitpython  # noqa: E402  (GitPython; imported after GIT_PYTHON_REFRESH is set)
@@ -177,6 +178,16 @@ class GitBackend(Backend):
                 problems.append(f"{self.root} is in the middle of {what}: finish or abort it first")
         return problems
 
+    async def notes(self, base_commit: str) -> list[str]:
+        """Things about the repository a user should know before a run (not problems)."""
+        subs = await self.git("ls-tree", "-r", "-z", "--full-tree", base_commit, check=False)
+        paths = [e.partition("\t")[2] for e in subs.out.split("\0") if e.startswith("160000 ")]
+        if not paths:
+            return []
+        return [f"this repository has submodules ({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}): "
+                "workspaces get them uninitialised (corral does not run `git submodule update`), and "
+                "edits made inside them cannot be kept (a task that makes some fails, its workspace kept)"]
+
     def ref_name(self, run: str, task: str) -> str:
         return f"corral/{run}/{task}"
 
@@ -192,89 +203,261 @@ class GitBackend(Backend):
         return await self.ref_exists(name)
 
     # ------------------------------------------------------------------------------- workspaces
-    async def _add_worktree(self, path: Path, args: list[str], branch: str | None) -> None:
-        """``git worktree add`` under the repo lock, retried on lock contention (deleting a branch a
-        failed attempt left behind), with the checkout itself done outside the lock."""
+    async def _register_worktree(self, ws: Workspace, rec: Record) -> None:
+        """``git worktree add --no-checkout`` of ``ws`` (a new locked branch at its base) under the repo
+        lock, retried on lock contention; a failed attempt's leftovers (its branch, its admin dir)
+        are removed precisely, never by a repository-wide prune."""
+        args = ["--no-track", "--lock", "--reason", lock_reason(rec), "-b", ws.ref, str(ws.path), ws.base_commit]
         last = None
         for attempt in range(RETRIES):
             async with self.mutating():
                 res = await self.git("worktree", "add", "--no-checkout", *args, check=False)
                 if not res.ok:
                     last = res
-                    await self.git("worktree", "prune", check=False)
-                    if branch:
-                        await self.git("update-ref", "-d", f"refs/heads/{branch}", check=False)
+                    await self._drop_admin_of(ws.path)
+                    # only the branch this attempt made: still at the base, so nothing else was on it
+                    await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
             if res.ok:
-                break
+                return
             if not _is_contention(res):
-                raise VcsError(f"git worktree add {path}: {_short_err(res)}")
-            path.mkdir(mode=0o700, exist_ok=True)
+                raise VcsError(f"git worktree add {ws.path}: {_short_err(res)}")
+            ws.path.mkdir(mode=0o700, exist_ok=True)
             await anyio.sleep(0.05 * (attempt + 1))
-        else:
-            assert last is not None
-            raise VcsError(f"git worktree add {path}: {_short_err(last)} (after {RETRIES} tries)")
-        # populate the checkout in parallel with other workspaces: this touches only the new
-        # worktree's own index
-        async with self.checkouts:
-            res = await self.git("reset", "--hard", "-q", cwd=path, check=False)
-        if not res.ok:
-            raise VcsError(f"checkout of {path}: {_short_err(res)}")
+        assert last is not None
+        raise VcsError(f"git worktree add {ws.path}: {_short_err(last)} (after {RETRIES} tries)")
 
-    def _lock_reason(self, run: str) -> str:
-        return f"corral run={run} pid={os.getpid()}"
+    def _admin_dirs(self) -> dict[str, Path]:
+        """Every linked worktree's admin dir, by the worktree path its ``gitdir`` file names."""
+        out: dict[str, Path] = {}
+        wdir = self.common_dir / "worktrees"
+        if wdir.is_dir():
+            for admin in wdir.iterdir():
+                try:
+                    target = (admin / "gitdir").read_text(encoding="utf-8").strip()
+                except OSError:
+                    continue
+                out[os.path.dirname(target)] = admin
+        return out
+
+    async def _drop_admin_of(self, path: Path) -> None:
+        """Remove git's record of the worktree at ``path`` (its admin dir), whatever state it is in."""
+        admin = self._admin_dirs().get(str(path))
+        if admin is not None:
+            await anyio.to_thread.run_sync(shutil.rmtree, admin, True)
 
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
-        return await self._new_worktree(run, task, self.ref_name(run, task), base_commit, root)
+        return await self._new_worktree(run, task, self.ref_name(run, task), base_commit, root, "task")
 
-    async def _new_worktree(self, run: str, task: str, branch: str, base_commit: str, root: str | None) -> Workspace:
-        """A locked worktree on a new branch at ``base_commit`` in a fresh private directory; on any
-        failure nothing is left behind."""
-        path = private_dir(root, f"corral-{task}-")
+    async def _new_worktree(self, run: str, task: str, branch: str, base_commit: str, root: str | None,
+                            role: str) -> Workspace:
+        """A locked worktree on a new branch at ``base_commit`` in a fresh private directory, registered
+        before it exists and marked ready only once its files are checked out; on any failure nothing
+        is left behind."""
+        path, rec = self.registry.reserve(root, run=run, task=task, role=role, ref=branch, vcs="git",
+                                          base_commit=base_commit)
+        ws = Workspace(task=task, path=path, ref=branch, name=path.name, base_commit=base_commit, head=base_commit,
+                       role=role, run=run, key=rec.key)
         try:
-            await self._add_worktree(
-                path,
-                ["--no-track", "--lock", "--reason", self._lock_reason(run), "-b", branch, str(path), base_commit],
-                branch,
-            )
+            await self._register_worktree(ws, rec)
+            ws.admin = _admin_of(path)
+            ws.name = Path(ws.admin).name if ws.admin else path.name
+            # the checkout runs in parallel with other workspaces' (it touches only this worktree)
+            async with self.checkouts:
+                res = await self.git("reset", "--hard", "-q", cwd=path, check=False)
+            if not res.ok:
+                raise VcsError(f"checkout of {path}: {_short_err(res)}")
+            self.registry.update(rec, state=READY, admin=ws.admin)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._forget_path(path)
-                shutil.rmtree(path, ignore_errors=True)
+                await self.drop_half_made(ws)
+                self.registry.drop(rec)
             raise
-        return Workspace(task=task, path=path, ref=branch, name=path.name, base_commit=base_commit, head=base_commit)
+        return ws
 
-    async def _forget_path(self, path: Path) -> None:
+    async def drop_half_made(self, ws: Workspace) -> None:
+        """Remove a workspace that never became ready: it holds no work (no agent ran in it). Its
+        branch goes only while it still points at the base, so nothing anyone made is deleted."""
         async with self.mutating():
-            await self.git("worktree", "unlock", str(path), check=False)
-            await self.git("worktree", "remove", "--force", "--force", str(path), check=False)
-            await self.git("worktree", "prune", check=False)
+            await self.git("worktree", "unlock", str(ws.path), check=False)
+            await self.git("worktree", "remove", "--force", "--force", str(ws.path), check=False)
+            await self._drop_admin_of(ws.path)
+            if ws.base_commit:
+                await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
+        await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
     async def _dirty(self, path: Path) -> bool:
-        res = await self.git("status", "--porcelain", "-uall", cwd=path, check=False)
-        return res.ok and bool(res.out.strip())
+        return bool(await self._changes(path))
+
+    async def pending_changes(self, ws: Workspace) -> list[str]:
+        return await self._changes(ws.path) if self._is_live(ws) else []
+
+    async def _changes(self, path: Path) -> list[str]:
+        """Paths with changes not committed (submodules' inner changes included)."""
+        res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
+                             check=False)
+        if not res.ok:
+            return []
+        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
+        if (path / ".gitmodules").exists():
+            # files written into a submodule that is not checked out are invisible to git status
+            stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
+            for entry in stage.out.split("\0"):
+                mode, _, rest = entry.partition(" ")
+                sub = rest.partition("\t")[2]
+                if mode == "160000" and sub and sub not in out and _uninitialised_with_files(path / sub):
+                    out.append(f"{sub}/ (inside a submodule)")
+        return out
+
+    def _is_live(self, ws: Workspace) -> bool:
+        return ws.path.is_dir() and (ws.path / ".git").exists()
+
+    async def clear_stale_locks(self, ws: Workspace) -> list[str]:
+        """Remove lock files a killed git process left in the worktree's admin dir, once no process
+        works in the workspace any more (a live one may hold them). Returns what was removed."""
+        admin = Path(ws.admin or _admin_of(ws.path) or "")
+        if not ws.admin or not admin.is_dir():
+            return []
+        locks = [p for p in (admin / "index.lock", admin / "HEAD.lock") if p.exists()]
+        if not locks or _processes_in(ws.path):
+            return []
+        removed = []
+        for p in locks:
+            try:
+                p.unlink()
+                removed.append(str(p))
+            except FileNotFoundError:
+                pass
+        return removed
 
     async def snapshot(self, ws: Workspace, message: str) -> Snapshot:
-        path = ws.path
-        if path.is_dir() and await self._dirty(path):
-            await self.git("add", "-A", cwd=path)
-            await self.git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, cwd=path,
-                           env=await self.ident_env())
-        head = (await self.git("rev-parse", "HEAD", cwd=path)).out.strip() if path.is_dir() else ws.head
-        # the agent may have moved HEAD off its branch: keep the branch pointing at its work
-        await self._sync_branch(ws, head)
-        ws.head = head
-        if not ws.base_commit:
-            return Snapshot(commit=head, files=[])
-        return await self.describe(ws)
+        """Commit what the workspace holds uncommitted (on whatever HEAD the agent left), then gather
+        every commit made in it (see :meth:`_collect`) onto the task's branch and kept refs."""
+        if not ws.admin:
+            ws.admin = _admin_of(ws.path) or str(self._admin_dirs().get(str(ws.path), ""))
+        left: list[str] = []
+        if self._is_live(ws):
+            await self.clear_stale_locks(ws)
+            if await self._dirty(ws.path):
+                # never commit onto a branch that is not the task's (an agent that pointed HEAD at
+                # the user's branch): commit on a detached HEAD, which _collect then gathers
+                sym = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
+                if sym.ok and sym.out.strip() != f"refs/heads/{ws.ref}":
+                    await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
+                                   "HEAD", "HEAD", cwd=ws.path)
+                await self.git("add", "-A", cwd=ws.path)
+                await self.git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, cwd=ws.path,
+                               env=await self.ident_env())
+                left = await self._changes(ws.path)
+        ws.head = await self._collect(ws)
+        snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
+        snap.extra_refs = list(ws.extra_refs)
+        snap.uncommitted = left
+        return snap
 
-    async def _sync_branch(self, ws: Workspace, head: str) -> None:
-        tip = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
-        if tip.ok and tip.out.strip() == head:
-            return
-        anc = await self.git("merge-base", "--is-ancestor", tip.out.strip() or ws.base_commit, head, check=False)
-        if anc.ok:
-            async with self.mutating():
-                await self.git("update-ref", "-m", "corral: follow the agent's HEAD", f"refs/heads/{ws.ref}", head)
+    async def _worktree_head(self, ws: Workspace) -> str:
+        """The commit the workspace's HEAD is at, read from git's admin dir when the directory is gone."""
+        if self._is_live(ws):
+            res = await self.git("rev-parse", "-q", "--verify", "HEAD^{commit}", cwd=ws.path, check=False)
+            if res.ok:
+                return res.out.strip()
+        try:
+            text = (Path(ws.admin) / "HEAD").read_text(encoding="utf-8").strip() if ws.admin else ""
+        except OSError:
+            text = ""
+        rev = text[5:].strip() if text.startswith("ref:") else text
+        if not rev:
+            return ""
+        res = await self.git("rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
+        return res.out.strip() if res.ok else ""
+
+    def _reflog_commits(self, ws: Workspace) -> list[str]:
+        """Every commit the workspace's HEAD and the task's branch pointed at, from their reflogs."""
+        out: list[str] = []
+        logs = [self.common_dir / "logs" / "refs" / "heads" / ws.ref]
+        if ws.admin:
+            logs.append(Path(ws.admin) / "logs" / "HEAD")
+        for log in logs:
+            try:
+                lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                parts = line.split(" ", 2)
+                if len(parts) >= 2 and _HEX40.match(parts[1]) and parts[1].strip("0"):
+                    out.append(parts[1])
+        return out
+
+    async def _collect(self, ws: Workspace) -> str:
+        """Every commit made in the workspace ends on a ref. The commits of the task are those its
+        workspace's HEAD or its branch ever pointed at (their reflogs, read from git's admin dir even
+        when the directory is gone) that no other ref holds (not the base, the user's branches, tags,
+        or another task's branch). The task's branch points at the line of them the workspace ended
+        on (its HEAD's; the branch's when HEAD went back to older commits); any other line (an agent
+        that committed, then checked out something else and committed again) is kept on
+        ``<branch>+N``. Returns the task's head."""
+        head = await self._worktree_head(ws)
+        tip_res = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
+        tip = tip_res.out.strip() if tip_res.ok else ""
+        base = ws.base_commit
+        cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
+        if not base or not cands:
+            return head or tip or base
+        check = await self.git("cat-file", "--batch-check=%(objectname) %(objecttype)", check=False,
+                               stdin="".join(f"{c}\n" for c in cands))
+        cands = [line.split()[0] for line in check.out.splitlines() if line.endswith(" commit")]
+        # the commits only this task's refs (or none) hold
+        mine = await self.git("rev-list", *cands, "--not", base, f"--exclude={ws.ref}", f"--exclude={ws.ref}+*",
+                              "--branches", "--tags", "--remotes", check=False)
+        own = set(mine.out.split())
+        work = [c for c in cands if c in own]
+        if not work:
+            return tip or base  # nothing of its own, or all of it held elsewhere (landed): leave it
+        indep = await self.git("merge-base", "--independent", *work, check=False)
+        tips = indep.out.split() if indep.ok and len(work) > 1 else work[:1]
+        primary = ""
+        for anchor in (head, tip):
+            hits = [t for t in tips if anchor and await self._is_ancestor(anchor, t)]
+            if hits:
+                primary = hits[0]
+                break
+        if not primary:
+            # the workspace ended on none of these lines: the branch stays where it is (if it holds
+            # something: it was merged, say), the lines are kept beside it
+            primary = tip if tip and tip != base else tips[0]
+        extras = [t for t in tips if t != primary]
+        async with self.mutating():
+            if primary != tip:
+                await self.git("update-ref", "-m", "corral: the work made in the workspace", f"refs/heads/{ws.ref}",
+                               primary)
+            ws.extra_refs = await self._keep_extras(ws, extras, primary)
+        return primary
+
+    async def _is_ancestor(self, a: str, b: str) -> bool:
+        return (await self.git("merge-base", "--is-ancestor", a, b, check=False)).ok
+
+    async def _keep_extras(self, ws: Workspace, extras: list[str], primary: str) -> list[str]:
+        """``<branch>+N`` refs for ``extras`` (existing ones reused; those the primary now holds
+        dropped). Called under the repo lock."""
+        have = await self.list_refs(f"{ws.ref}+")
+        by_commit = {sha: name for name, sha in have.items()}
+        kept: list[str] = []
+        for name, sha in have.items():
+            if sha not in extras and await self._is_ancestor(sha, primary):
+                await self.git("update-ref", "-d", f"refs/heads/{name}", sha, check=False)
+            else:
+                kept.append(name)
+        n = 1
+        for sha in extras:
+            if sha in by_commit:
+                continue
+            while f"{ws.ref}+{n}" in have:
+                n += 1
+            name = f"{ws.ref}+{n}"
+            await self.git("update-ref", "-m", "corral: other commits made in the workspace", f"refs/heads/{name}",
+                           sha, "0" * 40)
+            have[name] = sha
+            kept.append(name)
+        return sorted(kept)
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
@@ -287,7 +470,7 @@ class GitBackend(Backend):
             r, _, _ = rest.partition("\t")
             added += int(a) if a.isdigit() else 0
             removed += int(r) if r.isdigit() else 0
-        return Snapshot(commit=head, files=files, added=added, removed=removed)
+        return Snapshot(commit=head, files=files, added=added, removed=removed, extra_refs=list(ws.extra_refs))
 
     async def diff(self, ws: Workspace, context: int = 3) -> str:
         res = await self.git("diff", f"-U{context}", "--no-color", f"{ws.base_commit}...{ws.head or ws.base_commit}",
@@ -340,7 +523,8 @@ class GitBackend(Backend):
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
                         root: str | None) -> tuple[Workspace, list[MergeOutcome]]:
-        ws = await self._new_worktree(run, "integration", self.ref_name(run, "integration"), base_commit, root)
+        ws = await self._new_worktree(run, "integration", self.ref_name(run, "integration"), base_commit, root,
+                                      "integration")
         env = await self.ident_env()
         outcomes = []
         for task, head in heads:
@@ -425,71 +609,145 @@ class GitBackend(Backend):
 
     # ----------------------------------------------------------------------------------- cleanup
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
-        """Remove a worktree. When its branch is kept, uncommitted work is committed onto it first,
-        so removal never loses anything."""
+        """Remove a worktree corral made: its directory and git's record of it. With ``keep_ref`` its
+        work is gathered onto its branch first (uncommitted changes committed, every commit made there
+        on a ref), and a workspace holding changes that cannot be committed stays where it is
+        (:class:`VcsError` says so). Without ``keep_ref`` its branch is deleted (a discarded task, or
+        one whose work is merged); refs holding its other commits are never deleted here."""
         with anyio.CancelScope(shield=True):
-            if keep_ref and ws.path.is_dir() and await self._dirty(ws.path):
-                try:
-                    await self.snapshot(ws, f"corral: salvage uncommitted work of {ws.task}")
-                except VcsError:
-                    keep_dir = True
-                else:
-                    keep_dir = False
-                if keep_dir:
-                    # could not commit: leave the directory for the user rather than lose work
-                    return
-            # delete the files first, outside the lock and in parallel with other removals (the
-            # work is on the branch by now); then drop git's metadata under the lock
+            # a task's workspace; an integration workspace holds corral's own merges and what verify
+            # left behind, nothing to salvage
+            if keep_ref and ws.role == "task" and (self._is_live(ws) or ws.admin):
+                snap = await self.snapshot(ws, f"corral: salvage uncommitted work of {ws.task}")
+                if snap.uncommitted:
+                    raise VcsError(f"{ws.path} is left in place: it holds changes corral cannot commit "
+                                   f"({', '.join(snap.uncommitted[:5])})")
+            # the files first, outside the lock and in parallel with other removals (the work is on
+            # the branch by now); then git's record of the worktree, under the lock
             if ws.path.is_dir():
                 await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
             async with self.mutating():
                 await self.git("worktree", "unlock", str(ws.path), check=False)
                 await self.git("worktree", "remove", "--force", "--force", str(ws.path), check=False)
-                if ws.path.exists():
-                    shutil.rmtree(ws.path, ignore_errors=True)
-                await self.git("worktree", "prune", check=False)
+                await self._drop_admin_of(ws.path)
                 if not keep_ref:
                     await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", check=False)
+            left = []
+            if ws.path.exists():
+                left.append(f"its directory {ws.path}")
+            if str(ws.path) in self._admin_dirs():
+                left.append("git's record of it")
+            if left:
+                raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
+            if ws.key:
+                self.registry.drop(ws.key)
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
             await self.git("update-ref", "-d", f"refs/heads/{ref}", check=False)
 
-    async def list_leftovers(self) -> list[Leftover]:
+    async def workspace_at(self, path: Path) -> dict[str, str] | None:
+        """git's record of the worktree at ``path`` (``worktree``, ``HEAD``, ``branch``, ``locked``...)."""
+        res = await self.git("worktree", "list", "--porcelain", "-z")
+        for rec in _worktree_records(res.out):
+            if os.path.realpath(rec.get("worktree", "")) == os.path.realpath(path):
+                return rec
+        return None
+
+    async def vet_leftover(self, rec: Record) -> str:
+        """Why corral must not act on the registered workspace ``rec`` ("" when it may): it is the
+        main worktree, or git knows a worktree at that path that corral's lock reason does not name."""
+        path = Path(rec.path)
+        if os.path.realpath(path) == os.path.realpath(self.root) or path in (self.root, self.common_dir):
+            return "it is the repository's main worktree"
+        found = await self.workspace_at(path)
+        if found is None:
+            if path.is_dir() and any(path.iterdir()):
+                return "git no longer knows it as a worktree and it holds files"
+            return ""
+        if reason_key(found.get("locked", "")) != rec.key:
+            return "git's worktree there is not the one corral registered"
+        return ""
+
+    async def legacy_leftovers(self) -> list[Record]:
+        """Worktrees made by corral before the registry existed: locked with reason ``corral run=R
+        pid=P`` and recorded as task T's workspace in run R's journal (both must agree)."""
+        from ..journal import list_runs
+
+        journals = {r["run"]: r for r in list_runs(self.state_dir)}
         res = await self.git("worktree", "list", "--porcelain", "-z")
         out = []
-        for rec in _worktree_records(res.out):
-            branch = rec.get("branch", "").removeprefix("refs/heads/")
-            reason = rec.get("locked", "")
-            if not (branch.startswith("corral/") or reason.startswith("corral run=")):
+        for wt in _worktree_records(res.out):
+            reason = wt.get("locked", "")
+            if not reason.startswith("corral run=") or reason_key(reason):
                 continue
-            parts = branch.split("/")
-            run = parts[1] if len(parts) >= 3 else ""
-            task = "/".join(parts[2:]) if len(parts) >= 3 else ""
-            pid = 0
-            for word in reason.split():
-                if word.startswith("run=") and not run:
-                    run = word[4:]
-                if word.startswith("pid="):
-                    pid = int(word[4:]) if word[4:].isdigit() else 0
-            out.append(Leftover(run=run, task=task, path=Path(rec["worktree"]), ref=branch,
-                                name=Path(rec["worktree"]).name, alive=_pid_is_corral(pid)))
+            words = dict(w.split("=", 1) for w in reason.split()[1:] if "=" in w)
+            run = words.get("run", "")
+            for task, info in (journals.get(run, {}).get("tasks") or {}).items():
+                if isinstance(info, dict) and info.get("workspace") and \
+                        os.path.realpath(info["workspace"]) == os.path.realpath(wt["worktree"]):
+                    out.append(Record(key="", run=run, task=task, role="task", path=wt["worktree"],
+                                      ref=str(info.get("branch") or ""), vcs="git",
+                                      base_commit=str(info.get("base_commit") or ""), state=READY,
+                                      pid=int(words.get("pid", "0")) if words.get("pid", "").isdigit() else 0))
         return out
 
-    async def holds_unmerged_work(self, ref: str) -> bool:
-        res = await self.git("for-each-ref", f"--contains=refs/heads/{ref}", "--format=%(refname:short)",
-                             "refs/heads/", check=False)
-        if not res.ok:
-            return False
-        return not any(not name.startswith("corral/") for name in res.out.split())
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
+        """Whether ``ref`` holds commits that no branch, tag or remote branch outside corral's has,
+        and that are not in ``base_commit``: deleting it would lose them."""
+        res = await self.git("rev-list", "-n", "1", f"refs/heads/{ref}", *( [f"^{base_commit}"] if base_commit else []),
+                             "--not", "--exclude=corral/*", "--branches", "--tags", "--remotes", check=False)
+        return not res.ok or bool(res.out.strip())
 
     async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
-        res = await self.git("for-each-ref", "--format=%(refname:short)\t%(objectname)", f"refs/heads/{prefix}")
+        """Branches whose name starts with ``prefix``: name -> commit."""
+        # for-each-ref matches whole path components: ask for the prefix's folder, filter here
+        folder = prefix.rpartition("/")[0]
+        res = await self.git("for-each-ref", "--format=%(refname:short)\t%(objectname)",
+                             f"refs/heads/{folder}/" if folder else "refs/heads/")
         refs = {}
         for line in res.out.splitlines():
             name, _, sha = line.partition("\t")
-            refs[name] = sha
+            if name.startswith(prefix):
+                refs[name] = sha
         return refs
+
+
+def _admin_of(path: Path) -> str:
+    """The admin dir a linked worktree's ``.git`` file points at ("" when there is none)."""
+    try:
+        text = (path / ".git").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+    return text[len("gitdir:"):].strip() if text.startswith("gitdir:") else ""
+
+
+def _uninitialised_with_files(path: Path) -> bool:
+    """A submodule directory that is not checked out (no ``.git``) yet holds files."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return bool(names) and ".git" not in names
+
+
+def _processes_in(path: Path) -> list[int]:
+    """Live processes whose working directory is ``path`` or below it."""
+    prefix = os.path.realpath(path)
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == prefix or cwd.startswith(prefix + os.sep):
+            out.append(int(entry))
+    return out
+
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _worktree_records(out: str) -> list[dict[str, str]]:
@@ -506,15 +764,3 @@ def _worktree_records(out: str) -> list[dict[str, str]]:
     if cur:
         records.append(cur)
     return records
-
-
-def _pid_is_corral(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"corral" in f.read()
-    except OSError:
-        return False

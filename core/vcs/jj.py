@@ -44,8 +44,8 @@ from .base import (
     UsageError,
     VcsError,
     Workspace,
-    private_dir,
 )
+from .registry import READY, Record
 
 #: Options every engine jj command gets.
 GLOBAL = ("--no-pager", "--color", "never")
@@ -60,9 +60,7 @@ COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ confl
             'parents.map(|c| c.commit_id()).join(",") ++ "\\t" ++ description.first_line() ++ "\\n"')
 _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
 _HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
-_RUN_RE = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]+)-m\d+$")  # the run of a second merge's integration
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
@@ -377,16 +375,21 @@ class JjBackend(Backend):
                              root: str | None) -> Workspace:
         """A workspace at ``at`` in a fresh private directory; on any failure nothing is left behind."""
         name = self.workspace_name(run, task)
-        path = private_dir(root, f"corral-{task}-")
+        role = "integration" if ref.endswith("/integration") else "task"
+        path, rec = self.registry.reserve(root, run=run, task=task, role=role, ref=ref, vcs="jj",
+                                          base_commit=base_commit, name=name)
         try:
             await self._add_workspace(name, path, at)
+            self.registry.update(rec, state=READY)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 async with self.mutating():
                     await self.jj("workspace", "forget", name, check=False)
                 shutil.rmtree(path, ignore_errors=True)
+                self.registry.drop(rec)
             raise
-        return Workspace(task=task, path=path, ref=ref, name=name, base_commit=base_commit, head=at)
+        return Workspace(task=task, path=path, ref=ref, name=name, base_commit=base_commit, head=at, role=role,
+                         run=run, key=rec.key)
 
     async def _wc(self, ws: Workspace) -> _Commit:
         """The workspace's working-copy commit, after snapshotting what is on disk."""
@@ -694,8 +697,8 @@ class JjBackend(Backend):
             if keep_ref and not _is_integration(ws) and registered and ws.path.is_dir():
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
-                except VcsError:
-                    return  # could not snapshot (a stale workspace?): leave everything for the user
+                except VcsError as exc:  # a stale workspace?: leave everything for the user
+                    raise VcsError(f"{ws.path} is left in place: its work could not be snapshotted ({exc})") from None
             async with self.mutating():
                 if registered:
                     await self.jj("workspace", "forget", ws.name, check=False)
@@ -705,25 +708,39 @@ class JjBackend(Backend):
                     # a colocated workspace is also a git worktree: drop git's record of it
                     await _run(["git", "worktree", "prune"], str(self.root), None)
                 if not keep_ref:
-                    await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
-                    if _is_integration(ws):
-                        mine = self._created.pop(ws.ref, [])
-                    elif ws.base_commit and ws.head and ws.head != ws.base_commit:
-                        mine = [f"({ws.base_commit}..{ws.head})"]
-                    else:
-                        mine = []
-                    if mine:
-                        # never abandon what any bookmark, tag or working copy still holds
-                        revset = f"{_union(mine)} ~ ::{KEEP}"
-                        await self.jj("abandon", revset, check=False)
+                    await self._drop_work(ws)
+            if ws.path.exists():
+                raise VcsError(f"workspace {ws.path} not fully removed: its directory remains")
+            if ws.key:
+                self.registry.drop(ws.key)
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
             await self.jj("bookmark", "delete", f"exact:{ref}", check=False)
 
-    async def list_leftovers(self) -> list[Leftover]:
-        # the journals say which run and task each workspace belongs to; the name is the fallback
-        known: dict[str, tuple[str, str, str]] = {}
+    async def drop_work(self, ws: Workspace) -> None:
+        async with self.mutating():
+            await self._drop_work(ws)
+
+    async def _drop_work(self, ws: Workspace) -> None:
+        """Delete the workspace's bookmark and abandon the commits it made (under the repo lock)."""
+        await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
+        if _is_integration(ws):
+            mine = self._created.pop(ws.ref, [])
+        elif ws.base_commit and ws.head and ws.head != ws.base_commit:
+            mine = [f"({ws.base_commit}..{ws.head})"]
+        else:
+            mine = []
+        if mine:
+            # never abandon what any bookmark, tag or working copy still holds
+            revset = f"{_union(mine)} ~ ::{KEEP}"
+            await self.jj("abandon", revset, check=False)
+
+    async def legacy_leftovers(self) -> list[Record]:
+        """Workspaces an older corral made before the registry existed: a ``corral-<run>-<task>``
+        workspace recorded as that task's workspace in run's journal (both must agree)."""
+        registered = {rec.name for rec in self.registry.records()}
+        known: dict[str, tuple[str, str, dict]] = {}
         runs_dir = self.state_dir / "runs"
         if runs_dir.is_dir():
             for d in runs_dir.iterdir():
@@ -733,42 +750,53 @@ class JjBackend(Backend):
                     continue
                 for task, info in (data.get("tasks") or {}).items():
                     if isinstance(info, dict) and info.get("workspace"):
-                        known[os.path.realpath(info["workspace"])] = (d.name, task, str(info.get("branch") or ""))
+                        known[os.path.realpath(info["workspace"])] = (d.name, task, info)
         out = []
         for name, (root, _) in (await self._workspaces()).items():
-            if not name.startswith("corral-"):
+            hit = known.get(os.path.realpath(root))
+            if not name.startswith("corral-") or name in registered or hit is None:
                 continue
-            if os.path.realpath(root) in known:
-                run, task, ref = known[os.path.realpath(root)]
-                ref = ref or self.ref_name(run, task)
-            elif name.endswith("-integration"):
-                run, task = name[len("corral-"):-len("-integration")], "integration"
-                ref = self.ref_name(run, task)
-            elif (m := _LEFTOVER_RE.match(name)) is not None:
-                run, task = m.group(1), m.group(2)
-                ref = self.ref_name(run, task)
-            else:
+            run, task, info = hit
+            if name != self.workspace_name(run, task):
                 continue
-            out.append(Leftover(run=run, task=task, path=Path(root), ref=ref, name=name,
-                                alive=self._run_alive(_RUN_RE.sub(r"\1", run))))
+            pid = 0
+            try:
+                pid = int(json.loads((runs_dir / run / "run.json").read_text(encoding="utf-8")).get("pid") or 0)
+            except (OSError, ValueError):
+                pass
+            out.append(Record(key="", run=run, task=task, role="task", path=root,
+                              ref=str(info.get("branch") or self.ref_name(run, task)), vcs="jj",
+                              base_commit=str(info.get("base_commit") or ""), state=READY, pid=pid, name=name))
         return out
 
-    def _run_alive(self, run: str) -> bool:
-        from .git import _pid_is_corral
+    async def vet_leftover(self, rec: Record) -> str:
+        """Why corral must not act on ``rec`` ("" when it may): the user's own workspace, or a
+        workspace of that name that jj roots elsewhere."""
+        path = Path(rec.path)
+        if os.path.realpath(path) == os.path.realpath(self.root):
+            return "it is the repository's own working copy"
+        found = (await self._workspaces()).get(rec.name)
+        if found is None:
+            if path.is_dir() and any(p.name != ".jj" for p in path.iterdir()):
+                return "jj no longer knows it as a workspace and it holds files"
+            return ""
+        if os.path.realpath(found[0]) != os.path.realpath(path):
+            return f"jj's workspace {rec.name} is not at the path corral registered"
+        return ""
 
-        try:
-            data = json.loads((self.state_dir / "runs" / run / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        if data.get("state") not in ("running", "starting"):
-            return False
-        return _pid_is_corral(int(data.get("pid") or 0))
+    async def drop_half_made(self, ws: Workspace) -> None:
+        async with self.mutating():
+            if ws.name in await self._workspaces():
+                await self.jj("workspace", "forget", ws.name, check=False)
+            await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
+        await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
-    async def holds_unmerged_work(self, ref: str) -> bool:
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
         target = (await self.bookmarks(f"exact:{ref}")).get(ref)
         if not target:
             return ref in await self.bookmarks(f"exact:{ref}")  # conflicted: keep it
-        res = await self.jj("log", "-r", f"(::{target} ~ ::{await self._protected()}) ~ empty()", "-n", "1",
+        also = f" | {base_commit}" if base_commit else ""
+        res = await self.jj("log", "-r", f"(::{target} ~ ::({await self._protected()}{also})) ~ empty()", "-n", "1",
                             "--no-graph", "-T", 'commit_id ++ "\\n"', check=False)
         return not res.ok or bool(res.lines())
 

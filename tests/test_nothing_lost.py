@@ -1,0 +1,315 @@
+"""Nothing lost, for real (git): corral touches only what it made, keeps every commit an agent made,
+and recovers from kills at any step. Each test reproduces a way work was lost before."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import corral, corral_state, git, make_repo, write_plan
+from test_engine_git import plan_text, run_plan
+from test_faults import start_run, wait_for
+
+
+def run_dirs(repo: Path) -> list[Path]:
+    d = repo / ".git" / "corral" / "runs"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def killed_run(repo: Path, tmp_path: Path, wt_root: Path, tasks: list[tuple[str, str]], started: int) -> None:
+    """A run whose corral is SIGKILLed once ``started`` agents printed "started"; waits until the
+    watchdog has stopped its agents (their pids, written to ``tmp_path/pids``)."""
+    pids = tmp_path / "pids"
+    pids.mkdir(exist_ok=True)
+    tasks = [(n, f"echo $$ > {pids}/{n}.pid; {s}") for n, s in tasks]
+    plan = write_plan(tmp_path / "killed.toml", plan_text(wt_root, tasks))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", started)
+    proc.kill()
+    proc.wait(timeout=10)
+    wait_dead([int(p.read_text()) for p in pids.glob("*.pid")])
+
+
+def wait_dead(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes still alive: {alive}")
+
+
+def files_at(repo: Path, rev: str) -> list[str]:
+    return git(repo, "ls-tree", "-r", "--name-only", rev).splitlines()
+
+
+# ----------------------------------------------------------------------- corral touches only what it made
+@pytest.mark.parametrize("how", ["checkout -b", "kept branch"])
+def test_clean_never_touches_the_users_checkout_on_a_corral_branch(repo, tmp_path, wt_root, how):
+    if how == "checkout -b":
+        git(repo, "checkout", "-q", "-b", "corral/x")
+    else:
+        # a failed run's kept branch, checked out as its report invites
+        res = run_plan(repo, tmp_path, wt_root, [("bad", "echo half > half.txt; exit 3")], "--approve", "all")
+        assert res.returncode == 1
+        [kept] = corral_state(repo)["branches"]
+        git(repo, "checkout", "-q", kept)
+    # and a linked worktree of the user's own on a corral/* branch, locked like corral's
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "--lock", "--reason", "corral run=20200101-000000-beef pid=1",
+        "-b", "corral/20200101-000000-beef/y", str(mine), "main")
+    (mine / "precious.txt").write_text("mine\n")
+    (repo / "wip.txt").write_text("uncommitted\n")
+    for args in (["clean", "--dry-run"], ["clean"]):
+        res = corral(*args, cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "nothing to clean" in res.stdout, res.stdout
+    assert (repo / ".git").is_dir() and (repo / "README.md").exists() and (repo / "wip.txt").exists()
+    assert (mine / "precious.txt").read_text() == "mine\n"
+    assert str(mine) in git(repo, "worktree", "list")
+
+
+def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
+    killed_run(repo, tmp_path, wt_root, [
+        ("wip", "echo unsaved > wip.txt; echo started; exec sleep 600"),
+        ("idle", "echo started; exec sleep 600"),
+    ], started=2)
+    before = corral_state(repo)
+    dry = corral("clean", "--dry-run", cwd=repo)
+    assert dry.returncode == 0, dry.stderr
+    assert corral_state(repo) == before, "--dry-run changed something"
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    said = sorted(line.replace("would ", "", 1) for line in dry.stdout.splitlines())
+    done = sorted(res.stdout.splitlines())
+    verbs = {"stop": "stopped", "remove": "removed", "commit": "committed", "keep": "kept", "delete": "deleted"}
+    said = sorted(verbs[line.split(" ", 1)[0]] + " " + line.split(" ", 1)[1] if line.split(" ", 1)[0] in verbs
+                  else line for line in said)
+    assert said == done, f"dry run:\n{dry.stdout}\nclean:\n{res.stdout}"
+    assert any("committed 1 uncommitted file(s) of wip" in line for line in done)
+    assert any(line.startswith("deleted branch") and line.endswith("(holds no work of its own)") for line in done)
+    state = corral_state(repo)
+    assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
+    [kept] = state["branches"]
+    assert kept.endswith("/wip") and git(repo, "show", f"{kept}:wip.txt") == "unsaved"
+
+
+def test_a_task_named_integration_keeps_its_branch_when_it_fails(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [
+        ("integration", "echo mine > mine.txt; exit 5"),
+        ("other", "echo o > o.txt"),
+    ], "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert (repo / "o.txt").exists()  # the other task landed
+    state = corral_state(repo)
+    [kept] = state["branches"]
+    assert kept.endswith("/integration") and git(repo, "show", f"{kept}:mine.txt") == "mine"
+    report = (run_dirs(repo)[0] / "report.md").read_text()
+    assert f"`{kept}` (kept)" in report
+
+
+def test_a_stale_index_lock_is_recovered_and_clean_reports_what_really_happened(repo, tmp_path, wt_root):
+    killed_run(repo, tmp_path, wt_root, [("a", "echo unsaved > a.txt; echo started; exec sleep 600")], started=1)
+    [ws] = list(wt_root.iterdir())
+    admin = Path((ws / ".git").read_text().split(":", 1)[1].strip())
+    (admin / "index.lock").write_text("")  # a git child killed with corral left its lock
+    # while a process still works in the workspace the lock may be live: nothing is removed, and
+    # clean says so (exit 1) instead of claiming it removed the workspace
+    sleeper = subprocess.Popen(["sleep", "600"], cwd=ws, start_new_session=True)
+    try:
+        res = corral("clean", cwd=repo)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "could not clean" in res.stdout and "removed workspace" not in res.stdout
+        assert ws.is_dir() and (ws / "a.txt").exists() and str(ws) in git(repo, "worktree", "list")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed workspace" in res.stdout
+    assert not ws.exists() and corral_state(repo)["worktrees"] == []
+    [kept] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{kept}:a.txt") == "unsaved"
+
+
+def test_a_kill_during_the_checkout_leaves_nothing_that_clean_calls_work(repo, tmp_path, wt_root):
+    """Killed between ``git worktree add --no-checkout`` and the end of the checkout: the half-made
+    workspace holds no work. Before, clean "salvaged" it as a commit deleting every file."""
+    marker = tmp_path / "checking-out"
+    slow = tmp_path / "slow-filter"
+    slow.write_text(f"#!/bin/sh\necho $$ > {marker}.tmp; mv {marker}.tmp {marker}\nexec sleep 600\n")
+    slow.chmod(0o755)
+    (repo / ".gitattributes").write_text("*.slow filter=slow\n")
+    (repo / "data.slow").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a file behind a slow checkout filter")
+    git(repo, "config", "filter.slow.smudge", str(slow))
+    git(repo, "config", "filter.slow.required", "true")
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", "echo never runs")]))
+    proc = start_run(repo, plan, "--approve", "all")
+    deadline = time.time() + 30
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "the checkout never started"
+    proc.kill()
+    proc.wait(timeout=10)
+    filter_pid = int(marker.read_text())
+    os.killpg(os.getpgid(filter_pid), signal.SIGKILL)  # the checkout's git dies too, leaving its locks
+    wait_dead([filter_pid])
+    git(repo, "config", "--unset", "filter.slow.smudge")
+    assert len(corral_state(repo)["worktrees"]) == 1
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed half-made workspace" in res.stdout and "committed" not in res.stdout
+    state = corral_state(repo)
+    assert state["worktrees"] == [] and state["branches"] == [] and list(wt_root.iterdir()) == []
+    assert "nothing to clean" in corral("clean", cwd=repo).stdout
+
+
+# --------------------------------------------------------------------- every commit an agent made is kept
+def test_an_agent_that_commits_then_checks_out_an_older_commit_loses_nothing(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [(
+        "a", "echo a > a.txt; git add a.txt; git commit -qm a; echo b > b.txt; git add b.txt; git commit -qm b; "
+             "git checkout -q HEAD~1")], "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {"a.txt", "b.txt"} <= set(files_at(repo, "main"))
+    assert corral_state(repo)["branches"] == []
+
+
+def test_an_agent_whose_lines_of_work_diverge_keeps_both(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [(
+        "a", "echo a > a.txt; git add a.txt; git commit -qm a; git checkout -q --detach HEAD~1; "
+             "echo c > c.txt; git add c.txt; git commit -qm c")], "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the line the workspace ended on landed; the other line is kept on a ref the report names
+    assert "c.txt" in files_at(repo, "main") and "a.txt" not in files_at(repo, "main")
+    [extra] = corral_state(repo)["branches"]
+    assert extra.endswith("/a+1") and "a.txt" in files_at(repo, extra)
+    assert extra in res.stdout
+    assert f"kept on: `{extra}`" in (run_dirs(repo)[0] / "report.md").read_text()
+
+
+def test_an_agent_that_deletes_its_workspace_after_committing_loses_nothing(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [(
+        "a", "echo a > a.txt; git add a.txt; git commit -qm a; git checkout -q --detach; echo d > d.txt; "
+             "git add d.txt; git commit -qm d; cd /; rm -rf \"$CORRAL_WORKSPACE\"")], "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {"a.txt", "d.txt"} <= set(files_at(repo, "main")), res.stdout
+    assert "no changes" not in res.stdout
+    assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": corral_state(repo)["runs"]}
+
+
+def test_clean_after_a_crash_with_a_detached_head_names_the_task_and_leaves_nothing_dangling(repo, tmp_path,
+                                                                                           wt_root):
+    killed_run(repo, tmp_path, wt_root, [
+        ("det", "git checkout -q --detach; echo w > w.txt; echo started; exec sleep 600")], started=1)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "task det)" in res.stdout
+    [kept] = corral_state(repo)["branches"]
+    assert kept.endswith("/det") and git(repo, "show", f"{kept}:w.txt") == "w"
+    # the salvage commit is on the kept branch, not dangling
+    assert git(repo, "fsck", "--no-reflogs", "--unreachable", "--no-progress") == ""
+
+
+# ----------------------------------------------------------------------------------- edits by hand
+def test_edits_made_by_hand_after_the_agent_exited_are_merged(repo, tmp_path, wt_root):
+    """The dashboard's `o` shell is there to fix up a task's work before approving it: those edits
+    are committed onto the task's branch before the merge."""
+    import anyio
+
+    from corral.core.events import EventBus
+    from corral.core.pipeline import execute, prepare
+    from corral.core.plan import load_plan
+    from corral.core.runtime import PolicyApprover
+
+    class EditThenApprove(PolicyApprover):
+        async def review(self, rt, candidates, forecast):
+            ws = candidates[0].workspace
+            (ws.path / "by-hand.txt").write_text("fixed by hand\n")
+            return await super().review(rt, candidates, forecast)
+
+    plan = load_plan(write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", "echo a > a.txt")])))
+
+    async def main():
+        prep = await prepare(plan, repo)
+        return await execute(prep, EditThenApprove(True), EventBus(prep.run_id))
+
+    out = anyio.run(main)
+    assert out.exit_code == 0
+    assert (repo / "by-hand.txt").read_text() == "fixed by hand\n"
+    assert "by-hand.txt" in files_at(repo, "main")
+
+
+# ------------------------------------------------------------------------------------------- reports
+def test_a_stopped_task_reports_its_salvaged_work_and_empty_branches_are_not_kept(repo, tmp_path, wt_root):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("busy", "echo one > one.txt; echo two > two.txt; echo started; exec sleep 600"),
+        ("idle", "echo started; exec sleep 600"),
+        ("empty-fail", "exit 4"),
+    ]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    [kept] = corral_state(repo)["branches"]
+    assert kept.endswith("/busy")
+    report = (run_dirs(repo)[0] / "report.md").read_text()
+    assert "| busy | shell | aborted (run interrupted) |" in report and "| 2 | no |" in report, report
+    assert "empty-fail" not in report.split("## Tasks")[0], "an empty branch listed as work not merged"
+    summary = [line for line in out.splitlines() if line.startswith("busy ")]
+    assert summary and " 2 " in summary[0] and kept in summary[0], out
+
+
+# -------------------------------------------------------------------------------------- submodules
+def test_edits_inside_a_submodule_are_never_reported_as_merged(tmp_path, wt_root):
+    lib = make_repo(tmp_path / "lib", {"l.txt": "lib\n"})
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-qm", "add a submodule")
+    res = run_plan(repo, tmp_path, wt_root, [("sub", "echo edit > lib/new.txt")], "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "has submodules (lib)" in res.stdout
+    assert "sub: failed (changes corral could not commit (kept in the workspace): lib/ (inside a submodule))" \
+        in res.stdout, res.stdout
+    assert "merged" not in [line.split()[2] for line in res.stdout.splitlines() if line.startswith("sub ")]
+    # the workspace holding the edit is kept, not deleted
+    [ws] = list(wt_root.iterdir())
+    assert (ws / "lib" / "new.txt").read_text() == "edit\n"
+    git(repo, "worktree", "remove", "--force", "--force", str(ws))
+
+
+# --------------------------------------------------------------------------------- workspaces on demand
+def test_a_workspace_is_made_when_its_agent_is_about_to_start(repo, tmp_path, wt_root):
+    res = run_plan(repo, tmp_path, wt_root, [
+        (n, f"ls {wt_root} | wc -l > seen-{n}.txt") for n in ("one", "two", "three")
+    ], "--approve", "all", max_parallel=1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (repo / "seen-one.txt").read_text().strip() == "1"
+
+
+def test_corral_never_commits_an_agents_leftovers_onto_a_branch_not_the_tasks(repo, tmp_path, wt_root):
+    """An agent that points its HEAD at the user's branch without a checkout (git runs no hook for
+    that) and leaves a file: corral's commit of it goes to the task, never onto main."""
+    before = git(repo, "rev-parse", "main")
+    res = run_plan(repo, tmp_path, wt_root, [
+        ("a", "git symbolic-ref HEAD refs/heads/main; echo x > f.txt")], "--approve", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert git(repo, "rev-parse", "main") == before
+    [kept] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{kept}:f.txt") == "x"
