@@ -165,6 +165,8 @@ def parse_plan_text(text: str, source: str = "plan") -> Plan:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"{source}: not valid TOML: values nested too deeply") from None
     return plan_from_dict(data, source, text)
 
 

@@ -39,6 +39,17 @@ class UsageError(VcsError):
     """The repository or a revision given by the user is not usable (exit 2, nothing created)."""
 
 
+def cause_line(lines: list[str], code: int, width: int = 200) -> str:
+    """One line saying why a command failed, from the lines of its output that are not advice or
+    progress: the first (what went wrong first, often the cause itself, such as a filter program that
+    is not installed) and, when it differs, the last (the command's own verdict, which alone can be
+    as vague as "the remote end hung up unexpectedly"). Each part is cut at ``width`` characters."""
+    if not lines:
+        return f"exit code {code}"
+    first, last = (line if len(line) <= width else line[: width - 1] + "…" for line in (lines[0], lines[-1]))
+    return first if first == last else f"{first}; {last}"
+
+
 @dataclass
 class Workspace:
     """An isolated checkout one task works in."""

@@ -44,6 +44,7 @@ from .base import (
     UsageError,
     VcsError,
     Workspace,
+    cause_line,
     private_dir,
 )
 
@@ -59,6 +60,8 @@ SNAPSHOT_CONFIG = (
 COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ conflict ++ "\\t" ++ '
             'parents.map(|c| c.commit_id()).join(",") ++ "\\t" ++ description.first_line() ++ "\\n"')
 _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
+_ERROR_RE = re.compile(r"(?:[A-Z][a-z]+ )?[Ee]rror: ")
+_CAUSE_RE = re.compile(r"(?:Caused by:|\d+:)\s*(.*)")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
 _HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
@@ -72,11 +75,20 @@ JjResult = CommandResult
 
 
 def _short_err(res: JjResult) -> str:
+    """Why a jj command failed, in one line: its error (``Error: ...``, ``Config error: ...``) and
+    the last of the causes listed under it (``Caused by: ...``, or ``1: ...``, ``2: ...``), which
+    names what really went wrong; hints dropped (:func:`cause_line`)."""
     lines = [line.strip() for line in (res.err or res.out).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    if errors:
-        return errors[-1].removeprefix("Error:").strip()
-    return lines[-1] if lines else f"exit code {res.code}"
+    start = next((i for i, line in enumerate(lines) if _ERROR_RE.match(line)), None)
+    if start is None:
+        return cause_line([line for line in lines if not line.startswith("Hint:")][-1:] or lines[-1:], res.code)
+    cause = ""
+    for line in lines[start + 1:]:
+        m = _CAUSE_RE.match(line)
+        if m is None:
+            break
+        cause = m.group(1) or cause
+    return cause_line([lines[start].removeprefix("Error:").strip()] + ([cause] if cause else []), res.code)
 
 
 def _quote(text: str) -> str:

@@ -1,0 +1,123 @@
+"""Limits and clear errors: input nested too deeply, a bare repository, git's and jj's real causes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import corral, corral_state, git, has_jj, write_plan
+from corral.core.vcs.base import VcsError
+from test_engine_git import run_plan
+
+EMPTY = {"branches": [], "worktrees": [], "runs": []}
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------- input nested too deeply
+@pytest.mark.parametrize("kind", ["array", "inline-table"])
+def test_plan_nested_thousands_deep_is_refused_with_one_line(repo, tmp_path, kind):
+    depth = 5000
+    value = "[" * depth + "]" * depth if kind == "array" else "{a = " * depth + "1" + "}" * depth
+    plan = write_plan(tmp_path / "deep.toml", f'agent = "shell"\nx = {value}\n')
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert str(plan) in line and "nested too deeply" in line
+    assert corral_state(repo) == EMPTY
+
+
+@pytest.mark.parametrize("depth", [101, 600, 100_000])
+def test_program_input_nested_too_deeply_is_refused_with_one_line(repo, tmp_path, depth):
+    """100,000 levels break the JSON parser; 600 parse, but broke the journal and the report that
+    write the input out (the journal then stopped recording the run)."""
+    prog = tmp_path / "prog.py"
+    prog.write_text("async def run(input, rt):\n    return 1\n")
+    data = tmp_path / "deep.json"
+    data.write_text("[" * depth + "]" * depth)
+    res = corral("run", str(prog), "--input", f"@{data}", "--headless", cwd=repo)
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert f"--input @{data}" in line and "nested more than 100 levels deep" in line
+    assert corral_state(repo) == EMPTY
+
+
+def test_program_input_100_levels_deep_is_accepted(repo, tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("async def run(input, rt):\n    return 1\n")
+    res = corral("run", str(prog), "--input", "[" * 100 + "]" * 100, "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "failed" not in res.stderr
+
+
+# ------------------------------------------------------------------------------ which repository
+def test_bare_repository_is_named_as_such(tmp_path):
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    for args, cwd in ((["--task", "a=echo"], bare), (["--task", "a=echo", "--repo", str(bare)], tmp_path)):
+        res = corral("run", *args, "--agent", "shell", "--headless", cwd=cwd)
+        assert res.returncode == 2
+        line = one_line(res.stderr)
+        assert "bare repository" in line and "needs a working tree" in line and "not a git repository" not in line
+    assert not (bare / "corral").exists()  # nothing made in it
+
+
+def test_git_dir_of_a_repository_is_not_a_working_tree(repo):
+    res = corral("run", "--task", "a=echo", "--agent", "shell", "--headless", cwd=repo / ".git")
+    assert res.returncode == 2
+    assert ".git directory" in one_line(res.stderr)
+    assert corral_state(repo) == EMPTY
+
+
+# ------------------------------------------------------------------------ the cause of git's errors
+@pytest.mark.skipif(shutil.which("git-lfs") is not None, reason="git-lfs is installed here")
+def test_missing_lfs_filter_program_is_named_in_the_task_failure(repo, tmp_path, wt_root):
+    """A repository set up for LFS on a machine without git-lfs: checking the workspace out fails,
+    and git's last line alone ("the remote end hung up unexpectedly") would not say why."""
+    (repo / ".gitattributes").write_text("* filter=lfs\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "lfs")
+    git(repo, "config", "filter.lfs.smudge", "git-lfs smudge -- %f")
+    git(repo, "config", "filter.lfs.process", "git-lfs filter-process")
+    git(repo, "config", "filter.lfs.required", "true")
+    res = run_plan(repo, tmp_path, wt_root, [("a", "echo hi > b.txt")], "--approve", "all")
+    assert res.returncode == 1, res.stdout[-3000:]
+    failed = [line for line in res.stdout.splitlines() if line.startswith("corral: a: failed")]
+    assert failed and "git-lfs" in failed[0] and "not found" in failed[0], res.stdout[-3000:]
+    assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+def test_jj_errors_name_their_cause(tmp_path, monkeypatch):
+    """jj puts the cause under its error ("Caused by: ..."), and a config error has no "Error:" line at
+    all: the message used to be the error alone, or jj's "For help, see ..." line."""
+    from corral.core.vcs import open_backend
+
+    cfg = tmp_path / "jjconfig.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("JJ_CONFIG", str(cfg))
+    repo = tmp_path / "repo"
+    subprocess.run(["jj", "git", "init", str(repo)], check=True, capture_output=True)
+
+    async def scenario() -> None:
+        b = await open_backend(repo)
+        with pytest.raises(VcsError) as missing:
+            await b.jj("workspace", "add", "--name", "w", str(tmp_path / "no" / "such" / "dir"))
+        assert "No such file or directory" in str(missing.value)
+        with pytest.raises(VcsError) as config:
+            await b.jj("--config", 'x="[', "log", "-r", "@")
+        assert "cannot be parsed" in str(config.value) and "TOML parse error" in str(config.value)
+        assert "For help" not in str(config.value)
+
+    anyio.run(scenario)
