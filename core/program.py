@@ -213,7 +213,8 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
     Cancellation from outside propagates after cleanup has run."""
     rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace,
                                         runtime_cls=ProgramRuntime, default_agent=default_agent,
-                                        program=str(program.path.resolve()), input=input)
+                                        program=str(program.path.resolve()))
+    journal.attach("input", input)
     assert isinstance(rt, ProgramRuntime)
     rt.input, rt.program = input, program
     outcome = ProgramOutcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)

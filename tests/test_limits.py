@@ -1,4 +1,5 @@
-"""Limits and clear errors: input nested too deeply, a bare repository, git's and jj's real causes."""
+"""Limits and clear errors: input nested too deeply, a bare repository, git's and jj's real causes,
+prompts over the argv limit, and a journal that does not grow with prompts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import corral, corral_state, git, has_jj, write_plan
+from conftest import corral, corral_state, git, has_jj, make_repo, write_plan
 from corral.core.vcs.base import VcsError
-from test_engine_git import run_plan
+from test_engine_git import plan_text, run_plan
 
 EMPTY = {"branches": [], "worktrees": [], "runs": []}
 
@@ -121,3 +122,48 @@ def test_jj_errors_name_their_cause(tmp_path, monkeypatch):
         assert "For help" not in str(config.value)
 
     anyio.run(scenario)
+
+
+# --------------------------------------------------------------------------- the argv limit
+def test_prompt_over_the_argv_limit_is_refused_at_preflight(repo, tmp_path, wt_root):
+    prompt = "true " + "x" * 200 * 1024
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("small", "true"), ("big", prompt)]))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert "task 'big'" in line and f"{len(prompt):,} bytes" in line and "131,071" in line
+    assert corral_state(repo) == EMPTY and list(wt_root.iterdir()) == []
+
+
+def test_program_agent_with_a_prompt_over_the_argv_limit_fails_with_the_reason(repo, tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("async def run(input, rt):\n"
+                    "    r = await rt.join(rt.spawn({'agent': 'shell', 'task': 'true ' + 'x' * 200 * 1024}))\n"
+                    "    return {'status': r.status, 'reason': r.reason}\n")
+    res = corral("run", str(prog), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    run_dir = repo / ".git" / "corral" / "runs" / corral_state(repo)["runs"][0]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert f"{5 + 200 * 1024:,} bytes" in result["reason"] and "131,071" in result["reason"]
+
+
+def test_run_json_does_not_grow_with_the_prompts(tmp_path):
+    """run.json is rewritten on every change of state: the plan (prompts included) is written once,
+    to plan.json, beside it."""
+    sizes = {}
+    for label, filler in (("short", ""), ("long", "x" * 120 * 1024)):
+        repo = make_repo(tmp_path / label)
+        wt_root = tmp_path / f"wt-{label}"
+        wt_root.mkdir()
+        tasks = [(f"t{i}", f"echo {i} > f{i}.txt # {filler}") for i in range(3)]
+        res = run_plan(repo, tmp_path, wt_root, tasks, "--approve", "all")
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+        run_dir = repo / ".git" / "corral" / "runs" / corral_state(repo)["runs"][0]
+        state = json.loads((run_dir / "run.json").read_text())
+        assert state["plan"] == "plan.json" and state["state"] == "completed"
+        plan = json.loads((run_dir / "plan.json").read_text())
+        assert [t["prompt"] for t in plan["tasks"]] == [p for _, p in tasks]
+        sizes[label] = (run_dir / "run.json").stat().st_size
+    assert sizes["long"] < 8 * 1024 and abs(sizes["long"] - sizes["short"]) < 200, sizes
