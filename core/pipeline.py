@@ -235,7 +235,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         others = forecast.conflicts_of(t.name)
         bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
                                conflicts_with=sorted(k for k in others if k != "base"),
-                               conflicts_with_base="base" in others, conflict_files=others))
+                               conflicts_with_base="base" in others, conflict_files=others,
+                               untried_with=sorted(forecast.untried_of(t.name))))
     decisions = await rt.approver.review(rt, done, forecast)
     for t in done:
         t.approved = bool(decisions.get(t.name))

@@ -11,7 +11,6 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from .base import (
     Workspace,
     cause_line,
     private_dir,
+    run_forecast,
 )
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -330,33 +330,11 @@ class GitBackend(Backend):
         raise VcsError(f"git merge-tree {a[:12]} {b[:12]}: {_short_err(res)}")
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
-        fc = Forecast()
-        base_tip = await self.resolve(base)
-        base_commits = base_commits or {}
-
-        async def files_of(task: str, head: str) -> None:
-            start = base_commits.get(task, base_tip)
+        async def changed_files(start: str, head: str) -> list[str]:
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
-            fc.files[task] = sorted(f for f in res.out.split("\0") if f)
+            return sorted(f for f in res.out.split("\0") if f)
 
-        async with anyio.create_task_group() as tg:
-            for task, head in heads.items():
-                tg.start_soon(files_of, task, head)
-
-        async def pair(a: str, b: str, ha: str, hb: str) -> None:
-            paths = await self.merge_tree(ha, hb)
-            if paths is not None:
-                fc.conflicts[(a, b)] = paths
-
-        async with anyio.create_task_group() as tg:
-            for (a, ha), (b, hb) in itertools.combinations(heads.items(), 2):
-                # tasks that touch disjoint files cannot conflict: skip the trial merge
-                if set(fc.files[a]) & set(fc.files[b]):
-                    tg.start_soon(pair, a, b, ha, hb)
-            for task, head in heads.items():
-                if base_commits.get(task, base_tip) != base_tip:
-                    tg.start_soon(pair, task, "base", head, base_tip)
-        return fc
+        return await run_forecast(await self.resolve(base), heads, base_commits or {}, changed_files, self.merge_tree)
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,

@@ -20,7 +20,6 @@ an ``anyio.Lock`` inside this process plus ``flock`` on ``.jj/corral/engine.lock
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from .base import (
     Workspace,
     cause_line,
     private_dir,
+    run_forecast,
 )
 
 #: Options every engine jj command gets.
@@ -530,36 +530,19 @@ class JjBackend(Backend):
                 await txn.rollback()
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
-        fc = Forecast()
         base_tip = await self.resolve(base)
-        base_commits = base_commits or {}
-
-        async def files_of(task: str, head: str) -> None:
-            start = base_commits.get(task, base_tip)
-            fc.files[task] = await self._files(start, head) if start != head else []
-
-        async with anyio.create_task_group() as tg:
-            for task, head in heads.items():
-                tg.start_soon(files_of, task, head)
-
         op = await self.current_op() if self.detached_ops else None
 
-        async def pair(a: str, b: str, ha: str, hb: str) -> None:
-            try:
-                paths = await self.trial_merge([ha, hb], op)
-            except VcsError:
-                return  # e.g. one head descends from the other: no merge to try
-            if paths is not None:
-                fc.conflicts[(a, b)] = paths
+        async def changed_files(start: str, head: str) -> list[str]:
+            return await self._files(start, head) if start != head else []
 
-        async with anyio.create_task_group() as tg:
-            for (a, ha), (b, hb) in itertools.combinations(heads.items(), 2):
-                if ha != hb and set(fc.files[a]) & set(fc.files[b]):
-                    tg.start_soon(pair, a, b, ha, hb)
-            for task, head in heads.items():
-                if base_commits.get(task, base_tip) != base_tip and fc.files[task]:
-                    tg.start_soon(pair, task, "base", head, base_tip)
-        return fc
+        async def trial(a: str, b: str) -> list[str] | None:
+            try:
+                return await self.trial_merge([a, b], op)
+            except VcsError:
+                return None  # e.g. one head descends from the other: no merge to try
+
+        return await run_forecast(base_tip, heads, base_commits or {}, changed_files, trial)
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
