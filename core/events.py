@@ -148,6 +148,8 @@ class ForecastEvent(Event):
     conflicts_with: list[str]
     conflicts_with_base: bool
     conflict_files: dict[str, list[str]] = field(default_factory=dict)
+    #: tasks touching the same files that were not trial-merged with it (too many tasks share them)
+    untried_with: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

@@ -1,5 +1,6 @@
 """The run journal: one folder per run under the VCS dir, with ``run.json`` (written atomically),
-``events.jsonl``, ``logs/<task>.log`` and ``report.md``."""
+``events.jsonl``, ``logs/<task>.log`` and ``report.md``; ``plan.json`` (a plan's run) or
+``input.json`` (a program's), written once."""
 
 from __future__ import annotations
 
@@ -104,6 +105,13 @@ class Journal:
 
     def task(self, name: str) -> dict[str, Any]:
         return self.state["tasks"].setdefault(name, {"status": "pending"})
+
+    def attach(self, key: str, value: Any) -> None:
+        """Write ``value`` once, to ``<key>.json`` in the run folder, and keep only that file's name
+        under ``key`` in ``run.json``: ``run.json`` is rewritten on every change, and a plan's prompts
+        or a program's input would be copied with it every time."""
+        write_atomic(self.dir / f"{key}.json", json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
+        self.update(**{key: f"{key}.json"})
 
     def update(self, **fields: Any) -> None:
         self.state.update(fields)

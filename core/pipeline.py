@@ -91,6 +91,12 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 raise UsageError(f"worktree_root {root!r}: no such directory")
             root = str(p.resolve())
         _check_writable(root)
+        for task in plan.tasks:
+            problem = plan.command_line_problem(task, new_run_id(), root)
+            if problem:
+                raise UsageError(f"task {task.name!r}: the prompt is too long for the command line of agent "
+                                 f"{task.agent!r}: {problem} (put long instructions in a file in the "
+                                 f"repository and point the prompt at it)")
     except BaseException:
         await backend.close()
         raise
@@ -123,8 +129,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
                   grace: float = 3.0, on_runtime: Callable[[Runtime], None] | None = None) -> Outcome:
     """Steps 2-11. Cancellation (Ctrl-C and friends) propagates after cleanup has run."""
     plan, backend = prep.plan, prep.backend
-    rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace,
-                                        plan=plan.to_dict())
+    rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace)
+    journal.attach("plan", plan.to_dict())
     state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "", "cancelled": False,
              "error": ""}
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
@@ -232,7 +238,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         others = forecast.conflicts_of(t.name)
         bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
                                conflicts_with=sorted(k for k in others if k != "base"),
-                               conflicts_with_base="base" in others, conflict_files=others))
+                               conflicts_with_base="base" in others, conflict_files=others,
+                               untried_with=sorted(forecast.untried_of(t.name))))
     decisions = await rt.approver.review(rt, done, forecast)
     for t in done:
         t.approved = bool(decisions.get(t.name))

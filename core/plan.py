@@ -6,11 +6,14 @@ key (and line, where it can be found) and what is wrong. Parsing never touches t
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .agents import BUILTIN, Profile, ProfileError, profile_from_table
 
@@ -70,6 +73,17 @@ class Plan:
     def task_setup(self, task: TaskSpec) -> str:
         return task.setup if task.setup is not None else self.setup
 
+    def command_line_problem(self, task: TaskSpec, run: str, root: str | None) -> str | None:
+        """Why the agent of ``task`` could not be started (:func:`argv_problem`), or None: its command
+        line as the runtime builds it, in a workspace path as long as the one it will get."""
+        profile = self.profile(task)
+        workspace = str(Path(root or tempfile.gettempdir()) / f"corral-{task.name}-xxxxxxxx")  # mkdtemp's length
+        argv = profile.argv(prompt=task.prompt, system_prompt=task.system_prompt, task=task.name,
+                            workspace=workspace, run=run)
+        env = {**os.environ, **dict(profile.env), "CORRAL_RUN": run, "CORRAL_TASK": task.name,
+               "CORRAL_WORKSPACE": workspace}
+        return argv_problem(argv, env)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -96,6 +110,32 @@ class Plan:
                 for t in self.tasks
             ],
         }
+
+
+#: exec's limit on one argument on Linux (MAX_ARG_STRLEN: 32 pages, 128 KiB), its final NUL included
+MAX_ARG_STRLEN = 32 * os.sysconf("SC_PAGESIZE") if sys.platform.startswith("linux") else 0
+
+
+def argv_problem(argv: list[str], env: Mapping[str, str]) -> str | None:
+    """Why exec would refuse ``argv`` with ``env`` ("Argument list too long"), or None. Linux takes
+    at most 128 KiB in one argument (and a prompt is one argument), and everywhere the arguments and
+    the environment together, with a pointer to each, must fit in ARG_MAX (on Linux a quarter of the
+    stack limit, usually 2 MiB), less the 2048 bytes POSIX asks to leave spare."""
+    sizes = [_size(arg) + 1 for arg in argv]
+    longest = max(sizes, default=0)
+    if MAX_ARG_STRLEN and longest > MAX_ARG_STRLEN:
+        return (f"one argument of {argv[0]} is {longest - 1:,} bytes long; Linux passes at most "
+                f"{MAX_ARG_STRLEN - 1:,} bytes in one argument")
+    total = sum(sizes) + sum(_size(k) + _size(v) + 2 for k, v in env.items()) + 8 * (len(argv) + len(env) + 2)
+    limit = os.sysconf("SC_ARG_MAX") - 2048
+    if total > limit:
+        return (f"the arguments and environment of {argv[0]} take {total:,} bytes; this system passes at "
+                f"most {limit:,}")
+    return None
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def task_name_problem(name: object) -> str | None:
@@ -165,6 +205,8 @@ def parse_plan_text(text: str, source: str = "plan") -> Plan:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"{source}: not valid TOML: values nested too deeply") from None
     return plan_from_dict(data, source, text)
 
 

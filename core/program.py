@@ -109,6 +109,11 @@ def load_program(path: str | Path) -> Program:
     return Program(p, fn, module)
 
 
+#: how deeply ``--input`` may nest: more than any real input needs, and far enough from Python's
+#: recursion limit for the journal and the report to write the input out
+MAX_INPUT_DEPTH = 100
+
+
 def parse_input(text: str | None) -> Any:
     """The ``--input`` of a program: JSON text, or ``@FILE`` holding JSON. None gives ``{}``."""
     if text is None:
@@ -121,9 +126,25 @@ def parse_input(text: str | None) -> Any:
         except (OSError, UnicodeDecodeError) as exc:
             raise ProgramError(f"{source}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProgramError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        pass  # deeper than the parser goes
+    else:
+        if _depth(value) <= MAX_INPUT_DEPTH:
+            return value
+    raise ProgramError(f"{source}: nested more than {MAX_INPUT_DEPTH} levels deep")
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar: 1), level by level rather than by recursion."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_INPUT_DEPTH:
+        depth += 1
+        level = [v for item in level if isinstance(item, (list, dict))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+    return depth
 
 
 class ProgramRuntime(Runtime):
@@ -192,7 +213,8 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
     Cancellation from outside propagates after cleanup has run."""
     rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace,
                                         runtime_cls=ProgramRuntime, default_agent=default_agent,
-                                        program=str(program.path.resolve()), input=input)
+                                        program=str(program.path.resolve()))
+    journal.attach("input", input)
     assert isinstance(rt, ProgramRuntime)
     rt.input, rt.program = input, program
     outcome = ProgramOutcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)

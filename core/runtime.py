@@ -34,6 +34,7 @@ from .events import (
 )
 from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
+from .plan import argv_problem
 from .procs import MAX_DISPLAY_LINE, Supervised
 from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace
 
@@ -638,7 +639,8 @@ class Runtime:
         elif res.reason == "timeout":
             status, reason = "failed", f"timeout after {timeout:g}s"
         elif res.reason == "error":
-            status, reason = "failed", f"could not start {argv[0]}"
+            problem = argv_problem(argv, env)  # "Argument list too long": say how long, and the limit
+            status, reason = "failed", f"could not start {argv[0]}" + (f": {problem}" if problem else "")
         elif res.exit_code != 0:
             status, reason = "failed", f"exit code {res.exit_code}"
             if getattr(parser, "error", ""):

@@ -79,6 +79,9 @@ class LineRenderer:
                 parts.append("would conflict with " + ", ".join(ev.conflicts_with))
             if ev.conflicts_with_base:
                 parts.append("would conflict with base")
+            if ev.untried_with:
+                parts.append(f"not trial-merged with {len(ev.untried_with)} task(s) touching the same files "
+                             f"(too many tasks share them): {_some(ev.untried_with)}")
             files = ", ".join(ev.files[:6]) + (" ..." if len(ev.files) > 6 else "")
             return f"forecast {ev.task}: {len(ev.files)} file(s) [{files}]; " + ("; ".join(parts) or "merges cleanly")
         if isinstance(ev, ReviewDecision):
@@ -117,6 +120,10 @@ class LineRenderer:
         elif tokens:
             lines.append(f"total tokens: {tokens}")
         return "\n".join(lines) + "\n"
+
+
+def _some(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 class JsonRenderer:
@@ -160,6 +167,9 @@ class TerminalApprover:
             files = len(t.snapshot.files) if t.snapshot else 0
             clash = forecast.conflicts_of(t.name)
             note = f"; would conflict with {', '.join(sorted(clash))}" if clash else ""
+            untried = forecast.untried_of(t.name)
+            if untried:
+                note += f"; not trial-merged with {len(untried)} task(s) touching the same files"
             out[t.name] = await self._yes(f"approve {t.name} ({files} file(s) changed{note})?", False)
         return out
 

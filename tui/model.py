@@ -233,8 +233,10 @@ class RunModel:
             self.forecast.conflicts_with[ev.task] = list(ev.conflicts_with)
             self.forecast.conflicts_with_base[ev.task] = ev.conflicts_with_base
             clash = ev.conflicts_with + (["base"] if ev.conflicts_with_base else [])
-            self._log(f"forecast {ev.task}: " + (f"would conflict with {', '.join(clash)}" if clash
-                                                 else "merges cleanly"))
+            parts = [f"would conflict with {', '.join(clash)}"] if clash else []
+            if ev.untried_with:
+                parts.append(f"not trial-merged with {len(ev.untried_with)} task(s) touching the same files")
+            self._log(f"forecast {ev.task}: " + ("; ".join(parts) or "merges cleanly"))
             return
         if isinstance(ev, ReviewDecision):
             self.decisions[ev.task] = ev.approved

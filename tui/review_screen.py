@@ -142,17 +142,25 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
         for name, width in zip(names + ["base"], cols):
             text.append(cut(name, width - 2).ljust(width), style="bold")
         text.append("\n")
+        untried_any = False
         for a in names:
             clash = self.forecast.conflicts_of(a)
+            untried = self.forecast.untried_of(a)
+            untried_any = untried_any or bool(untried)
             text.append(cut(a, first - 2).ljust(first), style="bold")
             for b, width in zip(names + ["base"], cols):
                 if a == b:
                     text.append("·".ljust(width), style="dim")
                 elif b in clash:
                     text.append("CONFLICT".ljust(width), style="bold red")
+                elif b in untried:
+                    text.append("overlap?".ljust(width), style="yellow")
                 else:
                     text.append("ok".ljust(width), style="green")
             text.append("\n")
+        if untried_any:
+            text.append("overlap?: both touch files that too many tasks share to trial-merge every pair; "
+                        "not trial-merged, they may conflict\n", style="yellow")
         return text
 
     def _files_text(self, name: str) -> Text:
@@ -164,14 +172,26 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
             text.append(f" · {item.agent}", style="dim")
         text.append(f" · {len(item.files)} file(s) touched\n")
         clash = self.forecast.conflicts_of(name)
+        crowded = self.forecast.crowded
         for f in item.files[:30]:
             hot = any(f in paths for paths in clash.values())
             text.append(f"  {f}", style="bold red" if hot else "")
-            text.append("  (conflict)\n" if hot else "\n", style="red")
+            if hot:
+                text.append("  (conflict)\n", style="red")
+            elif f in crowded:
+                text.append(f"  (touched by {len(crowded[f])} tasks: too many to trial-merge every pair)\n",
+                            style="yellow")
+            else:
+                text.append("\n")
         if len(item.files) > 30:
             text.append(f"  ... and {len(item.files) - 30} more\n", style="dim")
         for other, paths in sorted(clash.items()):
             text.append(f"would conflict with {other}: {', '.join(paths)}\n", style="red")
+        untried = sorted(self.forecast.untried_of(name))
+        if untried:
+            more = f" and {len(untried) - 8} more" if len(untried) > 8 else ""
+            text.append(f"not trial-merged with {len(untried)} task(s) touching the same files: "
+                        f"{', '.join(untried[:8])}{more}\n", style="yellow")
         return text
 
     def _select(self, name: str) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import fcntl
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import anyio.to_thread
@@ -39,6 +40,17 @@ class VcsError(RuntimeError):
 
 class UsageError(VcsError):
     """The repository or a revision given by the user is not usable (exit 2, nothing created)."""
+
+
+def cause_line(lines: list[str], code: int, width: int = 200) -> str:
+    """One line saying why a command failed, from the lines of its output that are not advice or
+    progress: the first (what went wrong first, often the cause itself, such as a filter program that
+    is not installed) and, when it differs, the last (the command's own verdict, which alone can be
+    as vague as "the remote end hung up unexpectedly"). Each part is cut at ``width`` characters."""
+    if not lines:
+        return f"exit code {code}"
+    first, last = (line if len(line) <= width else line[: width - 1] + "…" for line in (lines[0], lines[-1]))
+    return first if first == last else f"{first}; {last}"
 
 
 @dataclass
@@ -86,6 +98,11 @@ class Forecast:
     files: dict[str, list[str]] = field(default_factory=dict)
     #: (a, b) -> conflicting paths, for every pair of tasks that would conflict; b may be "base"
     conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: files touched by too many tasks to trial-merge every pair of them -> the tasks touching each
+    #: (see :func:`trial_pairs`); two tasks that share only such files were not trial-merged
+    crowded: dict[str, list[str]] = field(default_factory=dict)
+    #: how many trial merges were made
+    trials: int = 0
 
     def conflicts_of(self, task: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -95,6 +112,21 @@ class Forecast:
             elif b == task:
                 out[a] = paths
         return out
+
+    def untried_of(self, task: str) -> dict[str, list[str]]:
+        """The tasks that touch files ``task`` touches but were not trial-merged with it (every file
+        they share is crowded), each with the files they share: they may or may not conflict."""
+        mine = self.files.get(task, [])
+        shared: dict[str, list[str]] = {}
+        for f in mine:
+            for other in self.crowded.get(f, ()):
+                if other != task:
+                    shared.setdefault(other, []).append(f)
+        if not shared:
+            return {}
+        tried_on = {f for f in mine if f not in self.crowded}  # sharing one of these: trial-merged
+        return {other: paths for other, paths in shared.items()
+                if tried_on.isdisjoint(self.files.get(other, ()))}
 
 
 @dataclass
@@ -127,6 +159,87 @@ class Leftover:
     #: "creating": never became ready, holds no work (dropped, not salvaged); "ready": an agent may
     #: have worked in it (its work is committed onto its branch before it goes)
     state: str = "ready"
+
+
+#: trial merges between tasks per forecast, at most: beyond it, the files most tasks share are left out
+#: (:func:`trial_pairs`). 20 tasks that all edit one file make 190 pairs, and are still all tried.
+MAX_TRIAL_MERGES = 200
+#: trial merges (and file listings) at once, whatever the number of tasks
+FORECAST_WORKERS = 8
+
+
+def trial_pairs(files: dict[str, list[str]], heads: dict[str, str],
+                cap: int = MAX_TRIAL_MERGES) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """Which pairs of tasks to trial-merge: those whose file sets overlap (tasks on disjoint files
+    cannot conflict), in the order of ``heads``. When more than ``cap`` pairs would be tried, the
+    files shared by the most tasks are set aside as *crowded* (one file shared by n tasks makes
+    n(n-1)/2 pairs) until at most ``cap`` are left; pairs that share only crowded files are not tried.
+    Returns (pairs to try, crowded file -> the tasks touching it)."""
+    touching: dict[str, list[str]] = {}
+    for task in heads:
+        for f in files.get(task, ()):
+            touching.setdefault(f, []).append(task)
+    shared = {f: tasks for f, tasks in touching.items() if len(tasks) > 1}
+    pairs_in = {f: len(tasks) * (len(tasks) - 1) // 2 for f, tasks in shared.items()}
+    total = sum(pairs_in.values())  # counts a pair once per file the two share: never too few
+    crowded: dict[str, list[str]] = {}
+    for f in sorted(shared, key=lambda f: pairs_in[f], reverse=True):
+        if total <= cap:
+            break
+        crowded[f] = shared[f]
+        total -= pairs_in[f]
+    pairs: set[tuple[str, str]] = set()
+    for f, tasks in shared.items():
+        if f not in crowded:
+            pairs.update((a, b) for a, b in itertools.combinations(tasks, 2) if heads[a] != heads[b])
+    order = {task: i for i, task in enumerate(heads)}
+    return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]])), crowded
+
+
+async def run_forecast(base_tip: str, heads: dict[str, str], base_commits: dict[str, str],
+                       changed_files: Callable[[str, str], Awaitable[list[str]]],
+                       trial_merge: Callable[[str, str], Awaitable[list[str] | None]],
+                       cap: int = MAX_TRIAL_MERGES) -> Forecast:
+    """The forecast both backends make, given their own ``changed_files(start, head)`` and
+    ``trial_merge(a, b)`` (conflicting paths, or None when the two merge cleanly): the files each
+    task changed since its start, then trial merges of the pairs :func:`trial_pairs` picks and of
+    each task that started before ``base_tip`` against it. A fixed pool of workers does the work, so
+    memory does not grow with the number of pairs."""
+    fc = Forecast(files={task: [] for task in heads})  # in the order of heads, whichever is listed first
+
+    async def list_files(task: str) -> None:
+        fc.files[task] = await changed_files(base_commits.get(task, base_tip), heads[task])
+
+    await _in_pool(list_files, iter(heads))
+    pairs, fc.crowded = trial_pairs(fc.files, heads, cap)
+
+    def jobs() -> Iterator[tuple[str, str, str, str]]:
+        for a, b in pairs:
+            yield a, b, heads[a], heads[b]
+        for task, head in heads.items():
+            if base_commits.get(task, base_tip) != base_tip and fc.files[task]:
+                yield task, "base", head, base_tip
+
+    async def trial(job: tuple[str, str, str, str]) -> None:
+        a, b, ha, hb = job
+        fc.trials += 1
+        paths = await trial_merge(ha, hb)
+        if paths is not None:
+            fc.conflicts[(a, b)] = paths
+
+    await _in_pool(trial, jobs())
+    return fc
+
+
+async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator) -> None:
+    """``fn(item)`` for every item, :data:`FORECAST_WORKERS` at a time, taken from one iterator."""
+    async def worker() -> None:
+        for item in items:
+            await fn(item)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(FORECAST_WORKERS):
+            tg.start_soon(worker)
 
 
 def private_dir(root: str | Path | None, prefix: str) -> Path:
@@ -241,8 +354,9 @@ class Backend(abc.ABC):
         """The task's diff against its base."""
 
     @abc.abstractmethod
-    async def forecast(self, base: str, heads: dict[str, str]) -> Forecast:
-        """Trial-merge every pair of task heads and each against ``base``."""
+    async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
+        """Trial-merge the pairs of task heads that touch the same files, and each task that started
+        before ``base`` (its ``base_commits`` entry) against it (:func:`run_forecast`)."""
 
     @abc.abstractmethod
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,

@@ -11,7 +11,6 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -33,6 +32,8 @@ from .base import (
     UsageError,
     VcsError,
     Workspace,
+    cause_line,
+    run_forecast,
 )
 from .registry import READY, Record, lock_reason, reason_key
 
@@ -81,10 +82,16 @@ def _run_git_sync(args: Sequence[str], cwd: str, env: dict[str, str] | None, std
     return GitResult(code, out, err)
 
 
+#: what git writes to stderr besides errors: advice and progress
+_GIT_CHATTER = re.compile(r"(hint:|Preparing worktree |HEAD is now at |Updating files: |Checking out files: |"
+                          r"Switched to |Auto-merging |Already up to date)")
+
+
 def _short_err(res: GitResult) -> str:
-    text = (res.err or res.out).strip().splitlines()
-    lines = [l for l in text if l.strip()]
-    return lines[-1] if lines else f"exit code {res.code}"
+    """Why a git command failed, in one line (:func:`cause_line`): git's own last line alone can hide
+    the cause (a filter program that is not installed shows as "the remote end hung up")."""
+    lines = [line.strip() for line in (res.err or res.out).splitlines() if line.strip()]
+    return cause_line([line for line in lines if not _GIT_CHATTER.match(line)] or lines[-1:], res.code)
 
 
 def _is_contention(res: GitResult) -> bool:
@@ -111,15 +118,28 @@ class GitBackend(Backend):
         res = await anyio.to_thread.run_sync(
             _run_git_sync, ["rev-parse", "--show-toplevel", "--git-common-dir", "--git-dir"], str(path), None, None
         )
-        if not res.ok:
-            raise UsageError(f"{path}: not a git repository")
         lines = res.out.strip().splitlines()
-        if len(lines) < 3:
-            raise UsageError(f"{path}: a bare git repository has no working tree to run in")
+        if not res.ok or len(lines) < 3:
+            raise UsageError(f"{path}: {await cls._not_usable(path, res)}")
         root = Path(lines[0]).resolve()
         common = (path / lines[1]).resolve() if not os.path.isabs(lines[1]) else Path(lines[1]).resolve()
         gdir = (path / lines[2]).resolve() if not os.path.isabs(lines[2]) else Path(lines[2]).resolve()
         return cls(root, common, gdir)
+
+    @staticmethod
+    async def _not_usable(path: Path, res: GitResult) -> str:
+        """Why ``path`` has no working tree for corral (``rev-parse --show-toplevel`` failed)."""
+        where = await anyio.to_thread.run_sync(
+            _run_git_sync, ["rev-parse", "--is-bare-repository", "--is-inside-git-dir"], str(path), None, None
+        )
+        bare, _, inside = where.out.partition("\n")
+        if where.ok and bare.strip() == "true":
+            return "a bare repository: corral needs a working tree (a clone without --bare, or a git worktree)"
+        if where.ok and inside.strip() == "true":
+            return "inside a repository's .git directory: run corral in its working tree"
+        if "not a git repository" in (res.err or where.err):
+            return "not a git repository"
+        return _short_err(res)
 
     async def git(self, *args: str, cwd: str | Path | None = None, check: bool = True,
                   env: dict[str, str] | None = None, stdin: str | None = None) -> GitResult:
@@ -492,33 +512,11 @@ class GitBackend(Backend):
         raise VcsError(f"git merge-tree {a[:12]} {b[:12]}: {_short_err(res)}")
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
-        fc = Forecast()
-        base_tip = await self.resolve(base)
-        base_commits = base_commits or {}
-
-        async def files_of(task: str, head: str) -> None:
-            start = base_commits.get(task, base_tip)
+        async def changed_files(start: str, head: str) -> list[str]:
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
-            fc.files[task] = sorted(f for f in res.out.split("\0") if f)
+            return sorted(f for f in res.out.split("\0") if f)
 
-        async with anyio.create_task_group() as tg:
-            for task, head in heads.items():
-                tg.start_soon(files_of, task, head)
-
-        async def pair(a: str, b: str, ha: str, hb: str) -> None:
-            paths = await self.merge_tree(ha, hb)
-            if paths is not None:
-                fc.conflicts[(a, b)] = paths
-
-        async with anyio.create_task_group() as tg:
-            for (a, ha), (b, hb) in itertools.combinations(heads.items(), 2):
-                # tasks that touch disjoint files cannot conflict: skip the trial merge
-                if set(fc.files[a]) & set(fc.files[b]):
-                    tg.start_soon(pair, a, b, ha, hb)
-            for task, head in heads.items():
-                if base_commits.get(task, base_tip) != base_tip:
-                    tg.start_soon(pair, task, "base", head, base_tip)
-        return fc
+        return await run_forecast(await self.resolve(base), heads, base_commits or {}, changed_files, self.merge_tree)
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,

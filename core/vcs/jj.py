@@ -20,7 +20,6 @@ an ``anyio.Lock`` inside this process plus ``flock`` on ``.jj/corral/engine.lock
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -44,6 +43,8 @@ from .base import (
     UsageError,
     VcsError,
     Workspace,
+    cause_line,
+    run_forecast,
 )
 from .registry import READY, Record
 
@@ -59,6 +60,8 @@ SNAPSHOT_CONFIG = (
 COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ conflict ++ "\\t" ++ '
             'parents.map(|c| c.commit_id()).join(",") ++ "\\t" ++ description.first_line() ++ "\\n"')
 _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
+_ERROR_RE = re.compile(r"(?:[A-Z][a-z]+ )?[Ee]rror: ")
+_CAUSE_RE = re.compile(r"(?:Caused by:|\d+:)\s*(.*)")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
@@ -70,11 +73,20 @@ JjResult = CommandResult
 
 
 def _short_err(res: JjResult) -> str:
+    """Why a jj command failed, in one line: its error (``Error: ...``, ``Config error: ...``) and
+    the last of the causes listed under it (``Caused by: ...``, or ``1: ...``, ``2: ...``), which
+    names what really went wrong; hints dropped (:func:`cause_line`)."""
     lines = [line.strip() for line in (res.err or res.out).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    if errors:
-        return errors[-1].removeprefix("Error:").strip()
-    return lines[-1] if lines else f"exit code {res.code}"
+    start = next((i for i, line in enumerate(lines) if _ERROR_RE.match(line)), None)
+    if start is None:
+        return cause_line([line for line in lines if not line.startswith("Hint:")][-1:] or lines[-1:], res.code)
+    cause = ""
+    for line in lines[start + 1:]:
+        m = _CAUSE_RE.match(line)
+        if m is None:
+            break
+        cause = m.group(1) or cause
+    return cause_line([lines[start].removeprefix("Error:").strip()] + ([cause] if cause else []), res.code)
 
 
 def _quote(text: str) -> str:
@@ -521,36 +533,19 @@ class JjBackend(Backend):
                 await txn.rollback()
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
-        fc = Forecast()
         base_tip = await self.resolve(base)
-        base_commits = base_commits or {}
-
-        async def files_of(task: str, head: str) -> None:
-            start = base_commits.get(task, base_tip)
-            fc.files[task] = await self._files(start, head) if start != head else []
-
-        async with anyio.create_task_group() as tg:
-            for task, head in heads.items():
-                tg.start_soon(files_of, task, head)
-
         op = await self.current_op() if self.detached_ops else None
 
-        async def pair(a: str, b: str, ha: str, hb: str) -> None:
-            try:
-                paths = await self.trial_merge([ha, hb], op)
-            except VcsError:
-                return  # e.g. one head descends from the other: no merge to try
-            if paths is not None:
-                fc.conflicts[(a, b)] = paths
+        async def changed_files(start: str, head: str) -> list[str]:
+            return await self._files(start, head) if start != head else []
 
-        async with anyio.create_task_group() as tg:
-            for (a, ha), (b, hb) in itertools.combinations(heads.items(), 2):
-                if ha != hb and set(fc.files[a]) & set(fc.files[b]):
-                    tg.start_soon(pair, a, b, ha, hb)
-            for task, head in heads.items():
-                if base_commits.get(task, base_tip) != base_tip and fc.files[task]:
-                    tg.start_soon(pair, task, "base", head, base_tip)
-        return fc
+        async def trial(a: str, b: str) -> list[str] | None:
+            try:
+                return await self.trial_merge([a, b], op)
+            except VcsError:
+                return None  # e.g. one head descends from the other: no merge to try
+
+        return await run_forecast(base_tip, heads, base_commits or {}, changed_files, trial)
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
