@@ -165,3 +165,137 @@ def test_users_git_config_env_is_kept_and_gc_stays_off(repo, tmp_path, wt_root):
     assert git(repo, "show", f"{branch}:fav.txt") == "blue"
     assert git(repo, "show", f"{branch}:gc.txt") == "0"
     assert "tag=1" in res.stdout and git(repo, "tag") == ""
+
+
+# ------------------------------------------------------------------------------------ landing
+@pytest.mark.parametrize("case", ["ignored-file", "ignored-dir", "untracked-file"])
+def test_landing_never_replaces_the_users_untracked_or_ignored_files(repo, tmp_path, wt_root, case):
+    (repo / ".gitignore").write_text(".env\nbuild/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    mine, theirs = {
+        "ignored-file": (".env", ".env"),
+        "ignored-dir": ("build/cache.bin", "build"),
+        "untracked-file": ("notes.txt", "notes.txt"),
+    }[case]
+    (repo / mine).parent.mkdir(exist_ok=True)
+    (repo / mine).write_text("SECRET=mine\n")
+    main = git(repo, "rev-parse", "main")
+    script = f"echo agent > one.txt; echo 'SECRET=agent' > {theirs}; git add -f {theirs} one.txt"
+    res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    named = mine.split("/")[0] + ("/" if case == "ignored-dir" else "")
+    assert f"untracked or ignored file(s) of yours in {repo}: {named}" in res.stdout
+    assert (repo / mine).read_text() == "SECRET=mine\n"
+    assert git(repo, "rev-parse", "main") == main and not (repo / "one.txt").exists()
+    integ = [b for b in corral_state(repo)["branches"] if b.endswith("/integration")]
+    assert integ and git(repo, "show", f"{integ[0]}:one.txt") == "agent"
+
+
+def test_base_moved_by_an_agent_outside_the_guard_is_named(repo, tmp_path, wt_root):
+    git(repo, "branch", "release")
+    script = ("echo 1 > one.txt; git add one.txt; git commit -qm 'agent work'; "
+              "git -c core.hooksPath=/dev/null update-ref refs/heads/release HEAD")
+    res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all", "--base", "release")
+    assert res.returncode == 1, res.stdout + res.stderr
+    branch = branch_of(repo, "one")
+    assert "not landed: release moved during the run" in res.stdout
+    assert f"release now holds commits of {branch}" in res.stdout
+
+
+def _start_run(repo: Path, plan: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("CORRAL_RUN", None)
+    return subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", *args],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL, env=env)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("where", ["main-checkout", "linked-worktree"])
+def test_no_landing_while_the_user_rebases_base(repo, tmp_path, wt_root, where):
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    user = repo
+    if where == "linked-worktree":
+        git(repo, "checkout", "-q", "-b", "dev")
+        user = tmp_path / "userwt"
+        git(repo, "worktree", "add", "-q", str(user), "main")
+    started, go = tmp_path / "started", tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("one", f"echo 1 > one.txt; touch {started}; {wait_for(go)}")]))
+    proc = _start_run(repo, plan, "--approve", "all", "--base", "main")
+    try:
+        _wait_file(started, proc)
+        res = subprocess.run(["git", "rebase", "-q", "--exec", "false", "HEAD~1"], cwd=user, capture_output=True,
+                             text=True)
+        assert res.returncode != 0 and (Path(git(user, "rev-parse", "--absolute-git-dir")) / "rebase-merge").is_dir()
+        go.touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    main = git(repo, "rev-parse", "refs/heads/main")
+    assert proc.returncode == 1, out
+    assert f"not landed: {user} is in the middle of a rebase of main" in out
+    git(user, "rebase", "--abort")
+    assert git(repo, "rev-parse", "refs/heads/main") == main
+    assert not (user / "one.txt").exists()
+    if where == "linked-worktree":
+        git(repo, "worktree", "remove", str(user))
+
+
+# --------------------------------------------------------------------------- base resolution
+def test_branch_and_tag_with_the_same_name_land_on_the_branch(repo, tmp_path, wt_root):
+    git(repo, "tag", "main")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "main moves past the tag")
+    tag = git(repo, "rev-parse", "refs/tags/main")
+    for args in ((), ("--base", "main")):
+        res = run_plan(repo, tmp_path, wt_root, [(f"t{len(args)}", f"echo {len(args)} > t{len(args)}.txt")],
+                       "--approve", "all", *args)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "landed: main moved" in res.stdout
+        assert (repo / f"t{len(args)}.txt").exists()
+    assert git(repo, "rev-parse", "refs/tags/main") == tag
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("kind", ["tag", "sha"])
+def test_tag_or_sha_base_keeps_the_result_without_a_wrong_hint(repo, tmp_path, wt_root, kind):
+    git(repo, "tag", "v1")
+    base = "v1" if kind == "tag" else git(repo, "rev-parse", "HEAD")
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt")], "--approve", "all", "--base", base)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [integ] = [b for b in corral_state(repo)["branches"] if b.endswith("/integration")]
+    assert f"is not a branch, so there is nothing to move; the result is kept on branch {integ}" in res.stdout
+    assert "git merge" not in res.stdout and "git checkout" not in res.stdout
+    assert git(repo, "show", f"{integ}:one.txt") == "1"
+
+
+def test_moved_base_gets_a_hint_that_works(repo, tmp_path, wt_root):
+    script = f"echo 1 > one.txt; git -C {repo} -c core.hooksPath=/dev/null commit -q --allow-empty -m 'user commit'"
+    res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [integ] = [b for b in corral_state(repo)["branches"] if b.endswith("/integration")]
+    assert "not landed: main moved during the run" in res.stdout and "1 commit since" in res.stdout
+    assert "--ff-only" not in res.stdout
+    hint = f"to land by hand: git checkout main && git merge {integ}"
+    assert hint in res.stdout
+    git(repo, "merge", "-q", "--no-edit", integ)  # the hint's command works
+    assert (repo / "one.txt").read_text() == "1\n"
+
+
+def test_branch_named_corral_is_refused_at_preflight(repo, tmp_path, wt_root):
+    git(repo, "branch", "corral")
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt")], "--approve", "all")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "a branch named 'corral'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": []}
+    assert list(wt_root.iterdir()) == []
