@@ -107,7 +107,7 @@ def test_agent_cannot_move_other_branches_nor_delete_its_own(repo, tmp_path, wt_
     assert git(repo, "ls-tree", "--name-only", branch_of(repo, "b"), "a.txt") == ""
     after = [line for line in git(repo, "for-each-ref").splitlines() if "refs/heads/corral/" not in line]
     assert after == before.splitlines()
-    assert corral_state(repo)["worktrees"] == []
+    assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
 
 
 def test_agent_in_the_users_checkout_cannot_move_its_head(repo, tmp_path, wt_root):
@@ -165,6 +165,25 @@ def test_users_git_config_env_is_kept_and_gc_stays_off(repo, tmp_path, wt_root):
     assert git(repo, "show", f"{branch}:fav.txt") == "blue"
     assert git(repo, "show", f"{branch}:gc.txt") == "0"
     assert "tag=1" in res.stdout and git(repo, "tag") == ""
+
+
+def test_program_agents_are_guarded_in_workspaces_only(repo, tmp_path):
+    """An agent a program sends into one of the run's workspaces is guarded; one it deliberately
+    starts in the user's checkout (a merger, say) is the program's choice and is not."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(f"""
+async def run(input, rt):
+    ws = await rt.workspaces.create("w")
+    try:
+        await rt.run_agent({{"agent": "shell", "task": "git tag in-workspace; echo rc=$?", "cwd": str(ws.path)}})
+        await rt.run_agent({{"agent": "shell", "task": "git tag in-checkout; echo rc=$?", "cwd": {str(repo)!r}}})
+    finally:
+        await rt.workspaces.remove(ws)
+""")
+    res = corral("run", str(prog), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "corral: refused to update refs/tags/in-workspace" in res.stdout
+    assert git(repo, "tag").split() == ["in-checkout"]
 
 
 # ------------------------------------------------------------------------------------ landing
