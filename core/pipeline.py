@@ -321,15 +321,14 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         state["integration_kept"] = integ.ref
         hint = _land_hint(rt, integ.ref)
         bus.emit(Landed(ok=False, base=rt.base_name, old=land.old, new=land.new,
-                        message=f"{land.message}; {hint}", kept=integ.ref))
+                        message=f"{land.message}; {hint}" if hint else land.message, kept=integ.ref))
 
 
 def _land_hint(rt: Runtime, ref: str) -> str:
-    if hasattr(rt.backend, "land_hint"):
-        return rt.backend.land_hint(rt.base_name, ref)
-    if rt.backend.kind == "jj":
-        return f"to land by hand: jj bookmark set {rt.base_name} -r {ref}"
-    return f"to land by hand: git checkout {rt.base_name} && git merge --ff-only {ref}"
+    """What to do with the kept result ``ref`` after landing was refused: the backend knows what works
+    for the reason it refused (none when it does not say)."""
+    hint = getattr(rt.backend, "land_hint", None)
+    return hint(rt.base_name, ref) if hint else ""
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:

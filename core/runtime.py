@@ -32,6 +32,7 @@ from .events import (
     TaskStatus,
     WorkRecorded,
 )
+from .guard import agent_git_env
 from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
 from .plan import argv_problem
@@ -587,11 +588,9 @@ class Runtime:
             "CORRAL_RUN": self.run_id,
             "CORRAL_TASK": name,
             "CORRAL_WORKSPACE": cwd,
-            # no auto-gc inside agents while others share the object store
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "gc.auto",
-            "GIT_CONFIG_VALUE_0": "0",
         })
+        # no auto-gc; in a workspace of the run, git refuses to move refs that are not its own
+        env.update(await agent_git_env(self.backend, self.journal.dir, cwd, self.workspaces.list(), env))
         emit = self.bus.emit
         last_activity = [""]
 

@@ -161,7 +161,8 @@ def test_json_events(repo, tmp_path, wt_root):
 
 
 def test_base_moved_during_run_refuses_to_land(repo, tmp_path, wt_root):
-    script = f"echo 1 > one.txt; git -C {repo} commit -q --allow-empty -m 'user commit meanwhile'"
+    # the user's commit, made from the agent's script: past the guard that keeps agents off base
+    script = f"echo 1 > one.txt; git -C {repo} -c core.hooksPath=/dev/null commit -q --allow-empty -m 'user commit meanwhile'"
     res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "not landed: main moved during the run" in res.stdout

@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import itertools
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -240,15 +239,6 @@ async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator) -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(FORECAST_WORKERS):
             tg.start_soon(worker)
-
-
-def private_dir(root: str | Path | None, prefix: str) -> Path:
-    """A fresh private directory (mode 0700, unpredictable name) for a workspace."""
-    if root:
-        root = Path(root)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=str(root) if root else None))
-    os.chmod(path, 0o700)
-    return path
 
 
 def pid_is_corral(pid: int) -> bool:

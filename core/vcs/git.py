@@ -108,6 +108,8 @@ class GitBackend(Backend):
         self.git_dir = git_dir
         self._ident: dict[str, str] | None = None
         self._limiter = anyio.CapacityLimiter(8)
+        #: why the last landing on each base was refused, for :meth:`land_hint`
+        self._refusals: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -170,32 +172,29 @@ class GitBackend(Backend):
         return self.common_dir / "corral"
 
     async def current_base(self) -> str:
-        res = await self.git("symbolic-ref", "--short", "-q", "HEAD", check=False)
-        if not res.ok or not res.out.strip():
+        # the full name: --short gives 'heads/main' when a tag 'main' exists too
+        res = await self.git("symbolic-ref", "-q", "HEAD", check=False)
+        if not res.ok or not res.out.strip().startswith("refs/heads/"):
             raise UsageError(f"{self.root}: HEAD is detached; give a base (--base REV or base = \"...\")")
-        return res.out.strip()
+        return res.out.strip().removeprefix("refs/heads/")
 
     async def resolve(self, rev: str) -> str:
+        """The commit of ``rev``; a branch of that name wins over a tag of the same name (git's own
+        order picks the tag), as landing moves the branch."""
         if not rev or rev.startswith("-") or "\0" in rev:
             raise UsageError(f"base {rev!r}: not a valid revision")
-        res = await self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+        full = f"refs/heads/{rev}" if await self.is_branch(rev) else rev
+        res = await self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False)
         if not res.ok or not res.out.strip():
             raise UsageError(f"base {rev!r}: no such revision in {self.root}")
         return res.out.strip()
 
     async def preflight(self) -> list[str]:
-        problems = []
-        checks = {
-            "MERGE_HEAD": "a merge",
-            "rebase-merge": "a rebase",
-            "rebase-apply": "a rebase or am",
-            "CHERRY_PICK_HEAD": "a cherry-pick",
-            "REVERT_HEAD": "a revert",
-            "BISECT_LOG": "a bisect",
-        }
-        for name, what in checks.items():
-            if (self.git_dir / name).exists():
-                problems.append(f"{self.root} is in the middle of {what}: finish or abort it first")
+        problems = [f"{self.root} is in the middle of {what}: finish or abort it first"
+                    for what in _operations(self.git_dir)]
+        if await self.is_branch("corral"):
+            problems.append(f"{self.root}: a branch named 'corral' exists, and git cannot create corral's branches "
+                            "corral/<run>/<task> beside it: rename it (git branch -m corral NEW-NAME)")
         return problems
 
     async def notes(self, base_commit: str) -> list[str]:
@@ -220,7 +219,9 @@ class GitBackend(Backend):
         return res.ok
 
     async def is_branch(self, name: str) -> bool:
-        return await self.ref_exists(name)
+        """Whether ``refs/heads/<name>`` exists, exactly (not ``main~1``, which rev-parse would take)."""
+        res = await self.git("show-ref", "--verify", "-q", f"refs/heads/{name}", check=False)
+        return res.ok
 
     # ------------------------------------------------------------------------------- workspaces
     async def _register_worktree(self, ws: Workspace, rec: Record) -> None:
@@ -580,30 +581,134 @@ class GitBackend(Backend):
         return None
 
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
+        """Move branch ``base`` from ``old`` to ``new``: a fast-forward in the checkout where it is
+        checked out, else a compare-and-swap of the ref. Refused (ok=False, saying why) when base is
+        not a branch, moved, is under an operation of the user's (rebase, merge, ...), or its
+        checkout has uncommitted changes or untracked or ignored files the landing would replace."""
         if not await self.is_branch(base):
-            return LandOutcome(False, f"base {base!r} is not a branch, so there is nothing to move", old, new)
+            return self._refuse(base, "not a branch", f"base {base!r} is not a branch, so there is nothing to move",
+                                old, new)
         async with self.mutating():
             current = (await self.git("rev-parse", f"refs/heads/{base}")).out.strip()
             if current != old:
-                return LandOutcome(False, f"{base} moved during the run (now {current[:12]}, was {old[:12]})",
-                                   old, new)
+                return self._refuse(base, "moved", await self._moved(base, old, current), old, new)
+            busy = await self._busy(base)
+            if busy:
+                return self._refuse(base, "busy", busy, old, new)
             where = await self._checked_out_at(base)
             if where is not None:
                 status = await self.git("status", "--porcelain", "--untracked-files=no", cwd=where, check=False)
                 if not status.ok or status.out.strip():
-                    return LandOutcome(
-                        False,
+                    return self._refuse(
+                        base, "dirty",
                         f"{base} is checked out at {where} with uncommitted changes; corral will not touch them",
                         old, new,
                     )
+                files = await self._in_the_way(where, old, new)
+                if files:
+                    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+                    return self._refuse(
+                        base, "in the way",
+                        f"landing would replace untracked or ignored file(s) of yours in {where}: "
+                        f"{', '.join(files[:5])}{more}; corral will not touch them", old, new,
+                    )
                 res = await self.git("merge", "--ff-only", "-q", new, cwd=where, check=False)
                 if not res.ok:
-                    return LandOutcome(False, f"fast-forward of {base} in {where} failed: {_short_err(res)}", old, new)
+                    return self._refuse(base, "failed", f"fast-forward of {base} in {where} failed: {_short_err(res)}",
+                                        old, new)
             else:
                 res = await self.git("update-ref", "-m", "corral: land", f"refs/heads/{base}", new, old, check=False)
                 if not res.ok:
-                    return LandOutcome(False, f"update of {base} refused: {_short_err(res)}", old, new)
+                    return self._refuse(base, "failed", f"update of {base} refused: {_short_err(res)}", old, new)
+        self._refusals.pop(base, None)
         return LandOutcome(True, f"{base} moved {old[:12]} -> {new[:12]}", old, new)
+
+    def _refuse(self, base: str, why: str, message: str, old: str, new: str) -> LandOutcome:
+        self._refusals[base] = why
+        return LandOutcome(False, message, old, new)
+
+    def land_hint(self, base: str, ref: str) -> str:
+        """What to do with ``ref`` after :meth:`land` refused: what works depends on why."""
+        why = self._refusals.get(base, "")
+        if why == "not a branch":
+            return f"the result is kept on branch {ref}"
+        if why in ("moved", "busy"):  # base has (or will have) commits the result lacks: no fast-forward
+            when = " once that is done" if why == "busy" else ""
+            return f"to land by hand{when}: git checkout {base} && git merge {ref}, then verify the result again"
+        if why == "in the way":
+            return f"to land by hand, move those files elsewhere, then: git checkout {base} && git merge --ff-only {ref}"
+        return f"to land by hand: git checkout {base} && git merge --ff-only {ref}"
+
+    async def _moved(self, base: str, old: str, current: str) -> str:
+        """Says how ``base`` moved from ``old`` to ``current`` and, where it can, what moved it: the
+        last entry of its reflog, and corral branches whose commits it now holds."""
+        how = f"now {current[:12]}, was {old[:12]}"
+        if (await self.git("merge-base", "--is-ancestor", old, current, check=False)).ok:
+            count = (await self.git("rev-list", "--count", f"{old}..{current}", check=False)).out.strip()
+            how += f": {count} commit{'s' if count != '1' else ''} since"
+        else:
+            how += ": rewritten, the run's base is no longer in it"
+        last = (await self.git("log", "-g", "-1", "--format=%gs", f"refs/heads/{base}", "--", check=False)).out.strip()
+        if last:
+            how += f", last '{last}'"
+        message = f"{base} moved during the run ({how})"
+        res = await self.git("for-each-ref", "--format=%(refname:short)", f"--merged={current}", f"--no-merged={old}",
+                             "refs/heads/corral/", check=False)
+        holds = res.out.split()
+        if holds:
+            message += f"; {base} now holds commits of {', '.join(holds[:3])}" + (" and more" if len(holds) > 3 else "")
+        return message
+
+    async def _busy(self, base: str) -> str:
+        """What the user is in the middle of on ``base`` (a rebase, merge, cherry-pick, revert, am or
+        bisect), in any checkout of it or any worktree rebasing or bisecting it; empty when nothing."""
+        for gitdir, where in await self._worktree_dirs():
+            head = _read(gitdir / "HEAD")
+            if head == f"ref: refs/heads/{base}":
+                ops = _operations(gitdir)
+                if ops:
+                    return f"{where} is in the middle of {ops[0]} on {base}: finish or abort it first"
+            for state in ("rebase-merge", "rebase-apply"):
+                if _read(gitdir / state / "head-name") == f"refs/heads/{base}":
+                    return f"{where} is in the middle of a rebase of {base}: finish or abort it first"
+            if _read(gitdir / "BISECT_START") in (base, f"refs/heads/{base}"):
+                return f"{where} is in the middle of a bisect of {base}: finish it first (git bisect reset)"
+        return ""
+
+    async def _worktree_dirs(self) -> list[tuple[Path, Path]]:
+        """(git dir, checkout) of every worktree of the repository: the main one and each linked one."""
+        res = await self.git("worktree", "list", "--porcelain", "-z")
+        out = []
+        for i, rec in enumerate(_worktree_records(res.out)):
+            where = Path(rec["worktree"])
+            if i == 0:
+                out.append((self.common_dir, where))
+                continue
+            link = _read(where / ".git")
+            if link.startswith("gitdir: "):
+                gitdir = Path(link.removeprefix("gitdir: "))
+                out.append((gitdir if gitdir.is_absolute() else where / gitdir, where))
+        return out
+
+    async def _in_the_way(self, where: Path, old: str, new: str) -> list[str]:
+        """Untracked or ignored files of the checkout at ``where`` that a fast-forward from ``old`` to
+        ``new`` would replace or delete: git overwrites ignored ones when the incoming tree tracks
+        that path (a filled-in ``.env``), or a directory of them where a file comes in."""
+        changed = await self.git("diff", "--name-only", "--no-renames", "-z", old, new)
+        paths = [p for p in changed.out.split("\0") if p]
+        if not paths:
+            return []
+        others = await self.git("ls-files", "-z", "--others", "--directory", "--no-empty-directory", cwd=where)
+        mine = {p.rstrip("/"): p for p in others.out.split("\0") if p}  # 'build/': a whole directory of them
+        under: dict[str, list[str]] = {}
+        for key, entry in mine.items():
+            for parent in _parents(key):
+                under.setdefault(parent, []).append(entry)
+        hits = []
+        for path in paths:
+            hits += [mine[p] for p in (path, *_parents(path)) if p in mine]  # that path, or a dir where it goes
+            hits += under.get(path, [])  # files of theirs in a directory where a file comes
+        return sorted(set(hits))
 
     # ----------------------------------------------------------------------------------- cleanup
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
@@ -713,10 +818,7 @@ class GitBackend(Backend):
 
 def _admin_of(path: Path) -> str:
     """The admin dir a linked worktree's ``.git`` file points at ("" when there is none)."""
-    try:
-        text = (path / ".git").read_text(encoding="utf-8").strip()
-    except OSError:
-        return ""
+    text = _read(path / ".git")
     return text[len("gitdir:"):].strip() if text.startswith("gitdir:") else ""
 
 
@@ -746,6 +848,35 @@ def _processes_in(path: Path) -> list[int]:
 
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+#: what the user may be in the middle of, by the file git keeps in the worktree's git dir meanwhile
+_OPERATIONS = {
+    "MERGE_HEAD": "a merge",
+    "rebase-merge": "a rebase",
+    "rebase-apply": "a rebase or am",
+    "CHERRY_PICK_HEAD": "a cherry-pick",
+    "REVERT_HEAD": "a revert",
+    "sequencer": "a cherry-pick or revert",
+    "BISECT_LOG": "a bisect",
+}
+
+
+def _operations(gitdir: Path) -> list[str]:
+    return [what for name, what in _OPERATIONS.items() if (gitdir / name).exists()]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _parents(path: str) -> list[str]:
+    """``a/b/c`` -> ``['a/b', 'a']``."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 def _worktree_records(out: str) -> list[dict[str, str]]:

@@ -1,0 +1,230 @@
+"""The guard around agents in corral's git workspaces: they may move their own task's branch and
+their own checkout's refs, nothing else of the repository.
+
+git itself refuses the rest. Each such agent gets, through its environment only
+(``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n``, appended to any the user's
+environment already carries), ``includeIf.gitdir`` entries that set ``core.hooksPath`` for this
+repository alone: in the agent's own workspace to a hook directory that lets through its branch
+``refs/heads/corral/<run>/<task>`` (not its deletion) and the checkout's own refs (``HEAD``,
+``ORIG_HEAD``, ``refs/bisect/*``, ...); in every other checkout of the repository (the user's, other
+tasks') to one that lets through no ref update at all. Their ``reference-transaction`` hook refuses
+the rest in the ``prepared`` state, naming the ref. Every other hook there runs the repository's own
+hook (its ``core.hooksPath``, as git resolves it, else ``<git-common-dir>/hooks``) with the same
+arguments and input, so the user's ``pre-commit`` still runs for agents' commits, and so does the
+user's own ``reference-transaction`` hook, after corral's check.
+
+Two things no hook can refuse get their own answer. ``git stash pop``/``apply``/``drop`` read and
+rewrite the stash (``refs/stash``, shared by every checkout) without a ref transaction, so the
+agent's ``PATH`` starts with a ``git`` that refuses ``git stash`` (except ``list``, ``show`` and
+``create``) in this repository and runs the real git for everything else. And ``git checkout
+<branch>`` moves no ref, but it would leave the agent's commits, and corral's own commit of its
+uncommitted work, going onto that branch: the workspace's ``post-checkout`` hook detaches HEAD when
+it is attached to any branch but the task's.
+
+This is a guard against mistakes, not a sandbox: an agent that clears its environment, runs git by
+another path or through a library (libgit2, GitPython), or writes into ``.git`` itself is not
+stopped by it; landing's compare-and-swap still refuses to land on a base that moved.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, cast
+
+from .journal import write_atomic
+from .vcs.base import Backend, Workspace
+
+if TYPE_CHECKING:
+    from .vcs.git import GitBackend
+
+#: Hooks the guard's directories pass on to the repository's own. Not ``push-to-checkout`` and
+#: ``proc-receive``: their mere presence changes what git does.
+CHAINED_HOOKS = (
+    "applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
+    "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout", "post-merge",
+    "pre-push", "pre-receive", "update", "post-receive", "post-update", "pre-auto-gc", "post-rewrite",
+    "sendemail-validate", "post-index-change", "p4-changelist", "p4-prepare-changelist",
+    "p4-post-changelist", "p4-pre-submit",
+)
+
+_HEADER = "#!/bin/sh\n# Written by corral for its agents (see corral.core.guard); runs only in their git commands.\n"
+
+_EXEC_USER_HOOK = """\
+user_hook={hook}
+[ -x "$user_hook" ] || exit 0
+exec "$user_hook" "$@"
+"""
+
+# the repository's own reference-transaction hook gets the input corral's check has read
+_PIPE_USER_HOOK = """\
+user_hook={hook}
+[ -x "$user_hook" ] || exit 0
+printf '%s\\n' "$input" | "$user_hook" "$@"
+"""
+
+_REF_CHECK = """\
+own={own}
+input=$(cat)
+if [ "$1" = prepared ]; then
+  refused=
+  while read -r old new ref; do
+    case "$ref" in
+      "") continue ;;
+{allow}    esac
+    echo "corral: refused to update $ref: {why}" >&2
+    refused=1
+  done <<EOF
+$input
+EOF
+  [ -z "$refused" ] || exit 1
+fi
+"""
+
+# in the agent's own workspace: its branch (not deleted) and the checkout's own refs
+_OWN_REFS = """\
+      "$own") case "$new" in *[!0]*) continue ;; esac
+        echo "corral: refused to delete $ref: it holds this task's work" >&2; refused=1; continue ;;
+      refs/bisect/*|refs/worktree/*|refs/rewritten/*) continue ;;
+      *[!A-Z_]*) ;;
+      *) continue ;;
+"""
+
+_DETACH = """\
+if [ "$3" = 1 ] && branch=$(git symbolic-ref -q HEAD) && [ "$branch" != {own} ]; then
+  git update-ref --no-deref -m "corral: detach from ${{branch#refs/heads/}}" HEAD HEAD &&
+    echo "corral: HEAD detached at ${{branch#refs/heads/}}'s commit: only corral moves ${{branch#refs/heads/}}, when it lands verified work; commits made here stay this task's work" >&2
+fi
+"""
+
+_GIT = """\
+#!/bin/sh
+# Written by corral for its agents (see corral.core.guard): 'git stash' reads and rewrites the
+# stash every checkout of the repository shares, and no git hook can refuse that; in that
+# repository it is refused (but for list, show and create). Everything else runs the real git.
+real={real}
+n=0 skip= cmd= sub=
+for arg do
+  if [ -n "$skip" ]; then skip=; n=$((n+1)); continue; fi
+  if [ -n "$cmd" ]; then sub=$arg; break; fi
+  case "$arg" in
+    -C|-c|--git-dir|--work-tree|--namespace|--super-prefix|--config-env) skip=1; n=$((n+1)) ;;
+    -*) n=$((n+1)) ;;
+    *) cmd=$arg ;;
+  esac
+done
+if [ "$cmd" = stash ]; then
+  case "$sub" in
+    list|show|create) ;;
+    *) common=$(
+         total=$# i=0
+         for arg do [ $i -lt $n ] && set -- "$@" "$arg"; i=$((i+1)); done
+         shift $total
+         dir=$("$real" "$@" rev-parse --path-format=absolute --git-common-dir 2>/dev/null) && cd "$dir" && pwd -P)
+       if [ "$common" = {common} ]; then
+         echo "corral: refused 'git stash${{sub:+ $sub}}': the stash is shared with the user's checkouts; commit instead (your commits stay this task's work)" >&2
+         exit 1
+       fi ;;
+  esac
+fi
+exec "$real" "$@"
+"""
+
+
+def _write(path: Path, text: str) -> None:
+    write_atomic(path, text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _hook_dir(path: Path, user_hooks: str, own: str) -> None:
+    """A hook directory: the ref check (``own``: the one branch it lets through, with the checkout's
+    own refs; empty: nothing), then the repository's own hooks, each as git would run it."""
+    path.mkdir(parents=True, exist_ok=True)
+    q = shlex.quote
+    for name in CHAINED_HOOKS:
+        body = _DETACH.format(own=q(own)) if name == "post-checkout" and own else ""
+        _write(path / name, _HEADER + body + _EXEC_USER_HOOK.format(hook=q(os.path.join(user_hooks, name))))
+    why = (f"an agent may move only its own branch {own.removeprefix('refs/heads/')} and its own checkout's HEAD"
+           if own else "this is not the agent's own workspace, where alone it may move refs")
+    check = _REF_CHECK.format(own=q(own), allow=_OWN_REFS if own else "", why=why)
+    _write(path / "reference-transaction", _HEADER + check + _PIPE_USER_HOOK.format(
+        hook=q(os.path.join(user_hooks, "reference-transaction"))))
+
+
+def _shim(path: Path, real: str, common: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    _write(path / "git", _GIT.format(real=shlex.quote(real), common=shlex.quote(str(common))))
+
+
+def _pattern(path: Path | str) -> str:
+    """``path`` as a literal ``includeIf.gitdir:`` pattern (wildmatch)."""
+    return "".join("\\" + c if c in "*?[\\" else c for c in str(path))
+
+
+async def _user_hooks(backend: "GitBackend", ws: Workspace) -> str:
+    """Where git would look for the repository's own hooks: ``core.hooksPath`` as configured (a
+    relative one stays relative: git resolves it in the checkout where the hook runs), else the
+    common dir's ``hooks``. The engine's own ``-c core.hooksPath=/dev/null`` comes last: skipped."""
+    res = await backend.git("config", "--path", "--show-scope", "--get-all", "core.hooksPath", cwd=ws.path,
+                            check=False)
+    values = [line.partition("\t")[2] for line in res.out.splitlines() if "\t" in line]
+    if values and values[-1] == "/dev/null" and res.out.splitlines()[-1].startswith("command\t"):
+        values.pop()
+    return values[-1] if values and values[-1] else str(backend.common_dir / "hooks")
+
+
+def _config_string(path: Path) -> str:
+    """``path`` as a quoted value in a git config file."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _config_count(env: Mapping[str, str]) -> int:
+    raw = env.get("GIT_CONFIG_COUNT", "")
+    return int(raw) if raw.isdigit() else 0
+
+
+def _inside(path: str, ws: Workspace) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(ws.path).resolve())
+    except OSError:
+        return False
+
+
+async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: Iterable[Workspace],
+                        env: Mapping[str, str]) -> dict[str, str]:
+    """What to add to the environment ``env`` of an agent starting in ``cwd``: always ``gc.auto=0``
+    (no auto-gc while others share the object store); when ``cwd`` is in one of the run's git
+    workspaces, the guard, written under ``run_dir/guard``. The user's own ``GIT_CONFIG_*`` entries
+    are kept: ours come after them."""
+    entries = [("gc.auto", "0")]
+    extra: dict[str, str] = {}
+    ws = next((w for w in workspaces if _inside(cwd, w)), None)
+    if ws is not None and backend.kind == "git":
+        git = cast("GitBackend", backend)
+        gitdir = await git.git("rev-parse", "--absolute-git-dir", cwd=ws.path, check=False)
+        if gitdir.ok and gitdir.out.strip():
+            user_hooks = await _user_hooks(git, ws)
+            common = git.common_dir.resolve()
+            others, own = run_dir / "guard" / "others", run_dir / "guard" / f"ws-{ws.task}"
+            _hook_dir(others / "hooks", user_hooks, "")
+            _hook_dir(own / "hooks", user_hooks, f"refs/heads/{ws.ref}")
+            for d in (others, own):
+                write_atomic(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n")
+            entries += [
+                (f"includeIf.gitdir:{_pattern(common)}.path", str(others / "config")),  # the main checkout
+                (f"includeIf.gitdir:{_pattern(common)}/worktrees/.path", str(others / "config")),
+                (f"includeIf.gitdir:{_pattern(Path(gitdir.out.strip()).resolve())}.path", str(own / "config")),
+            ]
+            real = shutil.which("git", path=env.get("PATH", os.defpath))
+            if real:
+                _shim(run_dir / "guard" / "bin", real, common)
+                extra["PATH"] = str(run_dir / "guard" / "bin") + os.pathsep + env.get("PATH", os.defpath)
+    n = _config_count(env)
+    for i, (key, value) in enumerate(entries, n):
+        extra[f"GIT_CONFIG_KEY_{i}"] = key
+        extra[f"GIT_CONFIG_VALUE_{i}"] = value
+    extra["GIT_CONFIG_COUNT"] = str(n + len(entries))
+    return extra
