@@ -302,8 +302,9 @@ class Workspaces:
         return out
 
     def note_landed(self, integration: Workspace) -> None:
-        """The work merged into ``integration`` is on base now."""
+        """The work merged into ``integration`` (and the merge itself) is on base now."""
         self.landed.update(self._merged.get(integration.task, {}))
+        self.landed[integration.task] = integration.head
 
     async def wind_up(self) -> tuple[list[str], list[str]]:
         """The end of a run: remove every workspace still alive, its work committed onto its branch
@@ -333,6 +334,13 @@ class Workspaces:
         (a ref holding commits made in a workspace beside the task's own work is always kept)."""
         rt, backend = self._rt, self._rt.backend
         kept: list[str] = []
+        # work held by base counts as safe there only while base is where corral left it (where the
+        # run started, or what it landed); base moved by anyone else does not vouch for it
+        try:
+            base_tip = await backend.resolve(rt.base_name)
+        except VcsError:
+            base_tip = ""
+        untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
         for ws in self.created.values():
             if rt.options.keep_worktrees and ws.task in self.live:
                 kept += [ws.ref, *ws.extra_refs]
@@ -342,7 +350,7 @@ class Workspaces:
                     # landed as it is now (a rebase or squash landed copies of it), or holding nothing
                     # that is not elsewhere: its work is safe without it
                     landed = ws.head and self.landed.get(ws.task) == ws.head
-                    if not landed and await backend.holds_unmerged_work(ws.ref, ws.base_commit):
+                    if not landed and await backend.holds_unmerged_work(ws.ref, ws.base_commit, untrusted):
                         kept.append(ws.ref)
                     else:
                         await backend.drop_work(ws)

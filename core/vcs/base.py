@@ -404,7 +404,7 @@ class Backend(abc.ABC):
     async def ref_exists(self, ref: str) -> bool:
         ...
 
-    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
         """Whether ``ref`` holds commits that no branch outside corral's has (so deleting it loses work)."""
         return True
 

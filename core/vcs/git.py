@@ -795,11 +795,13 @@ class GitBackend(Backend):
                                       pid=int(words.get("pid", "0")) if words.get("pid", "").isdigit() else 0))
         return out
 
-    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
         """Whether ``ref`` holds commits that no branch, tag or remote branch outside corral's has,
-        and that are not in ``base_commit``: deleting it would lose them."""
-        res = await self.git("rev-list", "-n", "1", f"refs/heads/{ref}", *( [f"^{base_commit}"] if base_commit else []),
-                             "--not", "--exclude=corral/*", "--branches", "--tags", "--remotes", check=False)
+        and that are not in ``base_commit``: deleting it would lose them. ``base_branch`` does not
+        count as elsewhere (work that reached it other than by corral's landing is not safe there)."""
+        res = await self.git("rev-list", "-n", "1", f"refs/heads/{ref}", *([f"^{base_commit}"] if base_commit else []),
+                             "--not", "--exclude=corral/*", *([f"--exclude={base_branch}"] if base_branch else []),
+                             "--branches", "--tags", "--remotes", check=False)
         return not res.ok or bool(res.out.strip())
 
     async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:

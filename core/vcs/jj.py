@@ -786,7 +786,7 @@ class JjBackend(Backend):
             await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
         await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
-    async def holds_unmerged_work(self, ref: str, base_commit: str = "") -> bool:
+    async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
         target = (await self.bookmarks(f"exact:{ref}")).get(ref)
         if not target:
             return ref in await self.bookmarks(f"exact:{ref}")  # conflicted: keep it
