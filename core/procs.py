@@ -110,6 +110,10 @@ class Child:
 
     @classmethod
     async def start(cls, argv: list[str], *, cwd: str, env: dict[str, str] | None, nice: int = 0) -> "Child":
+        """Start ``argv`` in ``cwd`` with ``env`` (corral's own when None) and PWD set to ``cwd``:
+        some programs (opencode) resolve paths against PWD before the real cwd."""
+        env = {**(os.environ if env is None else env), "PWD": os.path.abspath(cwd)}
+
         def spawn() -> Child:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)

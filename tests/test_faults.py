@@ -224,3 +224,18 @@ def test_preplanted_symlinks_in_the_worktree_root_are_not_followed(repo, tmp_pat
     assert res.returncode == 0, res.stdout
     assert list(target.iterdir()) == []
     assert all(p.is_symlink() for p in wt_root.iterdir())
+
+
+def test_an_agent_writing_to_its_pwd_writes_into_its_workspace(repo, tmp_path, wt_root):
+    """opencode resolves paths against $PWD, not the real cwd: corral's own PWD (the user's
+    checkout) sent its writes there, outside the workspace."""
+    agent = tmp_path / "pwd-agent"
+    agent.write_text(f"#!{sys.executable}\nimport os\nopen(os.environ['PWD'] + '/x.txt', 'w').write('x')\n")
+    agent.chmod(0o755)
+    plan = write_plan(tmp_path / "plan.toml",
+                      f'worktree_root = "{wt_root}"\nagent = "pwd"\nsetup = "none"\n'
+                      f'[agents.pwd]\ncommand = ["{agent}", "{{prompt}}"]\n[[tasks]]\nname = "a"\nprompt = "go"\n')
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, env={"PWD": str(repo)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert git(repo, "status", "--porcelain") == "", "written into the user's checkout"
+    assert git(repo, "show", "main:x.txt") == "x"  # landed through the merge

@@ -142,3 +142,22 @@ def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
     anyio.run(main)
     assert log.read_text() == "".join(f"line {i}\n" for i in range(3000)) + "tail"
     assert _alive_with(marker) == []
+
+
+def test_children_get_their_cwd_as_pwd_and_an_environment_otherwise_untouched(tmp_path: Path) -> None:
+    """opencode reads PWD before the real cwd: a stale PWD (corral's own) sent it into the user's
+    checkout. Nothing else of the environment changes (Python's start-up in front of the command
+    sets LC_CTYPE in a C locale, for one)."""
+    outputs: list[dict[bytes, bytes]] = []
+    env = {"PATH": os.environ["PATH"], "LANG": "C", "PWD": "/", "X": "1"}
+
+    async def main() -> None:
+        for i, given in enumerate((env, None)):
+            log = tmp_path / f"environ-{i}"
+            result = await Supervised(["cat", "/proc/self/environ"], cwd=tmp_path, env=given, log_path=log).run()
+            assert result.exit_code == 0
+            outputs.append(dict(e.split(b"=", 1) for e in log.read_bytes().split(b"\0") if e))
+
+    anyio.run(main)
+    assert outputs[0] == {k.encode(): v.encode() for k, v in {**env, "PWD": str(tmp_path)}.items()}
+    assert outputs[1] == {**os.environb, b"PWD": str(tmp_path).encode()}
