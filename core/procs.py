@@ -1,16 +1,25 @@
 """The process supervisor: start a command in its own process group, stream its output line by line,
 log every byte to disk, and stop the whole group (TERM, then KILL after a grace period) on abort,
 timeout, cancellation or exit. Every process started here is reaped.
+
+No descendant outlives its command (Linux): every command runs under its own reaper
+(:mod:`.reaper`), a child subreaper that leads the process group and ends whatever is left below it,
+however it escaped the group (``setsid``, a double fork, a daemon), when the command exits, when the
+group gets TERM (abort, timeout, Ctrl-C, the watchdog) or when corral dies. corral itself is a child
+subreaper too: what a killed reaper left is reparented to corral, which kills it when the command's
+task ends. Every command gets its cwd as ``PWD``.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ from typing import Any, Callable
 import anyio
 import anyio.lowlevel
 
+from . import reaper
 from .watchdog import Watchdog
 
 #: Longest line handed to a display callback; the log file always keeps the full output.
@@ -87,18 +97,32 @@ def _spawn_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+#: Commands run under a reaper where there is ``PR_SET_CHILD_SUBREAPER`` and /proc
+REAPED = sys.platform == "linux"
+
+
+@functools.cache
+def _become_subreaper() -> bool:
+    """Make corral a child subreaper, once, before its first command starts: orphans of a command
+    whose reaper was killed come to corral (see :func:`_end_strays`), not to init."""
+    return reaper.prctl(reaper.PR_SET_CHILD_SUBREAPER, 1)
+
+
 class Child:
     """A started command: its own session and process group, stdin closed, stdout and stderr on one
-    pipe read without blocking the event loop.
+    pipe read without blocking the event loop. On Linux the process started (``pid``, the group's
+    leader) is the command's reaper, which runs the command as its child in the same group.
 
     Started from a worker thread, so the fork and exec (which under load can take tens of
     milliseconds while the child waits for a CPU) never stall the event loop, and awaited through a
     pidfd, so no thread sits in ``waitpid`` per child. Where pidfds are missing (not Linux, or an old
     kernel) a worker thread waits instead."""
 
-    def __init__(self, popen: subprocess.Popen) -> None:
+    def __init__(self, popen: subprocess.Popen, reaped: bool = False) -> None:
         self._popen = popen
         self.pid = popen.pid
+        #: a reaper leads the group: it ends the command's descendants itself, given time to
+        self.reaped = reaped
         assert popen.stdout is not None
         self._out = popen.stdout.fileno()
         os.set_blocking(self._out, False)
@@ -109,16 +133,36 @@ class Child:
         self._waiter: anyio.Event | None = None
 
     @classmethod
-    async def start(cls, argv: list[str], *, cwd: str, env: dict[str, str] | None, nice: int = 0) -> "Child":
+    async def start(cls, argv: list[str], *, cwd: str, env: dict[str, str] | None, nice: int = 0,
+                    grace: float = DEFAULT_GRACE) -> "Child":
+        """Start ``argv`` in ``cwd`` with ``env`` (corral's own when None) and PWD set to ``cwd``
+        (some programs, opencode, resolve paths against PWD before the real cwd); on Linux under a
+        reaper that ends its descendants ``grace`` seconds after TERM. Raises OSError when the
+        command cannot be started."""
+        env = {**(os.environ if env is None else env), "PWD": os.path.abspath(cwd)}
+        status_fd = -1
+
         def spawn() -> Child:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+            nonlocal status_fd
+            full, status_w = argv, -1
+            if REAPED:
+                _become_subreaper()
+                status_fd, status_w = os.pipe()
+                full = [sys.executable, "-I", "-S", reaper.__file__, "--grace", repr(grace),
+                        "--parent", str(os.getpid()), "--status-fd", str(status_w), "--", *argv]
+            try:
+                popen = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
+                                         pass_fds=(status_w,) if status_w >= 0 else ())
+            finally:
+                if status_w >= 0:
+                    os.close(status_w)
             if nice:
                 # agents yield the CPU to corral itself, so the dashboard stays responsive under load;
                 # set at once, so the child's own start-up already runs at the lower priority
                 _renice_session(popen.pid, nice)
             try:
-                return cls(popen)
+                return cls(popen, reaped=REAPED)
             except BaseException:
                 popen.kill()
                 popen.wait()
@@ -126,7 +170,20 @@ class Child:
         # shielded: a child started while the caller was being cancelled must still be handed back,
         # so the caller's cleanup stops and reaps it
         with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(spawn, limiter=_spawn_limiter())
+            try:
+                child = await anyio.to_thread.run_sync(spawn, limiter=_spawn_limiter())
+            except BaseException:
+                if status_fd >= 0:
+                    os.close(status_fd)
+                raise
+            if status_fd >= 0:
+                error = await _read_all(status_fd)
+                if error:
+                    await child.wait()
+                    child.close()
+                    code = int(error)
+                    raise OSError(code, os.strerror(code), argv[0])
+            return child
 
     @property
     def returncode(self) -> int | None:
@@ -167,6 +224,25 @@ class Child:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+async def _read_all(fd: int) -> bytes:
+    """Everything written to a pipe until its last writer closes it; closes ``fd``. The reaper's
+    status pipe: closed by the command's exec, or given the errno of an exec that failed."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 64)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        os.close(fd)
 
 
 class _LogWriter(threading.Thread):
@@ -270,33 +346,26 @@ class ProcResult:
     duration: float
 
 
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to a process group; False when the group has no process left."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-
-
 async def kill_group(proc: Child, grace: float = DEFAULT_GRACE) -> None:
     """Stop a process group: TERM, wait up to ``grace`` for the leader, then KILL whatever is left
-    of the group (the leader can exit while its children live on), and reap the leader."""
+    of the group (the leader can exit while its children live on), and reap the leader.
+
+    A reaper leading the group is given its grace period and then some: after TERM it ends every
+    descendant (the escaped ones too, KILL after ``grace``) before it exits, and the group's KILL
+    must not cut that short."""
     with anyio.CancelScope(shield=True):
         pgid = proc.pid
         if proc.returncode is None:
-            if _signal_group(pgid, signal.SIGTERM):
-                with anyio.move_on_after(grace):
+            if reaper.signal_group(pgid, signal.SIGTERM):
+                with anyio.move_on_after(grace + (reaper.SLACK if proc.reaped else 0)):
                     await proc.wait()
         else:
             # the leader is gone; give its children a moment after TERM before KILL
-            if _signal_group(pgid, signal.SIGTERM):
+            if reaper.signal_group(pgid, signal.SIGTERM):
                 deadline = time.monotonic() + min(grace, 0.5)
-                while time.monotonic() < deadline and _signal_group(pgid, 0):
+                while time.monotonic() < deadline and reaper.signal_group(pgid, 0):
                     await anyio.sleep(0.02)
-        _signal_group(pgid, signal.SIGKILL)
+        reaper.signal_group(pgid, signal.SIGKILL)
         await proc.wait()
 
 
@@ -347,7 +416,7 @@ class Supervised:
         start = time.monotonic()
         reason = "exited"
         try:
-            proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice)
+            proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice, grace=self.grace)
         except OSError as exc:
             self.on_lines([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
@@ -355,7 +424,7 @@ class Supervised:
         self.pid = proc.pid
         watchdog = Watchdog.get()
         if watchdog:
-            watchdog.register(proc.pid)
+            watchdog.register(proc.pid, self.grace)
         if self.on_start:
             self.on_start(proc.pid)
         log = _LogFile(self.log_path) if self.log_path else None
@@ -390,8 +459,10 @@ class Supervised:
             proc.close()
             if watchdog:
                 watchdog.unregister(proc.pid)
-            if log:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if proc.reaped:
+                    await anyio.to_thread.run_sync(_end_strays, proc.pid, _marks(self.env))
+                if log:
                     await log.aclose()
         code = proc.returncode
         return ProcResult(code, reason, time.monotonic() - start)
@@ -425,6 +496,92 @@ class Supervised:
                 emit([clean_line(buf)])
         finally:
             done.set()
+
+
+def _environ(pid: int) -> set[bytes]:
+    """The ``NAME=value`` entries of a process's environment (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return set(f.read().split(b"\0"))
+    except OSError:
+        return set()
+
+
+def _marks(env: dict[str, str] | None) -> frozenset[bytes]:
+    """The entries that tie a process to a run's task: its CORRAL_RUN and CORRAL_TASK."""
+    env = env or {}
+    if not (env.get("CORRAL_RUN") and env.get("CORRAL_TASK")):
+        return frozenset()
+    return frozenset(f"{k}={env[k]}".encode() for k in ("CORRAL_RUN", "CORRAL_TASK"))
+
+
+def _strays(leader: int, marks: frozenset[bytes]) -> list[reaper.Proc]:
+    """Children of corral that the command led by ``leader`` left: orphans of its subtree, which
+    come to corral (a child subreaper) when the command's reaper was killed before its sweep. Known
+    by the reaper's session or process group, or by ``marks`` in their environment (those that left
+    both); a zombie only by the first two."""
+    me = os.getpid()
+    return [p for p in reaper.processes()
+            if p.ppid == me and p.pid != leader
+            and (p.sid == leader or p.pgid == leader or (bool(marks) and marks <= _environ(p.pid)))]
+
+
+def _end_strays(leader: int, marks: frozenset[bytes], timeout: float = 10) -> None:
+    """KILL the strays of a command (with their process groups) and reap them, until none is left.
+    Runs in a worker thread, after the command's reaper has been reaped."""
+    pending: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _strays(leader, marks)
+        for p in found:
+            if p.state != "Z":
+                _kill(p.pid, p.pgid == p.pid)
+            pending.add(p.pid)
+        for pid in list(pending):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pending.discard(pid)
+            except ChildProcessError:
+                pending.discard(pid)
+        if not (found or pending) or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+def _kill(pid: int, group: bool) -> None:
+    """SIGKILL a process, or the whole process group it leads."""
+    if group:
+        reaper.signal_group(pid, signal.SIGKILL)
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_processes(run: str) -> list[int]:
+    """Pids of every live process whose environment holds ``CORRAL_RUN=<run>``: what is left of a
+    run (agents, what they started) when its corral was SIGKILLed. corral's own process is never
+    among them."""
+    mark = f"CORRAL_RUN={run}".encode()
+    return [p.pid for p in reaper.processes()
+            if p.state != "Z" and p.pid != os.getpid() and mark in _environ(p.pid)]
+
+
+def kill_run_processes(run: str) -> list[int]:
+    """SIGKILL every process :func:`run_processes` finds, with the process group it is in (unless
+    that is corral's own), and return their pids. For runs whose corral is gone (``corral clean``)."""
+    own = os.getpgrp()
+    pids = run_processes(run)
+    for pid in pids:
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        if pgid != own:
+            _kill(pgid, True)
+        _kill(pid, False)
+    return pids
 
 
 async def run_captured(argv: list[str], cwd: str | Path, env: dict[str, str] | None = None,

@@ -1,11 +1,13 @@
 """The agent watchdog: if corral itself dies (even by SIGKILL), no agent outlives it.
 
 corral starts one watchdog process per corral process, in its own session, and keeps the write end
-of a pipe to its stdin. It tells the watchdog each agent process group it starts (``+PGID``) and
-each it has reaped (``-PGID``). When the pipe reaches EOF without a clean ``bye`` (the corral
-process is gone, however it died), the watchdog sends TERM to every group still registered, waits
-a moment, then KILL, and exits. A parent-death signal would not do: it reaches only the direct
-child, never an agent's own children (a dev server it started).
+of a pipe to its stdin. It tells the watchdog each agent process group it starts, with its grace
+period (``+PGID GRACE``), and each it has reaped (``-PGID``). When the pipe reaches EOF without a
+clean ``bye`` (the corral process is gone, however it died), the watchdog sends TERM to every group
+still registered, waits for each group's leader to exit (up to its grace period, and more for a
+reaper: it ends every descendant of its command, the escaped ones too, before it exits), then KILLs
+what is left of the groups, and exits. A parent-death signal alone would not do: it reaches only
+the direct child, and only where that child acts on it (the reapers do).
 
 Run as ``python -m corral.core.watchdog``; :class:`Watchdog` is the client side.
 """
@@ -20,31 +22,31 @@ import sys
 import threading
 import time
 
-GRACE = 1.0
+from .reaper import SLACK, alive, signal_group
 
 
 def _serve() -> int:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
+    groups: dict[int, float] = {}  # pgid: grace period
     stdin = sys.stdin.buffer
     for raw in stdin:
-        line = raw.strip()
-        if line == b"bye":
+        line = raw.split()
+        if line == [b"bye"]:
             return 0
-        if line[:1] == b"+" and line[1:].isdigit():
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-" and line[1:].isdigit():
-            groups.discard(int(line[1:]))
+        if len(line) == 2 and line[0][:1] == b"+" and line[0][1:].isdigit():
+            groups[int(line[0][1:])] = float(line[1])
+        elif len(line) == 1 and line[0][:1] == b"-" and line[0][1:].isdigit():
+            groups.pop(int(line[0][1:]), None)
     # EOF without bye: corral died. Stop everything it left running.
-    for sig, pause in ((signal.SIGTERM, GRACE), (signal.SIGKILL, 0)):
-        for pgid in list(groups):
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                groups.discard(pgid)
-        if groups and pause:
-            time.sleep(pause)
+    for pgid in list(groups):
+        if not signal_group(pgid, signal.SIGTERM):
+            del groups[pgid]
+    deadline = time.monotonic() + max(groups.values(), default=0) + SLACK
+    while time.monotonic() < deadline and any(alive(pgid) for pgid in groups):
+        time.sleep(0.05)
+    for pgid in groups:
+        signal_group(pgid, signal.SIGKILL)
     return 0
 
 
@@ -82,8 +84,8 @@ class Watchdog:
         except (OSError, ValueError):
             pass
 
-    def register(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+    def register(self, pgid: int, grace: float) -> None:
+        self._send(f"+{pgid} {grace!r}\n")
 
     def unregister(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")

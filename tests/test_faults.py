@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -50,7 +51,7 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
     proc.wait(timeout=10)
     all_pids = [int(p.read_text()) for p in pids.iterdir()]
     assert len(all_pids) == 4
-    deadline = time.time() + 5
+    deadline = time.time() + 10  # they ignore TERM: KILL comes after the grace period (3 s)
     while _pids_alive(all_pids) and time.time() < deadline:
         time.sleep(0.1)
     assert _pids_alive(all_pids) == [], "agents outlived corral"
@@ -225,3 +226,116 @@ def test_preplanted_symlinks_in_the_worktree_root_are_not_followed(repo, tmp_pat
     assert res.returncode == 0, res.stdout
     assert list(target.iterdir()) == []
     assert all(p.is_symlink() for p in wt_root.iterdir())
+
+
+def test_an_agent_writing_to_its_pwd_writes_into_its_workspace(repo, tmp_path, wt_root):
+    """opencode resolves paths against $PWD, not the real cwd: corral's own PWD (the user's
+    checkout) sent its writes there, outside the workspace."""
+    agent = tmp_path / "pwd-agent"
+    agent.write_text(f"#!{sys.executable}\nimport os\nopen(os.environ['PWD'] + '/x.txt', 'w').write('x')\n")
+    agent.chmod(0o755)
+    plan = write_plan(tmp_path / "plan.toml",
+                      f'worktree_root = "{wt_root}"\nagent = "pwd"\nsetup = "none"\n'
+                      f'[agents.pwd]\ncommand = ["{agent}", "{{prompt}}"]\n[[tasks]]\nname = "a"\nprompt = "go"\n')
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, env={"PWD": str(repo)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert git(repo, "status", "--porcelain") == "", "written into the user's checkout"
+    assert git(repo, "show", "main:x.txt") == "x"  # landed through the merge
+
+
+# ------------------------------------------------- no descendant of an agent outlives its task
+def escaping(pids: Path, then: str = "") -> str:
+    """An agent that leaves three processes outside its process group and session, each ignoring
+    TERM and writing its pid to ``pids/NAME``: ``setsid cmd &``, a double-forked daemon (a subshell
+    starts it and exits) and ``setsid -f``. It says "started" once all three run, then runs ``then``."""
+    esc = f"trap '' TERM; echo $$ > {pids}/$0; exec sleep 600"
+    names = ("setsid", "daemon", "setsid-f")
+    waiting = " || ".join(f"[ ! -s {pids}/{n} ]" for n in names)
+    return (f"ESC={shlex.quote(esc)}; setsid sh -c \"$ESC\" setsid & (setsid sh -c \"$ESC\" daemon &); "
+            f"setsid -f sh -c \"$ESC\" setsid-f; while {waiting}; do sleep 0.02; done; echo started; {then}")
+
+
+@pytest.fixture
+def pids(tmp_path):
+    """A folder for escaped processes' pid files; whatever is still alive at the end is killed, so a
+    failing test leaves nothing behind."""
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    yield folder
+    for pid in _pids_alive(escaped(folder)):
+        os.kill(pid, signal.SIGKILL)
+
+
+def escaped(pids: Path) -> list[int]:
+    return [int(p.read_text()) for p in pids.iterdir()]
+
+
+def assert_all_dead(pids: Path, count: int = 3, timeout: float = 15) -> None:
+    found = escaped(pids)
+    assert len(found) == count, found
+    deadline = time.time() + timeout
+    while _pids_alive(found) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _pids_alive(found) == [], "escaped processes outlived their task"
+
+
+def test_escaped_processes_die_when_their_task_ends(repo, tmp_path, wt_root, pids):
+    res = run_plan(repo, tmp_path, wt_root, [("esc", escaping(pids))], "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[esc] started" in res.stdout
+    assert_all_dead(pids, timeout=2)  # the task's end waits for them: dead by the time corral exits
+
+
+def test_escaped_processes_die_when_their_task_is_aborted(repo, tmp_path, pids):
+    prog = tmp_path / "prog.py"
+    prog.write_text(
+        "import anyio, pathlib\n"
+        "async def run(input, rt):\n"
+        "    ws = await rt.workspaces.create('w')\n"
+        f"    h = rt.spawn({{'agent': 'shell', 'name': 'esc', 'cwd': str(ws.path), 'task': {escaping(pids, 'sleep 600')!r}}})\n"
+        f"    while len(list(pathlib.Path({str(pids)!r}).iterdir())) < 3:\n"
+        "        await anyio.sleep(0.05)\n"
+        "    rt.abort('esc')\n"
+        "    return (await rt.join(h)).status\n")
+    res = corral("run", str(prog), "--headless", "--json", cwd=repo)
+    results = [json.loads(l) for l in res.stdout.splitlines() if '"program_result"' in l]
+    assert results and results[0]["value"] == "aborted", res.stdout + res.stderr
+    assert_all_dead(pids, timeout=2)
+
+
+def test_escaped_processes_die_when_the_run_is_interrupted(repo, tmp_path, wt_root, pids):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("esc", escaping(pids, "sleep 600"))]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert_all_dead(pids, timeout=2)
+
+
+def test_escaped_processes_die_when_corral_is_sigkilled_and_clean_finds_none(repo, tmp_path, wt_root, pids):
+    """corral SIGKILLed: its watchdog TERMs each agent's group, the agent's reaper TERMs every
+    descendant (these ignore it), KILLs them after the grace period, and the watchdog waits for the
+    reaper before it KILLs the group."""
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("esc", escaping(pids, "sleep 600"))]))
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 1)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert_all_dead(pids)
+    from corral.core.procs import run_processes
+
+    run = corral_state(repo)["runs"][0]
+    assert run_processes(run) == []
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0 and "stopped" not in res.stdout, res.stdout
+
+
+def test_escaped_processes_die_with_their_task_when_the_reaper_itself_is_killed(repo, tmp_path, wt_root, pids):
+    """An agent that SIGKILLs the process in front of it (its reaper): what escaped is reparented
+    to corral, a child subreaper itself, which kills it at the task's end."""
+    res = run_plan(repo, tmp_path, wt_root, [("esc", escaping(pids, "kill -KILL $PPID; sleep 600"))],
+                   "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "esc: failed (exit code -9)" in res.stdout
+    assert_all_dead(pids, timeout=2)

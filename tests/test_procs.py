@@ -3,7 +3,12 @@ stopped (the engine tests drive it through whole runs; these pin down its own pr
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -142,3 +147,200 @@ def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
     anyio.run(main)
     assert log.read_text() == "".join(f"line {i}\n" for i in range(3000)) + "tail"
     assert _alive_with(marker) == []
+
+
+def test_children_get_their_cwd_as_pwd_and_an_environment_otherwise_untouched(tmp_path: Path) -> None:
+    """opencode reads PWD before the real cwd: a stale PWD (corral's own) sent it into the user's
+    checkout. Nothing else of the environment changes (Python's start-up in front of the command
+    sets LC_CTYPE in a C locale, for one)."""
+    outputs: list[dict[bytes, bytes]] = []
+    env = {"PATH": os.environ["PATH"], "LANG": "C", "PWD": "/", "X": "1"}
+
+    async def main() -> None:
+        for i, given in enumerate((env, None)):
+            log = tmp_path / f"environ-{i}"
+            result = await Supervised(["cat", "/proc/self/environ"], cwd=tmp_path, env=given, log_path=log).run()
+            assert result.exit_code == 0
+            outputs.append(dict(e.split(b"=", 1) for e in log.read_bytes().split(b"\0") if e))
+
+    anyio.run(main)
+    assert outputs[0] == {k.encode(): v.encode() for k, v in {**env, "PWD": str(tmp_path)}.items()}
+    assert outputs[1] == {**os.environb, b"PWD": str(tmp_path).encode()}
+
+
+# ----------------------------------------------------------------- descendants that escape the group
+def _pids_alive(pids: list[int]) -> list[int]:
+    """The pids of ``pids`` that name a live process (a zombie is dead for our purposes)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _escaping(pids: Path, stubborn: bool) -> str:
+    """A shell script that leaves two processes outside its process group and session, each writing
+    its pid to ``pids/NAME``: ``setsid cmd &`` and a double-forked daemon (a subshell starts it and
+    exits at once). Stubborn ones ignore TERM, so only KILL ends them."""
+    trap = "trap '' TERM; " if stubborn else ""
+    esc = f"{trap}echo $$ > {pids}/$0; exec sleep 600"
+    return (f"ESC={shlex.quote(esc)}; setsid sh -c \"$ESC\" setsid & (setsid sh -c \"$ESC\" daemon &); "
+            f"while [ ! -s {pids}/setsid ] || [ ! -s {pids}/daemon ]; do sleep 0.02; done; echo started")
+
+
+def _escaped(pids: Path) -> list[int]:
+    return [int(p.read_text()) for p in pids.iterdir()]
+
+
+@pytest.fixture
+def pids(tmp_path: Path):
+    """A folder for escaped processes' pid files; whatever is still alive at the end is killed, so a
+    failing test leaves nothing behind."""
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    yield folder
+    for pid in _pids_alive(_escaped(folder)):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+def test_escaped_descendants_are_dead_when_the_command_exits(tmp_path: Path, pids: Path, stubborn: bool) -> None:
+    """setsid and double forks leave the process group; the command's reaper still ends them (KILL
+    after the grace period for those ignoring TERM) and has reaped them before run() returns."""
+    lines: list[str] = []
+
+    async def main() -> None:
+        result = await Supervised(["sh", "-c", _escaping(pids, stubborn)], cwd=tmp_path, grace=0.5,
+                                  on_lines=lines.extend).run()
+        assert (result.exit_code, result.reason) == (0, "exited")
+        assert _pids_alive(_escaped(pids)) == []  # at once: no deadline needed
+
+    anyio.run(main)
+    assert lines == ["started"]
+    assert len(_escaped(pids)) == 2
+
+
+def test_stop_ends_escaped_descendants_before_the_group_is_killed(tmp_path: Path, pids: Path) -> None:
+    """stop(): TERM to the group reaches the reaper, which TERMs every descendant, waits the grace
+    period, KILLs the rest and only then exits; the group's final KILL must not cut that short."""
+    script = "trap '' TERM; " + _escaping(pids, stubborn=True) + "; sleep 600 & wait"
+
+    async def main() -> None:
+        proc = Supervised(["sh", "-c", script], cwd=tmp_path, grace=0.5,
+                          on_lines=lambda lines: "started" in lines and proc.stop("aborted"))
+        result = await proc.run()
+        assert result.reason == "aborted" and result.exit_code == -signal.SIGKILL
+        assert _pids_alive(_escaped(pids)) == []
+
+    anyio.run(main)
+    assert len(_escaped(pids)) == 2
+
+
+@pytest.mark.parametrize("script,code", [("exit 0", 0), ("exit 3", 3), ("kill -USR1 $$", -signal.SIGUSR1),
+                                         ("kill -KILL $$", -signal.SIGKILL)])
+def test_exit_codes_and_output_pass_through(tmp_path: Path, script: str, code: int) -> None:
+    """The reaper in front of every command is invisible: the command's exit code (or the signal
+    that killed it) and every byte of its output come through unchanged."""
+    log = tmp_path / "out.log"
+    printed = b"\x00\xff\x1b[1mbold\r\n" + bytes(range(256))
+
+    async def main() -> None:
+        octal = "".join(f"\\{b:03o}" for b in printed)
+        result = await Supervised(["sh", "-c", f"printf '{octal}'; {script}"], cwd=tmp_path, log_path=log).run()
+        assert (result.exit_code, result.reason) == (code, "exited")
+
+    anyio.run(main)
+    assert log.read_bytes() == printed
+
+
+def test_a_command_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    async def main() -> None:
+        result = await Supervised(["corral-no-such-command"], cwd=tmp_path, on_lines=lines.extend).run()
+        assert (result.exit_code, result.reason) == (None, "error")
+
+    anyio.run(main)
+    assert lines == ["corral: cannot start corral-no-such-command: No such file or directory"]
+
+
+def test_processes_of_a_dead_run_are_found_by_their_environment(tmp_path: Path) -> None:
+    """What corral clean uses after a SIGKILLed corral: every live process whose environment names
+    the run is killed, with its process group (a member that dropped the variable goes too)."""
+    from corral.core.procs import kill_run_processes, run_processes
+
+    run, other = f"test-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex}"
+    procs, members = [], []
+    for r in (run, other):
+        members.append(tmp_path / r)
+        member = f"echo $$ > {members[-1]}.tmp; mv {members[-1]}.tmp {members[-1]}; exec sleep 600"
+        script = f"env -u CORRAL_RUN sh -c {shlex.quote(member)} & exec sleep 600"
+        procs.append(subprocess.Popen(["sh", "-c", script], env={**os.environ, "CORRAL_RUN": r}, start_new_session=True))
+    try:
+        deadline = time.monotonic() + 10
+        while not all(m.exists() for m in members) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        member = int(members[0].read_text())
+        assert run_processes(run) == [procs[0].pid]
+        assert kill_run_processes(run) == [procs[0].pid]
+        assert procs[0].wait(timeout=10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _pids_alive([member]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _pids_alive([member]) == []
+        assert run_processes(run) == []
+        assert _pids_alive([procs[1].pid, int(members[1].read_text())]) == [procs[1].pid, int(members[1].read_text())]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _idle_with_nothing_pending(pid: int) -> bool:
+    """Whether a process sleeps (in the reaper: waits for a signal) with no signal pending."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return status["State"].split()[0] == "S" and not int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+
+
+def test_the_reaper_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    """The parent-death signal comes when the *thread* that forked the reaper ends, and corral
+    spawns from worker threads that retire when idle: the reaper must end nothing while corral
+    itself is still there."""
+    from corral.core import reaper
+
+    status_r, status_w = os.pipe()
+    started: dict = {}
+
+    def spawn() -> None:
+        started["tid"] = threading.get_native_id()
+        started["proc"] = subprocess.Popen(
+            [sys.executable, "-I", "-S", reaper.__file__, "--grace", "1", "--parent", str(os.getpid()),
+             "--status-fd", str(status_w), "--", "sh", "-c", 'read line; echo "$line"; exit 7'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(status_w,))
+        os.close(status_w)
+        # the thread ends once the reaper has set its parent-death signal and the command runs
+        started["status"] = os.read(status_r, 16)
+
+    thread = threading.Thread(target=spawn)
+    thread.start()
+    thread.join()
+    proc = started["proc"]
+    try:
+        assert started["status"] == b""  # the command's exec closed the status pipe
+        deadline = time.monotonic() + 10
+        # the signal is sent as the thread ends; then the reaper takes it and waits again
+        while time.monotonic() < deadline and (Path(f"/proc/self/task/{started['tid']}").exists()
+                                               or not _idle_with_nothing_pending(proc.pid)):
+            time.sleep(0.01)
+        out, _ = proc.communicate(b"still here\n", timeout=10)
+        assert (out, proc.returncode) == (b"still here\n", 7)
+    finally:
+        os.close(status_r)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

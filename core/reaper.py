@@ -1,0 +1,237 @@
+"""The reaper: a small process in front of every command corral starts (on Linux), so that no
+descendant of the command outlives it, however it left the command's process group or session
+(``setsid cmd &``, a double fork, ``setsid -f``, a daemon).
+
+    python -I -S reaper.py --grace SECONDS --parent PID --status-fd FD -- ARGV...
+
+It makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every orphan of the command's
+subtree is reparented to it instead of to init, and it forks and execs ARGV in its own process
+group (stdin, stdout and cwd as it got them, the environment exactly as it got it). When the command
+exits, or the reaper gets TERM, INT or HUP, or corral is gone, it sends TERM to every descendant
+left, KILL to what is left after the grace period, reaps them all, then exits as the command did:
+with its exit code, or killed by the same signal. Every other signal is blocked, so a command that
+signals its own process group does not end the reaper.
+
+A parent-death signal tells it that corral is gone. It is not TERM: the kernel sends it when the
+*thread* that forked the reaper ends, and corral spawns from worker threads that retire when idle,
+so it only means "look whether corral is still there" (``getppid``).
+
+Only the standard library, and only what is needed (``-I -S``: no site-packages): the reaper
+starts in front of every agent and every setup command. :func:`processes` is shared with corral.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+TYPE_CHECKING = False  # typing costs more to import than the rest of the reaper together
+if TYPE_CHECKING:
+    import signal
+    from typing import Iterable, Iterator
+else:
+    import _signal as signal  # the signal module without its enums, which take longer to import
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PDEATH_SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: Exit code when the command cannot be started (the errno goes to the status pipe)
+CANNOT_EXEC = 127
+#: How long after its grace period the reaper may still take to KILL and reap what is left: whoever
+#: waits for a reaper to finish its sweep waits that much longer than the grace period
+SLACK = 5.0
+
+
+def prctl(option: int, arg: int) -> bool:
+    """``prctl(option, arg)`` on this process; False where it is missing or refused."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Proc:
+    """One line of ``/proc/PID/stat``, the fields corral looks at."""
+
+    __slots__ = ("pid", "ppid", "pgid", "sid", "state")
+
+    def __init__(self, pid: int, ppid: int, pgid: int, sid: int, state: str) -> None:
+        self.pid, self.ppid, self.pgid, self.sid = pid, ppid, pgid, sid
+        self.state = state  # "Z" for a zombie
+
+
+def processes() -> Iterator[Proc]:
+    """Every process visible in /proc, from its ``stat`` (the command name in it may hold spaces and
+    parentheses: the fields after it are read from the last ')')."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        yield Proc(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc to tell a zombie by (or it ended just now: the next look sees it)
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every process below ``root`` (parent links, as they are now)."""
+    children: dict[int, list[int]] = {}
+    for p in processes():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group has no process left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _signal_descendants(sig: int) -> None:
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def _environ() -> dict[bytes, bytes]:
+    """The environment this process was started with, byte for byte: Python's start-up may have
+    changed ``os.environ`` (in a C locale it sets LC_CTYPE), the command must not see that."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return dict(os.environb)
+    return dict(e.split(b"=", 1) for e in entries if b"=" in e)
+
+
+def _exec(argv: list[str], mask: Iterable[int], status_fd: int) -> None:
+    """In the forked child: undo what Python's start-up and the reaper changed, then exec. An exec
+    that fails writes its errno to the status pipe (closed on a successful exec)."""
+    try:
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.execvpe(argv[0], argv, _environ())
+    except OSError as exc:
+        os.write(status_fd, str(exc.errno or 0).encode())
+    finally:
+        os._exit(CANNOT_EXEC)
+
+
+def _supervise(main: int, grace: float, parent: int) -> int:
+    """Reap every child until none is left; start the sweep (TERM, then KILL after ``grace``) when
+    the command exits or a stop is asked for. Returns the command's wait status."""
+    wanted = {signal.SIGCHLD, PDEATH_SIGNAL, *STOP_SIGNALS}
+    status: int | None = None
+    deadline: float | None = None
+    while True:
+        try:
+            while True:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                if pid == main:
+                    status = st
+        except ChildProcessError:
+            assert status is not None  # the command is a child until it is reaped
+            return status  # nothing left below the reaper
+        if status is not None and deadline is None:
+            deadline = _stop(grace)
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                _signal_descendants(signal.SIGKILL)
+                timeout = 0.1  # then again: whatever was forked meanwhile
+        info = signal.sigtimedwait(wanted, timeout) if timeout is not None else signal.sigwaitinfo(wanted)
+        if info is None or deadline is not None:
+            continue
+        if info.si_signo in STOP_SIGNALS or (info.si_signo == PDEATH_SIGNAL and os.getppid() != parent):
+            deadline = _stop(grace)
+
+
+def _stop(grace: float) -> float:
+    _signal_descendants(signal.SIGTERM)
+    return time.monotonic() + grace
+
+
+def _exit_as(status: int) -> None:
+    """Exit with the command's exit code, or die of the signal that killed it (without a core dump
+    of the reaper's own)."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        os._exit(code)
+    prctl(PR_SET_DUMPABLE, 0)
+    if -code != signal.SIGKILL:  # whose action cannot be changed
+        signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {-code})
+    os._exit(128 - code)  # a signal that does not kill (the command cannot have died of it)
+
+
+def _parse(args: list[str]) -> tuple[float, int, int, list[str]]:
+    opts: dict[str, str] = {}
+    while args and args[0] != "--":
+        opts[args[0]] = args[1]
+        args = args[2:]
+    if not args[1:]:
+        raise SystemExit("usage: reaper.py --grace S --parent PID --status-fd FD -- ARGV...")
+    return float(opts["--grace"]), int(opts["--parent"]), int(opts["--status-fd"]), args[1:]
+
+
+def main(args: list[str]) -> None:
+    grace, parent, status_fd, argv = _parse(args)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_PDEATHSIG, PDEATH_SIGNAL)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    if os.getppid() != parent:
+        os._exit(1)  # corral died before the parent-death signal was set: start nothing
+    os.set_inheritable(status_fd, False)
+    pid = os.fork()
+    if pid == 0:
+        _exec(argv, mask, status_fd)
+    os.close(status_fd)
+    try:
+        status = _supervise(pid, grace, parent)
+    except BaseException:
+        _signal_descendants(signal.SIGKILL)
+        raise
+    _exit_as(status)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
