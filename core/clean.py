@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from dataclasses import dataclass, field
 
 from .journal import list_runs, write_atomic
+from .procs import kill_run_processes, run_processes
 from .vcs.base import Backend, Leftover, VcsError
 from .vcs.registry import CREATING
 
@@ -70,14 +70,6 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def _belongs_to_run(pid: int, run: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f"CORRAL_RUN={run}".encode() in f.read().split(b"\0")
-    except OSError:
-        return False
 
 
 def stale_runs(backend: Backend) -> list[dict]:
@@ -136,18 +128,10 @@ async def _do_item(backend: Backend, item: CleanItem) -> None:
 
 async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
     rep = CleanReport()
-    # 1. agents of dead runs that are still alive (corral was SIGKILLed): stop their process groups
+    # 1. what dead runs left running (corral was SIGKILLed): every process carrying the run's mark
     for data in stale_runs(backend):
         run = data["run"]
-        for task in data.get("tasks", {}).values():
-            pid = task.get("pgid") or task.get("pid")
-            if pid and _pid_alive(pid) and _belongs_to_run(pid, run):
-                rep.killed.append(pid)
-                if not dry_run:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        rep.killed += run_processes(run) if dry_run else kill_run_processes(run)
         rep.runs_marked.append(run)
         if not dry_run:
             data = dict(data)

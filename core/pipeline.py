@@ -285,7 +285,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         rt.set_phase("verify")
         start = time.monotonic()
         bus.log("info", f"verify: {plan.verify}")
-        proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path,
+        proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path, env=rt.child_env("verify", str(integ.path)),
                           on_lines=lambda lines: bus.emit(VerifyOutput(lines=lines)),
                           log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
         res = await proc.run()
@@ -368,7 +368,7 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
 
     async def setup_step(argv: list[str]) -> int | None:
         """One setup command in the workspace, its output in the pane and the log, abortable."""
-        proc = Supervised(argv, cwd=ws.path,
+        proc = Supervised(argv, cwd=ws.path, env=rt.child_env(name, str(ws.path)),
                           on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
                           log_path=rt.journal.log_path(name), grace=rt.options.grace)
         rt._procs[name] = proc

@@ -590,13 +590,7 @@ class Runtime:
 
         argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
                             workspace=cwd, run=self.run_id)
-        env = dict(os.environ)
-        env.update(dict(profile.env))
-        env.update({
-            "CORRAL_RUN": self.run_id,
-            "CORRAL_TASK": name,
-            "CORRAL_WORKSPACE": cwd,
-        })
+        env = self.child_env(name, cwd, dict(profile.env))
         # no auto-gc; in a workspace of the run, git refuses to move refs that are not its own
         env.update(await agent_git_env(self.backend, self.journal.dir, cwd, self.workspaces.list(), env))
         emit = self.bus.emit
@@ -663,6 +657,15 @@ class Runtime:
         self.journal.update_task(name, exit_code=res.exit_code, duration=result.duration, cost=result.usage.cost,
                                  tokens=result.usage.tokens, pid=None)
         return result
+
+    def child_env(self, task: str, cwd: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a command corral runs for ``task`` in ``cwd`` (agent, setup, verify):
+        corral's own, ``extra`` (a profile's), and the marks by which what it leaves running is found
+        after a crash (``CORRAL_RUN``, ``CORRAL_TASK``)."""
+        env = dict(os.environ)
+        env.update(extra or {})
+        env.update({"CORRAL_RUN": self.run_id, "CORRAL_TASK": task, "CORRAL_WORKSPACE": cwd})
+        return env
 
     def _workspace_at(self, cwd: str) -> Workspace | None:
         try:

@@ -300,7 +300,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def clean_lines(rep, dry_run: bool) -> list[str]:
     """What ``corral clean`` did (or, with ``--dry-run``, would do), one line per action."""
     would = dry_run
-    out = [f"{'would stop' if would else 'stopped'} leftover agent process group {pid}" for pid in rep.killed]
+    out = [f"{'would stop' if would else 'stopped'} leftover process {pid} of an interrupted run" for pid in rep.killed]
     for item in rep.items:
         lo = item.leftover
         label = f"{lo.path} (run {lo.run}, task {lo.task})"
