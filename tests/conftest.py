@@ -23,6 +23,19 @@ os.environ.update({
 FAKES = Path(__file__).parent / "fakes"
 
 
+@pytest.fixture(autouse=True)
+def private_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every ``corral`` it starts) gets a temp dir of its own under pytest's, so
+    workspaces made in the default place and ``corral demo``'s scratch repositories never pile up in
+    the system temp dir."""
+    import tempfile
+
+    path = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("TMPDIR", str(path))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if check and res.returncode != 0:
