@@ -313,3 +313,19 @@ def test_corral_never_commits_an_agents_leftovers_onto_a_branch_not_the_tasks(re
     assert git(repo, "rev-parse", "main") == before
     [kept] = corral_state(repo)["branches"]
     assert git(repo, "show", f"{kept}:f.txt") == "x"
+
+
+def test_an_empty_directory_left_by_a_kill_before_the_worktree_existed_is_removed(repo, tmp_path, wt_root):
+    """Killed after its private directory was made, before ``git worktree add``: the directory is
+    registered, so clean finds it (and nothing else of the user's in that folder)."""
+    code = ("import sys; from pathlib import Path; from corral.core.vcs.registry import Registry; "
+            "Registry(Path(sys.argv[1])).reserve(sys.argv[2], run='20260101-000000-dead', task='a', role='task', "
+            "ref='corral/20260101-000000-dead/a', vcs='git', base_commit='')")
+    subprocess.run([sys.executable, "-c", code, str(repo / ".git" / "corral"), str(wt_root)], check=True)
+    (wt_root / "corral-mine-123").mkdir()  # the user's own, named like corral's: not registered
+    [made] = [p for p in wt_root.iterdir() if p.name != "corral-mine-123"]
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"removed half-made workspace {made}" in res.stdout
+    assert [p.name for p in wt_root.iterdir()] == ["corral-mine-123"]
+    assert "nothing to clean" in corral("clean", cwd=repo).stdout

@@ -122,6 +122,7 @@ def test_discard_after_confirm_removes_worktree(repo: Path, wt_root: Path) -> No
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
             body = str(app.screen.body)
             assert str(ws.path) in body and ws.ref in body, "the dialog says what will be deleted"
+            assert "1 uncommitted file(s) in the workspace: dropped.txt" in body, body
             assert app.screen.focused is not None and app.screen.focused.id == "no", "focus on the safe choice"
             await pilot.press("y")
             await until(pilot, lambda: app.model.tasks["drop"].status == "discarded", what="discarded")
