@@ -149,9 +149,9 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
         errors, rest = group.split((VcsError, OSError))
         if errors is None or rest is not None:
             raise
-        exc = _first_leaf(errors)
-        state["error"] = str(exc)
-        bus.log("error", f"run failed: {exc}")
+        error = _first_leaf(errors)
+        state["error"] = str(error)
+        bus.log("error", f"run failed: {error}")
     finally:
         with anyio.CancelScope(shield=True):
             outcome.exit_code = _exit_code(rt, state)

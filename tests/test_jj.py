@@ -516,16 +516,24 @@ def test_workspace_forgotten_mid_run_keeps_its_files(plain: Path, tmp_path: Path
     victim = f"echo early > early.txt; touch {flags}/ready; {wait_for(flags / 'done')}; echo late > late.txt"
     if how == "agent-forgets-it":
         act = 'jj --ignore-working-copy workspace forget "corral-$CORRAL_RUN-victim"'
-    else:
+    else:  # and the victim then fails: its work is kept on a bookmark that exists
         act = f"jj -R {plain} --ignore-working-copy op restore {before_run}"
+        victim += "; exit 3"
     other = f"{wait_for(flags / 'ready')}; {act} >/dev/null 2>&1; touch {flags}/done"
     res = run(plain, plan(tmp_path, {"victim": victim, "other": other}, base="main"), "--approve", "all",
               wt_root=wt_root)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert file_at(plain, "main", "early.txt") == "early\n" and file_at(plain, "main", "late.txt") == "late\n"
     assert "committed again" in res.stdout
+    if how == "agent-forgets-it":
+        assert res.returncode == 0, res.stdout + res.stderr
+        kept = "main"
+    else:
+        assert res.returncode == 1, res.stdout + res.stderr
+        kept = f"corral/{run_id_of(plain)}/victim"
+        kept_bookmarks_exist(plain)
+        assert state(plain)["bookmarks"] == [kept]
+    assert file_at(plain, kept, "early.txt") == "early\n" and file_at(plain, kept, "late.txt") == "late\n"
     st = state(plain)
-    assert st["workspaces"] == [] and st["bookmarks"] == [] and list(wt_root.iterdir()) == []
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
     assert divergent(plain) == ""
 
 

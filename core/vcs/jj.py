@@ -440,7 +440,8 @@ class JjBackend(Backend):
             self._examined.add(op[0])
             who = op[1].rstrip("@")
             parents = [p for p in op[2].split(",") if p]
-            if not who.startswith("corral-") or who.startswith("corral-engine-") or len(parents) != 1:
+            if (not who.startswith("corral-") or who.startswith("corral-engine-") or len(parents) != 1
+                    or op[3].startswith("import git")):  # what git did, brought in by whichever jj ran next
                 continue
             before, after = await self._user_view(parents[0]), await self._user_view(op[0])
             for thing in sorted(set(before) | set(after)):
@@ -724,7 +725,7 @@ class JjBackend(Backend):
         """
         op, _ = _checkout_state(ws.path)
         old = await self._commit_at(op, f"{_quote(ws.name)}@") if op else None
-        parents = old.parents if old else [ws.base_commit]
+        parents = old.parents if old else [ws.base_commit or ws.head or "root()"]
         description = (await self.jj("--at-op", op, "log", "-r", old.commit, "--no-graph", "-T", "description")).out \
             if (old and op) else ""
         if ws.name in await self._workspaces():
