@@ -651,7 +651,7 @@ def test_agent_rewriting_the_base_lands_nothing_and_creates_no_divergence(plain:
     old_main = commit_of(plain, "main") if act != "abandon @-" else ""
     res = run(plain, plan(tmp_path, tasks, base="main"), "--approve", "all", wt_root=wt_root)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "task bad's operation" in res.stdout and "jj op revert" in res.stdout
+    assert "task bad's `" in res.stdout and "jj op revert" in res.stdout
     assert "Traceback" not in res.stderr
     assert divergent(plain) == ""
     if old_main:

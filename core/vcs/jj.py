@@ -388,7 +388,7 @@ class JjBackend(Backend):
 
     # ------------------------------------------------------------------------------------ guard
     async def _user_view(self, op: str) -> dict[str, str]:
-        """The user's things at operation ``op``: ``bookmark NAME`` and ``workspace NAME@`` (not
+        """The user's things at operation ``op``: ``bookmark NAME`` and ``working copy NAME@`` (not
         corral's) -> commit id."""
         if op not in self._views:
             res = await self.jj("--at-op", op, "log", "-r", "bookmarks() | working_copies()", "--no-graph", "-T",
@@ -398,7 +398,7 @@ class JjBackend(Backend):
             for line in res.lines() if res.ok else []:
                 commit, marks, wcs = (line.split("\t") + ["", ""])[:3]
                 view.update({f"bookmark {n}": commit for n in marks.split(",") if n and not n.startswith("corral/")})
-                view.update({f"workspace {n}@": commit for n in wcs.split(",") if n and not n.startswith("corral-")})
+                view.update({f"working copy {n}@": commit for n in wcs.split(",") if n and not n.startswith("corral-")})
             self._views[op] = view
         return self._views[op]
 
@@ -429,7 +429,8 @@ class JjBackend(Backend):
         notes: list[str] = []
         ops = await self._ops_since_start()
         if ops is None:
-            notes.append(await self._integrate_abandoned())
+            async with self.mutating():
+                notes.append(await self._integrate_abandoned())
             ops = await self._ops_since_start() or []
         if not ops or await self._user_view(ops[-1][0]) == self._start_view:
             return notes
@@ -449,29 +450,37 @@ class JjBackend(Backend):
                     first = changes.get(thing)
                     changes[thing] = (op, first[1] if first else before.get(thing, ""), after.get(thing, ""))
         now = await self._user_view(ops[-1][0])
-        for thing, (op, old, new) in changes.items():
-            notes.append(await self._restore(thing, op, old, new, now.get(thing, "")))
-        return [n for n in notes if n]
+        lost: dict[str, tuple[list[str], list[str]]] = {}  # op id -> (op, what it did that cannot be put back)
+        async with self.mutating():
+            for thing, (op, old, new) in changes.items():
+                change = (f"created {thing}" if not old else f"deleted {thing}" if not new else
+                          f"moved {thing} from {old[:12]} to {new[:12]}")
+                done = await self._restore(thing, old, new, now.get(thing, ""))
+                if done:
+                    notes.append(f"{_by(op)} {change}: {done}")
+                else:
+                    lost.setdefault(op[0], (op, []))[1].append(change)
+        for op, things in lost.values():
+            problem = (f"{_by(op)} {', '.join(things)}, which cannot be put back without divergent changes: "
+                       f"to undo it, jj op revert {op[0][:12]}")
+            self._unrestored.append(problem)
+            notes.append(problem)
+        return notes
 
-    async def _restore(self, thing: str, op: list[str], old: str, new: str, now: str) -> str:
-        task = m.group(2) if (m := _LEFTOVER_RE.match(op[1].rstrip("@"))) else op[1]
-        what = (f"task {task}'s operation {op[0][:12]} ({op[3]}) "
-                + (f"created {thing}" if not old else f"deleted {thing}" if not new else
-                   f"moved {thing} from {old[:12]} to {new[:12]}"))
+    async def _restore(self, thing: str, old: str, new: str, now: str) -> str:
+        """Put ``thing`` (``bookmark NAME``, ``working copy NAME@``) back from ``new`` to ``old``; what was
+        done, or "" when it cannot be done without divergent changes (``old`` was rewritten or
+        abandoned, or it is a working copy)."""
         kind, name = thing.split(" ", 1)
         if now != new:
-            return f"{what}; it has changed again since, so corral leaves it"
+            return "it has changed again since, so corral leaves it"
         if kind == "bookmark" and not old:
             await self.jj("bookmark", "delete", f"exact:{name}")
-            return f"{what}: deleted it again"
+            return "deleted it again"
         if kind == "bookmark" and not await self._hidden(old):
             await self.jj("bookmark", "set", name, "-r", old, "--allow-backwards")
-            return f"{what}: put back on {old[:12]}"
-        problem = (f"{what}, and {old[:12]} was rewritten or abandoned, which cannot be put back without "
-                   f"divergent changes: to undo it, jj op revert {op[0][:12]}")
-        if problem not in self._unrestored:
-            self._unrestored.append(problem)
-        return problem
+            return f"put back on {old[:12]}"
+        return ""
 
     async def _hidden(self, commit: str) -> bool:
         res = await self.jj("log", "-r", f"present({commit})", "--no-graph", "-T", "hidden", check=False)
@@ -760,8 +769,9 @@ class JjBackend(Backend):
         older = f"present(change_id({old.change}))" if old else "none()"
         await self.jj("abandon", f"({files.commit} | {older}) ~ {work}")
         await self.jj("workspace", "update-stale", cwd=ws.path, workspace=True)
-        self._notices.append(f"{ws.task}: jj could no longer snapshot its workspace ({why}); its files were "
-                             f"committed again, on {'the new version of ' if current != parents else ''}its base")
+        self._notices.append(f"{ws.task}: jj could no longer snapshot its workspace ({why.split(': ', 1)[-1]}); its "
+                             f"files were committed again, on {'the new version of ' if current != parents else ''}"
+                             "its base")
 
     async def _commit_at(self, op: str, rev: str) -> _Commit | None:
         res = await self.jj("--at-op", op, "log", "-r", f"present({rev})", "--no-graph", "-T", COMMIT_T, check=False)
@@ -1236,6 +1246,13 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
         if not byte & 0x80:
             return value, i
+
+
+def _by(op: list[str]) -> str:
+    """Who did it: ``task NAME's `DESCRIPTION` (operation ID)`` for an operation [id, workspace, ...]."""
+    task = m.group(2) if (m := _LEFTOVER_RE.match(op[1].rstrip("@"))) else op[1]
+    what = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{20,}\b", r"\1", op[3])
+    return f"task {task}'s `{what}` (operation {op[0][:12]})"
 
 
 def _label(commit: str, bookmarks: str) -> str:
