@@ -684,8 +684,7 @@ class JjBackend(Backend):
         self._notices += await self.guard()
         refused = self._refused.pop(str(ws.path), [])
         if refused:
-            raise VcsError(f"not committed, over jj's snapshot size limit ({SIZE_LIMIT}): {', '.join(refused)}; "
-                           f"the workspace {ws.path} is kept")
+            raise VcsError(f"{', '.join(refused)}: over jj's snapshot size limit ({SIZE_LIMIT}), not committed")
         return snap
 
     async def _snapshot_head(self, ws: Workspace, message: str) -> str:
@@ -1105,7 +1104,7 @@ class JjBackend(Backend):
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
                 except VcsError as exc:
-                    raise VcsError(f"workspace {ws.path} kept: its files could not be committed ({exc})") from None
+                    raise VcsError(f"it is kept, with files in no commit: {exc}") from None
             registered = bool(ws.name) and ws.name in await self._workspaces()
             async with self.mutating():
                 if keep_ref and ws.head and not await self.ref_exists(ws.ref):
