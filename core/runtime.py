@@ -218,7 +218,10 @@ class Workspaces:
             return
         with anyio.CancelScope(shield=True):
             async with self._lock(ws):
-                await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+                try:
+                    await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+                finally:
+                    self._say_notices()
         self.live.pop(ws.task, None)
         self._rt.journal.update_task(ws.task, workspace_removed=True, branch_kept=keep_branch)
 
