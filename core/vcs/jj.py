@@ -204,6 +204,7 @@ class JjBackend(Backend):
         self._views: dict[str, dict[str, str]] = {}
         self._examined: set[str] = set()
         self._unrestored: list[str] = []
+        self._op_window = 256
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -404,17 +405,23 @@ class JjBackend(Backend):
 
     async def _ops_since_start(self) -> list[list[str]] | None:
         """Operations after the start, oldest first: [id, workspace, parents, description]; None when
-        the start is no longer in the operation log (operations were abandoned)."""
-        res = await self.jj("op", "log", "--no-graph", "-n", "5000", "-T",
-                            'id ++ "\\t" ++ workspace_name ++ "\\t" ++ parents.map(|o| o.id()).join(",") ++ "\\t" '
-                            '++ description.first_line() ++ "\\n"')
-        ops: list[list[str]] = []
-        for line in res.lines():
-            fields = (line.split("\t") + ["", "", ""])[:4]
-            if fields[0] == self._start_op:
-                return ops[::-1]
-            ops.append(fields)
-        return None if len(ops) < 5000 else ops[::-1]
+        the start is no longer in the operation log (operations were abandoned). Reads the newest
+        operations only, twice as many as last time, more when the start is further back."""
+        limit = self._op_window
+        while True:
+            res = await self.jj("op", "log", "--no-graph", "-n", str(limit), "-T",
+                                'id ++ "\\t" ++ workspace_name ++ "\\t" ++ parents.map(|o| o.id()).join(",") ++ '
+                                '"\\t" ++ description.first_line() ++ "\\n"')
+            ops: list[list[str]] = []
+            for line in res.lines():
+                fields = (line.split("\t") + ["", "", ""])[:4]
+                if fields[0] == self._start_op:
+                    self._op_window = max(self._op_window, 2 * len(ops))
+                    return ops[::-1]
+                ops.append(fields)
+            if len(ops) < limit:
+                return None
+            limit *= 4
 
     async def guard(self) -> list[str]:
         """Agents may change their own change and bookmark, nothing else. Since this backend first
