@@ -76,6 +76,7 @@ _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
 _HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
+_REFUSED_RE = re.compile(r"^\s+(.+?): [\d.]+\s*\w+ \(\d+ bytes\)")
 _RUN_RE = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]+)-m\d+$")  # the run of a second merge's integration
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
@@ -327,20 +328,28 @@ class JjBackend(Backend):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = engines / name
         path.mkdir(mode=0o700)
-        # run on the user's workspace with --ignore-working-copy: jj registers the workspace (and says
-        # it cannot check it out); the operation is recorded with no workspace at all
-        res = await self.jj("workspace", "add", *self._no_colocate_flag(), "--name", name, str(path), check=False)
-        if name not in await self._workspaces():
+        try:
+            await self._register(name, path)  # the operation is recorded with no workspace at all
+        except VcsError:
             os.close(fd)
             shutil.rmtree(path, ignore_errors=True)
             os.unlink(engines / f"{name}.lock")
-            raise VcsError(f"jj workspace add {path}: {_short_err(res)}")
+            raise
         self._engine, self._engine_lock = path, fd
         atexit.register(self._forget_engine_at_exit)
         await self._forget_dead_engines(engines)
 
-    def _no_colocate_flag(self) -> list[str]:
-        return ["--no-colocate"] if self.version[:2] >= (0, 34) else []
+    async def _register(self, name: str, path: Path) -> None:
+        """``jj workspace add --ignore-working-copy``: the workspace is registered with nothing checked
+        out, its working-copy commit an empty child of the root commit (jj says it cannot update the
+        working copy, and exits 1). Never a git worktree (``--no-colocate``, where jj knows it)."""
+        for flags in (["--no-colocate"], []):
+            res = await self.jj("workspace", "add", *flags, "--name", name, str(path), check=False)
+            if name in await self._workspaces():
+                return
+            if "unexpected argument" not in res.err:
+                break
+        raise VcsError(f"jj workspace add {path}: {_short_err(res)}")
 
     async def _forget_dead_engines(self, engines: Path) -> None:
         """Forget the workspaces of corral processes that died without closing (their lock is free;
@@ -719,8 +728,8 @@ class JjBackend(Backend):
         return head
 
     async def _adopt(self, ws: Workspace, why: str) -> None:
-        """(Under the repo lock.) Make a workspace jj can no longer snapshot a working one again, every file on disk
-        committed, without writing a file and without divergent changes. jj's own way out
+        """(Under the repo lock.) Make a workspace jj can no longer snapshot a working one again, every
+        file on disk committed, without writing a file and without divergent changes. jj's own way out
         (``workspace update-stale``) snapshots a stale workspace at its old operation, which gives the
         change two versions, then overwrites the files on disk with the other one; a forgotten
         workspace has no way out at all. Instead:
@@ -747,10 +756,7 @@ class JjBackend(Backend):
             await self.jj("workspace", "forget", ws.name)
         tmp = private_dir(ws.path.parent, ".corral-adopt-")
         try:
-            res = await self.jj("workspace", "add", *self._no_colocate_flag(), "--name", ws.name, str(tmp),
-                                check=False)
-            if ws.name not in await self._workspaces():
-                raise VcsError(f"jj workspace add {ws.path}: {_short_err(res)}")
+            await self._register(ws.name, tmp)
             os.rename(ws.path / ".jj", tmp / "stale-jj")
             os.rename(tmp / ".jj", ws.path / ".jj")
             (ws.path / ".jj" / "repo").write_text(str(self.repo_dir), encoding="utf-8")
@@ -1204,16 +1210,17 @@ class JjBackend(Backend):
 
 
 def _refused_files(err: str) -> list[str]:
-    """The files jj's snapshot warning lists ("Refused to snapshot some files:", one indented
-    ``path: size ...`` line each)."""
+    """The files jj's snapshot warning lists ("Refused to snapshot some files:", then one line each:
+    ``  PATH: 1.1GiB (1153433600 bytes); the maximum size allowed is ...``)."""
     out: list[str] = []
     lines = err.splitlines()
     for i, line in enumerate(lines):
         if "Refused to snapshot some files" in line:
             for item in lines[i + 1:]:
-                if not item.startswith("  ") or ": " not in item:
+                m = _REFUSED_RE.match(item)
+                if m is None:
                     break
-                out.append(item.strip().rsplit(": ", 1)[0] if item.count(": ") > 1 else item.strip().split(": ")[0])
+                out.append(m.group(1))
     return out
 
 
