@@ -581,7 +581,8 @@ def test_clean_adopts_a_stale_workspace_and_keeps_its_work(plain: Path, tmp_path
     assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
     ref = f"corral/{run_id_of(plain)}/a"
     assert st["bookmarks"] == [ref]
-    assert file_at(plain, ref, "a.txt") == "A\n" and file_at(plain, ref, "later.txt") == "edited by hand after the run\n"
+    assert file_at(plain, ref, "a.txt") == "A\n"
+    assert file_at(plain, ref, "later.txt") == "edited by hand after the run\n"
     assert parents_of(plain, ref) == [commit_of(plain, "main")]
     assert divergent(plain) == ""
 
