@@ -689,7 +689,7 @@ class GeminiStreamParser(JsonLinesParser):
         if kind == "init":
             self.activity = "starting"
             model = _str(ev.get("model"))
-            return out + [f"gemini session started" + (f" (model {model})" if model else "")]
+            return out + ["gemini session started" + (f" (model {model})" if model else "")]
         if kind == "tool_use":
             if "".join(self._turn).strip():
                 self._last_text = "".join(self._turn)

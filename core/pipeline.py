@@ -91,6 +91,9 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 raise UsageError(f"worktree_root {root!r}: no such directory")
             root = str(p.resolve())
         _check_writable(root)
+        problem = backend.worktree_root_problem(root)
+        if problem:
+            raise UsageError(problem)
         for task in plan.tasks:
             problem = plan.command_line_problem(task, new_run_id(), root)
             if problem:
@@ -152,6 +155,13 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     except (VcsError, OSError) as exc:
         state["error"] = str(exc)
         bus.log("error", f"run failed: {exc}")
+    except BaseExceptionGroup as group:  # what _steps raises arrives grouped by the runtime's task group
+        errors, rest = group.split((VcsError, OSError))
+        if errors is None or rest is not None:
+            raise
+        error = _first_leaf(errors)
+        state["error"] = str(error)
+        bus.log("error", f"run failed: {error}")
     finally:
         with anyio.CancelScope(shield=True):
             outcome.exit_code = _exit_code(rt, state)
@@ -162,6 +172,13 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
             journal.close()
             await backend.close()
     return outcome
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False, grace: float = 3.0,

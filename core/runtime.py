@@ -204,13 +204,21 @@ class Workspaces:
         self.live[name] = ws
         self.created[name] = ws
         rt.journal.update_task(name, workspace=str(ws.path), branch=ws.ref, base_commit=base_commit)
-        for note in getattr(rt.backend, "take_notices", lambda: [])():
-            rt.bus.log("warning", note)
+        self._say_notices()
         return ws
+
+    def _say_notices(self) -> None:
+        """What the backend found worth telling (jj: the base it chose, what agents did to the user's
+        bookmarks and what corral put back, workspaces it had to adopt)."""
+        for note in getattr(self._rt.backend, "take_notices", lambda: [])():
+            self._rt.bus.log("warning", note)
 
     async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:
         async with self._lock(ws):
-            return await self._rt.backend.snapshot(ws, message or f"corral: {ws.task}")
+            try:
+                return await self._rt.backend.snapshot(ws, message or f"corral: {ws.task}")
+            finally:
+                self._say_notices()
 
     async def remove(self, ws: Workspace | str, keep_branch: bool = True) -> None:
         ws = self.live.get(ws, None) if isinstance(ws, str) else ws
@@ -218,7 +226,10 @@ class Workspaces:
             return
         with anyio.CancelScope(shield=True):
             async with self._lock(ws):
-                await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+                try:
+                    await self._rt.backend.remove_workspace(ws, keep_ref=keep_branch)
+                finally:
+                    self._say_notices()
         self.live.pop(ws.task, None)
         self._rt.journal.update_task(ws.task, workspace_removed=True, branch_kept=keep_branch)
 
@@ -234,7 +245,14 @@ class Workspaces:
         elif not isinstance(heads, dict):
             heads = dict([await self._head(h) for h in heads])
         bases = {name: self.live[name].base_commit for name in heads if name in self.live}
-        return await rt.backend.forecast(rt.base_name, heads, bases)
+        base = rt.base_name
+        try:
+            await rt.backend.resolve(base)
+        except VcsError:
+            rt.bus.log("warning", f"base {base} no longer exists (deleted or renamed during the run): the forecast "
+                                  f"is against {rt.base_commit[:12]}, where the run started")
+            base = rt.base_commit
+        return await rt.backend.forecast(base, heads, bases)
 
     async def _head(self, item: Any) -> tuple[str, str]:
         """(label, commit) of a workspace (its work committed first), a workspace name, a branch or
@@ -272,6 +290,12 @@ class Workspaces:
         run = rt.run_id if n == 1 else f"{rt.run_id}-m{n}"
         ws, outcomes = await rt.backend.integrate(run, rt.base_commit, pairs, strategy, rt.options.worktree_root)
         ws.role = "integration"
+        if ws.base_commit and ws.base_commit != rt.base_commit:
+            # jj: base was rewritten during the run (a squash into it): the merge is on its new version
+            rt.bus.log("warning", f"base {rt.base_name} was rewritten during the run ({rt.base_commit[:12]} -> "
+                                  f"{ws.base_commit[:12]}): merged onto its new version")
+            rt.base_commit = ws.base_commit
+            rt.journal.update(base_commit=rt.base_commit)
         if n > 1:
             ws.task = f"{ws.task}-{n}"
         self.live[ws.task] = ws

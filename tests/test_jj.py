@@ -371,7 +371,8 @@ def test_clean_after_a_killed_run(plain: Path, tmp_path: Path, wt_root: Path) ->
             proc.kill()
             proc.wait()
     st = state(plain)
-    assert len(st["workspaces"]) == 1
+    # the task's workspace, and corral's own (the next corral process forgets it)
+    assert len(st["workspaces"]) == 2 and sum(w.startswith("corral-engine-") for w in st["workspaces"]) == 1
     res = corral("clean", "--repo", str(plain))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "removed workspace" in res.stdout
@@ -426,6 +427,7 @@ def test_backend_trials_and_discard(plain: Path, wt_root: Path, detached: bool) 
         await b.remove_workspace(wss["x"], keep_ref=True)
         await b.remove_workspace(wss["z"], keep_ref=True)
         await b.remove_workspace(integ, keep_ref=False)
+        await b.close()  # forgets corral's own workspace
         visible = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'change_id ++ "\\n"').split()
         assert y_change not in visible
         assert state(plain)["bookmarks"] == ["corral/20260101-000000-abcd/x", "corral/20260101-000000-abcd/z"]
@@ -475,3 +477,274 @@ def test_vcs_jj_on_a_git_repository_is_refused(repo: Path, tmp_path: Path) -> No
     res = run(repo, p, "--approve", "all")
     assert res.returncode == 2 and "not a jj repository" in res.stderr, res.stdout + res.stderr
     assert not (repo / ".jj").exists() and not (repo / ".git" / "corral" / "runs").exists()
+
+
+# ------------------------------------------------------------------ nothing lost on jj either (issue 21)
+def wait_for(path: Path) -> str:
+    """Shell: wait (at most 60 s) until ``path`` exists; the agents of these tests take turns by it."""
+    return f"i=0; while [ ! -e {path} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
+
+
+def run_id_of(repo: Path) -> str:
+    return state(repo)["runs"][-1]
+
+
+def run_json(repo: Path) -> dict:
+    return json.loads((repo / ".jj" / "corral" / "runs" / run_id_of(repo) / "run.json").read_text())
+
+
+def divergent(repo: Path) -> str:
+    return jj(repo, "log", "-r", "divergent()", "--no-graph", "-T", 'change_id.short() ++ " " ++ description ++ "\\n"')
+
+
+def kept_bookmarks_exist(repo: Path) -> None:
+    """Every bookmark the report lists as kept exists, and holds what the journal says."""
+    report = (repo / ".jj" / "corral" / "runs" / run_id_of(repo) / "report.md").read_text()
+    kept = [line.strip("- `") for line in report.split("## Branches kept", 1)[-1].split("##", 1)[0].splitlines()
+            if line.startswith("- `")] if "## Branches kept" in report else []
+    existing = state(repo)["bookmarks"]
+    assert all(k in existing for k in kept), (kept, existing)
+
+
+@pytest.mark.parametrize("how", ["agent-forgets-it", "user-restores-an-earlier-operation"])
+def test_workspace_forgotten_mid_run_keeps_its_files(plain: Path, tmp_path: Path, wt_root: Path, how: str) -> None:
+    """Another task's agent forgets a task's workspace, or the user restores the operation before the run,
+    while the task's agent works: its files (written before and after) are committed and land."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    before_run = jj(plain, "op", "log", "-n", "1", "--no-graph", "-T", "id")
+    victim = f"echo early > early.txt; touch {flags}/ready; {wait_for(flags / 'done')}; echo late > late.txt"
+    if how == "agent-forgets-it":
+        act = 'jj --ignore-working-copy workspace forget "corral-$CORRAL_RUN-victim"'
+    else:  # and the victim then fails: its work is kept on a bookmark that exists
+        act = f"jj -R {plain} --ignore-working-copy op restore {before_run}"
+        victim += "; exit 3"
+    other = f"{wait_for(flags / 'ready')}; {act} >/dev/null 2>&1; touch {flags}/done"
+    res = run(plain, plan(tmp_path, {"victim": victim, "other": other}, base="main"), "--approve", "all",
+              wt_root=wt_root)
+    assert "committed again" in res.stdout
+    if how == "agent-forgets-it":
+        assert res.returncode == 0, res.stdout + res.stderr
+        kept = "main"
+    else:
+        assert res.returncode == 1, res.stdout + res.stderr
+        kept = f"corral/{run_id_of(plain)}/victim"
+        kept_bookmarks_exist(plain)
+        assert state(plain)["bookmarks"] == [kept]
+    assert file_at(plain, kept, "early.txt") == "early\n" and file_at(plain, kept, "late.txt") == "late\n"
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
+    assert divergent(plain) == ""
+
+
+def test_base_squashed_into_mid_run_is_followed(jrepo: Path, tmp_path: Path, wt_root: Path) -> None:
+    """The user squashes their change into main (``@-``) while agents work: every workspace goes stale.
+    corral follows the rewrite: the agents' work (also what they wrote after it) lands on the new main,
+    nothing comes back as a divergent change, and nothing is left for ``corral clean``."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    (jrepo / "mine.txt").write_text("the user's change\n")
+    tasks = {
+        "a": f"echo A > a.txt; touch {flags}/a; {wait_for(flags / 'squashed')}; echo A2 > a2.txt",
+        "b": f"echo B > b.txt; touch {flags}/b; {wait_for(flags / 'squashed')}",
+        "user": f"{wait_for(flags / 'a')}; {wait_for(flags / 'b')}; cd {jrepo} && jj squash >/dev/null 2>&1; "
+                f"touch {flags}/squashed",
+    }
+    res = run(jrepo, plan(tmp_path, tasks, base="main"), "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rewritten during the run" in res.stdout
+    for name, text in (("mine.txt", "the user's change\n"), ("a.txt", "A\n"), ("a2.txt", "A2\n"), ("b.txt", "B\n")):
+        assert file_at(jrepo, "main", name) == text, name
+    assert divergent(jrepo) == ""
+    initial = jj(jrepo, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+    assert initial.count("initial") == 1
+    st = state(jrepo)
+    assert st["workspaces"] == [] and st["bookmarks"] == [] and list(wt_root.iterdir()) == []
+    clean = corral("clean", "--repo", str(jrepo))
+    assert clean.returncode == 0 and "nothing to clean" in clean.stdout, clean.stdout + clean.stderr
+
+
+def test_clean_adopts_a_stale_workspace_and_keeps_its_work(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """Workspaces left by a run go stale when the user squashes into base; ``corral clean`` really
+    removes them (it used to print "removed" and remove nothing), keeping every file on the bookmark,
+    on the new base, without a divergent change."""
+    res = run(plain, plan(tmp_path, {"a": "echo A > a.txt"}, base="main"), "--approve", "none", "--keep-worktrees",
+              wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (ws,) = list(wt_root.iterdir())
+    (ws / "later.txt").write_text("edited by hand after the run\n")
+    (plain / "mine.txt").write_text("mine\n")
+    jj(plain, "squash", wc=True)
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0 and "removed workspace" in res.stdout, res.stdout + res.stderr
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == []
+    ref = f"corral/{run_id_of(plain)}/a"
+    assert st["bookmarks"] == [ref]
+    assert file_at(plain, ref, "a.txt") == "A\n"
+    assert file_at(plain, ref, "later.txt") == "edited by hand after the run\n"
+    assert parents_of(plain, ref) == [commit_of(plain, "main")]
+    assert divergent(plain) == ""
+
+
+@pytest.mark.parametrize("change", ["rename", "delete"])
+def test_base_bookmark_renamed_or_deleted_mid_run(plain: Path, tmp_path: Path, change: str) -> None:
+    """The user renames or deletes the base bookmark during the run: one clear line, nothing lands, the
+    result is kept, and run.json, report.md and ``corral runs`` say the run failed (exit 1)."""
+    act = "bookmark rename main trunk" if change == "rename" else "bookmark delete main"
+    p = plan(tmp_path, {"a": f"echo A > a.txt; jj -R {plain} --ignore-working-copy {act} >/dev/null 2>&1"},
+             base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "ExceptionGroup" not in res.stderr, res.stderr
+    assert "bookmark main no longer exists" in res.stdout
+    data = run_json(plain)
+    assert data["state"] == "failed" and data["exit_code"] == 1
+    report = (plain / ".jj" / "corral" / "runs" / run_id_of(plain) / "report.md").read_text()
+    assert "**failed** (exit code 1)" in report and "landed: no (bookmark main no longer exists" in report
+    runs = corral("runs", "--repo", str(plain))
+    assert "failed" in runs.stdout and "completed" not in runs.stdout
+    integ = f"corral/{run_id_of(plain)}/integration"
+    assert file_at(plain, integ, "a.txt") == "A\n"
+    kept_bookmarks_exist(plain)
+
+
+def test_agent_moving_the_base_bookmark_is_put_back(plain: Path, tmp_path: Path) -> None:
+    """An agent points main at its own unreviewed change: corral puts main back, says so, and lands the
+    work the normal way (merged and verified)."""
+    old_main = commit_of(plain, "main")
+    p = plan(tmp_path, {"a": "echo A > a.txt; jj bookmark set main -r @ --allow-backwards >/dev/null 2>&1"},
+             base="main", verify="test -f a.txt")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "moved bookmark main" in res.stdout and f"put back on {old_main[:12]}" in res.stdout
+    assert parents_of(plain, "main")[0] == old_main and file_at(plain, "main", "a.txt") == "A\n"
+    assert state(plain)["bookmarks"] == []
+
+
+def test_agent_abandoning_operations_does_not_break_the_user_workspace(plain: Path, tmp_path: Path) -> None:
+    """An agent runs ``jj op abandon ..@-``: the user's workspace would not load any more ("sibling of
+    the working copy's operation"); corral integrates the operations back and says so."""
+    (plain / "mine.txt").write_text("mine\n")
+    jj(plain, "describe", "-m", "my work", wc=True)
+    p = plan(tmp_path, {"a": "echo A > a.txt; jj st >/dev/null 2>&1; jj op abandon ..@- >/dev/null 2>&1"},
+             base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "integrated" in res.stdout
+    st = subprocess.run(["jj", "--no-pager", "st"], cwd=plain, capture_output=True, text=True)
+    assert st.returncode == 0, st.stderr
+    assert "my work" in st.stdout and file_at(plain, "main", "a.txt") == "A\n"
+
+
+@pytest.mark.parametrize("act", ["squash", "edit main", "abandon @-"])
+def test_agent_rewriting_the_base_lands_nothing_and_creates_no_divergence(plain: Path, tmp_path: Path,
+                                                                        wt_root: Path, act: str) -> None:
+    """An agent rewrites main itself (squashes into it, edits it, abandons it) while another works: the
+    other's work is kept (its workspace went stale), nothing becomes divergent, nothing lands, corral
+    says which task did what and how to undo it, and every bookmark the report keeps exists."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    bad = {"squash": "echo X > x.txt; jj squash", "edit main": "jj edit main; echo X > x.txt; jj st",
+           "abandon @-": "echo X > x.txt; jj abandon @-"}[act]
+    tasks = {"good": f"echo G > g.txt; touch {flags}/ready; {wait_for(flags / 'done')}; echo G2 > g2.txt",
+             "bad": f"{wait_for(flags / 'ready')}; {bad} >/dev/null 2>&1; touch {flags}/done"}
+    old_main = commit_of(plain, "main") if act != "abandon @-" else ""
+    res = run(plain, plan(tmp_path, tasks, base="main"), "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "task bad's `" in res.stdout and "jj op revert" in res.stdout
+    assert "Traceback" not in res.stderr
+    assert divergent(plain) == ""
+    if old_main:
+        assert commit_of(plain, "main") != old_main  # what the agent did stays, and is said
+    good = f"corral/{run_id_of(plain)}/good"
+    assert file_at(plain, good, "g.txt") == "G\n" and file_at(plain, good, "g2.txt") == "G2\n"
+    kept_bookmarks_exist(plain)
+    assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == []
+
+
+def test_user_undo_never_undoes_corral(jrepo: Path, tmp_path: Path) -> None:
+    """corral records its operations from workspaces of its own, so the user's ``jj undo`` refuses them
+    (jj 0.46 refuses other workspaces' operations) instead of undoing a bookmark deletion of corral's."""
+    before = jj(jrepo, "op", "log", "--no-graph", "-T", 'id ++ "\\n"').split()
+    res = run(jrepo, plan(tmp_path, {"a": "echo A > a.txt"}, base="main"), "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ops = jj(jrepo, "op", "log", "--no-graph", "-T", 'id ++ "\\t" ++ workspace_name ++ "\\n"').splitlines()
+    during = [line.split("\t") for line in ops if line.split("\t")[0] not in before]
+    assert during and all(ws != "default@" for _, ws in during), during
+    main = commit_of(jrepo, "main")
+    undo = subprocess.run(["jj", "--no-pager", "undo"], cwd=jrepo, capture_output=True, text=True)
+    assert undo.returncode != 0 and "corral-engine-" in undo.stderr, undo.stdout + undo.stderr
+    assert commit_of(jrepo, "main") == main and state(jrepo)["bookmarks"] == []
+
+
+def test_colocated_run_leaves_the_git_index_and_git_history_alone(colocated: Path, tmp_path: Path) -> None:
+    """A file the user staged with git stays staged, and git shows none of corral's trial merges or
+    rolled-back integration steps (jj keeps a ``refs/jj/keep/*`` ref for every commit it writes)."""
+    (colocated / "staged.txt").write_text("staged\n")
+    subprocess.run(["git", "add", "staged.txt"], cwd=colocated, check=True)
+    p = plan(tmp_path, {"en": "sed -i 's/^line 5$/line five/' src/app.py",
+                        "fr": "sed -i 's/^line 5$/ligne cinq/' src/app.py"}, base="main")
+    res = run(colocated, p, "--approve", "all")
+    assert res.returncode == 1 and "fr: conflict" in res.stdout, res.stdout + res.stderr
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=colocated, capture_output=True, text=True).stdout
+    assert "A  staged.txt" in status.splitlines(), status
+    subjects = subprocess.run(["git", "log", "--all", "--format=%s"], cwd=colocated, capture_output=True,
+                              text=True).stdout
+    assert "trial merge" not in subjects and "corral: merge en, fr" not in subjects, subjects
+
+
+def test_worktree_root_inside_a_colocated_repository_is_refused(colocated: Path, tmp_path: Path) -> None:
+    inside = colocated / "work"
+    inside.mkdir()
+    p = plan(tmp_path, {"a": "git stash -u"}, base="main", worktree_root=str(inside))
+    ops_before = jj(colocated, "op", "log", "--no-graph", "-T", 'id ++ "\\n"')
+    res = run(colocated, p, "--approve", "all")
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "inside the colocated repository" in lines[0], res.stderr
+    assert list(inside.iterdir()) == [] and state(colocated)["runs"] == []
+    assert jj(colocated, "op", "log", "--no-graph", "-T", 'id ++ "\\n"') == ops_before
+
+
+def test_file_over_the_snapshot_size_limit_keeps_the_workspace(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """jj refuses to snapshot a file over its size limit (1 GiB): the task is not merged, says which
+    file, and its workspace (with the file) is kept; the rest of its work is on its bookmark."""
+    p = plan(tmp_path, {"big": "echo small > small.txt; truncate -s 1100M big.bin"}, base="main")
+    res = run(plain, p, "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "big.bin" in res.stdout and "size limit" in res.stdout and "kept" in res.stdout
+    (ws,) = list(wt_root.iterdir())
+    assert (ws / "big.bin").stat().st_size == 1100 * 1024 * 1024
+    assert len(state(plain)["workspaces"]) == 1
+    assert run_json(plain)["tasks"]["big"]["status"] == "failed"
+    assert file_at(plain, f"corral/{run_id_of(plain)}/big", "small.txt") == "small\n"
+    assert file_at(plain, "main", "small.txt") is None
+
+
+def test_default_base_of_a_merge_working_copy_is_said(plain: Path, tmp_path: Path) -> None:
+    """The user's working copy is a merge of main and an unbookmarked side change: corral says at the
+    start which base it took and that the other parent's changes are not in it."""
+    jj(plain, "new", "root()", "-m", "side", wc=True)
+    (plain / "side.txt").write_text("side\n")
+    change = jj(plain, "log", "-r", "@", "--no-graph", "-T", "change_id", wc=True)
+    jj(plain, "new", "main", change, wc=True)
+    side = commit_of(plain, change)
+    res = run(plain, plan(tmp_path, {"a": "echo A > a.txt"}), "--approve", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    head = res.stdout.split("phase: running", 1)[0]
+    assert "base main" in head and "is a merge" in head and side[:12] in head, res.stdout
+
+
+def test_an_error_inside_the_run_is_one_line_and_the_journal_says_so(plain: Path, tmp_path: Path) -> None:
+    """An error raised inside the run's steps (here: the worktree root vanished before the integration
+    workspace is made) arrives wrapped by the runtime's task group: it is reported in one line, and
+    run.json says the run ended in an error, not "completed (exit 0)"."""
+    root = tmp_path / "root"
+    root.mkdir()
+    p = plan(tmp_path, {"a": f"rm -rf {root}"}, base="main", worktree_root=str(root))
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "run failed:" in res.stdout, res.stdout + res.stderr
+    data = run_json(plain)
+    assert data["state"] == "error" and data["exit_code"] == 1

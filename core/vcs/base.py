@@ -315,6 +315,10 @@ class Backend(abc.ABC):
     async def preflight(self) -> list[str]:
         """Problems that forbid a run (mid-merge, mid-rebase); empty when all is well."""
 
+    def worktree_root_problem(self, root: str | None) -> str | None:
+        """Why workspaces must not be made under ``root`` (None when they may)."""
+        return None
+
     async def notes(self, base_commit: str) -> list[str]:
         """Things about the repository a user should know before a run (not problems)."""
         return []

@@ -26,7 +26,6 @@ from .base import (
     CommandResult,
     Forecast,
     LandOutcome,
-    Leftover,
     MergeOutcome,
     Snapshot,
     UsageError,

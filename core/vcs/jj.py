@@ -16,18 +16,28 @@ run normally and the trial commits are abandoned afterwards.
 
 Repository mutations (workspace add/forget, bookmarks, integration, landing) run under one lock:
 an ``anyio.Lock`` inside this process plus ``flock`` on ``.jj/corral/engine.lock`` across processes.
+
+They run from a workspace of corral's own (``corral-engine-*``, under ``.jj/corral/engine/``, never
+checked out, forgotten when the process closes the backend), not from the user's: jj records each
+operation with the workspace it came from, so ``jj undo`` in the user's workspace refuses corral's
+operations instead of undoing them (jj >= 0.46), and a colocated repository's git index, which jj
+resets after every operation of a colocated workspace, stays the user's.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
+import tempfile
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import anyio
 import anyio.to_thread
@@ -37,7 +47,6 @@ from .base import (
     CommandResult,
     Forecast,
     LandOutcome,
-    Leftover,
     MergeOutcome,
     Snapshot,
     UsageError,
@@ -54,8 +63,13 @@ GLOBAL = ("--no-pager", "--color", "never")
 #: auto-track setting), and big files too: an agent's work must not stay behind untracked.
 SNAPSHOT_CONFIG = (
     "--config", 'snapshot.auto-track="all()"',
-    "--config", 'snapshot.max-new-file-size="1GiB"',
+    "--config", 'snapshot.max-new-file-size="1GiB"',  # SIZE_LIMIT
 )
+SIZE_LIMIT = "1 GiB"
+#: What jj says when it cannot snapshot one of corral's workspaces: its working-copy commit was
+#: rewritten from elsewhere (stale), the workspace was forgotten, or its operation was abandoned.
+_UNSNAPSHOTTABLE = ("working copy is stale", "have a working-copy commit", "sibling of the working copy's operation",
+                    "working copy's operation")
 #: One line per commit: commit id, change id, empty, conflict, parents, description (first line).
 COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ conflict ++ "\\t" ++ '
             'parents.map(|c| c.commit_id()).join(",") ++ "\\t" ++ description.first_line() ++ "\\n"')
@@ -64,6 +78,8 @@ _ERROR_RE = re.compile(r"(?:[A-Z][a-z]+ )?[Ee]rror: ")
 _CAUSE_RE = re.compile(r"(?:Caused by:|\d+:)\s*(.*)")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
+_REFUSED_RE = re.compile(r"^\s+(.+?): [\d.]+\s*\w+ \(\d+ bytes\)")
+_LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
@@ -122,6 +138,7 @@ class _Txn:
         self.op = op
         self.detached = detached
         self.created: list[str] = []  # change ids to abandon on rollback (attached mode)
+        self.made: list[str] = []  # commit ids it wrote (detached mode: their refs/jj/keep go on rollback)
 
     def fork(self) -> "_Txn":
         return _Txn(self.b, self.op, self.detached)
@@ -141,9 +158,13 @@ class _Txn:
         at = ("--at-op", self.op) if (self.detached and self.op) else ()
         return await self.b.jj(*at, *args, check=check)
 
-    async def commits(self, revset: str) -> list[_Commit]:
+    async def commits(self, revset: str, made: bool = False) -> list[_Commit]:
+        """The commits of ``revset``; ``made``: ones this chain wrote (a revset that finds them)."""
         res = await self.query("log", "-r", revset, "--no-graph", "-T", COMMIT_T)
-        return [_Commit(line) for line in res.lines()]
+        found = [_Commit(line) for line in res.lines()]
+        if made:
+            self.made += [c.commit for c in found]
+        return found
 
     async def conflict_files(self, rev: str) -> list[str]:
         res = await self.query("file", "list", "-r", rev, "-T", 'if(conflict, path ++ "\\n")', check=False)
@@ -154,9 +175,15 @@ class _Txn:
             await self.b.jj("op", "integrate", self.op)
 
     async def rollback(self) -> None:
+        """Attached: abandon what the chain created. Detached: its operations never join the log, but
+        in a colocated repository git still shows the commits it wrote (jj keeps a ``refs/jj/keep/*``
+        ref for each): drop those refs, which nothing in the operation log needs."""
         if not self.detached and self.created:
             await self.b.jj("abandon", _union(self.created), check=False)
             self.created = []
+        if self.detached and self.made:
+            await self.b.drop_keep_refs(self.made)
+            self.made = []
 
 
 class JjBackend(Backend):
@@ -179,6 +206,17 @@ class JjBackend(Backend):
         self._files_memo: dict[tuple[str, str], list[str]] = {}
         self._stats_memo: dict[tuple[str, str], tuple[list[str], int, int]] = {}
         self._change_of: dict[str, str] = {}
+        self._engine: Path | None = None  # corral's own workspace (see the module docstring)
+        self._engine_lock: int | None = None
+        self._refused: dict[str, list[str]] = {}  # workspace path -> files jj refused to snapshot
+        #: the guard (see :meth:`guard`): the operation and the user's bookmarks and working copies when
+        #: this backend first changed the repository; operations examined; what could not be restored
+        self._start_op: str | None = None
+        self._start_view: dict[str, str] = {}
+        self._views: dict[str, dict[str, str]] = {}
+        self._examined: set[str] = set()
+        self._unrestored: list[str] = []
+        self._op_window = 256
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -236,17 +274,20 @@ class JjBackend(Backend):
         return self._env
 
     async def jj(self, *args: str, cwd: str | Path | None = None, check: bool = True,
-                 workspace: bool = False, user_wc: bool = False) -> JjResult:
-        """Run jj. On the repository (default) with ``--ignore-working-copy``; with ``workspace=True``
-        inside one of corral's workspaces (``cwd``), snapshotting it first; with ``user_wc=True`` on the
-        repository the way a user's own command runs (a last resort, for a jj that insists)."""
+                 workspace: bool = False, user_wc: bool = False, at_root: bool = False) -> JjResult:
+        """Run jj. On the repository (default) with ``--ignore-working-copy``, from corral's own
+        workspace once there is one; with ``at_root=True`` from the user's workspace (where a revset the
+        user gave, such as ``@-``, means what the user meant); with ``workspace=True`` inside one of
+        corral's workspaces (``cwd``), snapshotting it first; with ``user_wc=True`` on the repository
+        the way a user's own command runs (a last resort, for a jj that insists)."""
         argv = ["jj", *GLOBAL]
         if workspace:
             argv += ["-R", str(cwd), *SNAPSHOT_CONFIG]
         elif user_wc:
             argv += ["-R", str(self.root)]
         else:
-            argv += ["-R", str(self.root), "--ignore-working-copy"]
+            repo = self.root if (at_root or self._engine is None) else self._engine
+            argv += ["-R", str(repo), "--ignore-working-copy"]
         argv += list(args)
         env = await self.env()
         async with self._limiter:
@@ -255,6 +296,10 @@ class JjBackend(Backend):
         if check and not res.ok:
             raise VcsError(f"jj {' '.join(a for a in args[:3] if not a.startswith('--'))}: {_short_err(res)}")
         return res
+
+    async def notes(self, base_commit: str) -> list[str]:
+        """What preflight found worth saying (the base chosen for a merge working copy)."""
+        return self.take_notices()
 
     def take_notices(self) -> list[str]:
         """Things worth telling the user once (e.g. the --no-colocate fallback)."""
@@ -267,6 +312,227 @@ class JjBackend(Backend):
     def txn(self, op: str | None = None) -> _Txn:
         return _Txn(self, op, self.detached_ops)
 
+    # ------------------------------------------------------------------------- engine workspace
+    @contextlib.asynccontextmanager
+    async def mutating(self) -> AsyncIterator[None]:
+        """The repo lock, with corral's own workspace in place for the operations made under it. In a
+        colocated repository, bookmarks are exported to git at the end: jj exports by itself only
+        from a colocated workspace, and corral's is not one (it must not touch the user's index)."""
+        async with super().mutating():
+            await self._ensure_engine()
+            try:
+                yield
+            finally:
+                if self.colocated:
+                    with anyio.CancelScope(shield=True):
+                        await self.jj("git", "export", check=False)
+
+    async def _ensure_engine(self) -> None:
+        """Register corral's own workspace (once per process): a name that says whose it is, a
+        directory under ``.jj/corral/engine/`` that is never checked out (its working-copy commit is
+        an empty child of the root commit), and a lock file held while this process lives, so that a
+        later process forgets the workspace of one that was killed."""
+        if self._engine is not None:
+            return
+        self._start_op = await self.current_op()
+        self._start_view = await self._user_view(self._start_op)
+        engines = self.state_dir / "engine"
+        engines.mkdir(parents=True, exist_ok=True)
+        name = f"corral-engine-{os.getpid()}-{secrets.token_hex(3)}"
+        fd = os.open(engines / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = engines / name
+        path.mkdir(mode=0o700)
+        try:
+            await self._register(name, path)  # the operation is recorded with no workspace at all
+        except VcsError:
+            os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+            os.unlink(engines / f"{name}.lock")
+            raise
+        self._engine, self._engine_lock = path, fd
+        atexit.register(self._forget_engine_at_exit)
+        await self._forget_dead_engines(engines)
+
+    async def _register(self, name: str, path: Path) -> None:
+        """``jj workspace add --ignore-working-copy``: the workspace is registered with nothing checked
+        out, its working-copy commit an empty child of the root commit (jj says it cannot update the
+        working copy, and exits 1). Never a git worktree (``--no-colocate``, where jj knows it)."""
+        for flags in (["--no-colocate"], []):
+            res = await self.jj("workspace", "add", *flags, "--name", name, str(path), check=False)
+            if name in await self._workspaces():
+                return
+            if "unexpected argument" not in res.err:
+                break
+        raise VcsError(f"jj workspace add {path}: {_short_err(res)}")
+
+    async def _forget_dead_engines(self, engines: Path) -> None:
+        """Forget the workspaces of corral processes that died without closing (their lock is free;
+        this process's own lock, held through another open file, is not)."""
+        for lock in engines.glob("corral-engine-*.lock"):
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # alive
+            finally:
+                os.close(fd)
+            name = lock.name[:-len(".lock")]
+            await self.jj("workspace", "forget", name, check=False)
+            shutil.rmtree(engines / name, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        """Forget corral's own workspace (from itself, so that this too is not the user's to undo)."""
+        if self._engine is None:
+            return
+        with anyio.CancelScope(shield=True):
+            async with super().mutating():
+                await self.jj("workspace", "forget", self._engine.name, check=False)
+            self._drop_engine()
+
+    def _drop_engine(self) -> None:
+        if self._engine is None:
+            return
+        path, self._engine = self._engine, None
+        shutil.rmtree(path, ignore_errors=True)
+        (path.parent / f"{path.name}.lock").unlink(missing_ok=True)
+        if self._engine_lock is not None:
+            os.close(self._engine_lock)
+            self._engine_lock = None
+        atexit.unregister(self._forget_engine_at_exit)
+
+    def _forget_engine_at_exit(self) -> None:
+        """For a process that never closed the backend (``corral clean``): forget the workspace now."""
+        if self._engine is None:
+            return
+        subprocess.run(["jj", *GLOBAL, "-R", str(self._engine), "--ignore-working-copy", "workspace", "forget",
+                        self._engine.name], cwd=str(self.root), stdin=subprocess.DEVNULL, capture_output=True,
+                       env=self._env, start_new_session=True, check=False)
+        self._drop_engine()
+
+    # ------------------------------------------------------------------------------------ guard
+    async def _user_view(self, op: str) -> dict[str, str]:
+        """The user's things at operation ``op``: ``bookmark NAME`` and ``working copy NAME@`` (not
+        corral's) -> commit id."""
+        if op not in self._views:
+            res = await self.jj("--at-op", op, "log", "-r", "bookmarks() | working_copies()", "--no-graph", "-T",
+                                'commit_id ++ "\\t" ++ local_bookmarks.map(|b| b.name()).join(",") ++ "\\t" ++ '
+                                'working_copies.map(|w| w.name()).join(",") ++ "\\n"', check=False)
+            view: dict[str, str] = {}
+            for line in res.lines() if res.ok else []:
+                commit, marks, wcs = (line.split("\t") + ["", ""])[:3]
+                view.update({f"bookmark {n}": commit for n in marks.split(",") if n and not n.startswith("corral/")})
+                view.update({f"working copy {n}@": commit for n in wcs.split(",") if n and not n.startswith("corral-")})
+            self._views[op] = view
+        return self._views[op]
+
+    async def _ops_since_start(self) -> list[list[str]] | None:
+        """Operations after the start, oldest first: [id, workspace, parents, description]; None when
+        the start is no longer in the operation log (operations were abandoned). Reads the newest
+        operations only, twice as many as last time, more when the start is further back."""
+        limit = self._op_window
+        while True:
+            res = await self.jj("op", "log", "--no-graph", "-n", str(limit), "-T",
+                                'id ++ "\\t" ++ workspace_name ++ "\\t" ++ parents.map(|o| o.id()).join(",") ++ '
+                                '"\\t" ++ description.first_line() ++ "\\n"')
+            ops: list[list[str]] = []
+            for line in res.lines():
+                fields = (line.split("\t") + ["", "", ""])[:4]
+                if fields[0] == self._start_op:
+                    self._op_window = max(self._op_window, 2 * len(ops))
+                    return ops[::-1]
+                ops.append(fields)
+            if len(ops) < limit:
+                return None
+            limit *= 4
+
+    async def guard(self) -> list[str]:
+        """Agents may change their own change and bookmark, nothing else. Since this backend first
+        changed the repository, find what operations run from corral's task workspaces (an agent's jj,
+        or corral's snapshot of a workspace the agent pointed at base) did to the user's bookmarks and
+        working copies; put back what can be put back without divergent changes (a bookmark moved,
+        deleted or created: the commit it was on is still there), keep the rest in ``_unrestored``
+        (landing is then refused), and return what was done. Operations abandoned from the log
+        (``jj op abandon``, which leaves the user's workspace unloadable) are integrated back."""
+        if self._start_op is None:
+            return []
+        notes: list[str] = []
+        ops = await self._ops_since_start()
+        if ops is None:
+            async with self.mutating():
+                notes.append(await self._integrate_abandoned())
+            ops = await self._ops_since_start() or []
+        if not ops or await self._user_view(ops[-1][0]) == self._start_view:
+            return notes
+        changes: dict[str, tuple[list[str], str, str]] = {}  # thing -> (op, value before, value after)
+        for op in ops:
+            if op[0] in self._examined:
+                continue
+            self._examined.add(op[0])
+            who = op[1].rstrip("@")
+            parents = [p for p in op[2].split(",") if p]
+            if (not who.startswith("corral-") or who.startswith("corral-engine-") or len(parents) != 1
+                    or op[3].startswith("import git")):  # what git did, brought in by whichever jj ran next
+                continue
+            before, after = await self._user_view(parents[0]), await self._user_view(op[0])
+            for thing in sorted(set(before) | set(after)):
+                if before.get(thing) != after.get(thing):
+                    first = changes.get(thing)
+                    changes[thing] = (op, first[1] if first else before.get(thing, ""), after.get(thing, ""))
+        now = await self._user_view(ops[-1][0])
+        lost: dict[str, tuple[list[str], list[str]]] = {}  # op id -> (op, what it did that cannot be put back)
+        async with self.mutating():
+            for thing, (op, old, new) in changes.items():
+                change = (f"created {thing}" if not old else f"deleted {thing}" if not new else
+                          f"moved {thing} from {old[:12]} to {new[:12]}")
+                done = await self._restore(thing, old, new, now.get(thing, ""))
+                if done:
+                    notes.append(f"{_by(op)} {change}: {done}")
+                else:
+                    lost.setdefault(op[0], (op, []))[1].append(change)
+        for op, things in lost.values():
+            problem = (f"{_by(op)} {', '.join(things)}, which cannot be put back without divergent changes: "
+                       f"to undo it, jj op revert {op[0][:12]}")
+            self._unrestored.append(problem)
+            notes.append(problem)
+        return notes
+
+    async def _restore(self, thing: str, old: str, new: str, now: str) -> str:
+        """Put ``thing`` (``bookmark NAME``, ``working copy NAME@``) back from ``new`` to ``old``; what was
+        done, or "" when it cannot be done without divergent changes (``old`` was rewritten or
+        abandoned, or it is a working copy)."""
+        kind, name = thing.split(" ", 1)
+        if now != new:
+            return "it has changed again since, so corral leaves it"
+        if kind == "bookmark" and not old:
+            await self.jj("bookmark", "delete", f"exact:{name}")
+            return "deleted it again"
+        if kind == "bookmark" and not await self._hidden(old):
+            await self.jj("bookmark", "set", name, "-r", old, "--allow-backwards")
+            return f"put back on {old[:12]}"
+        return ""
+
+    async def _hidden(self, commit: str) -> bool:
+        res = await self.jj("log", "-r", f"present({commit})", "--no-graph", "-T", "hidden", check=False)
+        return res.out.strip() != "false"
+
+    async def _integrate_abandoned(self) -> str:
+        """Bring operations abandoned from the log back (the run's start, and the operation each of the
+        user's workspaces last recorded), so that jj loads the user's workspace again."""
+        assert self._start_op is not None
+        ops = [self._start_op]
+        for name, (root, _) in (await self._workspaces()).items():
+            if not name.startswith("corral-"):
+                op, _ = _checkout_state(Path(root))
+                ops += [op] if op else []
+        done = []
+        for op in dict.fromkeys(ops):
+            res = await self.jj("op", "integrate", op, check=False)
+            done += [op[:12]] if res.ok and "already" not in res.out + res.err else []
+        return ("operations were abandoned from the operation log during the run (jj op abandon): "
+                + (f"integrated {', '.join(done)} back" if done else "nothing could be integrated back"))
+
     # ---------------------------------------------------------------------------------- queries
     @property
     def state_dir(self) -> Path:
@@ -274,17 +540,28 @@ class JjBackend(Backend):
 
     async def current_base(self) -> str:
         """``@-``, named by its bookmark when exactly one (not corral's own) points at it, so the
-        result can land by moving that bookmark."""
-        res = await self.jj("log", "-r", "@-", "--no-graph", "-T",
-                            'local_bookmarks.map(|b| b.name()).join("\n") ++ "\n"', check=False)
-        names = [n.strip() for n in res.out.splitlines() if n.strip() and not n.strip().startswith("corral/")] \
-            if res.ok else []
-        return names[0] if len(names) == 1 else "@-"
+        result can land by moving that bookmark. When the working copy is a merge, its first parent,
+        and a notice says so: the other parents' changes are not in the base."""
+        res = await self.jj("log", "-r", "@", "--no-graph", "-T",
+                            'parents.map(|c| c.commit_id() ++ "\\t" ++ c.local_bookmarks().map(|b| b.name())'
+                            '.join(",")).join("\\n") ++ "\\n"', check=False, at_root=True)
+        parents = [line.split("\t") + [""] for line in res.lines()] if res.ok else []
+        if not parents:
+            return "@-"
+        names = [n for n in parents[0][1].split(",") if n and not n.startswith("corral/")]
+        base = names[0] if len(names) == 1 else "@-" if len(parents) == 1 else parents[0][0]
+        if len(parents) > 1:
+            others = ", ".join(_label(c, b) for c, b, _ in parents[1:])
+            self._notices.append(
+                f"base {base}: your working copy is a merge, and the base is its first parent "
+                f"({_label(*parents[0][:2])}); the changes of {others} are not in it (give --base to choose)")
+        return base
 
     async def resolve(self, rev: str) -> str:
         if not rev or rev.startswith("-") or "\0" in rev or "\n" in rev:
             raise UsageError(f"base {rev!r}: not a valid revision")
-        res = await self.jj("log", "-r", rev, "-n", "2", "--no-graph", "-T", 'commit_id ++ "\\n"', check=False)
+        res = await self.jj("log", "-r", rev, "-n", "2", "--no-graph", "-T", 'commit_id ++ "\\n"', check=False,
+                            at_root=True)
         if not res.ok:
             raise UsageError(f"base {rev!r}: no such revision in {self.root} ({_short_err(res)})")
         ids = res.lines()
@@ -295,6 +572,19 @@ class JjBackend(Backend):
 
     async def preflight(self) -> list[str]:
         return []
+
+    def worktree_root_problem(self, root: str | None) -> str | None:
+        """Workspaces must not sit inside a colocated repository: one without a ``.git`` of its own
+        (``--no-colocate``) lets an agent's git walk up into the user's repository (``git stash -u``
+        would stash the user's files)."""
+        import tempfile
+
+        where = Path(root or tempfile.gettempdir()).resolve()
+        if self.colocated and (where == self.root or self.root in where.parents):
+            label = f"worktree_root {root!r}" if root else f"temp dir {str(where)!r}"
+            return (f"{label} is inside the colocated repository {self.root}, where agents' git commands would "
+                    "reach your own checkout: choose a directory outside it")
+        return None
 
     def ref_name(self, run: str, task: str) -> str:
         return f"corral/{run}/{task}"
@@ -351,8 +641,9 @@ class JjBackend(Backend):
             while True:
                 flags = ["--no-colocate"] if self._no_colocate else []
                 async with self.mutating():
+                    # from the user's workspace: a workspace is colocated by default when that one is
                     res = await self.jj("workspace", "add", *flags, "--name", name, "-r", rev, str(path), check=False,
-                                        user_wc=user_wc)
+                                        user_wc=user_wc, at_root=True)
                     registered = name in await self._workspaces()
                 if registered:
                     if self._no_colocate is None:
@@ -381,6 +672,7 @@ class JjBackend(Backend):
             await self.jj("workspace", "update-stale", cwd=path, workspace=True)
 
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
+        base_commit = await self.follow(base_commit)  # base may have been rewritten since the run started
         return await self._new_workspace(run, task, self.ref_name(run, task), base_commit, base_commit, root)
 
     async def _new_workspace(self, run: str, task: str, ref: str, base_commit: str, at: str,
@@ -404,8 +696,10 @@ class JjBackend(Backend):
                          run=run, key=rec.key)
 
     async def _wc(self, ws: Workspace) -> _Commit:
-        """The workspace's working-copy commit, after snapshotting what is on disk."""
+        """The workspace's working-copy commit, after snapshotting what is on disk. Files jj refused to
+        snapshot (over its size limit) are remembered for :meth:`snapshot` to report."""
         res = await self.jj("log", "-r", "@", "--no-graph", "-T", COMMIT_T, cwd=ws.path, workspace=True)
+        self._refused[str(ws.path)] = _refused_files(res.err)
         lines = res.lines()
         if not lines:
             raise VcsError(f"jj: no working-copy commit in {ws.path}")
@@ -413,15 +707,30 @@ class JjBackend(Backend):
 
     async def snapshot(self, ws: Workspace, message: str) -> Snapshot:
         """Snapshot the workspace, describe its change (when the agent left it undescribed) and point
-        the task's bookmark at it."""
+        the task's bookmark at it. A workspace jj can no longer snapshot (forgotten, or stale because
+        its base was rewritten) is adopted first (:meth:`_adopt`). Files jj refuses to commit (over its
+        size limit) raise :class:`VcsError` once the rest is committed: the workspace must be kept."""
+        if ws.base_commit:
+            ws.base_commit = await self.follow(ws.base_commit)
         if ws.path.is_dir():
             async with self.mutating():  # one operation at a time: no divergent operations to reconcile
                 head = await self._snapshot_head(ws, message)
             ws.head = head
-        return await self.describe(ws)
+        snap = await self.describe(ws)
+        self._notices += await self.guard()
+        refused = self._refused.pop(str(ws.path), [])
+        if refused:
+            raise VcsError(f"{', '.join(refused)}: over jj's snapshot size limit ({SIZE_LIMIT}), not committed")
+        return snap
 
     async def _snapshot_head(self, ws: Workspace, message: str) -> str:
-        wc = await self._wc(ws)
+        try:
+            wc = await self._wc(ws)
+        except VcsError as exc:
+            if not any(sign in str(exc) for sign in _UNSNAPSHOTTABLE):
+                raise
+            await self._adopt(ws, str(exc))
+            wc = await self._wc(ws)
         if not wc.empty:
             if not wc.subject:
                 await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True)
@@ -437,6 +746,84 @@ class JjBackend(Backend):
             head = wc.parents[0]  # the agent committed its work itself (jj commit): its change is @-
         await self.jj("bookmark", "set", ws.ref, "-r", head, "--allow-backwards")
         return head
+
+    async def _adopt(self, ws: Workspace, why: str) -> None:
+        """(Under the repo lock.) Make a workspace jj can no longer snapshot a working one again, every
+        file on disk committed, without writing a file and without divergent changes. jj's own way out
+        (``workspace update-stale``) snapshots a stale workspace at its old operation, which gives the
+        change two versions, then overwrites the files on disk with the other one; a forgotten
+        workspace has no way out at all. Instead:
+
+        1. the workspace's last working-copy commit W is read at the operation its directory last
+           recorded (``.jj/working_copy/checkout``);
+        2. the workspace is registered afresh (forgotten first if it still is): ``workspace add
+           --ignore-working-copy`` gives a state with nothing checked out, on an empty child of the root
+           commit, and that state replaces the directory's ``.jj``; its snapshot C holds exactly the
+           files on disk;
+        3. the work S is a commit on W's parents with C's files, rebased onto their current versions
+           when they were rewritten (a squash into base; the old versions, visible again for a
+           moment, are hidden again), described as W was;
+        4. the workspace is set to edit S, C and the older versions of W's change are abandoned, and
+           ``update-stale`` checks out only what the rebase changed (the disk equals the state it
+           recorded, so nothing is snapshotted twice).
+        """
+        op, _ = _checkout_state(ws.path)
+        old = await self._commit_at(op, f"{_quote(ws.name)}@") if op else None
+        parents = old.parents if old else [ws.base_commit or ws.head or "root()"]
+        description = (await self.jj("--at-op", op, "log", "-r", old.commit, "--no-graph", "-T", "description")).out \
+            if (old and op) else ""
+        if ws.name in await self._workspaces():
+            await self.jj("workspace", "forget", ws.name)
+        tmp = Path(tempfile.mkdtemp(prefix=".corral-adopt-", dir=ws.path.parent))
+        try:
+            await self._register(ws.name, tmp)
+            os.rename(ws.path / ".jj", tmp / "stale-jj")
+            os.rename(tmp / ".jj", ws.path / ".jj")
+            (ws.path / ".jj" / "repo").write_text(str(self.repo_dir), encoding="utf-8")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        files = await self._wc(ws)
+        current = [await self.follow(p) for p in parents]  # before a child makes the old versions visible
+        token = secrets.token_hex(6)
+        await self.jj("new", "--no-edit", *parents, "-m", f"corral: adopting {ws.task} ({token})")
+        found = await self.txn().commits(f"children({parents[-1]}) & description(substring:{_quote(token)})")
+        if len(found) != 1:
+            raise VcsError(f"jj: the adopted commit of {ws.task} was not found")
+        work = found[0].change
+        await self.jj("restore", "--from", files.commit, "--into", work)
+        if current != parents:
+            await self.jj("rebase", "-r", work, self.onto, *current)
+            # the old versions the new commit was made on became visible again (jj keeps a parent whose
+            # child moves away): hide them, or their changes would be divergent
+            await self.jj("abandon", _union([p for p, c in zip(parents, current) if p != c]))
+        await self.jj("describe", "-r", work, "-m", description)
+        await self.jj("--ignore-working-copy", "edit", work, cwd=ws.path, workspace=True)
+        older = f"present(change_id({old.change}))" if old else "none()"
+        await self.jj("abandon", f"({files.commit} | {older}) ~ {work}")
+        await self.jj("workspace", "update-stale", cwd=ws.path, workspace=True)
+        self._notices.append(f"{ws.task}: jj could no longer snapshot its workspace ({why.split(': ', 1)[-1]}); its "
+                             f"files were committed again, on {'the new version of ' if current != parents else ''}"
+                             "its base")
+
+    async def _commit_at(self, op: str, rev: str) -> _Commit | None:
+        res = await self.jj("--at-op", op, "log", "-r", f"present({rev})", "--no-graph", "-T", COMMIT_T, check=False)
+        lines = res.lines() if res.ok else []
+        return _Commit(lines[0]) if lines else None
+
+    async def follow(self, commit: str) -> str:
+        """The visible commit that now holds ``commit``'s change: jj rewrites commits in place (a squash
+        into base gives base a new commit id and rebases everything on it), so a run that kept the
+        old id would bring the old version back as a divergent change. ``commit`` itself when it is
+        still visible, or when its change was abandoned or is divergent."""
+        res = await self.jj("log", "-r", f"present({commit})", "--no-graph", "-T",
+                            'change_id ++ "\\t" ++ hidden ++ "\\n"', check=False)
+        change, hidden = (res.lines()[0].split("\t") + [""])[:2] if res.ok and res.lines() else ("", "false")
+        if hidden != "true":
+            return commit
+        res = await self.jj("log", "-r", f"present(change_id({change}))", "--no-graph", "-T", 'commit_id ++ "\\n"',
+                            check=False)
+        ids = res.lines() if res.ok else []
+        return ids[0] if len(ids) == 1 else commit
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
@@ -521,7 +908,7 @@ class JjBackend(Backend):
         found: list[_Commit] = []
         try:
             await txn.run("new", "--no-edit", *parents, "-m", f"corral: trial merge {token}")
-            found = await txn.commits(f"children({parents[-1]}) & description(substring:{_quote(token)})")
+            found = await txn.commits(f"children({parents[-1]}) & description(substring:{_quote(token)})", made=True)
             if len(found) != 1:
                 raise VcsError(f"jj: trial merge of {', '.join(p[:12] for p in parents)} not found")
             if not found[0].conflict:
@@ -555,11 +942,16 @@ class JjBackend(Backend):
         ref = self.ref_name(run, "integration")
         outcomes: list[MergeOutcome] = []
         created: list[str] = []
+        # merge what exists now: commits a rewrite replaced would come back as divergent changes
+        base_commit = await self.follow(base_commit)
+        heads = [(task, await self.follow(head)) for task, head in heads]
         async with self.mutating():
-            txn = self.txn(await self.current_op() if self.detached_ops else None)
+            start = await self.current_op() if self.detached_ops else None
+            txn = self.txn(start)
             tip = base_commit
             merged: list[tuple[str, str]] = []  # (task, head) merged so far (merge strategy)
             merge_change = ""
+            made: list[str] = []  # commits of the chain's steps
             for task, head in heads:
                 step = txn.fork()
                 try:
@@ -574,9 +966,11 @@ class JjBackend(Backend):
                     outcomes.append(MergeOutcome(task, False, conflict_files=conflicts or ["(unknown)"]))
                     continue
                 txn = step
+                made += step.made
                 if strategy == "merge" and change_ids:
-                    # the new merge commit replaces the previous one: drop the previous
-                    if merge_change:
+                    # the new merge commit replaces the previous one: drop the previous (detached: the
+                    # whole chain is a trial, replaced below by the one merge commit that stays)
+                    if merge_change and not self.detached_ops:
                         await txn.run("abandon", merge_change)
                         created.remove(merge_change)
                     merge_change = change_ids[0]
@@ -584,6 +978,14 @@ class JjBackend(Backend):
                 created += change_ids
                 tip = new_tip
                 outcomes.append(MergeOutcome(task, True, tip))
+            if strategy == "merge" and self.detached_ops and merged:
+                trial, txn = txn, self.txn(start)
+                final = await self._merge_commit(txn, run, base_commit, merged)
+                tip, created = final.commit, [final.change]
+                trial.made = made
+                await trial.rollback()
+                for o in outcomes:
+                    o.commit = tip if o.ok else o.commit
             if created:
                 await txn.run("bookmark", "set", ref, "-r", tip, "--allow-backwards")
             else:
@@ -592,6 +994,18 @@ class JjBackend(Backend):
         self._created[ref] = created
         ws = await self._new_workspace(run, "integration", ref, base_commit, tip, root)
         return ws, outcomes
+
+    async def _merge_commit(self, txn: _Txn, run: str, base_commit: str, heads: list[tuple[str, str]]) -> _Commit:
+        """``jj new base A B ...``: the merge commit of the tasks ``heads`` (task, head) onto base."""
+        token = secrets.token_hex(6)
+        names = ", ".join(t for t, _ in heads)
+        await txn.run("new", "--no-edit", base_commit, *(h for _, h in heads),
+                      "-m", f"corral: merge {names}\n\nrun {run} ({token})")
+        found = await txn.commits(f"children({heads[-1][1]}) & description(substring:{_quote(token)})", made=True)
+        if len(found) != 1:
+            raise VcsError(f"jj: the merge commit for {heads[-1][0]} was not found")
+        txn.created = [found[0].change]
+        return found[0]
 
     async def _merge_step(self, txn: _Txn, run: str, task: str, head: str, strategy: str, base_commit: str,
                           tip: str, merged: list[tuple[str, str]]) -> tuple[str, list[str], list[str] | None]:
@@ -602,33 +1016,27 @@ class JjBackend(Backend):
             return tip, [], None  # nothing to merge
         token = secrets.token_hex(6)
         if strategy == "merge":
-            names = ", ".join([t for t, _ in merged] + [task])
-            await txn.run("new", "--no-edit", base_commit, *(h for _, h in merged), head,
-                          "-m", f"corral: merge {names}\n\nrun {run} ({token})")
-            found = await txn.commits(f"children({head}) & description(substring:{_quote(token)})")
-            if len(found) != 1:
-                raise VcsError(f"jj: the merge commit for {task} was not found")
-            txn.created = [found[0].change]
-            if found[0].conflict:
-                return tip, [], await txn.conflict_files(found[0].commit)
-            return found[0].commit, [found[0].change], None
+            found = await self._merge_commit(txn, run, base_commit, merged + [(task, head)])
+            if found.conflict:
+                return tip, [], await txn.conflict_files(found.commit)
+            return found.commit, [found.change], None
         # rebase / squash: copy the task's commits onto a fresh anchor child of the tip (so the copies
         # are found as the anchor's descendants), then drop the anchor (rebase) or squash into it
         subject = f"corral: {task} (squashed)" if strategy == "squash" else "corral: anchor"
         await txn.run("new", "--no-edit", tip, "-m", f"{subject}\n\nrun {run} ({token})")
-        anchor = await txn.commits(f"children({tip}) & description(substring:{_quote(token)})")
+        anchor = await txn.commits(f"children({tip}) & description(substring:{_quote(token)})", made=True)
         if len(anchor) != 1:
             raise VcsError(f"jj: the {strategy} anchor for {task} was not found")
         anchor_change = anchor[0].change
         txn.created = [anchor_change]
         await txn.run("duplicate", _union([c.commit for c in chain]), self.onto, anchor[0].commit)
-        copies = await txn.commits(f"{anchor_change}+::")
+        copies = await txn.commits(f"{anchor_change}+::", made=True)
         txn.created = [anchor_change] + [c.change for c in copies]
         if strategy == "squash":
             if copies:
                 await txn.run("squash", "--from", _union([c.change for c in copies]), "--into", anchor_change,
                               "-m", f"{subject}\n\nrun {run}")
-            result = await txn.commits(anchor_change)
+            result = await txn.commits(anchor_change, made=True)
             txn.created = [anchor_change]
             if len(result) != 1:
                 raise VcsError(f"jj: the squashed commit for {task} was not found")
@@ -652,15 +1060,27 @@ class JjBackend(Backend):
 
     # ----------------------------------------------------------------------------------- landing
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
+        """Move bookmark ``base`` to ``new``, only if it still holds ``old`` (or the version of ``old``'s
+        change that a rewrite, such as a squash into base, made of it) and ``new`` descends from it;
+        and only if no agent changed what is not its own (:meth:`guard`, which also puts back what it
+        can and says so)."""
+        said = "; ".join(await self.guard())
+        also = f"; {said}" if said else ""
+        if self._unrestored:
+            return LandOutcome(False, "agents changed what is not theirs: " + "; ".join(self._unrestored), old, new)
         if not await self.is_bookmark(base):
+            if f"bookmark {base}" in self._start_view:
+                return LandOutcome(False, f"bookmark {base} no longer exists (deleted or renamed during the run)"
+                                   + also, old, new)
             self._not_bookmark.add(base)
             return LandOutcome(False, f"base {base!r} is not a bookmark, so there is nothing to move", old, new)
+        followed = await self.follow(old)
         async with self.mutating():
             current = (await self.bookmarks(f"exact:{base}")).get(base)
             if current is None:
                 return LandOutcome(False, f"bookmark {base} is conflicted; resolve it first", old, new)
-            if current != old:
-                return LandOutcome(False, f"{base} moved during the run (now {current[:12]}, was {old[:12]})",
+            if current != followed or not await self._descends(new, current):
+                return LandOutcome(False, f"{base} moved during the run (now {current[:12]}, was {old[:12]})" + also,
                                    old, new)
             res = await self.jj("bookmark", "set", base, "-r", new, check=False)
             if not res.ok:
@@ -668,7 +1088,12 @@ class JjBackend(Backend):
             after = (await self.bookmarks(f"exact:{base}")).get(base)
             if after != new:
                 return LandOutcome(False, f"{base} did not move to {new[:12]} (a concurrent change?)", old, new)
-        return LandOutcome(True, f"{base} moved {old[:12]} -> {new[:12]}", old, new)
+        return LandOutcome(True, f"{base} moved {current[:12]} -> {new[:12]}" + also, current, new)
+
+    async def _descends(self, commit: str, ancestor: str) -> bool:
+        res = await self.jj("log", "-r", f"{ancestor} & ::{commit}", "--no-graph", "-T", 'commit_id ++ "\\n"',
+                            check=False)
+        return res.ok and bool(res.lines())
 
     def land_hint(self, base: str, ref: str) -> str:
         if base in self._not_bookmark:
@@ -686,15 +1111,20 @@ class JjBackend(Backend):
 
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
         """Forget the workspace and delete its directory. A kept task's work is snapshotted onto its
-        bookmark first, so removal never loses anything; a discarded task's change is abandoned."""
+        bookmark first (a workspace forgotten or gone stale meanwhile is adopted for that), so removal
+        never loses anything; when that fails the directory is kept and :class:`VcsError` says why. A
+        kept bookmark exists afterwards, whatever happened to it. A discarded task's change is
+        abandoned."""
         with anyio.CancelScope(shield=True):
-            registered = bool(ws.name) and ws.name in await self._workspaces()
-            if keep_ref and not _is_integration(ws) and registered and ws.path.is_dir():
+            if keep_ref and not _is_integration(ws) and (ws.path / ".jj").is_dir():
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
-                except VcsError as exc:  # a stale workspace?: leave everything for the user
-                    raise VcsError(f"{ws.path} is left in place: its work could not be snapshotted ({exc})") from None
+                except VcsError as exc:
+                    raise VcsError(f"{ws.path} is left in place, with files in no commit: {exc}") from None
+            registered = bool(ws.name) and ws.name in await self._workspaces()
             async with self.mutating():
+                if keep_ref and ws.head and not await self.ref_exists(ws.ref):
+                    await self.jj("bookmark", "set", ws.ref, "-r", await self.follow(ws.head), "--allow-backwards")
                 if registered:
                     await self.jj("workspace", "forget", ws.name, check=False)
                 if ws.path.exists():
@@ -708,6 +1138,14 @@ class JjBackend(Backend):
                 raise VcsError(f"workspace {ws.path} not fully removed: its directory remains")
             if ws.key:
                 self.registry.drop(ws.key)
+
+    async def drop_keep_refs(self, commits: Sequence[str]) -> None:
+        """Delete git's ``refs/jj/keep/<commit>`` of commits no operation in the log refers to (trial
+        merges, rolled-back integration steps): jj writes one for every commit so that git's gc keeps
+        it, which makes ``git log --all`` show them in a colocated repository."""
+        if self.colocated and commits:
+            lines = "".join(f"delete refs/jj/keep/{c}\n" for c in dict.fromkeys(commits) if _HEX_RE.match(c))
+            await _run(["git", "update-ref", "--stdin"], str(self.root), None, lines.encode())
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
@@ -723,7 +1161,7 @@ class JjBackend(Backend):
         if _is_integration(ws):
             mine = self._created.pop(ws.ref, [])
         elif ws.base_commit and ws.head and ws.head != ws.base_commit:
-            mine = [f"({ws.base_commit}..{ws.head})"]
+            mine = [f"({await self.follow(ws.base_commit)}..{await self.follow(ws.head)})"]
         else:
             mine = []
         if mine:
@@ -799,16 +1237,86 @@ class JjBackend(Backend):
         return {n: t or "" for n, t in (await self.bookmarks(f"glob:{prefix}*")).items()}
 
 
+def _refused_files(err: str) -> list[str]:
+    """The files jj's snapshot warning lists ("Refused to snapshot some files:", then one line each:
+    ``  PATH: 1.1GiB (1153433600 bytes); the maximum size allowed is ...``)."""
+    out: list[str] = []
+    lines = err.splitlines()
+    for i, line in enumerate(lines):
+        if "Refused to snapshot some files" in line:
+            for item in lines[i + 1:]:
+                m = _REFUSED_RE.match(item)
+                if m is None:
+                    break
+                out.append(m.group(1))
+    return out
+
+
+def _checkout_state(path: Path) -> tuple[str, str]:
+    """(operation id, workspace name) a workspace directory last recorded, from the protobuf in
+    ``.jj/working_copy/checkout`` (field 2: operation id, field 3: workspace name); ("", "") when it
+    cannot be read."""
+    try:
+        data = (path / ".jj" / "working_copy" / "checkout").read_bytes()
+    except OSError:
+        return "", ""
+    fields: dict[int, bytes] = {}
+    i = 0
+    try:
+        while i < len(data):
+            key, i = _varint(data, i)
+            if key & 7 == 2:
+                size, i = _varint(data, i)
+                fields[key >> 3] = data[i:i + size]
+                i += size
+            elif key & 7 == 0:
+                _, i = _varint(data, i)
+            else:
+                break
+    except IndexError:
+        return "", ""
+    return fields.get(2, b"").hex(), fields.get(3, b"").decode("utf-8", "replace")
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _by(op: list[str]) -> str:
+    """Who did it: ``task NAME's `DESCRIPTION` (operation ID)`` for an operation [id, workspace, ...]."""
+    task = m.group(2) if (m := _LEFTOVER_RE.match(op[1].rstrip("@"))) else op[1]
+    what = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{20,}\b", r"\1", op[3])
+    return f"task {task}'s `{what}` (operation {op[0][:12]})"
+
+
+def _label(commit: str, bookmarks: str) -> str:
+    """A commit as the user knows it: its bookmarks, else its short id."""
+    names = [n for n in bookmarks.split(",") if n]
+    return ", ".join(names) if names else commit[:12]
+
+
 def _is_integration(ws: Workspace) -> bool:
     """The integration workspace of a merge (``integration``, ``integration-2``, ...)."""
     return ws.ref.endswith("/integration")
 
 
-async def _run(argv: list[str], cwd: str, env: dict[str, str] | None) -> tuple[int, str, str]:
+async def _run(argv: list[str], cwd: str, env: dict[str, str] | None,
+               stdin: bytes | None = None) -> tuple[int, str, str]:
     """Run a short command in its own process group; (exit code, stdout, stderr)."""
     try:
-        proc = await anyio.run_process(argv, cwd=cwd, env=env, check=False, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+        if stdin is None:
+            proc = await anyio.run_process(argv, cwd=cwd, env=env, check=False, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        else:
+            proc = await anyio.run_process(argv, cwd=cwd, env=env, check=False, input=stdin,
+                                           start_new_session=True)
     except OSError as exc:
         return 127, "", f"Error: cannot run {argv[0]}: {exc.strerror or exc}"
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
