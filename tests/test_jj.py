@@ -330,6 +330,10 @@ def test_sigint_cleans_up_and_keeps_work(jrepo: Path, tmp_path: Path, wt_root: P
     assert file_at(jrepo, f"corral/{run_id}/slow2", "two.txt") == "two\n"
     data = json.loads((jrepo / ".jj" / "corral" / "runs" / run_id / "run.json").read_text())
     assert data["state"] == "interrupted"
+    # the report and the summary count what was snapshotted ("files 0" before)
+    report = (jrepo / ".jj" / "corral" / "runs" / run_id / "report.md").read_text()
+    assert "| slow1 | shell | aborted (run interrupted) |" in report and "| 1 | no |" in report, report
+    assert [line.split()[5] for line in out.splitlines() if line.startswith("slow1 ")] == ["1"], out
 
 
 @pytest.mark.parametrize("case", ["bad-base", "bad-agent", "bad-plan", "ambiguous-base"])
@@ -748,3 +752,74 @@ def test_an_error_inside_the_run_is_one_line_and_the_journal_says_so(plain: Path
     assert "Traceback" not in res.stderr and "run failed:" in res.stdout, res.stdout + res.stderr
     data = run_json(plain)
     assert data["state"] == "error" and data["exit_code"] == 1
+
+
+# ------------------------------------------------------------------ leftovers that clean finds (jj)
+CRASH_AT = r'''
+import os, sys, anyio
+from corral.core.vcs.jj import JjBackend
+
+async def main() -> None:
+    b = await JjBackend.open(sys.argv[1])
+    where, root = sys.argv[2], sys.argv[3]
+    real_jj, real_reserve = b.jj, b.registry.reserve
+    async def jj(*args, **kw):
+        if where == "checkout" and args[:2] == ("workspace", "update-stale"):
+            os._exit(9)  # killed between `jj new` and the check-out
+        return await real_jj(*args, **kw)
+    def reserve(*args, **kw):
+        out = real_reserve(*args, **kw)
+        if where == "integration" and kw.get("role") == "integration":
+            b.registry.reserve = real_reserve
+        return out
+    b.jj, b.registry.reserve = jj, reserve
+    run = "20260101-000000-dead"
+    base = await b.resolve("main")
+    ws = await b.create_workspace(run, "a", base, root)
+    if where == "integration":
+        (ws.path / "a.txt").write_text("a\n")
+        snap = await b.snapshot(ws, "corral: a")
+        real_new = b._new_workspace
+        async def new_workspace(*args, **kw):
+            os._exit(9)  # killed after the integration's bookmark was set, before its workspace
+        b._new_workspace = new_workspace
+        await b.integrate(run, base, [("a", snap.commit)], "merge", root)
+
+anyio.run(main)
+'''
+
+
+@pytest.mark.parametrize("where", ["checkout", "integration"])
+def test_clean_finds_what_a_kill_during_creation_left(plain: Path, tmp_path: Path, wt_root: Path, where: str) -> None:
+    """Killed between ``jj new`` and the check-out (a stale, half-made workspace), or after the
+    integration's bookmark was set and before its workspace existed: ``corral clean`` drops what
+    holds no work (workspace, directory, bookmark, merge commit) and keeps the task's work."""
+    before = set(jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'commit_id ++ "\\n"').split())
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_AT)
+    res = subprocess.run([sys.executable, str(script), str(plain), where, str(wt_root)], capture_output=True,
+                         text=True)
+    assert res.returncode == 9, res.stdout + res.stderr
+    assert [w for w in state(plain)["workspaces"] if not w.startswith("corral-engine-")]
+    out = corral("clean", "--repo", str(plain))
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == [], out.stdout
+    if where == "checkout":
+        assert "removed half-made workspace" in out.stdout
+        assert st["bookmarks"] == []
+        after = set(jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'commit_id ++ "\\n"').split())
+        assert after - before <= {commit_of(plain, "@")}, "a commit of the half-made workspace is still visible"
+    else:
+        assert st["bookmarks"] == ["corral/20260101-000000-dead/a"], out.stdout
+        assert file_at(plain, "corral/20260101-000000-dead/a", "a.txt") == "a\n"
+        subjects = jj(plain, "log", "-r", "all()", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+        assert "corral: merge" not in subjects
+    assert "nothing to clean" in corral("clean", "--repo", str(plain)).stdout
+
+
+def test_a_failed_task_that_changed_nothing_keeps_no_bookmark(plain: Path, tmp_path: Path) -> None:
+    res = run(plain, plan(tmp_path, {"bad": "exit 3", "good": "echo g > g.txt"}, base="main"), "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert state(plain)["bookmarks"] == []
+    assert "Branches kept" not in (plain / ".jj" / "corral" / "runs" / run_id_of(plain) / "report.md").read_text()

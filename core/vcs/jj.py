@@ -676,12 +676,13 @@ class JjBackend(Backend):
         return await self._new_workspace(run, task, self.ref_name(run, task), base_commit, base_commit, root)
 
     async def _new_workspace(self, run: str, task: str, ref: str, base_commit: str, at: str,
-                             root: str | None) -> Workspace:
-        """A workspace at ``at`` in a fresh private directory; on any failure nothing is left behind."""
+                             root: str | None, reserved: tuple[Path, Record] | None = None) -> Workspace:
+        """A workspace at ``at`` in a fresh private directory (``reserved``: registered already);
+        on any failure nothing is left behind."""
         name = self.workspace_name(run, task)
         role = "integration" if ref.endswith("/integration") else "task"
-        path, rec = self.registry.reserve(root, run=run, task=task, role=role, ref=ref, vcs="jj",
-                                          base_commit=base_commit, name=name)
+        path, rec = reserved or self.registry.reserve(root, run=run, task=task, role=role, ref=ref, vcs="jj",
+                                                      base_commit=base_commit, name=name)
         try:
             await self._add_workspace(name, path, at)
             self.registry.update(rec, state=READY)
@@ -940,11 +941,26 @@ class JjBackend(Backend):
         if strategy not in ("merge", "rebase", "squash"):
             raise VcsError(f"unknown merge strategy {strategy!r}")
         ref = self.ref_name(run, "integration")
-        outcomes: list[MergeOutcome] = []
-        created: list[str] = []
         # merge what exists now: commits a rewrite replaced would come back as divergent changes
         base_commit = await self.follow(base_commit)
         heads = [(task, await self.follow(head)) for task, head in heads]
+        # registered before its bookmark exists: a kill from here on leaves a record clean-up finds
+        reserved = self.registry.reserve(root, run=run, task="integration", role="integration", ref=ref, vcs="jj",
+                                         base_commit=base_commit, name=self.workspace_name(run, "integration"))
+        try:
+            return await self._integrate(run, ref, base_commit, heads, strategy, root, reserved)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                rec = reserved[1]
+                if self.registry.get(rec.key) is not None:
+                    await self.drop_half_made(self.workspace_of(rec))
+                    self.registry.drop(rec)
+            raise
+
+    async def _integrate(self, run: str, ref: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
+                         root: str | None, reserved: tuple[Path, Record]) -> tuple[Workspace, list[MergeOutcome]]:
+        outcomes: list[MergeOutcome] = []
+        created: list[str] = []
         async with self.mutating():
             start = await self.current_op() if self.detached_ops else None
             txn = self.txn(start)
@@ -992,7 +1008,7 @@ class JjBackend(Backend):
                 await txn.run("bookmark", "set", ref, "-r", base_commit, "--allow-backwards")
             await txn.integrate()
         self._created[ref] = created
-        ws = await self._new_workspace(run, "integration", ref, base_commit, tip, root)
+        ws = await self._new_workspace(run, "integration", ref, base_commit, tip, root, reserved)
         return ws, outcomes
 
     async def _merge_commit(self, txn: _Txn, run: str, base_commit: str, heads: list[tuple[str, str]]) -> _Commit:
@@ -1158,8 +1174,8 @@ class JjBackend(Backend):
     async def _drop_work(self, ws: Workspace) -> None:
         """Delete the workspace's bookmark and abandon the commits it made (under the repo lock)."""
         await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
-        if _is_integration(ws):
-            mine = self._created.pop(ws.ref, [])
+        if _is_integration(ws) and ws.ref in self._created:
+            mine = self._created.pop(ws.ref)
         elif ws.base_commit and ws.head and ws.head != ws.base_commit:
             mine = [f"({await self.follow(ws.base_commit)}..{await self.follow(ws.head)})"]
         else:
@@ -1218,10 +1234,15 @@ class JjBackend(Backend):
         return ""
 
     async def drop_half_made(self, ws: Workspace) -> None:
+        """Forget a workspace that never became ready, delete its directory, and let go of what was
+        made for it (an integration killed before its workspace existed: its bookmark and merges)."""
         async with self.mutating():
             if ws.name in await self._workspaces():
                 await self.jj("workspace", "forget", ws.name, check=False)
-            await self.jj("bookmark", "delete", f"exact:{ws.ref}", check=False)
+            target = (await self.bookmarks(f"exact:{ws.ref}")).get(ws.ref)
+            if target:
+                ws.head = target
+                await self._drop_work(ws)
         await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
     async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
