@@ -204,9 +204,12 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
     ws = next((w for w in workspaces if _inside(cwd, w)), None)
     if ws is not None and backend.kind == "git":
         git = cast("GitBackend", backend)
-        gitdir = await git.git("rev-parse", "--absolute-git-dir", cwd=ws.path, check=False)
-        if gitdir.ok and gitdir.out.strip():
-            user_hooks = await _user_hooks(git, ws)
+        admin = ws.admin or (await git.git("rev-parse", "--absolute-git-dir", cwd=ws.path, check=False)).out.strip()
+        if admin:
+            # the user's hooks path is the same for every agent of a run: asked once
+            if git.user_hooks is None:
+                git.user_hooks = await _user_hooks(git, ws)
+            user_hooks = git.user_hooks
             common = git.common_dir.resolve()
             others, own = run_dir / "guard" / "others", run_dir / "guard" / f"ws-{ws.task}"
             _hook_dir(others / "hooks", user_hooks, "")
@@ -216,7 +219,7 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
             entries += [
                 (f"includeIf.gitdir:{_pattern(common)}.path", str(others / "config")),  # the main checkout
                 (f"includeIf.gitdir:{_pattern(common)}/worktrees/.path", str(others / "config")),
-                (f"includeIf.gitdir:{_pattern(Path(gitdir.out.strip()).resolve())}.path", str(own / "config")),
+                (f"includeIf.gitdir:{_pattern(Path(admin).resolve())}.path", str(own / "config")),
             ]
             real = shutil.which("git", path=env.get("PATH", os.defpath))
             if real:

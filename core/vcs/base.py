@@ -69,6 +69,8 @@ class Workspace:
     #: refs holding commits made in the workspace that are not in ``head`` (an agent that moved HEAD
     #: elsewhere after committing): kept, never merged, named in the report
     extra_refs: list[str] = field(default_factory=list)
+    #: the backend's memo of its last snapshot of this workspace (what it read, what it found)
+    memo: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -11,6 +11,7 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -107,6 +108,8 @@ class GitBackend(Backend):
         self.git_dir = git_dir
         self._ident: dict[str, str] | None = None
         self._limiter = anyio.CapacityLimiter(8)
+        #: where git looks for the user's own hooks (see guard.py), once asked
+        self.user_hooks: str | None = None
         #: why the last landing on each base was refused, for :meth:`land_hint`
         self._refusals: dict[str, str] = {}
 
@@ -365,14 +368,37 @@ class GitBackend(Backend):
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
                 await self.git("add", "-A", cwd=ws.path)
-                await self.git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, cwd=ws.path,
-                               env=await self.ident_env())
-                left = await self._changes(ws.path)
-        ws.head = await self._collect(ws)
-        snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
-        snap.extra_refs = list(ws.extra_refs)
+                res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=ws.path, check=False,
+                                     env=await self.ident_env())
+                if not res.ok and "nothing" not in res.out + res.err:  # nothing staged: submodule changes only
+                    raise VcsError(f"git commit in {ws.path}: {_short_err(res)}")
+                if (ws.path / ".gitmodules").exists():  # the only changes git add -A leaves behind
+                    left = await self._changes(ws.path)
+        # what _collect reads: when none of it changed since the last time, neither did its answer
+        seen = self._signature(ws)
+        if ws.memo is not None and ws.memo[0] == seen:
+            snap = copy.copy(ws.memo[1])
+        else:
+            ws.head = await self._collect(ws)
+            snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
+            snap.extra_refs = list(ws.extra_refs)
+            ws.memo = (self._signature(ws), snap)
         snap.uncommitted = left
         return snap
+
+    def _signature(self, ws: Workspace) -> tuple:
+        """The state of everything :meth:`_collect` reads (HEAD, the reflogs, the branch), cheaply."""
+        def stat(p: Path) -> tuple:
+            try:
+                st = p.stat()
+            except OSError:
+                return ()
+            return (st.st_size, st.st_mtime_ns, st.st_ino)
+        admin = Path(ws.admin) if ws.admin else None
+        return (_read(admin / "HEAD") if admin else "", stat(admin / "logs" / "HEAD") if admin else (),
+                stat(self.common_dir / "logs" / "refs" / "heads" / ws.ref),
+                stat(self.common_dir / "refs" / "heads" / ws.ref), stat(self.common_dir / "packed-refs"),
+                tuple(ws.extra_refs))
 
     async def _worktree_head(self, ws: Workspace) -> str:
         """The commit the workspace's HEAD is at, read from git's admin dir when the directory is gone."""
@@ -422,34 +448,40 @@ class GitBackend(Backend):
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
             return head or tip or base
-        check = await self.git("cat-file", "--batch-check=%(objectname) %(objecttype)", check=False,
-                               stdin="".join(f"{c}\n" for c in cands))
-        cands = [line.split()[0] for line in check.out.splitlines() if line.endswith(" commit")]
-        # the commits only this task's refs (or none) hold
-        mine = await self.git("rev-list", *cands, "--not", base, f"--exclude={ws.ref}", f"--exclude={ws.ref}+*",
-                              "--branches", "--tags", "--remotes", check=False)
-        own = set(mine.out.split())
-        work = [c for c in cands if c in own]
+        # the commits only this task's refs (or none) hold, with their parents
+        res = await self.git("rev-list", "--parents", "--ignore-missing", *cands, "--not", base,
+                             f"--exclude={ws.ref}", f"--exclude={ws.ref}+*", "--branches", "--tags", "--remotes",
+                             check=False)
+        parents = {line.split()[0]: line.split()[1:] for line in res.out.splitlines() if line.strip()}
+        work = [c for c in cands if c in parents]
         if not work:
             return tip or base  # nothing of its own, or all of it held elsewhere (landed): leave it
-        indep = await self.git("merge-base", "--independent", *work, check=False)
-        tips = indep.out.split() if indep.ok and len(work) > 1 else work[:1]
-        primary = ""
-        for anchor in (head, tip):
-            hits = [t for t in tips if anchor and await self._is_ancestor(anchor, t)]
-            if hits:
-                primary = hits[0]
-                break
+        below = {p for ps in parents.values() for p in ps}
+        tips = [c for c in work if c not in below]  # the lines' ends: no other of its commits is on them
+
+        def reaches(t: str, target: str) -> bool:
+            seen, todo = set(), [t]
+            while todo:
+                c = todo.pop()
+                if c == target:
+                    return True
+                if c not in seen:
+                    seen.add(c)
+                    todo += parents.get(c, [])
+            return False
+
+        primary = next((t for anchor in (head, tip) if anchor for t in tips if reaches(t, anchor)), "")
         if not primary:
             # the workspace ended on none of these lines: the branch stays where it is (if it holds
             # something: it was merged, say), the lines are kept beside it
             primary = tip if tip and tip != base else tips[0]
         extras = [t for t in tips if t != primary]
-        async with self.mutating():
-            if primary != tip:
-                await self.git("update-ref", "-m", "corral: the work made in the workspace", f"refs/heads/{ws.ref}",
-                               primary)
-            ws.extra_refs = await self._keep_extras(ws, extras, primary)
+        if primary != tip or extras or ws.extra_refs:
+            async with self.mutating():
+                if primary != tip:
+                    await self.git("update-ref", "-m", "corral: the work made in the workspace",
+                                   f"refs/heads/{ws.ref}", primary)
+                ws.extra_refs = await self._keep_extras(ws, extras, primary)
         return primary
 
     async def _is_ancestor(self, a: str, b: str) -> bool:
