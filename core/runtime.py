@@ -302,9 +302,11 @@ class Workspaces:
         return out
 
     def note_landed(self, integration: Workspace) -> None:
-        """The work merged into ``integration`` (and the merge itself) is on base now."""
+        """The work merged into ``integration`` (and the merge itself) is on base now. Journaled at
+        once: a run killed during its cleanup is still listed as landed."""
         self.landed.update(self._merged.get(integration.task, {}))
         self.landed[integration.task] = integration.head
+        self._rt.journal.update(landed=True)
 
     async def wind_up(self) -> tuple[list[str], list[str]]:
         """The end of a run: remove every workspace still alive, its work committed onto its branch
