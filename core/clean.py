@@ -101,7 +101,10 @@ async def _plan_item(backend: Backend, lo: Leftover) -> CleanItem:
     if rec.state == CREATING:
         return CleanItem(lo, "drop", why="it never became ready, so it holds no work")
     item = CleanItem(lo, "salvage")
-    item.committed = await backend.pending_changes(backend.workspace_of(rec))
+    try:
+        item.committed = await backend.pending_changes(backend.workspace_of(rec))
+    except VcsError as exc:
+        return CleanItem(lo, "skip", why="corral cannot tell what it holds", error=f"{exc}; it is left in place")
     if rec.ref and await backend.ref_exists(rec.ref):
         if item.committed or await backend.holds_unmerged_work(rec.ref, rec.base_commit):
             item.kept.append(rec.ref)

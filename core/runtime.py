@@ -344,7 +344,7 @@ class Workspaces:
             base_tip = ""
         untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
         for ws in self.created.values():
-            if rt.options.keep_worktrees and ws.task in self.live:
+            if ws.task in self.live:  # kept (--keep-worktrees), or left in place: checked out there
                 kept += [ws.ref, *ws.extra_refs]
                 continue
             try:

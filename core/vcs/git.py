@@ -335,11 +335,13 @@ class GitBackend(Backend):
         return await self._changes(ws.path) if self._is_live(ws) else []
 
     async def _changes(self, path: Path) -> list[str]:
-        """Paths with changes not committed (submodules' inner changes included)."""
+        """Paths with changes not committed (submodules' inner changes included). Raises
+        :class:`VcsError` when git cannot tell (a full disk, an index an agent broke): "none" would
+        let the workspace be removed with its changes."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
-            return []
+            raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
         out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
