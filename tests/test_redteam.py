@@ -58,6 +58,28 @@ def test_an_agent_that_reinitialises_its_workspace_keeps_it(repo, tmp_path, wt_r
     assert git(repo, "rev-parse", "main") == git(repo, "rev-list", "--max-parents=0", "main")
 
 
+def test_an_index_git_cannot_read_never_passes_for_no_changes(repo, tmp_path, wt_root):
+    # `git status` failing (a full disk: it cannot write index.lock; an index an agent broke) was
+    # taken for "nothing uncommitted": the workspace was removed with the agent's files, "merged
+    # (no changes)", exit 0
+    script = 'echo precious > work.txt; echo garbage > "$(git rev-parse --git-dir)/index"'
+    res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "one: failed" in res.stdout and "cannot tell what" in res.stdout
+    [left] = list(wt_root.iterdir())
+    assert (left / "work.txt").read_text() == "precious\n"
+    res = corral("clean", "--dry-run", cwd=repo)  # says, as clean does, that it cannot clean it
+    assert res.returncode == 1 and f"could not clean {left}" in res.stdout, res.stdout + res.stderr
+    (left / ".git").read_text()  # still corral's worktree: fix its index, and clean takes the work
+    admin = Path((left / ".git").read_text().split(":", 1)[1].strip())
+    (admin / "index").unlink()
+    git(left, "reset", "-q")
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [branch] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{branch}:work.txt") == "precious"
+
+
 # ------------------------------------------------------------------------------- the user's side
 def test_git_dir_in_the_environment_never_touches_the_users_checkout(repo, tmp_path, wt_root):
     # GIT_DIR/GIT_WORK_TREE exported (a dotfiles setup, a git hook or alias starting corral): every
