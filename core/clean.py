@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 from .journal import list_runs, write_atomic
-from .procs import kill_run_processes, run_processes
+from . import reaper
+from .procs import kill_run_processes, processes_in, run_processes
 from .vcs.base import Backend, Leftover, VcsError
 from .vcs.registry import CREATING
 
@@ -91,10 +93,18 @@ async def _plan_item(backend: Backend, lo: Leftover) -> CleanItem:
     why = await backend.vet_leftover(rec)
     if why:
         return CleanItem(lo, "skip", why=why)
+    busy = processes_in(lo.path)
+    if busy:  # someone works there (your shell in a --keep-worktrees workspace): not while they do
+        pids = ", ".join(str(p) for p in busy[:5]) + (" ..." if len(busy) > 5 else "")
+        return CleanItem(lo, "skip", why="a process works in it",
+                         error=f"a process still works in it (pid {pids}); it is left in place")
     if rec.state == CREATING:
         return CleanItem(lo, "drop", why="it never became ready, so it holds no work")
     item = CleanItem(lo, "salvage")
-    item.committed = await backend.pending_changes(backend.workspace_of(rec))
+    try:
+        item.committed = await backend.pending_changes(backend.workspace_of(rec))
+    except VcsError as exc:
+        return CleanItem(lo, "skip", why="corral cannot tell what it holds", error=f"{exc}; it is left in place")
     if rec.ref and await backend.ref_exists(rec.ref):
         if item.committed or await backend.holds_unmerged_work(rec.ref, rec.base_commit):
             item.kept.append(rec.ref)
@@ -126,6 +136,13 @@ async def _do_item(backend: Backend, item: CleanItem) -> None:
         item.error = str(exc)
 
 
+def _wait_gone(pids: list[int], timeout: float = 10) -> None:
+    """Wait until every process in ``pids`` (sent SIGKILL) has ended."""
+    deadline = time.monotonic() + timeout
+    while any(reaper.alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
     rep = CleanReport()
     # 1. what dead runs left running (corral was SIGKILLed): every process carrying the run's mark
@@ -140,7 +157,10 @@ async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
             path = backend.state_dir / "runs" / run / "run.json"
             if path.parent.is_dir():
                 write_atomic(path, json.dumps(data, indent=2, default=str))
-    # 2. the workspaces corral registered and never removed
+    if not dry_run:
+        _wait_gone(rep.killed)
+    # 2. the workspaces corral registered and never removed (the processes just killed are gone
+    # by then, so that none of them counts as working in one)
     for lo in await backend.list_leftovers():
         item = await _plan_item(backend, lo)
         rep.items.append(item)

@@ -31,7 +31,7 @@ from .events import (
 from .journal import Journal, new_run_id
 from .plan import Plan, TaskSpec
 from .procs import Supervised
-from .report import render_report
+from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo
 from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
@@ -487,7 +487,7 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
     rt.set_phase("report")
     report = render_report(rt, plan, state, outcome, kept)
     path = rt.journal.dir / "report.md"
-    path.write_text(report, encoding="utf-8")
+    path.write_text(printable(report), encoding="utf-8")
     outcome.report = path
 
     rt.set_phase("done")

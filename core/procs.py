@@ -559,6 +559,22 @@ def _kill(pid: int, group: bool) -> None:
         pass
 
 
+def processes_in(path: Path) -> list[int]:
+    """Live processes whose working directory is ``path`` or below it."""
+    prefix = os.path.realpath(path)
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == prefix or cwd.startswith(prefix + os.sep):
+            out.append(int(entry))
+    return out
+
+
 def run_processes(run: str) -> list[int]:
     """Pids of every live process whose environment holds ``CORRAL_RUN=<run>``: what is left of a
     run (agents, what they started) when its corral was SIGKILLed. corral's own process is never

@@ -35,7 +35,7 @@ from .pipeline import (
     run_summary,
     stop_unfinished,
 )
-from .report import fmt_cost, fmt_duration, render_tasks
+from .report import fmt_cost, fmt_duration, printable, render_tasks
 from .runtime import Approver, Runtime
 from .vcs.base import UsageError, VcsError
 
@@ -310,7 +310,7 @@ async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_
         outcome.result_path = path
         bus.emit(ProgramResult(value=_jsonable(outcome.value), path=str(path)))
     report = rt.journal.dir / "report.md"
-    report.write_text(render_program_report(rt, outcome, seen, kept), encoding="utf-8")
+    report.write_text(printable(render_program_report(rt, outcome, seen, kept)), encoding="utf-8")
     outcome.report = report
 
     rt.set_phase("done")

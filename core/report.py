@@ -10,6 +10,16 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8 for a file: what git gave that is not (a file name in another
+    encoding, decoded with surrogate escapes) written the way git quotes it, ``\\xff``; any other
+    lone surrogate (an agent's JSON can hold one) as ``\\udXXX``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

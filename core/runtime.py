@@ -326,9 +326,11 @@ class Workspaces:
         return out
 
     def note_landed(self, integration: Workspace) -> None:
-        """The work merged into ``integration`` (and the merge itself) is on base now."""
+        """The work merged into ``integration`` (and the merge itself) is on base now. Journaled at
+        once: a run killed during its cleanup is still listed as landed."""
         self.landed.update(self._merged.get(integration.task, {}))
         self.landed[integration.task] = integration.head
+        self._rt.journal.update(landed=True)
 
     async def wind_up(self) -> tuple[list[str], list[str]]:
         """The end of a run: remove every workspace still alive, its work committed onto its branch
@@ -366,7 +368,7 @@ class Workspaces:
             base_tip = ""
         untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
         for ws in self.created.values():
-            if rt.options.keep_worktrees and ws.task in self.live:
+            if ws.task in self.live:  # kept (--keep-worktrees), or left in place: checked out there
                 kept += [ws.ref, *ws.extra_refs]
                 continue
             try:

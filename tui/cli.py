@@ -307,11 +307,11 @@ def clean_lines(rep, dry_run: bool) -> list[str]:
         if item.action == "live":
             out.append(f"left alone: {lo.path} belongs to run {lo.run}, which is still running")
             continue
-        if item.action == "skip":
-            out.append(f"left alone: {label}: {item.why}")
-            continue
         if item.error:
             out.append(f"could not clean {label}: {item.error}")
+            continue
+        if item.action == "skip":
+            out.append(f"left alone: {label}: {item.why}")
             continue
         if item.action == "drop":
             out.append(f"{'would remove' if would else 'removed'} half-made workspace {label}: {item.why}")

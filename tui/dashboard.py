@@ -27,6 +27,7 @@ from textual.binding import Binding
 
 from corral.core.events import EventBus
 from corral.core.report import fmt_duration
+from corral.core.vcs.base import VcsError
 
 from .dialogs import ConfirmScreen
 from .model import RunModel
@@ -466,7 +467,10 @@ class CorralApp(App[int]):
         ws = info.workspace
         # what is in the workspace and not committed yet (edits made there by hand, or by an agent
         # still running) is deleted too: say so
-        pending = await rt.backend.pending_changes(ws) if ws is not None else []
+        try:
+            pending = await rt.backend.pending_changes(ws) if ws is not None else []
+        except VcsError as exc:
+            pending = [f"(corral cannot list them: {exc})"]
         body = Text()
         body.append("This deletes, with no way back:\n", style="bold")
         if ws is not None:

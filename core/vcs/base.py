@@ -342,7 +342,8 @@ class Backend(abc.ABC):
         """Commit whatever the agent left uncommitted onto its branch and describe what changed."""
 
     async def pending_changes(self, ws: Workspace) -> list[str]:
-        """Paths the workspace holds changed and not committed yet (empty when it is gone)."""
+        """Paths the workspace holds changed and not committed yet (empty when it is gone);
+        :class:`VcsError` when the VCS cannot tell."""
         return []
 
     @abc.abstractmethod

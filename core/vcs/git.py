@@ -35,6 +35,7 @@ from .base import (
     cause_line,
     run_forecast,
 )
+from ..procs import processes_in
 from .registry import READY, Record, lock_reason, reason_key
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -50,6 +51,9 @@ ENGINE_CONFIG = (
     "-c", "core.quotePath=false",
 )
 RETRIES = 5
+#: environment variables that tell git where the repository, its work tree or its index is
+_LOCATION_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_PREFIX",
+                 "GIT_IMPLICIT_WORK_TREE", "GIT_INTERNAL_SUPER_PREFIX")
 
 
 GitResult = CommandResult
@@ -128,7 +132,25 @@ class GitBackend(Backend):
         root = Path(lines[0]).resolve()
         common = (path / lines[1]).resolve() if not os.path.isabs(lines[1]) else Path(lines[1]).resolve()
         gdir = (path / lines[2]).resolve() if not os.path.isabs(lines[2]) else Path(lines[2]).resolve()
+        await cls._forget_location_env(root, common)
         return cls(root, common, gdir)
+
+    @staticmethod
+    async def _forget_location_env(root: Path, common: Path) -> None:
+        """Unset ``GIT_DIR``, ``GIT_WORK_TREE``, ``GIT_INDEX_FILE`` and the like once they have named
+        the repository: every later git command (corral's, and its agents') runs in a workspace and
+        must find that workspace, not the user's checkout these point at (a workspace's checkout
+        would reset the user's files). Refused when the repository cannot be found without them."""
+        found = [var for var in _LOCATION_ENV if var in os.environ]
+        if not found:
+            return
+        saved = {var: os.environ.pop(var) for var in found}
+        res = await anyio.to_thread.run_sync(_run_git_sync, ["rev-parse", "--git-common-dir"], str(root), None, None)
+        here = res.out.strip()
+        if not res.ok or Path(root, here).resolve() != common:
+            os.environ.update(saved)
+            raise UsageError(f"{', '.join(found)} set: corral needs a repository it finds from its working tree "
+                             f"{root}, as its workspaces do; unset them")
 
     @staticmethod
     async def _not_usable(path: Path, res: GitResult) -> str:
@@ -315,11 +337,13 @@ class GitBackend(Backend):
         return await self._changes(ws.path) if self._is_live(ws) else []
 
     async def _changes(self, path: Path) -> list[str]:
-        """Paths with changes not committed (submodules' inner changes included)."""
+        """Paths with changes not committed (submodules' inner changes included). Raises
+        :class:`VcsError` when git cannot tell (a full disk, an index an agent broke): "none" would
+        let the workspace be removed with its changes."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
-            return []
+            raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
         out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
@@ -332,7 +356,23 @@ class GitBackend(Backend):
         return out
 
     def _is_live(self, ws: Workspace) -> bool:
-        return ws.path.is_dir() and (ws.path / ".git").exists()
+        """Whether the workspace directory is still the worktree corral made: its ``.git`` links to the
+        worktree's admin dir (an agent may have deleted it, or made a repository of its own there)."""
+        if not ws.path.is_dir():
+            return False
+        if not ws.admin:
+            return (ws.path / ".git").exists()
+        link = _admin_of(ws.path)
+        return bool(link) and os.path.realpath(ws.path / link) == os.path.realpath(ws.admin)
+
+    def _relink(self, ws: Workspace) -> None:
+        """Put back the ``.git`` file of a workspace whose agent deleted it (``rm .git``): the files
+        there are still the worktree's, and git's admin dir still names that directory."""
+        git_file = ws.path / ".git"
+        if not ws.admin or not ws.path.is_dir() or os.path.lexists(git_file):
+            return
+        if os.path.realpath(_read(Path(ws.admin) / "gitdir")) == os.path.realpath(git_file):
+            git_file.write_text(f"gitdir: {ws.admin}\n", encoding="utf-8")
 
     async def clear_stale_locks(self, ws: Workspace) -> list[str]:
         """Remove lock files a killed git process left in the worktree's admin dir, once no process
@@ -341,7 +381,7 @@ class GitBackend(Backend):
         if not ws.admin or not admin.is_dir():
             return []
         locks = [p for p in (admin / "index.lock", admin / "HEAD.lock") if p.exists()]
-        if not locks or _processes_in(ws.path):
+        if not locks or processes_in(ws.path):
             return []
         removed = []
         for p in locks:
@@ -358,6 +398,7 @@ class GitBackend(Backend):
         if not ws.admin:
             ws.admin = _admin_of(ws.path) or str(self._admin_dirs().get(str(ws.path), ""))
         left: list[str] = []
+        self._relink(ws)
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
             if await self._dirty(ws.path):
@@ -374,6 +415,10 @@ class GitBackend(Backend):
                     raise VcsError(f"git commit in {ws.path}: {_short_err(res)}")
                 if (ws.path / ".gitmodules").exists():  # the only changes git add -A leaves behind
                     left = await self._changes(ws.path)
+        elif ws.path.is_dir() and any(ws.path.iterdir()):
+            # its .git is something else now (an agent's `git init`): its files are not the
+            # worktree's to commit, nor to delete
+            left = [".git (not corral's worktree any more: an agent replaced it)"]
         # what _collect reads: when none of it changed since the last time, neither did its answer
         seen = self._signature(ws)
         if ws.memo is not None and ws.memo[0] == seen:
@@ -862,22 +907,6 @@ def _uninitialised_with_files(path: Path) -> bool:
     except OSError:
         return False
     return bool(names) and ".git" not in names
-
-
-def _processes_in(path: Path) -> list[int]:
-    """Live processes whose working directory is ``path`` or below it."""
-    prefix = os.path.realpath(path)
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if cwd == prefix or cwd.startswith(prefix + os.sep):
-            out.append(int(entry))
-    return out
 
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
