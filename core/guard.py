@@ -84,6 +84,18 @@ EOF
 fi
 """
 
+# in the agent's own workspace, every commit its HEAD or branch moves to is also written down where
+# corral keeps it (the worktree's reflog goes with the worktree, should the agent remove that)
+_HEADS_LOG = """\
+if [ "$1" = committed ]; then
+  while read -r old new ref; do
+    case "$new" in *[!0]*) echo "$new" >> {heads} ;; esac
+  done <<EOF
+$input
+EOF
+fi
+"""
+
 # in the agent's own workspace: its branch (not deleted) and the checkout's own refs
 _OWN_REFS = """\
       "$own") case "$new" in *[!0]*) continue ;; esac
@@ -139,9 +151,10 @@ def _write(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _hook_dir(path: Path, user_hooks: str, own: str) -> None:
+def _hook_dir(path: Path, user_hooks: str, own: str, heads: str = "") -> None:
     """A hook directory: the ref check (``own``: the one branch it lets through, with the checkout's
-    own refs; empty: nothing), then the repository's own hooks, each as git would run it."""
+    own refs; empty: nothing), then the repository's own hooks, each as git would run it. With
+    ``heads``, every commit a ref update moves to is appended to that file."""
     path.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
     for name in CHAINED_HOOKS:
@@ -150,6 +163,8 @@ def _hook_dir(path: Path, user_hooks: str, own: str) -> None:
     why = (f"an agent may move only its own branch {own.removeprefix('refs/heads/')} and its own checkout's HEAD"
            if own else "this is not the agent's own workspace, where alone it may move refs")
     check = _REF_CHECK.format(own=q(own), allow=_OWN_REFS if own else "", why=why)
+    if heads:
+        check += _HEADS_LOG.format(heads=q(heads))
     _write(path / "reference-transaction", _HEADER + check + _PIPE_USER_HOOK.format(
         hook=q(os.path.join(user_hooks, "reference-transaction"))))
 
@@ -213,7 +228,8 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
             common = git.common_dir.resolve()
             others, own = run_dir / "guard" / "others", run_dir / "guard" / f"ws-{ws.task}"
             _hook_dir(others / "hooks", user_hooks, "")
-            _hook_dir(own / "hooks", user_hooks, f"refs/heads/{ws.ref}")
+            _hook_dir(own / "hooks", user_hooks, f"refs/heads/{ws.ref}",
+                      str(git.registry.heads_log(ws.key)) if ws.key else "")
             for d in (others, own):
                 write_atomic(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n")
             entries += [

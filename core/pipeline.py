@@ -35,7 +35,7 @@ from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo
 from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
-from .vcs.base import Backend, UsageError, VcsError
+from .vcs.base import Backend, Snapshot, UsageError, VcsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -429,15 +429,19 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
                           cost=result.usage.cost, tokens=result.usage.tokens or None, files=snap.files,
                           added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,
                           reason=result.reason))
-    status, reason = result.status, result.reason
+    problem = _work_problem(snap)
+    rt.set_status(name, "failed" if problem else result.status, problem or result.reason)
+
+
+def _work_problem(snap: Snapshot) -> str:
+    """Why a task's work is not fit to merge, though nothing of it is lost ("" when it is)."""
+    def some(paths: list[str]) -> str:
+        return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
     if snap.uncommitted:
-        status, reason = "failed", _uncommitted_reason(snap.uncommitted)
-    rt.set_status(name, status, reason)
-
-
-def _uncommitted_reason(paths: list[str]) -> str:
-    return (f"changes corral could not commit (kept in the workspace): {', '.join(paths[:5])}"
-            + (f" and {len(paths) - 5} more" if len(paths) > 5 else ""))
+        return f"changes corral could not commit (kept in the workspace): {some(snap.uncommitted)}"
+    if snap.conflicted:
+        return f"conflicts left unresolved (committed with their markers): {some(snap.conflicted)}"
+    return ""
 
 
 async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
@@ -450,8 +454,9 @@ async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
         except VcsError as exc:
             rt.set_status(info.name, "failed", f"commit failed: {exc}")
             continue
-        if snap is not None and snap.uncommitted:
-            rt.set_status(info.name, "failed", _uncommitted_reason(snap.uncommitted))
+        problem = _work_problem(snap) if snap is not None else ""
+        if problem:
+            rt.set_status(info.name, "failed", problem)
 
 
 def _exit_code(rt: Runtime, state: dict) -> int:

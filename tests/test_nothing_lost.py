@@ -329,3 +329,25 @@ def test_an_empty_directory_left_by_a_kill_before_the_worktree_existed_is_remove
     assert f"removed half-made workspace {made}" in res.stdout
     assert [p.name for p in wt_root.iterdir()] == ["corral-mine-123"]
     assert "nothing to clean" in corral("clean", cwd=repo).stdout
+
+
+def test_amended_commits_are_not_kept_as_other_lines_of_work(repo, tmp_path, wt_root):
+    """An amend replaces a commit; its successor carries its work: no `+N` branch per amend."""
+    script = ("echo a > a.txt; git add a.txt; git commit -qm a; for i in 1 2 3; do echo $i >> a.txt; "
+              "git commit -qa --amend -m a$i; done")
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    [kept] = corral_state(repo)["branches"]
+    assert kept.endswith("/a") and git(repo, "show", f"{kept}:a.txt") == "a\n1\n2\n3"
+
+
+def test_clean_never_acts_on_a_record_whose_branch_is_not_corrals(repo, tmp_path, wt_root):
+    """A forged (or corrupted) record naming the user's branch: clean leaves it alone."""
+    code = ("import sys, json; from pathlib import Path; from corral.core.vcs.registry import Registry; "
+            "r = Registry(Path(sys.argv[1])); p, rec = r.reserve(sys.argv[2], run='20260101-000000-dead', task='a', "
+            "role='task', ref='main', vcs='git', base_commit=''); r.update(rec, state='ready')")
+    subprocess.run([sys.executable, "-c", code, str(repo / ".git" / "corral"), str(wt_root)], check=True)
+    before = git(repo, "rev-parse", "main")
+    res = corral("clean", cwd=repo)
+    assert "left alone" in res.stdout and "not one of corral's" in res.stdout, res.stdout
+    assert git(repo, "rev-parse", "main") == before

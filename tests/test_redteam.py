@@ -160,9 +160,6 @@ def test_clean_leaves_a_workspace_a_process_works_in(repo, tmp_path, wt_root):
     assert git(repo, "show", f"{branch}:notes.txt") == "the user's"
 
 
-# --------------------------------------------------------------------------------- still open
-@pytest.mark.xfail(strict=True, reason="commits on a detached HEAD are found only in the worktree's HEAD reflog, "
-                   "which `git worktree remove --force --force` deletes with its admin dir")
 def test_detached_commits_survive_the_agent_removing_its_own_worktree(repo, tmp_path, wt_root):
     script = ("echo x > x.txt; git add x.txt; git commit -qm X; git checkout -q --detach; "
               "echo y > y.txt; git add y.txt; git commit -qm Y; W=$PWD; cd /; "
@@ -172,8 +169,6 @@ def test_detached_commits_survive_the_agent_removing_its_own_worktree(repo, tmp_
     assert "Y" in git(repo, "log", "--format=%s", "--branches").splitlines(), res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="an agent leaving a rebase with conflicts has its unmerged files committed "
-                   "as they are (conflict markers) and merged; exit 0")
 def test_a_rebase_left_in_conflict_is_not_landed(repo, tmp_path, wt_root):
     script = ("echo 'VALUE = 2' > src/app.py; git commit -qam one; git checkout -q HEAD~1; "
               "echo 'VALUE = 3' > src/app.py; git commit -qam two; git rebase corral/$CORRAL_RUN/one || true")
@@ -182,6 +177,8 @@ def test_a_rebase_left_in_conflict_is_not_landed(repo, tmp_path, wt_root):
     assert res.returncode == 1, res.stdout
 
 
+
+# --------------------------------------------------------------------------------- still open
 @pytest.mark.xfail(strict=True, reason="`git stash pop` by absolute path (or through an alias) is not refused: "
                    "the hook refuses only the final ref update, after the user's stash entry was applied and dropped")
 @pytest.mark.parametrize("how", ["/usr/bin/git stash pop", "git -c alias.s=stash s pop"])

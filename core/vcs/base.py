@@ -69,6 +69,8 @@ class Workspace:
     #: refs holding commits made in the workspace that are not in ``head`` (an agent that moved HEAD
     #: elsewhere after committing): kept, never merged, named in the report
     extra_refs: list[str] = field(default_factory=list)
+    #: files an agent left in conflict, committed with their markers (the task's work is not fit to merge)
+    conflicted: list[str] = field(default_factory=list)
     #: the backend's memo of its last snapshot of this workspace (what it read, what it found)
     memo: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -86,6 +88,8 @@ class Snapshot:
     extra_refs: list[str] = field(default_factory=list)
     #: changes still in the workspace that could not be committed (inside a submodule, ...)
     uncommitted: list[str] = field(default_factory=list)
+    #: files the agent left in conflict (a merge or rebase it did not finish): committed as they are
+    conflicted: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -395,6 +399,8 @@ class Backend(abc.ABC):
 
     async def vet_leftover(self, rec: Record) -> str:
         """Why corral must not act on the registered workspace ``rec`` ("" when it may)."""
+        if not rec.ref.startswith(f"corral/{rec.run}"):
+            return f"its branch {rec.ref!r} is not one of corral's"
         return ""
 
     async def drop_half_made(self, ws: Workspace) -> None:

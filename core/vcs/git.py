@@ -398,6 +398,7 @@ class GitBackend(Backend):
         if not ws.admin:
             ws.admin = _admin_of(ws.path) or str(self._admin_dirs().get(str(ws.path), ""))
         left: list[str] = []
+        conflicted: list[str] = []
         self._relink(ws)
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
@@ -408,6 +409,10 @@ class GitBackend(Backend):
                 if sym.ok and sym.out.strip() != f"refs/heads/{ws.ref}":
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
+                # a merge or rebase left in conflict: its files are committed as they are (nothing
+                # lost), and the task is told, so conflict markers never pass for work
+                unmerged = await self.git("ls-files", "-u", "-z", cwd=ws.path, check=False)
+                conflicted = sorted({e.partition("\t")[2] for e in unmerged.out.split("\0") if "\t" in e})
                 await self.git("add", "-A", cwd=ws.path)
                 res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=ws.path, check=False,
                                      env=await self.ident_env())
@@ -428,7 +433,9 @@ class GitBackend(Backend):
             snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
             snap.extra_refs = list(ws.extra_refs)
             ws.memo = (self._signature(ws), snap)
-        snap.uncommitted = left
+        if conflicted:
+            ws.conflicted = conflicted
+        snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
         return snap
 
     def _signature(self, ws: Workspace) -> tuple:
@@ -462,21 +469,24 @@ class GitBackend(Backend):
         return res.out.strip() if res.ok else ""
 
     def _reflog_commits(self, ws: Workspace) -> list[str]:
-        """Every commit the workspace's HEAD and the task's branch pointed at, from their reflogs."""
+        """Every commit the workspace's HEAD and the task's branch pointed at: from their reflogs, and
+        from what the guard wrote down (which outlives the worktree). A commit an amend or a rebase
+        replaced is left out: its successor carries its work."""
         out: list[str] = []
+        replaced: set[str] = set()
         logs = [self.common_dir / "logs" / "refs" / "heads" / ws.ref]
         if ws.admin:
             logs.append(Path(ws.admin) / "logs" / "HEAD")
         for log in logs:
-            try:
-                lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in lines:
+            for line in _read(log).splitlines():
                 parts = line.split(" ", 2)
                 if len(parts) >= 2 and _HEX40.match(parts[1]) and parts[1].strip("0"):
                     out.append(parts[1])
-        return out
+                    if line.partition("\t")[2].startswith(("commit (amend)", "rebase")):
+                        replaced.add(parts[0])
+        if ws.key:
+            out += [c for c in _read(self.registry.heads_log(ws.key)).split() if _HEX40.match(c)]
+        return [c for c in out if c not in replaced]
 
     async def _collect(self, ws: Workspace) -> str:
         """Every commit made in the workspace ends on a ref. The commits of the task are those its
@@ -836,6 +846,9 @@ class GitBackend(Backend):
     async def vet_leftover(self, rec: Record) -> str:
         """Why corral must not act on the registered workspace ``rec`` ("" when it may): it is the
         main worktree, or git knows a worktree at that path that corral's lock reason does not name."""
+        why = await super().vet_leftover(rec)
+        if why:
+            return why
         path = Path(rec.path)
         if os.path.realpath(path) == os.path.realpath(self.root) or path in (self.root, self.common_dir):
             return "it is the repository's main worktree"

@@ -1221,6 +1221,9 @@ class JjBackend(Backend):
     async def vet_leftover(self, rec: Record) -> str:
         """Why corral must not act on ``rec`` ("" when it may): the user's own workspace, or a
         workspace of that name that jj roots elsewhere."""
+        why = await super().vet_leftover(rec)
+        if why:
+            return why
         path = Path(rec.path)
         if os.path.realpath(path) == os.path.realpath(self.root):
             return "it is the repository's own working copy"

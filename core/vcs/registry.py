@@ -106,12 +106,18 @@ class Registry:
 
         write_atomic(self._file(rec.key), json.dumps(asdict(rec)))
 
+    def heads_log(self, key: str) -> Path:
+        """Where the guard writes down every commit an agent's git moved its HEAD or branch to
+        (read with the worktree's reflogs; kept here, outside the worktree)."""
+        return self.dir / f"{key}.heads"
+
     def drop(self, rec: Record | str) -> None:
         key = rec if isinstance(rec, str) else rec.key
-        try:
-            self._file(key).unlink()
-        except FileNotFoundError:
-            pass
+        for path in (self._file(key), self.heads_log(key)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
     def get(self, key: str) -> Record | None:
         try:
