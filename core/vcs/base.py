@@ -69,6 +69,9 @@ class Workspace:
     #: refs holding commits made in the workspace that are not in ``head`` (an agent that moved HEAD
     #: elsewhere after committing): kept, never merged, named in the report
     extra_refs: list[str] = field(default_factory=list)
+    #: pathspecs (from the workspace root) of the agents' own state files (``.aider*``): new files
+    #: there are never committed, changes to files the repository tracks still are
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass

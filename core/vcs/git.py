@@ -11,6 +11,7 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -306,19 +307,18 @@ class GitBackend(Backend):
                 await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
         await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
-    async def _dirty(self, path: Path) -> bool:
-        return bool(await self._changes(path))
-
     async def pending_changes(self, ws: Workspace) -> list[str]:
-        return await self._changes(ws.path) if self._is_live(ws) else []
+        return await self._changes(ws.path, ws.exclude) if self._is_live(ws) else []
 
-    async def _changes(self, path: Path) -> list[str]:
-        """Paths with changes not committed (submodules' inner changes included)."""
+    async def _changes(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Paths with changes not committed (submodules' inner changes included); new files matching
+        ``exclude`` (an agent's own state) are none."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
             return []
-        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
+        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "
+               and not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
             stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
@@ -358,17 +358,21 @@ class GitBackend(Backend):
         left: list[str] = []
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
-            if await self._dirty(ws.path):
+            if await self._changes(ws.path, ws.exclude):
                 # never commit onto a branch that is not the task's (an agent that pointed HEAD at
                 # the user's branch): commit on a detached HEAD, which _collect then gathers
                 sym = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
                 if sym.ok and sym.out.strip() != f"refs/heads/{ws.ref}":
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
-                await self.git("add", "-A", cwd=ws.path)
+                if ws.exclude:  # every change to tracked files, new files but the agent's own state
+                    await self.git("add", "-u", cwd=ws.path)
+                    await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in ws.exclude), cwd=ws.path)
+                else:
+                    await self.git("add", "-A", cwd=ws.path)
                 await self.git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, cwd=ws.path,
                                env=await self.ident_env())
-                left = await self._changes(ws.path)
+                left = await self._changes(ws.path, ws.exclude)
         ws.head = await self._collect(ws)
         snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
         snap.extra_refs = list(ws.extra_refs)
