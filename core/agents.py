@@ -36,6 +36,11 @@ class Profile:
     change: str = ""
     #: the CLI has no system-prompt flag: the system prompt goes in front of the prompt
     prepend_system_prompt: bool = False
+    #: paths the CLI keeps its own state in (git pathspecs from the workspace root, like ``.aider*``):
+    #: new files there are never committed with the agent's work; files the repository tracks still are
+    exclude: tuple[str, ...] = ()
+    #: the newest version of the CLI this profile was checked against (its output recorded in tests/fakes)
+    tested: str = ""
 
     @property
     def executable(self) -> str:
@@ -119,6 +124,7 @@ BUILTIN: dict[str, Profile] = {
                 "--permission-mode", "acceptEdits", "--append-system-prompt", "{system_prompt}", "--", "{prompt}",
             ),
             format="claude-stream-json",
+            tested="2.1.197",
             notes="Reads and edits files in its workspace without asking (--permission-mode acceptEdits). "
             "Shell commands and other tools that your Claude Code settings do not allow are denied "
             "(never asked: -p mode does not prompt); denials are shown in the pane.",
@@ -131,6 +137,7 @@ BUILTIN: dict[str, Profile] = {
             ("codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--", "{prompt}"),
             format="codex-json",
             prepend_system_prompt=True,
+            tested="0.171.0",
             notes="codex exec never asks for approval. --sandbox workspace-write: it may edit files in its "
             "workspace and run commands there, without network access; writes outside are blocked.",
             change="Override [agents.codex] command: --sandbox read-only to forbid edits, --sandbox "
@@ -145,8 +152,11 @@ BUILTIN: dict[str, Profile] = {
                 "--input-history-file=/dev/null",
             ),
             format="aider",
-            env=(("PYTHONUNBUFFERED", "1"),),
+            # a wide terminal: aider wraps its text at COLUMNS (80 on a pipe), which breaks lines mid-sentence
+            env=(("COLUMNS", "10000"), ("PYTHONUNBUFFERED", "1")),
             prepend_system_prompt=True,
+            exclude=(".aider*",),  # its repo-map cache (.aider.tags.cache.v4/, binary) and history files
+            tested="0.86.2",
             notes="--yes-always answers yes to every question: it edits files, creates the files it "
             "mentions and runs the shell commands it suggests. It never commits (corral commits).",
             change="Override [agents.aider] command: drop --yes-always to make it refuse whatever needs a "
@@ -156,7 +166,11 @@ BUILTIN: dict[str, Profile] = {
             "gemini",
             ("gemini", "--output-format", "stream-json", "--approval-mode", "auto_edit", "--prompt={prompt}"),
             format="gemini-stream-json",
+            # folder trust is on by default and a fresh workspace is untrusted: headless, Gemini CLI exits 55
+            # (and drops auto_edit to default without a word). Older versions ignore the variable.
+            env=(("GEMINI_CLI_TRUST_WORKSPACE", "true"),),
             prepend_system_prompt=True,
+            tested="0.61.0",
             notes="--approval-mode auto_edit: file edits are approved; tools that would need a confirmation "
             "(shell commands) are not available in headless mode.",
             change="Override [agents.gemini] command: --approval-mode yolo allows every tool (shell "
@@ -165,9 +179,11 @@ BUILTIN: dict[str, Profile] = {
         ),
         Profile(
             "opencode",
-            ("opencode", "run", "--format", "json", "--", "{prompt}"),
+            # --dir: opencode takes its directory from $PWD before the real cwd; say it twice
+            ("opencode", "run", "--format", "json", "--dir", "{workspace}", "--", "{prompt}"),
             format="opencode-json",
             prepend_system_prompt=True,
+            tested="1.18.33",
             notes="Tools follow opencode's permission config (by default edits and commands are allowed); "
             "anything configured as \"ask\" is rejected in run mode, and the rejections are shown.",
             change="Set \"permission\" in opencode.json (allow/ask/deny per tool), or add --auto to the "
@@ -177,6 +193,7 @@ BUILTIN: dict[str, Profile] = {
             "pi",
             ("pi", "--mode", "json", "-p", "--append-system-prompt", "{system_prompt}", "{prompt}"),
             format="pi-json",
+            tested="0.73.1",
             notes="pi has no permission prompts: its tools (read, bash, edit, write) run without asking. "
             "A prompt that starts with '-' or '@' is taken by pi as a flag or a file.",
             change="Override [agents.pi] command: --tools read,grep,find,ls for a read-only agent, or "
@@ -190,6 +207,10 @@ class ProfileError(ValueError):
     pass
 
 
+#: a path in a profile's ``exclude``: relative, plain characters (it becomes a git pathspec and a jj glob)
+_EXCLUDE_RE = re.compile(r"[A-Za-z0-9._*?-][A-Za-z0-9._*?/-]*")
+
+
 def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -> Profile:
     """Build a profile from a plan's ``[agents.NAME]`` table, on top of a built-in one if it exists.
 
@@ -197,7 +218,7 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
     """
     from .parsers import known_formats
 
-    allowed = {"command", "format", "env", "timeout", "profile"}
+    allowed = {"command", "format", "env", "timeout", "profile", "exclude"}
     for key in table:
         if key not in allowed:
             raise ProfileError(f"agents.{name}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
@@ -222,6 +243,11 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
     timeout = table.get("timeout", base.timeout if base else 0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         raise ProfileError(f"agents.{name}.timeout: must be a number of seconds >= 0")
+    exclude = table.get("exclude", list(base.exclude) if base else [])
+    if not isinstance(exclude, list) or not all(isinstance(x, str) and _EXCLUDE_RE.fullmatch(x) and ".." not in x
+                                                for x in exclude):
+        raise ProfileError(f"agents.{name}.exclude: must be a list of paths from the workspace root "
+                           "(letters, digits, '.', '_', '-', '/' and the wildcards '*', '?')")
     return Profile(
         name=name,
         command=tuple(command),
@@ -234,13 +260,28 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
         change=base.change if base and "command" not in table else "",
         prepend_system_prompt=bool(base and base.prepend_system_prompt
                                    and not any("{system_prompt}" in c for c in command)),
+        exclude=tuple(exclude),
+        tested=base.tested if base else "",
     )
+
+
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def newer_than(version_line: str, tested: str) -> bool:
+    """Whether the first version number in ``version_line`` (``codex-cli 0.172.0``) is newer than
+    ``tested``; False when there is none to compare."""
+    found, base = _VERSION_RE.search(version_line), _VERSION_RE.search(tested)
+    if not found or not base:
+        return False
+    return tuple(int(x or 0) for x in found.groups()) > tuple(int(x or 0) for x in base.groups())
 
 
 async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict[str, Profile] | None = None,
                            version_timeout: float = 8) -> list[dict[str, Any]]:
-    """For ``corral agents``: each profile with its command line, where its program is and its
-    version (``PROGRAM --version``, run concurrently, each in its own process group)."""
+    """For ``corral agents``: each profile with its command line, where its program is, its version
+    (``PROGRAM --version``, run concurrently, each in its own process group), the version it was
+    tested with and whether the installed one is newer."""
     import anyio
 
     from .procs import run_captured
@@ -252,7 +293,7 @@ async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict
         rows.append({
             "agent": name, "origin": origin, "command": p.command_line(), "argv": list(p.command),
             "format": p.format, "timeout": p.timeout or None, "path": p.find(), "version": None,
-            "unattended": p.notes, "change": p.change,
+            "tested": p.tested or None, "newer": False, "unattended": p.notes, "change": p.change,
         })
 
     async def version(row: dict[str, Any], p: Profile) -> None:
@@ -264,6 +305,7 @@ async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict
         lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
         row["version"] = lines[0][:60] if lines and code == 0 else (f"? (exit {code})" if code is not None
                                                                       else "? (timed out)")
+        row["newer"] = bool(p.tested and code == 0 and newer_than(row["version"], p.tested))
 
     async with anyio.create_task_group() as tg:
         for row, p in zip(rows, profiles.values()):

@@ -60,6 +60,10 @@ class Parser:
     error: str = ""
     #: the agent's working directory (set by the runtime): paths under it are shown relative
     cwd: str = ""
+    #: tool calls that would have changed files (writes, edits, patches) and failed, and the agent's
+    #: own words for the last one: an agent whose every edit failed may still say "Done"
+    failed_edits: int = 0
+    edit_error: str = ""
     _tail: list[str] = field(default_factory=list)
 
     TAIL_LINES = 20
@@ -81,6 +85,12 @@ class Parser:
             self._tail.append(_clip(line))
             if len(self._tail) > self.TAIL_LINES:
                 del self._tail[0]
+
+    def edit_failed(self, line: str) -> str:
+        """Count one failed edit; ``line`` is what the agent said about it. Returns the line."""
+        self.failed_edits += 1
+        self.edit_error = short(_ANSI_RE.sub("", line), SUMMARY * 2)
+        return line
 
     def drain(self) -> list[str]:
         """Called once after the agent exited, before :meth:`finish`: lines still held back (a
@@ -104,6 +114,16 @@ class TextParser(Parser):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: tools that change files, by the names the built-in agents give them (lower case)
+EDIT_TOOLS = frozenset({"write", "edit", "multiedit", "notebookedit", "write_file", "replace", "apply_patch",
+                        "patch", "str_replace_based_edit_tool", "create_file"})
+
+
+def is_edit_tool(name: str) -> bool:
+    return name.lower() in EDIT_TOOLS
+
+
 def _clip(text: str, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else text[:limit] + " [...]"
 
@@ -251,7 +271,7 @@ class JsonLinesParser(Parser):
                 event = None
         if not isinstance(event, dict):
             self._remember(line)
-            return [_clip(line)]
+            return [_clip(x) for x in self.plain(line)]
         try:
             out = self.handle(event)
         except Exception:  # an event of a shape we did not expect: show it, never crash
@@ -263,6 +283,10 @@ class JsonLinesParser(Parser):
     def handle(self, event: dict) -> list[str] | None:
         """Lines to show for one event; None when the event is unknown (shown raw)."""
         raise NotImplementedError
+
+    def plain(self, line: str) -> list[str]:
+        """Lines to show for a line that is not an event (the CLI's own log lines, on stderr)."""
+        return [line]
 
     def finish(self) -> None:
         if not self.final_text:
@@ -285,6 +309,7 @@ class ClaudeStreamParser(JsonLinesParser):
     def __init__(self) -> None:
         super().__init__()
         self._tools: dict[str, str] = {}  # tool_use id -> summary
+        self._edits: set[str] = set()  # tool_use ids of edit tools
         self._result_seen = False
 
     def handle(self, ev: dict) -> list[str] | None:
@@ -344,6 +369,8 @@ class ClaudeStreamParser(JsonLinesParser):
             elif btype == "tool_use":
                 summary = tool_summary(_str(block.get("name")), block.get("input"), self.cwd)
                 self._tools[_str(block.get("id"))] = summary
+                if is_edit_tool(_str(block.get("name"))):
+                    self._edits.add(_str(block.get("id")))
                 self.activity = summary
                 out.append(f"→ {summary}")
         return out
@@ -352,8 +379,9 @@ class ClaudeStreamParser(JsonLinesParser):
         out: list[str] = []
         for block in _list(msg.get("content")):
             if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("is_error"):
-                what = self._tools.get(_str(block.get("tool_use_id")), "tool")
-                out.append(f"✗ {what}: {short(_content_text(block.get('content')))}")
+                tid = _str(block.get("tool_use_id"))
+                line = f"✗ {self._tools.get(tid, 'tool')}: {short(_content_text(block.get('content')))}"
+                out.append(self.edit_failed(line) if tid in self._edits else line)
         return out
 
     def _result(self, ev: dict) -> list[str]:
@@ -397,6 +425,11 @@ class ClaudeStreamParser(JsonLinesParser):
 
 
 # ------------------------------------------------------------------------------------------- codex
+#: codex's own log line (stderr) when the apply_patch tool is refused or fails
+_CODEX_PATCH_ERROR = re.compile(r"\bERROR codex_core::tools::router: error=(?P<error>(?:patch rejected|apply_patch|"
+                                r"Failed to).*)$")
+
+
 class CodexJsonParser(JsonLinesParser):
     """``codex exec --json``: ``thread.started``, ``turn.started``, ``turn.completed`` (usage),
     ``turn.failed`` (error), ``item.started|updated|completed`` with items ``agent_message``,
@@ -408,6 +441,7 @@ class CodexJsonParser(JsonLinesParser):
         super().__init__()
         self._completed = False
         self._stream_error = ""
+        self._logged_edit_error = False  # a failed edit said in a log line, before its file_change event
 
     def handle(self, ev: dict) -> list[str] | None:
         kind = ev.get("type")
@@ -483,7 +517,13 @@ class CodexJsonParser(JsonLinesParser):
             names = ", ".join(f"{_rel(_str(c.get('path')), self.cwd)} ({_str(c.get('kind')) or 'update'})"
                               for c in changes)
             self.activity = "editing"
-            return [f"{'✗ edit failed' if failed else 'edited'}: {short(names, SUMMARY)}"]
+            if failed:
+                line = f"✗ edit failed: {short(names, SUMMARY)}"
+                if self._logged_edit_error:  # counted already, in codex's own words
+                    self._logged_edit_error = False
+                    return [line]
+                return [self.edit_failed(line)]
+            return [f"edited: {short(names, SUMMARY)}"]
         if itype == "mcp_tool_call":
             what = f"{_str(item.get('server'))}.{_str(item.get('tool'))}".strip(".")
             if phase == "started":
@@ -514,6 +554,13 @@ class CodexJsonParser(JsonLinesParser):
             return [f"→ {_str(item.get('tool')) or 'collab'}"] if phase == "started" else []
         return None
 
+    def plain(self, line: str) -> list[str]:
+        m = _CODEX_PATCH_ERROR.search(line)
+        if m:  # "ERROR codex_core::tools::router: error=patch rejected: writing outside of the project; ..."
+            self._logged_edit_error = True
+            return [self.edit_failed(f"✗ edit failed: {m.group('error')}")]
+        return [line]
+
     def finish(self) -> None:
         # a stream error (reconnecting...) that the turn recovered from is no failure
         if not self.error and self._stream_error and not self._completed:
@@ -528,13 +575,16 @@ _AIDER_HEADER = re.compile(
     r"^(Aider v\d|Main model:|Weak model:|Editor model:|Model:|Git repo:|Repo-map:|Added .* to the chat|"
     r"Use /help|Cur working dir:|Git working dir:|Warning: |You can skip this check|Note: |"
     r"https://aider\.chat/|Update git name|Update git email|Analytics|Newer aider version|Run pip install|"
-    r"Scanning repo:|Initial repo scan|Has it been deleted from the file system)"
+    r"Scanning repo:|Initial repo scan|Has it been deleted from the file system|"
+    r"Using .+ model with API key from environment|Detected dumb terminal)"
 )
 _AIDER_APPLIED = re.compile(r"^Applied edit to (?P<file>.+)$")
 _AIDER_FATAL = re.compile(r"^(litellm\.\w*Error\b|.*\bAuthenticationError\b|Missing these environment variables|"
                           r"Unable to find|The API provider has rate limited|API provider's servers are down|"
                           r"Model .* was not found)")
 _AIDER_RETRY = re.compile(r"^Retrying in [\d.]+ seconds")
+_AIDER_EDIT_FAILED = re.compile(r"^(# \d+ SEARCH/REPLACE blocks? failed to match|Unable to write file |"
+                                r"Unable to create .*, skipping edits|The LLM did not conform to the edit format)")
 
 
 def _aider_tokens(text: str) -> int:
@@ -555,9 +605,11 @@ class AiderParser(Parser):
 
     Every line is shown. The header (version, models, repo) is skipped for the final text; the
     reply is what aider printed after it, with edit blocks (``<<<<<<< SEARCH`` ... ``>>>>>>> REPLACE``)
-    summarised. Usage comes from ``Tokens: 2.1k sent, 150 received. Cost: $0.01 message, $0.02
-    session.`` (the session cost is cumulative: the last one wins). ``Applied edit to F`` becomes
-    the activity. A model/API error line (``litellm.AuthenticationError: ...``) sets :attr:`error`
+    summarised, up to its usage line: what follows (the files it edits) is no reply unless another
+    usage line comes. Usage comes from ``Tokens: 9.2k sent, 3.0k cache write, 2.0k cache hit, 150
+    received.`` and ``Cost: $0.02 message, $0.02 session.`` (one line, or two when there are both cache
+    writes and cache hits; "sent" already counts the cache writes; the session cost is cumulative:
+    the last one wins). ``Applied edit to F`` becomes the activity. A model/API error line (``litellm.AuthenticationError: ...``) sets :attr:`error`
     unless a reply came through afterwards, because aider exits 0 after such errors.
     """
 
@@ -569,6 +621,8 @@ class AiderParser(Parser):
         self._prev = ""
         self._fatal = ""
         self._edited: list[str] = []
+        self._after: list[str] = []  # lines after a usage line: a reply only if another usage line follows
+        self._closed = False
 
     def feed(self, line: str) -> list[str]:
         try:
@@ -585,11 +639,12 @@ class AiderParser(Parser):
         if m:
             self.usage.input_tokens += _aider_tokens(m.group("sent"))
             self.usage.output_tokens += _aider_tokens(m.group("recv"))
-            mid = m.group("mid")
-            for part in mid.split(","):  # "1.2k cache write", "3k cache hit" count as input
+            for part in m.group("mid").split(","):  # "sent" counts the cache writes already, not the hits
                 part = part.strip()
-                if part.endswith("cache write") or part.endswith("cache hit"):
+                if part.endswith("cache hit"):
                     self.usage.input_tokens += _aider_tokens(part.split()[0])
+            self._reply += self._after
+            self._after, self._closed = [], True
         c = _AIDER_COST.search(s)
         if c:
             try:
@@ -609,30 +664,33 @@ class AiderParser(Parser):
             self._fatal = s
             self.activity = "error"
             return
+        if _AIDER_EDIT_FAILED.match(s):
+            self.edit_failed(s)
         if _AIDER_RETRY.match(s):
             self.activity = short(s, 80)
             return
         if _AIDER_HEADER.match(s):
             return
+        reply = self._after if self._closed else self._reply
         if s.startswith("<<<<<<< SEARCH"):
             # the block is announced by "path" then an opening fence ("```" or "```python")
             self._in_block = True
-            if self._reply and self._reply[-1].strip().startswith("```"):
-                self._reply.pop()
-            self._block_file = self._reply.pop().strip() if self._reply and self._reply[-1].strip() else ""
+            if reply and reply[-1].strip().startswith("```"):
+                reply.pop()
+            self._block_file = reply.pop().strip() if reply and reply[-1].strip() else ""
             self.activity = f"editing {self._block_file}" if self._block_file else "editing"
             return
         if self._in_block:
             if s.startswith(">>>>>>> REPLACE"):
                 self._in_block = False
-                self._reply.append(f"[edit {self._block_file}]" if self._block_file else "[edit]")
+                reply.append(f"[edit {self._block_file}]" if self._block_file else "[edit]")
             return
-        if self._reply and self._reply[-1].startswith("[edit") and s.startswith("```") and not s.strip("`"):
+        if reply and reply[-1].startswith("[edit") and s.startswith("```") and not s.strip("`"):
             return  # closing fence of an edit block
-        if s or self._reply:
-            self._reply.append(_clip(line.rstrip()))
-            if len(self._reply) > 400:  # a long session: the end of the reply is what counts
-                del self._reply[:100]
+        if s or reply:
+            reply.append(_clip(line.rstrip()))
+            if len(reply) > 400:  # a long session: the end of the reply is what counts
+                del reply[:100]
             if s:
                 self.activity = "writing"
 
@@ -663,6 +721,7 @@ class GeminiStreamParser(JsonLinesParser):
         self._pending = ""  # streamed text not yet ended by a newline
         self._turn: list[str] = []  # assistant text since the last tool call
         self._tools: dict[str, str] = {}
+        self._edits: set[str] = set()
 
     def _flush(self) -> list[str]:
         if not self._pending:
@@ -696,13 +755,16 @@ class GeminiStreamParser(JsonLinesParser):
             self._turn = []
             summary = tool_summary(_str(ev.get("tool_name")), ev.get("parameters"), self.cwd)
             self._tools[_str(ev.get("tool_id"))] = summary
+            if is_edit_tool(_str(ev.get("tool_name"))):
+                self._edits.add(_str(ev.get("tool_id")))
             self.activity = summary
             return out + [f"→ {summary}"]
         if kind == "tool_result":
             if ev.get("status") == "error":
-                what = self._tools.get(_str(ev.get("tool_id")), "tool")
+                tid = _str(ev.get("tool_id"))
                 err = _dict(ev.get("error"))
-                return out + [f"✗ {what}: {short(err.get('message')) or 'failed'}"]
+                line = f"✗ {self._tools.get(tid, 'tool')}: {short(err.get('message')) or 'failed'}"
+                return out + [self.edit_failed(line) if tid in self._edits else line]
             return out
         if kind == "error":
             severity = _str(ev.get("severity")) or "error"
@@ -742,17 +804,39 @@ class GeminiStreamParser(JsonLinesParser):
 
 
 # ---------------------------------------------------------------------------------------- opencode
+#: opencode's plain line (not JSON) when a permission set to "ask" is refused in run mode
+_OPENCODE_REJECTED = re.compile(r"permission requested: (?P<what>.+?); auto-rejecting")
+
+
 class OpencodeJsonParser(JsonLinesParser):
     """``opencode run --format json``: lines ``{type, timestamp, sessionID, part | error}`` with types
     ``step_start``, ``text`` (part.text), ``reasoning``, ``tool_use`` (part.tool, part.state:
-    status, input, output, title, error), ``step_finish`` (part.cost, part.tokens: input, output,
-    reasoning, cache.read, cache.write), ``error`` (error.name, error.data.message) and ``done``.
-    The cost is the sum of the steps' costs.
+    status, input, output, title, error), ``step_finish`` (part.reason, part.cost, part.tokens: input,
+    output, reasoning, cache.read, cache.write) and ``error`` (error.name, error.data.message). The cost
+    is the sum of the steps' costs.
+
+    opencode 1.18 ends with the ``step_finish`` whose reason is ``stop`` (older versions added a
+    ``done`` event, also read), and says a permission it auto-rejects in a plain line, coloured:
+    ``! permission requested: edit (hello.py); auto-rejecting``.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._step_text: list[str] = []
+        self._rejected: list[str] = []
+
+    def _done(self) -> list[str]:
+        self.activity = "done"
+        return [f"✓ done{_usage_note(self.usage)}"]
+
+    def plain(self, line: str) -> list[str]:
+        text = _ANSI_RE.sub("", line).strip()
+        m = _OPENCODE_REJECTED.search(text)
+        if not m:
+            return [line]
+        self._rejected.append(m.group("what"))
+        return [f"✗ permission rejected: {m.group('what')} (allow it in opencode's \"permission\" config, or add "
+                "--auto to the command)"]
 
     def handle(self, ev: dict) -> list[str] | None:
         kind = ev.get("type")
@@ -780,7 +864,8 @@ class OpencodeJsonParser(JsonLinesParser):
                 tool_summary(tool, state.get("input"), self.cwd)
             self.activity = summary
             if state.get("status") == "error":
-                return [f"✗ {summary}: {short(state.get('error')) or 'failed'}"]
+                line = f"✗ {summary}: {short(state.get('error')) or 'failed'}"
+                return [self.edit_failed(line) if is_edit_tool(tool) else line]
             return [f"→ {summary}"]
         if kind == "step_finish":
             self.usage.add_cost(part.get("cost"))
@@ -788,7 +873,7 @@ class OpencodeJsonParser(JsonLinesParser):
             cache = _dict(tokens.get("cache"))
             self.usage.input_tokens += _int(tokens.get("input")) + _int(cache.get("read")) + _int(cache.get("write"))
             self.usage.output_tokens += _int(tokens.get("output")) + _int(tokens.get("reasoning"))
-            return []
+            return self._done() if part.get("reason") == "stop" else []
         if kind == "error":
             err = _dict(ev.get("error"))
             data = _dict(err.get("data"))
@@ -796,13 +881,13 @@ class OpencodeJsonParser(JsonLinesParser):
             self.error = f"opencode: {message}"
             self.activity = "failed"
             return [f"✗ error: {message}"]
-        if kind == "done":
-            self.activity = "done"
-            out = [f"✓ done{_usage_note(self.usage)}"]
-            rejected = [r for r in _list(ev.get("rejected")) if isinstance(r, str)]
+        if kind == "done":  # opencode before 1.x
+            rejected = [r for r in _list(ev.get("rejected")) if isinstance(r, str) and r not in self._rejected]
+            self._rejected += rejected
+            out = [] if self.activity == "done" else self._done()
             if rejected:
-                out.append(f"permission requests rejected: {', '.join(rejected)} (allow them in opencode's "
-                           "config, or add --auto to the command)")
+                out.append(f"permission requests rejected: {', '.join(rejected)} (allow them in opencode's config, "
+                           "or add --auto to the command)")
             return out
         return None
 
@@ -867,7 +952,8 @@ class PiJsonParser(JsonLinesParser):
         if kind == "tool_execution_end":
             if ev.get("isError"):
                 name = _str(ev.get("toolName")) or "tool"
-                return [f"✗ {name}: {short(_content_text(_dict(ev.get('result')).get('content')) or ev.get('result'))}"]
+                line = f"✗ {name}: {short(_content_text(_dict(ev.get('result')).get('content')) or ev.get('result'))}"
+                return [self.edit_failed(line) if is_edit_tool(name) else line]
             return []
         if kind == "agent_end":
             self.activity = "done" if not self._last_error else "failed"

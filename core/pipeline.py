@@ -425,6 +425,7 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
         rt.set_status(name, "failed", f"commit failed: {exc}")
         return
     assert snap is not None
+    rt.judge_edits(result, snap)
     bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code, duration=result.duration,
                           cost=result.usage.cost, tokens=result.usage.tokens or None, files=snap.files,
                           added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,

@@ -73,6 +73,8 @@ class AgentResult:
     cwd: str = ""
     profile: str = ""  # the agent profile that ran (``agent`` is the spec's display name)
     files: list[str] = field(default_factory=list)  # what it changed, when it ran in a workspace
+    failed_edits: int = 0  # edits (writes, patches) the agent tried that failed
+    edit_error: str = ""  # the agent's own words for the last of them
 
     @property
     def ok(self) -> bool:
@@ -616,6 +618,9 @@ class Runtime:
 
         argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
                             workspace=cwd, run=self.run_id)
+        target = self._workspace_at(cwd)
+        if target is not None and profile.exclude:  # its own state files are never committed with the work
+            target.exclude = sorted(set(target.exclude) | set(profile.exclude))
         env = self.child_env(name, cwd, dict(profile.env))
         # no auto-gc; in a workspace of the run, git refuses to move refs that are not its own
         env.update(await agent_git_env(self.backend, self.journal.dir, cwd, self.workspaces.list(), env))
@@ -678,11 +683,23 @@ class Runtime:
             status, reason = "succeeded", ""
         result = AgentResult(str(spec.get("agent") or profile.name), name, res.exit_code, parser.final_text,
                              parser.usage, time.monotonic() - start, status, reason, spec.get("step", ""), cwd,
-                             profile.name)
+                             profile.name, failed_edits=parser.failed_edits, edit_error=parser.edit_error)
         info.result = result
         self.journal.update_task(name, exit_code=res.exit_code, duration=result.duration, cost=result.usage.cost,
                                  tokens=result.usage.tokens, pid=None)
         return result
+
+    def judge_edits(self, result: AgentResult, snap: Snapshot | None) -> None:
+        """An agent that says it succeeded but whose every edit failed, and that changed nothing, did
+        not succeed: the task fails with the agent's own error line. Edits that failed beside ones that
+        worked are said in a warning."""
+        if not result.failed_edits or snap is None:
+            return
+        what = f"{result.failed_edits} edit(s) failed" + (f": {result.edit_error}" if result.edit_error else "")
+        if result.status == "succeeded" and not snap.files:
+            result.status, result.reason = "failed", f"{what}; nothing changed"
+        else:
+            self.bus.log("warning", f"{result.name}: {what}", task=result.name)
 
     def child_env(self, task: str, cwd: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of a command corral runs for ``task`` in ``cwd`` (agent, setup, verify):
@@ -716,6 +733,7 @@ class Runtime:
                     self.bus.log("error", f"could not commit the work of {result.name}: {exc}", task=result.name)
                 else:
                     result.files = list(snap.files) if snap else []
+                    self.judge_edits(result, snap)
             snap = info.snapshot
             self.bus.emit(TaskFinished(task=result.name, status=result.status, exit_code=result.exit_code,
                                        duration=result.duration, cost=result.usage.cost,

@@ -346,15 +346,19 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
         for row in rows:
             print(json.dumps(row))
         return EXIT_OK
-    table = [("agent", "found", "version", "command")]
+    table = [("agent", "found", "version", "tested", "command")]
     for r in rows:
         table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
-                      r["version"] or "-", r["command"]))
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
+                      (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-", r["command"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
     if any(r["origin"] != "built-in" for r in rows):
         print(f"(* defined or overridden in {plan_path})")
+    for r in rows:
+        if r["newer"]:
+            print(f"warning: {r['agent']} {r['version']} is newer than the version corral was tested with "
+                  f"({r['tested']}); its output may have changed: check a run's panes, or see core/AGENTS.md")
     print("\nWhat each agent may do unattended (stdin is closed; nothing waits for an answer):")
     for r in rows:
         print(f"  {r['agent']}: {r['unattended'] or 'custom command line: see its own documentation.'}")

@@ -73,6 +73,9 @@ class Workspace:
     conflicted: list[str] = field(default_factory=list)
     #: the backend's memo of its last snapshot of this workspace (what it read, what it found)
     memo: tuple | None = field(default=None, repr=False, compare=False)
+    #: pathspecs (from the workspace root) of the agents' own state files (``.aider*``): new files
+    #: there are never committed, changes to files the repository tracks still are
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -12,6 +12,7 @@ updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process pl
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 import re
 import shutil
@@ -330,21 +331,19 @@ class GitBackend(Backend):
                 await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
         await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
-    async def _dirty(self, path: Path) -> bool:
-        return bool(await self._changes(path))
-
     async def pending_changes(self, ws: Workspace) -> list[str]:
-        return await self._changes(ws.path) if self._is_live(ws) else []
+        return await self._changes(ws.path, ws.exclude) if self._is_live(ws) else []
 
-    async def _changes(self, path: Path) -> list[str]:
-        """Paths with changes not committed (submodules' inner changes included). Raises
-        :class:`VcsError` when git cannot tell (a full disk, an index an agent broke): "none" would
-        let the workspace be removed with its changes."""
+    async def _changes(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Paths with changes not committed (submodules' inner changes included); new files matching
+        ``exclude`` (an agent's own state) are none. Raises :class:`VcsError` when git cannot tell (a
+        full disk, an index an agent broke): "none" would let the workspace be removed with its changes."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
             raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
-        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
+        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "
+               and not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
             stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
@@ -402,7 +401,7 @@ class GitBackend(Backend):
         self._relink(ws)
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
-            if await self._dirty(ws.path):
+            if await self._changes(ws.path, ws.exclude):
                 # never commit onto a branch that is not the task's (an agent that pointed HEAD at
                 # the user's branch): commit on a detached HEAD, which _collect then gathers
                 sym = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
@@ -413,13 +412,17 @@ class GitBackend(Backend):
                 # lost), and the task is told, so conflict markers never pass for work
                 unmerged = await self.git("ls-files", "-u", "-z", cwd=ws.path, check=False)
                 conflicted = sorted({e.partition("\t")[2] for e in unmerged.out.split("\0") if "\t" in e})
-                await self.git("add", "-A", cwd=ws.path)
+                if ws.exclude:  # every change to tracked files, new files but the agent's own state
+                    await self.git("add", "-u", cwd=ws.path)
+                    await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in ws.exclude), cwd=ws.path)
+                else:
+                    await self.git("add", "-A", cwd=ws.path)
                 res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=ws.path, check=False,
                                      env=await self.ident_env())
                 if not res.ok and "nothing" not in res.out + res.err:  # nothing staged: submodule changes only
                     raise VcsError(f"git commit in {ws.path}: {_short_err(res)}")
                 if (ws.path / ".gitmodules").exists():  # the only changes git add -A leaves behind
-                    left = await self._changes(ws.path)
+                    left = await self._changes(ws.path, ws.exclude)
         elif ws.path.is_dir() and any(ws.path.iterdir()):
             # its .git is something else now (an agent's `git init`): its files are not the
             # worktree's to commit, nor to delete

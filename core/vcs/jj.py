@@ -70,6 +70,14 @@ SIZE_LIMIT = "1 GiB"
 #: rewritten from elsewhere (stale), the workspace was forgotten, or its operation was abandoned.
 _UNSNAPSHOTTABLE = ("working copy is stale", "have a working-copy commit", "sibling of the working copy's operation",
                     "working copy's operation")
+
+
+def _snapshot_config(exclude: list[str]) -> tuple[str, ...]:
+    """:data:`SNAPSHOT_CONFIG`, with new files under the workspace-root globs ``exclude`` left untracked."""
+    globs = " | ".join(f'root-glob:"{p}" | root-glob:"{p}/**"' for p in exclude)
+    return ("--config", f"snapshot.auto-track='all() ~ ({globs})'", *SNAPSHOT_CONFIG[2:])
+
+
 #: One line per commit: commit id, change id, empty, conflict, parents, description (first line).
 COMMIT_T = ('commit_id ++ "\\t" ++ change_id ++ "\\t" ++ empty ++ "\\t" ++ conflict ++ "\\t" ++ '
             'parents.map(|c| c.commit_id()).join(",") ++ "\\t" ++ description.first_line() ++ "\\n"')
@@ -274,15 +282,17 @@ class JjBackend(Backend):
         return self._env
 
     async def jj(self, *args: str, cwd: str | Path | None = None, check: bool = True,
-                 workspace: bool = False, user_wc: bool = False, at_root: bool = False) -> JjResult:
+                 workspace: bool = False, user_wc: bool = False, at_root: bool = False,
+                 exclude: list[str] | None = None) -> JjResult:
         """Run jj. On the repository (default) with ``--ignore-working-copy``, from corral's own
         workspace once there is one; with ``at_root=True`` from the user's workspace (where a revset the
         user gave, such as ``@-``, means what the user meant); with ``workspace=True`` inside one of
-        corral's workspaces (``cwd``), snapshotting it first; with ``user_wc=True`` on the repository
-        the way a user's own command runs (a last resort, for a jj that insists)."""
+        corral's workspaces (``cwd``), snapshotting it first (new files matching ``exclude``, an agent's
+        own state, left untracked); with ``user_wc=True`` on the repository the way a user's own command
+        runs (a last resort, for a jj that insists)."""
         argv = ["jj", *GLOBAL]
         if workspace:
-            argv += ["-R", str(cwd), *SNAPSHOT_CONFIG]
+            argv += ["-R", str(cwd), *(_snapshot_config(exclude) if exclude else SNAPSHOT_CONFIG)]
         elif user_wc:
             argv += ["-R", str(self.root)]
         else:
@@ -699,7 +709,8 @@ class JjBackend(Backend):
     async def _wc(self, ws: Workspace) -> _Commit:
         """The workspace's working-copy commit, after snapshotting what is on disk. Files jj refused to
         snapshot (over its size limit) are remembered for :meth:`snapshot` to report."""
-        res = await self.jj("log", "-r", "@", "--no-graph", "-T", COMMIT_T, cwd=ws.path, workspace=True)
+        res = await self.jj("log", "-r", "@", "--no-graph", "-T", COMMIT_T, cwd=ws.path, workspace=True,
+                            exclude=ws.exclude)
         self._refused[str(ws.path)] = _refused_files(res.err)
         lines = res.lines()
         if not lines:
@@ -734,7 +745,7 @@ class JjBackend(Backend):
             wc = await self._wc(ws)
         if not wc.empty:
             if not wc.subject:
-                await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True)
+                await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True, exclude=ws.exclude)
                 wc = await self._wc(ws)
             head = wc.commit
             self._change_of[head] = wc.change
