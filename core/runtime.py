@@ -621,6 +621,7 @@ class Runtime:
         target = self._workspace_at(cwd)
         if target is not None and profile.exclude:  # its own state files are never committed with the work
             target.exclude = sorted(set(target.exclude) | set(profile.exclude))
+            self.backend.registry.note(target.key, exclude=target.exclude)  # for a clean-up after a crash
         env = self.child_env(name, cwd, dict(profile.env))
         # no auto-gc; in a workspace of the run, git refuses to move refs that are not its own
         env.update(await agent_git_env(self.backend, self.journal.dir, cwd, self.workspaces.list(), env))

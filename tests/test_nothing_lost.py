@@ -351,3 +351,18 @@ def test_clean_never_acts_on_a_record_whose_branch_is_not_corrals(repo, tmp_path
     res = corral("clean", cwd=repo)
     assert "left alone" in res.stdout and "not one of corral's" in res.stdout, res.stdout
     assert git(repo, "rev-parse", "main") == before
+
+
+def test_clean_after_a_crash_never_commits_an_agents_own_state_files(repo, tmp_path, wt_root):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("a", "echo state > .toolstate; echo work > work.txt; echo started; exec sleep 600")]).replace(
+        'agent = "shell"', 'agent = "tool"') + '\n[agents.tool]\ncommand = ["sh", "-c", "{prompt}"]\n'
+        'exclude = [".tool*"]\n')
+    proc = start_run(repo, plan, "--approve", "all")
+    wait_for(proc, "started", 1)
+    proc.kill()
+    proc.wait(timeout=10)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [kept] = corral_state(repo)["branches"]
+    assert files_at(repo, kept) == sorted(files_at(repo, "main") + ["work.txt"])

@@ -414,7 +414,8 @@ class Backend(abc.ABC):
     def workspace_of(rec: Record) -> Workspace:
         """The workspace a registry record describes."""
         return Workspace(task=rec.task, path=Path(rec.path), ref=rec.ref, name=rec.name or Path(rec.path).name,
-                         base_commit=rec.base_commit, role=rec.role, run=rec.run, key=rec.key, admin=rec.admin)
+                         base_commit=rec.base_commit, role=rec.role, run=rec.run, key=rec.key, admin=rec.admin,
+                         exclude=list(rec.exclude))
 
     @abc.abstractmethod
     async def ref_exists(self, ref: str) -> bool:

@@ -57,7 +57,8 @@ class Record:
     admin: str = ""
     #: jj: the workspace name
     name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the agents' own state files, never committed from it (see Workspace.exclude)
+    exclude: list[str] = field(default_factory=list)
 
 
 class Registry:
@@ -110,6 +111,12 @@ class Registry:
         """Where the guard writes down every commit an agent's git moved its HEAD or branch to
         (read with the worktree's reflogs; kept here, outside the worktree)."""
         return self.dir / f"{key}.heads"
+
+    def note(self, key: str, **fields: Any) -> None:
+        """Record more about the workspace ``key`` (nothing when it has no record)."""
+        rec = self.get(key) if key else None
+        if rec is not None:
+            self.update(rec, **fields)
 
     def drop(self, rec: Record | str) -> None:
         key = rec if isinstance(rec, str) else rec.key
