@@ -103,6 +103,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
     except BaseException:
         await backend.close()
         raise
+    await backend.remember_user_state()
     return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit))
 
 
@@ -476,6 +477,8 @@ async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_w
     bus = rt.bus
     # stop anything still running (a cancelled run): the task group already did; be sure
     stop_unfinished(rt, state["cancelled"])
+    for note in await rt.backend.restore_user_state():
+        rt.bus.log("warning", note)
     # every task's work on its branch before anything is decided: what a stopped agent left, and
     # edits made by hand in a workspace; the report counts it
     await rt.record_all_work("corral: salvage uncommitted work of {task}")

@@ -286,6 +286,8 @@ async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_
                   cancelled: bool) -> None:
     bus = rt.bus
     stop_unfinished(rt, cancelled)
+    for note in await rt.backend.restore_user_state():
+        rt.bus.log("warning", note)
 
     await rt.record_all_work("corral: salvage uncommitted work of {task}")
     rt.set_phase("cleanup")

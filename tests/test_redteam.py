@@ -179,8 +179,6 @@ def test_a_rebase_left_in_conflict_is_not_landed(repo, tmp_path, wt_root):
 
 
 # --------------------------------------------------------------------------------- still open
-@pytest.mark.xfail(strict=True, reason="`git stash pop` by absolute path (or through an alias) is not refused: "
-                   "the hook refuses only the final ref update, after the user's stash entry was applied and dropped")
 @pytest.mark.parametrize("how", ["/usr/bin/git stash pop", "git -c alias.s=stash s pop"])
 def test_the_users_stash_never_lands_whatever_git_the_agent_calls(repo, tmp_path, wt_root, how):
     (repo / "secret.txt").write_text("the user's unfinished work\n")

@@ -324,6 +324,13 @@ class Backend(abc.ABC):
     async def preflight(self) -> list[str]:
         """Problems that forbid a run (mid-merge, mid-rebase); empty when all is well."""
 
+    async def remember_user_state(self) -> None:
+        """Note what of the user's corral checks later (git: their stash)."""
+
+    async def restore_user_state(self) -> list[str]:
+        """Put back what of the user's went missing since :meth:`remember_user_state`; say what."""
+        return []
+
     def worktree_root_problem(self, root: str | None) -> str | None:
         """Why workspaces must not be made under ``root`` (None when they may)."""
         return None

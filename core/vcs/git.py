@@ -115,6 +115,8 @@ class GitBackend(Backend):
         self._limiter = anyio.CapacityLimiter(8)
         #: where git looks for the user's own hooks (see guard.py), once asked
         self.user_hooks: str | None = None
+        self._stash_at_start: list[tuple[str, str]] = []
+        self._stash_taken: list[tuple[str, str]] = []
         #: why the last landing on each base was refused, for :meth:`land_hint`
         self._refusals: dict[str, str] = {}
 
@@ -684,6 +686,9 @@ class GitBackend(Backend):
             busy = await self._busy(base)
             if busy:
                 return self._refuse(base, "busy", busy, old, new)
+            taken = await self._stash_landing(old, new)
+            if taken:
+                return self._refuse(base, "stash", taken, old, new)
             where = await self._checked_out_at(base)
             if where is not None:
                 status = await self.git("status", "--porcelain", "--untracked-files=no", cwd=where, check=False)
@@ -712,6 +717,51 @@ class GitBackend(Backend):
         self._refusals.pop(base, None)
         return LandOutcome(True, f"{base} moved {old[:12]} -> {new[:12]}", old, new)
 
+    async def _stash_entries(self) -> list[tuple[str, str]]:
+        """The stash, newest first: (commit, message) of each entry."""
+        res = await self.git("log", "-g", "--format=%H%x00%gs", "refs/stash", "--", check=False)
+        return [tuple(line.split("\0", 1)) for line in res.out.splitlines() if "\0" in line]  # type: ignore[misc]
+
+    async def remember_user_state(self) -> None:
+        """What of the user's corral checks before landing: the entries of their stash (shared by every
+        checkout; ``git stash pop`` by an agent that got past the guard takes one, and no hook sees it)."""
+        self._stash_at_start = await self._stash_entries()
+
+    async def restore_user_state(self) -> list[str]:
+        """Put back the entries of the user's stash gone since the run started (the stash is shared
+        by every checkout; ``git stash pop`` by an agent that got past the guard takes one, and no
+        hook sees it, or a refused one leaves the stash's list empty). Returns what was done."""
+        now = await self._stash_entries()
+        gone = [(c, m) for c, m in self._stash_at_start if c not in {c for c, _ in now}]
+        if gone:
+            # the stash rebuilt in its order: the entries of the start, then those made since (git
+            # stash store writes no entry for the commit refs/stash points at already)
+            start = {c for c, _ in self._stash_at_start}
+            entries = [e for e in now if e[0] not in start] + self._stash_at_start
+            async with self.mutating():
+                await self.git("update-ref", "-d", "refs/stash", check=False)
+                for commit, message in reversed(entries):  # oldest first
+                    await self.git("stash", "store", "-m", message, commit, check=False)
+        self._stash_taken += gone
+        return [f"{len(gone)} entr{'y' if len(gone) == 1 else 'ies'} of your stash went missing during the run "
+                "(an agent's git stash?): put back, see git stash list"] if gone else []
+
+    async def _stash_landing(self, old: str, new: str) -> str:
+        """Why ``new`` must not land: it carries changes of a stash entry an agent took ("" if not)."""
+        await self.restore_user_state()
+        landing: list[str] = []
+        for commit, _ in self._stash_taken:
+            changed = await self.git("diff", "--name-only", "-z", f"{commit}^1", commit, check=False)
+            for path in (p for p in changed.out.split("\0") if p):
+                blobs = [(await self.git("rev-parse", "-q", "--verify", f"{rev}:{path}", check=False)).out.strip()
+                         for rev in (commit, new, old)]
+                if blobs[0] and blobs[0] == blobs[1] != blobs[2]:
+                    landing.append(path)
+        if not landing:
+            return ""
+        return (f"the result holds changes of your stash ({', '.join(sorted(set(landing))[:5])}): an agent took "
+                "them from it (they are back in git stash list)")
+
     def _refuse(self, base: str, why: str, message: str, old: str, new: str) -> LandOutcome:
         self._refusals[base] = why
         return LandOutcome(False, message, old, new)
@@ -719,7 +769,7 @@ class GitBackend(Backend):
     def land_hint(self, base: str, ref: str) -> str:
         """What to do with ``ref`` after :meth:`land` refused: what works depends on why."""
         why = self._refusals.get(base, "")
-        if why == "not a branch":
+        if why in ("not a branch", "stash"):
             return f"the result is kept on branch {ref}"
         if why in ("moved", "busy"):  # base has (or will have) commits the result lacks: no fast-forward
             when = " once that is done" if why == "busy" else ""
