@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,6 +353,7 @@ def test_demo_headless_shows_every_step():
     repo = Path(out.splitlines()[0].split("scratch repository ")[1])
     assert (repo / "calc" / "mul.py").exists() and (repo / "docs" / "guide.md").exists()
     assert corral_state(repo)["worktrees"] == []
+    shutil.rmtree(repo)  # the scratch repository is the user's to look at: the test removes it
 
 
 def test_keep_worktrees_leaves_them_for_the_user_and_clean_removes_them_later(repo, tmp_path, wt_root):
