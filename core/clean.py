@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from .journal import list_runs, write_atomic
 from .procs import kill_run_processes, run_processes
@@ -72,7 +73,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_runs(backend: Backend) -> list[dict]:
+def stale_runs(backend: Backend) -> list[dict[str, Any]]:
     """Runs whose journal says running but whose corral process is gone."""
     out = []
     for data in list_runs(backend.state_dir):

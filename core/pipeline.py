@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 
@@ -166,7 +166,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
 
 def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False, grace: float = 3.0,
              runtime_cls: type[Runtime] = Runtime, default_agent: str | None = None,
-             **journal_fields) -> tuple[Runtime, Journal, Callable[[], None]]:
+             **journal_fields: Any) -> tuple[Runtime, Journal, Callable[[], None]]:
     """The start every run shares (plan pipeline and programs): its journal folder, the journal
     listening to the bus, and the runtime. Returns (runtime, journal, unsubscribe the journal)."""
     backend = prep.backend
@@ -195,7 +195,7 @@ def stop_unfinished(rt: Runtime, cancelled: bool) -> None:
             rt.set_status(info.name, "aborted", "run interrupted" if cancelled else "run ended")
 
 
-def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
+def run_summary(rt: Runtime) -> tuple[list[dict[str, Any]], float | None]:
     """One row per task for the RunFinished event, and the total cost (None when no agent reported one)."""
     total_cost = sum((t.result.usage.cost or 0) for t in rt.tasks.values() if t.result and t.result.usage.cost)
     has_cost = any(t.result and t.result.usage.cost is not None for t in rt.tasks.values())
@@ -214,15 +214,15 @@ def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
     return summary, (total_cost if has_cost else None)
 
 
-async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
+async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
     bus = rt.bus
     # steps 2-5, per task: its workspace, setup, agent, commit. A workspace is made when its agent
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
     async with anyio.create_task_group() as tg:
-        for t in plan.tasks:
-            tg.start_soon(_task_flow, rt, plan, t, sem)
+        for spec in plan.tasks:
+            tg.start_soon(_task_flow, rt, plan, spec, sem)
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -257,7 +257,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
 
     # step 7: merge into the integration workspace
     rt.set_phase("merging")
-    integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved], plan.merge)
+    integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved if t.workspace],
+                                                plan.merge)
     state["integration"] = integ
     merged: list[TaskInfo] = []
     for o in outcomes:
@@ -437,7 +438,7 @@ async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
             rt.set_status(info.name, "failed", _uncommitted_reason(snap.uncommitted))
 
 
-def _exit_code(rt: Runtime, state: dict) -> int:
+def _exit_code(rt: Runtime, state: dict[str, Any]) -> int:
     if state["cancelled"]:
         return EXIT_INTERRUPTED
     if state["error"]:
@@ -448,7 +449,7 @@ def _exit_code(rt: Runtime, state: dict) -> int:
     return EXIT_OK
 
 
-async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_worktrees: bool) -> None:
+async def _finish(rt: Runtime, plan: Plan, state: dict[str, Any], outcome: Outcome, keep_worktrees: bool) -> None:
     """Steps 11 and 10: cleanup (always), then the report of what really remains."""
     bus = rt.bus
     # stop anything still running (a cancelled run): the task group already did; be sure

@@ -351,8 +351,8 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
         table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
                       r["version"] or "-", r["command"]))
     widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    for line in table:
+        print("  ".join(c.ljust(w) for c, w in zip(line[:3], widths)) + "  " + line[3])
     if any(r["origin"] != "built-in" for r in rows):
         print(f"(* defined or overridden in {plan_path})")
     print("\nWhat each agent may do unattended (stdin is closed; nothing waits for an answer):")

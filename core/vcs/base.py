@@ -230,7 +230,7 @@ async def run_forecast(base_tip: str, heads: dict[str, str], base_commits: dict[
     return fc
 
 
-async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator) -> None:
+async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator[object]) -> None:
     """``fn(item)`` for every item, :data:`FORECAST_WORKERS` at a time, taken from one iterator."""
     async def worker() -> None:
         for item in items:
