@@ -320,16 +320,9 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
         bus.emit(Landed(ok=True, base=rt.base_name, old=land.old, new=land.new, message=land.message))
     else:
         state["integration_kept"] = integ.ref
-        hint = _land_hint(rt, integ.ref)
+        hint = rt.backend.land_hint(rt.base_name, integ.ref)
         bus.emit(Landed(ok=False, base=rt.base_name, old=land.old, new=land.new,
                         message=f"{land.message}; {hint}" if hint else land.message, kept=integ.ref))
-
-
-def _land_hint(rt: Runtime, ref: str) -> str:
-    """What to do with the kept result ``ref`` after landing was refused: the backend knows what works
-    for the reason it refused (none when it does not say)."""
-    hint = getattr(rt.backend, "land_hint", None)
-    return hint(rt.base_name, ref) if hint else ""
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:

@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -741,5 +741,3 @@ class Runtime:
         self.bus.log("info", f"approval {'given' if answer else 'refused'}: {question}")
         return answer
 
-
-AsyncFn = Callable[..., Awaitable[Any]]

@@ -48,7 +48,7 @@ class HomeScreen(Screen):
         Binding("q", "app.quit_run", "Quit", id="home.quit"),
     ]
 
-    def __init__(self, repo: str, clock_format: str | None = None) -> None:
+    def __init__(self, repo: str) -> None:
         super().__init__()
         self.repo = repo
         self.backend: Any = None

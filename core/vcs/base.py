@@ -363,6 +363,11 @@ class Backend(abc.ABC):
         """Move ``base`` from ``old`` to ``new``, only if it is still at ``old``."""
 
     @abc.abstractmethod
+    def land_hint(self, base: str, ref: str) -> str:
+        """What to do with the kept result ``ref`` after :meth:`land` refused (what works depends on
+        why it refused)."""
+
+    @abc.abstractmethod
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
         """Remove the workspace (directory and VCS metadata); delete its ref unless ``keep_ref``."""
 
