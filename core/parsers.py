@@ -586,9 +586,9 @@ class AiderParser(Parser):
             self.usage.input_tokens += _aider_tokens(m.group("sent"))
             self.usage.output_tokens += _aider_tokens(m.group("recv"))
             mid = m.group("mid")
-            for part in mid.split(","):  # "1.2k cache write", "3k cache hit" count as input
+            for part in mid.split(","):  # "3k cache hit" counts as input; "sent" has the cache writes
                 part = part.strip()
-                if part.endswith("cache write") or part.endswith("cache hit"):
+                if part.endswith("cache hit"):
                     self.usage.input_tokens += _aider_tokens(part.split()[0])
         c = _AIDER_COST.search(s)
         if c:
