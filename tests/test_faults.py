@@ -81,16 +81,23 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
 
 
 def test_second_ctrl_c_during_cleanup_does_not_half_remove(repo, tmp_path, wt_root):
-    script = "trap 'sleep 1; exit 1' TERM; echo work > wip.txt; echo started; sleep 300 & wait"
+    # on TERM the agents hold the cleanup until the test has sent its Ctrl-Cs (at most the grace
+    # period: KILL comes after it)
+    release = tmp_path / "release"
+    script = (f"trap 'while [ ! -e {release} ]; do sleep 0.02; done; exit 1' TERM; echo work > wip.txt; "
+              f"echo started; sleep 300 & wait")
     plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [(f"t{i}", script) for i in range(3)]))
     proc = start_run(repo, plan, "--approve", "all")
     wait_for(proc, "started", 3)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    out = wait_for(proc, "stopping agents and cleaning up", 1)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    out += wait_for(proc, "cleanup in progress", 1)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out += wait_for(proc, "cleanup in progress", 1)
+    release.touch()
+    rest, _ = proc.communicate(timeout=30)
+    out += rest
     assert proc.returncode == 130, out
     assert "cleanup in progress" in out
     state = corral_state(repo)
