@@ -190,13 +190,24 @@ def test_base_not_checked_out_moves_by_compare_and_swap(repo, tmp_path, wt_root)
 
 
 def test_max_parallel_bounds_running_agents(repo, tmp_path, wt_root):
+    """Counted through the run's own events, not a time window: a task holds a slot from its
+    workspace's creation to its end, and with the limit broken every task takes one before the first
+    can finish (making a workspace waits on git)."""
     marker = tmp_path / "running"
     marker.mkdir()
-    script = (f"touch {marker}/$CORRAL_TASK; sleep 0.3; ls {marker} | wc -l > count.txt; "
-              f"rm {marker}/$CORRAL_TASK")
+    script = f"touch {marker}/$CORRAL_TASK; ls {marker} | wc -l > count.txt; rm {marker}/$CORRAL_TASK"
     res = run_plan(repo, tmp_path, wt_root, [(f"t{i}", script) for i in range(4)], "--approve", "none",
-                   "--max-parallel", "1")
+                   "--max-parallel", "1", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
+    holding: set[str] = set()
+    most = 0
+    for event in map(json.loads, res.stdout.splitlines()):
+        if event["type"] == "task_status" and event["status"] in ("creating", "setup", "running"):
+            holding.add(event["task"])
+        elif event["type"] in ("task_status", "task_finished"):
+            holding.discard(event["task"])
+        most = max(most, len(holding))
+    assert most == 1
     for i in range(4):
         branch = [b for b in corral_state(repo)["branches"] if b.endswith(f"/t{i}")][0]
         assert git(repo, "show", f"{branch}:count.txt").strip() == "1"
