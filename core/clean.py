@@ -14,6 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .journal import list_runs, write_atomic
 from . import reaper
@@ -74,7 +75,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_runs(backend: Backend) -> list[dict]:
+def stale_runs(backend: Backend) -> list[dict[str, Any]]:
     """Runs whose journal says running but whose corral process is gone."""
     out = []
     for data in list_runs(backend.state_dir):

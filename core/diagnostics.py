@@ -28,7 +28,7 @@ async def loop_monitor() -> AsyncIterator[None]:
     worst = 0.0
     worst_at = 0.0
     ticks = 0
-    stalls: list[tuple[float, float]] = []
+    stalls: list[tuple[float, float, float]] = []
 
     async def watch() -> None:
         nonlocal worst, worst_at, ticks

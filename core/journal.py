@@ -104,7 +104,8 @@ class Journal:
         self._writer.submit(line=json.dumps(event.to_dict(), default=str) + "\n")
 
     def task(self, name: str) -> dict[str, Any]:
-        return self.state["tasks"].setdefault(name, {"status": "pending"})
+        tasks: dict[str, dict[str, Any]] = self.state["tasks"]
+        return tasks.setdefault(name, {"status": "pending"})
 
     def attach(self, key: str, value: Any) -> None:
         """Write ``value`` once, to ``<key>.json`` in the run folder, and keep only that file's name
@@ -139,7 +140,7 @@ class Journal:
 def list_runs(state_dir: Path) -> list[dict[str, Any]]:
     """Every run recorded under ``state_dir``, newest first; unreadable ones are listed as such."""
     runs_dir = state_dir / "runs"
-    out = []
+    out: list[dict[str, Any]] = []
     if not runs_dir.is_dir():
         return out
     for d in sorted(runs_dir.iterdir(), reverse=True):

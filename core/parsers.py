@@ -143,11 +143,11 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _dict(value: Any) -> dict:
+def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list:
+def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -280,7 +280,7 @@ class JsonLinesParser(Parser):
             return [_clip(stripped, SUMMARY * 2)]
         return [_clip(x) for x in out]
 
-    def handle(self, event: dict) -> list[str] | None:
+    def handle(self, event: dict[str, Any]) -> list[str] | None:
         """Lines to show for one event; None when the event is unknown (shown raw)."""
         raise NotImplementedError
 
@@ -312,7 +312,7 @@ class ClaudeStreamParser(JsonLinesParser):
         self._edits: set[str] = set()  # tool_use ids of edit tools
         self._result_seen = False
 
-    def handle(self, ev: dict) -> list[str] | None:
+    def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         if kind == "system":
             sub = _str(ev.get("subtype"))
@@ -327,12 +327,12 @@ class ClaudeStreamParser(JsonLinesParser):
                 return ["(context compacted)"]
             return []  # hooks, status: nothing a person needs in the pane
         if kind in ("assistant", "user"):
-            sub = bool(ev.get("parent_tool_use_id"))  # a subagent's (Task tool) message: indented
+            subagent = bool(ev.get("parent_tool_use_id"))  # a subagent's (Task tool) message: indented
             if kind == "assistant":
-                out = self._assistant(_dict(ev.get("message")), subagent=sub)
+                out = self._assistant(_dict(ev.get("message")), subagent=subagent)
             else:
                 out = self._user(_dict(ev.get("message")))
-            return [f"  │ {line}" for line in out] if sub else out
+            return [f"  │ {line}" for line in out] if subagent else out
         if kind == "stream_event":
             inner = _dict(ev.get("event"))
             if inner.get("type") == "content_block_start":
@@ -348,7 +348,7 @@ class ClaudeStreamParser(JsonLinesParser):
             return self._result(ev)
         return None
 
-    def _assistant(self, msg: dict, subagent: bool = False) -> list[str]:
+    def _assistant(self, msg: dict[str, Any], subagent: bool = False) -> list[str]:
         out: list[str] = []
         for block in _list(msg.get("content")):
             if not isinstance(block, dict):
@@ -375,7 +375,7 @@ class ClaudeStreamParser(JsonLinesParser):
                 out.append(f"→ {summary}")
         return out
 
-    def _user(self, msg: dict) -> list[str]:
+    def _user(self, msg: dict[str, Any]) -> list[str]:
         out: list[str] = []
         for block in _list(msg.get("content")):
             if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("is_error"):
@@ -384,7 +384,7 @@ class ClaudeStreamParser(JsonLinesParser):
                 out.append(self.edit_failed(line) if tid in self._edits else line)
         return out
 
-    def _result(self, ev: dict) -> list[str]:
+    def _result(self, ev: dict[str, Any]) -> list[str]:
         self._result_seen = True
         cost = _num(ev.get("total_cost_usd"))
         if cost is None:
@@ -408,8 +408,8 @@ class ClaudeStreamParser(JsonLinesParser):
         parts = [sub]
         if _int(ev.get("num_turns")):
             parts.append(f"{_int(ev.get('num_turns'))} turn(s)")
-        if _num(ev.get("duration_ms")) is not None:
-            parts.append(f"{_num(ev.get('duration_ms')) / 1000:.1f}s")
+        if (ms := _num(ev.get("duration_ms"))) is not None:
+            parts.append(f"{ms / 1000:.1f}s")
         if cost is not None:
             parts.append(f"${cost:.4f}")
         if ev.get("is_error") or (sub.startswith("error")):
@@ -443,7 +443,7 @@ class CodexJsonParser(JsonLinesParser):
         self._stream_error = ""
         self._logged_edit_error = False  # a failed edit said in a log line, before its file_change event
 
-    def handle(self, ev: dict) -> list[str] | None:
+    def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         if kind == "thread.started":
             self.activity = "starting"
@@ -476,7 +476,7 @@ class CodexJsonParser(JsonLinesParser):
             return []
         return None
 
-    def _item(self, phase: str, item: dict) -> list[str] | None:
+    def _item(self, phase: str, item: dict[str, Any]) -> list[str] | None:
         itype = item.get("type") or item.get("item_type")  # item_type: the first experimental format
         if itype in ("agent_message", "assistant_message"):
             if phase != "completed":
@@ -729,7 +729,7 @@ class GeminiStreamParser(JsonLinesParser):
         rest, self._pending = self._pending, ""
         return [ln for ln in text_lines(rest)]
 
-    def handle(self, ev: dict) -> list[str] | None:
+    def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         if kind == "message":
             if ev.get("role") != "assistant":
@@ -776,8 +776,8 @@ class GeminiStreamParser(JsonLinesParser):
             if not self.usage.tokens and _int(stats.get("total_tokens")):
                 self.usage.input_tokens = _int(stats.get("total_tokens"))
             parts = [_str(ev.get("status")) or "result"]
-            if _num(stats.get("duration_ms")) is not None:
-                parts.append(f"{_num(stats.get('duration_ms')) / 1000:.1f}s")
+            if (ms := _num(stats.get("duration_ms"))) is not None:
+                parts.append(f"{ms / 1000:.1f}s")
             if self.usage.tokens:
                 parts.append(f"{self.usage.tokens} tokens")
             if _int(stats.get("tool_calls")):
@@ -838,7 +838,7 @@ class OpencodeJsonParser(JsonLinesParser):
         return [f"✗ permission rejected: {m.group('what')} (allow it in opencode's \"permission\" config, or add "
                 "--auto to the command)"]
 
-    def handle(self, ev: dict) -> list[str] | None:
+    def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         part = _dict(ev.get("part"))
         if kind == "step_start":
@@ -912,7 +912,7 @@ class PiJsonParser(JsonLinesParser):
         rest, self._pending = self._pending, ""
         return text_lines(rest) if rest.strip() else []
 
-    def handle(self, ev: dict) -> list[str] | None:
+    def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         if kind == "session":
             self.cwd = _str(ev.get("cwd"))
@@ -957,7 +957,7 @@ class PiJsonParser(JsonLinesParser):
             return []
         if kind == "agent_end":
             self.activity = "done" if not self._last_error else "failed"
-            summary = [] if self._last_error else [f"✓ done{_usage_note(self.usage)}"]
+            ending = [] if self._last_error else [f"✓ done{_usage_note(self.usage)}"]
             if not self._last_text:
                 for msg in reversed(_list(ev.get("messages"))):
                     if isinstance(msg, dict) and msg.get("role") == "assistant":
@@ -965,7 +965,7 @@ class PiJsonParser(JsonLinesParser):
                         if text.strip():
                             self._last_text = text
                             break
-            return self._flush() + summary
+            return self._flush() + ending
         if kind == "auto_compaction_start":
             self.activity = "compacting context"
             return ["(compacting context)"]
@@ -979,11 +979,11 @@ class PiJsonParser(JsonLinesParser):
         return None
 
     @staticmethod
-    def _assistant_text(msg: dict) -> str:
+    def _assistant_text(msg: dict[str, Any]) -> str:
         return "\n".join(_str(b.get("text")) for b in _list(msg.get("content"))
                          if isinstance(b, dict) and b.get("type") == "text")
 
-    def _message_end(self, msg: dict) -> list[str]:
+    def _message_end(self, msg: dict[str, Any]) -> list[str]:
         if msg.get("role") != "assistant":
             return []
         out = self._flush()

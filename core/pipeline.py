@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 
@@ -184,7 +184,7 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False, grace: float = 3.0,
              runtime_cls: type[Runtime] = Runtime, default_agent: str | None = None,
-             **journal_fields) -> tuple[Runtime, Journal, Callable[[], None]]:
+             **journal_fields: Any) -> tuple[Runtime, Journal, Callable[[], None]]:
     """The start every run shares (plan pipeline and programs): its journal folder, the journal
     listening to the bus, and the runtime. Returns (runtime, journal, unsubscribe the journal)."""
     backend = prep.backend
@@ -213,7 +213,7 @@ def stop_unfinished(rt: Runtime, cancelled: bool) -> None:
             rt.set_status(info.name, "aborted", "run interrupted" if cancelled else "run ended")
 
 
-def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
+def run_summary(rt: Runtime) -> tuple[list[dict[str, Any]], float | None]:
     """One row per task for the RunFinished event, and the total cost (None when no agent reported one)."""
     total_cost = sum((t.result.usage.cost or 0) for t in rt.tasks.values() if t.result and t.result.usage.cost)
     has_cost = any(t.result and t.result.usage.cost is not None for t in rt.tasks.values())
@@ -232,15 +232,15 @@ def run_summary(rt: Runtime) -> tuple[list[dict], float | None]:
     return summary, (total_cost if has_cost else None)
 
 
-async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
+async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
     bus = rt.bus
     # steps 2-5, per task: its workspace, setup, agent, commit. A workspace is made when its agent
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
     async with anyio.create_task_group() as tg:
-        for t in plan.tasks:
-            tg.start_soon(_task_flow, rt, plan, t, sem)
+        for spec in plan.tasks:
+            tg.start_soon(_task_flow, rt, plan, spec, sem)
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -275,7 +275,8 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
 
     # step 7: merge into the integration workspace
     rt.set_phase("merging")
-    integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved], plan.merge)
+    integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved if t.workspace],
+                                                plan.merge)
     state["integration"] = integ
     merged: list[TaskInfo] = []
     for o in outcomes:
@@ -337,16 +338,9 @@ async def _steps(rt: Runtime, plan: Plan, state: dict) -> None:
         bus.emit(Landed(ok=True, base=rt.base_name, old=land.old, new=land.new, message=land.message))
     else:
         state["integration_kept"] = integ.ref
-        hint = _land_hint(rt, integ.ref)
+        hint = rt.backend.land_hint(rt.base_name, integ.ref)
         bus.emit(Landed(ok=False, base=rt.base_name, old=land.old, new=land.new,
                         message=f"{land.message}; {hint}" if hint else land.message, kept=integ.ref))
-
-
-def _land_hint(rt: Runtime, ref: str) -> str:
-    """What to do with the kept result ``ref`` after landing was refused: the backend knows what works
-    for the reason it refused (none when it does not say)."""
-    hint = getattr(rt.backend, "land_hint", None)
-    return hint(rt.base_name, ref) if hint else ""
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
@@ -461,7 +455,7 @@ async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
             rt.set_status(info.name, "failed", problem)
 
 
-def _exit_code(rt: Runtime, state: dict) -> int:
+def _exit_code(rt: Runtime, state: dict[str, Any]) -> int:
     if state["cancelled"]:
         return EXIT_INTERRUPTED
     if state["error"]:
@@ -472,7 +466,7 @@ def _exit_code(rt: Runtime, state: dict) -> int:
     return EXIT_OK
 
 
-async def _finish(rt: Runtime, plan: Plan, state: dict, outcome: Outcome, keep_worktrees: bool) -> None:
+async def _finish(rt: Runtime, plan: Plan, state: dict[str, Any], outcome: Outcome, keep_worktrees: bool) -> None:
     """Steps 11 and 10: cleanup (always), then the report of what really remains."""
     bus = rt.bus
     # stop anything still running (a cancelled run): the task group already did; be sure

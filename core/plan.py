@@ -189,7 +189,7 @@ class _Checker:
     def number(self, data: dict[str, Any], key: str, label: str, default: float, integer: bool) -> float:
         if key not in data:
             return default
-        value = data[key]
+        value: float = data[key]
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
             kind = "an integer" if integer else "a number"

@@ -118,7 +118,7 @@ class Child:
     pidfd, so no thread sits in ``waitpid`` per child. Where pidfds are missing (not Linux, or an old
     kernel) a worker thread waits instead."""
 
-    def __init__(self, popen: subprocess.Popen, reaped: bool = False) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], reaped: bool = False) -> None:
         self._popen = popen
         self.pid = popen.pid
         #: a reaper leads the group: it ends the command's descendants itself, given time to
@@ -183,7 +183,7 @@ class Child:
                     child.close()
                     code = int(error)
                     raise OSError(code, os.strerror(code), argv[0])
-            return child
+        return child
 
     @property
     def returncode(self) -> int | None:
@@ -379,7 +379,7 @@ class Supervised:
         *,
         cwd: str | Path,
         env: dict[str, str] | None = None,
-        on_lines: Callable[[list[str]], None] | None = None,
+        on_lines: Callable[[list[str]], object] | None = None,
         log_path: Path | None = None,
         timeout: float = 0,
         grace: float = DEFAULT_GRACE,
@@ -467,7 +467,7 @@ class Supervised:
         code = proc.returncode
         return ProcResult(code, reason, time.monotonic() - start)
 
-    async def _pump(self, proc: Child, log, done: anyio.Event) -> None:
+    async def _pump(self, proc: Child, log: _LogFile | None, done: anyio.Event) -> None:
         buf = b""
         emit = self.on_lines
         limit = self.max_line

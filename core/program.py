@@ -218,7 +218,7 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
     assert isinstance(rt, ProgramRuntime)
     rt.input, rt.program = input, program
     outcome = ProgramOutcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
-    seen: dict[str, list] = {"lands": [], "artifacts": [], "logs": []}
+    seen: dict[str, list[Any]] = {"lands": [], "artifacts": [], "logs": []}
 
     def collect(ev: Any) -> None:
         if isinstance(ev, Landed):
@@ -282,7 +282,7 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
     return outcome
 
 
-async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, keep_worktrees: bool,
+async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict[str, list[Any]], keep_worktrees: bool,
                   cancelled: bool) -> None:
     bus = rt.bus
     stop_unfinished(rt, cancelled)
@@ -340,7 +340,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_plain))
 
 
-def render_program_report(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict, kept: list[str]) -> str:
+def render_program_report(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict[str, list[Any]], kept: list[str]) -> str:
     tasks = list(rt.tasks.values())
     counts: dict[str, int] = {}
     for t in tasks:
@@ -393,7 +393,7 @@ def pipeline_program(plan: Any) -> Program:
     from .pipeline import _exit_code, _steps
 
     async def run(input: Any, rt: Runtime) -> dict[str, Any]:
-        state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "",
+        state: dict[str, Any] = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "",
                  "cancelled": False, "error": ""}
         for t in plan.tasks:
             rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
@@ -406,7 +406,7 @@ def pipeline_program(plan: Any) -> Program:
                 "verify_ok": state["verify_ok"], "exit_code": _exit_code(rt, state)}
 
     module = types.ModuleType("corral_plan_pipeline")
-    module.run = run
+    setattr(module, "run", run)
     return Program(Path(plan.source or "plan"), run, module)
 
 

@@ -9,12 +9,13 @@ bus and call the control methods (:meth:`Runtime.abort`, :meth:`Runtime.abort_al
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -223,9 +224,10 @@ class Workspaces:
                 self._say_notices()
 
     async def remove(self, ws: Workspace | str, keep_branch: bool = True) -> None:
-        ws = self.live.get(ws, None) if isinstance(ws, str) else ws
-        if ws is None:
+        found = self.live.get(ws) if isinstance(ws, str) else ws
+        if found is None:
             return
+        ws = found
         with anyio.CancelScope(shield=True):
             async with self._lock(ws):
                 try:
@@ -238,7 +240,7 @@ class Workspaces:
     def list(self) -> list[Workspace]:
         return list(self.live.values())
 
-    async def forecast(self, heads: dict[str, str] | list[Any] | None = None) -> Forecast:
+    async def forecast(self, heads: dict[str, str] | builtins.list[Any] | None = None) -> Forecast:
         """Predicted conflicts between ``heads`` (a dict name -> commit, or a list of workspaces,
         workspace or branch names; default: every live workspace) and with base."""
         rt = self._rt
@@ -275,7 +277,8 @@ class Workspaces:
         raise TypeError(f"merge: expected a workspace, a workspace or branch name, or (name, commit), "
                         f"not {type(item).__name__}")
 
-    async def merge(self, heads: list[Any], strategy: str = "merge") -> tuple[Workspace, list[MergeOutcome]]:
+    async def merge(self, heads: builtins.list[Any], strategy: str = "merge"
+                    ) -> tuple[Workspace, builtins.list[MergeOutcome]]:
         """Merge ``heads`` (workspaces, workspace or branch names, or ``(name, commit)`` pairs) in order
         into a new integration workspace at base; a conflicting one is left out (its outcome says
         which files) and the others still merge. Returns the integration workspace and the outcomes."""
@@ -334,7 +337,7 @@ class Workspaces:
         self.landed[integration.task] = integration.head
         self._rt.journal.update(landed=True)
 
-    async def wind_up(self) -> tuple[list[str], list[str]]:
+    async def wind_up(self) -> tuple[builtins.list[str], builtins.list[str]]:
         """The end of a run: remove every workspace still alive, its work committed onto its branch
         first (a workspace whose changes cannot be committed stays where it is), then delete this
         run's branches that hold no work of their own (merged, landed, or never changed). Shielded:
@@ -355,9 +358,10 @@ class Workspaces:
             async with anyio.create_task_group() as tg:
                 for ws in list(self.live.values()):
                     tg.start_soon(remove_one, ws)
-            return await self.sweep_refs(), left
+            kept = await self.sweep_refs()
+        return kept, left
 
-    async def sweep_refs(self) -> list[str]:
+    async def sweep_refs(self) -> builtins.list[str]:
         """Delete the refs of this run's workspaces that hold no work of their own; return the others
         (a ref holding commits made in a workspace beside the task's own work is always kept)."""
         rt, backend = self._rt, self._rt.backend
@@ -782,5 +786,3 @@ class Runtime:
         self.bus.log("info", f"approval {'given' if answer else 'refused'}: {question}")
         return answer
 
-
-AsyncFn = Callable[..., Awaitable[Any]]

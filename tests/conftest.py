@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +27,105 @@ os.environ.update({
 FAKES = Path(__file__).parent / "fakes"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_watchdog() -> None:
+    """An engine run in this process starts one watchdog for the process's whole life: started
+    before any test marks its processes, it is not taken for something a test left running."""
+    from corral.core.watchdog import Watchdog
+
+    Watchdog.get()
+
+
+#: the environment variable that marks every process a test starts (inherited through setsid,
+#: double forks and corral's reapers), so what a test leaves running can be found
+TEST_MARK = "CORRAL_TEST_MARK"
+
+
 @pytest.fixture(autouse=True)
-def private_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def private_tmpdir(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test (and every ``corral`` it starts) gets a temp dir of its own under pytest's, so
     workspaces made in the default place and ``corral demo``'s scratch repositories never pile up in
-    the system temp dir."""
+    the system temp dir. The suite leaves nothing behind: a test fails (an error at its teardown)
+    when, once it is over, anything is left in that temp dir, any repository under its ``tmp_path``
+    still registers a worktree, a jj workspace or a corral workspace record, or a process it started
+    still runs (those are killed)."""
     import tempfile
 
     path = tmp_path_factory.mktemp("tmp")
+    mark = uuid.uuid4().hex
     monkeypatch.setenv("TMPDIR", str(path))
+    monkeypatch.setenv(TEST_MARK, mark)
     monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
+    yield path
+    left = [f"process {pid}: {cmd}" for pid, cmd in _stop_marked_processes(mark).items()]
+    left += [f"in the temp dir: {p}" for p in sorted(path.iterdir())]
+    left += [f"registered: {w}" for w in _registered_workspaces(tmp_path)]
+    if left:
+        pytest.fail("the test left things behind:\n  " + "\n  ".join(left), pytrace=False)
+
+
+def _marked_processes(mark: str) -> dict[int, str]:
+    """Live (not zombie) processes whose environment carries ``mark``: pid -> command line."""
+    needle = f"{TEST_MARK}={mark}".encode()
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                found[int(entry.name)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return found
+
+
+def _stop_marked_processes(mark: str, wait: float = 15) -> dict[int, str]:
+    """The test's processes still running once they had ``wait`` seconds to end (a watchdog
+    ends what a SIGKILLed corral left after its grace period); they are killed, so they cannot
+    disturb the tests after."""
+    deadline = time.monotonic() + wait
+    while (left := _marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _registered_workspaces(root: Path) -> list[str]:
+    """Worktrees (git), workspaces (jj) and corral workspace records that the repositories under
+    ``root`` still register."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        gitdirs = [here / ".git"] if ".git" in dirnames else []
+        if "HEAD" in filenames and "objects" in dirnames:  # a bare repository, or jj's backing store
+            gitdirs.append(here)
+        for gitdir in gitdirs:
+            found += [str(p) for p in sorted((gitdir / "worktrees").glob("*"))]
+            found += [str(p) for p in sorted((gitdir / "corral" / "workspaces").glob("*.json"))]
+        if ".jj" in dirnames and (here / ".jj" / "repo").is_dir():
+            found += [str(p) for p in sorted((here / ".jj" / "corral" / "workspaces").glob("*.json"))]
+            found += [f"jj workspace {name} of {here}" for name in _jj_workspaces(here) if name != "default"]
+        dirnames[:] = [d for d in dirnames if d not in (".git", ".jj", "node_modules")]
+    return found
+
+
+def _jj_workspaces(repo: Path) -> list[str]:
+    if shutil.which("jj") is None:
+        return []
+    res = subprocess.run(["jj", "workspace", "list", "--ignore-working-copy", "--color", "never",
+                          "-T", 'name ++ "\\n"', "-R", str(repo)], capture_output=True, text=True)
+    return res.stdout.split() if res.returncode == 0 else []
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:

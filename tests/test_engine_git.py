@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,13 +190,24 @@ def test_base_not_checked_out_moves_by_compare_and_swap(repo, tmp_path, wt_root)
 
 
 def test_max_parallel_bounds_running_agents(repo, tmp_path, wt_root):
+    """Counted through the run's own events, not a time window: a task holds a slot from its
+    workspace's creation to its end, and with the limit broken every task takes one before the first
+    can finish (making a workspace waits on git)."""
     marker = tmp_path / "running"
     marker.mkdir()
-    script = (f"touch {marker}/$CORRAL_TASK; sleep 0.3; ls {marker} | wc -l > count.txt; "
-              f"rm {marker}/$CORRAL_TASK")
+    script = f"touch {marker}/$CORRAL_TASK; ls {marker} | wc -l > count.txt; rm {marker}/$CORRAL_TASK"
     res = run_plan(repo, tmp_path, wt_root, [(f"t{i}", script) for i in range(4)], "--approve", "none",
-                   "--max-parallel", "1")
+                   "--max-parallel", "1", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
+    holding: set[str] = set()
+    most = 0
+    for event in map(json.loads, res.stdout.splitlines()):
+        if event["type"] == "task_status" and event["status"] in ("creating", "setup", "running"):
+            holding.add(event["task"])
+        elif event["type"] in ("task_status", "task_finished"):
+            holding.discard(event["task"])
+        most = max(most, len(holding))
+    assert most == 1
     for i in range(4):
         branch = [b for b in corral_state(repo)["branches"] if b.endswith(f"/t{i}")][0]
         assert git(repo, "show", f"{branch}:count.txt").strip() == "1"
@@ -352,6 +364,7 @@ def test_demo_headless_shows_every_step():
     repo = Path(out.splitlines()[0].split("scratch repository ")[1])
     assert (repo / "calc" / "mul.py").exists() and (repo / "docs" / "guide.md").exists()
     assert corral_state(repo)["worktrees"] == []
+    shutil.rmtree(repo)  # the scratch repository is the user's to look at: the test removes it
 
 
 def test_keep_worktrees_leaves_them_for_the_user_and_clean_removes_them_later(repo, tmp_path, wt_root):

@@ -81,16 +81,23 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
 
 
 def test_second_ctrl_c_during_cleanup_does_not_half_remove(repo, tmp_path, wt_root):
-    script = "trap 'sleep 1; exit 1' TERM; echo work > wip.txt; echo started; sleep 300 & wait"
+    # on TERM the agents hold the cleanup until the test has sent its Ctrl-Cs (at most the grace
+    # period: KILL comes after it)
+    release = tmp_path / "release"
+    script = (f"trap 'while [ ! -e {release} ]; do sleep 0.02; done; exit 1' TERM; echo work > wip.txt; "
+              f"echo started; sleep 300 & wait")
     plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [(f"t{i}", script) for i in range(3)]))
     proc = start_run(repo, plan, "--approve", "all")
     wait_for(proc, "started", 3)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    out = wait_for(proc, "stopping agents and cleaning up", 1)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    out += wait_for(proc, "cleanup in progress", 1)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out += wait_for(proc, "cleanup in progress", 1)
+    release.touch()
+    rest, _ = proc.communicate(timeout=30)
+    out += rest
     assert proc.returncode == 130, out
     assert "cleanup in progress" in out
     state = corral_state(repo)
@@ -218,12 +225,23 @@ def test_workspaces_are_private_fresh_dirs(repo, tmp_path, wt_root):
 
 
 def test_preplanted_symlinks_in_the_worktree_root_are_not_followed(repo, tmp_path, wt_root):
+    """Workspace names are random, so a planted name is never guessed right by chance: the real
+    corral runs with its name generator made predictable, and the first 50 names it tries are
+    planted symlinks to a victim directory. It must skip them all, never write through one."""
     target = tmp_path / "victim"
     target.mkdir()
-    for i in range(50):  # plant a lot of plausible names
-        (wt_root / f"corral-a-{i:08d}").symlink_to(target)
-    res = run_plan(repo, tmp_path, wt_root, [("a", "echo 1 > one.txt")], "--approve", "all")
-    assert res.returncode == 0, res.stdout
+    for i in range(50):
+        (wt_root / f"corral-a-{i:012x}").symlink_to(target)
+    probe = tmp_path / "pwd.txt"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", f"pwd > {probe}; echo 1 > one.txt")]))
+    predictable = ("import itertools, sys; from corral.core.vcs import registry; from corral.tui.cli import main; "
+                   "n = itertools.count(); registry.candidate_name = lambda prefix: f'{prefix}{next(n):012x}'; "
+                   "sys.argv[0] = 'corral'; main()")
+    res = subprocess.run([sys.executable, "-c", predictable, "run", str(plan), "--headless", "--approve", "all"],
+                         cwd=repo, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert probe.read_text().strip() == str(wt_root / f"corral-a-{50:012x}")  # the first name not planted
+    assert git(repo, "show", "main:one.txt") == "1"
     assert list(target.iterdir()) == []
     assert all(p.is_symlink() for p in wt_root.iterdir())
 

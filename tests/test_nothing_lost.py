@@ -81,6 +81,7 @@ def test_clean_never_touches_the_users_checkout_on_a_corral_branch(repo, tmp_pat
     assert (repo / ".git").is_dir() and (repo / "README.md").exists() and (repo / "wip.txt").exists()
     assert (mine / "precious.txt").read_text() == "mine\n"
     assert str(mine) in git(repo, "worktree", "list")
+    git(repo, "worktree", "remove", "--force", "--force", str(mine))  # the test's own, made above
 
 
 def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
@@ -292,6 +293,8 @@ def test_edits_inside_a_submodule_are_never_reported_as_merged(tmp_path, wt_root
     [ws] = list(wt_root.iterdir())
     assert (ws / "lib" / "new.txt").read_text() == "edit\n"
     git(repo, "worktree", "remove", "--force", "--force", str(ws))
+    res = corral("clean", cwd=repo)  # removed by hand: clean forgets its record, keeps its branch
+    assert res.returncode == 0 and f"removed workspace {ws}" in res.stdout, res.stdout + res.stderr
 
 
 # --------------------------------------------------------------------------------- workspaces on demand

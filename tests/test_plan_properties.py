@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 from hypothesis import HealthCheck, given, settings
@@ -19,15 +20,28 @@ def toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
+def documented_name(name: str) -> bool:
+    """The README's rule: 1-40 of [A-Za-z0-9._-], no '..', no leading '-' or '.'."""
+    return (re.fullmatch(r"[A-Za-z0-9._-]{1,40}", name) is not None and ".." not in name
+            and name[0] not in "-.")
+
+
+def git_accepts(name: str) -> bool:
+    """git accepts ``corral/<run>/<name>`` as a branch name (no argument can hold a NUL)."""
+    ref = f"refs/heads/corral/20260101-000000-abcd/{name}"
+    return "\0" not in name and subprocess.run(["git", "check-ref-format", ref]).returncode == 0
+
+
 @given(names)
 def test_task_names_are_accepted_only_when_git_accepts_the_branch(name):
     problem = task_name_problem(name)
     if problem is None:
         assert 1 <= len(name) <= 40
-        res = subprocess.run(["git", "check-ref-format", f"refs/heads/corral/20260101-000000-abcd/{name}"])
-        assert res.returncode == 0, name
+        assert git_accepts(name), name
     else:
-        assert isinstance(problem, str) and problem
+        # refused only for a reason: the documented rule, or git's own refusal of the branch name
+        assert not documented_name(name) or not git_accepts(name), (name, problem)
+        assert isinstance(problem, str) and problem and "\n" not in problem
 
 
 plan_values = st.fixed_dictionaries(

@@ -21,19 +21,36 @@ from corral.core.procs import Supervised
 
 
 def _alive_with(marker: str) -> list[int]:
-    """Pids of live (not zombie) processes whose command line contains ``marker``."""
+    """Pids of live (not zombie) processes whose environment holds ``marker`` (see :func:`_marked`):
+    unlike a command line, it survives ``exec`` (a ``sh -c`` that is bash execs its last command) and
+    is inherited by every child and grandchild."""
+    needle = f"CORRAL_TEST_PROBE={marker}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if marker.encode() in cmdline and state != "Z":
+        if needle in environ and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def _marked(marker: str) -> dict[str, str]:
+    """An environment that marks every process started with it for :func:`_alive_with`."""
+    return {**os.environ, "CORRAL_TEST_PROBE": marker}
+
+
+def _until_none_alive_with(marker: str, timeout: float = 10) -> list[int]:
+    """Wait until no process carries ``marker`` (a KILLed process dies when the kernel gets to it,
+    and ``kill_group`` waits for the group's leader only); what is still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (alive := _alive_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
 
 
 def test_agents_run_niced_in_a_session_of_their_own(tmp_path: Path) -> None:
@@ -90,26 +107,25 @@ def test_a_child_started_while_its_caller_is_cancelled_is_still_stopped(tmp_path
         for _ in range(10):
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(Supervised(["sh", "-c", f"sleep 30 # {marker}"], cwd=tmp_path, grace=0.5).run)
+                    tg.start_soon(Supervised(["sh", "-c", "sleep 30"], cwd=tmp_path, env=_marked(marker),
+                                             grace=0.5).run)
                     await anyio.sleep(0)
                     await anyio.sleep(0)  # the spawn is under way in its thread
                     scope.cancel()
 
     anyio.run(main)
-    deadline = time.monotonic() + 5
-    while _alive_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _alive_with(marker) == []
+    assert _until_none_alive_with(marker) == []
 
 
 def test_stop_while_the_exit_is_awaited_twice(tmp_path: Path) -> None:
     """An agent that ignores TERM, stopped: the run's own wait and the stop's wait both end when the
     group is killed after the grace period, and its grandchild dies with it."""
     marker = f"corral-test-{uuid.uuid4().hex}"
-    script = f"trap '' TERM; sleep 30 & sleep 30 # {marker}\n"
+    grandchild = tmp_path / "grandchild.pid"
+    script = f"trap '' TERM; sleep 30 & echo $! > {grandchild}; sleep 30\n"
 
     async def main() -> None:
-        proc = Supervised(["sh", "-c", script], cwd=tmp_path, grace=0.3)
+        proc = Supervised(["sh", "-c", script], cwd=tmp_path, env=_marked(marker), grace=0.3)
         async with anyio.create_task_group() as tg:
             result = {}
 
@@ -117,15 +133,16 @@ def test_stop_while_the_exit_is_awaited_twice(tmp_path: Path) -> None:
                 result["r"] = await proc.run()
 
             tg.start_soon(run)
-            while not proc.running:
+            while not (grandchild.exists() and grandchild.read_text().strip()):
                 await anyio.sleep(0.01)
-            await anyio.sleep(0.2)
             proc.stop("aborted")
         assert result["r"].reason == "aborted"
         assert result["r"].exit_code is not None
 
     anyio.run(main)
-    assert _alive_with(marker) == []
+    left = _until_none_alive_with(marker)
+    assert int(grandchild.read_text()) not in left, "the grandchild outlived the stop"
+    assert left == []
 
 
 def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
@@ -139,14 +156,14 @@ def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
         result = await Supervised(["sh", "-c", script], cwd=tmp_path, log_path=log).run()
         assert result.exit_code == 0
         with pytest.raises(BaseException) as info:
-            await Supervised(["sh", "-c", f"yes {marker} # {marker}"], cwd=tmp_path, grace=0.5,
+            await Supervised(["sh", "-c", "yes"], cwd=tmp_path, env=_marked(marker), grace=0.5,
                              log_path=Path("/dev/full")).run()
         errors = info.value.exceptions if isinstance(info.value, BaseExceptionGroup) else [info.value]
         assert any(isinstance(e, OSError) and e.errno == 28 for e in errors), errors
 
     anyio.run(main)
     assert log.read_text() == "".join(f"line {i}\n" for i in range(3000)) + "tail"
-    assert _alive_with(marker) == []
+    assert _until_none_alive_with(marker) == []
 
 
 def test_children_get_their_cwd_as_pwd_and_an_environment_otherwise_untouched(tmp_path: Path) -> None:

@@ -228,6 +228,24 @@ def test_quit_after_cancel_answer_keeps_running(repo: Path, wt_root: Path) -> No
     assert corral_state(repo)["worktrees"] == []
 
 
+def test_output_flushed_while_the_dashboard_runs_reaches_textual(repo: Path, wt_root: Path) -> None:
+    """While the app runs, Textual stands in for stdout and stderr and calls ``App._flush(stderr=...)``
+    on every flush (a library's ``print(..., flush=True)``): the dashboard's own flush of its panes
+    once had that name, and every such flush raised TypeError."""
+    import sys
+
+    async def main() -> None:
+        prep = await prepare(shell_plan({"solo": "echo hello"}, wt_root), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            print("a library's progress line", flush=True)
+            print("and a warning", file=sys.stderr, flush=True)
+            await pilot.press("q")
+
+    run(main())
+
+
 def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
     async def main() -> None:
         plan = shell_plan({"left": TICKER.format(name="left"), "right": TICKER.format(name="right")}, wt_root)

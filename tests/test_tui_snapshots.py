@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.text import Text
+from textual.widgets import Static
 
 import tui_scenes
 from conftest import make_repo
@@ -66,15 +68,10 @@ def test_review_screen_with_conflict(snap_compare) -> None:
     assert snap_compare(run_app(), terminal_size=SIZE, run_before=review)
 
 
-HOME = Path("/tmp/corral-snapshot-home")
-
-
-def _home_repo() -> Path:
-    """A repository at a fixed path with two runs in its journal (fixed ids and times)."""
-    if HOME.exists():
-        shutil.rmtree(HOME)
-    make_repo(HOME)
-    runs = HOME / ".git" / "corral" / "runs"
+def _home_repo(parent: Path) -> Path:
+    """A repository in ``parent`` with two runs in its journal (fixed ids and times)."""
+    repo = make_repo(parent / "corral-snapshot-home")
+    runs = repo / ".git" / "corral" / "runs"
     for run, state, started, landed, statuses in [
         ("20270114-171500-9f3e", "completed", 1_799_946_900.0, True, ["merged", "merged", "rejected"]),
         ("20270115-083000-c0de", "failed", 1_800_001_800.0, True, ["merged", "failed", "conflict", "merged"]),
@@ -84,7 +81,7 @@ def _home_repo() -> Path:
         data = {"run": run, "state": state, "started": started, "landed": landed, "pid": 1,
                 "tasks": {f"t{i}": {"status": s} for i, s in enumerate(statuses)}}
         (d / "run.json").write_text(json.dumps(data))
-    return HOME
+    return repo
 
 
 def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
@@ -96,7 +93,7 @@ def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
     for tool in ("git", "sh"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     monkeypatch.setenv("PATH", str(bin_dir))
-    repo = _home_repo()
+    repo = _home_repo(tmp_path)
     app = CorralApp(home_repo=str(repo), notifications=False)
 
     async def loaded(pilot) -> None:
@@ -108,11 +105,16 @@ def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
                 break
             await pilot.pause(0.05)
         await pilot.wait_for_scheduled_animations()
+        # the title names the repository by its path, which differs from run to run: checked here,
+        # then shown as one fixed path for the image
+        title = pilot.app.screen.query_one("#home-title", Static)
+        assert str(title.render()) == f" corral   {repo}  (git)"
+        title.update(Text.assemble((" corral ", "bold reverse"), "  ", ("/tmp/corral-snapshot-home", "bold"),
+                                   ("  (git)", "dim")))
         await pilot.pause(0.3)
 
     try:
         assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
     finally:
-        shutil.rmtree(HOME, ignore_errors=True)
         monkeypatch.undo()
         time.tzset()

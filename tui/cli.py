@@ -351,8 +351,8 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
         table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
                       (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-", r["command"]))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    for line in table:
+        print("  ".join(c.ljust(w) for c, w in zip(line[:4], widths)) + "  " + line[4])
     if any(r["origin"] != "built-in" for r in rows):
         print(f"(* defined or overridden in {plan_path})")
     for r in rows:

@@ -134,7 +134,7 @@ class CorralApp(App[int]):
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
-        self.set_interval(FLUSH_INTERVAL, self._flush, name="flush")
+        self.set_interval(FLUSH_INTERVAL, self._flush_panes, name="flush")
         if self.handle_signals:
             import asyncio
 
@@ -226,7 +226,7 @@ class CorralApp(App[int]):
             self._pipeline_running = False
             self._close_modals()
             self._pipeline_done.set()
-            self._flush()
+            self._flush_panes()
 
     def _on_runtime(self, rt: "Runtime") -> None:
         self.rt = rt
@@ -244,7 +244,7 @@ class CorralApp(App[int]):
         if self.bell_on_finish and severity in ("error", "warning"):
             self.bell()
 
-    def _flush(self) -> None:
+    def _flush_panes(self) -> None:
         screen = self.run_screen
         if screen is None or not screen.is_mounted:
             return
@@ -487,8 +487,11 @@ class CorralApp(App[int]):
                         + ", ".join(pending[:6]) + (" ..." if len(pending) > 6 else "") + "\n")
         if info.status in ("pending", "creating", "setup", "running"):
             body.append("\nThe agent is stopped first.", style="dim")
-        self.push_screen(ConfirmScreen(f"Discard {name}?", body, yes="Discard", no="Keep"),
-                         lambda yes: self._discard(name) if yes else None)
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._discard(name)
+
+        self.push_screen(ConfirmScreen(f"Discard {name}?", body, yes="Discard", no="Keep"), answered)
 
     @work(group="discard", exit_on_error=False)
     async def _discard(self, name: str) -> None:
@@ -508,8 +511,9 @@ class CorralApp(App[int]):
         if name is None:
             return None
         path: Path | None = None
-        if self.rt is not None and name in self.rt.tasks and self.rt.tasks[name].workspace is not None:
-            path = Path(self.rt.tasks[name].workspace.path)
+        ws = self.rt.tasks[name].workspace if self.rt is not None and name in self.rt.tasks else None
+        if ws is not None:
+            path = Path(ws.path)
         elif self.model.tasks.get(name) and self.model.tasks[name].workspace:
             path = Path(self.model.tasks[name].workspace)
         if path is None or not path.is_dir():

@@ -48,7 +48,7 @@ class HomeScreen(Screen):
         Binding("q", "app.quit_run", "Quit", id="home.quit"),
     ]
 
-    def __init__(self, repo: str, clock_format: str | None = None) -> None:
+    def __init__(self, repo: str) -> None:
         super().__init__()
         self.repo = repo
         self.backend: Any = None
@@ -155,8 +155,11 @@ class HomeScreen(Screen):
             body.append(f"  {lo.path}  ({lo.ref})\n")
         if len(stale) > 12:
             body.append(f"  ... and {len(stale) - 12} more\n")
-        self.app.push_screen(ConfirmScreen("Clean up leftovers?", body, yes="Clean up", no="Cancel"),
-                             lambda yes: self._clean() if yes else None)
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._clean()
+
+        self.app.push_screen(ConfirmScreen("Clean up leftovers?", body, yes="Clean up", no="Cancel"), answered)
 
     @work(exclusive=True, group="home-clean", exit_on_error=False)
     async def _clean(self) -> None:

@@ -280,8 +280,12 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
             body.append(f"Not decided yet, so rejected: {', '.join(undecided)}.\n")
         body.append("\nRejected work stays on its branch.", style="dim")
         title = "Merge the approved tasks?" if approved else "Reject every task?"
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.dismiss(decisions)
+
         self.app.push_screen(ConfirmScreen(title, body, yes="Go on", no="Back to review", danger=not approved),
-                             lambda yes: self.dismiss(decisions) if yes else None)
+                             answered)
 
     def action_back(self) -> None:
         self.dismiss(None)

@@ -72,7 +72,7 @@ class Workspace:
     #: files an agent left in conflict, committed with their markers (the task's work is not fit to merge)
     conflicted: list[str] = field(default_factory=list)
     #: the backend's memo of its last snapshot of this workspace (what it read, what it found)
-    memo: tuple | None = field(default=None, repr=False, compare=False)
+    memo: tuple[tuple[object, ...], Snapshot] | None = field(default=None, repr=False, compare=False)
     #: pathspecs (from the workspace root) of the agents' own state files (``.aider*``): new files
     #: there are never committed, changes to files the repository tracks still are
     exclude: list[str] = field(default_factory=list)
@@ -239,7 +239,7 @@ async def run_forecast(base_tip: str, heads: dict[str, str], base_commits: dict[
     return fc
 
 
-async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator) -> None:
+async def _in_pool(fn: Callable[..., Awaitable[None]], items: Iterator[object]) -> None:
     """``fn(item)`` for every item, :data:`FORECAST_WORKERS` at a time, taken from one iterator."""
     async def worker() -> None:
         for item in items:
@@ -382,6 +382,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
         """Move ``base`` from ``old`` to ``new``, only if it is still at ``old``."""
+
+    @abc.abstractmethod
+    def land_hint(self, base: str, ref: str) -> str:
+        """What to do with the kept result ``ref`` after :meth:`land` refused (what works depends on
+        why it refused)."""
 
     @abc.abstractmethod
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:

@@ -443,9 +443,9 @@ class GitBackend(Backend):
         snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
         return snap
 
-    def _signature(self, ws: Workspace) -> tuple:
+    def _signature(self, ws: Workspace) -> tuple[object, ...]:
         """The state of everything :meth:`_collect` reads (HEAD, the reflogs, the branch), cheaply."""
-        def stat(p: Path) -> tuple:
+        def stat(p: Path) -> tuple[int, ...]:
             try:
                 st = p.stat()
             except OSError:

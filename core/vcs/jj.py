@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import subprocess
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import anyio
 import anyio.to_thread
@@ -1200,7 +1200,7 @@ class JjBackend(Backend):
         """Workspaces an older corral made before the registry existed: a ``corral-<run>-<task>``
         workspace recorded as that task's workspace in run's journal (both must agree)."""
         registered = {rec.name for rec in self.registry.records()}
-        known: dict[str, tuple[str, str, dict]] = {}
+        known: dict[str, tuple[str, str, dict[str, Any]]] = {}
         runs_dir = self.state_dir / "runs"
         if runs_dir.is_dir():
             for d in runs_dir.iterdir():
@@ -1268,8 +1268,6 @@ class JjBackend(Backend):
                             "--no-graph", "-T", 'commit_id ++ "\\n"', check=False)
         return not res.ok or bool(res.lines())
 
-    async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
-        return {n: t or "" for n, t in (await self.bookmarks(f"glob:{prefix}*")).items()}
 
 
 def _refused_files(err: str) -> list[str]:

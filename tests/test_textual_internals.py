@@ -1,0 +1,82 @@
+"""The private Textual names the dashboard relies on exist, and it uses no others by accident.
+
+Textual's minor version is pinned in pyproject.toml because of these: a private name can change in
+any release. When the pin moves, this test says what to look at."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import io
+import pkgutil
+import re
+
+import corral.tui
+from textual.app import App
+from textual.drivers._writer_thread import WriterThread
+from textual.drivers.linux_driver import LinuxDriver
+from textual.screen import Screen
+from textual.widgets import Log
+
+#: (class of corral's, private name of its Textual base) that it overrides or sets on purpose
+INTENDED = {
+    ("QuietLog", "_update_size"),  # measures line widths inline instead of in a thread worker
+    ("RunScreen", "_watch_maximized"),  # zoom without restyling the whole screen
+    ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
+}
+
+
+def params(fn: object) -> list[str]:
+    return list(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+
+
+def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
+    # QuietLog (tui/widgets.py) overrides Log._update_size and calls the two helpers it used
+    assert params(Log._update_size) == ["self", "updates", "lines"]
+    assert params(Log._update_maximum_width) == ["self", "updates", "size"]
+    assert params(Log._process_line) == ["line"]
+    # RunScreen (tui/run_screen.py) replaces the watcher of Screen.maximized
+    assert params(Screen._watch_maximized) == ["self", "previously_maximized", "maximized"]
+    assert "maximized" in Screen._reactives
+    # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's
+    # writer thread and that thread's queue; and it reaches the loop through App._loop
+    app = App()
+    assert app._driver is None and app._loop is None
+
+    async def driver() -> LinuxDriver:
+        return LinuxDriver(app)
+
+    assert asyncio.run(driver())._writer_thread is None
+    assert WriterThread(io.StringIO())._queue.maxsize > 0
+
+
+def test_no_class_of_the_dashboard_reuses_a_private_textual_name_by_accident() -> None:
+    """CorralApp once had a ``_flush`` of its own: Textual calls ``App._flush(stderr=...)`` whenever
+    something flushes stdout while the app runs, and got a TypeError."""
+    found = set()
+    for info in pkgutil.iter_modules(corral.tui.__path__):
+        module = importlib.import_module(f"corral.tui.{info.name}")
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+                continue
+            textual_bases = [b for b in cls.__mro__[1:] if b.__module__.split(".")[0] == "textual"]
+            if not textual_bases:
+                continue
+            source = inspect.getsource(cls)
+            names = set(re.findall(r"^\s+(?:async )?def (_[a-z]\w*)", source, re.M))
+            names |= set(re.findall(r"self\.(_[a-z]\w*)\s*(?::[^=\n]*)?=[^=]", source))
+            names |= set(re.findall(r"^    (_[a-z]\w*)\s*(?::[^=\n]*)?=", source, re.M))
+            base_instance_names = _instance_names(textual_bases[0])
+            for name in names:
+                if any(name in vars(b) for b in textual_bases) or name in base_instance_names:
+                    found.add((cls.__name__, name))
+    assert found == INTENDED
+
+
+def _instance_names(base: type) -> set[str]:
+    """The attributes a bare instance of a Textual class sets in its ``__init__``."""
+    try:
+        return set(vars(base()))
+    except Exception:  # a class that needs arguments: its class attributes are checked anyway
+        return set()
