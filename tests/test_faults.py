@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import signal
-import stat
 import subprocess
 import sys
 import time

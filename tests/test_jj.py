@@ -724,6 +724,11 @@ def test_file_over_the_snapshot_size_limit_keeps_the_workspace(plain: Path, tmp_
     assert run_json(plain)["tasks"]["big"]["status"] == "failed"
     assert file_at(plain, f"corral/{run_id_of(plain)}/big", "small.txt") == "small\n"
     assert file_at(plain, "main", "small.txt") is None
+    # once the big file is gone, clean removes the workspace it kept
+    (ws / "big.bin").unlink()
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0 and "removed workspace" in res.stdout, res.stdout + res.stderr
+    assert state(plain)["workspaces"] == [] and not ws.exists()
 
 
 def test_default_base_of_a_merge_working_copy_is_said(plain: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ and recovers from kills at any step. Each test reproduces a way work was lost be
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -3,7 +3,6 @@ stopped (the engine tests drive it through whole runs; these pin down its own pr
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal

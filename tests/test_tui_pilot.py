@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import corral_state, git
 from corral.core.pipeline import prepare

@@ -6,13 +6,10 @@ Review a failing snapshot's report, then accept with ``pytest tests/test_tui_sna
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from rich.text import Text
 from textual.widgets import Static
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from corral.core.events import (
     EventBus,
-    ForecastEvent,
     LogEvent,
     PhaseChanged,
     RunStarted,
