@@ -353,6 +353,10 @@ def test_clean_never_acts_on_a_record_whose_branch_is_not_corrals(repo, tmp_path
     res = corral("clean", cwd=repo)
     assert "left alone" in res.stdout and "not one of corral's" in res.stdout, res.stdout
     assert git(repo, "rev-parse", "main") == before
+    for p in (repo / ".git" / "corral" / "workspaces").iterdir():  # the forgery goes, by hand
+        p.unlink()
+    for p in wt_root.iterdir():
+        p.rmdir()
 
 
 def test_clean_after_a_crash_never_commits_an_agents_own_state_files(repo, tmp_path, wt_root):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -56,6 +57,11 @@ def test_an_agent_that_reinitialises_its_workspace_keeps_it(repo, tmp_path, wt_r
     [branch] = corral_state(repo)["branches"]  # what it committed before is on its branch
     assert git(repo, "show", f"{branch}:committed.txt") == "kept"
     assert git(repo, "rev-parse", "main") == git(repo, "rev-list", "--max-parents=0", "main")
+    # the user drops the agent's repository: clean puts corral's worktree back and keeps everything
+    shutil.rmtree(left / ".git")
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0 and "removed workspace" in res.stdout, res.stdout + res.stderr
+    assert git(repo, "show", f"{branch}:wip.txt") == "wip" and not left.exists()
 
 
 def test_an_index_git_cannot_read_never_passes_for_no_changes(repo, tmp_path, wt_root):
