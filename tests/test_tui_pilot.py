@@ -304,3 +304,42 @@ def test_runner_program_asks_through_the_dashboard(repo: Path) -> None:
         assert app.return_value == 0
 
     run(main())
+
+
+def test_review_waits_for_an_open_question_and_never_takes_its_keys(repo: Path, wt_root: Path,
+                                                                   tmp_path: Path) -> None:
+    """``q`` mid-run, the agents finish under the quit question: the review must not open on top of
+    it (``n`` there would reject a task, ``y`` approve one); the question says the run went on."""
+    gate = tmp_path / "gate"
+    task = f"echo work > work.txt; while [ ! -e {gate} ]; do sleep 0.05; done; echo done"
+
+    async def main() -> None:
+        prep = await prepare(shell_plan({"solo": task}, wt_root, approve="ask"), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.tasks.get("solo") and app.model.tasks["solo"].status == "running",
+                        what="running")
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="quit question")
+            question = app.screen
+            assert "1 task(s) still running" in str(question.body)
+            gate.touch()
+            await until(pilot, lambda: app.review_pending, what="review ready")
+            await pilot.pause(0.3)
+            assert app.screen is question, "nothing opens over an open question"
+            assert "still running" not in str(question.body), "the question says what is true now"
+            assert "review is ready" in str(question.body)
+            await pilot.press("n")  # Keep running: meant for the question, not for the review
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review after the answer")
+            assert app.screen.decisions == {}, "the answer to the question decided nothing in the review"
+            assert app.pipeline_running
+            await pilot.press("y", "m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert app.model.tasks["solo"].status == "merged"
+            await pilot.press("q")
+        assert app.return_value == 0
+
+    run(main())
+    assert corral_state(repo)["worktrees"] == []

@@ -24,6 +24,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import ModalScreen
 
 from corral.core.events import EventBus
 from corral.core.report import fmt_duration
@@ -127,6 +128,9 @@ class CorralApp(App[int]):
         self._review_items: tuple[list["TaskInfo"], "Forecast"] | None = None
         self._review_screen: "ReviewScreen | None" = None
         self._modals: list[Any] = []
+        #: screens that wanted to open while a modal was up: they open, in order, once it is answered
+        self._waiting: list[Callable[[], None]] = []
+        self._quit_dialog: ConfirmScreen | None = None
         self._stopping = False
         #: set when SIGHUP said the terminal went away
         self.terminal_lost = False
@@ -134,6 +138,7 @@ class CorralApp(App[int]):
     # ----------------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
         self.set_interval(FLUSH_INTERVAL, self._flush, name="flush")
+        self.screen_change_signal.subscribe(self, self._on_screen_change)
         if self.handle_signals:
             import asyncio
 
@@ -254,6 +259,9 @@ class CorralApp(App[int]):
                 screen.flush()
             except NoMatches:  # the app is shutting down and its widgets are going away
                 pass
+        dialog = self._quit_dialog
+        if dialog is not None and dialog.is_attached:
+            dialog.update_body(self._quit_body())  # the run goes on under the question
 
     def get_system_commands(self, screen: Any) -> Iterable[SystemCommand]:
         """The screen's keys in the command palette too (only those that can act now)."""
@@ -272,6 +280,30 @@ class CorralApp(App[int]):
             yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
                                 partial(screen.run_action, action))
 
+    # --------------------------------------------------------------------------------- modals
+    @property
+    def modal_open(self) -> bool:
+        """Whether a question (or the command palette) is on top: its keys are its own."""
+        return isinstance(self.screen, ModalScreen)
+
+    def open_when_free(self, opener: Callable[[], None]) -> None:
+        """Run ``opener`` (which pushes a screen) now, or once the open modal is answered: a screen
+        that opened over a question would take the keys meant for it (``y`` on "Stop and quit"
+        approving a task in the review that just opened on top)."""
+        if self.modal_open or self._waiting:
+            self._waiting.append(opener)
+        else:
+            opener()
+
+    def _on_screen_change(self, screen: Any) -> None:
+        if self._waiting and not self.modal_open:
+            # after the dismissed modal's callback, which may push or pop a screen itself
+            self.call_later(self._open_waiting)
+
+    def _open_waiting(self) -> None:
+        while self._waiting and not self.modal_open and not self._stopping:
+            self._waiting.pop(0)()  # a screen that has nothing to show any more pushes nothing
+
     # ------------------------------------------------------------------------------- quitting
     async def action_quit(self) -> None:
         await self.action_quit_run()
@@ -284,16 +316,30 @@ class CorralApp(App[int]):
         if not self._pipeline_running:
             self.exit(self.exit_code)
             return
+        if self._quit_dialog is not None:
+            return  # asked already (on screen, or waiting for the question on top to be answered)
+        dialog = ConfirmScreen("Quit corral?", self._quit_body(), yes="Stop and quit", no="Keep running")
+        self._quit_dialog = dialog
+        if self.modal_open:
+            self.notify("answer this question first; then corral asks about quitting", severity="warning")
+        self.open_when_free(partial(self.push_screen, dialog, self._quit_answer))
+
+    def _quit_body(self) -> Text:
         running = sum(1 for t in self.model.tasks.values() if not t.finished)
         body = Text()
+        if not self._pipeline_running:
+            body.append("The run has finished: quitting only closes the dashboard.")
+            return body
         if running:
             body.append(f"{running} task(s) still running. ", style="bold")
         body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
                     "removes every workspace and keeps the branches that hold unmerged work.")
-        self.push_screen(ConfirmScreen("Quit corral?", body, yes="Stop and quit", no="Keep running"),
-                         self._quit_answer)
+        if self._review is not None:
+            body.append("\n\nThe review is ready: it opens when you keep running.", style="bold")
+        return body
 
     def _quit_answer(self, yes: bool | None) -> None:
+        self._quit_dialog = None
         if yes:
             self.stop_and_exit()
 
@@ -365,7 +411,9 @@ class CorralApp(App[int]):
         try:
             self.open_review()
             if self.notifications:
-                self.notify("review ready: y approve, n reject, m merge the approved ones", title="review")
+                self.notify("review ready: y approve, n reject, m merge the approved ones"
+                            + (" (it opens when you answer the question)" if self.modal_open else ""),
+                            title="review")
             if self.bell_on_finish:
                 self.bell()  # a person is needed now
             await pending.event.wait()
@@ -379,6 +427,14 @@ class CorralApp(App[int]):
                 self.pop_screen()  # the run was cancelled while the review was open
 
     def open_review(self) -> None:
+        """Open the review now, or once the open question is answered."""
+        if self.modal_open:
+            if self._push_review not in self._waiting:
+                self._waiting.append(self._push_review)
+            return
+        self._push_review()
+
+    def _push_review(self) -> None:
         from .review_screen import ReviewItem, ReviewScreen
 
         if self._review is None or self._review_items is None:
@@ -428,7 +484,8 @@ class CorralApp(App[int]):
             pending.result = bool(answer)
             pending.event.set()
 
-        self.push_screen(screen, done)
+        opener = partial(self.push_screen, screen, done)
+        self.open_when_free(opener)
         if self.bell_on_finish:
             self.bell()
         try:
@@ -437,6 +494,8 @@ class CorralApp(App[int]):
         finally:
             if screen in self._modals:
                 self._modals.remove(screen)
+            if opener in self._waiting:
+                self._waiting.remove(opener)  # the run was cancelled before the question could open
             if not pending.event.is_set() and self.screen is screen:
                 self.pop_screen()  # the run was cancelled while the question was open
 
