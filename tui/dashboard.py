@@ -634,6 +634,11 @@ async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
                 except OSError:
                     pass
                 os.tcsetpgrp(tty, proc.pid)
+                # the child runs before it has the terminal: a shell that finds itself in a background
+                # group stops itself with SIGTTIN (1 shell in 4 with two agents flooding output). It
+                # has the terminal now, so nothing can stop it again; SIGCONT wakes it if it stopped
+                # (and drops a stop still pending)
+                os.killpg(proc.pid, signal.SIGCONT)
             except OSError:
                 pass
         return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
