@@ -33,6 +33,7 @@ from .dialogs import ConfirmScreen
 from .model import RunModel
 
 if TYPE_CHECKING:
+    from corral.core.events import VerifyResult
     from corral.core.pipeline import Outcome, Prepared
     from corral.core.runtime import Runtime, TaskInfo
     from corral.core.vcs.base import Forecast
@@ -47,6 +48,22 @@ Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
 FLUSH_INTERVAL = 1 / 12
 
 
+LAND_TITLE = "Land the merge?"
+
+
+def land_body(result: "VerifyResult | None", message: str, base_name: str) -> Text:
+    """What the land question says: the verify result, what lands, and the compare-and-swap."""
+    body = Text()
+    if result is not None:
+        body.append(f"verify {'PASSED' if result.ok else 'FAILED'}", style="bold green" if result.ok else "bold red")
+        body.append(f": {result.command} (exit {result.exit_code}, {fmt_duration(result.duration)})\n\n")
+    else:
+        body.append("no verify command configured\n\n", style="dim")
+    body.append(message)
+    body.append(f"\n\n{base_name} moves to the merge result only if it did not move meanwhile.", style="dim")
+    return body
+
+
 class DashboardApprover:
     """The person at the dashboard decides: the review screen, and modal confirmations."""
 
@@ -57,16 +74,8 @@ class DashboardApprover:
         return await self.app.request_review(candidates, forecast)
 
     async def confirm_land(self, rt: "Runtime", message: str) -> bool:
-        body = Text()
-        result = self.app.model.verify_result
-        if result is not None:
-            body.append(f"verify {'PASSED' if result.ok else 'FAILED'}", style="bold green" if result.ok else "bold red")
-            body.append(f": {result.command} (exit {result.exit_code}, {fmt_duration(result.duration)})\n\n")
-        else:
-            body.append("no verify command configured\n\n", style="dim")
-        body.append(message)
-        body.append(f"\n\n{rt.base_name} moves to the merge result only if it did not move meanwhile.", style="dim")
-        return await self.app.request_confirm("Land the merge?", body, yes="Land", no="Keep branch", danger=False)
+        body = land_body(self.app.model.verify_result, message, rt.base_name)
+        return await self.app.request_confirm(LAND_TITLE, body, yes="Land", no="Keep branch", danger=False)
 
     async def ask(self, rt: "Runtime", question: str, default: bool) -> bool:
         return await self.app.request_confirm("Approval asked", question, danger=False)

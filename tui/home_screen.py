@@ -12,9 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Label, Select, Static, TextArea
+from textual.widgets import Button, DataTable, Label, Select, Static, TextArea
 
 from .dialogs import ConfirmScreen
+from .widgets import FitFooter
 
 if TYPE_CHECKING:
     from .dashboard import CorralApp
@@ -86,7 +87,7 @@ class HomeScreen(Screen):
                     yield Select(options, value=default, allow_blank=False, id="home-agent")
                     yield Button(Text("Start run [ctrl+r]"), id="home-start", variant="success")
                 yield Static("", id="home-error")
-        yield Footer()
+        yield FitFooter()
 
     def on_mount(self) -> None:
         runs = self.query_one("#home-runs", DataTable)
