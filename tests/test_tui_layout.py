@@ -136,3 +136,27 @@ def test_every_screen_fills_220x60() -> None:
 
     for name, check in [("run", panes_fill), ("done", panes_fill), ("review", diff_fills)]:
         scene(name, (220, 60), check)
+
+
+def test_arrow_keys_move_as_the_eye_expects() -> None:
+    """Five panes in three columns: add-mul write-docs upgrade-build / greet-en greet-fr."""
+
+    async def check(app, pilot) -> None:
+        screen = app.run_screen
+        assert screen._columns == 3
+
+        async def at(name: str, *keys: str) -> str:
+            screen.panes[name].focus()
+            await pilot.pause()
+            await pilot.press(*keys)
+            return screen.focused_task
+
+        assert await at("upgrade-build", "down") == "greet-fr", "down to the nearest pane of a shorter row"
+        assert await at("upgrade-build", "right") == "upgrade-build", "right stops at the row's end"
+        assert await at("greet-en", "left") == "greet-en", "left stops at the row's start"
+        assert await at("greet-fr", "up") == "write-docs"
+        assert await at("add-mul", "right", "right") == "upgrade-build"
+        assert await at("greet-fr", "down") == "greet-fr"
+        assert await at("greet-fr", "tab") == "add-mul", "tab goes round"
+
+    scene("run", (160, 48), check)

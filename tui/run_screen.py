@@ -85,10 +85,10 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("tab", "focus_pane(1)", "Next pane", show=False, id="run.next"),
         Binding("shift+tab", "focus_pane(-1)", "Previous pane", show=False, id="run.prev"),
-        Binding("right", "focus_pane(1)", "Next pane", show=False),
-        Binding("left", "focus_pane(-1)", "Previous pane", show=False),
-        Binding("down", "focus_row(1)", "Pane below", show=False),
-        Binding("up", "focus_row(-1)", "Pane above", show=False),
+        Binding("right", "focus_side(1)", "Pane to the right", show=False, id="run.right"),
+        Binding("left", "focus_side(-1)", "Pane to the left", show=False, id="run.left"),
+        Binding("down", "focus_row(1)", "Pane below", show=False, id="run.down"),
+        Binding("up", "focus_row(-1)", "Pane above", show=False, id="run.up"),
         Binding("z,enter", "zoom", "Zoom", tooltip="Zoom the focused pane to full screen and back", id="run.zoom"),
         Binding("a", "abort", "Abort", tooltip="Stop the focused agent (TERM, then KILL)", id="run.abort"),
         Binding("A", "abort_all", "Abort all", tooltip="Stop every agent", id="run.abort_all"),
@@ -278,31 +278,50 @@ class RunScreen(Screen):
         pane = self.focused_pane
         return pane.task_name if pane else None
 
-    def _move(self, delta: int) -> None:
-        panes = list(self.panes.values())
-        if not panes:
-            return
-        cur = self.focused_pane
-        if cur is None or cur not in panes:
-            target = panes[0] if delta > 0 else panes[-1]
-        else:
-            idx = panes.index(cur) + delta
-            if abs(delta) == 1:
-                idx %= len(panes)
-            elif not 0 <= idx < len(panes):
-                return
-            target = panes[idx]
+    def _go(self, target: TaskPane) -> None:
         if self.maximized is not None:
             self.minimize()
             self.maximize(target)
         target.focus()
         target.scroll_visible()
 
+    def _current(self, panes: list[TaskPane]) -> int | None:
+        cur = self.focused_pane
+        return panes.index(cur) if cur is not None and cur in panes else None
+
     def action_focus_pane(self, delta: int) -> None:
-        self._move(delta)
+        """Tab order: the next (or previous) pane, round the end to the start."""
+        panes = list(self.panes.values())
+        if not panes:
+            return
+        idx = self._current(panes)
+        self._go(panes[0 if delta > 0 else -1] if idx is None else panes[(idx + delta) % len(panes)])
+
+    def action_focus_side(self, delta: int) -> None:
+        """The pane beside the focused one in its row; none past the row's end (no wrap to the next row)."""
+        panes = list(self.panes.values())
+        idx = self._current(panes)
+        if idx is None:
+            self.action_focus_pane(delta)
+            return
+        columns = max(self._columns, 1)
+        col = idx % columns + delta
+        if 0 <= col < columns and idx + delta < len(panes):
+            self._go(panes[idx + delta])
 
     def action_focus_row(self, delta: int) -> None:
-        self._move(delta * max(self._columns, 1))
+        """The pane above or below: the one in the same column, or the nearest one when that row
+        is shorter (the last row of a grid that is not full)."""
+        panes = list(self.panes.values())
+        idx = self._current(panes)
+        if idx is None:
+            self.action_focus_pane(delta)
+            return
+        columns = max(self._columns, 1)
+        row = idx // columns + delta
+        if row < 0 or row * columns >= len(panes):
+            return
+        self._go(panes[min(row * columns + idx % columns, len(panes) - 1)])
 
     # ------------------------------------------------------------------------------ actions
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
