@@ -37,6 +37,13 @@ async def until(pilot, predicate, timeout: float = 20.0, what: str = "condition"
         await pilot.pause(0.05)
 
 
+async def abort_all(pilot) -> None:
+    """``A``, and yes to its question."""
+    await pilot.press("A")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), what="abort-all question")
+    await pilot.press("y")
+
+
 def run(coro) -> None:
     asyncio.run(coro)
 
@@ -91,7 +98,7 @@ def test_panes_output_and_abort_focused(repo: Path, wt_root: Path) -> None:
             # the abort key is dimmed now that beta is done
             assert app.run_screen.check_action("abort", ()) is None
 
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert {n: app.model.tasks[n].status for n in names} == dict.fromkeys(names, "aborted")
             assert app.exit_code == 1
@@ -134,7 +141,7 @@ def test_discard_after_confirm_removes_worktree(repo: Path, wt_root: Path) -> No
             await pilot.pause(0.2)
             assert badge(app, "drop") == "DISCARDED"
 
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -220,7 +227,7 @@ def test_quit_after_cancel_answer_keeps_running(repo: Path, wt_root: Path) -> No
             await pilot.pause(0.2)
             assert isinstance(app.screen, RunScreen)
             assert app.pipeline_running and app.model.tasks["solo"].status == "running"
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -255,7 +262,7 @@ def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
             assert not events.collapsed
             await pilot.pause(0.3)
             assert any("right: running" in line for line in screen.query_one("#event-log").lines)
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -340,6 +347,47 @@ def test_review_waits_for_an_open_question_and_never_takes_its_keys(repo: Path, 
             assert app.model.tasks["solo"].status == "merged"
             await pilot.press("q")
         assert app.return_value == 0
+
+    run(main())
+    assert corral_state(repo)["worktrees"] == []
+
+
+def test_abort_all_and_abort_of_a_writer_ask_first(repo: Path, wt_root: Path) -> None:
+    """``A`` ends the run and ``a`` on an agent that has written files loses its chance to finish:
+    both ask, with focus on keeping it running; ``a`` on an agent that wrote nothing just aborts."""
+    tasks = {"writer": "echo draft > draft.txt; " + TICKER.format(name="writer"),
+             "reader": TICKER.format(name="reader"), "idle": TICKER.format(name="idle")}
+
+    async def main() -> None:
+        prep = await prepare(shell_plan(tasks, wt_root), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: all(any("tick 2" in l for l in pane_lines(app, n)) for n in tasks),
+                        what="all running")
+            await pilot.press("A")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="abort-all question")
+            assert app.screen.focused.id == "no", "focus on the safe choice"
+            await pilot.press("enter")  # the focused button: keep running
+            await pilot.pause(0.3)
+            assert all(app.model.tasks[n].status == "running" for n in tasks)
+
+            app.run_screen.panes["writer"].focus()
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="abort question")
+            assert "draft.txt" in str(app.screen.body)
+            await pilot.press("escape")
+            await pilot.pause(0.3)
+            assert app.model.tasks["writer"].status == "running"
+
+            app.run_screen.panes["reader"].focus()
+            await pilot.press("a")
+            await until(pilot, lambda: app.model.tasks["reader"].status == "aborted", what="reader aborted")
+            assert not isinstance(app.screen, ConfirmScreen)
+
+            await abort_all(pilot)
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert {n: app.model.tasks[n].status for n in tasks} == dict.fromkeys(tasks, "aborted")
+            await pilot.press("q")
 
     run(main())
     assert corral_state(repo)["worktrees"] == []

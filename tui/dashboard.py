@@ -509,6 +509,25 @@ class CorralApp(App[int]):
                 self.pop_screen()  # the run was cancelled while the question was open
 
     # ------------------------------------------------------------------------------- controls
+    @work(group="abort", exit_on_error=False)
+    async def confirm_abort(self, name: str) -> None:
+        """Stop one agent; ask first when it has written files (its work so far stays on its branch,
+        but the agent will not finish it)."""
+        rt = self.rt
+        if rt is None or name not in rt.tasks:
+            return
+        ws = rt.tasks[name].workspace
+        written = await rt.backend.pending_changes(ws) if ws is not None else []
+        if not written:
+            self.abort_task(name)
+            return
+        body = Text()
+        body.append(f"{name}'s agent has written {len(written)} file(s): ", style="bold")
+        body.append(", ".join(written[:6]) + (" ..." if len(written) > 6 else "") + ".\n\n")
+        body.append("Stopping it (TERM, then KILL) leaves that work half done; it is kept on its branch.")
+        self.push_screen(ConfirmScreen(f"Abort {name}?", body, yes="Abort", no="Keep running"),
+                         lambda yes: self.abort_task(name) if yes else None)
+
     def abort_task(self, name: str) -> None:
         if self.rt is None:
             return
@@ -516,6 +535,17 @@ class CorralApp(App[int]):
             self.notify(f"aborting {name}: TERM now, KILL after {self.grace:g}s", title=name)
         else:
             self.notify(f"{name} is not running", severity="warning")
+
+    def confirm_abort_all(self) -> None:
+        """``A`` ends the run: ask first (focus on keeping it)."""
+        running = [t.name for t in self.model.tasks.values() if not t.finished]
+        if self.rt is None or not running:
+            return
+        body = Text()
+        body.append(f"Stop every agent: {', '.join(running)}.\n\n", style="bold")
+        body.append("Work done so far stays on each task's branch; the run goes on to review what finished.")
+        self.push_screen(ConfirmScreen("Abort all agents?", body, yes="Abort all", no="Keep running"),
+                         lambda yes: self.abort_all() if yes else None)
 
     def abort_all(self) -> None:
         if self.rt is None:

@@ -373,10 +373,10 @@ class RunScreen(Screen):
     def action_abort(self) -> None:
         name = self.focused_task
         if name:
-            self.corral.abort_task(name)
+            self.corral.confirm_abort(name)
 
     def action_abort_all(self) -> None:
-        self.corral.abort_all()
+        self.corral.confirm_abort_all()
 
     def action_discard(self) -> None:
         name = self.focused_task
