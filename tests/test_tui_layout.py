@@ -160,3 +160,14 @@ def test_arrow_keys_move_as_the_eye_expects() -> None:
         assert await at("greet-fr", "tab") == "add-mul", "tab goes round"
 
     scene("run", (160, 48), check)
+
+
+def test_command_palette_has_one_entry_per_action() -> None:
+    async def check(app, pilot) -> None:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert len(titles) == len(set(titles)), titles
+        assert "Zoom [z]" in titles and "Maximize" not in titles, "z zooms: Textual's Maximize beside it is a twin"
+        assert [t for t in titles if t.startswith("Quit")] == ["Quit [q]"], titles
+        assert not any(t.startswith(("Next pane", "Pane ")) for t in titles), "moving focus is not a command"
+
+    scene("run", (160, 48), check)

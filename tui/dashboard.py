@@ -272,19 +272,27 @@ class CorralApp(App[int]):
         if dialog is not None and dialog.is_attached:
             dialog.update_body(self._quit_body())  # the run goes on under the question
 
+    #: Textual's palette commands that corral's keys replace (q quits after asking; z zooms a pane)
+    REPLACED_COMMANDS = frozenset({"Quit", "Maximize", "Minimize"})
+
     def get_system_commands(self, screen: Any) -> Iterable[SystemCommand]:
-        """The screen's keys in the command palette too (only those that can act now)."""
-        yield from super().get_system_commands(screen)
+        """One palette entry per action: the screen's keys that can act now (moving focus between
+        panes is not a command), and Textual's own except those corral's keys replace."""
+        for command in super().get_system_commands(screen):
+            if command.title not in self.REPLACED_COMMANDS:
+                yield command
         seen: set[str] = set()
         for binding in getattr(screen, "BINDINGS", []):
-            if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+            if not isinstance(binding, Binding) or not binding.description:
+                continue
+            if not (binding.show or binding.tooltip) or binding.description in seen:
                 continue
             action = binding.action
             name = action.split("(", 1)[0].removeprefix("app.")
             target = self if action.startswith("app.") else screen
             if target.check_action(name, ()) is not True:
                 continue
-            seen.add(action)
+            seen.add(binding.description)
             key = binding.key.split(",")[0]
             yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
                                 partial(screen.run_action, action))

@@ -56,7 +56,8 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
     BINDINGS = [
         Binding("y", "decide(True)", "Approve", tooltip="Approve the selected task", id="review.approve"),
         Binding("n", "decide(False)", "Reject", tooltip="Reject the selected task", id="review.reject"),
-        Binding("Y", "decide_all(True)", "Approve all", show=False, id="review.approve_all"),
+        Binding("Y", "decide_all(True)", "Approve all", show=False, tooltip="Approve every succeeded task",
+                id="review.approve_all"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
         Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
