@@ -97,3 +97,23 @@ def test_home_outside_a_repository_is_one_line_exit_2(tmp_path: Path) -> None:
     res = corral("--repo", str(tmp_path / "nowhere"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "corral:" in res.stderr
+
+
+def test_an_error_in_background_work_is_shown(repo: Path, tmp_path: Path) -> None:
+    """The repository goes away under the home screen; reloading fails in a worker: the person sees
+    it (a notification, and the event log), it does not vanish."""
+    import shutil
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            shutil.rmtree(repo)
+            await pilot.press("f5")
+            await until(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="an error shown")
+            [note] = [n for n in app._notifications if n.severity == "error"]
+            assert "load failed" in note.message, note.message
+            assert any("load failed" in line for line in app.model.log_pending), "and in the event log"
+            await pilot.press("q")
+
+    asyncio.run(main())

@@ -25,6 +25,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen
+from textual.worker import Worker, WorkerState
 
 from corral.core.events import EventBus
 from corral.core.report import fmt_duration
@@ -240,6 +241,16 @@ class CorralApp(App[int]):
             self._close_modals()
             self._pipeline_done.set()
             self._flush()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker is reported (the app's own, and the screens' forwarded by
+        ForwardsWorkerErrors): a notification and a line in the event log; nothing vanishes."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        name = event.worker.name or "background work"
+        self.bus.log("error", f"{name} failed: {error!r}")
+        self.notify(f"{name} failed: {error}", title="internal error", severity="error", timeout=10)
 
     def _on_runtime(self, rt: "Runtime") -> None:
         self.rt = rt

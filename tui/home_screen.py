@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Label, Select, Static, TextArea
 
 from .dialogs import ConfirmScreen
-from .widgets import FitFooter
+from .widgets import FitFooter, ForwardsWorkerErrors
 
 if TYPE_CHECKING:
     from .dashboard import CorralApp
@@ -35,7 +35,7 @@ def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
             str(len(tasks)), str(ok), str(bad), "yes" if r.get("landed") else "no")
 
 
-class HomeScreen(Screen):
+class HomeScreen(ForwardsWorkerErrors, Screen):
     """Runs of this repository, leftovers, and a form to start a run."""
 
     CSS_PATH = "home_screen.tcss"

@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Static
 
 from corral.core.vcs.base import Forecast
 
-from .widgets import FitFooter
+from .widgets import FitFooter, ForwardsWorkerErrors
 
 #: Longest diff shown, in lines; the rest is one `git diff` away.
 MAX_DIFF_LINES = 4000
@@ -48,7 +48,7 @@ class ReviewItem:
 DiffLoader = Callable[[str], Awaitable[str]]
 
 
-class ReviewScreen(Screen[dict[str, bool] | None]):
+class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
     """Approve or reject each succeeded task, then merge the approved ones."""
 
     CSS_PATH = "review_screen.tcss"

@@ -16,7 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Collapsible, Log, Static
 
 from .model import RunModel
-from .widgets import FitFooter, QuietLog, RunHeader, TaskPane
+from .widgets import FitFooter, ForwardsWorkerErrors, QuietLog, RunHeader, TaskPane
 
 if TYPE_CHECKING:
     from corral.core.events import RunFinished
@@ -76,7 +76,7 @@ class PanesScroll(VerticalScroll, can_focus=False):
     """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
 
 
-class RunScreen(Screen):
+class RunScreen(ForwardsWorkerErrors, Screen):
     """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
 
     CSS_PATH = "run_screen.tcss"

@@ -9,11 +9,23 @@ from textual.reactive import Reactive
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual import events
+from textual.worker import Worker, WorkerState
 from textual.widgets import Footer, Log, ProgressBar, Static
 
 from corral.core.report import fmt_cost, fmt_duration
 
 from .model import BADGE_WORDS, PANE_MAX_LINES, RunModel, TaskView
+
+
+class ForwardsWorkerErrors:
+    """For screens: a worker of theirs that raised goes to the app, whose one handler shows it
+    (Textual tells only the node that started the worker, and drops the error with
+    ``exit_on_error=False``)."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            event.stop()
+            self.app.post_message(Worker.StateChanged(event.worker, event.state))  # type: ignore[attr-defined]
 
 
 def fmt_elapsed(seconds: float | None, live: bool) -> str:
