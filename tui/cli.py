@@ -145,6 +145,15 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
                              max_parallel=getattr(args, "max_parallel", None),
                              approve=getattr(args, "approve", None))
 
+    keymap = None
+    if not headless:
+        from corral.tui.app import user_keymap
+        from corral.tui.keymap import KeymapError
+
+        try:
+            keymap = user_keymap()  # before preflight: a mistake in it starts nothing
+        except KeymapError as exc:
+            fail_usage(str(exc))
     try:
         prep = anyio.run(do_prepare)
     except UsageError as exc:
@@ -154,7 +163,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
         return run_headless(prep, json_mode=json_mode, keep_worktrees=keep, banner=banner)
     from corral.tui.app import run_dashboard
 
-    return run_dashboard(prep, keep_worktrees=keep)
+    return run_dashboard(prep, keep_worktrees=keep, keymap=keymap)
 
 
 def make_headless_approver(mode: str, bus):

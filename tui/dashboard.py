@@ -112,8 +112,11 @@ class CorralApp(App[int]):
         bell: bool = False,
         handle_signals: bool = False,
         grace: float = 3.0,
+        keymap: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        if keymap:
+            self.set_keymap(keymap)  # the person's keys (keymap.toml), by binding id
         self.prep = prep
         self.runner = runner
         self.keep_worktrees = keep_worktrees
