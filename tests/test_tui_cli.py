@@ -81,3 +81,21 @@ def test_a_wrong_keymap_is_one_line_exit_2(repo: Path, tmp_path: Path) -> None:
         assert "run.abort must be a string of keys" in str(exc)
     else:
         raise AssertionError("a number is not a key")
+
+
+def test_demo_removes_its_scratch_repository_and_says_why_it_exits_1(tmp_path: Path) -> None:
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir())  # the test's own (conftest): the demo makes its repository here
+    res = corral("demo", "--headless", "--delay", "0")
+    assert res.returncode == 1
+    first = res.stdout.splitlines()[0]
+    assert "corral demo: scratch repository " in first and "removed at exit; --keep keeps it" in first
+    assert "exit code 1 is by design" in res.stdout
+    assert "removed the scratch repository" in res.stdout
+    assert not list(scratch.glob("corral-demo-*")), "nothing left in the temp dir"
+
+    res = corral("demo", "--headless", "--delay", "0", "--keep")
+    [kept] = list(scratch.glob("corral-demo-*"))
+    assert f"the scratch repository is kept at {kept}" in res.stdout
+    assert (kept / "calc" / "greet.py").exists()
