@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import corral, corral_state, git, write_plan
 from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
-from corral.tui.home_screen import HomeScreen
+from corral.tui.home_screen import HomeScreen, ReportScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
 from test_engine_git import plan_text
@@ -64,9 +64,11 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False, grace=0.5)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.backend is not None,
-                        what="home loaded")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
             home = app.screen
+            assert app.focused is home.query_one("#home-tasks"), "typing starts in the form"
+            await pilot.press("c", "q")  # letters of a task name: no clean-up, no quit
+            assert home.query_one("#home-tasks").text == "cq" and not isinstance(app.screen, ConfirmScreen)
             home.query_one("#home-agent").value = "shell"
             home.query_one("#home-tasks").text = "bad name!=echo x"
             await pilot.press("ctrl+r")
@@ -85,6 +87,19 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
             await pilot.press("y")
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert app.model.tasks["hello"].status == "merged"
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and home.loaded > 1,
+                        what="back home after the run")
+            assert app.is_running and app.run_screen is None
+            assert home.runs and home.runs[0]["state"] == "completed", "the run just made is listed"
+            table = home.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ReportScreen), what="the run's report")
+            assert "hello" in app.screen.path.read_text()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is home, what="home again")
             await pilot.press("q")
         assert app.return_value == 0
 

@@ -345,7 +345,8 @@ class CorralApp(App[int]):
             self.notify("still cleaning up, please wait", severity="warning")
             return
         if not self._pipeline_running:
-            self.exit(self.exit_code)
+            if not self._back_home():
+                self.exit(self.exit_code)
             return
         if self._quit_dialog is not None:
             return  # asked already (on screen, or waiting for the question on top to be answered)
@@ -368,6 +369,25 @@ class CorralApp(App[int]):
         if self._review is not None:
             body.append("\n\nThe review is ready: it opens when you keep running.", style="bold")
         return body
+
+    def _back_home(self) -> bool:
+        """After a run started from the home screen: back to it, its lists reloaded, ready for the
+        next run (a fresh model: the old run's panes stay with the old run). False without one."""
+        from .home_screen import HomeScreen
+
+        homes = [s for s in self.screen_stack if isinstance(s, HomeScreen)]
+        if not homes or self.run_screen is None:
+            return False
+        while self.screen is not homes[-1]:
+            self.pop_screen()
+        self._unsubscribe()
+        self.model = RunModel()
+        self.model.on_notify = self._on_model_notify
+        self._unsubscribe = self.bus.subscribe(self.model)
+        self.run_screen = None
+        self.rt = self.outcome = self.prep = None
+        homes[-1].load()
+        return True
 
     def _quit_answer(self, yes: bool | None) -> None:
         self._quit_dialog = None
