@@ -99,3 +99,10 @@ def test_demo_removes_its_scratch_repository_and_says_why_it_exits_1(tmp_path: P
     [kept] = list(scratch.glob("corral-demo-*"))
     assert f"the scratch repository is kept at {kept}" in res.stdout
     assert (kept / "calc" / "greet.py").exists()
+
+
+def test_readme_names_every_binding_id() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "~/.config/corral/keymap.toml" in readme
+    missing = [bid for bid in binding_ids() if f"`{bid}`" not in readme]
+    assert not missing, f"README's keymap section lacks {missing}"

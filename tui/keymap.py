@@ -29,12 +29,12 @@ def binding_ids() -> dict[str, str]:
     from textual.binding import Binding
 
     from .dialogs import ConfirmScreen
-    from .home_screen import HomeScreen
+    from .home_screen import HomeScreen, ReportScreen
     from .review_screen import ReviewScreen
     from .run_screen import RunScreen
 
     ids = {}
-    for screen in (RunScreen, ReviewScreen, HomeScreen, ConfirmScreen):
+    for screen in (RunScreen, ReviewScreen, HomeScreen, ReportScreen, ConfirmScreen):
         for binding in screen.BINDINGS:
             if isinstance(binding, Binding) and binding.id:
                 ids[binding.id] = binding.description
