@@ -171,3 +171,18 @@ def test_command_palette_has_one_entry_per_action() -> None:
         assert not any(t.startswith(("Next pane", "Pane ")) for t in titles), "moving focus is not a command"
 
     scene("run", (160, 48), check)
+
+
+def test_review_keys_typed_ahead_decide_one_task_each() -> None:
+    """``y y n`` typed faster than the table moves its cursor: one decision per task, in order."""
+
+    async def check(app, pilot) -> None:
+        screen = ReviewScreen(tui_scenes.review_items(), tui_scenes.review_forecast(), tui_scenes.load_diff)
+        app.push_screen(screen)
+        await pilot.pause(0.3)
+        for approve in (True, True, False):  # three keys handled before any highlight message
+            screen.action_decide(approve)
+        await pilot.pause(0.2)
+        assert screen.decisions == {"add-mul": True, "write-docs": True, "greet-en": False}
+
+    scene("run", (160, 48), check)

@@ -275,11 +275,13 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
             return
         self.decisions[name] = approve
         self._refresh_row(name)
-        # move on to the next undecided task
+        # move on to the next undecided task, selected now: keys typed ahead of the table's
+        # highlight message (y y y) decide one task each, not the first one three times
         table = self.query_one("#review-tasks", DataTable)
         for other in self.order[self.order.index(name) + 1:]:
             if self.items[other].candidate and other not in self.decisions:
                 table.move_cursor(row=self.order.index(other))
+                self._select(other)
                 break
 
     def action_decide_all(self, approve: bool) -> None:
