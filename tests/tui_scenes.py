@@ -146,6 +146,34 @@ def feed_landed(bus: EventBus) -> None:
                   kept_branches=[f"corral/{RUN_ID}/greet-fr"], ts=T0 + 83))
 
 
+async def settle(screen, pause) -> None:
+    """Until the run screen's layout stops changing (two looks a flush apart agree)."""
+    def look():
+        box = screen.query_one("#verify-box")
+        return (screen._scroll.size, screen._row_height, box.display, box.collapsed, screen._scroll.scroll_y)
+
+    last = None
+    for _ in range(50):
+        await pause(0.1)
+        now = look()
+        if now == last:
+            return
+        last = now
+
+
+async def focus(screen, name: str, pause) -> None:
+    """Focus a pane and put it at the top of the grid's view: where focus scrolled from depends on
+    timing, so a snapshot would too."""
+    screen.panes[name].focus(scroll_visible=False)
+    for _ in range(100):
+        await pause(0.02)
+        if screen.focused_task == name:
+            break
+    await settle(screen, pause)
+    screen._scroll.scroll_to_widget(screen.panes[name], animate=False, top=True)
+    await settle(screen, pause)
+
+
 async def play(app, scene: str, pause) -> None:
     """Bring ``app`` (made with ``bus=``, ``clock=clock``) to ``scene``: run, zoom, review, land, done.
     ``pause(seconds)`` lets the app catch up (``pilot.pause``)."""
@@ -154,20 +182,23 @@ async def play(app, scene: str, pause) -> None:
 
     bus = app.bus
     feed_run(bus)
-    await pause(0.3)
-    app.run_screen.panes["greet-en"].focus()
-    await pause(0.1)
+    screen = app.run_screen
+    for _ in range(100):  # the panes are made and the first one focused by the app, at its pace
+        await pause(0.05)
+        if screen.focused_pane is not None:
+            break
+    await focus(screen, "write-docs" if scene == "zoom" else "greet-en", pause)
     if scene == "zoom":
-        app.run_screen.panes["write-docs"].focus()
-        await pause(0.1)
         app.run_screen.action_zoom()
     elif scene == "review":
-        screen = ReviewScreen(review_items(), review_forecast(), load_diff, {"add-mul": True, "write-docs": True})
-        app.push_screen(screen)
+        review = ReviewScreen(review_items(), review_forecast(), load_diff, {"add-mul": True, "write-docs": True})
+        app.push_screen(review)
         await pause(0.2)
-        screen.query_one("#review-tasks").move_cursor(row=3)  # greet-en, which conflicts with greet-fr
+        review.query_one("#review-tasks").move_cursor(row=3)  # greet-en, which conflicts with greet-fr
     elif scene in ("land", "done"):
         feed_verified(bus)
+        await settle(screen, pause)  # the verify pane comes (on a short screen it closes once passed)
+        await focus(screen, "greet-en", pause)
         if scene == "land":
             from corral.tui.dashboard import LAND_TITLE, land_body
 
