@@ -6,6 +6,7 @@ key (and line, where it can be found) and what is wrong. Parsing never touches t
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -13,7 +14,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .agents import BUILTIN, Profile, ProfileError, profile_from_table
 
@@ -157,6 +158,12 @@ def task_name_problem(name: object) -> str | None:
     return None
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'agent'?)`` when ``word`` is a near miss of one of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _line_of(text: str, key: str, occurrence: int = 0) -> int | None:
     """Best-effort line number of ``key = `` in TOML text (tomllib gives none for semantic errors)."""
     pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=", re.MULTILINE)
@@ -231,7 +238,7 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     c = _Checker(source, text)
     for key in data:
         if key not in TOP_KEYS:
-            raise c.fail(key, f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})", key)
+            raise c.fail(key, f"unknown key{did_you_mean(key, TOP_KEYS)} (allowed: {', '.join(sorted(TOP_KEYS))})", key)
 
     plan = Plan(tasks=[], source=source)
     plan.base = c.string(data, "base", "base", None)
@@ -267,6 +274,8 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
         except ProfileError as exc:
             raise PlanError(f"{source}: {exc}") from None
 
+    if "agent" in data and plan.agent not in plan.agents:
+        raise c.fail("agent", _unknown_agent(plan.agent, plan.agents), "agent")
     tasks = data.get("tasks")
     if tasks is None:
         raise c.fail("tasks", "the plan has no [[tasks]]", "name")
@@ -279,7 +288,8 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
             raise c.fail(label, "must be a table")
         for key in t:
             if key not in TASK_KEYS:
-                raise c.fail(f"{label}.{key}", f"unknown key (allowed: {', '.join(sorted(TASK_KEYS))})", key)
+                raise c.fail(f"{label}.{key}", f"unknown key{did_you_mean(key, TASK_KEYS)} "
+                             f"(allowed: {', '.join(sorted(TASK_KEYS))})", key)
         if "name" not in t:
             raise c.fail(label, "has no name", "prompt", i)
         name = t["name"]
@@ -306,21 +316,22 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
         if "\0" in spec.system_prompt:
             raise c.fail(f"{label}.system_prompt", "holds a NUL character", "system_prompt", i)
         if agent not in plan.agents:
-            raise c.fail(
-                f"{label}.agent",
-                f"unknown agent {agent!r} for task {name!r} (known: {', '.join(sorted(plan.agents))}; "
-                f"define it under [agents.{agent}])",
-                "agent",
-            )
+            raise c.fail(f"{label}.agent", _unknown_agent(agent, plan.agents, name), "agent")
         plan.tasks.append(spec)
     return plan
+
+
+def _unknown_agent(agent: str, known: Iterable[str], task: str = "") -> str:
+    return (f"unknown agent {agent!r}{' for task ' + repr(task) if task else ''}{did_you_mean(agent, known)} "
+            f"(known: {', '.join(sorted(known))}; define it under [agents.{agent}])")
 
 
 def adhoc_plan(task_args: list[str], agent: str = "claude") -> Plan:
     """A plan from ``--task NAME=PROMPT`` arguments."""
     plan = Plan(tasks=[], agent=agent, source="--task")
     if agent not in plan.agents:
-        raise PlanError(f"--agent: unknown agent {agent!r} (known: {', '.join(sorted(plan.agents))})")
+        raise PlanError(f"--agent: unknown agent {agent!r}{did_you_mean(agent, plan.agents)} "
+                        f"(known: {', '.join(sorted(plan.agents))})")
     seen: set[str] = set()
     for arg in task_args:
         name, sep, prompt = arg.partition("=")

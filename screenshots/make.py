@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +100,25 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
     return saved
 
 
+_SPAN = re.compile(r'<text ([^>]*?)x="([\d.]+)"([^>]*?)textLength="([\d.]+)"([^>]*)>((?:&#160;)+)([^<]*)</text>')
+
+
+def without_leading_spaces(svg: str) -> str:
+    """Each span's leading spaces moved into its position. rsvg-convert lays out a span's leading
+    no-break spaces after its text, so in the PNG the header read "...0a46base": the run id glued
+    to the next field (the terminal and the SVG in a browser were right)."""
+    def fix(m: re.Match) -> str:
+        before, x, middle, length, after, spaces, rest = m.groups()
+        if not rest:
+            return m.group(0)  # a span of spaces only: nothing to glue
+        cells = spaces.count("&#160;")
+        width = float(length) / (cells + len(html.unescape(rest)))
+        return (f'<text {before}x="{float(x) + cells * width:g}"{middle}textLength="{float(length) - cells * width:g}"'
+                f'{after}>{rest}</text>')
+
+    return _SPAN.sub(fix, svg)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parent))
@@ -115,7 +136,12 @@ def main() -> int:
         return 0
     for svg in saved:
         png = svg.with_suffix(".png")
-        subprocess.run(["rsvg-convert", "-z", "1", str(svg), "-o", str(png)], check=True, start_new_session=True)
+        fixed = svg.with_name(f".{svg.stem}.rsvg.svg")
+        fixed.write_text(without_leading_spaces(svg.read_text(encoding="utf-8")), encoding="utf-8")
+        try:
+            subprocess.run(["rsvg-convert", "-z", "1", str(fixed), "-o", str(png)], check=True, start_new_session=True)
+        finally:
+            fixed.unlink()
         print(f"saved {png}")
     return 0
 

@@ -355,7 +355,7 @@ def test_adhoc_tasks_and_runs_listing(repo, tmp_path):
 
 
 def test_demo_headless_shows_every_step():
-    res = corral("demo", "--headless", "--delay", "0")
+    res = corral("demo", "--headless", "--delay", "0", "--keep")
     assert res.returncode == 1, res.stdout + res.stderr  # one agent fails, one conflicts: by design
     out = res.stdout
     for expected in ["upgrade-build: failed (exit code 3)", "would conflict with greet-fr",

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import corral, corral_state, git, write_plan
 from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
-from corral.tui.home_screen import HomeScreen
+from corral.tui.home_screen import HomeScreen, ReportScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
 from test_engine_git import plan_text
@@ -64,9 +64,11 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False, grace=0.5)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.backend is not None,
-                        what="home loaded")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
             home = app.screen
+            assert app.focused is home.query_one("#home-tasks"), "typing starts in the form"
+            await pilot.press("c", "q")  # letters of a task name: no clean-up, no quit
+            assert home.query_one("#home-tasks").text == "cq" and not isinstance(app.screen, ConfirmScreen)
             home.query_one("#home-agent").value = "shell"
             home.query_one("#home-tasks").text = "bad name!=echo x"
             await pilot.press("ctrl+r")
@@ -86,6 +88,19 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert app.model.tasks["hello"].status == "merged"
             await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and home.loaded > 1,
+                        what="back home after the run")
+            assert app.is_running and app.run_screen is None
+            assert home.runs and home.runs[0]["state"] == "completed", "the run just made is listed"
+            table = home.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ReportScreen), what="the run's report")
+            assert "hello" in app.screen.path.read_text()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is home, what="home again")
+            await pilot.press("q")
         assert app.return_value == 0
 
     asyncio.run(main())
@@ -97,3 +112,23 @@ def test_home_outside_a_repository_is_one_line_exit_2(tmp_path: Path) -> None:
     res = corral("--repo", str(tmp_path / "nowhere"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "corral:" in res.stderr
+
+
+def test_an_error_in_background_work_is_shown(repo: Path, tmp_path: Path) -> None:
+    """The repository goes away under the home screen; reloading fails in a worker: the person sees
+    it (a notification, and the event log), it does not vanish."""
+    import shutil
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            shutil.rmtree(repo)
+            await pilot.press("f5")
+            await until(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="an error shown")
+            [note] = [n for n in app._notifications if n.severity == "error"]
+            assert "load failed" in note.message, note.message
+            assert any("load failed" in line for line in app.model.log_pending), "and in the event log"
+            await pilot.press("q")
+
+    asyncio.run(main())

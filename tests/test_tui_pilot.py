@@ -36,6 +36,13 @@ async def until(pilot, predicate, timeout: float = 20.0, what: str = "condition"
         await pilot.pause(0.05)
 
 
+async def abort_all(pilot) -> None:
+    """``A``, and yes to its question."""
+    await pilot.press("A")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), what="abort-all question")
+    await pilot.press("y")
+
+
 def run(coro) -> None:
     asyncio.run(coro)
 
@@ -90,7 +97,7 @@ def test_panes_output_and_abort_focused(repo: Path, wt_root: Path) -> None:
             # the abort key is dimmed now that beta is done
             assert app.run_screen.check_action("abort", ()) is None
 
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert {n: app.model.tasks[n].status for n in names} == dict.fromkeys(names, "aborted")
             assert app.exit_code == 1
@@ -133,7 +140,7 @@ def test_discard_after_confirm_removes_worktree(repo: Path, wt_root: Path) -> No
             await pilot.pause(0.2)
             assert badge(app, "drop") == "DISCARDED"
 
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -219,7 +226,7 @@ def test_quit_after_cancel_answer_keeps_running(repo: Path, wt_root: Path) -> No
             await pilot.pause(0.2)
             assert isinstance(app.screen, RunScreen)
             assert app.pipeline_running and app.model.tasks["solo"].status == "running"
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -272,7 +279,7 @@ def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
             assert not events.collapsed
             await pilot.pause(0.3)
             assert any("right: running" in line for line in screen.query_one("#event-log").lines)
-            await pilot.press("A")
+            await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
@@ -321,3 +328,83 @@ def test_runner_program_asks_through_the_dashboard(repo: Path) -> None:
         assert app.return_value == 0
 
     run(main())
+
+
+def test_review_waits_for_an_open_question_and_never_takes_its_keys(repo: Path, wt_root: Path,
+                                                                   tmp_path: Path) -> None:
+    """``q`` mid-run, the agents finish under the quit question: the review must not open on top of
+    it (``n`` there would reject a task, ``y`` approve one); the question says the run went on."""
+    gate = tmp_path / "gate"
+    task = f"echo work > work.txt; while [ ! -e {gate} ]; do sleep 0.05; done; echo done"
+
+    async def main() -> None:
+        prep = await prepare(shell_plan({"solo": task}, wt_root, approve="ask"), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.tasks.get("solo") and app.model.tasks["solo"].status == "running",
+                        what="running")
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="quit question")
+            question = app.screen
+            assert "1 task(s) still running" in str(question.body)
+            gate.touch()
+            await until(pilot, lambda: app.review_pending, what="review ready")
+            await pilot.pause(0.3)
+            assert app.screen is question, "nothing opens over an open question"
+            assert "still running" not in str(question.body), "the question says what is true now"
+            assert "review is ready" in str(question.body)
+            await pilot.press("n")  # Keep running: meant for the question, not for the review
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review after the answer")
+            assert app.screen.decisions == {}, "the answer to the question decided nothing in the review"
+            assert app.pipeline_running
+            await pilot.press("y", "m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert app.model.tasks["solo"].status == "merged"
+            await pilot.press("q")
+        assert app.return_value == 0
+
+    run(main())
+    assert corral_state(repo)["worktrees"] == []
+
+
+def test_abort_all_and_abort_of_a_writer_ask_first(repo: Path, wt_root: Path) -> None:
+    """``A`` ends the run and ``a`` on an agent that has written files loses its chance to finish:
+    both ask, with focus on keeping it running; ``a`` on an agent that wrote nothing just aborts."""
+    tasks = {"writer": "echo draft > draft.txt; " + TICKER.format(name="writer"),
+             "reader": TICKER.format(name="reader"), "idle": TICKER.format(name="idle")}
+
+    async def main() -> None:
+        prep = await prepare(shell_plan(tasks, wt_root), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: all(any("tick 2" in l for l in pane_lines(app, n)) for n in tasks),
+                        what="all running")
+            await pilot.press("A")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="abort-all question")
+            assert app.screen.focused.id == "no", "focus on the safe choice"
+            await pilot.press("enter")  # the focused button: keep running
+            await pilot.pause(0.3)
+            assert all(app.model.tasks[n].status == "running" for n in tasks)
+
+            app.run_screen.panes["writer"].focus()
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="abort question")
+            assert "draft.txt" in str(app.screen.body)
+            await pilot.press("escape")
+            await pilot.pause(0.3)
+            assert app.model.tasks["writer"].status == "running"
+
+            app.run_screen.panes["reader"].focus()
+            await pilot.press("a")
+            await until(pilot, lambda: app.model.tasks["reader"].status == "aborted", what="reader aborted")
+            assert not isinstance(app.screen, ConfirmScreen)
+
+            await abort_all(pilot)
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert {n: app.model.tasks[n].status for n in tasks} == dict.fromkeys(tasks, "aborted")
+            await pilot.press("q")
+
+    run(main())
+    assert corral_state(repo)["worktrees"] == []

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+
+import pytest
 from pathlib import Path
 
 from rich.text import Text
@@ -17,52 +19,25 @@ import tui_scenes
 from conftest import make_repo
 from corral.core.events import EventBus
 from corral.tui.dashboard import CorralApp
-from corral.tui.review_screen import ReviewScreen
 
-SIZE = (140, 40)
+#: the smallest terminal people use, the size the README's screenshots are taken at, a large one
+SIZES = {"80x24": (80, 24), "140x40": (140, 40), "220x60": (220, 60)}
 
 
 def run_app() -> CorralApp:
-    bus = EventBus(tui_scenes.RUN_ID)
-    app = CorralApp(bus=bus, clock=tui_scenes.clock, notifications=False)
-    app._scene_bus = bus  # type: ignore[attr-defined]
-    return app
+    return CorralApp(bus=EventBus(tui_scenes.RUN_ID), clock=tui_scenes.clock, notifications=False)
 
 
-async def _feed(pilot) -> None:
-    app = pilot.app
-    tui_scenes.feed_run(app._scene_bus)
-    await pilot.pause(0.3)
-    app.run_screen.panes["greet-en"].focus()
-    await pilot.pause(0.1)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("scene", ["run", "zoom", "review", "land", "done"])
+def test_dashboard(snap_compare, scene: str, size: str) -> None:
+    """The run screen mid-run, a zoomed pane, the review on a conflicting task, the land question
+    with the verify result, and the run screen after landing."""
 
+    async def play(pilot) -> None:
+        await tui_scenes.play(pilot.app, scene, pilot.pause)
 
-def test_run_screen(snap_compare) -> None:
-    assert snap_compare(run_app(), terminal_size=SIZE, run_before=_feed)
-
-
-def test_zoomed_pane(snap_compare) -> None:
-    async def zoom(pilot) -> None:
-        await _feed(pilot)
-        pilot.app.run_screen.panes["write-docs"].focus()
-        await pilot.pause()
-        await pilot.press("z")
-        await pilot.pause(0.2)
-
-    assert snap_compare(run_app(), terminal_size=SIZE, run_before=zoom)
-
-
-def test_review_screen_with_conflict(snap_compare) -> None:
-    async def review(pilot) -> None:
-        await _feed(pilot)
-        screen = ReviewScreen(tui_scenes.review_items(), tui_scenes.review_forecast(), tui_scenes.load_diff,
-                              {"add-mul": True, "write-docs": True})
-        pilot.app.push_screen(screen)
-        await pilot.pause(0.2)
-        await pilot.press("down", "down", "down")  # to greet-en, which conflicts with greet-fr
-        await pilot.pause(0.3)
-
-    assert snap_compare(run_app(), terminal_size=SIZE, run_before=review)
+    assert snap_compare(run_app(), terminal_size=SIZES[size], run_before=play)
 
 
 def _home_repo(parent: Path) -> Path:
@@ -81,7 +56,8 @@ def _home_repo(parent: Path) -> Path:
     return repo
 
 
-def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_home_screen(snap_compare, monkeypatch, tmp_path, size: str) -> None:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     # the agent list says which agents are installed: make that the same on every machine
@@ -111,7 +87,7 @@ def test_home_screen(snap_compare, monkeypatch, tmp_path) -> None:
         await pilot.pause(0.3)
 
     try:
-        assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
+        assert snap_compare(app, terminal_size=SIZES[size], run_before=loaded)
     finally:
         monkeypatch.undo()
         time.tzset()

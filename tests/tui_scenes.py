@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from corral.core.events import (
     EventBus,
+    Landed,
     LogEvent,
+    MergeEvent,
     PhaseChanged,
+    ReviewDecision,
+    RunFinished,
     RunStarted,
     TaskActivity,
     TaskFinished,
     TaskOutput,
     TaskStatus,
+    VerifyOutput,
+    VerifyResult,
 )
 from corral.core.vcs.base import Forecast
 from corral.tui.review_screen import ReviewItem
@@ -94,3 +100,110 @@ DIFFS = {
 
 async def load_diff(name: str) -> str:
     return DIFFS.get(name, f"diff --git a/{name} b/{name}\n")
+
+
+VERIFY_CMD = "python -m unittest discover -s tests -q"
+
+
+def feed_verified(bus: EventBus) -> None:
+    """After :func:`feed_run`: every agent done, three approved and merged, verify passed."""
+    e = bus.emit
+    e(TaskFinished(task="write-docs", status="succeeded", exit_code=0, duration=52.25, files=["docs/guide.md"],
+                   added=12, removed=0, commit="def", ts=T0 + 57))
+    e(TaskStatus(task="write-docs", status="succeeded", ts=T0 + 57))
+    e(TaskFinished(task="greet-en", status="succeeded", exit_code=0, duration=39.5, files=["calc/greet.py"],
+                   added=1, removed=1, commit="123", ts=T0 + 48))
+    e(TaskStatus(task="greet-en", status="succeeded", ts=T0 + 48))
+    e(TaskStatus(task="greet-fr", status="creating", ts=T0 + 46))
+    e(TaskStatus(task="greet-fr", status="running", ts=T0 + 47))
+    e(TaskOutput(task="greet-fr", lines=["Changing the greeting to bonjour", "sed -i calc/greet.py"], ts=T0 + 50))
+    e(TaskFinished(task="greet-fr", status="succeeded", exit_code=0, duration=21.0, files=["calc/greet.py"],
+                   added=1, removed=1, commit="456", ts=T0 + 68))
+    e(TaskStatus(task="greet-fr", status="succeeded", ts=T0 + 68))
+    e(PhaseChanged(phase="merging", ts=T0 + 75))
+    for name, ok in [("add-mul", True), ("write-docs", True), ("greet-en", True), ("greet-fr", False)]:
+        e(ReviewDecision(task=name, approved=ok, ts=T0 + 75))
+        if not ok:
+            e(TaskStatus(task=name, status="rejected", reason="not approved", ts=T0 + 75))
+    for name in ("add-mul", "write-docs", "greet-en"):
+        e(MergeEvent(task=name, ok=True, strategy="merge", ts=T0 + 76))
+    e(PhaseChanged(phase="verify", ts=T0 + 77))
+    e(VerifyOutput(lines=["..", "-" * 70, "Ran 2 tests in 0.001s", "", "OK"], ts=T0 + 79))
+    e(VerifyResult(ok=True, exit_code=0, command=VERIFY_CMD, duration=1.4, ts=T0 + 79))
+    e(PhaseChanged(phase="landing", ts=T0 + 80))
+
+
+def feed_landed(bus: EventBus) -> None:
+    """After :func:`feed_verified`: landed; the run is over (failed: one task failed, one rejected)."""
+    e = bus.emit
+    e(Landed(ok=True, base="main", old="6cd0d48b45aa1b2c3d4e5f60718293a4b5c6d7e8",
+             new="1ef94dad6110aa1b2c3d4e5f60718293a4b5c6d7", message="main moved", ts=T0 + 82))
+    for name in ("add-mul", "write-docs", "greet-en"):
+        e(TaskStatus(task=name, status="merged", ts=T0 + 82))
+    e(PhaseChanged(phase="done", ts=T0 + 83))
+    e(RunFinished(exit_code=1, state="failed", report=f"/home/ada/src/calc/.git/corral/runs/{RUN_ID}/report.md",
+                  kept_branches=[f"corral/{RUN_ID}/greet-fr"], ts=T0 + 83))
+
+
+async def settle(screen, pause) -> None:
+    """Until the run screen's layout stops changing (two looks a flush apart agree)."""
+    def look():
+        box = screen.query_one("#verify-box")
+        return (screen._scroll.size, screen._row_height, box.display, box.collapsed, screen._scroll.scroll_y)
+
+    last = None
+    for _ in range(50):
+        await pause(0.1)
+        now = look()
+        if now == last:
+            return
+        last = now
+
+
+async def focus(screen, name: str, pause) -> None:
+    """Focus a pane and put it at the top of the grid's view: where focus scrolled from depends on
+    timing, so a snapshot would too."""
+    screen.panes[name].focus(scroll_visible=False)
+    for _ in range(100):
+        await pause(0.02)
+        if screen.focused_task == name:
+            break
+    await settle(screen, pause)
+    screen._scroll.scroll_to_widget(screen.panes[name], animate=False, top=True)
+    await settle(screen, pause)
+
+
+async def play(app, scene: str, pause) -> None:
+    """Bring ``app`` (made with ``bus=``, ``clock=clock``) to ``scene``: run, zoom, review, land, done.
+    ``pause(seconds)`` lets the app catch up (``pilot.pause``)."""
+    from corral.tui.dialogs import ConfirmScreen
+    from corral.tui.review_screen import ReviewScreen
+
+    bus = app.bus
+    feed_run(bus)
+    screen = app.run_screen
+    for _ in range(100):  # the panes are made and the first one focused by the app, at its pace
+        await pause(0.05)
+        if screen.focused_pane is not None:
+            break
+    await focus(screen, "write-docs" if scene == "zoom" else "greet-en", pause)
+    if scene == "zoom":
+        app.run_screen.action_zoom()
+    elif scene == "review":
+        review = ReviewScreen(review_items(), review_forecast(), load_diff, {"add-mul": True, "write-docs": True})
+        app.push_screen(review)
+        await pause(0.2)
+        review.query_one("#review-tasks").move_cursor(row=3)  # greet-en, which conflicts with greet-fr
+    elif scene in ("land", "done"):
+        feed_verified(bus)
+        await settle(screen, pause)  # the verify pane comes (on a short screen it closes once passed)
+        await focus(screen, "greet-en", pause)
+        if scene == "land":
+            from corral.tui.dashboard import LAND_TITLE, land_body
+
+            await pause(0.2)
+            body = land_body(app.model.verify_result, "Land add-mul, write-docs, greet-en onto main?", "main")
+            app.push_screen(ConfirmScreen(LAND_TITLE, body, yes="Land", no="Keep branch", danger=False))
+        else:
+            feed_landed(bus)
+    await pause(0.3)

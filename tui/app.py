@@ -14,12 +14,21 @@ def _bell() -> bool:
     return os.environ.get("CORRAL_BELL", "").lower() in ("1", "yes", "true", "on")
 
 
-def run_dashboard(prep: "Prepared", keep_worktrees: bool = False) -> int:
+def user_keymap() -> dict[str, str]:
+    """The keymap file's bindings; raises KeymapError (one line) when it is wrong. Read before
+    anything starts, so a mistake in it changes nothing."""
+    from .keymap import load_keymap
+
+    return load_keymap()
+
+
+def run_dashboard(prep: "Prepared", keep_worktrees: bool = False, keymap: dict[str, str] | None = None) -> int:
     """Run ``prep`` (already through preflight) in the dashboard. Returns the run's exit code
     (0 or 1), or 130 when the person quit (or SIGTERM/SIGHUP came) while it ran."""
     from .dashboard import CorralApp
 
-    app = CorralApp(prep=prep, keep_worktrees=keep_worktrees, bell=_bell(), handle_signals=True)
+    app = CorralApp(prep=prep, keep_worktrees=keep_worktrees, bell=_bell(), handle_signals=True,
+                    keymap=keymap if keymap is not None else user_keymap())
     result = app.run()
     code = result if isinstance(result, int) else app.exit_code
     if app.terminal_lost:
@@ -43,8 +52,14 @@ def run_dashboard_runner(runner, run_id: str = "", approve: str = "ask", title: 
     programs: build the runtime with ``approver`` and ``bus``, call ``on_runtime(rt)`` once it
     exists, run the program, clean up shielded). Returns its exit code, or 130 when quit mid-run."""
     from .dashboard import CorralApp
+    from .keymap import KeymapError
 
-    app = CorralApp(runner=runner, bell=_bell(), handle_signals=True)
+    try:
+        keymap = user_keymap()
+    except KeymapError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    app = CorralApp(runner=runner, bell=_bell(), handle_signals=True, keymap=keymap)
     app.runner_approve = approve
     app.title = title
     if run_id:
@@ -61,6 +76,14 @@ def run_home(repo_path: str) -> int:
     from corral.core.vcs import open_backend
     from corral.core.vcs.base import UsageError
 
+    from .keymap import KeymapError
+
+    try:
+        keymap = user_keymap()
+    except KeymapError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+
     async def check() -> None:
         backend = await open_backend(repo_path)
         await backend.close()
@@ -72,7 +95,7 @@ def run_home(repo_path: str) -> int:
         return 2
     from .dashboard import CorralApp
 
-    app = CorralApp(home_repo=repo_path, bell=_bell(), handle_signals=True)
+    app = CorralApp(home_repo=repo_path, bell=_bell(), handle_signals=True, keymap=keymap)
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
     d.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
     d.add_argument("--delay", type=float, default=0.4, help="seconds the scripted agents pause between lines")
+    d.add_argument("--keep", action="store_true", help="keep the scratch repository (default: removed at exit)")
 
     ru = sub.add_parser("runs", help="list this repository's runs")
     ru.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
@@ -145,6 +146,15 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
                              max_parallel=getattr(args, "max_parallel", None),
                              approve=getattr(args, "approve", None))
 
+    keymap = None
+    if not headless:
+        from corral.tui.app import user_keymap
+        from corral.tui.keymap import KeymapError
+
+        try:
+            keymap = user_keymap()  # before preflight: a mistake in it starts nothing
+        except KeymapError as exc:
+            fail_usage(str(exc))
     try:
         prep = anyio.run(do_prepare)
     except UsageError as exc:
@@ -154,7 +164,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
         return run_headless(prep, json_mode=json_mode, keep_worktrees=keep, banner=banner)
     from corral.tui.app import run_dashboard
 
-    return run_dashboard(prep, keep_worktrees=keep)
+    return run_dashboard(prep, keep_worktrees=keep, keymap=keymap)
 
 
 def make_headless_approver(mode: str, bus):
@@ -228,6 +238,8 @@ def run_headless(prep, *, json_mode: bool, keep_worktrees: bool, banner: str | N
 
 # ---------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
     from corral.core.demo import demo_plan, make_demo_repo
 
     if args.json and not args.headless:
@@ -238,9 +250,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plan = demo_plan(args.delay)
     if not args.headless:
         plan.approve = "ask"  # the dashboard is where a person approves: show the review screen
-    banner = (f"corral demo: scratch repository {repo}\n"
+    banner = (f"corral demo: scratch repository {repo}{'' if args.keep else ' (removed at exit; --keep keeps it)'}\n"
               f"corral demo: {len(plan.tasks)} scripted agents; one fails, two edit the same line")
-    return launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner)
+    code = EXIT_INTERRUPTED
+    try:
+        code = launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner)
+    finally:
+        if not args.keep:
+            shutil.rmtree(repo, ignore_errors=True)
+        if not args.json:
+            print(demo_epilogue(repo, code, args.keep), file=sys.stderr if code == EXIT_INTERRUPTED else sys.stdout)
+    return code
+
+
+def demo_epilogue(repo, code: int, keep: bool) -> str:
+    """What a newcomer reads at the end of the demo: why it exits 1, and where the repository is."""
+    lines = []
+    if code == EXIT_FAILED:
+        lines.append("corral demo: exit code 1 is by design: upgrade-build always fails and greet-en and greet-fr "
+                     "edit the same line, so the run cannot be all green (the failure and the conflict are part of "
+                     "the show)")
+    lines.append(f"corral demo: the scratch repository is kept at {repo}" if keep else
+                 f"corral demo: removed the scratch repository {repo} (corral demo --keep keeps it)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- runs, clean

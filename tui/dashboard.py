@@ -24,6 +24,8 @@ from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import ModalScreen
+from textual.worker import Worker, WorkerState
 
 from corral.core.events import EventBus
 from corral.core.report import fmt_duration
@@ -33,6 +35,7 @@ from .dialogs import ConfirmScreen
 from .model import RunModel
 
 if TYPE_CHECKING:
+    from corral.core.events import VerifyResult
     from corral.core.pipeline import Outcome, Prepared
     from corral.core.runtime import Runtime, TaskInfo
     from corral.core.vcs.base import Forecast
@@ -47,6 +50,22 @@ Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
 FLUSH_INTERVAL = 1 / 12
 
 
+LAND_TITLE = "Land the merge?"
+
+
+def land_body(result: "VerifyResult | None", message: str, base_name: str) -> Text:
+    """What the land question says: the verify result, what lands, and the compare-and-swap."""
+    body = Text()
+    if result is not None:
+        body.append(f"verify {'PASSED' if result.ok else 'FAILED'}", style="bold green" if result.ok else "bold red")
+        body.append(f": {result.command} (exit {result.exit_code}, {fmt_duration(result.duration)})\n\n")
+    else:
+        body.append("no verify command configured\n\n", style="dim")
+    body.append(message)
+    body.append(f"\n\n{base_name} moves to the merge result only if it did not move meanwhile.", style="dim")
+    return body
+
+
 class DashboardApprover:
     """The person at the dashboard decides: the review screen, and modal confirmations."""
 
@@ -57,16 +76,8 @@ class DashboardApprover:
         return await self.app.request_review(candidates, forecast)
 
     async def confirm_land(self, rt: "Runtime", message: str) -> bool:
-        body = Text()
-        result = self.app.model.verify_result
-        if result is not None:
-            body.append(f"verify {'PASSED' if result.ok else 'FAILED'}", style="bold green" if result.ok else "bold red")
-            body.append(f": {result.command} (exit {result.exit_code}, {fmt_duration(result.duration)})\n\n")
-        else:
-            body.append("no verify command configured\n\n", style="dim")
-        body.append(message)
-        body.append(f"\n\n{rt.base_name} moves to the merge result only if it did not move meanwhile.", style="dim")
-        return await self.app.request_confirm("Land the merge?", body, yes="Land", no="Keep branch", danger=False)
+        body = land_body(self.app.model.verify_result, message, rt.base_name)
+        return await self.app.request_confirm(LAND_TITLE, body, yes="Land", no="Keep branch", danger=False)
 
     async def ask(self, rt: "Runtime", question: str, default: bool) -> bool:
         return await self.app.request_confirm("Approval asked", question, danger=False)
@@ -102,8 +113,11 @@ class CorralApp(App[int]):
         bell: bool = False,
         handle_signals: bool = False,
         grace: float = 3.0,
+        keymap: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        if keymap:
+            self.set_keymap(keymap)  # the person's keys (keymap.toml), by binding id
         self.prep = prep
         self.runner = runner
         self.keep_worktrees = keep_worktrees
@@ -128,6 +142,9 @@ class CorralApp(App[int]):
         self._review_items: tuple[list["TaskInfo"], "Forecast"] | None = None
         self._review_screen: "ReviewScreen | None" = None
         self._modals: list[Any] = []
+        #: screens that wanted to open while a modal was up: they open, in order, once it is answered
+        self._waiting: list[Callable[[], object]] = []
+        self._quit_dialog: ConfirmScreen | None = None
         self._stopping = False
         #: set when SIGHUP said the terminal went away
         self.terminal_lost = False
@@ -135,6 +152,7 @@ class CorralApp(App[int]):
     # ----------------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
         self.set_interval(FLUSH_INTERVAL, self._flush_panes, name="flush")
+        self.screen_change_signal.subscribe(self, self._on_screen_change)
         if self.handle_signals:
             import asyncio
 
@@ -228,6 +246,16 @@ class CorralApp(App[int]):
             self._pipeline_done.set()
             self._flush_panes()
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker is reported (the app's own, and the screens' forwarded by
+        ForwardsWorkerErrors): a notification and a line in the event log; nothing vanishes."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        name = event.worker.name or "background work"
+        self.bus.log("error", f"{name} failed: {error!r}")
+        self.notify(f"{name} failed: {error}", title="internal error", severity="error", timeout=10)
+
     def _on_runtime(self, rt: "Runtime") -> None:
         self.rt = rt
 
@@ -255,23 +283,58 @@ class CorralApp(App[int]):
                 screen.flush()
             except NoMatches:  # the app is shutting down and its widgets are going away
                 pass
+        dialog = self._quit_dialog
+        if dialog is not None and dialog.is_attached:
+            dialog.update_body(self._quit_body())  # the run goes on under the question
+
+    #: Textual's palette commands that corral's keys replace (q quits after asking; z zooms a pane)
+    REPLACED_COMMANDS = frozenset({"Quit", "Maximize", "Minimize"})
 
     def get_system_commands(self, screen: Any) -> Iterable[SystemCommand]:
-        """The screen's keys in the command palette too (only those that can act now)."""
-        yield from super().get_system_commands(screen)
+        """One palette entry per action: the screen's keys that can act now (moving focus between
+        panes is not a command), and Textual's own except those corral's keys replace."""
+        for command in super().get_system_commands(screen):
+            if command.title not in self.REPLACED_COMMANDS:
+                yield command
         seen: set[str] = set()
         for binding in getattr(screen, "BINDINGS", []):
-            if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
+            if not isinstance(binding, Binding) or not binding.description:
+                continue
+            if not (binding.show or binding.tooltip) or binding.description in seen:
                 continue
             action = binding.action
             name = action.split("(", 1)[0].removeprefix("app.")
             target = self if action.startswith("app.") else screen
             if target.check_action(name, ()) is not True:
                 continue
-            seen.add(action)
+            seen.add(binding.description)
             key = binding.key.split(",")[0]
             yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
                                 partial(screen.run_action, action))
+
+    # --------------------------------------------------------------------------------- modals
+    @property
+    def modal_open(self) -> bool:
+        """Whether a question (or the command palette) is on top: its keys are its own."""
+        return isinstance(self.screen, ModalScreen)
+
+    def open_when_free(self, opener: Callable[[], object]) -> None:
+        """Run ``opener`` (which pushes a screen) now, or once the open modal is answered: a screen
+        that opened over a question would take the keys meant for it (``y`` on "Stop and quit"
+        approving a task in the review that just opened on top)."""
+        if self.modal_open or self._waiting:
+            self._waiting.append(opener)
+        else:
+            opener()
+
+    def _on_screen_change(self, screen: Any) -> None:
+        if self._waiting and not self.modal_open:
+            # after the dismissed modal's callback, which may push or pop a screen itself
+            self.call_later(self._open_waiting)
+
+    def _open_waiting(self) -> None:
+        while self._waiting and not self.modal_open and not self._stopping:
+            self._waiting.pop(0)()  # a screen that has nothing to show any more pushes nothing
 
     # ------------------------------------------------------------------------------- quitting
     async def action_quit(self) -> None:
@@ -283,18 +346,52 @@ class CorralApp(App[int]):
             self.notify("still cleaning up, please wait", severity="warning")
             return
         if not self._pipeline_running:
-            self.exit(self.exit_code)
+            if not self._back_home():
+                self.exit(self.exit_code)
             return
+        if self._quit_dialog is not None:
+            return  # asked already (on screen, or waiting for the question on top to be answered)
+        dialog = ConfirmScreen("Quit corral?", self._quit_body(), yes="Stop and quit", no="Keep running")
+        self._quit_dialog = dialog
+        if self.modal_open:
+            self.notify("answer this question first; then corral asks about quitting", severity="warning")
+        self.open_when_free(partial(self.push_screen, dialog, self._quit_answer))
+
+    def _quit_body(self) -> Text:
         running = sum(1 for t in self.model.tasks.values() if not t.finished)
         body = Text()
+        if not self._pipeline_running:
+            body.append("The run has finished: quitting only closes the dashboard.")
+            return body
         if running:
             body.append(f"{running} task(s) still running. ", style="bold")
         body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
                     "removes every workspace and keeps the branches that hold unmerged work.")
-        self.push_screen(ConfirmScreen("Quit corral?", body, yes="Stop and quit", no="Keep running"),
-                         self._quit_answer)
+        if self._review is not None:
+            body.append("\n\nThe review is ready: it opens when you keep running.", style="bold")
+        return body
+
+    def _back_home(self) -> bool:
+        """After a run started from the home screen: back to it, its lists reloaded, ready for the
+        next run (a fresh model: the old run's panes stay with the old run). False without one."""
+        from .home_screen import HomeScreen
+
+        homes = [s for s in self.screen_stack if isinstance(s, HomeScreen)]
+        if not homes or self.run_screen is None:
+            return False
+        while self.screen is not homes[-1]:
+            self.pop_screen()
+        self._unsubscribe()
+        self.model = RunModel()
+        self.model.on_notify = self._on_model_notify
+        self._unsubscribe = self.bus.subscribe(self.model)
+        self.run_screen = None
+        self.rt = self.outcome = self.prep = None
+        homes[-1].load()
+        return True
 
     def _quit_answer(self, yes: bool | None) -> None:
+        self._quit_dialog = None
         if yes:
             self.stop_and_exit()
 
@@ -366,7 +463,9 @@ class CorralApp(App[int]):
         try:
             self.open_review()
             if self.notifications:
-                self.notify("review ready: y approve, n reject, m merge the approved ones", title="review")
+                self.notify("review ready: y approve, n reject, m merge the approved ones"
+                            + (" (it opens when you answer the question)" if self.modal_open else ""),
+                            title="review")
             if self.bell_on_finish:
                 self.bell()  # a person is needed now
             await pending.event.wait()
@@ -380,6 +479,14 @@ class CorralApp(App[int]):
                 self.pop_screen()  # the run was cancelled while the review was open
 
     def open_review(self) -> None:
+        """Open the review now, or once the open question is answered."""
+        if self.modal_open:
+            if self._push_review not in self._waiting:
+                self._waiting.append(self._push_review)
+            return
+        self._push_review()
+
+    def _push_review(self) -> None:
         from .review_screen import ReviewItem, ReviewScreen
 
         if self._review is None or self._review_items is None:
@@ -429,7 +536,8 @@ class CorralApp(App[int]):
             pending.result = bool(answer)
             pending.event.set()
 
-        self.push_screen(screen, done)
+        opener = partial(self.push_screen, screen, done)
+        self.open_when_free(opener)
         if self.bell_on_finish:
             self.bell()
         try:
@@ -438,10 +546,31 @@ class CorralApp(App[int]):
         finally:
             if screen in self._modals:
                 self._modals.remove(screen)
+            if opener in self._waiting:
+                self._waiting.remove(opener)  # the run was cancelled before the question could open
             if not pending.event.is_set() and self.screen is screen:
                 self.pop_screen()  # the run was cancelled while the question was open
 
     # ------------------------------------------------------------------------------- controls
+    @work(group="abort", exit_on_error=False)
+    async def confirm_abort(self, name: str) -> None:
+        """Stop one agent; ask first when it has written files (its work so far stays on its branch,
+        but the agent will not finish it)."""
+        rt = self.rt
+        if rt is None or name not in rt.tasks:
+            return
+        ws = rt.tasks[name].workspace
+        written = await rt.backend.pending_changes(ws) if ws is not None else []
+        if not written:
+            self.abort_task(name)
+            return
+        body = Text()
+        body.append(f"{name}'s agent has written {len(written)} file(s): ", style="bold")
+        body.append(", ".join(written[:6]) + (" ..." if len(written) > 6 else "") + ".\n\n")
+        body.append("Stopping it (TERM, then KILL) leaves that work half done; it is kept on its branch.")
+        self.push_screen(ConfirmScreen(f"Abort {name}?", body, yes="Abort", no="Keep running"),
+                         lambda yes: self.abort_task(name) if yes else None)
+
     def abort_task(self, name: str) -> None:
         if self.rt is None:
             return
@@ -449,6 +578,17 @@ class CorralApp(App[int]):
             self.notify(f"aborting {name}: TERM now, KILL after {self.grace:g}s", title=name)
         else:
             self.notify(f"{name} is not running", severity="warning")
+
+    def confirm_abort_all(self) -> None:
+        """``A`` ends the run: ask first (focus on keeping it)."""
+        running = [t.name for t in self.model.tasks.values() if not t.finished]
+        if self.rt is None or not running:
+            return
+        body = Text()
+        body.append(f"Stop every agent: {', '.join(running)}.\n\n", style="bold")
+        body.append("Work done so far stays on each task's branch; the run goes on to review what finished.")
+        self.push_screen(ConfirmScreen("Abort all agents?", body, yes="Abort all", no="Keep running"),
+                         lambda yes: self.abort_all() if yes else None)
 
     def abort_all(self) -> None:
         if self.rt is None:
@@ -583,6 +723,11 @@ async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
                 except OSError:
                     pass
                 os.tcsetpgrp(tty, proc.pid)
+                # the child runs before it has the terminal: a shell that finds itself in a background
+                # group stops itself with SIGTTIN (1 shell in 4 with two agents flooding output). It
+                # has the terminal now, so nothing can stop it again; SIGCONT wakes it if it stopped
+                # (and drops a stop still pending)
+                os.killpg(proc.pid, signal.SIGCONT)
             except OSError:
                 pass
         return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)

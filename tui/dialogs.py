@@ -50,6 +50,14 @@ class ConfirmScreen(ModalScreen[bool]):
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
 
+    def update_body(self, body: RenderableType) -> None:
+        """Say something new under the same question (the run went on while it was open)."""
+        if isinstance(body, Text) and isinstance(self.body, Text) and body.plain == self.body.plain:
+            return
+        self.body = body
+        if self.is_mounted:
+            self.query_one(".confirm-body", Static).update(body)
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.dismiss(event.button.id == "yes")

@@ -4,6 +4,7 @@ interrupted runs with a clean-up action, and a form to start an ad-hoc run."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -12,9 +13,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Label, Select, Static, TextArea
+from textual.widgets import Button, DataTable, Label, Select, Static, TextArea
 
 from .dialogs import ConfirmScreen
+from .widgets import FitFooter, ForwardsWorkerErrors
 
 if TYPE_CHECKING:
     from .dashboard import CorralApp
@@ -34,7 +36,28 @@ def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
             str(len(tasks)), str(ok), str(bad), "yes" if r.get("landed") else "no")
 
 
-class HomeScreen(Screen):
+class ReportScreen(Screen[None]):
+    """A past run's report (``report.md``: outcome, tasks, files, what was kept), read-only."""
+
+    BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", tooltip="Back to the runs", id="report.back")]
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown
+
+        yield Static(Text.assemble((" REPORT ", "bold reverse"), "  ", (str(self.path), "bold")), id="home-title")
+        with VerticalScroll(id="report-body"):
+            yield Markdown(self.path.read_text(encoding="utf-8", errors="replace"))
+        yield FitFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#report-body").focus()
+
+
+class HomeScreen(ForwardsWorkerErrors, Screen):
     """Runs of this repository, leftovers, and a form to start a run."""
 
     CSS_PATH = "home_screen.tcss"
@@ -86,7 +109,7 @@ class HomeScreen(Screen):
                     yield Select(options, value=default, allow_blank=False, id="home-agent")
                     yield Button(Text("Start run [ctrl+r]"), id="home-start", variant="success")
                 yield Static("", id="home-error")
-        yield Footer()
+        yield FitFooter()
 
     def on_mount(self) -> None:
         runs = self.query_one("#home-runs", DataTable)
@@ -114,7 +137,7 @@ class HomeScreen(Screen):
         runs = self.query_one("#home-runs", DataTable)
         runs.clear()
         for r in self.runs:
-            runs.add_row(*run_row(r))
+            runs.add_row(*run_row(r), key=r.get("dir"))
         if not self.runs:
             runs.add_row("no runs yet", "", "", "", "", "", "")
         left = self.query_one("#home-leftovers", DataTable)
@@ -128,7 +151,21 @@ class HomeScreen(Screen):
         self.query_one("#home-leftover-note", Static).update(note)
         self.query_one("#home-clean", Button).disabled = not stale
         self.refresh_bindings()
+        if not self.loaded:
+            # typing starts in the form (in the runs table, a task name's letters fired keys: c cleaned
+            # up); with leftovers, on the clean-up button
+            (self.query_one("#home-clean", Button) if stale else self.query_one("#home-tasks", TextArea)).focus()
         self.loaded += 1
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """``enter`` on a past run: its report."""
+        if event.data_table.id != "home-runs" or event.row_key.value is None:
+            return
+        report = Path(str(event.row_key.value)) / "report.md"
+        if not report.is_file():
+            self.notify(f"no report for this run ({report})", severity="warning")
+            return
+        self.app.push_screen(ReportScreen(report))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clean":

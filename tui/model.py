@@ -59,8 +59,13 @@ class TaskView:
     status: str = "pending"
     reason: str = ""
     workspace: str = ""
+    #: when the workspace began to be made (setup time counts from here until the agent starts)
+    prepared: float | None = None
+    #: when the agent started
     started: float | None = None
     ended: float | None = None
+    #: the agent's run time as the engine measured it (the report's duration), once it exited
+    duration: float | None = None
     cost: float | None = None
     files: int | None = None
     added: int = 0
@@ -81,9 +86,14 @@ class TaskView:
         return self.status in ("creating", "setup", "running")
 
     def elapsed(self, now: float) -> float | None:
-        if self.started is None:
+        """The agent's time, the same figure as the report's duration: from its start to its exit
+        (the engine's own measure once it exited); before it starts, the time its setup has taken."""
+        if self.duration is not None:
+            return self.duration
+        start = self.started if self.started is not None else self.prepared
+        if start is None:
             return None
-        return max(0.0, (self.ended if self.ended is not None else now) - self.started)
+        return max(0.0, (self.ended if self.ended is not None else now) - start)
 
 
 @dataclass
@@ -213,6 +223,7 @@ class RunModel:
             return
         if isinstance(ev, TaskFinished):
             view = self.task(ev.task)
+            view.duration = ev.duration
             view.cost = ev.cost
             view.files = len(ev.files)
             view.added, view.removed = ev.added, ev.removed
@@ -254,6 +265,9 @@ class RunModel:
             return
         if isinstance(ev, Landed):
             self.landed = ev
+            if ev.ok and ev.new:
+                self.base_commit = ev.new  # the base is where the run left it
+                self.dirty.add("")
             self._log(("landed: " if ev.ok else "not landed: ") + ev.message)
             return
         if isinstance(ev, LogEvent):
@@ -278,9 +292,11 @@ class RunModel:
         view.status, view.reason = ev.status, ev.reason
         if ev.workspace:
             view.workspace = ev.workspace
-        if ev.status in ("creating", "setup", "running") and view.started is None:
+        if ev.status in ("creating", "setup") and view.prepared is None:
+            view.prepared = ev.ts
+        if ev.status == "running" and view.started is None:
             view.started = ev.ts
-        if ev.status in FINISHED_STATUSES and view.ended is None and view.started is not None:
+        if ev.status in FINISHED_STATUSES and view.ended is None and (view.started or view.prepared) is not None:
             view.ended = ev.ts
         self.dirty.update((ev.task, ""))
         if old == ev.status:

@@ -10,17 +10,26 @@ from typing import Awaitable, Callable
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from corral.core.vcs.base import Forecast
 
+from .widgets import FitFooter, ForwardsWorkerErrors
+
 #: Longest diff shown, in lines; the rest is one `git diff` away.
 MAX_DIFF_LINES = 4000
+#: Narrower than this the task list goes above the diff rather than beside it.
+NARROW_WIDTH = 120
+
+
+class ReviewSide(VerticalScroll, can_focus=False):
+    """The task list, the forecast and the selected task's files; scrolls when they do not fit
+    (focus stays on the table)."""
 
 
 @dataclass
@@ -39,7 +48,7 @@ class ReviewItem:
 DiffLoader = Callable[[str], Awaitable[str]]
 
 
-class ReviewScreen(Screen[dict[str, bool] | None]):
+class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
     """Approve or reject each succeeded task, then merge the approved ones."""
 
     CSS_PATH = "review_screen.tcss"
@@ -47,7 +56,8 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
     BINDINGS = [
         Binding("y", "decide(True)", "Approve", tooltip="Approve the selected task", id="review.approve"),
         Binding("n", "decide(False)", "Reject", tooltip="Reject the selected task", id="review.reject"),
-        Binding("Y", "decide_all(True)", "Approve all", show=False, id="review.approve_all"),
+        Binding("Y", "decide_all(True)", "Approve all", show=False, tooltip="Approve every succeeded task",
+                id="review.approve_all"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
         Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
@@ -70,20 +80,29 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="review-title")
-        with Horizontal():
-            with Vertical(id="review-left"):
+        with Horizontal(id="review-body"):
+            with ReviewSide(id="review-left"):
                 yield DataTable(id="review-tasks", cursor_type="row", zebra_stripes=True)
                 yield Static("", id="review-matrix")
                 yield Static("", id="review-files")
             with VerticalScroll(id="review-diff-scroll"):
                 yield Static("", id="review-diff")
-        yield Footer()
+        yield FitFooter()
+
+    def on_resize(self, event: events.Resize) -> None:
+        # narrow: the list above the diff, each the full width (side by side the diff got 15 columns)
+        self.set_class(event.size.width < NARROW_WIDTH, "-narrow")
 
     def _title(self) -> Text:
-        n_ok = sum(1 for n in self.candidates if self.decisions.get(n))
-        text = Text()
+        decided = [n for n in self.candidates if n in self.decisions]
+        n_ok = sum(1 for n in decided if self.decisions[n])
+        left = len(self.candidates) - len(decided)
+        text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" REVIEW ", style="bold reverse")
-        text.append(f"  {len(self.candidates)} task(s) to decide · {n_ok} approved · ")
+        if left:
+            text.append(f"  {left} of {len(self.candidates)} to decide · {n_ok} approved · ")
+        else:
+            text.append(f"  all {len(self.candidates)} decided: {n_ok} approved, {len(decided) - n_ok} rejected · ")
         text.append("y", style="bold")
         text.append(" approve  ")
         text.append("n", style="bold")
@@ -124,43 +143,49 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
         return Text("? undecided", style="yellow")
 
     def _matrix(self) -> Text:
-        """Task x task (plus base): CONFLICT where a trial merge conflicts, ok where it merges."""
+        """Task x task (plus base), the columns numbered so that it fits beside the diff whatever
+        the names: ✗ where a trial merge conflicts, ok where it merges, ? where not tried; then the
+        conflicting pairs by name. Lines are cut, never wrapped."""
         names = self.candidates
-        text = Text()
+        text = Text(no_wrap=True, overflow="crop")
         text.append("conflict forecast", style="bold underline")
         text.append("  (trial merges, nothing touched)\n", style="dim")
         if not names:
             text.append("no succeeded task to forecast", style="dim")
             return text
-
-        def cut(name: str, width: int) -> str:
-            return name if len(name) <= width else name[: width - 1] + "…"
-
-        first = min(max(len(n) for n in names), 16) + 2
-        cols = [min(max(len(n), 8), 12) + 2 for n in names] + [6]
+        label = len(str(len(names))) + 1
+        first = label + min(max(len(n) for n in names), 16) + 2
+        width = max(3, len(str(len(names))) + 2)
         text.append(" " * first)
-        for name, width in zip(names + ["base"], cols):
-            text.append(cut(name, width - 2).ljust(width), style="bold")
-        text.append("\n")
+        for i in range(1, len(names) + 1):
+            text.append(str(i).ljust(width), style="bold")
+        text.append("base\n", style="bold")
         untried_any = False
-        for a in names:
+        for i, a in enumerate(names, 1):
             clash = self.forecast.conflicts_of(a)
             untried = self.forecast.untried_of(a)
             untried_any = untried_any or bool(untried)
-            text.append(cut(a, first - 2).ljust(first), style="bold")
-            for b, width in zip(names + ["base"], cols):
+            name = a if len(a) <= 16 else a[:15] + "…"
+            text.append(f"{i}".rjust(label - 1) + " ", style="dim")
+            text.append(name.ljust(first - label), style="bold")
+            for b in names + ["base"]:
                 if a == b:
                     text.append("·".ljust(width), style="dim")
                 elif b in clash:
-                    text.append("CONFLICT".ljust(width), style="bold red")
+                    text.append("✗".ljust(width), style="bold red")
                 elif b in untried:
-                    text.append("overlap?".ljust(width), style="yellow")
+                    text.append("?".ljust(width), style="yellow")
                 else:
                     text.append("ok".ljust(width), style="green")
             text.append("\n")
+        pairs = sorted({tuple(sorted((a, b))) for a in names for b in self.forecast.conflicts_of(a)})
+        for a, b in pairs:
+            text.append("✗ ", style="bold red")
+            text.append(f"{a} conflicts with {b}\n", style="red")
         if untried_any:
-            text.append("overlap?: both touch files that too many tasks share to trial-merge every pair; "
+            text.append("?: both touch files that too many tasks share to trial-merge every pair; "
                         "not trial-merged, they may conflict\n", style="yellow")
+        text.rstrip()
         return text
 
     def _files_text(self, name: str) -> Text:
@@ -250,11 +275,13 @@ class ReviewScreen(Screen[dict[str, bool] | None]):
             return
         self.decisions[name] = approve
         self._refresh_row(name)
-        # move on to the next undecided task
+        # move on to the next undecided task, selected now: keys typed ahead of the table's
+        # highlight message (y y y) decide one task each, not the first one three times
         table = self.query_one("#review-tasks", DataTable)
         for other in self.order[self.order.index(name) + 1:]:
             if self.items[other].candidate and other not in self.decisions:
                 table.move_cursor(row=self.order.index(other))
+                self._select(other)
                 break
 
     def action_decide_all(self, approve: bool) -> None:

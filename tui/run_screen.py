@@ -13,17 +13,26 @@ from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Collapsible, Footer, Log, Static
+from textual.widgets import Collapsible, Log, Static
 
 from .model import RunModel
-from .widgets import QuietLog, RunHeader, TaskPane
+from .widgets import FitFooter, ForwardsWorkerErrors, QuietLog, RunHeader, TaskPane
 
 if TYPE_CHECKING:
+    from corral.core.events import RunFinished
+
     from .dashboard import CorralApp
 
 #: Narrowest a pane gets before the grid drops a column.
 PANE_MIN_WIDTH = 52
+#: A pane's height when not all of them fit (the grid scrolls) ...
 PANE_HEIGHT = 12
+#: ... and the least it gets, even on a short terminal (its border, head line, activity, 4 of log).
+PANE_MIN_HEIGHT = 8
+#: Narrower than this the footer shows only the keys that can act now; shorter than this the verify
+#: and event logs take fewer lines (80x24 keeps a whole pane on screen after landing).
+NARROW_WIDTH = 120
+SHORT_HEIGHT = 40
 #: Most lines one pane takes per flush (12 a second); under a flood the older ones are only on disk.
 FLUSH_CAP = 150
 #: A pane with this many new lines at a flush is flooded: its whole view changes at every flush.
@@ -46,11 +55,28 @@ def _freeze_heap() -> None:
 _STATEFUL_ACTIONS = ("zoom", "abort", "abort_all", "discard", "review", "shell", "pager")
 
 
+def finished_banner(fin: "RunFinished", repo: str) -> Text:
+    """The line over the panes once the run is over: outcome, where unmerged work is, the report
+    (paths inside the repository shown from it: the header names the repository)."""
+    text = Text()
+    text.append(f" run {fin.state} ", style="bold reverse")
+    text.append(f" exit code {fin.exit_code}")
+    if fin.kept_branches:
+        text.append(f" · work kept on {', '.join(fin.kept_branches)}")
+    if fin.report:
+        report = fin.report
+        if repo and report.startswith(repo.rstrip("/") + "/"):
+            report = report[len(repo.rstrip("/")) + 1:]
+        text.append(f" · report {report}")
+    text.append(" · q quits", style="dim")
+    return text
+
+
 class PanesScroll(VerticalScroll, can_focus=False):
     """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
 
 
-class RunScreen(Screen):
+class RunScreen(ForwardsWorkerErrors, Screen):
     """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
 
     CSS_PATH = "run_screen.tcss"
@@ -59,10 +85,10 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("tab", "focus_pane(1)", "Next pane", show=False, id="run.next"),
         Binding("shift+tab", "focus_pane(-1)", "Previous pane", show=False, id="run.prev"),
-        Binding("right", "focus_pane(1)", "Next pane", show=False),
-        Binding("left", "focus_pane(-1)", "Previous pane", show=False),
-        Binding("down", "focus_row(1)", "Pane below", show=False),
-        Binding("up", "focus_row(-1)", "Pane above", show=False),
+        Binding("right", "focus_side(1)", "Pane to the right", show=False, id="run.right"),
+        Binding("left", "focus_side(-1)", "Pane to the left", show=False, id="run.left"),
+        Binding("down", "focus_row(1)", "Pane below", show=False, id="run.down"),
+        Binding("up", "focus_row(-1)", "Pane above", show=False, id="run.up"),
         Binding("z,enter", "zoom", "Zoom", tooltip="Zoom the focused pane to full screen and back", id="run.zoom"),
         Binding("a", "abort", "Abort", tooltip="Stop the focused agent (TERM, then KILL)", id="run.abort"),
         Binding("A", "abort_all", "Abort all", tooltip="Stop every agent", id="run.abort_all"),
@@ -98,7 +124,7 @@ class RunScreen(Screen):
             yield QuietLog(max_lines=self.model.max_lines, id="verify-log")
         with Collapsible(title="Events", id="events-box", collapsed=True):
             yield QuietLog(max_lines=self.model.max_lines, id="event-log")
-        yield Footer()
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.query_one("#verify-box").display = False
@@ -110,21 +136,33 @@ class RunScreen(Screen):
         self._verify_box = self.query_one("#verify-box", Collapsible)
         self._banner = self.query_one("#run-banner", Static)
         self._header = self.query_one(RunHeader)
-        self._layout_grid(self.size.width)
+        self._fit(self.size.width, self.size.height)
         self._ready = True
         self.flush()
 
     def on_resize(self, event: events.Resize) -> None:
-        self._layout_grid(event.size.width)
+        self._fit(event.size.width, event.size.height)
+
+    def _fit(self, width: int, height: int) -> None:
+        narrow = width < NARROW_WIDTH
+        self.set_class(narrow, "-narrow")
+        self.set_class(height < SHORT_HEIGHT, "-short")
+        self._layout_grid(width)
 
     def _layout_grid(self, width: int) -> None:
-        """As many columns as fit (at least PANE_MIN_WIDTH each); rows fill the height when all
-        panes fit, else PANE_HEIGHT each and the grid scrolls."""
+        """As many columns as fit (at least PANE_MIN_WIDTH each); rows fill the height when every
+        pane fits with PANE_MIN_HEIGHT lines, else the grid scrolls with rows of PANE_HEIGHT (or
+        half the height on a short terminal, so two rows show)."""
         count = max(len(self.panes), 1)
         columns = max(1, min(count, width // PANE_MIN_WIDTH))
         rows = -(-count // columns)
         height = self.query_one("#panes-scroll").size.height
-        row_height = max(PANE_HEIGHT, height // rows) if height else PANE_HEIGHT
+        if not height:
+            row_height = PANE_HEIGHT
+        elif height // rows >= PANE_MIN_HEIGHT:
+            row_height = height // rows
+        else:
+            row_height = max(PANE_MIN_HEIGHT, min(PANE_HEIGHT, height // 2))
         if (columns, row_height) != (self._columns, self._row_height):
             self._columns, self._row_height = columns, row_height
             grid = self.query_one("#panes")
@@ -191,20 +229,14 @@ class RunScreen(Screen):
                 f"Verify: {'PASSED' if result.ok else 'FAILED'} (exit {result.exit_code})")
             if box.title != title:
                 box.title = title
+                if result is not None and result.ok and self.has_class("-short"):
+                    box.collapsed = True  # passed: the title says so, and the panes need the lines
         self._header.show(model, now)
         if model.finished is not None:
             banner = self._banner
             if not banner.display:
-                fin = model.finished
-                text = Text()
-                text.append(f" run {fin.state} ", style="bold reverse")
-                text.append(f" exit code {fin.exit_code}")
-                if fin.kept_branches:
-                    text.append(f" · branches kept: {', '.join(fin.kept_branches)}")
-                text.append(f" · report: {fin.report}" if fin.report else "")
-                text.append("  — press q to quit", style="dim")
-                banner.update(text)
-                banner.set_class(fin.exit_code != 0, "-failed")
+                banner.update(finished_banner(model.finished, model.repo))
+                banner.set_class(model.finished.exit_code != 0, "-failed")
                 banner.display = True
         model.dirty.clear()
         self._refresh_bindings_if_changed()
@@ -246,34 +278,58 @@ class RunScreen(Screen):
         pane = self.focused_pane
         return pane.task_name if pane else None
 
-    def _move(self, delta: int) -> None:
-        panes = list(self.panes.values())
-        if not panes:
-            return
-        cur = self.focused_pane
-        if cur is None or cur not in panes:
-            target = panes[0] if delta > 0 else panes[-1]
-        else:
-            idx = panes.index(cur) + delta
-            if abs(delta) == 1:
-                idx %= len(panes)
-            elif not 0 <= idx < len(panes):
-                return
-            target = panes[idx]
+    def _go(self, target: TaskPane) -> None:
         if self.maximized is not None:
             self.minimize()
             self.maximize(target)
         target.focus()
         target.scroll_visible()
 
+    def _current(self, panes: list[TaskPane]) -> int | None:
+        cur = self.focused_pane
+        return panes.index(cur) if cur is not None and cur in panes else None
+
     def action_focus_pane(self, delta: int) -> None:
-        self._move(delta)
+        """Tab order: the next (or previous) pane, round the end to the start."""
+        panes = list(self.panes.values())
+        if not panes:
+            return
+        idx = self._current(panes)
+        self._go(panes[0 if delta > 0 else -1] if idx is None else panes[(idx + delta) % len(panes)])
+
+    def action_focus_side(self, delta: int) -> None:
+        """The pane beside the focused one in its row; none past the row's end (no wrap to the next row)."""
+        panes = list(self.panes.values())
+        idx = self._current(panes)
+        if idx is None:
+            self.action_focus_pane(delta)
+            return
+        columns = max(self._columns, 1)
+        col = idx % columns + delta
+        if 0 <= col < columns and idx + delta < len(panes):
+            self._go(panes[idx + delta])
 
     def action_focus_row(self, delta: int) -> None:
-        self._move(delta * max(self._columns, 1))
+        """The pane above or below: the one in the same column, or the nearest one when that row
+        is shorter (the last row of a grid that is not full)."""
+        panes = list(self.panes.values())
+        idx = self._current(panes)
+        if idx is None:
+            self.action_focus_pane(delta)
+            return
+        columns = max(self._columns, 1)
+        row = idx // columns + delta
+        if row < 0 or row * columns >= len(panes):
+            return
+        self._go(panes[min(row * columns + idx % columns, len(panes) - 1)])
 
     # ------------------------------------------------------------------------------ actions
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        able = self._able(action)
+        # a narrow footer has no room for keys that cannot act now: hidden there, dimmed elsewhere
+        return False if able is None and self.has_class("-narrow") else able
+
+    def _able(self, action: str) -> bool | None:
         app = self.corral
         name = self.focused_task
         view = self.model.tasks.get(name) if name else None
@@ -317,10 +373,10 @@ class RunScreen(Screen):
     def action_abort(self) -> None:
         name = self.focused_task
         if name:
-            self.corral.abort_task(name)
+            self.corral.confirm_abort(name)
 
     def action_abort_all(self) -> None:
-        self.corral.abort_all()
+        self.corral.confirm_abort_all()
 
     def action_discard(self) -> None:
         name = self.focused_task

@@ -8,11 +8,24 @@ from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Log, ProgressBar, Static
+from textual import events
+from textual.worker import Worker, WorkerState
+from textual.widgets import Footer, Log, ProgressBar, Static
 
 from corral.core.report import fmt_cost, fmt_duration
 
 from .model import BADGE_WORDS, PANE_MAX_LINES, RunModel, TaskView
+
+
+class ForwardsWorkerErrors:
+    """For screens: a worker of theirs that raised goes to the app, whose one handler shows it
+    (Textual tells only the node that started the worker, and drops the error with
+    ``exit_on_error=False``)."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            event.stop()
+            self.app.post_message(Worker.StateChanged(event.worker, event.state))  # type: ignore[attr-defined]
 
 
 def fmt_elapsed(seconds: float | None, live: bool) -> str:
@@ -136,7 +149,9 @@ class TaskPane(Vertical, can_focus=True):
             self.agent = view.agent
             self.border_subtitle = view.agent
         self._badge.set_status(view.status)
-        parts = [fmt_elapsed(view.elapsed(now), view.ended is None) if view.started is not None else "-"]
+        elapsed = view.elapsed(now)
+        live = view.ended is None and view.duration is None
+        parts = [fmt_elapsed(elapsed, live) if elapsed is not None else "-"]
         parts.append(fmt_cost(view.cost) if view.cost is not None else "$-")
         if view.files is not None:
             parts.append(f"{view.files} file{'s' if view.files != 1 else ''} (+{view.added} -{view.removed})")
@@ -152,16 +167,29 @@ class TaskPane(Vertical, can_focus=True):
             self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"), layout=False)
 
 
+def fit_path(path: str, width: int) -> str:
+    """``path`` in ``width`` cells, its start cut off if need be: the end of a path says the most."""
+    if width <= 1 or cell_len(path) <= width:
+        return path
+    return "…" + path[-(width - 1):]
+
+
 class RunHeader(Horizontal):
-    """Run id, repository, base, phase, a progress bar (tasks finished / total), elapsed time, cost."""
+    """Run id, base and phase; the repository; a progress bar (tasks finished / total; hidden when
+    narrow: the count says it too), elapsed time and cost. Lines are cut, never wrapped: a wrapped
+    line lost its spaces and glued the run id to the next word."""
 
     DEFAULT_CSS = """
     RunHeader { height: 2; background: $boost; padding: 0 1; }
     RunHeader #run-info { width: 1fr; }
-    RunHeader #run-progress { width: 32; padding: 0 1; }
+    RunHeader #run-progress { width: 24; padding: 0 1; }
     RunHeader #run-progress Bar { width: 20; }
-    RunHeader #run-stats { width: 26; text-align: right; }
+    RunHeader.-narrow #run-progress { display: none; }
+    RunHeader #run-stats { width: auto; min-width: 8; text-align: right; }
     """
+
+    #: Below this width the progress bar goes.
+    NARROW = 110
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-info")
@@ -175,21 +203,25 @@ class RunHeader(Horizontal):
         self._last: list = [None, None, None]
         self.ready = True
 
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < self.NARROW, "-narrow")
+        self._last[0] = None  # the repository's path is cut to the new width
+
     def show(self, model: RunModel, now: float) -> None:
         if not getattr(self, "ready", False):
             return
-        info = Text()
+        info = Text(no_wrap=True, overflow="ellipsis")
         info.append("run ", style="dim")
         info.append(model.run or "-", style="bold")
         info.append("  base ", style="dim")
         info.append(model.base or "-")
         if model.base_commit:
-            info.append(f" @ {model.base_commit[:10]}", style="dim")
+            info.append(f" @ {model.base_commit[:8]}", style="dim")
         info.append("  phase ", style="dim")
         info.append(model.phase, style="bold reverse" if model.phase not in ("done",) else "bold")
         info.append("\n")
         info.append("repo ", style="dim")
-        info.append(model.repo or "-")
+        info.append(fit_path(model.repo or "-", self._info.size.width - 5))
         if info.plain != self._last[0]:
             self._last[0] = info.plain
             self._info.update(info, layout=False)
@@ -201,5 +233,20 @@ class RunHeader(Horizontal):
         stats = (f"{model.done_count}/{model.total} done\n{fmt_elapsed(model.elapsed(now), model.ended is None)} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
         if stats != self._last[2]:
+            # its width follows the text: a longer time or cost lays out the header (a few times a run)
+            layout = len(stats) != len(self._last[2] or "")
             self._last[2] = stats
-            self._stats.update(stats, layout=False)
+            self._stats.update(stats, layout=layout)
+
+
+class FitFooter(Footer):
+    """Textual's footer, compact and without the palette hint on a narrow terminal (ctrl+p still
+    opens the palette): at 80 columns the full one cut off ``e`` and ``q``."""
+
+    #: Narrower than this, the footer is compact.
+    NARROW = 120
+
+    def on_resize(self, event: events.Resize) -> None:
+        narrow = event.size.width < self.NARROW
+        self.compact = narrow
+        self.show_command_palette = not narrow
