@@ -4,6 +4,7 @@ and ``corral demo``'s scratch repository."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from conftest import corral, write_plan
@@ -99,6 +100,7 @@ def test_demo_removes_its_scratch_repository_and_says_why_it_exits_1(tmp_path: P
     [kept] = list(scratch.glob("corral-demo-*"))
     assert f"the scratch repository is kept at {kept}" in res.stdout
     assert (kept / "calc" / "greet.py").exists()
+    shutil.rmtree(kept)  # kept for the user: the user removes it
 
 
 def test_readme_names_every_binding_id() -> None:
