@@ -331,7 +331,13 @@ def test_bad_usage_exits_2(repo, args, message):
 
 def test_not_a_repository_exits_2(tmp_path):
     res = corral("run", "--headless", "--agent", "shell", "--task", "a=echo", cwd=tmp_path)
-    assert res.returncode == 2 and "not a git repository" in res.stderr
+    assert res.returncode == 2 and "not a git or jj repository" in res.stderr
+
+
+def test_a_base_that_does_not_exist_gets_a_suggestion(repo, tmp_path):
+    res = corral("run", "--headless", "--agent", "shell", "--task", "a=echo", "--base", "mian", cwd=repo)
+    assert res.returncode == 2 and "base 'mian': no such revision" in res.stderr
+    assert "(did you mean 'main'?)" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_mid_rebase_repo_is_refused(repo, tmp_path):

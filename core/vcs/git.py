@@ -37,6 +37,7 @@ from .base import (
     run_forecast,
 )
 from ..procs import processes_in
+from ..plan import did_you_mean
 from .registry import READY, Record, lock_reason, reason_key
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -167,7 +168,7 @@ class GitBackend(Backend):
         if where.ok and inside.strip() == "true":
             return "inside a repository's .git directory: run corral in its working tree"
         if "not a git repository" in (res.err or where.err):
-            return "not a git repository"
+            return "not a git or jj repository (no .git or .jj here or in any folder above)"
         return _short_err(res)
 
     async def git(self, *args: str, cwd: str | Path | None = None, check: bool = True,
@@ -213,7 +214,10 @@ class GitBackend(Backend):
         full = f"refs/heads/{rev}" if await self.is_branch(rev) else rev
         res = await self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False)
         if not res.ok or not res.out.strip():
-            raise UsageError(f"base {rev!r}: no such revision in {self.root}")
+            names = await self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/", "refs/tags/",
+                                   check=False)
+            raise UsageError(f"base {rev!r}: no such revision in {self.root}"
+                             + did_you_mean(rev, [n for n in names.out.split() if not n.startswith("corral/")]))
         return res.out.strip()
 
     async def preflight(self) -> list[str]:
