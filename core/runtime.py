@@ -213,7 +213,7 @@ class Workspaces:
     def _say_notices(self) -> None:
         """What the backend found worth telling (jj: the base it chose, what agents did to the user's
         bookmarks and what corral put back, workspaces it had to adopt)."""
-        for note in getattr(self._rt.backend, "take_notices", lambda: [])():
+        for note in self._rt.backend.take_notices():
             self._rt.bus.log("warning", note)
 
     async def snapshot(self, ws: Workspace, message: str | None = None) -> Snapshot:

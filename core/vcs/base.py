@@ -335,6 +335,11 @@ class Backend(abc.ABC):
         """Why workspaces must not be made under ``root`` (None when they may)."""
         return None
 
+    def take_notices(self) -> list[str]:
+        """What the backend found worth telling the user since it was last asked (jj: the base it
+        chose, what agents did to the user's bookmarks and what corral put back)."""
+        return []
+
     async def notes(self, base_commit: str) -> list[str]:
         """Things about the repository a user should know before a run (not problems)."""
         return []

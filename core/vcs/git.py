@@ -382,7 +382,7 @@ class GitBackend(Backend):
     async def clear_stale_locks(self, ws: Workspace) -> list[str]:
         """Remove lock files a killed git process left in the worktree's admin dir, once no process
         works in the workspace any more (a live one may hold them). Returns what was removed."""
-        admin = Path(ws.admin or _admin_of(ws.path) or "")
+        admin = Path(ws.admin)
         if not ws.admin or not admin.is_dir():
             return []
         locks = [p for p in (admin / "index.lock", admin / "HEAD.lock") if p.exists()]
@@ -827,10 +827,9 @@ class GitBackend(Backend):
             if i == 0:
                 out.append((self.common_dir, where))
                 continue
-            link = _read(where / ".git")
-            if link.startswith("gitdir: "):
-                gitdir = Path(link.removeprefix("gitdir: "))
-                out.append((gitdir if gitdir.is_absolute() else where / gitdir, where))
+            admin = _admin_of(where)
+            if admin:
+                out.append((Path(admin), where))
         return out
 
     async def _in_the_way(self, where: Path, old: str, new: str) -> list[str]:
@@ -965,9 +964,12 @@ class GitBackend(Backend):
 
 
 def _admin_of(path: Path) -> str:
-    """The admin dir a linked worktree's ``.git`` file points at ("" when there is none)."""
+    """The admin dir a linked worktree's ``.git`` file points at, a relative one taken from the
+    worktree ("" when there is none)."""
     text = _read(path / ".git")
-    return text[len("gitdir:"):].strip() if text.startswith("gitdir:") else ""
+    if not text.startswith("gitdir:"):
+        return ""
+    return str(path / text[len("gitdir:"):].strip())  # an absolute path stays as it is
 
 
 def _uninitialised_with_files(path: Path) -> bool:
