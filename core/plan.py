@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from .agents import BUILTIN, Profile, ProfileError, profile_from_table
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,39}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,39}\Z")
 ENUMS = {
     "vcs": ("auto", "git", "jj"),
     "merge": ("merge", "squash", "rebase"),

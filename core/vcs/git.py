@@ -981,7 +981,7 @@ def _uninitialised_with_files(path: Path) -> bool:
     return bool(names) and ".git" not in names
 
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX40 = re.compile(r"\A[0-9a-f]{40}\Z")
 
 
 #: what the user may be in the middle of, by the file git keeps in the worktree's git dir meanwhile

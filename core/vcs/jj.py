@@ -85,9 +85,9 @@ _OP_RE = re.compile(r"--no-integrate-operation[^\n]*?([0-9a-f]{12,})")
 _ERROR_RE = re.compile(r"(?:[A-Z][a-z]+ )?[Ee]rror: ")
 _CAUSE_RE = re.compile(r"(?:Caused by:|\d+:)\s*(.*)")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_HEX_RE = re.compile(r"^[0-9a-f]{40,}$")
+_HEX_RE = re.compile(r"\A[0-9a-f]{40,}\Z")
 _REFUSED_RE = re.compile(r"^\s+(.+?): [\d.]+\s*\w+ \(\d+ bytes\)")
-_LEFTOVER_RE = re.compile(r"^corral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)$")
+_LEFTOVER_RE = re.compile(r"\Acorral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)\Z")
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
 #: What cleanup never abandons: everything any bookmark, tag or working copy still holds.
 KEEP = "(bookmarks() | remote_bookmarks() | tags() | working_copies())"
