@@ -46,9 +46,9 @@ class Profile:
     def executable(self) -> str:
         return self.command[0]
 
-    def find(self) -> str | None:
-        """Full path of the executable, or None when it is not on PATH."""
-        return shutil.which(self.executable)
+    def find(self, path: str | None = None) -> str | None:
+        """Full path of the executable, or None when it is not on ``path`` (default: PATH)."""
+        return shutil.which(self.executable, path=path)
 
     def command_line(self) -> str:
         """The command template for people: optional flag pairs in brackets."""

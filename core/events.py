@@ -232,6 +232,60 @@ class ProgramResult(Event):
     path: str = ""
 
 
+@dataclass(kw_only=True)
+class DecisionNeeded(Event):
+    """The run waits for a person: the review (``kind="review"``), landing (``"land"``) or a
+    program's question (``"ask"``). Any client may answer it, once (see :class:`DecisionMade`);
+    until then the run waits, however long, whether anyone watches or not."""
+
+    TYPE: ClassVar[str] = "decision_needed"
+    id: int
+    kind: str
+    #: review: one row per task (name, status, agent, added, removed, files, candidate)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    #: review: the conflict forecast (files, conflicts as [a, b, paths], crowded, trials)
+    forecast: dict[str, Any] = field(default_factory=dict)
+    #: land: what lands; ask: the question
+    message: str = ""
+    base: str = ""
+    default: bool = False
+
+
+@dataclass(kw_only=True)
+class DecisionMade(Event):
+    """A decision was taken (by a client, or by the run ending first: ``by="run"``)."""
+
+    TYPE: ClassVar[str] = "decision_made"
+    id: int
+    kind: str
+    answer: Any = None
+    by: str = ""
+
+
+#: every event type by its ``type`` field, for turning JSON back into events
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def _register() -> None:
+    stack = list(Event.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        EVENT_TYPES[cls.TYPE] = cls
+        stack.extend(cls.__subclasses__())
+
+
+def event_from_dict(data: dict[str, Any]) -> Event | None:
+    """The event ``data`` (as :meth:`Event.to_dict` made it) stands for; None for an unknown type
+    (a newer peer's), which a reader skips."""
+    if not EVENT_TYPES:
+        _register()
+    cls = EVENT_TYPES.get(str(data.get("type")))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
 Subscriber = Callable[[Event], None]
 
 

@@ -52,11 +52,16 @@ class Prepared:
     run_id: str = field(default_factory=new_run_id)
     #: what the user should know before the run starts (not problems): shown at its start
     notes: list[str] = field(default_factory=list)
+    #: the environment commands of the run start from (default: corral's own); a supervisor's run
+    #: gets the one of the terminal that started it
+    env: dict[str, str] | None = None
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
-                  max_parallel: int | None = None, approve: str | None = None) -> Prepared:
-    """Step 1, preflight. Raises :class:`UsageError` naming the problem; creates nothing."""
+                  max_parallel: int | None = None, approve: str | None = None,
+                  env: dict[str, str] | None = None, cwd: str | None = None) -> Prepared:
+    """Step 1, preflight. Raises :class:`UsageError` naming the problem; creates nothing. ``env`` and
+    ``cwd`` are those of the person's terminal when another process (the supervisor) prepares."""
     if base is not None:
         plan.base = base
     if verify is not None:
@@ -76,7 +81,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
             raise UsageError(problems[0])
         for task in plan.tasks:
             profile = plan.profile(task)
-            if profile.find() is None:
+            if profile.find((env or os.environ).get("PATH", os.defpath)) is None:
                 hint = ("install it, or pick another with --agent NAME" if plan.source == "--task" else
                         f"install it, or set [agents.{profile.name}] command = [...] in the plan")
                 raise UsageError(f"task {task.name!r}: agent {profile.name!r} needs {profile.executable!r}, "
@@ -86,7 +91,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 raise UsageError(f"task {task.name!r}: {ref!r} is not a valid branch name")
         root = plan.worktree_root or None
         if root:
-            p = Path(root).expanduser()
+            p = Path(cwd or ".") / Path(root).expanduser()
             if not p.is_dir():
                 raise UsageError(f"worktree_root {root!r}: no such directory")
             root = str(p.resolve())
@@ -104,7 +109,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
         await backend.close()
         raise
     await backend.remember_user_state()
-    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit))
+    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit), env=env)
 
 
 def _check_writable(root: str | None) -> None:
@@ -197,7 +202,7 @@ def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktree
         base_commit=prep.base_commit, **journal_fields,
     )
     options = RunOptions(run_id=prep.run_id, worktree_root=prep.worktree_root, grace=grace,
-                         keep_worktrees=keep_worktrees, default_agent=default_agent)
+                         keep_worktrees=keep_worktrees, default_agent=default_agent, env=prep.env)
     rt = runtime_cls(backend=backend, bus=bus, journal=journal, profiles=prep.plan.agents, approver=approver,
                      options=options, base_name=prep.base_name, base_commit=prep.base_commit)
     rt.notes = list(prep.notes)

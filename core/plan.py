@@ -26,7 +26,7 @@ ENUMS = {
 }
 TOP_KEYS = {
     "base", "vcs", "worktree_root", "max_parallel", "agent", "setup", "verify", "merge", "approve",
-    "timeout", "tasks", "agents", "reuse_deps",
+    "timeout", "tasks", "agents", "reuse_deps", "notify",
 }
 TASK_KEYS = {"name", "prompt", "system_prompt", "agent", "setup", "timeout"}
 
@@ -60,6 +60,8 @@ class Plan:
     timeout: float = 0
     #: with setup = "auto": copy the base checkout's node_modules when the lock file is unchanged
     reuse_deps: bool = False
+    #: run with an event as JSON on stdin when the run needs a decision, fails or is done
+    notify: list[str] = field(default_factory=list)
     agents: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
     source: str = "--task"
 
@@ -99,6 +101,7 @@ class Plan:
             "approve": self.approve,
             "timeout": self.timeout,
             "reuse_deps": self.reuse_deps,
+            "notify": self.notify,
             "tasks": [
                 {
                     "name": t.name,
@@ -255,6 +258,8 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     plan.verify = c.string(data, "verify", "verify", "") or ""
     plan.max_parallel = int(c.number(data, "max_parallel", "max_parallel", 0, integer=True))
     plan.timeout = float(c.number(data, "timeout", "timeout", 0, integer=False))
+    if "notify" in data:
+        plan.notify = _command(c, data["notify"], "notify")
     if "reuse_deps" in data:
         if not isinstance(data["reuse_deps"], bool):
             raise c.fail("reuse_deps", "must be true or false")
@@ -319,6 +324,15 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
             raise c.fail(f"{label}.agent", _unknown_agent(agent, plan.agents, name), "agent")
         plan.tasks.append(spec)
     return plan
+
+
+def _command(c: "_Checker", value: Any, key: str) -> list[str]:
+    """A command given as a string (run by ``sh -c``, like ``verify``) or as an argv list."""
+    if isinstance(value, str) and value.strip():
+        return ["sh", "-c", value]
+    if isinstance(value, list) and value and all(isinstance(x, str) and x for x in value):
+        return list(value)
+    raise c.fail(key, "must be a command: a non-empty string, or a non-empty list of strings")
 
 
 def _unknown_agent(agent: str, known: Iterable[str], task: str = "") -> str:

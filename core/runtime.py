@@ -142,6 +142,8 @@ class RunOptions:
     keep_worktrees: bool = False
     #: profile used for a spec whose ``agent`` is a display name and that names no ``profile``
     default_agent: str | None = None
+    #: the environment commands start from (None: corral's own)
+    env: dict[str, str] | None = None
 
 
 class Handle:
@@ -710,7 +712,7 @@ class Runtime:
         """The environment of a command corral runs for ``task`` in ``cwd`` (agent, setup, verify):
         corral's own, ``extra`` (a profile's), and the marks by which what it leaves running is found
         after a crash (``CORRAL_RUN``, ``CORRAL_TASK``)."""
-        env = dict(os.environ)
+        env = dict(os.environ if self.options.env is None else self.options.env)
         env.update(extra or {})
         env.update({"CORRAL_RUN": self.run_id, "CORRAL_TASK": task, "CORRAL_WORKSPACE": cwd})
         return env

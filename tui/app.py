@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.core.pipeline import Prepared
+    from corral.core.server.client import Link
+
+    from .dashboard import CorralApp
 
 
 def _bell() -> bool:
@@ -23,18 +26,36 @@ def user_keymap() -> dict[str, str]:
 
 
 def run_dashboard(prep: "Prepared", keep_worktrees: bool = False, keymap: dict[str, str] | None = None) -> int:
-    """Run ``prep`` (already through preflight) in the dashboard. Returns the run's exit code
-    (0 or 1), or 130 when the person quit (or SIGTERM/SIGHUP came) while it ran."""
+    """Host ``prep`` (already through preflight) in this process, in the dashboard. Returns the
+    run's exit code (0 or 1), or 130 when the person quit (or SIGTERM/SIGHUP came) while it ran."""
     from .dashboard import CorralApp
 
     app = CorralApp(prep=prep, keep_worktrees=keep_worktrees, bell=_bell(), handle_signals=True,
                     keymap=keymap if keymap is not None else user_keymap())
-    result = app.run()
+    return _finish(app, app.run())
+
+
+def run_attached(link: "Link", keymap: dict[str, str] | None = None) -> int:
+    """The dashboard on a run in the supervisor. Returns the run's exit code once it ended, 130
+    when the person stopped it, or 0 when they detached (the run goes on)."""
+    from .dashboard import CorralApp
+
+    app = CorralApp(link=link, bell=_bell(), handle_signals=True,
+                    keymap=keymap if keymap is not None else user_keymap())
+    return _finish(app, app.run())
+
+
+def _finish(app: "CorralApp", result: object) -> int:
     code = result if isinstance(result, int) else app.exit_code
     if app.terminal_lost:
         return code
-    if app.outcome is not None and app.outcome.report:
-        print(f"corral: run {app.outcome.run_id} {app.outcome.state} (exit {code}); report: {app.outcome.report}")
+    run = app.bus.run
+    if app.detached:
+        print(f"corral: detached from run {run}; it goes on. corral attach {run} to come back, "
+              f"corral stop {run} to stop it")
+        return 0
+    if app.report:
+        print(f"corral: run {run} {app.final_state} (exit {code}); report: {app.report}")
     elif code == 130:
         print("corral: run interrupted; agents stopped, workspaces removed, branches with work kept",
               file=sys.stderr)
@@ -100,4 +121,4 @@ def run_home(repo_path: str) -> int:
     return result if isinstance(result, int) else app.exit_code
 
 
-__all__ = ["run_dashboard", "run_dashboard_runner", "run_home"]
+__all__ = ["run_attached", "run_dashboard", "run_dashboard_runner", "run_home"]

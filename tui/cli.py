@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verify", default=None, metavar="CMD", help="command run on the merge result before landing")
     r.add_argument("--keep-worktrees", action="store_true", help="leave workspaces in place after the run")
     r.add_argument("--input", default=None, metavar="JSON", help="input for a program (JSON)")
+    r.add_argument("--detach", action="store_true",
+                   help="start the run in the repository's supervisor and return (corral attach to watch it)")
+
+    at = sub.add_parser("attach", help="open the dashboard on a live run (the newest if none is named)")
+    at.add_argument("run", nargs="?", help="run id (see corral runs)")
+    at.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
+
+    st = sub.add_parser("stop", help="stop a live run: its agents, then its cleanup (work is kept)")
+    st.add_argument("run", nargs="?", help="run id (see corral runs)")
+    st.add_argument("--all", action="store_true", help="every live run of the repository")
+    st.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
     d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
     d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
@@ -98,6 +109,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_clean(args)
     if cmd == "agents":
         return cmd_agents(args)
+    if cmd == "attach":
+        return cmd_attach(args)
+    if cmd == "stop":
+        return cmd_stop(args)
     fail_usage(f"unknown command {cmd!r}")
 
 
@@ -128,14 +143,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_program_cli(args)
     if args.input is not None:
         fail_usage("--input is for programs (PROGRAM.py)")
+    if args.detach and args.json:
+        fail_usage("--detach starts the run and returns: it prints no events (corral attach shows them)")
     plan = _load_plan(args)
     repo = args.repo or os.getcwd()
     return launch(plan, repo, args, headless=args.headless, json_mode=args.json)
 
 
 def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mode: bool,
-           banner: str | None = None) -> int:
-    """Preflight (exit 2 on any problem, nothing created), then the run in the chosen front end."""
+           banner: str | None = None, in_process: bool = False) -> int:
+    """Preflight (exit 2 on any problem, nothing created), then the run: headless in this process,
+    or in the repository's supervisor with the dashboard attached (``in_process``: the dashboard
+    hosts it, for runs that must not outlive this process, like the demo's on its scratch repo)."""
     import anyio
 
     from corral.core.pipeline import prepare
@@ -160,11 +179,165 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     except UsageError as exc:
         fail_usage(str(exc))
     keep = bool(getattr(args, "keep_worktrees", False))
-    if headless:
+    detach = bool(getattr(args, "detach", False))
+    if headless and not detach:
         return run_headless(prep, json_mode=json_mode, keep_worktrees=keep, banner=banner)
-    from corral.tui.app import run_dashboard
+    if in_process:
+        from corral.tui.app import run_dashboard
 
-    return run_dashboard(prep, keep_worktrees=keep, keymap=keymap)
+        return run_dashboard(prep, keep_worktrees=keep, keymap=keymap)
+    # the run goes to the repository's supervisor, which outlives this terminal
+    anyio.run(prep.backend.close)
+    request = start_request(args, plan, str(prep.backend.root), keep)
+    state_dir, root = prep.backend.state_dir, prep.backend.root
+    if detach:
+        run_id, pid = anyio.run(start_in_supervisor, state_dir, root, request)
+        print(f"corral: run {run_id} started in the supervisor (pid {pid}) of {root}; "
+              f"corral attach {run_id} to watch it, corral stop {run_id} to stop it")
+        return EXIT_OK
+    if banner:
+        print(banner, flush=True)
+    return attach_dashboard(state_dir, root, None, keymap, request=request)
+
+
+def start_request(args: argparse.Namespace, plan, repo_root: str, keep: bool):
+    """What the supervisor needs to start the run as this terminal would: absolute paths, and the
+    environment and working directory agents and commands start from."""
+    from corral.core.server.launch import StartRequest
+
+    target = getattr(args, "target", None)
+    return StartRequest(
+        target=os.path.abspath(target) if target else None, repo=repo_root,
+        tasks=list(getattr(args, "task", []) or []) if not target else [],
+        agent=getattr(args, "agent", None), base=plan.base, verify=plan.verify or None,
+        max_parallel=plan.max_parallel, approve=plan.approve, keep_worktrees=keep,
+        cwd=os.getcwd(), env=dict(os.environ))
+
+
+async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
+    """Start ``request`` in the repository's supervisor (started first if none runs); returns the
+    run id and the supervisor's pid. A refusal is a usage error (exit 2)."""
+    import anyio
+
+    from corral.core.server.client import LinkError, ensure_supervisor
+    from corral.core.server.host import CommandError
+
+    try:
+        conn = await ensure_supervisor(state_dir, root)
+    except LinkError as exc:
+        raise UsageExit(f"corral: {exc}") from None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.pump)
+            try:
+                reply = await conn.request("start", request=request.to_dict())
+            finally:
+                tg.cancel_scope.cancel()
+    except CommandError as exc:
+        raise UsageExit(f"corral: {exc}") from None
+    finally:
+        await conn.aclose()
+    return str(reply["run"]), int(conn.hello.get("pid", 0))
+
+
+def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) -> int:
+    """The dashboard on a run of the supervisor: ``run_id``, the newest live one, or one started
+    from ``request`` first."""
+    import anyio
+
+    from corral.core.server.client import LinkError, SocketLink, open_connection
+    from corral.tui.app import run_attached
+
+    if request is not None:
+        run_id, _pid = anyio.run(start_in_supervisor, state_dir, root, request)
+
+    async def connect():
+        conn = await open_connection(state_dir)
+        return conn
+
+    try:
+        conn = anyio.run(connect)
+    except LinkError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if run_id is None:
+        live = [r for r in conn.hello.get("runs", []) if r.get("live")]
+        if not live:
+            anyio.run(conn.aclose)
+            print(f"corral: no live run in {root} (corral runs lists them all)", file=sys.stderr)
+            return EXIT_FAILED
+        run_id = max(live, key=lambda r: r.get("started") or 0)["run"]
+    elif run_id not in {r.get("run") for r in conn.hello.get("runs", [])}:
+        anyio.run(conn.aclose)
+        fail_usage(f"no live run {run_id!r} in {root} (corral runs lists them)")
+    return run_attached(SocketLink(conn, run_id), keymap=keymap)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from corral.tui.app import user_keymap
+    from corral.tui.keymap import KeymapError
+
+    try:
+        keymap = user_keymap()
+    except KeymapError as exc:
+        fail_usage(str(exc))
+    backend = _open_backend(args.repo)
+    return attach_dashboard(backend.state_dir, backend.root, args.run, keymap)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import anyio
+
+    from corral.core.server.client import LinkError, open_connection
+    from corral.core.server.host import CommandError
+
+    if bool(args.run) == bool(args.all):
+        fail_usage("stop needs a run id (see corral runs) or --all")
+    backend = _open_backend(args.repo)
+
+    async def stop() -> int:
+        try:
+            conn = await open_connection(backend.state_dir)
+        except LinkError:
+            if args.all:
+                print(f"corral: no live run in {backend.root}")
+                return EXIT_OK
+            fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+        runs = {r["run"]: r for r in conn.hello.get("runs", [])}
+        targets = [r for r, info in runs.items() if info.get("live")] if args.all else [args.run]
+        if not args.all and args.run not in runs:
+            await conn.aclose()
+            fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+        code = EXIT_OK
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.pump)
+            for run in targets:
+                try:
+                    await conn.request("stop", run=run)
+                except CommandError as exc:
+                    print(f"corral: {run}: {exc}", file=sys.stderr)
+                    code = EXIT_FAILED
+                    continue
+                print(f"corral: stopping run {run}: agents stopped, then its cleanup (work is kept)")
+            tg.cancel_scope.cancel()
+        await conn.aclose()
+        # wait for the runs to end: their cleanup is done when the supervisor says they are over
+        for run in targets:
+            while True:
+                try:
+                    c2 = await open_connection(backend.state_dir)
+                except LinkError:
+                    break
+                info = {r["run"]: r for r in c2.hello.get("runs", [])}.get(run)
+                await c2.aclose()
+                if info is None or not info.get("live"):
+                    if info is not None:
+                        print(f"corral: run {run} ended (exit {info.get('exit_code')})")
+                    break
+                await anyio.sleep(0.1)
+        return code
+
+    return anyio.run(stop)
 
 
 def make_headless_approver(mode: str, bus):
@@ -254,7 +427,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"corral demo: {len(plan.tasks)} scripted agents; one fails, two edit the same line")
     code = EXIT_INTERRUPTED
     try:
-        code = launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner)
+        code = launch(plan, str(repo), args, headless=args.headless, json_mode=args.json, banner=banner,
+                      in_process=True)
     finally:
         if not args.keep:
             shutil.rmtree(repo, ignore_errors=True)

@@ -1,11 +1,13 @@
-"""The Textual app: runs the engine's pipeline on Textual's asyncio loop and renders its event stream.
+"""The Textual app: a client of a run, which it follows through a :class:`~corral.core.server.client.Link`.
 
-No engine logic lives here. The app subscribes a :class:`~corral.tui.model.RunModel` to the
-:class:`~corral.core.events.EventBus`; subscribers are called synchronously in the loop thread, so the
-model only appends to per-pane buffers, and one ``set_interval`` timer flushes every pane inside
-``batch_update()``. Controls go through the :class:`~corral.core.runtime.Runtime` handed over by
-``on_runtime``: ``rt.abort``, ``rt.abort_all``, ``rt.discard``; approvals through
-:class:`DashboardApprover`, which pushes the review screen or a confirmation and awaits the answer.
+No engine logic lives here, and no engine object is reached into. The run is hosted by a
+:class:`~corral.core.server.host.RunHost`, in the repository's supervisor (``corral run``, ``corral
+attach``: the dashboard can detach and the run goes on) or in this process (programs, the home
+screen's runs). Its events feed the app's :class:`~corral.core.events.EventBus`, and through it a
+:class:`~corral.tui.model.RunModel`, which only appends to per-pane buffers; one ``set_interval``
+timer flushes every pane inside ``batch_update()``. Controls (abort, discard, the diff, decisions)
+are commands on the link; a decision the run waits for arrives as an event, opens the review or a
+question, and the first answer from any attached client decides.
 """
 
 from __future__ import annotations
@@ -27,18 +29,19 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.worker import Worker, WorkerState
 
-from corral.core.events import EventBus
+from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, RunFinished
 from corral.core.report import fmt_duration
-from corral.core.vcs.base import VcsError
+from corral.core.server.host import CommandError, forecast_from_dict
 
 from .dialogs import ConfirmScreen
 from .model import RunModel
 
 if TYPE_CHECKING:
     from corral.core.events import VerifyResult
-    from corral.core.pipeline import Outcome, Prepared
-    from corral.core.runtime import Runtime, TaskInfo
-    from corral.core.vcs.base import Forecast
+    from corral.core.pipeline import Prepared
+    from corral.core.runtime import Runtime
+    from corral.core.server.client import Link
+    from corral.core.server.host import RunHost
 
     from .review_screen import ReviewScreen
     from .run_screen import RunScreen
@@ -66,23 +69,6 @@ def land_body(result: "VerifyResult | None", message: str, base_name: str) -> Te
     return body
 
 
-class DashboardApprover:
-    """The person at the dashboard decides: the review screen, and modal confirmations."""
-
-    def __init__(self, app: "CorralApp") -> None:
-        self.app = app
-
-    async def review(self, rt: "Runtime", candidates: list["TaskInfo"], forecast: "Forecast") -> dict[str, bool]:
-        return await self.app.request_review(candidates, forecast)
-
-    async def confirm_land(self, rt: "Runtime", message: str) -> bool:
-        body = land_body(self.app.model.verify_result, message, rt.base_name)
-        return await self.app.request_confirm(LAND_TITLE, body, yes="Land", no="Keep branch", danger=False)
-
-    async def ask(self, rt: "Runtime", question: str, default: bool) -> bool:
-        return await self.app.request_confirm("Approval asked", question, danger=False)
-
-
 class _Pending:
     """A question the pipeline is waiting on."""
 
@@ -92,8 +78,9 @@ class _Pending:
 
 
 class CorralApp(App[int]):
-    """corral's dashboard. Give it a prepared run (``prep``), a repository for the home screen
-    (``home_repo``), or neither (a bus fed by the caller: tests and screenshots)."""
+    """corral's dashboard. Give it a link to a run (``link``: a run in the supervisor), a prepared
+    run or a program to host in this process (``prep``, ``runner``), a repository for the home
+    screen (``home_repo``), or none of them (a bus fed by the caller: tests and screenshots)."""
 
     TITLE = "corral"
     BINDINGS = [
@@ -105,6 +92,7 @@ class CorralApp(App[int]):
         *,
         prep: "Prepared | None" = None,
         runner: "Runner | None" = None,
+        link: "Link | None" = None,
         keep_worktrees: bool = False,
         home_repo: str | None = None,
         bus: EventBus | None = None,
@@ -120,6 +108,7 @@ class CorralApp(App[int]):
             self.set_keymap(keymap)  # the person's keys (keymap.toml), by binding id
         self.prep = prep
         self.runner = runner
+        self.initial_link = link
         self.keep_worktrees = keep_worktrees
         self.home_repo = home_repo
         self.clock = clock
@@ -131,15 +120,22 @@ class CorralApp(App[int]):
         self.model = RunModel()
         self._unsubscribe = self.bus.subscribe(self.model)
         self.model.on_notify = self._on_model_notify
-        self.rt: "Runtime | None" = None
-        self.outcome: "Outcome | None" = None
+        #: the run this dashboard follows, and (for a run in this process) its host
+        self.link: "Link | None" = None
+        self.host: "RunHost | None" = None
         self.exit_code = 0
+        self.report = ""
+        self.final_state = ""
+        #: set when the person detached: the run goes on without this dashboard
+        self.detached = False
         self.run_screen: "RunScreen | None" = None
-        self._scope: anyio.CancelScope | None = None
         self._pipeline_running = False
         self._pipeline_done = anyio.Event()
-        self._review: _Pending | None = None
-        self._review_items: tuple[list["TaskInfo"], "Forecast"] | None = None
+        self._decision: DecisionNeeded | None = None
+        #: while the run so far is replayed: no toasts, and decisions opened only if still open
+        self._replaying = True
+        self._replayed: dict[int, DecisionNeeded] = {}
+        self._decision_worker: Worker[Any] | None = None
         self._review_screen: "ReviewScreen | None" = None
         self._modals: list[Any] = []
         #: screens that wanted to open while a modal was up: they open, in order, once it is answered
@@ -148,6 +144,11 @@ class CorralApp(App[int]):
         self._stopping = False
         #: set when SIGHUP said the terminal went away
         self.terminal_lost = False
+
+    @property
+    def rt(self) -> "Runtime | None":
+        """The runtime of a run hosted in this process (for tests; the app itself never uses it)."""
+        return self.host.rt if self.host is not None else None
 
     # ----------------------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -165,7 +166,9 @@ class CorralApp(App[int]):
                 signal.signal(signal.SIGHUP, self._on_hangup)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
-        if self.prep is not None:
+        if self.initial_link is not None:
+            self.attach(self.initial_link)
+        elif self.prep is not None:
             self.start_run(self.prep)
         elif self.runner is not None:
             self.start_runner(self.runner, approve=self.runner_approve)
@@ -185,66 +188,98 @@ class CorralApp(App[int]):
         return self.run_screen
 
     def start_run(self, prep: "Prepared", keep_worktrees: bool | None = None) -> None:
-        """Show the run screen and run the pipeline of ``prep`` in a worker on this loop."""
-        from corral.core.runtime import PolicyApprover
+        """Show the run screen and host the pipeline of ``prep`` in this process."""
+        from corral.core.pipeline import execute
 
         if keep_worktrees is not None:
             self.keep_worktrees = keep_worktrees
         self.prep = prep
-        self.bus.run = prep.run_id
-        mode = prep.plan.approve
-        approver = PolicyApprover(mode == "all") if mode in ("all", "none") else DashboardApprover(self)
-        self._pipeline_running = True
-        self._pipeline_done = anyio.Event()
-        self.show_run_screen()
-        self._run_pipeline(prep, approver)
+        keep, grace = self.keep_worktrees, self.grace
+        self._host(prep.run_id, prep.plan.approve,
+                   lambda approver, bus, on_rt: execute(prep, approver, bus, keep_worktrees=keep, grace=grace,
+                                                        on_runtime=on_rt))
 
     #: ``--approve`` mode for a runner given to the constructor
     runner_approve: str = "ask"
 
     def start_runner(self, runner: "Runner", run_id: str = "", approve: str = "ask") -> None:
-        """Show the run screen and run ``runner(approver, bus, on_runtime)`` (a program on the
+        """Show the run screen and host ``runner(approver, bus, on_runtime)`` (a program on the
         runtime, say) the way a plan's pipeline runs: it returns an exit code or an object with
         ``exit_code``; quitting cancels it (its cleanup must be shielded). ``approve`` is the
         ``--approve`` mode: ``ask`` puts each question to the person, ``all``/``none`` answer it."""
-        from corral.core.runtime import PolicyApprover
+        self._host(run_id or self.bus.run, approve, runner)
 
-        if run_id:
-            self.bus.run = run_id
-        approver = PolicyApprover(approve == "all") if approve in ("all", "none") else DashboardApprover(self)
+    def _host(self, run_id: str, approve: str, body: Any) -> None:
+        from corral.core.server.client import LocalLink
+        from corral.core.server.host import RunHost
+
+        self.host = RunHost(run_id, approve=approve)
+        self.attach(LocalLink(self.host), body)
+
+    def attach(self, link: "Link", body: Any = None) -> None:
+        """Follow the run behind ``link`` (hosting it first when ``body`` is given)."""
+        self.link = link
+        self._replaying, self._replayed = True, {}
+        if link.run_id:
+            self.bus.run = link.run_id
         self._pipeline_running = True
         self._pipeline_done = anyio.Event()
         self.show_run_screen()
-        self._run_worker(lambda: runner(approver, self.bus, self._on_runtime))
+        self._follow(link, body)
 
-    def _run_pipeline(self, prep: "Prepared", approver: Any) -> None:
-        from corral.core.pipeline import execute
-
-        self._run_worker(lambda: execute(prep, approver, self.bus, keep_worktrees=self.keep_worktrees,
-                                         grace=self.grace, on_runtime=self._on_runtime))
+    @property
+    def detachable(self) -> bool:
+        return self.link is not None and self.link.detachable
 
     @work(exclusive=True, group="pipeline", exit_on_error=False)
-    async def _run_worker(self, start: Callable[[], Awaitable[Any]]) -> None:
-        self._scope = anyio.CancelScope()
+    async def _follow(self, link: "Link", body: Any = None) -> None:
+        """Feed the run's events to the bus until the run ends (or the link is lost)."""
+        host = self.host
         try:
-            with self._scope:
-                result = await start()
-                if isinstance(result, int):
-                    self.exit_code = result
-                else:
-                    self.outcome = result
-                    self.exit_code = int(getattr(result, "exit_code", 1))
-            if self._scope.cancelled_caught:
-                self.exit_code = EXIT_INTERRUPTED
-        except Exception as exc:  # an engine bug: say so, keep the dashboard up
+            async with anyio.create_task_group() as tg:
+                if body is not None and host is not None:
+                    tg.start_soon(host.run, body)
+                async for ev in link.events():
+                    self._on_event(ev)
+            if link.exit_code is not None:
+                self.exit_code = link.exit_code
+            elif not self.detached:
+                self.exit_code = 1
+                why = getattr(link, "lost", "") or "the run's events stopped"
+                self.bus.log("error", f"lost the run: {why}")
+                self.notify(f"lost the run: {why}", severity="error", timeout=10)
+        except Exception as exc:  # an engine or link bug: say so, keep the dashboard up
             self.exit_code = 1
             self.bus.log("error", f"the run stopped on an internal error: {exc!r}")
             self.notify(f"internal error: {exc!r}", severity="error", timeout=10)
         finally:
             self._pipeline_running = False
+            self._drop_decision()
             self._close_modals()
             self._pipeline_done.set()
             self._flush_panes()
+
+    def _on_event(self, ev: Event) -> None:
+        from corral.core.server.client import SnapshotEnd
+
+        if isinstance(ev, SnapshotEnd):
+            self._replaying = False
+            open_ = [d for d in self._replayed.values()]
+            self._replayed.clear()
+            if open_:
+                self._on_decision(open_[-1])  # the one the run waits for now
+            return
+        self.bus.emit(ev)
+        if isinstance(ev, DecisionNeeded):
+            if self._replaying:
+                self._replayed[ev.id] = ev
+            else:
+                self._on_decision(ev)
+        elif isinstance(ev, DecisionMade):
+            self._replayed.pop(ev.id, None)
+            self._on_decided(ev)
+        elif isinstance(ev, RunFinished):
+            self.report, self.final_state = ev.report, ev.state
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place a failed worker is reported (the app's own, and the screens' forwarded by
@@ -256,15 +291,27 @@ class CorralApp(App[int]):
         self.bus.log("error", f"{name} failed: {error!r}")
         self.notify(f"{name} failed: {error}", title="internal error", severity="error", timeout=10)
 
-    def _on_runtime(self, rt: "Runtime") -> None:
-        self.rt = rt
-
     @property
     def pipeline_running(self) -> bool:
         return self._pipeline_running
 
+    @property
+    def can_control(self) -> bool:
+        """Whether commands (abort, discard, ...) can reach the run now."""
+        return self.link is not None and self._pipeline_running
+
+    async def command(self, op: str, **args: Any) -> dict[str, Any] | None:
+        """A command on the run; a refusal is a notification (and None)."""
+        if self.link is None:
+            return None
+        try:
+            return await self.link.request(op, **args)
+        except CommandError as exc:
+            self.notify(str(exc), severity="warning")
+            return None
+
     def _on_model_notify(self, title: str, message: str, severity: str) -> None:
-        if not self.notifications:
+        if not self.notifications or (self._replaying and self.link is not None):
             return
         # many agents finishing at once must not bury the screen in toasts: short-lived unless bad
         self.notify(message, title=title, severity=severity,  # type: ignore[arg-type]
@@ -312,6 +359,11 @@ class CorralApp(App[int]):
             yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
                                 partial(screen.run_action, action))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "detach":
+            return True if (self.detachable and self._pipeline_running) else None
+        return True
+
     # --------------------------------------------------------------------------------- modals
     @property
     def modal_open(self) -> bool:
@@ -340,8 +392,16 @@ class CorralApp(App[int]):
     async def action_quit(self) -> None:
         await self.action_quit_run()
 
+    def action_detach(self) -> None:
+        """``D``: close the dashboard; the run goes on in the supervisor (``corral attach``)."""
+        if not self.detachable:
+            self.notify("this run lives in this process: it can't go on without the dashboard", severity="warning")
+            return
+        self.detached = True
+        self.exit(0)
+
     async def action_quit_run(self) -> None:
-        """Quit; while the run goes on, ask first, then stop every agent and clean up."""
+        """Quit; while the run goes on, ask first: detach (the run goes on) or stop it."""
         if self._stopping:
             self.notify("still cleaning up, please wait", severity="warning")
             return
@@ -351,7 +411,11 @@ class CorralApp(App[int]):
             return
         if self._quit_dialog is not None:
             return  # asked already (on screen, or waiting for the question on top to be answered)
-        dialog = ConfirmScreen("Quit corral?", self._quit_body(), yes="Stop and quit", no="Keep running")
+        if self.detachable:
+            dialog = ConfirmScreen("Quit corral?", self._quit_body(), yes="Stop the run", no="Detach",
+                                   cancel=True)
+        else:
+            dialog = ConfirmScreen("Quit corral?", self._quit_body(), yes="Stop and quit", no="Keep running")
         self._quit_dialog = dialog
         if self.modal_open:
             self.notify("answer this question first; then corral asks about quitting", severity="warning")
@@ -365,9 +429,18 @@ class CorralApp(App[int]):
             return body
         if running:
             body.append(f"{running} task(s) still running. ", style="bold")
-        body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
-                    "removes every workspace and keeps the branches that hold unmerged work.")
-        if self._review is not None:
+        if self.detachable:
+            body.append(f"The run is in its {self.model.phase} phase.\n\n")
+            body.append("Detach", style="bold")
+            body.append(" (the default, n): the run goes on without the dashboard; "
+                        f"corral attach {self.bus.run} comes back to it.\n")
+            body.append("Stop the run", style="bold")
+            body.append(" (y): every agent is stopped (TERM, then KILL), every workspace removed, and the "
+                        "branches that hold unmerged work are kept.\nEscape: keep watching.")
+        else:
+            body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
+                        "removes every workspace and keeps the branches that hold unmerged work.")
+        if self._decision is not None and self._decision.kind == "review":
             body.append("\n\nThe review is ready: it opens when you keep running.", style="bold")
         return body
 
@@ -386,7 +459,8 @@ class CorralApp(App[int]):
         self.model.on_notify = self._on_model_notify
         self._unsubscribe = self.bus.subscribe(self.model)
         self.run_screen = None
-        self.rt = self.outcome = self.prep = None
+        self.link = self.host = self.prep = None
+        self.report = ""
         homes[-1].load()
         return True
 
@@ -394,13 +468,23 @@ class CorralApp(App[int]):
         self._quit_dialog = None
         if yes:
             self.stop_and_exit()
+        elif yes is False and self.detachable:
+            self.action_detach()
 
     def _on_signal(self, signum: int) -> None:
+        if self.detachable:
+            self.action_detach()  # the run is the supervisor's: this client only goes away
+            return
         self.stop_and_exit()
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
-        """The terminal is gone: stop drawing (so nothing blocks on it), then stop and clean up."""
+        """The terminal is gone: stop drawing (so nothing blocks on it), then detach (a run in the
+        supervisor goes on) or stop and clean up (a run in this process)."""
         self.terminal_lost = True
+        if self.detachable:
+            # nothing of the run is here: end at once, whatever Textual's threads are doing with
+            # the terminal that is gone (its input thread can spin on EOF, its writer block)
+            os._exit(0)
         driver = self._driver
         if driver is not None:
             # nothing more reaches the terminal; and SIGCONT (sent with SIGHUP to an orphaned group)
@@ -432,15 +516,19 @@ class CorralApp(App[int]):
 
     @work(exclusive=True, group="stop", exit_on_error=False)
     async def stop_and_exit(self) -> None:
-        """Cancel the pipeline (its cleanup is shielded and runs), wait for it, exit with 130."""
+        """Stop the run (its cleanup runs, in whichever process hosts it), wait for its end, exit
+        with 130."""
         if self._stopping:
             return
         self._stopping = True
-        if self._pipeline_running and self._scope is not None:
+        if self._pipeline_running and self.link is not None:
             self.notify("stopping agents and cleaning up ...", timeout=30)
-            self._scope.cancel()
+            try:
+                await self.link.request("stop")
+            except CommandError:
+                pass
             await self._pipeline_done.wait()
-            self.exit(EXIT_INTERRUPTED)
+            self.exit(EXIT_INTERRUPTED if self.exit_code in (0, EXIT_INTERRUPTED) else self.exit_code)
         else:
             self.exit(self.exit_code)
 
@@ -451,32 +539,64 @@ class CorralApp(App[int]):
                 screen.dismiss(None)
         self._modals.clear()
 
-    # ------------------------------------------------------------------------------ approvals
+    # ------------------------------------------------------------------------------ decisions
     @property
     def review_pending(self) -> bool:
-        return self._review is not None
+        return self._decision is not None and self._decision.kind == "review"
 
-    async def request_review(self, candidates: list["TaskInfo"], forecast: "Forecast") -> dict[str, bool]:
-        pending = _Pending()
-        self._review = pending
-        self._review_items = (candidates, forecast)
-        try:
+    def _on_decision(self, ev: DecisionNeeded) -> None:
+        """The run waits for a decision: open the review, or ask the question."""
+        self._drop_decision()
+        self._decision = ev
+        if self.bell_on_finish:
+            self.bell()  # a person is needed now
+        if ev.kind == "review":
             self.open_review()
             if self.notifications:
                 self.notify("review ready: y approve, n reject, m merge the approved ones"
                             + (" (it opens when you answer the question)" if self.modal_open else ""),
                             title="review")
-            if self.bell_on_finish:
-                self.bell()  # a person is needed now
-            await pending.event.wait()
-            return dict(pending.result or {})
-        finally:
-            self._review = None
-            self._review_items = None
-            screen = self._review_screen
-            self._review_screen = None
-            if not pending.event.is_set() and screen is not None and self.screen is screen:
-                self.pop_screen()  # the run was cancelled while the review was open
+            return
+        self._decision_worker = self._ask(ev)
+
+    @work(group="decision", exit_on_error=False)
+    async def _ask(self, ev: DecisionNeeded) -> None:
+        if ev.kind == "land":
+            body = land_body(self.model.verify_result, ev.message, ev.base)
+            answer = await self.request_confirm(LAND_TITLE, body, yes="Land", no="Keep branch", danger=False)
+        else:
+            answer = await self.request_confirm("Approval asked", ev.message, danger=False)
+        await self._decide(ev, answer)
+
+    async def _decide(self, ev: DecisionNeeded, answer: Any) -> None:
+        if self._decision is ev:
+            self._decision = None
+        await self.command("decide", decision=ev.id, answer=answer)
+
+    def _on_decided(self, ev: DecisionMade) -> None:
+        """A decision was taken (here, in another terminal, or by the run's end): close what asks it."""
+        if self._decision is None or self._decision.id != ev.id:
+            return
+        self._drop_decision()
+        if ev.by != "run" and self.notifications:
+            self.notify(f"decided in another terminal: {ev.kind}", severity="warning")
+
+    def _drop_decision(self) -> None:
+        self._decision = None
+        worker = self._decision_worker
+        self._decision_worker = None
+        if worker is not None and worker.is_running:
+            worker.cancel()
+        screen = self._review_screen
+        self._review_screen = None
+        self._waiting = [w for w in self._waiting if w != self._push_review]
+        if screen is not None and screen in self.screen_stack:
+            # once mounted: a screen popped while it mounts fails in its on_mount
+            self.call_after_refresh(self._pop_if_top, screen)
+
+    def _pop_if_top(self, screen: Any) -> None:
+        if self.screen is screen:
+            self.pop_screen()
 
     def open_review(self) -> None:
         """Open the review now, or once the open question is answered."""
@@ -489,42 +609,27 @@ class CorralApp(App[int]):
     def _push_review(self) -> None:
         from .review_screen import ReviewItem, ReviewScreen
 
-        if self._review is None or self._review_items is None:
+        ev = self._decision
+        if ev is None or ev.kind != "review":
             return
         if self._review_screen is not None and self._review_screen in self.screen_stack:
             return
-        candidates, forecast = self._review_items
-        names = {c.name for c in candidates}
-        rt = self.rt
-        items = []
-        tasks = list(rt.tasks.values()) if rt is not None else candidates
-        for t in tasks:
-            snap = t.snapshot
-            items.append(ReviewItem(name=t.name, status=t.status, agent=t.agent,
-                                    added=snap.added if snap else 0, removed=snap.removed if snap else 0,
-                                    files=list(snap.files) if snap else [],
-                                    candidate=t.name in names and t.status == "succeeded"))
+        items = [ReviewItem(**row) for row in ev.items]
         previous = self._review_screen.decisions if self._review_screen is not None else {}
-        screen = ReviewScreen(items, forecast, self._load_diff, previous)
+        screen = ReviewScreen(items, forecast_from_dict(ev.forecast), self._load_diff, previous)
         self._review_screen = screen
 
         def done(result: dict[str, bool] | None) -> None:
-            pending = self._review
-            if result is None or pending is None:
+            if result is None or self._decision is not ev:
                 return  # back to the run screen; decide later with r
-            pending.result = result
-            pending.event.set()
+            self._review_screen = None
+            self.run_worker(self._decide(ev, result), group="decision", exit_on_error=False)
 
         self.push_screen(screen, done)
 
     async def _load_diff(self, name: str) -> str:
-        rt = self.rt
-        if rt is None:
-            return ""
-        info = rt.tasks.get(name)
-        if info is None or info.workspace is None:
-            return ""
-        return await rt.backend.diff(info.workspace)
+        reply = await self.command("diff", task=name)
+        return str(reply.get("text", "")) if reply else ""
 
     async def request_confirm(self, title: str, body: Any, yes: str = "Yes", no: str = "No",
                               danger: bool = True) -> bool:
@@ -556,33 +661,34 @@ class CorralApp(App[int]):
     async def confirm_abort(self, name: str) -> None:
         """Stop one agent; ask first when it has written files (its work so far stays on its branch,
         but the agent will not finish it)."""
-        rt = self.rt
-        if rt is None or name not in rt.tasks:
+        info = await self.command("task_info", task=name)
+        if info is None:
             return
-        ws = rt.tasks[name].workspace
-        written = await rt.backend.pending_changes(ws) if ws is not None else []
+        written = list(info.get("pending", []))
         if not written:
-            self.abort_task(name)
+            await self.abort_task(name)
             return
         body = Text()
         body.append(f"{name}'s agent has written {len(written)} file(s): ", style="bold")
         body.append(", ".join(written[:6]) + (" ..." if len(written) > 6 else "") + ".\n\n")
         body.append("Stopping it (TERM, then KILL) leaves that work half done; it is kept on its branch.")
-        self.push_screen(ConfirmScreen(f"Abort {name}?", body, yes="Abort", no="Keep running"),
-                         lambda yes: self.abort_task(name) if yes else None)
 
-    def abort_task(self, name: str) -> None:
-        if self.rt is None:
-            return
-        if self.rt.abort(name):
-            self.notify(f"aborting {name}: TERM now, KILL after {self.grace:g}s", title=name)
-        else:
-            self.notify(f"{name} is not running", severity="warning")
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self.abort_task(name), group="abort", exit_on_error=False)
+
+        self.push_screen(ConfirmScreen(f"Abort {name}?", body, yes="Abort", no="Keep running"), answered)
+
+    async def abort_task(self, name: str) -> None:
+        reply = await self.command("abort", task=name)
+        if reply is not None:
+            self.notify(f"aborting {name}: TERM now, KILL after {float(reply.get('grace', self.grace)):g}s",
+                        title=name)
 
     def confirm_abort_all(self) -> None:
         """``A`` ends the run: ask first (focus on keeping it)."""
         running = [t.name for t in self.model.tasks.values() if not t.finished]
-        if self.rt is None or not running:
+        if not self.can_control or not running:
             return
         body = Text()
         body.append(f"Stop every agent: {', '.join(running)}.\n\n", style="bold")
@@ -590,33 +696,30 @@ class CorralApp(App[int]):
         self.push_screen(ConfirmScreen("Abort all agents?", body, yes="Abort all", no="Keep running"),
                          lambda yes: self.abort_all() if yes else None)
 
-    def abort_all(self) -> None:
-        if self.rt is None:
+    @work(group="abort", exit_on_error=False)
+    async def abort_all(self) -> None:
+        reply = await self.command("abort_all")
+        if reply is None:
             return
-        n = self.rt.abort_all()
+        n = int(reply.get("count", 0))
         self.notify(f"aborting {n} task(s)" if n else "nothing is running",
                     severity="warning" if not n else "information")
 
     @work(group="discard", exit_on_error=False)
     async def confirm_discard(self, name: str) -> None:
-        rt = self.rt
-        if rt is None or name not in rt.tasks:
+        info = await self.command("task_info", task=name)
+        if info is None:
             return
-        info = rt.tasks[name]
         view = self.model.tasks.get(name)
-        ws = info.workspace
         # what is in the workspace and not committed yet (edits made there by hand, or by an agent
         # still running) is deleted too: say so
-        try:
-            pending = await rt.backend.pending_changes(ws) if ws is not None else []
-        except VcsError as exc:
-            pending = [f"(corral cannot list them: {exc})"]
+        pending = list(info.get("pending", []))
         body = Text()
         body.append("This deletes, with no way back:\n", style="bold")
-        if ws is not None:
-            body.append(f"  the workspace {ws.path}\n")
-            body.append(f"  the branch {ws.ref}\n")
-            for ref in ws.extra_refs:
+        if info.get("workspace"):
+            body.append(f"  the workspace {info['workspace']}\n")
+            body.append(f"  the branch {info.get('ref', '')}\n")
+            for ref in info.get("extra_refs", []):
                 body.append(f"  the branch {ref} (other commits made in the workspace)\n")
         if view is not None and view.files is not None:
             body.append(f"  and {name}'s work: {view.files} file(s) changed (+{view.added} -{view.removed})\n")
@@ -625,8 +728,9 @@ class CorralApp(App[int]):
         if pending:
             body.append(f"  and {len(pending)} uncommitted file(s) in the workspace: "
                         + ", ".join(pending[:6]) + (" ..." if len(pending) > 6 else "") + "\n")
-        if info.status in ("pending", "creating", "setup", "running"):
+        if info.get("status") in ("pending", "creating", "setup", "running"):
             body.append("\nThe agent is stopped first.", style="dim")
+
         def answered(yes: bool | None) -> None:
             if yes:
                 self._discard(name)
@@ -635,26 +739,16 @@ class CorralApp(App[int]):
 
     @work(group="discard", exit_on_error=False)
     async def _discard(self, name: str) -> None:
-        rt = self.rt
-        if rt is None:
-            return
         self.notify(f"discarding {name} ...", title=name)
-        try:
-            ok = await rt.discard(name)
-        except Exception as exc:
-            self.notify(f"could not discard {name}: {exc}", severity="error")
-            return
-        if ok:
+        reply = await self.command("discard", task=name)
+        if reply and reply.get("discarded"):
             self.notify(f"{name}: workspace and branch deleted", title=name)
 
     def workspace_dir(self, name: str | None) -> Path | None:
         if name is None:
             return None
         path: Path | None = None
-        ws = self.rt.tasks[name].workspace if self.rt is not None and name in self.rt.tasks else None
-        if ws is not None:
-            path = Path(ws.path)
-        elif self.model.tasks.get(name) and self.model.tasks[name].workspace:
+        if self.model.tasks.get(name) and self.model.tasks[name].workspace:
             path = Path(self.model.tasks[name].workspace)
         if path is None or not path.is_dir():
             return None

@@ -11,8 +11,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """Ask one yes/no question; dismisses with True (yes) or False (no, Escape)."""
+class ConfirmScreen(ModalScreen[bool | None]):
+    """Ask one yes/no question; dismisses with True (yes) or False (no, Escape). With ``cancel``,
+    Escape is a third answer, None: neither (the question is put away)."""
 
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
@@ -27,12 +28,13 @@ class ConfirmScreen(ModalScreen[bool]):
     BINDINGS = [
         Binding("y", "answer(True)", "Yes", tooltip="Confirm", id="confirm.yes"),
         Binding("n", "answer(False)", "No", tooltip="Cancel", id="confirm.no"),
-        Binding("escape", "answer(False)", "Cancel", show=False),
+        Binding("escape", "escape", "Cancel", show=False),
     ]
 
     def __init__(self, title: str, body: RenderableType, yes: str = "Yes", no: str = "No",
-                 danger: bool = True) -> None:
+                 danger: bool = True, cancel: bool = False) -> None:
         super().__init__()
+        self.cancel = cancel
         self.title_text = title
         self.body = body
         self.yes_label = yes
@@ -64,3 +66,6 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+    def action_escape(self) -> None:
+        self.dismiss(None if self.cancel else False)

@@ -97,7 +97,8 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         Binding("o", "shell", "Shell", tooltip="Open $SHELL in the focused workspace", id="run.shell"),
         Binding("l", "pager", "Full log", tooltip="Open the focused task's full log in $PAGER", id="run.log"),
         Binding("e", "toggle_events", "Events", tooltip="Show or hide the event log", id="run.events"),
-        Binding("q", "app.quit_run", "Quit", tooltip="Quit (stops running agents after asking)", id="run.quit"),
+        Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first: detach, or stop the run)", id="run.quit"),
+        Binding("D", "app.detach", "Detach", tooltip="Close the dashboard; the run goes on (corral attach)", id="run.detach"),
     ]
 
     def __init__(self, model: RunModel) -> None:
@@ -336,11 +337,11 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         if action == "zoom":
             return True if (view is not None or self.maximized is not None) else None
         if action == "abort":
-            return True if (app.rt is not None and view is not None and not view.finished) else None
+            return True if (app.can_control and view is not None and not view.finished) else None
         if action == "abort_all":
-            return True if (app.rt is not None and any(not t.finished for t in self.model.tasks.values())) else None
+            return True if (app.can_control and any(not t.finished for t in self.model.tasks.values())) else None
         if action == "discard":
-            ok = (app.rt is not None and view is not None and bool(view.workspace)
+            ok = (app.can_control and view is not None and bool(view.workspace)
                   and view.status not in ("merged", "discarded", "creating")
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None

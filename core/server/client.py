@@ -1,0 +1,275 @@
+"""What every front end uses to follow a run and act on it: a :class:`Link`.
+
+:class:`LocalLink` reaches a :class:`~corral.core.server.host.RunHost` in the same process (headless
+runs, programs, tests); :class:`SocketLink` reaches one in the repository's supervisor. Both give
+the same events (first the run so far, then live) and take the same commands, so the dashboard
+and the headless renderer cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import anyio
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ..events import Event, event_from_dict
+from . import protocol
+from .host import CommandError, RunHost
+
+
+class SnapshotEnd(Event):
+    """Not sent by the supervisor: a link yields it after the run-so-far, before live events. A
+    client replays what came before it quietly (no toasts for old news; a decision taken since
+    is not put to the person)."""
+
+    TYPE = "snapshot_end"
+
+
+class LinkError(Exception):
+    """The supervisor can't be reached, or refused: one line for the person."""
+
+
+class Link:
+    """A run, seen from a client."""
+
+    run_id: str = ""
+    #: whether closing this client leaves the run going (a supervisor's run) or stops it
+    detachable = False
+    #: the run's exit code, once the event stream has ended with the run
+    exit_code: int | None = None
+
+    def events(self) -> AsyncIterator[Event]:
+        """The run's events: the run so far, then live ones; ends when the run ends (``exit_code``
+        is then set) or the link is lost."""
+        raise NotImplementedError
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Carry out a command on the run; raises :class:`CommandError` with the refusal."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class LocalLink(Link):
+    def __init__(self, host: RunHost, tail: int | None = None) -> None:
+        self.host = host
+        self.run_id = host.run_id
+        self.tail = tail
+        self._feed: Any = None
+
+    async def events(self) -> AsyncIterator[Event]:
+        snapshot, feed = self.host.attach(self.tail)
+        self._feed = feed
+        try:
+            for ev in snapshot:
+                yield ev
+            yield SnapshotEnd(run=self.run_id)
+            while True:
+                for ev in await feed.take():
+                    yield ev
+                if feed.ended is not None:
+                    self.exit_code = feed.ended
+                    return
+                if feed.closed:
+                    return
+        finally:
+            self.host.detach(feed)
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        return await self.host.command(op, args, by="this terminal")
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            self.host.detach(self._feed)
+
+
+# ------------------------------------------------------------------------------------ socket
+class Connection:
+    """One connection to the supervisor: requests with ids, answers matched to them, and a
+    stream of the other messages (snapshot, events, ended) for whoever subscribed."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+        self._next = 1
+        self._waiting: dict[int, tuple[anyio.Event, list[dict[str, Any]]]] = {}
+        self._send, self._recv = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=float("inf"))
+        self._lock = anyio.Lock()
+        self.closed_why = ""
+        self.hello: dict[str, Any] = {}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._lock:
+            await self.stream.send(protocol.encode(message))
+
+    async def receive(self) -> dict[str, Any]:
+        line = await self.reader.receive_until(b"\n", protocol.MAX_LINE)
+        return protocol.decode(line)
+
+    async def pump(self) -> None:
+        """Read until the supervisor goes: answers to their requests, the rest to the stream."""
+        try:
+            while True:
+                msg = await self.receive()
+                if msg.get("type") == "ack":
+                    waiter = self._waiting.pop(int(msg.get("id", 0)), None)
+                    if waiter is not None:
+                        waiter[1].append(msg)
+                        waiter[0].set()
+                    continue
+                await self._send.send(msg)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
+                anyio.IncompleteRead, anyio.DelimiterNotFound, ValueError) as exc:
+            self.closed_why = self.closed_why or f"the supervisor closed the connection ({type(exc).__name__})"
+        finally:
+            for event, _ in self._waiting.values():
+                event.set()
+            self._send.close()
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        rid = self._next
+        self._next += 1
+        event: anyio.Event = anyio.Event()
+        box: list[dict[str, Any]] = []
+        self._waiting[rid] = (event, box)
+        try:
+            await self.send({"op": op, "id": rid, **args})
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._waiting.pop(rid, None)
+            raise CommandError(f"the supervisor is gone: {exc}") from None
+        await event.wait()
+        if not box:
+            raise CommandError(self.closed_why or "the supervisor is gone")
+        reply = box[0]
+        if not reply.get("ok"):
+            raise CommandError(str(reply.get("error") or "refused"))
+        return reply
+
+    def messages(self) -> Any:
+        return self._recv
+
+    async def aclose(self) -> None:
+        self.closed_why = self.closed_why or "closed"
+        await self.stream.aclose()
+
+
+async def open_connection(state_dir: Path) -> Connection:
+    """Connect to the repository's supervisor and say hello; raises LinkError when none runs."""
+    path = protocol.socket_path(state_dir)
+    try:
+        stream = await anyio.connect_unix(path)
+    except OSError as exc:
+        raise LinkError(f"no corral supervisor runs for this repository ({exc.strerror or exc})") from None
+    conn = Connection(stream)
+    try:
+        await conn.send({"op": "hello", "version": protocol.VERSION})
+        hello = await conn.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ValueError, anyio.IncompleteRead) as exc:
+        await conn.aclose()
+        raise LinkError(f"the corral supervisor did not answer ({type(exc).__name__})") from None
+    if hello.get("type") != "hello":
+        await conn.aclose()
+        raise LinkError(str(hello.get("error") or "the corral supervisor refused the connection"))
+    conn.hello = hello
+    return conn
+
+
+class SocketLink(Link):
+    """A run in the supervisor, followed over its socket."""
+
+    detachable = True
+
+    def __init__(self, conn: Connection, run_id: str, tail: int = 2000) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.tail = tail
+        self.lost = ""
+
+    async def events(self) -> AsyncIterator[Event]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.conn.pump)
+            try:
+                await self.conn.request("subscribe", run=self.run_id, tail=self.tail)
+            except CommandError as exc:
+                tg.cancel_scope.cancel()
+                raise LinkError(str(exc)) from None
+            async for msg in self.conn.messages():
+                kind = msg.get("type")
+                if kind == "snapshot":
+                    for data in msg.get("events", []):
+                        ev = event_from_dict(data)
+                        if ev is not None:
+                            yield ev
+                    yield SnapshotEnd(run=self.run_id)
+                elif kind == "ended":
+                    self.exit_code = int(msg.get("exit_code", 1))
+                    break
+                else:
+                    ev = event_from_dict(msg)
+                    if ev is not None:
+                        yield ev
+            else:
+                self.lost = self.conn.closed_why or "the supervisor closed the connection"
+            tg.cancel_scope.cancel()
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        return await self.conn.request(op, run=self.run_id, **args)
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
+
+
+# ---------------------------------------------------------------------------- the supervisor
+def supervisor_env_idle() -> float:
+    try:
+        return float(os.environ.get("CORRAL_SUPERVISOR_IDLE", "") or 60.0)
+    except ValueError:
+        return 60.0
+
+
+async def ensure_supervisor(state_dir: Path, repo_root: Path, timeout: float = 20.0) -> Connection:
+    """A connection to the repository's supervisor, started first if none runs (in a session of
+    its own, detached from this terminal, its output in ``supervisor.log`` in the state dir)."""
+    try:
+        return await open_connection(state_dir)
+    except LinkError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / "supervisor.log"
+    with open(log, "ab") as out:
+        starter = subprocess.Popen(
+            [sys.executable, "-m", "corral.core.server.supervisor", "--state-dir", str(state_dir),
+             "--repo", str(repo_root), "--daemon"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
+    await anyio.to_thread.run_sync(starter.wait)  # it forks the supervisor and exits at once
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            return await open_connection(state_dir)
+        except LinkError as exc:
+            last = str(exc)
+        await anyio.sleep(0.02)
+    tail = ""
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1]
+    except (OSError, IndexError):
+        pass
+    raise LinkError(f"the corral supervisor did not start ({tail or last}); see {log}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
