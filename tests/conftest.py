@@ -22,6 +22,8 @@ os.environ.update({
     "GIT_COMMITTER_NAME": "Test Author",
     "GIT_COMMITTER_EMAIL": "author@example.com",
     "GIT_CONFIG_NOSYSTEM": "1",
+    # a supervisor a test started ends soon after its last run and client (the teardown waits for it)
+    "CORRAL_SUPERVISOR_IDLE": "0.5",
 })
 
 FAKES = Path(__file__).parent / "fakes"

@@ -1,9 +1,12 @@
-"""The real ``corral run`` dashboard in a pseudo-terminal: SIGTERM, and a hangup (the terminal goes
-away, then SIGHUP), stop the agents, clean up and exit 130."""
+"""The real dashboard in a pseudo-terminal. ``corral run``'s run lives in the supervisor: SIGTERM or
+a hangup (the terminal goes away, then SIGHUP) only detach the dashboard, the agents go on, and
+``corral attach`` in another terminal shows the panes' history and live output. A run the dashboard
+hosts itself (``corral demo``) is stopped by them, cleaned up, and the exit code is 130."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from conftest import corral_state
 TICKER = 'i=0; while [ $i -lt 600 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done'
 
 
-def start_in_pty(repo: Path, wt_root: Path) -> tuple[subprocess.Popen, int, list[bytes]]:
+def start_in_pty(repo: Path, wt_root: Path, *argv: str) -> tuple[subprocess.Popen, int, list[bytes]]:
     plan = repo.parent / "plan.toml"
     plan.write_text(
         f'agent = "shell"\nsetup = "none"\napprove = "none"\nworktree_root = "{wt_root}"\n'
@@ -28,8 +31,8 @@ def start_in_pty(repo: Path, wt_root: Path) -> tuple[subprocess.Popen, int, list
     master, slave = os.openpty()
     env = dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="40")
     env.pop("CORRAL_RUN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan)], cwd=repo, env=env,
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", *(argv or ("run", str(plan)))], cwd=repo,
+                            env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     screen: list[bytes] = []
 
@@ -58,25 +61,87 @@ def wait_running(repo: Path, proc: subprocess.Popen, screen: list[bytes]) -> Non
     raise AssertionError("agents never ran")
 
 
+def hang_up(proc: subprocess.Popen, master: int, how: str) -> int:
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.close(master)  # the terminal goes away ...
+        master = -1
+        proc.send_signal(signal.SIGHUP)  # ... and the kernel would say so
+    return master
+
+
+def close(proc: subprocess.Popen, master: int) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if master >= 0:
+        os.close(master)
+
+
+def ticks(data: bytes) -> list[int]:
+    return [int(n) for n in re.findall(rb"tick (\d+)", data)]
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "hangup"])
-def test_signal_stops_cleans_up_and_exits_130(repo: Path, wt_root: Path, how: str) -> None:
+def test_the_dashboard_detaches_and_attach_shows_history_then_live_output(repo: Path, wt_root: Path, how: str) -> None:
     proc, master, screen = start_in_pty(repo, wt_root)
     try:
         wait_running(repo, proc, screen)
-        if how == "SIGTERM":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            os.close(master)  # the terminal goes away ...
-            master = -1
-            proc.send_signal(signal.SIGHUP)  # ... and the kernel would say so
+        master = hang_up(proc, master, how)
         code = proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if master >= 0:
-            os.close(master)
+        close(proc, master)
+    assert code == 0
+    run = corral_state(repo)["runs"][-1]
+    log = repo / ".git" / "corral" / "runs" / run / "logs" / "one.log"
+    # nobody watches; the agents go on
+    seen = len(log.read_text().splitlines())
+    deadline = time.monotonic() + 30
+    while len(log.read_text().splitlines()) < seen + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(log.read_text().splitlines()) >= seen + 20
+    before = max(int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("tick "))
+    proc, master, screen = start_in_pty(repo, wt_root, "attach")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            shown = ticks(b"".join(screen))
+            if shown and min(shown) <= before < max(shown):
+                break  # lines from before the attach (history), and after it (live)
+            assert proc.poll() is None, b"".join(screen)[-3000:]
+            time.sleep(0.05)
+        shown = ticks(b"".join(screen))
+        assert shown and min(shown) <= before < max(shown), (before, shown[-5:])
+        os.write(master, b"q")  # asks: detach or stop; y stops the run
+        deadline = time.monotonic() + 20
+        while b"Stop the run" not in b"".join(screen[-50:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.write(master, b"y")
+        code = proc.wait(timeout=60)
+    finally:
+        close(proc, master)
     assert code == 130
     state = corral_state(repo)
     assert state["worktrees"] == []
     assert list(wt_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "hangup"])
+def test_a_run_the_dashboard_hosts_is_stopped_cleaned_up_and_exits_130(tmp_path: Path, how: str) -> None:
+    """``corral demo`` hosts its run in the dashboard's process (its scratch repository goes with it)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc, master, screen = start_in_pty(cwd, tmp_path, "demo", "--delay", "0.5")
+    try:
+        deadline = time.monotonic() + 60
+        while b"RUNNING" not in b"".join(screen[-400:]) and time.monotonic() < deadline:
+            assert proc.poll() is None, b"".join(screen)[-3000:]
+            time.sleep(0.05)
+        master = hang_up(proc, master, how)
+        code = proc.wait(timeout=60)
+    finally:
+        close(proc, master)
+    assert code == 130
+
+

@@ -462,30 +462,58 @@ def _open_backend(repo: str | None):
         fail_usage(str(exc))
 
 
+def live_runs(state_dir) -> tuple[int | None, dict[str, dict[str, Any]]]:
+    """The repository's supervisor's pid and what it says of its runs (none running: None, {})."""
+    import anyio
+
+    from corral.core.server.client import LinkError, open_connection
+
+    async def ask():
+        try:
+            conn = await open_connection(state_dir)
+        except LinkError:
+            return None, {}
+        await conn.aclose()
+        return conn.hello.get("pid"), {r["run"]: r for r in conn.hello.get("runs", [])}
+
+    return anyio.run(ask)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from corral.core.journal import list_runs
 
     backend = _open_backend(args.repo)
     runs = list_runs(backend.state_dir)
+    pid, live = live_runs(backend.state_dir)
     if args.json:
         for r in runs:
-            print(json.dumps({k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
-                                                     "base", "kept_branches")}, default=str))
+            info = live.get(r["run"], {})
+            row = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
+                                         "base", "kept_branches")}
+            row.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
+                       supervisor=pid if info.get("live") else None)
+            print(json.dumps(row, default=str))
         return EXIT_OK
     if not runs:
         print(f"no corral runs in {backend.root}")
         return EXIT_OK
-    rows = [("run", "started", "state", "ok", "failed", "landed")]
+    rows = [("run", "started", "state", "ok", "failed", "landed", "")]
     for r in runs:
         tasks = r.get("tasks", {}).values()
         ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
         bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])) if r.get("started") else "-"
+        info = live.get(r["run"], {})
+        note = ""
+        if info.get("live"):
+            note = f"live (supervisor {pid})" + (f", waiting: {info['waiting']}" if info.get("waiting") else "")
         rows.append((r["run"], started, str(r.get("state", "?")), str(ok), str(bad),
-                     "yes" if r.get("landed") else "no"))
+                     "yes" if r.get("landed") else "no", note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if any(info.get("live") for info in live.values()):
+        print("(corral attach RUN opens the dashboard on a live run; corral stop RUN stops it)")
     return EXIT_OK
 
 

@@ -64,6 +64,8 @@ class Supervisor:
         finally:
             try:
                 path.unlink()
+                if path.parent != self.state_dir:
+                    path.parent.rmdir()  # the private dir of a socket too long for the state dir
             except OSError:
                 pass
             print(f"corral supervisor {os.getpid()} exits", flush=True)
