@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import anyio
 
+from .codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
 from .diagnostics import loop_monitor
 from .events import (
     EventBus,
@@ -23,7 +24,6 @@ from .events import (
     ReviewDecision,
     RunFinished,
     RunStarted,
-    TaskFinished,
     TaskOutput,
     VerifyOutput,
     VerifyResult,
@@ -32,12 +32,10 @@ from .journal import Journal, new_run_id
 from .plan import Plan, TaskSpec
 from .procs import Supervised
 from .report import printable, render_report
-from .runtime import Approver, RunOptions, Runtime, TaskInfo
+from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
 from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
-from .vcs.base import Backend, Snapshot, UsageError, VcsError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .vcs.base import Backend, UsageError, VcsError, Workspace
 
 
 @dataclass
@@ -140,8 +138,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     plan, backend = prep.plan, prep.backend
     rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace)
     journal.attach("plan", plan.to_dict())
-    state = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "", "cancelled": False,
-             "error": ""}
+    state = RunState()
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
     for t in plan.tasks:
         rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
@@ -156,23 +153,23 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
         async with loop_monitor(), rt:
             await _steps(rt, plan, state)
     except anyio.get_cancelled_exc_class():
-        state["cancelled"] = True
+        state.cancelled = True
         raise
     except (VcsError, OSError) as exc:
-        state["error"] = str(exc)
+        state.error = str(exc)
         bus.log("error", f"run failed: {exc}")
     except BaseExceptionGroup as group:  # what _steps raises arrives grouped by the runtime's task group
         errors, rest = group.split((VcsError, OSError))
         if errors is None or rest is not None:
             raise
         error = _first_leaf(errors)
-        state["error"] = str(error)
+        state.error = str(error)
         bus.log("error", f"run failed: {error}")
     finally:
         with anyio.CancelScope(shield=True):
             outcome.exit_code = _exit_code(rt, state)
-            outcome.state = ("interrupted" if state["cancelled"] else
-                             "error" if state["error"] else "completed" if outcome.exit_code == 0 else "failed")
+            outcome.state = ("interrupted" if state.cancelled else
+                             "error" if state.error else "completed" if outcome.exit_code == 0 else "failed")
             await _finish(rt, plan, state, outcome, keep_worktrees)
             unsubscribe()
             journal.close()
@@ -185,6 +182,25 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+@dataclass
+class RunState:
+    """What a plan's run decided and did, past its tasks (each task's own state is its TaskInfo):
+    read by the exit code, the report and the journal."""
+
+    verify_ok: bool | None = None
+    #: None: nothing was up for landing
+    landed: bool | None = None
+    land_message: str = ""
+    #: the integration branch kept because its merge did not land
+    integration_kept: str = ""
+    cancelled: bool = False
+    error: str = ""
+    integration: Workspace | None = None
+    merged: list[TaskInfo] = field(default_factory=list)
+    #: workspaces left in place at the end (they hold changes that could not be committed)
+    workspaces_left: list[str] = field(default_factory=list)
 
 
 def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktrees: bool = False, grace: float = 3.0,
@@ -237,7 +253,7 @@ def run_summary(rt: Runtime) -> tuple[list[dict[str, Any]], float | None]:
     return summary, (total_cost if has_cost else None)
 
 
-async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
+async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     bus = rt.bus
     # steps 2-5, per task: its workspace, setup, agent, commit. A workspace is made when its agent
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
@@ -282,7 +298,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
     rt.set_phase("merging")
     integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved if t.workspace],
                                                 plan.merge)
-    state["integration"] = integ
+    state.integration = integ
     merged: list[TaskInfo] = []
     for o in outcomes:
         info = rt.tasks[o.task]
@@ -293,7 +309,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
         else:
             info.conflict_files = o.conflict_files
             rt.set_status(o.task, "conflict", "conflicts in " + ", ".join(o.conflict_files[:5]))
-    state["merged"] = merged
+    state.merged = merged
     if not merged:
         return
     if integ.head == rt.base_commit:
@@ -301,7 +317,7 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
         for info in merged:
             info.merged = True
             rt.set_status(info.name, "merged", "no changes")
-        state["landed"] = True
+        state.landed = True
         return
 
     # step 8: verify
@@ -314,10 +330,10 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
                           log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
         res = await proc.run()
         ok = res.exit_code == 0
-        state["verify_ok"] = ok
+        state.verify_ok = ok
         bus.emit(VerifyResult(ok=ok, exit_code=res.exit_code, command=plan.verify, duration=time.monotonic() - start))
         if not ok:
-            state["integration_kept"] = integ.ref
+            state.integration_kept = integ.ref
             bus.log("error", f"verify failed (exit {res.exit_code}): nothing lands; the merge result is kept on "
                              f"branch {integ.ref}")
             return
@@ -326,26 +342,21 @@ async def _steps(rt: Runtime, plan: Plan, state: dict[str, Any]) -> None:
     rt.set_phase("landing")
     names = ", ".join(t.name for t in merged)
     if not await rt.approver.confirm_land(rt, f"Land {names} onto {rt.base_name}?"):
-        state["landed"] = False
-        state["integration_kept"] = integ.ref
-        state["land_message"] = "landing declined"
+        state.landed = False
+        state.integration_kept = integ.ref
+        state.land_message = "landing declined"
         bus.emit(Landed(ok=False, base=rt.base_name, old=rt.base_commit, new=integ.head,
                         message="landing declined", kept=integ.ref))
         return
-    land = await rt.backend.land(rt.base_name, rt.base_commit, integ.head)
-    state["landed"] = land.ok
-    state["land_message"] = land.message
+    land = await rt.workspaces.land(integ, commit=False)
+    state.landed = land.ok
+    state.land_message = land.message
     if land.ok:
-        rt.workspaces.note_landed(integ)
         for info in merged:
             info.merged = True
             rt.set_status(info.name, "merged")
-        bus.emit(Landed(ok=True, base=rt.base_name, old=land.old, new=land.new, message=land.message))
     else:
-        state["integration_kept"] = integ.ref
-        hint = rt.backend.land_hint(rt.base_name, integ.ref)
-        bus.emit(Landed(ok=False, base=rt.base_name, old=land.old, new=land.new,
-                        message=f"{land.message}; {hint}" if hint else land.message, kept=integ.ref))
+        state.integration_kept = integ.ref
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
@@ -418,31 +429,7 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
         "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
     })
     first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
-    try:
-        snap = await rt.record_work(name, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
-    except VcsError as exc:
-        bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
-        rt.set_status(name, "failed", f"commit failed: {exc}")
-        return
-    assert snap is not None
-    rt.judge_edits(result, snap)
-    bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code, duration=result.duration,
-                          cost=result.usage.cost, tokens=result.usage.tokens or None, files=snap.files,
-                          added=snap.added, removed=snap.removed, commit=snap.commit, text=result.text,
-                          reason=result.reason))
-    problem = _work_problem(snap)
-    rt.set_status(name, "failed" if problem else result.status, problem or result.reason)
-
-
-def _work_problem(snap: Snapshot) -> str:
-    """Why a task's work is not fit to merge, though nothing of it is lost ("" when it is)."""
-    def some(paths: list[str]) -> str:
-        return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-    if snap.uncommitted:
-        return f"changes corral could not commit (kept in the workspace): {some(snap.uncommitted)}"
-    if snap.conflicted:
-        return f"conflicts left unresolved (committed with their markers): {some(snap.conflicted)}"
-    return ""
+    await rt.settle_agent(result, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
 
 
 async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
@@ -455,56 +442,69 @@ async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:
         except VcsError as exc:
             rt.set_status(info.name, "failed", f"commit failed: {exc}")
             continue
-        problem = _work_problem(snap) if snap is not None else ""
+        problem = work_problem(snap) if snap is not None else ""
         if problem:
             rt.set_status(info.name, "failed", problem)
 
 
-def _exit_code(rt: Runtime, state: dict[str, Any]) -> int:
-    if state["cancelled"]:
+def _exit_code(rt: Runtime, state: "RunState") -> int:
+    if state.cancelled:
         return EXIT_INTERRUPTED
-    if state["error"]:
+    if state.error:
         return EXIT_FAILED
     bad = any(t.status in ("failed", "aborted", "conflict") for t in rt.tasks.values())
-    if bad or state["verify_ok"] is False or state["landed"] is False:
+    if bad or state.verify_ok is False or state.landed is False:
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _finish(rt: Runtime, plan: Plan, state: dict[str, Any], outcome: Outcome, keep_worktrees: bool) -> None:
+async def _finish(rt: Runtime, plan: Plan, state: "RunState", outcome: Outcome, keep_worktrees: bool) -> None:
     """Steps 11 and 10: cleanup (always), then the report of what really remains."""
+    def report(kept: list[str], left: list[str]) -> str:
+        state.workspaces_left = left
+        return render_report(rt, plan, state, outcome, kept)
+
+    await finish_run(rt, outcome, report, keep_worktrees=keep_worktrees, cancelled=state.cancelled,
+                     landed=bool(state.landed))
+
+
+async def finish_run(rt: Runtime, outcome: Any, report: Callable[[list[str], list[str]], str], *,
+                     keep_worktrees: bool, cancelled: bool, **journal: Any) -> list[str]:
+    """The one end of every run, plan or program: stop what still runs, put back what of the
+    user's went missing, commit every task's work onto its branch (what a stopped agent left, edits
+    made by hand in a workspace), remove the workspaces (or keep them, ``--keep-worktrees``) and
+    the branches that hold no work of their own, then write ``report(kept, left)`` as
+    ``report.md``, journal the end (``journal`` adds fields) and announce :class:`RunFinished`.
+    Returns the branches kept. ``outcome`` has ``state``, ``exit_code`` and gets ``report``."""
     bus = rt.bus
-    # stop anything still running (a cancelled run): the task group already did; be sure
-    stop_unfinished(rt, state["cancelled"])
+    stop_unfinished(rt, cancelled)
     for note in await rt.backend.restore_user_state():
-        rt.bus.log("warning", note)
-    # every task's work on its branch before anything is decided: what a stopped agent left, and
-    # edits made by hand in a workspace; the report counts it
+        bus.log("warning", note)
     await rt.record_all_work("corral: salvage uncommitted work of {task}")
 
     rt.set_phase("cleanup")
     left: list[str] = []
     if keep_worktrees:
-        bus.log("info", "--keep-worktrees: workspaces left in place: "
-                + ", ".join(str(ws.path) for ws in rt.workspaces.list()))
+        if rt.workspaces.list():
+            bus.log("info", "--keep-worktrees: workspaces left in place: "
+                    + ", ".join(str(ws.path) for ws in rt.workspaces.list()))
         kept = await rt.workspaces.sweep_refs()
     else:
         kept, left = await rt.workspaces.wind_up()
-    state["workspaces_left"] = left
 
     rt.set_phase("report")
-    report = render_report(rt, plan, state, outcome, kept)
     path = rt.journal.dir / "report.md"
-    path.write_text(printable(report), encoding="utf-8")
+    path.write_text(printable(report(kept, left)), encoding="utf-8")
     outcome.report = path
 
     rt.set_phase("done")
     summary, cost = run_summary(rt)
-    rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(),
-                      landed=bool(state.get("landed")), kept_branches=kept, report=str(path))
+    rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(), kept_branches=kept,
+                      report=str(path), **journal)
     bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(path), kept_branches=kept,
                          summary=summary, cost=cost,
                          tokens=sum(t.result.usage.tokens for t in rt.tasks.values() if t.result) or None))
+    return kept
 
 
-__all__ = ["prepare", "execute", "open_run", "stop_unfinished", "run_summary", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["prepare", "execute", "open_run", "finish_run", "RunState", "stop_unfinished", "run_summary", "Prepared", "Outcome", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

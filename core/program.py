@@ -23,7 +23,7 @@ from typing import Any, Callable
 import anyio
 
 from .diagnostics import loop_monitor
-from .events import EventBus, Landed, LogEvent, ProgramResult, RunFinished, RunStarted
+from .events import EventBus, Landed, LogEvent, ProgramResult, RunStarted
 from .journal import write_atomic
 from .pipeline import (
     EXIT_FAILED,
@@ -31,11 +31,10 @@ from .pipeline import (
     EXIT_OK,
     Outcome,
     Prepared,
+    finish_run,
     open_run,
-    run_summary,
-    stop_unfinished,
 )
-from .report import fmt_cost, fmt_duration, printable, render_tasks
+from .report import fmt_cost, fmt_duration, render_tasks
 from .runtime import Approver, Runtime
 from .vcs.base import UsageError, VcsError
 
@@ -284,45 +283,23 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
 
 async def _finish(rt: ProgramRuntime, outcome: ProgramOutcome, seen: dict[str, list[Any]], keep_worktrees: bool,
                   cancelled: bool) -> None:
-    bus = rt.bus
-    stop_unfinished(rt, cancelled)
-    for note in await rt.backend.restore_user_state():
-        rt.bus.log("warning", note)
-
-    await rt.record_all_work("corral: salvage uncommitted work of {task}")
-    rt.set_phase("cleanup")
     left = rt.workspaces.list()
-    if keep_worktrees:
-        if left:
-            bus.log("info", "--keep-worktrees: workspaces left in place: " + ", ".join(str(ws.path) for ws in left))
-        kept = await rt.workspaces.sweep_refs()
-    else:
-        if left:
-            bus.log("info", f"removing {len(left)} workspace(s) the program left: "
-                    + ", ".join(ws.task for ws in left) + " (their branches are kept when they hold work)")
-        # branches: those whose work is already on another branch (merged, landed, or no work) go;
-        # the others stay, so no work is lost
-        kept, _ = await rt.workspaces.wind_up()
-    outcome.kept_branches = kept
+    if left and not keep_worktrees:
+        rt.bus.log("info", f"removing {len(left)} workspace(s) the program left: "
+                   + ", ".join(ws.task for ws in left) + " (their branches are kept when they hold work)")
 
-    rt.set_phase("report")
-    if outcome.returned:
-        path = rt.journal.dir / "result.json"
-        write_atomic(path, json.dumps(outcome.value, indent=2, default=_plain, ensure_ascii=False) + "\n")
-        outcome.result_path = path
-        bus.emit(ProgramResult(value=_jsonable(outcome.value), path=str(path)))
-    report = rt.journal.dir / "report.md"
-    report.write_text(printable(render_program_report(rt, outcome, seen, kept)), encoding="utf-8")
-    outcome.report = report
+    def report(kept: list[str], left: list[str]) -> str:
+        outcome.kept_branches = kept
+        if outcome.returned:  # what run() returned, beside the report
+            path = rt.journal.dir / "result.json"
+            write_atomic(path, json.dumps(outcome.value, indent=2, default=_plain, ensure_ascii=False) + "\n")
+            outcome.result_path = path
+            rt.journal.update(result=str(path))
+            rt.bus.emit(ProgramResult(value=_jsonable(outcome.value), path=str(path)))
+        return render_program_report(rt, outcome, seen, kept)
 
-    rt.set_phase("done")
-    summary, cost = run_summary(rt)
-    rt.journal.update(state=outcome.state, exit_code=outcome.exit_code, ended=time.time(), kept_branches=kept,
-                      report=str(report), result=str(outcome.result_path) if outcome.result_path else None,
-                      error=outcome.error or None, landed=any(ev.ok for ev in seen["lands"]))
-    bus.emit(RunFinished(exit_code=outcome.exit_code, state=outcome.state, report=str(report), kept_branches=kept,
-                         summary=summary, cost=cost,
-                         tokens=sum(t.result.usage.tokens for t in rt.tasks.values() if t.result) or None))
+    await finish_run(rt, outcome, report, keep_worktrees=keep_worktrees, cancelled=cancelled,
+                     error=outcome.error or None, landed=any(ev.ok for ev in seen["lands"]))
 
 
 def _plain(obj: Any) -> Any:
@@ -390,20 +367,19 @@ def pipeline_program(plan: Any) -> Program:
     """The plan pipeline (steps 2-9 of a run) as a program: one engine, two front doors. ``corral run
     PLAN.toml`` runs the same steps through :func:`corral.core.pipeline.execute`, which adds the
     plan's own report; here they run on a program's runtime and return what happened."""
-    from .pipeline import _exit_code, _steps
+    from .pipeline import RunState, _exit_code, _steps
 
     async def run(input: Any, rt: Runtime) -> dict[str, Any]:
-        state: dict[str, Any] = {"verify_ok": None, "landed": None, "land_message": "", "integration_kept": "",
-                 "cancelled": False, "error": ""}
+        state = RunState()
         for t in plan.tasks:
             rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
         await _steps(rt, plan, state)
-        kept = state.get("integration_kept")
-        integ = state.get("integration")
+        kept = state.integration_kept
+        integ = state.integration
         if integ is not None and not kept and integ.task in rt.workspaces.live:
             await rt.workspaces.remove(integ, keep_branch=False)
-        return {"tasks": {t.name: t.status for t in rt.tasks.values()}, "landed": bool(state["landed"]),
-                "verify_ok": state["verify_ok"], "exit_code": _exit_code(rt, state)}
+        return {"tasks": {t.name: t.status for t in rt.tasks.values()}, "landed": bool(state.landed),
+                "verify_ok": state.verify_ok, "exit_code": _exit_code(rt, state)}
 
     module = types.ModuleType("corral_plan_pipeline")
     setattr(module, "run", run)

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .pipeline import RunState
     from .plan import Plan
     from .runtime import Runtime
 
@@ -56,7 +57,7 @@ def fmt_usage(cost: float | None, tokens: int | None) -> str:
     return f"{fmt_tokens(tokens)} tokens" if tokens else "-"
 
 
-def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: Any, kept: list[str]) -> str:
+def render_report(rt: "Runtime", plan: "Plan", state: "RunState", outcome: Any, kept: list[str]) -> str:
     tasks = list(rt.tasks.values())
     counts: dict[str, int] = {}
     for t in tasks:
@@ -75,22 +76,22 @@ def render_report(rt: "Runtime", plan: "Plan", state: dict[str, Any], outcome: A
         f"- total cost: {fmt_cost(sum(costs)) if costs else '-'}" + (f", {tokens} tokens" if tokens else ""),
         f"- merge strategy: {plan.merge}; verify: {('`' + plan.verify + '`') if plan.verify else 'none'}",
     ]
-    if state.get("verify_ok") is not None:
-        lines.append(f"- verify: {'passed' if state['verify_ok'] else 'FAILED'}")
-    if state.get("landed") is True:
-        lines.append(f"- landed: yes ({state.get('land_message') or 'nothing to move'})")
-    elif state.get("landed") is False or state.get("integration_kept"):
-        lines.append(f"- landed: no ({state.get('land_message') or 'verify failed'})")
+    if state.verify_ok is not None:
+        lines.append(f"- verify: {'passed' if state.verify_ok else 'FAILED'}")
+    if state.landed is True:
+        lines.append(f"- landed: yes ({state.land_message or 'nothing to move'})")
+    elif state.landed is False or state.integration_kept:
+        lines.append(f"- landed: no ({state.land_message or 'verify failed'})")
     else:
         lines.append("- landed: no (nothing to land)")
-    if state.get("error"):
-        lines.append(f"- error: {state['error']}")
+    if state.error:
+        lines.append(f"- error: {state.error}")
     if kept:
         lines += ["", "## Branches kept (work not merged)", ""]
         lines += [f"- `{ref}`" for ref in kept]
-    if state.get("workspaces_left"):
+    if state.workspaces_left:
         lines += ["", "## Workspaces left in place (they hold changes corral could not commit)", ""]
-        lines += [f"- `{p}`" for p in state["workspaces_left"]]
+        lines += [f"- `{p}`" for p in state.workspaces_left]
     lines += render_tasks(rt)
     return "\n".join(lines) + "\n"
 

@@ -48,6 +48,17 @@ STRUCTURED_MAX_LINE = 8 * 1024 * 1024
 NAME_RE = _plan.NAME_RE
 
 
+def work_problem(snap: Snapshot) -> str:
+    """Why a task's work is not fit to merge, though nothing of it is lost ("" when it is)."""
+    def some(paths: list[str]) -> str:
+        return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    if snap.uncommitted:
+        return f"changes corral could not commit (kept in the workspace): {some(snap.uncommitted)}"
+    if snap.conflicted:
+        return f"conflicts left unresolved (committed with their markers): {some(snap.conflicted)}"
+    return ""
+
+
 def readable_name(text: str) -> str:
     """``text`` made fit for a name: runs of other characters become '-', at most 32 characters."""
     out = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:32].rstrip("-.")
@@ -310,15 +321,18 @@ class Workspaces:
         self._merged[ws.task] = {label: head for (label, head), o in zip(pairs, outcomes) if o.ok}
         return ws, outcomes
 
-    async def land(self, ws: Workspace | str) -> LandOutcome:
-        """Move the base branch to ``ws``'s work (committed first), only if base has not moved
-        since the run started (or since the last land). Announces a ``land`` event."""
+    async def land(self, ws: Workspace | str, commit: bool = True) -> LandOutcome:
+        """The one landing, for plans and programs alike: move the base branch to ``ws``'s work
+        (what its workspace holds committed first, unless ``commit`` is false: a verified merge
+        lands as it was verified), only if base has not moved since the run started (or since the
+        last land). Announces a ``land`` event; when it does not land, ``ws``'s branch is kept and
+        the event says how to land it by hand."""
         rt = self._rt
         if isinstance(ws, str):
             if ws not in self.live:
                 raise ValueError(f"land: no live workspace {ws!r}")
             ws = self.live[ws]
-        if ws.task in self.live and ws.path.is_dir():
+        if commit and ws.task in self.live and ws.path.is_dir():
             await self.snapshot(ws)
         new = ws.head or ws.base_commit
         if new == rt.base_commit:
@@ -328,7 +342,11 @@ class Workspaces:
         if out.ok:
             rt.base_commit = new
             self.note_landed(ws)
-        rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=out.message,
+            message = out.message
+        else:
+            hint = rt.backend.land_hint(rt.base_name, ws.ref)
+            message = f"{out.message}; {hint}" if hint else out.message
+        rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=message,
                            kept="" if out.ok else ws.ref))
         return out
 
@@ -696,6 +714,35 @@ class Runtime:
                                  tokens=result.usage.tokens, pid=None)
         return result
 
+    async def settle_agent(self, result: AgentResult, message: str) -> None:
+        """The one step after an agent exits, for plans and programs alike: commit what it left in
+        its workspace onto its branch (every commit it made there is collected too), judge its
+        edits, announce :class:`TaskFinished` and set the task's status. Work corral cannot commit,
+        or conflicts left unresolved, fail the task (nothing of it is lost: the workspace stays)."""
+        name = result.name
+        info = self.tasks[name]
+        snap = None
+        problem = ""
+        if info.workspace is not None:
+            try:
+                snap = await self.record_work(name, message)
+            except VcsError as exc:
+                self.bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
+                problem = f"commit failed: {exc}"
+            else:
+                result.files = list(snap.files) if snap else []
+                self.judge_edits(result, snap)
+                problem = work_problem(snap) if snap is not None else ""
+        snap = snap or info.snapshot
+        if problem:
+            result.status, result.reason = "failed", problem
+        self.bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code,
+                                   duration=result.duration, cost=result.usage.cost,
+                                   tokens=result.usage.tokens or None, files=snap.files if snap else [],
+                                   added=snap.added if snap else 0, removed=snap.removed if snap else 0,
+                                   commit=snap.commit if snap else "", text=result.text, reason=result.reason))
+        self.set_status(name, result.status, result.reason)
+
     def judge_edits(self, result: AgentResult, snap: Snapshot | None) -> None:
         """An agent that says it succeeded but whose every edit failed, and that changed nothing, did
         not succeed: the task fails with the agent's own error line. Edits that failed beside ones that
@@ -730,26 +777,9 @@ class Runtime:
     async def _run_handle(self, handle: Handle, spec: dict[str, Any]) -> None:
         try:
             result = await self.run_agent(spec)
-            info = self.tasks[result.name]
-            if info.workspace is not None:
-                # commit what the agent left onto the workspace's branch (as the pipeline does)
-                try:
-                    snap = await self.record_work(result.name, f"corral: {result.name}\n\nrun {self.run_id}, "
-                                                               f"agent {result.agent} ({result.profile})")
-                except VcsError as exc:
-                    self.bus.log("error", f"could not commit the work of {result.name}: {exc}", task=result.name)
-                else:
-                    result.files = list(snap.files) if snap else []
-                    self.judge_edits(result, snap)
-            snap = info.snapshot
-            self.bus.emit(TaskFinished(task=result.name, status=result.status, exit_code=result.exit_code,
-                                       duration=result.duration, cost=result.usage.cost,
-                                       tokens=result.usage.tokens or None, files=snap.files if snap else [],
-                                       added=snap.added if snap else 0, removed=snap.removed if snap else 0,
-                                       commit=snap.commit if snap else "", text=result.text, reason=result.reason))
-            self.set_status(result.name, result.status, result.reason)
+            await self.settle_agent(result, f"corral: {result.name}\n\nrun {self.run_id}, "
+                                            f"agent {result.agent} ({result.profile})")
             handle.result = result
-            del info
         except BaseException as exc:
             handle.error = exc
             raise

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, NoReturn, Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from corral.core.codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 class UsageExit(Exception):
@@ -356,57 +356,57 @@ def make_headless_approver(mode: str, bus):
     return PolicyApprover(False)
 
 
-async def with_signals(body, on_signal=None):
-    """Run ``body()`` so that SIGINT, SIGTERM and SIGHUP cancel it (its cleanup still runs, shielded),
-    and later signals during cleanup only print a note. Returns (result, signal received or None)."""
+def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) -> int:
+    """Host a run in this process and render it (``--headless``): the renderers get its events
+    through a link, as every client does, and all of them (output is never cut here). SIGINT,
+    SIGTERM and SIGHUP stop the run, as ``corral stop`` would: its cleanup runs, what it prints
+    is still rendered, and the exit code is 130; later signals only print a note."""
     import anyio
 
-    got: list[int] = []
-    result = None
-    async with anyio.create_task_group() as tg:
-        scope = anyio.CancelScope()
+    from corral.core.server.client import LocalLink, SnapshotEnd
+    from corral.core.server.host import RunHost
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    if not got:
-                        got.append(signum)
-                        print(f"\ncorral: {signal.Signals(signum).name}: stopping agents and cleaning up "
-                              "(work is kept on its branches)", file=sys.stderr, flush=True)
-                        if on_signal:
-                            on_signal(signum)
-                        scope.cancel()
-                    else:
-                        print("corral: cleanup in progress, please wait", file=sys.stderr, flush=True)
+    async def main() -> int:
+        host = RunHost(run_id, approve=approve)
+        if approver_for is not None:
+            host.approver = approver_for(host.bus)
+        got: list[int] = []
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        if not got:
+                            got.append(signum)
+                            print(f"\ncorral: {signal.Signals(signum).name}: stopping agents and cleaning up "
+                                  "(work is kept on its branches)", file=sys.stderr, flush=True)
+                            host.stop()
+                        else:
+                            print("corral: cleanup in progress, please wait", file=sys.stderr, flush=True)
 
-        tg.start_soon(watch)
-        await anyio.sleep(0)
-        with scope:
-            result = await body()
-        tg.cancel_scope.cancel()
-    return result, (got[0] if got else None)
+            tg.start_soon(watch)
+            await anyio.sleep(0)
+            tg.start_soon(host.run, body)
+            async for ev in LocalLink(host, lossless=True).events():
+                if not isinstance(ev, SnapshotEnd):
+                    for render in renderers:
+                        render(ev)
+            tg.cancel_scope.cancel()
+        return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
+
+    return anyio.run(main)
 
 
 def run_headless(prep, *, json_mode: bool, keep_worktrees: bool, banner: str | None = None) -> int:
-    import anyio
-
-    from corral.core.events import EventBus
     from corral.core.pipeline import execute
     from corral.tui.headless import JsonRenderer, LineRenderer
 
-    bus = EventBus(prep.run_id)
-    bus.subscribe(JsonRenderer() if json_mode else LineRenderer())
     if banner and not json_mode:
         print(banner, flush=True)
-    approver = make_headless_approver(prep.plan.approve, bus)
-
-    async def main() -> Any:
-        return await with_signals(lambda: execute(prep, approver, bus, keep_worktrees=keep_worktrees))
-
-    outcome, sig = anyio.run(main)
-    if sig is not None or outcome is None:
-        return EXIT_INTERRUPTED
-    return outcome.exit_code
+    return run_hosted(prep.run_id, prep.plan.approve,
+                      lambda approver, bus, on_rt: execute(prep, approver, bus, keep_worktrees=keep_worktrees,
+                                                           on_runtime=on_rt),
+                      [JsonRenderer() if json_mode else LineRenderer()],
+                      approver_for=lambda bus: make_headless_approver(prep.plan.approve, bus))
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -488,11 +488,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         for r in runs:
             info = live.get(r["run"], {})
-            row = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
-                                         "base", "kept_branches")}
-            row.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
-                       supervisor=pid if info.get("live") else None)
-            print(json.dumps(row, default=str))
+            data = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
+                                          "base", "kept_branches")}
+            data.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
+                        supervisor=pid if info.get("live") else None)
+            print(json.dumps(data, default=str))
         return EXIT_OK
     if not runs:
         print(f"no corral runs in {backend.root}")
@@ -512,7 +512,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    if any(info.get("live") for info in live.values()):
+    if any(r.get("live") for r in live.values()):
         print("(corral attach RUN opens the dashboard on a live run; corral stop RUN stops it)")
     return EXIT_OK
 

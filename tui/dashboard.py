@@ -29,6 +29,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.worker import Worker, WorkerState
 
+from corral.core.codes import EXIT_INTERRUPTED
 from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, RunFinished
 from corral.core.report import fmt_duration
 from corral.core.server.host import CommandError, forecast_from_dict
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from .review_screen import ReviewScreen
     from .run_screen import RunScreen
 
-EXIT_INTERRUPTED = 130
 #: ``runner(approver, bus, on_runtime)``: what :meth:`CorralApp.start_runner` runs.
 Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
 #: Panes are flushed this often (seconds).
@@ -693,8 +693,11 @@ class CorralApp(App[int]):
         body = Text()
         body.append(f"Stop every agent: {', '.join(running)}.\n\n", style="bold")
         body.append("Work done so far stays on each task's branch; the run goes on to review what finished.")
-        self.push_screen(ConfirmScreen("Abort all agents?", body, yes="Abort all", no="Keep running"),
-                         lambda yes: self.abort_all() if yes else None)
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.abort_all()
+
+        self.push_screen(ConfirmScreen("Abort all agents?", body, yes="Abort all", no="Keep running"), answered)
 
     @work(group="abort", exit_on_error=False)
     async def abort_all(self) -> None:

@@ -114,28 +114,13 @@ class ResultPrinter:
 
 def run_program_headless(prep, program, value: Any, *, json_mode: bool, keep_worktrees: bool,
                          default_agent: str | None = None) -> int:
-    import anyio
-
-    from corral.core.events import EventBus
-    from corral.tui.cli import EXIT_INTERRUPTED, make_headless_approver, with_signals
+    from corral.tui.cli import make_headless_approver, run_hosted
     from corral.tui.headless import JsonRenderer
 
-    bus = EventBus(prep.run_id)
-    if json_mode:
-        bus.subscribe(JsonRenderer())
-    else:
-        bus.subscribe(_program_line_renderer())
-        bus.subscribe(ResultPrinter())
-    approver = make_headless_approver(prep.plan.approve, bus)
+    renderers = [JsonRenderer()] if json_mode else [_program_line_renderer(), ResultPrinter()]
     start = program_starter(prep, program, value, keep_worktrees=keep_worktrees, default_agent=default_agent)
-
-    async def main() -> Any:
-        return await with_signals(lambda: start(approver, bus))
-
-    outcome, sig = anyio.run(main)
-    if sig is not None or outcome is None:
-        return EXIT_INTERRUPTED
-    return outcome.exit_code
+    return run_hosted(prep.run_id, prep.plan.approve, start, renderers,
+                      approver_for=lambda bus: make_headless_approver(prep.plan.approve, bus))
 
 
 def _print_stored_result(prep) -> None:

@@ -60,14 +60,16 @@ class Link:
 
 
 class LocalLink(Link):
-    def __init__(self, host: RunHost, tail: int | None = None) -> None:
+    def __init__(self, host: RunHost, tail: int | None = None, lossless: bool = False) -> None:
         self.host = host
         self.run_id = host.run_id
         self.tail = tail
+        #: every line, however far behind the client is (a headless renderer's output is the record)
+        self.lossless = lossless
         self._feed: Any = None
 
     async def events(self) -> AsyncIterator[Event]:
-        snapshot, feed = self.host.attach(self.tail)
+        snapshot, feed = self.host.attach(self.tail, lossless=self.lossless)
         self._feed = feed
         try:
             for ev in snapshot:

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 
+from ..codes import EXIT_INTERRUPTED
 from ..events import (
     DecisionMade,
     DecisionNeeded,
@@ -33,7 +34,6 @@ from ..events import (
 from ..runtime import PolicyApprover, Runtime, TaskInfo
 from ..vcs.base import Forecast, VcsError
 
-EXIT_INTERRUPTED = 130
 #: lines of each pane a late client is given (the whole log stays on disk)
 DEFAULT_TAIL = 2000
 
@@ -90,9 +90,10 @@ class Feed:
     were skipped: the log on disk has them) so that a slow client never holds up the run, nor
     grows without bound."""
 
-    def __init__(self, run: str, tail: int) -> None:
+    def __init__(self, run: str, tail: int | None) -> None:
         self.run = run
-        self.tail = max(1, tail)
+        #: None: nothing is cut (a client that must see every line)
+        self.tail = None if tail is None else max(1, tail)
         self._items: deque[Event] = deque()
         self._out: dict[tuple[str, str, str], list[str]] = {}
         self._skipped: dict[tuple[str, str, str], int] = {}
@@ -106,7 +107,7 @@ class Feed:
         if key is not None:
             buf = self._out.setdefault(key, [])
             buf.extend(ev.lines)  # type: ignore[attr-defined]
-            over = len(buf) - self.tail
+            over = len(buf) - self.tail if self.tail is not None else 0
             if over > 0:
                 del buf[:over]
                 self._skipped[key] = self._skipped.get(key, 0) + over
@@ -289,9 +290,10 @@ class RunHost:
         events.extend(self._activity.values())
         return events
 
-    def attach(self, tail: int | None = None) -> tuple[list[Event], Feed]:
-        """The snapshot and a feed of everything after it (nothing lost or repeated between them)."""
-        feed = Feed(self.run_id, self.tail if tail is None else max(1, tail))
+    def attach(self, tail: int | None = None, lossless: bool = False) -> tuple[list[Event], Feed]:
+        """The snapshot and a feed of everything after it (nothing lost or repeated between them;
+        with ``lossless``, no output is ever cut from the feed)."""
+        feed = Feed(self.run_id, None if lossless else self.tail if tail is None else max(1, tail))
         if self.exit_code is not None:
             feed.end(self.exit_code)
         self._feeds.append(feed)

@@ -63,4 +63,4 @@ def peer_uid(sock: socket.socket) -> int | None:
     except (OSError, AttributeError):
         return None
     _pid, uid, _gid = struct.unpack("3i", raw)
-    return uid
+    return int(uid)
