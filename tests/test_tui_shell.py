@@ -115,7 +115,7 @@ def test_shell_gets_the_terminal_every_time_under_load(repo: Path, wt_root: Path
             term.wait_for(b"\x1b[?1049h", at, 20, f"the dashboard back after shell {i}")
         start = term.mark()
         term.send(b"q")
-        term.wait_for(b"Stop and quit", start, 20, "the quit question")
+        term.wait_for(b"Stop the run", start, 20, "the quit question (detach, or stop the run)")
         term.send(b"y")
         assert term.proc.wait(timeout=30) == 130
     finally:

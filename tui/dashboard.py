@@ -360,8 +360,8 @@ class CorralApp(App[int]):
                                 partial(screen.run_action, action))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "detach":
-            return True if (self.detachable and self._pipeline_running) else None
+        if action == "detach":  # shown only where the run can go on without the dashboard
+            return (True if self._pipeline_running else None) if self.detachable else False
         return True
 
     # --------------------------------------------------------------------------------- modals
