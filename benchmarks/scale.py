@@ -91,12 +91,25 @@ def write_plan(path: Path, tasks: int, parallel: int, root: Path) -> Path:
     return path
 
 
-def first_output(repo: Path, root: Path) -> float:
-    """Seconds from spawning ``corral run`` (one task printing a line) to that line on its stdout."""
+def events(repo: Path) -> list[dict]:
+    """The events of the newest run in ``repo``."""
+    run = sorted((repo / ".git" / "corral" / "runs").iterdir())[-1]
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def phases(evs: list[dict]) -> str:
+    """How long each phase of the run lasted, from its events' times."""
+    marks = [(e["phase"], e["ts"]) for e in evs if e["type"] == "phase"] + [("end", evs[-1]["ts"])]
+    return ", ".join(f"{name} {b - a:.2f} s" for (name, a), (_, b) in zip(marks, marks[1:]))
+
+
+def first_output(repo: Path, root: Path) -> tuple[float, float]:
+    """Seconds from spawning ``corral run`` (one task printing a line) to that line on its stdout, and
+    to its ``run_started`` event."""
     plan = repo.parent / f"{repo.name}-one.toml"
     plan.write_text(f'agent = "shell"\nsetup = "none"\napprove = "none"\nworktree_root = {json.dumps(str(root))}\n'
                     '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     proc = subprocess.Popen([*corral_cmd(), "run", str(plan), "--headless", "--approve", "none"], cwd=repo,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     took = float("nan")
@@ -105,7 +118,8 @@ def first_output(repo: Path, root: Path) -> float:
         if "first-line" in line and took != took:
             took = time.perf_counter() - start
     proc.wait()
-    return took
+    started = next(e["ts"] for e in events(repo) if e["type"] == "run_started")
+    return took, started - wall
 
 
 def main() -> None:
@@ -131,6 +145,7 @@ def main() -> None:
         ours = measured([*corral_cmd(), "run", str(plan), "--headless", "--approve", "all"], repo, root / "corral",
                         {**ENV, "CORRAL_LOOP_MONITOR": str(monitor)})
         loop = json.loads(monitor.read_text())
+        run_phases = phases(events(repo))
         landed = len(subprocess.run(["git", "ls-files", "out-t*.txt"], cwd=repo, capture_output=True,
                                     text=True).stdout.split())
         (root / "one").mkdir()
@@ -150,7 +165,9 @@ def main() -> None:
           f"files landed {landed}/{a.tasks}")
     print(f"  corral: worst event-loop stall {loop['max_stall_s'] * 1000:.0f} ms; its own CPU {loop['cpu_s']} s; "
           f"peak RSS {loop['max_rss_mb']} MB")
-    print(f"  one task: first output line {first * 1000:.0f} ms after spawning `corral run`")
+    print(f"  corral's phases: {run_phases}")
+    print(f"  one task: first output line {first[0] * 1000:.0f} ms after spawning `corral run` "
+          f"(run_started after {first[1] * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":
