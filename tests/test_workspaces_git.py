@@ -111,3 +111,22 @@ def test_a_large_checkout_is_made_outside_the_repo_lock(tmp_path: Path, counted_
     assert [c.split()[:3] for c in made] == [["worktree", "add", "-q"], ["reset", "--hard", "-q"]], made
     assert "--no-checkout" in made[0]
     assert list(root.iterdir()) == []
+
+
+def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path, counted_git: Path) -> None:
+    """Three tasks merged and landed: their branches and the integration branch go in one
+    ``update-ref --stdin``, not one git process each; no ``worktree remove`` is run for them."""
+    from test_engine_git import run_plan
+
+    repo = make_repo(tmp_path / "repo")
+    wt_root = tmp_path / "wt"
+    wt_root.mkdir()
+    counted_git.write_text("")
+    res = run_plan(repo, tmp_path, wt_root, [(f"t{i}", f"echo {i} > f{i}.txt") for i in range(3)],
+                   "--approve", "all")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    calls = _calls(counted_git)
+    assert git(repo, "branch", "--list", "corral/*") == "" and list(wt_root.iterdir()) == []
+    assert sorted(git(repo, "ls-files", "f*.txt").split()) == ["f0.txt", "f1.txt", "f2.txt"]
+    assert [c for c in calls if c.startswith("update-ref --stdin")] == ["update-ref --stdin"]
+    assert [c for c in calls if c.startswith(("update-ref -d", "worktree remove", "worktree unlock"))] == []
