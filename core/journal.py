@@ -145,14 +145,19 @@ class Journal:
             self._writer.submit(dirty=True)
 
     def write_snapshot(self) -> None:
-        """Replace ``run.json`` with the current state (from any thread)."""
+        """Replace ``run.json`` with the current state (from any thread). A run whose journal cannot
+        be written (its folder deleted under it, a full disk) goes on without it, as it did when only
+        the writer thread wrote: that is no reason to stop its agents or skip its cleanup."""
         with self._state_lock:
             text = json.dumps(self.state, default=str, separators=(",", ":"))
             self._dumped += 1
             seq = self._dumped
         with self._write_lock:
             if seq > self._written:
-                write_atomic(self.dir / "run.json", text)
+                try:
+                    write_atomic(self.dir / "run.json", text)
+                except OSError:
+                    return
                 self._written = seq
 
     def close(self) -> None:

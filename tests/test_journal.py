@@ -80,3 +80,17 @@ def test_the_runs_own_fields_are_on_disk_when_update_returns(tmp_path: Path) -> 
     data = json.loads((tmp_path / "runs" / "r3" / "run.json").read_text(encoding="utf-8"))
     assert data["kept_branches"] == ["corral/r3/a"] and data["landed"] is True
     assert data["tasks"]["a"] == {"status": "succeeded", "branch": "corral/r3/a"}
+
+
+def test_a_run_whose_folder_was_deleted_goes_on(tmp_path: Path) -> None:
+    """The journal's folder deleted during the run: updates and the end of the run do not raise
+    (the run's agents and its cleanup must go on)."""
+    import shutil
+
+    journal = Journal(tmp_path, "r4")
+    journal.create()
+    shutil.rmtree(journal.dir)
+    journal.update_task("a", status="running")
+    journal.update(phase="review")
+    journal.close()
+    assert not journal.dir.exists()
