@@ -28,24 +28,28 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: how often, at most, the writer replaces ``run.json`` while task updates keep coming
+SNAPSHOT_INTERVAL = 0.15
+
+
 class _Writer(threading.Thread):
     """Writes the journal off the event loop: a busy disk (agents streaming logs) must not stall the
-    dashboard. ``run.json`` is coalesced (the latest state wins) and replaced atomically;
-    ``events.jsonl`` lines are appended in order."""
+    dashboard, and serialising the state of 200 tasks at each of their updates would. ``events.jsonl``
+    lines are appended in order; ``run.json`` is written from here at most every
+    :data:`SNAPSHOT_INTERVAL` (the latest state wins, see :meth:`Journal.write_snapshot`)."""
 
-    def __init__(self, run_json: Path, events: Path) -> None:
+    def __init__(self, journal: "Journal", events: Path) -> None:
         super().__init__(name="corral-journal", daemon=True)
-        self.run_json = run_json
+        self.journal = journal
         self.events = open(events, "a", encoding="utf-8")
         self.cond = threading.Condition()
-        self.pending_state: str | None = None
+        self.dirty = False
         self.pending_lines: list[str] = []
         self.closing = False
 
-    def submit(self, state: str | None = None, line: str | None = None) -> None:
+    def submit(self, dirty: bool = False, line: str | None = None) -> None:
         with self.cond:
-            if state is not None:
-                self.pending_state = state
+            self.dirty = self.dirty or dirty
             if line is not None:
                 self.pending_lines.append(line)
             self.cond.notify()
@@ -53,23 +57,24 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         while True:
             with self.cond:
-                while not (self.pending_state or self.pending_lines or self.closing):
+                while not (self.dirty or self.pending_lines or self.closing):
                     self.cond.wait()
-                state, self.pending_state = self.pending_state, None
+                dirty, self.dirty = self.dirty, False
                 lines, self.pending_lines = self.pending_lines, []
                 closing = self.closing
             if lines:
                 self.events.write("".join(lines))
                 self.events.flush()
-            if state is not None:
-                write_atomic(self.run_json, state)
+            if dirty:
+                self.journal.write_snapshot()
             if closing:
                 with self.cond:
-                    if not (self.pending_state or self.pending_lines):
+                    if not (self.dirty or self.pending_lines):
                         self.events.close()
                         return
-            else:
-                time.sleep(0.05)  # coalesce bursts of updates
+            else:  # coalesce bursts of updates (the end of the run does not wait for this)
+                with self.cond:
+                    self.cond.wait_for(lambda: self.closing, SNAPSHOT_INTERVAL)
 
     def close(self) -> None:
         with self.cond:
@@ -79,7 +84,12 @@ class _Writer(threading.Thread):
 
 
 class Journal:
-    """The state of one run on disk."""
+    """The state of one run on disk. A task's update costs the same whatever the number of tasks:
+    it changes the state in memory, and the writer thread serialises and writes ``run.json`` (compact
+    JSON, replaced atomically) at most every :data:`SNAPSHOT_INTERVAL`. A change of the run's own
+    fields (its pid, phase, landing, end, kept branches) is written at once, before ``update``
+    returns: ``corral clean``, ``corral runs`` and the home screen must find it there even if corral
+    is killed the next instant."""
 
     def __init__(self, state_dir: Path, run: str) -> None:
         self.run = run
@@ -87,11 +97,18 @@ class Journal:
         self.logs = self.dir / "logs"
         self.state: dict[str, Any] = {"run": run, "state": "starting", "started": time.time(), "tasks": {}}
         self._writer: _Writer | None = None
+        #: held while the state changes or is serialised (the writer thread serialises it)
+        self._state_lock = threading.Lock()
+        #: held while run.json is replaced; with the sequence numbers, an older snapshot never
+        #: replaces a newer one
+        self._write_lock = threading.Lock()
+        self._dumped = 0
+        self._written = 0
 
     def create(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self.dir / "run.json", self._dump())
-        self._writer = _Writer(self.dir / "run.json", self.dir / "events.jsonl")
+        self.write_snapshot()
+        self._writer = _Writer(self, self.dir / "events.jsonl")
         self._writer.start()
 
     def log_path(self, task: str) -> Path:
@@ -115,26 +132,40 @@ class Journal:
         self.update(**{key: f"{key}.json"})
 
     def update(self, **fields: Any) -> None:
-        self.state.update(fields)
-        self.save()
+        """Change the run's own fields, and write ``run.json`` now."""
+        with self._state_lock:
+            self.state.update(fields)
+        self.write_snapshot()
 
     def update_task(self, name: str, **fields: Any) -> None:
-        self.task(name).update(fields)
-        self.save()
-
-    def _dump(self) -> str:
-        return json.dumps(self.state, indent=2, default=str)
-
-    def save(self) -> None:
+        """Change a task's fields; ``run.json`` follows within :data:`SNAPSHOT_INTERVAL`."""
+        with self._state_lock:
+            self.task(name).update(fields)
         if self._writer is not None:
-            self._writer.submit(state=self._dump())
+            self._writer.submit(dirty=True)
+
+    def write_snapshot(self) -> None:
+        """Replace ``run.json`` with the current state (from any thread). A run whose journal cannot
+        be written (its folder deleted under it, a full disk) goes on without it, as it did when only
+        the writer thread wrote: that is no reason to stop its agents or skip its cleanup."""
+        with self._state_lock:
+            text = json.dumps(self.state, default=str, separators=(",", ":"))
+            self._dumped += 1
+            seq = self._dumped
+        with self._write_lock:
+            if seq > self._written:
+                try:
+                    write_atomic(self.dir / "run.json", text)
+                except OSError:
+                    return
+                self._written = seq
 
     def close(self) -> None:
         """Flush everything to disk (synchronously) and stop the writer."""
         if self._writer is not None:
-            self._writer.submit(state=self._dump())
             self._writer.close()
             self._writer = None
+        self.write_snapshot()
 
 
 def list_runs(state_dir: Path) -> list[dict[str, Any]]:

@@ -393,6 +393,7 @@ class Workspaces:
         except VcsError:
             base_tip = ""
         untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
+        drop: list[Workspace] = []
         for ws in self.created.values():
             if ws.task in self.live:  # kept (--keep-worktrees), or left in place: checked out there
                 kept += [ws.ref, *ws.extra_refs]
@@ -405,11 +406,16 @@ class Workspaces:
                     if not landed and await backend.holds_unmerged_work(ws.ref, ws.base_commit, untrusted):
                         kept.append(ws.ref)
                     else:
-                        await backend.drop_work(ws)
+                        drop.append(ws)
                 kept += [r for r in ws.extra_refs if await backend.ref_exists(r)]
             except VcsError as exc:
                 rt.bus.log("error", f"could not check branch {ws.ref}: {exc}")
                 kept.append(ws.ref)
+        try:
+            await backend.drop_works(drop)
+        except VcsError as exc:
+            rt.bus.log("error", f"could not delete branches of this run: {exc}")
+            kept += [ws.ref for ws in drop if await backend.ref_exists(ws.ref)]
         for info in rt.tasks.values():
             if info.workspace is not None:
                 info.branch_kept = info.workspace.ref in kept

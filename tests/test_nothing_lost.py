@@ -147,7 +147,7 @@ def test_a_stale_index_lock_is_recovered_and_clean_reports_what_really_happened(
 
 
 def test_a_kill_during_the_checkout_leaves_nothing_that_clean_calls_work(repo, tmp_path, wt_root):
-    """Killed between ``git worktree add --no-checkout`` and the end of the checkout: the half-made
+    """Killed during the checkout ``git worktree add`` makes (before it is over): the half-made
     workspace holds no work. Before, clean "salvaged" it as a commit deleting every file."""
     marker = tmp_path / "checking-out"
     slow = tmp_path / "slow-filter"

@@ -406,6 +406,11 @@ class Backend(abc.ABC):
         whatever the VCS keeps alive only for it."""
         await self.delete_ref(ws.ref)
 
+    async def drop_works(self, wss: list[Workspace]) -> None:
+        """:meth:`drop_work` of several removed workspaces at once (the end of a run)."""
+        for ws in wss:
+            await self.drop_work(ws)
+
     async def list_leftovers(self) -> list[Leftover]:
         """The workspaces corral registered in this repository and has not removed yet (each with
         whether the corral process that made it still runs)."""

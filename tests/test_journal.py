@@ -1,0 +1,96 @@
+"""The run journal: what reaches ``run.json`` and when, whatever the number of tasks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from corral.core.journal import Journal
+
+
+def _run_json(journal: Journal) -> dict:
+    return json.loads((journal.dir / "run.json").read_text(encoding="utf-8"))
+
+
+class _Seen:
+    """A field value that notes which thread serialised it (the journal writes it with ``str``)."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def __str__(self) -> str:
+        self.threads.add(threading.current_thread().name)
+        return "seen"
+
+
+def test_a_task_update_is_serialised_off_the_callers_thread_and_coalesced(tmp_path: Path) -> None:
+    """At 200 tasks, serialising the whole state at each task update (on the event loop) took two
+    thirds of the loop: an update only changes the state, the writer thread writes it."""
+    journal = Journal(tmp_path, "r1")
+    journal.create()
+    seen = _Seen()
+    try:
+        journal.update_task("t0", status="running", marker=seen)
+        for i in range(1, 300):
+            journal.update_task(f"t{i}", status="running")
+        deadline = time.monotonic() + 10
+        while len(_run_json(journal)["tasks"]) < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(_run_json(journal)["tasks"]) == 300
+        assert seen.threads == {"corral-journal"}
+        assert _run_json(journal)["tasks"]["t0"] == {"status": "running", "marker": "seen"}
+    finally:
+        journal.close()
+
+
+def test_the_last_state_is_on_disk_when_the_journal_closes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "r2")
+    journal.create()
+    for i in range(500):
+        journal.update_task(f"t{i % 50}", status="running", n=i)
+    journal.update_task("t7", status="succeeded")
+    journal.close()
+    data = _run_json(journal)
+    assert data["tasks"]["t7"] == {"status": "succeeded", "n": 457}
+    assert data["tasks"]["t49"]["n"] == 499 and len(data["tasks"]) == 50
+    assert not list(journal.dir.glob(".*.tmp"))
+
+
+def test_the_runs_own_fields_are_on_disk_when_update_returns(tmp_path: Path) -> None:
+    """Killed right after the run recorded its kept branches (or its pid, or its landing), the
+    journal on disk says so, with the task updates made before."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from corral.core.journal import Journal
+        j = Journal(Path({str(tmp_path)!r}), "r3")
+        j.create()
+        j.update_task("a", status="succeeded", branch="corral/r3/a")
+        j.update(kept_branches=["corral/r3/a"], landed=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    data = json.loads((tmp_path / "runs" / "r3" / "run.json").read_text(encoding="utf-8"))
+    assert data["kept_branches"] == ["corral/r3/a"] and data["landed"] is True
+    assert data["tasks"]["a"] == {"status": "succeeded", "branch": "corral/r3/a"}
+
+
+def test_a_run_whose_folder_was_deleted_goes_on(tmp_path: Path) -> None:
+    """The journal's folder deleted during the run: updates and the end of the run do not raise
+    (the run's agents and its cleanup must go on)."""
+    import shutil
+
+    journal = Journal(tmp_path, "r4")
+    journal.create()
+    shutil.rmtree(journal.dir)
+    journal.update_task("a", status="running")
+    journal.update(phase="review")
+    journal.close()
+    assert not journal.dir.exists()
