@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base", default=None, metavar="REV", help="revision to start from (default: current branch)")
     r.add_argument("--verify", default=None, metavar="CMD", help="command run on the merge result before landing")
     r.add_argument("--keep-worktrees", action="store_true", help="leave workspaces in place after the run")
+    r.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=None,
+                   help="run agents, setup and verify in bubblewrap (default: the plan's, else auto)")
     r.add_argument("--input", default=None, metavar="JSON", help="input for a program (JSON)")
 
     d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
@@ -144,7 +146,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     async def do_prepare():
         return await prepare(plan, repo, base=getattr(args, "base", None), verify=getattr(args, "verify", None),
                              max_parallel=getattr(args, "max_parallel", None),
-                             approve=getattr(args, "approve", None))
+                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None))
 
     keymap = None
     if not headless:
