@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 import shutil
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sandbox import Policy
 
 PLACEHOLDERS = ("prompt", "system_prompt", "task", "workspace", "run")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -157,7 +160,8 @@ BUILTIN: dict[str, Profile] = {
             sandboxed_command=("codex", "exec", "--json", "--sandbox", "danger-full-access", "--skip-git-repo-check",
                                "--", "{prompt}"),
             notes="codex exec never asks for approval. --sandbox workspace-write: it may edit files in its "
-            "workspace and run commands there, without network access; writes outside are blocked.",
+            "workspace and run commands there, without network access; writes outside are blocked. In corral's "
+            "sandbox it runs with --sandbox danger-full-access instead (corral's sandbox contains it).",
             change="Override [agents.codex] command: --sandbox read-only to forbid edits, --sandbox "
             "danger-full-access (or --dangerously-bypass-approvals-and-sandbox) to lift the sandbox.",
         ),
@@ -312,10 +316,10 @@ def newer_than(version_line: str, tested: str) -> bool:
 
 
 async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict[str, Profile] | None = None,
-                           version_timeout: float = 8) -> list[dict[str, Any]]:
+                           version_timeout: float = 8, sandbox: "Policy | None" = None) -> list[dict[str, Any]]:
     """For ``corral agents``: each profile with its command line, where its program is, its version
     (``PROGRAM --version``, run concurrently, each in its own process group), the version it was
-    tested with and whether the installed one is newer."""
+    tested with and whether the installed one is newer; with ``sandbox``, how its tasks would run."""
     import anyio
 
     from .procs import run_captured
@@ -328,6 +332,7 @@ async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict
             "agent": name, "origin": origin, "command": p.command_line(), "argv": list(p.command),
             "format": p.format, "timeout": p.timeout or None, "path": p.find(), "version": None,
             "tested": p.tested or None, "newer": False, "unattended": p.notes, "change": p.change,
+            "sandbox": sandbox.resolve("", p).describe() if sandbox else None,
         })
 
     async def version(row: dict[str, Any], p: Profile) -> None:

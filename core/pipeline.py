@@ -114,9 +114,10 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                     sandbox=policy)
 
 
-async def sandbox_policy(plan: Plan, forced: str | None = None) -> Policy:
+async def sandbox_policy(plan: Plan, forced: str | None = None, strict: bool = True) -> Policy:
     """The run's sandbox settings, bwrap probed when a task (or verify, or a program's agents) may
-    use it. Raises :class:`UsageError` when one must run in bwrap and bwrap cannot run here."""
+    use it. Raises :class:`UsageError` when one must run in bwrap and bwrap cannot run here (unless
+    not ``strict``: ``corral agents`` only shows it)."""
     default = os.environ.get("CORRAL_SANDBOX") or "auto"
     if default not in MODES:
         raise UsageError(f"CORRAL_SANDBOX={default}: must be one of {', '.join(MODES)}")
@@ -127,9 +128,10 @@ async def sandbox_policy(plan: Plan, forced: str | None = None) -> Policy:
     if set(wanted.values()) == {"none"}:
         return policy
     policy.bwrap, policy.signals, policy.problem = await probe()
-    strict = [task for task, setting in wanted.items() if setting == "bwrap"]
-    if strict and not policy.bwrap:
-        where = "--sandbox bwrap" if forced else (f"task {strict[0]!r}: sandbox = \"bwrap\"" if strict[0]
+    strict_tasks = [task for task, setting in wanted.items() if setting == "bwrap"]
+    if strict and strict_tasks and not policy.bwrap:
+        first = strict_tasks[0]
+        where = "--sandbox bwrap" if forced else (f"task {first!r}: sandbox = \"bwrap\"" if first
                                                   else 'sandbox = "bwrap"')
         raise UsageError(f"{where}: {policy.problem} (sandbox = \"none\" runs agents without one)")
     return policy

@@ -741,7 +741,7 @@ class Runtime:
         if info is not None and info.sandbox != described:
             info.sandbox = described
             self.journal.update_task(task, sandbox=described)
-            self.bus.log("info", f"sandboxed: {described}", task=task)
+            self.bus.log("info", f"sandboxed: {described}", task=task, sandbox=described)
         return sandbox
 
     def sandboxed(self, argv: list[str], sandbox: Sandbox, cwd: str, env: dict[str, str],

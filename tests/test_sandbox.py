@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import corral, corral_state, git, write_plan
+from conftest import corral, corral_state, git, has_jj, write_plan
 from test_engine_git import plan_text, run_plan
 from test_faults import start_run, wait_for
 
@@ -219,3 +219,88 @@ def test_bad_sandbox_settings_are_one_line_and_exit_2(repo, tmp_path, wt_root, l
     res = corral("run", str(plan), "--headless", "--sandbox", "maybe", cwd=repo)
     assert res.returncode == 2 and "--sandbox: invalid choice: 'maybe'" in res.stderr
     assert corral_state(repo)["runs"] == []
+
+
+def test_corral_agents_shows_how_each_agent_would_be_sandboxed(repo, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", """
+        sandbox = "auto"
+        [agents.codex]
+        network = false
+        [agents.pi]
+        sandbox = "none"
+        [[tasks]]
+        name = "t"
+        prompt = "x"
+    """)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    res = corral("agents", "--plan", str(plan), cwd=repo, env={"PATH": str(bin_dir)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:6] == ["agent", "found", "version", "tested", "sandbox", "command"]
+    assert "sandbox none: bwrap is not installed (Debian/Ubuntu package: bubblewrap)" in res.stdout
+    rows = {r["agent"]: r["sandbox"] for r in map(json.loads, corral(
+        "agents", "--plan", str(plan), "--json", cwd=repo, env={"PATH": str(bin_dir)}).stdout.splitlines())}
+    assert rows["codex"] == rows["claude"] == "none (bwrap is not installed (Debian/Ubuntu package: bubblewrap))"
+    assert rows["pi"] == "none (sandbox = none)"
+    if bwrap_problem():
+        return
+    rows = {r["agent"]: r["sandbox"] for r in map(json.loads, corral(
+        "agents", "--plan", str(plan), "--json", cwd=repo).stdout.splitlines())}
+    assert rows["codex"] == "bwrap (network off)" and rows["claude"] == "bwrap (network on)"
+    assert rows["pi"] == "none (sandbox = none)"
+
+
+@needs_bwrap
+def test_the_pane_says_sandboxed_and_abort_gives_a_sandboxed_agent_its_grace_period(repo, wt_root):
+    # TERM reaches the agent inside the sandbox (same process group), and bwrap, which ignores it,
+    # does not KILL the sandbox before the agent's own TERM handler has run
+    from corral.core.plan import Plan, TaskSpec
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from test_tui_pilot import SIZE, pane_lines, until
+
+    script = "trap 'sleep 0.3; echo cleaned up; exit 3' TERM; while :; do echo tick; sleep 0.05; done"
+
+    async def main() -> None:
+        plan = Plan(tasks=[TaskSpec("one", script, "shell")], agent="shell", setup="none", approve="none",
+                    worktree_root=str(wt_root), sandbox="bwrap")
+        prep = await prepare(plan, repo)
+        app = CorralApp(prep=prep, grace=5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and "one" in app.run_screen.panes
+                        and any("tick" in line for line in pane_lines(app, "one")), what="the agent's output")
+            pane = app.run_screen.panes["one"]
+            await until(pilot, lambda: pane.border_subtitle == "shell · sandboxed", what="the pane's subtitle")
+            assert app.model.tasks["one"].sandbox == "bwrap (network on)"
+            pane.focus()
+            await pilot.pause()
+            await pilot.press("a")
+            await until(pilot, lambda: app.model.tasks["one"].status == "aborted", what="the abort")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert "cleaned up" in pane_lines(app, "one")
+            await pilot.press("q")
+
+    anyio.run(main)
+    assert corral_state(repo)["worktrees"] == []
+
+
+@needs_bwrap
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+@pytest.mark.parametrize("colocate", [True, False], ids=["colocated", "plain"])
+def test_a_sandboxed_agent_uses_jj_in_its_workspace_and_its_work_lands(tmp_path, wt_root, colocate,
+                                                                       monkeypatch):
+    from test_jj import file_at, jj, make_jj_repo, state
+
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+    monkeypatch.delenv("JJ_CONFIG", raising=False)
+    repo = make_jj_repo(tmp_path / "repo", colocate)
+    script = "echo agent > agent.txt && jj describe -m 'agent: described' && jj new && echo more > more.txt"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
+    res = corral("run", str(plan), "--repo", str(repo), "--headless", "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap (network on)" in res.stdout
+    assert file_at(repo, "main", "agent.txt") == "agent\n" and file_at(repo, "main", "more.txt") == "more\n"
+    assert "agent: described" in jj(repo, "log", "-r", "::main", "--no-graph", "-T", 'description ++ "\\n"')
+    assert state(repo)["workspaces"] == [] and list(wt_root.iterdir()) == []

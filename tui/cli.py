@@ -366,27 +366,45 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
 
     from corral.core.agents import BUILTIN, inspect_profiles
 
-    profiles = dict(BUILTIN)
+    from corral.core.vcs.base import UsageError
+
+    profiles, sandbox, network = dict(BUILTIN), None, True
     plan_path = getattr(args, "plan", None)
     if plan_path:
         from corral.core.plan import PlanError, load_plan
 
         try:
-            profiles = dict(load_plan(plan_path).agents)
+            plan = load_plan(plan_path)
         except PlanError as exc:
             fail_usage(str(exc))
-    rows = anyio.run(inspect_profiles, profiles, os.getcwd())
+        profiles, sandbox, network = dict(plan.agents), plan.sandbox, plan.network
+    async def inspect() -> list[dict]:
+        from corral.core.pipeline import sandbox_policy
+        from corral.core.plan import Plan
+
+        policy = await sandbox_policy(Plan(tasks=[], sandbox=sandbox, network=network), strict=False)
+        return await inspect_profiles(profiles, os.getcwd(), sandbox=policy)
+
+    try:
+        rows = anyio.run(inspect)
+    except UsageError as exc:
+        fail_usage(str(exc))
     if getattr(args, "json", False):
         for row in rows:
             print(json.dumps(row))
         return EXIT_OK
-    table = [("agent", "found", "version", "tested", "command")]
+    table = [("agent", "found", "version", "tested", "sandbox", "command")]
     for r in rows:
         table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
-                      (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-", r["command"]))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+                      (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-",
+                      r["sandbox"].split(" (")[0] + (", no network" if "network off" in r["sandbox"] else ""),
+                      r["command"]))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     for line in table:
-        print("  ".join(c.ljust(w) for c, w in zip(line[:4], widths)) + "  " + line[4])
+        print("  ".join(c.ljust(w) for c, w in zip(line[:5], widths)) + "  " + line[5])
+    for why in dict.fromkeys(r["sandbox"].partition(" (")[2][:-1] for r in rows if r["sandbox"].startswith("none")):
+        if why != "sandbox = none":
+            print(f"sandbox none: {why}")
     if any(r["origin"] != "built-in" for r in rows):
         print(f"(* defined or overridden in {plan_path})")
     for r in rows:
