@@ -304,3 +304,21 @@ def test_a_sandboxed_agent_uses_jj_in_its_workspace_and_its_work_lands(tmp_path,
     assert file_at(repo, "main", "agent.txt") == "agent\n" and file_at(repo, "main", "more.txt") == "more\n"
     assert "agent: described" in jj(repo, "log", "-r", "::main", "--no-graph", "-T", 'description ++ "\\n"')
     assert state(repo)["workspaces"] == [] and list(wt_root.iterdir()) == []
+
+
+@needs_bwrap
+def test_setup_and_verify_run_in_the_sandbox_verify_writing_only_its_workspace(repo, tmp_path, wt_root):
+    readme = (repo / "README.md").read_text()
+    setup = f"echo installed > deps.txt || exit 4; echo setup >> {repo}/README.md || exit 5"
+    verify = f"echo ok > verified.txt || exit 6; echo verify >> {repo}/README.md || exit 7"
+    plan = plan_text(wt_root, [("one", "echo mine > mine.txt")], sandbox="bwrap")
+    plan = write_plan(tmp_path / "plan.toml", plan.replace('setup = "none"', f"setup = {json.dumps(setup)}"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert "one: failed (setup failed (exit 5)" in res.stdout, res.stdout
+    assert f"[one] sh: 1: cannot create {repo}/README.md: Read-only file system" in res.stdout
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo mine > mine.txt")], "--approve", "all",
+                   sandbox="bwrap", verify=verify)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "verify failed (exit 7)" in res.stdout, res.stdout
+    assert (repo / "README.md").read_text() == readme
+    assert "mine.txt" not in git(repo, "ls-tree", "--name-only", "main")
