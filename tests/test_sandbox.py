@@ -197,7 +197,8 @@ def test_sandbox_bwrap_without_bwrap_is_a_usage_error(repo, tmp_path, wt_root):
     res = corral("run", str(plan), "--headless", "--approve", "all", "--sandbox", "bwrap", cwd=repo,
                  env={"PATH": str(bin_dir)})
     assert res.returncode == 2 and res.stderr.startswith("corral: --sandbox bwrap: bwrap is not installed"), res.stderr
-    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, env={"PATH": str(bin_dir)})
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo,
+                 env={"PATH": str(bin_dir), "CORRAL_SANDBOX": "auto"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("agents run without a sandbox: bwrap is not installed") == 1, res.stdout
     assert "one: sandboxed: none (bwrap is not installed" in res.stdout, res.stdout
@@ -218,6 +219,10 @@ def test_bad_sandbox_settings_are_one_line_and_exit_2(repo, tmp_path, wt_root, l
     assert res.returncode == 2 and f"tasks[1].{line.split()[0]}: must be" in res.stderr, res.stderr
     res = corral("run", str(plan), "--headless", "--sandbox", "maybe", cwd=repo)
     assert res.returncode == 2 and "--sandbox: invalid choice: 'maybe'" in res.stderr
+    good = write_plan(tmp_path / "good.toml", plan_text(wt_root, [("one", "echo hi")]))
+    res = corral("run", str(good), "--headless", cwd=repo, env={"CORRAL_SANDBOX": "maybe"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["corral: CORRAL_SANDBOX=maybe: must be one of auto, bwrap, none"]
     assert corral_state(repo)["runs"] == []
 
 
