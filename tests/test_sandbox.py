@@ -327,3 +327,25 @@ def test_setup_and_verify_run_in_the_sandbox_verify_writing_only_its_workspace(r
     assert "verify failed (exit 7)" in res.stdout, res.stdout
     assert (repo / "README.md").read_text() == readme
     assert "mine.txt" not in git(repo, "ls-tree", "--name-only", "main")
+
+
+@needs_bwrap
+def test_a_programs_agents_write_only_into_their_workspace_or_a_directory_of_its_own(repo, tmp_path):
+    own = tmp_path / "scratch"
+    own.mkdir()
+    prog = tmp_path / "prog.py"
+    prog.write_text(f"""
+async def run(input, rt):
+    ws = await rt.workspaces.create("w")
+    try:
+        await rt.run_agent({{"agent": "shell", "task": "echo ws > in-ws.txt && echo wrote ws", "cwd": str(ws.path)}})
+        await rt.run_agent({{"agent": "shell", "task": "echo x > in-checkout.txt || echo checkout refused",
+                            "cwd": {str(repo)!r}}})
+        await rt.run_agent({{"agent": "shell", "task": "echo own > own.txt && echo wrote own", "cwd": {str(own)!r}}})
+    finally:
+        await rt.workspaces.remove(ws)
+""")
+    res = corral("run", str(prog), "--headless", "--sandbox", "bwrap", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "wrote ws" in res.stdout and "checkout refused" in res.stdout and "wrote own" in res.stdout, res.stdout
+    assert not (repo / "in-checkout.txt").exists() and (own / "own.txt").read_text() == "own\n"
