@@ -14,7 +14,9 @@ The sandbox stays in the command's process group (no ``--new-session``), so TERM
 reaches the command. bwrap itself must not die of that TERM: with ``--die-with-parent`` its death
 KILLs the sandbox at once, and the command would lose its grace period. So bwrap is started with
 TERM ignored (``env --ignore-signal=TERM``) and the command with TERM back to its default
-(``env --default-signal=TERM``); the reaper KILLs bwrap when the grace period is over.
+(``env --default-signal=TERM``); the reaper KILLs bwrap when the grace period is over. Leaving out
+``--new-session`` opens no ``TIOCSTI`` hole: corral starts every command in a session of its own,
+without a controlling terminal.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class Sandbox:
             out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], path, path]
         out += ["--chdir", os.path.abspath(cwd), "--"]
         if self.signals:
-            return ["env", "--ignore-signal=TERM", *out, "env", "--default-signal=TERM", *argv]
+            env = shutil.which("env") or "env"  # corral's PATH found bwrap; an agent's may differ
+            return [env, "--ignore-signal=TERM", *out, env, "--default-signal=TERM", *argv]
         return out + argv
 
 
