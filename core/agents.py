@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sandbox import Policy
 
 PLACEHOLDERS = ("prompt", "system_prompt", "task", "workspace", "run")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -41,6 +44,19 @@ class Profile:
     exclude: tuple[str, ...] = ()
     #: the newest version of the CLI this profile was checked against (its output recorded in tests/fakes)
     tested: str = ""
+    #: ``sandbox`` and ``network`` for every task of this agent (None: the plan's)
+    sandbox: str | None = None
+    network: bool | None = None
+    #: where the CLI keeps its own state and caches, writable in corral's sandbox (``~``, ``$VAR``,
+    #: wildcards; a trailing ``/``: a directory made when missing). See :func:`.sandbox.state_paths`.
+    state: tuple[str, ...] = ()
+    #: the command inside corral's sandbox, for CLIs that sandbox themselves (empty: ``command``)
+    sandboxed_command: tuple[str, ...] = ()
+
+    def in_sandbox(self) -> "Profile":
+        """The profile as it runs inside corral's sandbox: with its own sandbox off, where it has one
+        (corral's contains it; Codex's own refuses writes into a workspace under the temp dir)."""
+        return replace(self, command=self.sandboxed_command) if self.sandboxed_command else self
 
     @property
     def executable(self) -> str:
@@ -125,6 +141,7 @@ BUILTIN: dict[str, Profile] = {
             ),
             format="claude-stream-json",
             tested="2.1.197",
+            state=("~/.claude/", "~/.claude.json", "~/.claude.json.backup", "$CLAUDE_CONFIG_DIR/"),
             notes="Reads and edits files in its workspace without asking (--permission-mode acceptEdits). "
             "Shell commands and other tools that your Claude Code settings do not allow are denied "
             "(never asked: -p mode does not prompt); denials are shown in the pane.",
@@ -138,8 +155,13 @@ BUILTIN: dict[str, Profile] = {
             format="codex-json",
             prepend_system_prompt=True,
             tested="0.171.0",
+            state=("~/.codex/", "$CODEX_HOME/"),
+            # Codex sandboxes itself with bubblewrap or landlock; inside corral's sandbox its own is off
+            sandboxed_command=("codex", "exec", "--json", "--sandbox", "danger-full-access", "--skip-git-repo-check",
+                               "--", "{prompt}"),
             notes="codex exec never asks for approval. --sandbox workspace-write: it may edit files in its "
-            "workspace and run commands there, without network access; writes outside are blocked.",
+            "workspace and run commands there, without network access; writes outside are blocked. In corral's "
+            "sandbox it runs with --sandbox danger-full-access instead (corral's sandbox contains it).",
             change="Override [agents.codex] command: --sandbox read-only to forbid edits, --sandbox "
             "danger-full-access (or --dangerously-bypass-approvals-and-sandbox) to lift the sandbox.",
         ),
@@ -157,6 +179,7 @@ BUILTIN: dict[str, Profile] = {
             prepend_system_prompt=True,
             exclude=(".aider*",),  # its repo-map cache (.aider.tags.cache.v4/, binary) and history files
             tested="0.86.2",
+            state=("~/.aider/", "~/.aider*"),
             notes="--yes-always answers yes to every question: it edits files, creates the files it "
             "mentions and runs the shell commands it suggests. It never commits (corral commits).",
             change="Override [agents.aider] command: drop --yes-always to make it refuse whatever needs a "
@@ -171,6 +194,7 @@ BUILTIN: dict[str, Profile] = {
             env=(("GEMINI_CLI_TRUST_WORKSPACE", "true"),),
             prepend_system_prompt=True,
             tested="0.61.0",
+            state=("~/.gemini/",),
             notes="--approval-mode auto_edit: file edits are approved; tools that would need a confirmation "
             "(shell commands) are not available in headless mode.",
             change="Override [agents.gemini] command: --approval-mode yolo allows every tool (shell "
@@ -184,6 +208,7 @@ BUILTIN: dict[str, Profile] = {
             format="opencode-json",
             prepend_system_prompt=True,
             tested="1.18.33",
+            state=("~/.config/opencode/", "~/.local/share/opencode/", "~/.local/state/opencode/"),
             notes="Tools follow opencode's permission config (by default edits and commands are allowed); "
             "anything configured as \"ask\" is rejected in run mode, and the rejections are shown.",
             change="Set \"permission\" in opencode.json (allow/ask/deny per tool), or add --auto to the "
@@ -194,6 +219,7 @@ BUILTIN: dict[str, Profile] = {
             ("pi", "--mode", "json", "-p", "--append-system-prompt", "{system_prompt}", "{prompt}"),
             format="pi-json",
             tested="0.73.1",
+            state=("~/.pi/", "$PI_CODING_AGENT_DIR/"),
             notes="pi has no permission prompts: its tools (read, bash, edit, write) run without asking. "
             "A prompt that starts with '-' or '@' is taken by pi as a flag or a file.",
             change="Override [agents.pi] command: --tools read,grep,find,ls for a read-only agent, or "
@@ -218,7 +244,9 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
     """
     from .parsers import known_formats
 
-    allowed = {"command", "format", "env", "timeout", "profile", "exclude"}
+    from .sandbox import MODES
+
+    allowed = {"command", "format", "env", "timeout", "profile", "exclude", "sandbox", "network"}
     for key in table:
         if key not in allowed:
             raise ProfileError(f"agents.{name}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
@@ -248,6 +276,12 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
                                                 for x in exclude):
         raise ProfileError(f"agents.{name}.exclude: must be a list of paths from the workspace root "
                            "(letters, digits, '.', '_', '-', '/' and the wildcards '*', '?')")
+    sandbox = table.get("sandbox", base.sandbox if base else None)
+    if sandbox is not None and sandbox not in MODES:
+        raise ProfileError(f"agents.{name}.sandbox: must be one of {', '.join(MODES)}, not {sandbox!r}")
+    network = table.get("network", base.network if base else None)
+    if network is not None and not isinstance(network, bool):
+        raise ProfileError(f"agents.{name}.network: must be true or false")
     return Profile(
         name=name,
         command=tuple(command),
@@ -262,6 +296,10 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
                                    and not any("{system_prompt}" in c for c in command)),
         exclude=tuple(exclude),
         tested=base.tested if base else "",
+        sandbox=sandbox,
+        network=network,
+        state=base.state if base else (),
+        sandboxed_command=base.sandboxed_command if base and "command" not in table else (),
     )
 
 
@@ -278,10 +316,10 @@ def newer_than(version_line: str, tested: str) -> bool:
 
 
 async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict[str, Profile] | None = None,
-                           version_timeout: float = 8) -> list[dict[str, Any]]:
+                           version_timeout: float = 8, sandbox: "Policy | None" = None) -> list[dict[str, Any]]:
     """For ``corral agents``: each profile with its command line, where its program is, its version
     (``PROGRAM --version``, run concurrently, each in its own process group), the version it was
-    tested with and whether the installed one is newer."""
+    tested with and whether the installed one is newer; with ``sandbox``, how its tasks would run."""
     import anyio
 
     from .procs import run_captured
@@ -294,6 +332,7 @@ async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict
             "agent": name, "origin": origin, "command": p.command_line(), "argv": list(p.command),
             "format": p.format, "timeout": p.timeout or None, "path": p.find(), "version": None,
             "tested": p.tested or None, "newer": False, "unattended": p.notes, "change": p.change,
+            "sandbox": sandbox.resolve("", p).describe() if sandbox else None,
         })
 
     async def version(row: dict[str, Any], p: Profile) -> None:

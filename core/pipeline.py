@@ -33,6 +33,7 @@ from .plan import Plan, TaskSpec
 from .procs import Supervised
 from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
+from .sandbox import MODES, Policy, probe
 from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError, VcsError, Workspace
@@ -53,13 +54,17 @@ class Prepared:
     #: the environment commands of the run start from (default: corral's own); a supervisor's run
     #: gets the one of the terminal that started it
     env: dict[str, str] | None = None
+    sandbox: Policy = field(default_factory=lambda: Policy(setting="none"))
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
                   max_parallel: int | None = None, approve: str | None = None,
-                  env: dict[str, str] | None = None, cwd: str | None = None) -> Prepared:
+                  sandbox: str | None = None, env: dict[str, str] | None = None,
+                  cwd: str | None = None) -> Prepared:
     """Step 1, preflight. Raises :class:`UsageError` naming the problem; creates nothing. ``env`` and
     ``cwd`` are those of the person's terminal when another process (the supervisor) prepares."""
+    if sandbox is not None and sandbox not in MODES:
+        raise UsageError(f"--sandbox {sandbox}: must be one of {', '.join(MODES)}")
     if base is not None:
         plan.base = base
     if verify is not None:
@@ -103,11 +108,37 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 raise UsageError(f"task {task.name!r}: the prompt is too long for the command line of agent "
                                  f"{task.agent!r}: {problem} (put long instructions in a file in the "
                                  f"repository and point the prompt at it)")
+        policy = await sandbox_policy(plan, sandbox, env=env)
     except BaseException:
         await backend.close()
         raise
     await backend.remember_user_state()
-    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit), env=env)
+    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit),
+                    sandbox=policy, env=env)
+
+
+async def sandbox_policy(plan: Plan, forced: str | None = None, strict: bool = True,
+                         env: dict[str, str] | None = None) -> Policy:
+    """The run's sandbox settings, bwrap probed when a task (or verify, or a program's agents) may
+    use it. Raises :class:`UsageError` when one must run in bwrap and bwrap cannot run here (unless
+    not ``strict``: ``corral agents`` only shows it)."""
+    default = (os.environ if env is None else env).get("CORRAL_SANDBOX") or "auto"
+    if default not in MODES:
+        raise UsageError(f"CORRAL_SANDBOX={default}: must be one of {', '.join(MODES)}")
+    policy = Policy(setting=plan.sandbox or default, network=plan.network, forced=forced,
+                    tasks={t.name: (t.sandbox, t.network) for t in plan.tasks})
+    wanted = {"": policy.setting_of("", None)[0]}  # the plan's: verify, and the agents a program starts
+    wanted.update({t.name: policy.setting_of(t.name, plan.profile(t))[0] for t in plan.tasks})
+    if set(wanted.values()) == {"none"}:
+        return policy
+    policy.bwrap, policy.signals, policy.problem = await probe()
+    strict_tasks = [task for task, setting in wanted.items() if setting == "bwrap"]
+    if strict and strict_tasks and not policy.bwrap:
+        first = strict_tasks[0]
+        where = "--sandbox bwrap" if forced else (f"task {first!r}: sandbox = \"bwrap\"" if first
+                                                  else 'sandbox = "bwrap"')
+        raise UsageError(f"{where}: {policy.problem} (sandbox = \"none\" runs agents without one)")
+    return policy
 
 
 def _check_writable(root: str | None) -> None:
@@ -149,6 +180,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
                         agents={t.name: t.agent for t in plan.tasks}))
     for note in rt.notes:
         bus.log("warning", note)
+    announce_sandbox(rt)
     try:
         async with loop_monitor(), rt:
             await _steps(rt, plan, state)
@@ -218,11 +250,19 @@ def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktree
         base_commit=prep.base_commit, **journal_fields,
     )
     options = RunOptions(run_id=prep.run_id, worktree_root=prep.worktree_root, grace=grace,
-                         keep_worktrees=keep_worktrees, default_agent=default_agent, env=prep.env)
+                         keep_worktrees=keep_worktrees, default_agent=default_agent, env=prep.env,
+                         sandbox=prep.sandbox)
     rt = runtime_cls(backend=backend, bus=bus, journal=journal, profiles=prep.plan.agents, approver=approver,
                      options=options, base_name=prep.base_name, base_commit=prep.base_commit)
     rt.notes = list(prep.notes)
     return rt, journal, unsubscribe
+
+
+def announce_sandbox(rt: Runtime) -> None:
+    """Say once, at the start of a run, why agents run without the sandbox ``auto`` asked for."""
+    policy = rt.options.sandbox
+    if policy.problem and not policy.bwrap:
+        rt.bus.log("info", f"agents run without a sandbox: {policy.problem}")
 
 
 def stop_unfinished(rt: Runtime, cancelled: bool) -> None:
@@ -325,7 +365,10 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
         rt.set_phase("verify")
         start = time.monotonic()
         bus.log("info", f"verify: {plan.verify}")
-        proc = Supervised(["sh", "-c", plan.verify], cwd=integ.path, env=rt.child_env("verify", str(integ.path)),
+        env = rt.child_env("verify", str(integ.path))
+        argv = rt.sandboxed(["sh", "-c", plan.verify], rt.options.sandbox.resolve(""), str(integ.path), env,
+                            commits=False)
+        proc = Supervised(argv, cwd=integ.path, env=env,
                           on_lines=lambda lines: bus.emit(VerifyOutput(lines=lines)),
                           log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
         res = await proc.run()
@@ -396,7 +439,9 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
 
     async def setup_step(argv: list[str]) -> int | None:
         """One setup command in the workspace, its output in the pane and the log, abortable."""
-        proc = Supervised(argv, cwd=ws.path, env=rt.child_env(name, str(ws.path)),
+        env = rt.child_env(name, str(ws.path))
+        sandbox = rt.sandbox_of(name, rt.profiles.get(t.agent))
+        proc = Supervised(rt.sandboxed(argv, sandbox, str(ws.path), env), cwd=ws.path, env=env,
                           on_lines=lambda lines: bus.emit(TaskOutput(task=name, lines=lines, stream="setup")),
                           log_path=rt.journal.log_path(name), grace=rt.options.grace)
         rt._procs[name] = proc

@@ -17,18 +17,20 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .agents import BUILTIN, Profile, ProfileError, profile_from_table
+from .sandbox import MODES
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,39}\Z")
 ENUMS = {
     "vcs": ("auto", "git", "jj"),
     "merge": ("merge", "squash", "rebase"),
     "approve": ("ask", "all", "none"),
+    "sandbox": MODES,
 }
 TOP_KEYS = {
     "base", "vcs", "worktree_root", "max_parallel", "agent", "setup", "verify", "merge", "approve",
-    "timeout", "tasks", "agents", "reuse_deps", "notify",
+    "timeout", "tasks", "agents", "reuse_deps", "notify", "sandbox", "network",
 }
-TASK_KEYS = {"name", "prompt", "system_prompt", "agent", "setup", "timeout"}
+TASK_KEYS = {"name", "prompt", "system_prompt", "agent", "setup", "timeout", "sandbox", "network"}
 
 
 class PlanError(ValueError):
@@ -43,6 +45,8 @@ class TaskSpec:
     system_prompt: str = ""
     setup: str | None = None  # None: the plan's setup
     timeout: float | None = None  # None: the agent's or the plan's
+    sandbox: str | None = None  # None: the agent's or the plan's
+    network: bool | None = None  # None: the agent's or the plan's
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Plan:
     reuse_deps: bool = False
     #: run with an event as JSON on stdin when the run needs a decision, fails or is done
     notify: list[str] = field(default_factory=list)
+    #: agents, setup and verify in bubblewrap: auto | bwrap | none (see core/sandbox.py); None: not set
+    #: (``$CORRAL_SANDBOX``, else auto)
+    sandbox: str | None = None
+    network: bool = True
     agents: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
     source: str = "--task"
 
@@ -102,6 +110,8 @@ class Plan:
             "timeout": self.timeout,
             "reuse_deps": self.reuse_deps,
             "notify": self.notify,
+            "sandbox": self.sandbox,
+            "network": self.network,
             "tasks": [
                 {
                     "name": t.name,
@@ -110,6 +120,8 @@ class Plan:
                     "agent": t.agent,
                     "setup": t.setup,
                     "timeout": t.timeout,
+                    "sandbox": t.sandbox,
+                    "network": t.network,
                 }
                 for t in self.tasks
             ],
@@ -196,6 +208,12 @@ class _Checker:
             raise self.fail(label, f"must be a string, not {type(value).__name__}", key)
         return value
 
+    def boolean(self, data: dict[str, Any], key: str, label: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(label, "must be true or false", key)
+        return value
+
     def number(self, data: dict[str, Any], key: str, label: str, default: float, integer: bool) -> float:
         if key not in data:
             return default
@@ -247,7 +265,9 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     plan.base = c.string(data, "base", "base", None)
     if plan.base is not None and not plan.base.strip():
         raise c.fail("base", "is empty (leave it out to use the current branch)")
-    for key in ("vcs", "merge", "approve"):
+    for key in ("vcs", "merge", "approve", "sandbox"):
+        if key == "sandbox" and key not in data:
+            continue
         value = c.string(data, key, key, getattr(plan, key))
         if value not in ENUMS[key]:
             raise c.fail(key, f"must be one of {', '.join(ENUMS[key])}, not {value!r}")
@@ -260,10 +280,8 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     plan.timeout = float(c.number(data, "timeout", "timeout", 0, integer=False))
     if "notify" in data:
         plan.notify = _command(c, data["notify"], "notify")
-    if "reuse_deps" in data:
-        if not isinstance(data["reuse_deps"], bool):
-            raise c.fail("reuse_deps", "must be true or false")
-        plan.reuse_deps = data["reuse_deps"]
+    plan.reuse_deps = c.boolean(data, "reuse_deps", "reuse_deps", plan.reuse_deps)
+    plan.network = c.boolean(data, "network", "network", plan.network)
 
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
@@ -317,7 +335,11 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
             system_prompt=c.string(t, "system_prompt", f"{label}.system_prompt", "") or "",
             setup=c.string(t, "setup", f"{label}.setup", None),
             timeout=c.number(t, "timeout", f"{label}.timeout", 0, integer=False) if "timeout" in t else None,
+            sandbox=c.string(t, "sandbox", f"{label}.sandbox", None),
+            network=c.boolean(t, "network", f"{label}.network", True) if "network" in t else None,
         )
+        if spec.sandbox is not None and spec.sandbox not in MODES:
+            raise c.fail(f"{label}.sandbox", f"must be one of {', '.join(MODES)}, not {spec.sandbox!r}", "sandbox", i)
         if "\0" in spec.system_prompt:
             raise c.fail(f"{label}.system_prompt", "holds a NUL character", "system_prompt", i)
         if agent not in plan.agents:

@@ -31,6 +31,7 @@ from .pipeline import (
     EXIT_OK,
     Outcome,
     Prepared,
+    announce_sandbox,
     finish_run,
     open_run,
 )
@@ -194,13 +195,14 @@ class ProgramOutcome(Outcome):
 
 
 async def prepare_program(program: Program, repo: str | Path, *, base: str | None = None,
-                          approve: str | None = None) -> Prepared:
+                          approve: str | None = None, sandbox: str | None = None) -> Prepared:
     """Preflight for a program: the plan pipeline's own, for a plan with no tasks (the program makes
     them as it goes). Raises :class:`UsageError`; creates nothing."""
     from .pipeline import prepare
     from .plan import Plan
 
-    return await prepare(Plan(tasks=[], source=str(program.path)), repo, base=base, approve=approve)
+    return await prepare(Plan(tasks=[], source=str(program.path)), repo, base=base, approve=approve,
+                         sandbox=sandbox)
 
 
 async def execute_program(prep: Prepared, program: Program, input: Any, approver: Approver, bus: EventBus, *,
@@ -235,6 +237,7 @@ async def execute_program(prep: Prepared, program: Program, input: Any, approver
                         backend=prep.backend.kind, run_dir=str(journal.dir), tasks=[], agents={}))
     for note in rt.notes:
         bus.log("warning", note)
+    announce_sandbox(rt)
     cancelled = False
     try:
         async with loop_monitor(), rt:

@@ -38,6 +38,7 @@ from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
 from .plan import argv_problem
 from .procs import MAX_DISPLAY_LINE, Supervised
+from .sandbox import TOOL_CACHES, Policy, Sandbox, repo_paths, state_paths
 from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace
 
 #: longest output line handed whole to a structured-output parser
@@ -113,6 +114,8 @@ class TaskInfo:
     merged: bool = False
     branch_kept: bool = False
     conflict_files: list[str] = field(default_factory=list)
+    #: how its commands run: ``bwrap (network on)``, ``none (why)``; "" before its first one
+    sandbox: str = ""
 
     @property
     def finished(self) -> bool:
@@ -155,6 +158,16 @@ class RunOptions:
     default_agent: str | None = None
     #: the environment commands start from (None: corral's own)
     env: dict[str, str] | None = None
+    #: the run's sandbox settings (an unprobed policy runs nothing sandboxed)
+    sandbox: Policy = field(default_factory=lambda: Policy(setting="none"))
+
+
+def _within(path: str | Path, top: str | Path) -> bool:
+    """Whether ``path`` is ``top`` or below it (both resolved)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(top).resolve())
+    except OSError:
+        return False
 
 
 class Handle:
@@ -646,6 +659,9 @@ class Runtime:
             self.set_status(name, "aborted", result.reason)
             return result
 
+        sandbox = self.sandbox_of(name, profile)
+        if sandbox.on:
+            profile = profile.in_sandbox()
         argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
                             workspace=cwd, run=self.run_id)
         target = self._workspace_at(cwd)
@@ -655,6 +671,7 @@ class Runtime:
         env = self.child_env(name, cwd, dict(profile.env))
         # no auto-gc; in a workspace of the run, git refuses to move refs that are not its own
         env.update(await agent_git_env(self.backend, self.journal.dir, cwd, self.workspaces.list(), env))
+        command = self.sandboxed(argv, sandbox, cwd, env, profile.state)
         emit = self.bus.emit
         last_activity = [""]
 
@@ -681,7 +698,7 @@ class Runtime:
             info.pid = pid
             self.journal.update_task(name, pid=pid, pgid=pid)
 
-        proc = Supervised(argv, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
+        proc = Supervised(command, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
                           timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE,
                           # structured output: the parser needs whole events (a result line can be long)
                           max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)
@@ -769,6 +786,36 @@ class Runtime:
         env.update(extra or {})
         env.update({"CORRAL_RUN": self.run_id, "CORRAL_TASK": task, "CORRAL_WORKSPACE": cwd})
         return env
+
+    def sandbox_of(self, task: str, profile: Profile | None = None) -> Sandbox:
+        """How the commands of ``task`` run (its agent ``profile``'s settings count); said once per
+        task, in its pane and the journal."""
+        sandbox = self.options.sandbox.resolve(task, profile)
+        info = self.tasks.get(task)
+        described = sandbox.describe()
+        if info is not None and info.sandbox != described:
+            info.sandbox = described
+            self.journal.update_task(task, sandbox=described)
+            self.bus.log("info", f"sandboxed: {described}", task=task, sandbox=described)
+        return sandbox
+
+    def sandboxed(self, argv: list[str], sandbox: Sandbox, cwd: str, env: dict[str, str],
+                  state: tuple[str, ...] = (), commits: bool = True) -> list[str]:
+        """``argv`` wrapped in ``sandbox`` for a command in ``cwd``: it may write the workspace it is
+        in (with what a commit there needs, unless not ``commits``), a directory outside the user's
+        checkout that a program sends it into, ``state`` (its agent's own, see
+        :func:`.sandbox.state_paths`) and the package caches; it sees the rest read-only."""
+        if not sandbox.on:
+            return argv
+        ws = next((w for w in self.workspaces.list() if _within(cwd, w.path)), None)
+        visible, writable = repo_paths(self.backend, ws)
+        if not commits:
+            writable = [Path(ws.path)] if ws else []
+        if ws is None and not _within(cwd, self.backend.root):
+            writable.append(Path(cwd))
+        home = env.get("HOME") or os.path.expanduser("~")
+        writable += state_paths((*TOOL_CACHES, *state), env)
+        return sandbox.wrap(argv, cwd=cwd, visible=[*visible, Path(home)], writable=writable)
 
     def _workspace_at(self, cwd: str) -> Workspace | None:
         try:

@@ -58,6 +58,9 @@ def private_tmpdir(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
     mark = uuid.uuid4().hex
     monkeypatch.setenv("TMPDIR", str(path))
     monkeypatch.setenv(TEST_MARK, mark)
+    # agents of tests write their markers into tmp_path, outside their workspaces: no sandbox unless
+    # a test's plan (or --sandbox) asks for one (tests/test_sandbox.py)
+    monkeypatch.setenv("CORRAL_SANDBOX", "none")
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     yield path
     left = [f"process {pid}: {cmd}" for pid, cmd in _stop_marked_processes(mark).items()]

@@ -195,24 +195,38 @@ def test_the_users_stash_never_lands_whatever_git_the_agent_calls(repo, tmp_path
     assert "secret.txt" not in git(repo, "ls-tree", "--name-only", "main"), res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the guard refuses ref updates only: `git reset --hard` in the user's "
-                   "checkout rewrites its files before the hook refuses the ref update (and checkout/restore/"
-                   "clean update no ref at all)")
-def test_an_agent_cannot_reset_the_users_checkout(repo, tmp_path, wt_root):
+#: in bubblewrap (sandbox = "bwrap") the user's checkout and the repository's config and reflogs are
+#: read-only to agents; without it, the guard's hooks see none of these
+WITHOUT_SANDBOX = "the guard refuses ref updates only, and with sandbox = \"none\" nothing else stops it"
+
+
+def sandboxes():
+    from test_sandbox import bwrap_problem
+
+    problem = bwrap_problem()
+    return [pytest.param("bwrap", marks=pytest.mark.skipif(bool(problem), reason=f"no sandbox here: {problem}")),
+            pytest.param("none", marks=pytest.mark.xfail(strict=True, reason=WITHOUT_SANDBOX))]
+
+
+# `git reset --hard` in the user's checkout rewrites its files before the hook refuses the ref
+# update (and checkout/restore/clean update no ref at all)
+@pytest.mark.parametrize("sandbox", sandboxes())
+def test_an_agent_cannot_reset_the_users_checkout(repo, tmp_path, wt_root, sandbox):
     (repo / "README.md").write_text("# project\nthe user's unfinished edit\n")
     script = 'cd "$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")" && git reset -q --hard'
-    run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
+    run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all", sandbox=sandbox)
     assert (repo / "README.md").read_text() == "# project\nthe user's unfinished edit\n"
 
 
-@pytest.mark.xfail(strict=True, reason="`git config` and `git reflog expire` in a workspace write the repository's "
-                   "shared config and reflogs: no hook sees them")
-def test_an_agent_cannot_change_the_repositorys_config_or_reflogs(repo, tmp_path, wt_root):
+# `git config` and `git reflog expire` in a workspace write the repository's shared config and
+# reflogs: no hook sees them
+@pytest.mark.parametrize("sandbox", sandboxes())
+def test_an_agent_cannot_change_the_repositorys_config_or_reflogs(repo, tmp_path, wt_root, sandbox):
     git(repo, "commit", "-q", "--allow-empty", "-m", "second")
     config = (repo / ".git/config").read_text()
     reflog = git(repo, "reflog", "main")
     script = ("git config user.email agent@example.com; git config core.hooksPath /tmp/agent-hooks; "
               "git reflog expire --expire=now --all")
-    run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
+    run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all", sandbox=sandbox)
     assert (repo / ".git/config").read_text() == config
     assert git(repo, "reflog", "main").count("\n") >= reflog.count("\n")

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base", default=None, metavar="REV", help="revision to start from (default: current branch)")
     r.add_argument("--verify", default=None, metavar="CMD", help="command run on the merge result before landing")
     r.add_argument("--keep-worktrees", action="store_true", help="leave workspaces in place after the run")
+    r.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=None,
+                   help="run agents, setup and verify in bubblewrap (default: the plan's, else auto)")
     r.add_argument("--input", default=None, metavar="JSON", help="input for a program (JSON)")
     r.add_argument("--detach", action="store_true",
                    help="start the run in the repository's supervisor and return (corral attach to watch it)")
@@ -163,7 +165,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     async def do_prepare():
         return await prepare(plan, repo, base=getattr(args, "base", None), verify=getattr(args, "verify", None),
                              max_parallel=getattr(args, "max_parallel", None),
-                             approve=getattr(args, "approve", None))
+                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None))
 
     keymap = None
     if not headless:
@@ -211,7 +213,7 @@ def start_request(args: argparse.Namespace, plan, repo_root: str, keep: bool):
         tasks=list(getattr(args, "task", []) or []) if not target else [],
         agent=getattr(args, "agent", None), base=plan.base, verify=plan.verify or None,
         max_parallel=plan.max_parallel, approve=plan.approve, keep_worktrees=keep,
-        cwd=os.getcwd(), env=dict(os.environ))
+        sandbox=getattr(args, "sandbox", None), cwd=os.getcwd(), env=dict(os.environ))
 
 
 async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
@@ -566,27 +568,45 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
 
     from corral.core.agents import BUILTIN, inspect_profiles
 
-    profiles = dict(BUILTIN)
+    from corral.core.vcs.base import UsageError
+
+    profiles, sandbox, network = dict(BUILTIN), None, True
     plan_path = getattr(args, "plan", None)
     if plan_path:
         from corral.core.plan import PlanError, load_plan
 
         try:
-            profiles = dict(load_plan(plan_path).agents)
+            plan = load_plan(plan_path)
         except PlanError as exc:
             fail_usage(str(exc))
-    rows = anyio.run(inspect_profiles, profiles, os.getcwd())
+        profiles, sandbox, network = dict(plan.agents), plan.sandbox, plan.network
+    async def inspect() -> list[dict]:
+        from corral.core.pipeline import sandbox_policy
+        from corral.core.plan import Plan
+
+        policy = await sandbox_policy(Plan(tasks=[], sandbox=sandbox, network=network), strict=False)
+        return await inspect_profiles(profiles, os.getcwd(), sandbox=policy)
+
+    try:
+        rows = anyio.run(inspect)
+    except UsageError as exc:
+        fail_usage(str(exc))
     if getattr(args, "json", False):
         for row in rows:
             print(json.dumps(row))
         return EXIT_OK
-    table = [("agent", "found", "version", "tested", "command")]
+    table = [("agent", "found", "version", "tested", "sandbox", "command")]
     for r in rows:
         table.append((r["agent"] + ("*" if r["origin"] != "built-in" else ""), r["path"] or "NOT FOUND",
-                      (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-", r["command"]))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+                      (r["version"] or "-") + (" (newer)" if r["newer"] else ""), r["tested"] or "-",
+                      r["sandbox"].split(" (")[0] + (", no network" if "network off" in r["sandbox"] else ""),
+                      r["command"]))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     for line in table:
-        print("  ".join(c.ljust(w) for c, w in zip(line[:4], widths)) + "  " + line[4])
+        print("  ".join(c.ljust(w) for c, w in zip(line[:5], widths)) + "  " + line[5])
+    for why in dict.fromkeys(r["sandbox"].partition(" (")[2][:-1] for r in rows if r["sandbox"].startswith("none")):
+        if why != "sandbox = none":
+            print(f"sandbox none: {why}")
     if any(r["origin"] != "built-in" for r in rows):
         print(f"(* defined or overridden in {plan_path})")
     for r in rows:

@@ -71,6 +71,8 @@ class TaskView:
     added: int = 0
     removed: int = 0
     activity: str = ""
+    #: how its commands run: ``bwrap (network on)``, ``none (why)`` ("" until said)
+    sandbox: str = ""
     lines_total: int = 0
     #: lines dropped from ``pending`` before a flush could show them (only on disk)
     dropped: int = 0
@@ -273,6 +275,9 @@ class RunModel:
         if isinstance(ev, LogEvent):
             if ev.level == "debug":
                 return
+            if ev.task and "sandbox" in ev.data:
+                self.task(ev.task).sandbox = str(ev.data["sandbox"])
+                self.dirty.add(ev.task)
             prefix = f"{ev.task}: " if ev.task else ""
             level = "" if ev.level == "info" else f"{ev.level}: "
             self._log(f"{level}{prefix}{ev.message}")

@@ -52,7 +52,8 @@ def _run_program_cli(args: argparse.Namespace) -> int:
         fail_usage(str(exc))
     repo = args.repo or os.getcwd()
     try:
-        prep = anyio.run(lambda: prepare_program(program, repo, base=args.base, approve=args.approve))
+        prep = anyio.run(lambda: prepare_program(program, repo, base=args.base, approve=args.approve,
+                                                       sandbox=args.sandbox))
     except UsageError as exc:
         fail_usage(str(exc))
     keep = bool(args.keep_worktrees)

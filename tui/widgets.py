@@ -145,9 +145,10 @@ class TaskPane(Vertical, can_focus=True):
 
     def show(self, view: TaskView, now: float) -> None:
         """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
-        if view.agent and view.agent != self.agent:
-            self.agent = view.agent
-            self.border_subtitle = view.agent
+        agent = view.agent + (" · sandboxed" if view.sandbox.startswith("bwrap") else "")
+        if view.agent and agent != self.agent:
+            self.agent = agent
+            self.border_subtitle = agent
         self._badge.set_status(view.status)
         elapsed = view.elapsed(now)
         live = view.ended is None and view.duration is None

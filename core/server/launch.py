@@ -29,6 +29,7 @@ class StartRequest:
     max_parallel: int | None = None
     approve: str | None = None
     keep_worktrees: bool = False
+    sandbox: str | None = None
     cwd: str = ""
     env: dict[str, str] | None = None
 
@@ -49,6 +50,6 @@ async def prepare_request(req: StartRequest) -> Prepared:
     try:
         plan = load_plan(req.target) if req.target else adhoc_plan(req.tasks, req.agent or "claude")
         return await prepare(plan, req.repo, base=req.base, verify=req.verify, max_parallel=req.max_parallel,
-                             approve=req.approve, env=req.env, cwd=req.cwd or None)
+                             approve=req.approve, sandbox=req.sandbox, env=req.env, cwd=req.cwd or None)
     except (PlanError, UsageError) as exc:
         raise CommandError(str(exc)) from None

@@ -1,0 +1,203 @@
+"""Agents, setup steps and verify in a bubblewrap sandbox: they can write only into their own
+workspace (and what a commit there needs), never into the user's checkout, ``$HOME`` or another
+task's workspace.
+
+A command runs as ``bwrap ... -- ARGV`` under its reaper (:mod:`.reaper`): the whole filesystem
+read-only (``--ro-bind / /``), a fresh ``/dev`` and ``/proc``, a private ``/tmp`` (and temp dir), the
+paths a task may see again on top (its repository, which may itself live under the temp dir), and
+the paths it may write bound read-write last, deepest last, so the most specific rule wins. Its own
+pid namespace and ``--die-with-parent`` end the whole sandbox with its bwrap, an escaped ``setsid``
+daemon included, even when corral and the reaper are SIGKILLed; ``network = false`` adds
+``--unshare-net`` (loopback only, and down).
+
+The sandbox stays in the command's process group (no ``--new-session``), so TERM to the group still
+reaches the command. bwrap itself must not die of that TERM: with ``--die-with-parent`` its death
+KILLs the sandbox at once, and the command would lose its grace period. So bwrap is started with
+TERM ignored (``env --ignore-signal=TERM``) and the command with TERM back to its default
+(``env --default-signal=TERM``); the reaper KILLs bwrap when the grace period is over. Leaving out
+``--new-session`` opens no ``TIOCSTI`` hole: corral starts every command in a session of its own,
+without a controlling terminal.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, cast
+
+if TYPE_CHECKING:
+    from .agents import Profile
+    from .vcs.base import Backend, Workspace
+    from .vcs.git import GitBackend
+    from .vcs.jj import JjBackend
+
+MODES = ("auto", "bwrap", "none")
+
+#: Package managers' caches, writable wherever they exist: setup steps install with them, agents run
+#: the project's tests and installs too. Missing ones are not created.
+TOOL_CACHES = (
+    "~/.cache", "~/.npm", "~/.yarn", "~/.bun/install/cache", "~/.local/share/pnpm", "~/.cargo/registry",
+    "~/.cargo/git", "~/go/pkg/mod",
+)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How one command runs: in bwrap (``bwrap`` is its path) or as it is (``why`` says why)."""
+
+    bwrap: str = ""
+    network: bool = True
+    #: GNU env's --ignore-signal/--default-signal work here (see the module's docstring)
+    signals: bool = True
+    why: str = ""
+
+    @property
+    def on(self) -> bool:
+        return bool(self.bwrap)
+
+    def describe(self) -> str:
+        """``bwrap (network on)``, or ``none (<why>)``: for pane lines, the journal, ``corral agents``."""
+        if self.on:
+            return f"bwrap (network {'on' if self.network else 'off'})"
+        return f"none ({self.why})" if self.why else "none"
+
+    def wrap(self, argv: list[str], *, cwd: str, visible: Iterable[Path] = (),
+             writable: Iterable[Path] = ()) -> list[str]:
+        """``argv`` as it runs in this sandbox, in ``cwd``: ``visible`` paths read-only (again, over
+        the private temp dirs), ``writable`` ones read-write. Paths that do not exist are left out."""
+        if not self.on:
+            return argv
+        out = [self.bwrap, "--die-with-parent", "--unshare-pid"]
+        if not self.network:
+            out.append("--unshare-net")
+        out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        mounts = {"/tmp": "--tmpfs", os.path.realpath(tempfile.gettempdir()): "--tmpfs"}
+        mounts.update({os.path.realpath(p): "--ro-bind" for p in visible if os.path.lexists(p)})
+        mounts.update({os.path.realpath(p): "--bind" for p in writable if os.path.lexists(p)})
+        # a mount hides what earlier ones put below it: the deepest path's rule wins
+        for path in sorted(mounts, key=lambda p: (p.rstrip(os.sep).count(os.sep), p)):
+            out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], path, path]
+        out += ["--chdir", os.path.abspath(cwd), "--"]
+        if self.signals:
+            env = shutil.which("env") or "env"  # corral's PATH found bwrap; an agent's may differ
+            return [env, "--ignore-signal=TERM", *out, env, "--default-signal=TERM", *argv]
+        return out + argv
+
+
+OFF = Sandbox(why="sandbox = none")
+
+_probed: dict[str, tuple[str, bool, str]] = {}
+
+
+async def probe() -> tuple[str, bool, str]:
+    """(path of a bwrap that works here, whether the TERM handling of :meth:`Sandbox.wrap` works,
+    why there is none): a sandbox with every option corral uses, tried once per process."""
+    from .procs import run_captured
+
+    found = shutil.which("bwrap")
+    if found is None:
+        return "", False, "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
+    if found in _probed:
+        return _probed[found]
+    result: tuple[str, bool, str] = ("", False, "")
+    for signals in (True, False):
+        trial = Sandbox(bwrap=found, network=False, signals=signals)
+        code, out = await run_captured(trial.wrap(["true"], cwd="/"), cwd="/", timeout=20)
+        if code == 0:
+            result = (found, signals, "")
+            break
+        lines = [line for line in out.splitlines() if line.strip()]
+        result = ("", False, f"{found} cannot run here: {lines[-1] if lines else f'exit {code}'}")
+    _probed[found] = result
+    return result
+
+
+@dataclass
+class Policy:
+    """The sandbox settings of a run: the plan's (or ``--sandbox``'s), each task's own, and what
+    bwrap can do on this machine."""
+
+    setting: str = "auto"
+    network: bool = True
+    #: task name -> (setting, network) where the plan's task sets them (None: not set)
+    tasks: dict[str, tuple[str | None, bool | None]] | None = None
+    #: ``--sandbox``: wins over every other setting
+    forced: str | None = None
+    bwrap: str = ""
+    signals: bool = True
+    problem: str = ""
+
+    def setting_of(self, task: str, profile: "Profile | None") -> tuple[str, bool]:
+        own = (self.tasks or {}).get(task, (None, None))
+        setting = self.forced or own[0] or (profile.sandbox if profile else None) or self.setting
+        network = own[1] if own[1] is not None else (
+            profile.network if profile and profile.network is not None else self.network)
+        return setting, network
+
+    def resolve(self, task: str, profile: "Profile | None" = None) -> Sandbox:
+        setting, network = self.setting_of(task, profile)
+        if setting == "none":
+            return Sandbox(network=network, why="sandbox = none")
+        if not self.bwrap:
+            return Sandbox(network=network, why=self.problem)
+        return Sandbox(bwrap=self.bwrap, network=network, signals=self.signals)
+
+
+def state_paths(entries: Iterable[str], env: Mapping[str, str]) -> list[Path]:
+    """An agent's own state and cache paths (a profile's ``state``), expanded: ``~`` and ``$VAR``
+    (left out when VAR is unset), wildcards. Entries ending in ``/`` are directories the agent needs:
+    made when missing (it cannot make them itself in a read-only ``$HOME``)."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    out: list[Path] = []
+    for entry in entries:
+        if entry.startswith("$"):
+            var, _, rest = entry[1:].partition("/")
+            if not env.get(var):
+                continue
+            entry = env[var] + ("/" + rest if rest else "/")
+        path = home + entry[1:] if entry.startswith("~") else entry
+        if entry.endswith("/"):
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+        out += [Path(p) for p in sorted(glob.glob(path.rstrip("/") or "/"))]
+    return out
+
+
+def repo_paths(backend: "Backend", ws: "Workspace | None") -> tuple[list[Path], list[Path]]:
+    """(paths to see, paths to write) in the repository for a command in ``ws`` (None: in no
+    workspace of the run; it writes nothing of the repository). git: the objects, the worktree's
+    admin dir, the directories of its branch's ref and reflog (shared with the run's other task
+    branches: the guard's hooks refuse the rest), the reftable when refs are stored so, and the
+    file the guard writes the workspace's heads to. jj: the repository's store (``.jj/repo``) and,
+    colocated, its git dir, which jj writes through."""
+    if backend.kind == "git":
+        git = cast("GitBackend", backend)
+        common = Path(git.common_dir)
+        visible = [Path(git.root), common]
+        if ws is None:
+            return visible, []
+        writable = [Path(ws.path), common / "objects", common / "reftable"]
+        if ws.admin:
+            writable.append(Path(ws.admin))
+        branch_dir = str(Path(ws.ref).parent)
+        writable += [common / "refs" / "heads" / branch_dir, common / "logs" / "refs" / "heads" / branch_dir]
+        if ws.key:
+            heads = git.registry.heads_log(ws.key)
+            heads.parent.mkdir(parents=True, exist_ok=True)
+            heads.touch()
+            writable.append(heads)
+        return visible, writable
+    jj = cast("JjBackend", backend)
+    visible = [Path(jj.root), Path(jj.repo_dir)]
+    if ws is None:
+        return visible, []
+    writable = [Path(ws.path), Path(jj.repo_dir)]
+    if jj.colocated:
+        writable.append(Path(jj.root) / ".git")
+    return visible, writable

@@ -1,0 +1,351 @@
+"""Agents in a bubblewrap sandbox (``sandbox = "bwrap"``): they write only into their own workspace
+(and what a commit there needs), never into the user's checkout, ``$HOME``, another task's
+workspace or the real ``/tmp``; ``network = false`` cuts them off; what they leave running dies with
+them, even when corral and the command's reaper are SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import corral, corral_state, git, has_jj, write_plan
+from test_engine_git import plan_text, run_plan
+from test_faults import start_run, wait_for
+
+
+def bwrap_problem() -> str:
+    """Why bwrap cannot run here ("" when it can), as corral's own probe finds it."""
+    from corral.core.sandbox import probe
+
+    return anyio.run(probe)[2]
+
+
+needs_bwrap = pytest.mark.skipif(bool(bwrap_problem()), reason=f"no sandbox here: {bwrap_problem()}")
+
+
+def wait_until(cond, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+@needs_bwrap
+def test_an_agent_writes_nothing_outside_its_workspace(repo, tmp_path, wt_root):
+    home = tmp_path / "home"
+    home.mkdir()
+    outside = Path("/tmp") / f"corral-sandbox-test-{uuid.uuid4().hex}"
+    readme = (repo / "README.md").read_text()
+    # "two" exits at once; its workspace stays until the run ends. "one" waits for it (unsandboxed
+    # it would see it at once; sandboxed it never does: the temp dir is private), then tries
+    one = (f"for i in $(seq 40); do set -- {wt_root}/corral-two-*; [ -e \"$1\" ] && break; sleep 0.05; done; "
+           f"echo evil >> {repo}/README.md; echo evil > $HOME/.bashrc; echo evil > \"$1/evil.txt\"; "
+           f"echo evil > {outside}; echo mine > mine.txt")
+    try:
+        plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", one), ("two", "echo two")],
+                                                           sandbox="bwrap"))
+        res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, env={"HOME": str(home)})
+        assert res.returncode == 0, res.stdout + res.stderr
+        out = res.stdout
+        assert "one: sandboxed: bwrap (network on)" in out, out
+        # each write failed, and the agent's output says so
+        assert f"[one] sh: 1: cannot create {repo}/README.md: Read-only file system" in out, out
+        assert f"[one] sh: 1: cannot create {home}/.bashrc: Read-only file system" in out, out
+        assert "evil.txt: Directory nonexistent" in out or "evil.txt: Read-only file system" in out, out
+        assert (repo / "README.md").read_text() == readme
+        assert not (home / ".bashrc").exists()
+        assert not outside.exists()
+        # nothing of it reached another task's work: only one's own file landed
+        assert git(repo, "show", "main:mine.txt") == "mine"
+        assert "evil.txt" not in git(repo, "ls-tree", "-r", "--name-only", "main")
+    finally:
+        if outside.exists():
+            outside.unlink()
+
+
+@needs_bwrap
+def test_a_sandboxed_agent_commits_in_its_workspace_and_its_work_lands(repo, tmp_path, wt_root):
+    script = ("echo one > one.txt && git add one.txt && git commit -qm 'agent: one' && "
+              "git checkout -q --detach && echo two > two.txt && git add two.txt && git commit -qm 'agent: two' "
+              "&& git checkout -q - && git log --format=%s -1")
+    res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all", sandbox="bwrap")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap (network on)" in res.stdout
+    assert "[one] agent: one" in res.stdout
+    assert git(repo, "show", "main:one.txt") == "one"
+    assert "agent: one" in git(repo, "log", "--format=%s", "main")
+    assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
+
+
+@needs_bwrap
+def test_network_false_refuses_a_connection_to_a_local_listener(repo, tmp_path, wt_root):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    accepted: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                accepted.append(conn.recv(64).decode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    connect = (f"{sys.executable} -c \"import socket; s = socket.create_connection(('127.0.0.1', {port}), 5); "
+               f"s.sendall(b'$CORRAL_TASK'); s.close(); print('connected')\"")
+    plan = plan_text(wt_root, [("offline", connect), ("online", connect)], sandbox="bwrap")
+    plan = plan.replace('name = "offline"', 'name = "offline"\nnetwork = false')
+    try:
+        res = corral("run", str(write_plan(tmp_path / "plan.toml", plan)), "--headless", "--approve", "all",
+                     cwd=repo)
+        assert "offline: sandboxed: bwrap (network off)" in res.stdout, res.stdout
+        assert "online: sandboxed: bwrap (network on)" in res.stdout, res.stdout
+        assert "[online] connected" in res.stdout
+        assert "[offline] connected" not in res.stdout
+        assert "Network is unreachable" in res.stdout or "Connection refused" in res.stdout, res.stdout
+        wait_until(lambda: accepted, "the online agent's connection")
+        assert accepted == ["online"]
+    finally:
+        server.close()
+        thread.join(5)
+
+
+def _processes_with(arg: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry.name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        if arg.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@needs_bwrap
+def test_an_escaped_daemon_dies_with_the_sandbox_when_corral_and_its_reaper_are_killed(repo, tmp_path, wt_root):
+    # the reaper and corral's own sweep end an escaped daemon as long as one of them lives; with
+    # both SIGKILLed (the reaper stopped first, so it cannot act), only the sandbox's own pid
+    # namespace, ended with bwrap, takes the daemon along
+    token = str(10_000 + uuid.uuid4().int % 50_000)
+    script = f"setsid sleep {token} < /dev/null > /dev/null 2>&1 & echo started; sleep 300"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
+    proc = start_run(repo, plan, "--approve", "all")
+    try:
+        wait_for(proc, "[one] started", 1)
+        wait_until(lambda: _processes_with(token), "the daemon")
+        [run_dir] = list((repo / ".git/corral/runs").iterdir())
+
+        def reaper_pid() -> int | None:
+            return json.loads((run_dir / "run.json").read_text())["tasks"]["one"].get("pid")
+
+        wait_until(reaper_pid, "the agent's pid in the journal")
+        reaper = reaper_pid()
+        os.kill(reaper, signal.SIGSTOP)
+        proc.kill()
+        proc.wait(timeout=10)
+        os.kill(reaper, signal.SIGKILL)
+        wait_until(lambda: not _processes_with(token), "the daemon to die", timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_with(token):
+            os.kill(pid, signal.SIGKILL)
+        proc.stdout.close()
+        res = corral("clean", cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sandbox_bwrap_without_bwrap_is_a_usage_error(repo, tmp_path, wt_root):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("git", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo hi")], sandbox="bwrap"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, env={"PATH": str(bin_dir)})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip().splitlines() == [
+        'corral: sandbox = "bwrap": bwrap is not installed (Debian/Ubuntu package: bubblewrap) '
+        '(sandbox = "none" runs agents without one)'], res.stderr
+    assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": []}
+    # the same from the command line; and auto runs without one, saying why once
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo hi")]))
+    res = corral("run", str(plan), "--headless", "--approve", "all", "--sandbox", "bwrap", cwd=repo,
+                 env={"PATH": str(bin_dir)})
+    assert res.returncode == 2 and res.stderr.startswith("corral: --sandbox bwrap: bwrap is not installed"), res.stderr
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo,
+                 env={"PATH": str(bin_dir), "CORRAL_SANDBOX": "auto"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("agents run without a sandbox: bwrap is not installed") == 1, res.stdout
+    assert "one: sandboxed: none (bwrap is not installed" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('sandbox = "docker"', 'sandbox: must be one of auto, bwrap, none, not \'docker\' (line 4)'),
+    ("network = 0", "network: must be true or false (line 4)"),
+])
+def test_bad_sandbox_settings_are_one_line_and_exit_2(repo, tmp_path, wt_root, line, problem):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo hi")]).replace(
+        'setup = "none"', f'setup = "none"\n{line}'))
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"corral: {plan}: {problem}"], res.stderr
+    task = write_plan(tmp_path / "task.toml", plan_text(wt_root, [("one", "echo hi")]) + line + "\n")
+    res = corral("run", str(task), "--headless", cwd=repo)
+    assert res.returncode == 2 and f"tasks[1].{line.split()[0]}: must be" in res.stderr, res.stderr
+    res = corral("run", str(plan), "--headless", "--sandbox", "maybe", cwd=repo)
+    assert res.returncode == 2 and "--sandbox: invalid choice: 'maybe'" in res.stderr
+    good = write_plan(tmp_path / "good.toml", plan_text(wt_root, [("one", "echo hi")]))
+    res = corral("run", str(good), "--headless", cwd=repo, env={"CORRAL_SANDBOX": "maybe"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["corral: CORRAL_SANDBOX=maybe: must be one of auto, bwrap, none"]
+    assert corral_state(repo)["runs"] == []
+
+
+def test_corral_agents_shows_how_each_agent_would_be_sandboxed(repo, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", """
+        sandbox = "auto"
+        [agents.codex]
+        network = false
+        [agents.pi]
+        sandbox = "none"
+        [[tasks]]
+        name = "t"
+        prompt = "x"
+    """)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    res = corral("agents", "--plan", str(plan), cwd=repo, env={"PATH": str(bin_dir)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:6] == ["agent", "found", "version", "tested", "sandbox", "command"]
+    assert "sandbox none: bwrap is not installed (Debian/Ubuntu package: bubblewrap)" in res.stdout
+    rows = {r["agent"]: r["sandbox"] for r in map(json.loads, corral(
+        "agents", "--plan", str(plan), "--json", cwd=repo, env={"PATH": str(bin_dir)}).stdout.splitlines())}
+    assert rows["codex"] == rows["claude"] == "none (bwrap is not installed (Debian/Ubuntu package: bubblewrap))"
+    assert rows["pi"] == "none (sandbox = none)"
+    if bwrap_problem():
+        return
+    rows = {r["agent"]: r["sandbox"] for r in map(json.loads, corral(
+        "agents", "--plan", str(plan), "--json", cwd=repo).stdout.splitlines())}
+    assert rows["codex"] == "bwrap (network off)" and rows["claude"] == "bwrap (network on)"
+    assert rows["pi"] == "none (sandbox = none)"
+
+
+@needs_bwrap
+def test_the_pane_says_sandboxed_and_abort_gives_a_sandboxed_agent_its_grace_period(repo, wt_root):
+    # TERM reaches the agent inside the sandbox (same process group), and bwrap, which ignores it,
+    # does not KILL the sandbox before the agent's own TERM handler has run
+    from corral.core.plan import Plan, TaskSpec
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from test_tui_pilot import SIZE, pane_lines, until
+
+    script = "trap 'sleep 0.3; echo cleaned up; exit 3' TERM; while :; do echo tick; sleep 0.05; done"
+
+    async def main() -> None:
+        plan = Plan(tasks=[TaskSpec("one", script, "shell")], agent="shell", setup="none", approve="none",
+                    worktree_root=str(wt_root), sandbox="bwrap")
+        prep = await prepare(plan, repo)
+        app = CorralApp(prep=prep, grace=5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and "one" in app.run_screen.panes
+                        and any("tick" in line for line in pane_lines(app, "one")), what="the agent's output")
+            pane = app.run_screen.panes["one"]
+            await until(pilot, lambda: pane.border_subtitle == "shell · sandboxed", what="the pane's subtitle")
+            assert app.model.tasks["one"].sandbox == "bwrap (network on)"
+            pane.focus()
+            await pilot.pause()
+            await pilot.press("a")
+            await until(pilot, lambda: app.model.tasks["one"].status == "aborted", what="the abort")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert "cleaned up" in pane_lines(app, "one")
+            await pilot.press("q")
+
+    anyio.run(main)
+    assert corral_state(repo)["worktrees"] == []
+
+
+@needs_bwrap
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+@pytest.mark.parametrize("colocate", [True, False], ids=["colocated", "plain"])
+def test_a_sandboxed_agent_uses_jj_in_its_workspace_and_its_work_lands(tmp_path, wt_root, colocate,
+                                                                       monkeypatch):
+    from test_jj import file_at, jj, make_jj_repo, state
+
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+    monkeypatch.delenv("JJ_CONFIG", raising=False)
+    repo = make_jj_repo(tmp_path / "repo", colocate)
+    script = "echo agent > agent.txt && jj describe -m 'agent: described' && jj new && echo more > more.txt"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
+    res = corral("run", str(plan), "--repo", str(repo), "--headless", "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap (network on)" in res.stdout
+    assert file_at(repo, "main", "agent.txt") == "agent\n" and file_at(repo, "main", "more.txt") == "more\n"
+    assert "agent: described" in jj(repo, "log", "-r", "::main", "--no-graph", "-T", 'description ++ "\\n"')
+    assert state(repo)["workspaces"] == [] and list(wt_root.iterdir()) == []
+
+
+@needs_bwrap
+def test_setup_and_verify_run_in_the_sandbox_verify_writing_only_its_workspace(repo, tmp_path, wt_root):
+    readme = (repo / "README.md").read_text()
+    setup = f"echo installed > deps.txt || exit 4; echo setup >> {repo}/README.md || exit 5"
+    verify = f"echo ok > verified.txt || exit 6; echo verify >> {repo}/README.md || exit 7"
+    plan = plan_text(wt_root, [("one", "echo mine > mine.txt")], sandbox="bwrap")
+    plan = write_plan(tmp_path / "plan.toml", plan.replace('setup = "none"', f"setup = {json.dumps(setup)}"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert "one: failed (setup failed (exit 5)" in res.stdout, res.stdout
+    assert f"[one] sh: 1: cannot create {repo}/README.md: Read-only file system" in res.stdout
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo mine > mine.txt")], "--approve", "all",
+                   sandbox="bwrap", verify=verify)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "verify failed (exit 7)" in res.stdout, res.stdout
+    assert (repo / "README.md").read_text() == readme
+    assert "mine.txt" not in git(repo, "ls-tree", "--name-only", "main")
+
+
+@needs_bwrap
+def test_a_programs_agents_write_only_into_their_workspace_or_a_directory_of_its_own(repo, tmp_path):
+    own = tmp_path / "scratch"
+    own.mkdir()
+    prog = tmp_path / "prog.py"
+    prog.write_text(f"""
+async def run(input, rt):
+    ws = await rt.workspaces.create("w")
+    try:
+        await rt.run_agent({{"agent": "shell", "task": "echo ws > in-ws.txt && echo wrote ws", "cwd": str(ws.path)}})
+        await rt.run_agent({{"agent": "shell", "task": "echo x > in-checkout.txt || echo checkout refused",
+                            "cwd": {str(repo)!r}}})
+        await rt.run_agent({{"agent": "shell", "task": "echo own > own.txt && echo wrote own", "cwd": {str(own)!r}}})
+    finally:
+        await rt.workspaces.remove(ws)
+""")
+    res = corral("run", str(prog), "--headless", "--sandbox", "bwrap", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "wrote ws" in res.stdout and "checkout refused" in res.stdout and "wrote own" in res.stdout, res.stdout
+    assert not (repo / "in-checkout.txt").exists() and (own / "own.txt").read_text() == "own\n"
