@@ -742,7 +742,7 @@ async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
             except OSError:
                 pass
         if await anyio.to_thread.run_sync(_wait_exit_or_stop, proc.pid, abandon_on_cancel=True):
-            os.killpg(proc.pid, signal.SIGKILL)  # wakes it to die; the finally reaps it
+            os.killpg(proc.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
             proc.wait()
             return STOPPED
         return proc.wait()
