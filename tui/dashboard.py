@@ -96,6 +96,10 @@ class CorralApp(App[int]):
     (``home_repo``), or neither (a bus fed by the caller: tests and screenshots)."""
 
     TITLE = "corral"
+    CSS_PATH = "toasts.tcss"
+    #: the screen gets ``-small`` below 120 columns or 40 lines (toasts.tcss makes toasts fit there)
+    HORIZONTAL_BREAKPOINTS = [(0, "-small"), (120, "-large")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
     BINDINGS = [
         Binding("ctrl+q", "quit_run", "Quit", show=False, priority=True),
     ]
