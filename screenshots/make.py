@@ -74,7 +74,7 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review")
             await pilot.pause(0.3)
             await pilot.press("y", "y")  # add-mul, write-docs
-            await until(pilot, lambda: app.screen.selected == "greet-en" and "greet-en" in app.screen._diffs,
+            await until(pilot, lambda: app.screen.selected == "greet-en" and "greet-en" in app.screen.diff_view.diffs,
                         what="greet-en selected")
             await pilot.pause(0.3)
             await save("review")

@@ -158,14 +158,14 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
         self.loaded += 1
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """``enter`` on a past run: its report."""
-        if event.data_table.id != "home-runs" or event.row_key.value is None:
+        """``enter`` on a past run: the run (its tasks, their diffs and logs; its report from there)."""
+        from .past_run_screen import PastRunScreen
+
+        if event.data_table.id != "home-runs" or event.row_key.value is None or self.backend is None:
             return
-        report = Path(str(event.row_key.value)) / "report.md"
-        if not report.is_file():
-            self.notify(f"no report for this run ({report})", severity="warning")
-            return
-        self.app.push_screen(ReportScreen(report))
+        run = next((r for r in self.runs if r.get("dir") == event.row_key.value), None)
+        if run is not None:
+            self.app.push_screen(PastRunScreen(run, self.backend))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clean":
