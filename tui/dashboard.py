@@ -704,7 +704,7 @@ class CorralApp(App[int]):
             return
         self.refresh(repaint=True, layout=True)
         if code == STOPPED:
-            self.notify(f"{Path(argv[0]).name} was suspended (Ctrl-Z), so corral closed it and took the "
+            self.notify(f"{Path(argv[0]).name} was stopped (Ctrl-Z), so corral closed it and took the "
                         "terminal back", severity="warning")
         elif code not in (0, None):
             self.notify(f"{Path(argv[0]).name} exited with {code}", severity="warning")
