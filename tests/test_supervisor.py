@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -442,3 +443,70 @@ def test_a_jj_repository_runs_detached(tmp_path: Path) -> None:
     shown = subprocess.run(["jj", "file", "show", "-r", "main", "one.txt"], cwd=repo, capture_output=True, text=True)
     assert shown.stdout.strip() == "one", (shown.stderr, data)
     wait_until(lambda: not protocol.socket_path(sd).exists(), "the supervisor to exit", 30)
+
+
+# ---------------------------------------------------------------------------- in the dashboard
+def test_home_shows_a_live_run_attaches_to_it_and_detaching_leaves_it_running(repo: Path, tmp_path: Path) -> None:
+    """The home screen lists a run of the supervisor as live and waiting; enter opens its dashboard
+    with the review it waits for; D goes back home and the run still waits; a second dashboard
+    (corral attach) approves and lands, and the first one's review closes."""
+    import asyncio
+
+    from corral.tui.dashboard import CorralApp
+    from corral.tui.home_screen import HomeScreen
+    from corral.tui.review_screen import ReviewScreen
+    from corral.tui.run_screen import RunScreen
+    from test_tui_pilot import SIZE, until
+
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo one > one.txt"
+    """)
+    run = start_detached(repo, plan)
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            def live_row() -> bool:
+                screen = app.screen
+                return (isinstance(screen, HomeScreen) and screen.live.get(run, {}).get("waiting") == "review")
+
+            deadline = time.monotonic() + 60
+            while not live_row():
+                assert time.monotonic() < deadline, "the run never showed as live and waiting"
+                if isinstance(app.screen, HomeScreen) and app.screen.loaded:
+                    app.screen.load()
+                await pilot.pause(0.2)
+            home = app.screen
+            home.query_one("#home-runs").focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), 30, what="the review it waits for")
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+            await pilot.press("D")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="back home")
+            assert app.link is None
+            await pilot.press("q")
+
+    asyncio.run(main())
+    # still waiting for its review, nobody attached
+    res = corral("runs", "--json", cwd=repo)
+    row = next(json.loads(line) for line in res.stdout.splitlines() if json.loads(line)["run"] == run)
+    assert row["live"] and row["waiting"] == "review"
+
+    async def approve() -> int | None:
+        link = SocketLink(await open_connection(state_dir(repo)), run)
+        async with anyio.create_task_group() as tg:
+            async for ev in link.events():
+                if isinstance(ev, DecisionNeeded):  # answered from another task: this one reads the answers
+                    answer: Any = {"one": True} if ev.kind == "review" else True
+                    tg.start_soon(partial(link.request, "decide", decision=ev.id, answer=answer))
+        await link.aclose()
+        return link.exit_code
+
+    assert anyio.run(approve) == 0
+    assert git(repo, "show", "main:one.txt") == "one"
+    wait_supervisor_gone(repo)

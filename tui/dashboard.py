@@ -401,6 +401,17 @@ class CorralApp(App[int]):
         if not self.detachable:
             self.notify("this run lives in this process: it can't go on without the dashboard", severity="warning")
             return
+        from .home_screen import HomeScreen
+
+        if any(isinstance(s, HomeScreen) for s in self.screen_stack):
+            # attached from the home screen: back to it; the run goes on
+            link = self.link
+            self.workers.cancel_group(self, "pipeline")
+            self._pipeline_running = False
+            self._back_home()
+            if link is not None:
+                self.run_worker(link.aclose(), exit_on_error=False)
+            return
         self.detached = True
         self.exit(0)
 

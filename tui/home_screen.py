@@ -22,18 +22,36 @@ from .widgets import FitFooter, ForwardsWorkerErrors
 if TYPE_CHECKING:
     from .dashboard import CorralApp
 
+async def live_runs(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """What the repository's supervisor says of its runs (run id -> its row, with the supervisor's
+    pid); {} when none runs."""
+    from corral.core.server.client import LinkError, open_connection
+
+    try:
+        conn = await open_connection(state_dir)
+    except LinkError:
+        return {}
+    await conn.aclose()
+    return {r["run"]: {**r, "pid": conn.hello.get("pid")} for r in conn.hello.get("runs", [])}
+
+
 STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "error": "red", "running": "cyan"}
 
 
-def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
-    """One journal entry as a table row: run, started, state, ok, failed, landed."""
+def run_row(r: dict[str, Any], live: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """One journal entry as a table row: run, started, state, ok, failed, landed, and whether it is
+    live in the supervisor (``live``: what the supervisor says of it) and what it waits for."""
     tasks = list(run_tasks(r).values())
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
     bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
     state = str(r.get("state", "?"))
+    now = ""
+    if live and live.get("live"):
+        now = f"LIVE (pid {live.get('pid')})" + (f", waits: {live['waiting']}" if live.get("waiting") else "")
     return (r.get("run", "?"), started, Text(state.upper(), style=STATE_STYLE.get(state, "")),
-            str(len(tasks)), str(ok), str(bad), "yes" if r.get("landed") else "no")
+            str(len(tasks)), str(ok), str(bad), "yes" if r.get("landed") else "no",
+            Text(now, style="bold cyan") if now else "")
 
 
 class ReportScreen(Screen[None]):
@@ -77,6 +95,7 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
         self.backend: Any = None
         self.leftovers: list[Any] = []
         self.runs: list[dict[str, Any]] = []
+        self.live: dict[str, dict[str, Any]] = {}
         #: how many times the lists were (re)loaded; tests wait on it
         self.loaded = 0
 
@@ -113,7 +132,7 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
 
     def on_mount(self) -> None:
         runs = self.query_one("#home-runs", DataTable)
-        runs.add_columns("run", "started", "state", "tasks", "ok", "failed", "landed")
+        runs.add_columns("run", "started", "state", "tasks", "ok", "failed", "landed", "now")
         left = self.query_one("#home-leftovers", DataTable)
         left.add_columns("run", "task", "workspace", "branch", "state")
         self.query_one("#home-tasks", TextArea).cursor_blink = False
@@ -130,6 +149,7 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
                 Text.assemble((" corral ", "bold reverse"), "  ", (str(self.backend.root), "bold"),
                               (f"  ({self.backend.kind})", "dim")))
         self.runs = list_runs(self.backend.state_dir)
+        self.live = await live_runs(self.backend.state_dir)
         self.leftovers = await self.backend.list_leftovers()
         self._show()
 
@@ -137,9 +157,9 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
         runs = self.query_one("#home-runs", DataTable)
         runs.clear()
         for r in self.runs:
-            runs.add_row(*run_row(r), key=r.get("dir"))
+            runs.add_row(*run_row(r, self.live.get(str(r.get("run")))), key=r.get("dir"))
         if not self.runs:
-            runs.add_row("no runs yet", "", "", "", "", "", "")
+            runs.add_row("no runs yet", "", "", "", "", "", "", "")
         left = self.query_one("#home-leftovers", DataTable)
         left.clear()
         for lo in self.leftovers:
@@ -162,8 +182,25 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
         if event.data_table.id != "home-runs" or event.row_key.value is None or self.backend is None:
             return
         run = next((r for r in self.runs if r.get("dir") == event.row_key.value), None)
-        if run is not None:
+        if run is None:
+            return
+        if self.live.get(str(run.get("run")), {}).get("live"):
+            self.attach(str(run["run"]))  # a live run: its dashboard, as corral attach opens it
+        else:
             self.app.push_screen(PastRunScreen(run, self.backend))
+
+    @work(group="home-attach", exit_on_error=False)
+    async def attach(self, run: str) -> None:
+        from corral.core.server.client import LinkError, SocketLink, open_connection
+
+        assert self.backend is not None
+        try:
+            conn = await open_connection(self.backend.state_dir)
+        except LinkError as exc:
+            self.notify(str(exc), severity="warning")
+            self.load()
+            return
+        self.corral.attach(SocketLink(conn, run))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clean":

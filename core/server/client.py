@@ -247,6 +247,8 @@ class SocketLink(Link):
             conn.gone(self.lost or "the run's events ended")
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """A command on the run. Its answer is read by :meth:`events`, in the task iterating it:
+        send commands from another task (the dashboard's workers do), never from the loop's body."""
         return await self.conn.request(op, run=self.run_id, **args)
 
     async def aclose(self) -> None:
