@@ -503,7 +503,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         tasks = r.get("tasks", {}).values()
         ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
-        bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
+        bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])) if r.get("started") else "-"
         info = live.get(r["run"], {})
         note = ""

@@ -29,7 +29,7 @@ def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
     # the integration workspace is journaled next to the tasks; it is not one
     tasks = [t for name, t in (r.get("tasks") or {}).items() if name != "integration" or t.get("agent")]
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
-    bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
+    bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
     state = str(r.get("state", "?"))
     return (r.get("run", "?"), started, Text(state.upper(), style=STATE_STYLE.get(state, "")),

@@ -1,0 +1,85 @@
+"""The merge queue on real git repositories through the real command line: a failing verify is
+bisected to land what passes, conflicts are resolved by an agent, kept branches are cleaned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import corral, corral_state, git, write_plan
+from test_engine_git import plan_text
+
+
+def run_dir_of(repo: Path) -> Path:
+    [run] = corral_state(repo)["runs"]
+    common = Path(git(repo, "rev-parse", "--git-common-dir"))
+    return (common if common.is_absolute() else repo / common) / "corral" / "runs" / run
+
+
+def events(repo: Path, kind: str) -> list[dict]:
+    lines = (run_dir_of(repo) / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["type"] == kind]
+
+
+def eight_tasks(culprits: set[int]) -> list[tuple[str, str]]:
+    """Eight shell agents, each writing its own file; a culprit also writes ``bad-<n>``."""
+    return [(f"t{n}", f"echo {n} > f{n}.txt" + (f"; echo bad > bad-{n}" if n in culprits else ""))
+            for n in range(8)]
+
+
+#: fails when any culprit's file is in the merge
+VERIFY = "echo checking; ! ls bad-* 2>/dev/null"
+
+
+def run_queue(repo: Path, tmp_path: Path, wt_root: Path, tasks, **top: object):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, tasks, verify=VERIFY, **top))
+    return corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, timeout=240)
+
+
+def test_bisect_lands_seven_of_eight_and_marks_the_culprit_verify_failed(repo, tmp_path, wt_root):
+    res = run_queue(repo, tmp_path, wt_root, eight_tasks({2}))
+    assert res.returncode == 1, res.stdout + res.stderr
+    landed = set(git(repo, "ls-tree", "--name-only", "main").split())
+    assert {f"f{n}.txt" for n in range(8) if n != 2} <= landed
+    assert "f2.txt" not in landed and "bad-2" not in landed
+    runs = events(repo, "verify")
+    assert len(runs) <= 7  # 2 * log2(8) + 1
+    assert runs[0]["tasks"] == [f"t{n}" for n in range(8)] and not runs[0]["ok"]
+    assert runs[-1]["ok"] and sorted(runs[-1]["tasks"]) == sorted(f"t{n}" for n in range(8) if n != 2)
+    # each verify run after the first is announced in the verify pane
+    assert "[verify] verify 2 (bisecting 8 tasks): tasks t0, t1, t2, t3" in res.stdout
+    assert "t2: verify-failed" in res.stdout
+    run = json.loads((run_dir_of(repo) / "run.json").read_text())
+    assert run["tasks"]["t2"]["status"] == "verify-failed"
+    assert all(run["tasks"][f"t{n}"]["status"] == "merged" for n in range(8) if n != 2)
+    # the culprit's branch is kept with its work; no integration branch of the bisection is left
+    state = corral_state(repo)
+    assert [b.rsplit("/", 1)[1] for b in state["branches"]] == ["t2"]
+    assert git(repo, "show", f"{state['branches'][0]}:bad-2") == "bad"
+    assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
+    report = (run_dir_of(repo) / "report.md").read_text()
+    assert "| t2 | shell | verify-failed" in report
+    assert "## Verify failed with t2 merged" in report and "bad-2" in report.split("## Verify failed")[1]
+
+
+def test_bisect_finds_two_culprits_among_eight(repo, tmp_path, wt_root):
+    res = run_queue(repo, tmp_path, wt_root, eight_tasks({2, 5}))
+    assert res.returncode == 1, res.stdout + res.stderr
+    landed = set(git(repo, "ls-tree", "--name-only", "main").split())
+    assert {f"f{n}.txt" for n in (0, 1, 3, 4, 6, 7)} <= landed
+    assert not {"f2.txt", "f5.txt", "bad-2", "bad-5"} & landed
+    assert len(events(repo, "verify")) <= 2 * 7 + 1  # about twice one culprit's
+    run = json.loads((run_dir_of(repo) / "run.json").read_text())
+    assert sorted(n for n, t in run["tasks"].items() if t["status"] == "verify-failed") == ["t2", "t5"]
+    assert sorted(b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]) == ["t2", "t5"]
+
+
+def test_on_verify_fail_stop_lands_nothing_after_one_verify_run(repo, tmp_path, wt_root):
+    before = git(repo, "rev-parse", "main")
+    res = run_queue(repo, tmp_path, wt_root, eight_tasks({2}), on_verify_fail="stop")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert git(repo, "rev-parse", "main") == before
+    assert len(events(repo, "verify")) == 1
+    assert "verify-failed" not in res.stdout
+    branches = corral_state(repo)["branches"]
+    assert any(b.endswith("/integration") for b in branches) and len(branches) == 9
