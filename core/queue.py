@@ -1,8 +1,8 @@
-"""The merge queue's verify step: a merge whose verify fails is bisected (``on_verify_fail =
-"bisect"``) to land the largest set of approved tasks whose merge passes, as a bisecting merge queue
-does, rather than letting one bad task hold back every good one.
+"""The merge queue: conflicts handed to a resolver agent (``resolve = "agent"``), and a merge whose
+verify fails bisected (``on_verify_fail = "bisect"``) to land the largest set of approved tasks whose
+merge passes, as a bisecting merge queue does, rather than letting one bad task hold back every good one.
 
-:func:`largest_passing` is the search alone (which subsets to try, in which order); :func:`verify_merge`
+:func:`largest_passing` is the search alone (which subsets to try, in which order); :func:`bisect`
 runs it on the runtime: each subset merged into a fresh integration workspace and verified there.
 """
 
@@ -15,8 +15,9 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 from .events import VerifyOutput, VerifyResult
 from .procs import Supervised
-from .runtime import Runtime, TaskInfo
-from .vcs.base import Workspace
+from .plan import Plan
+from .runtime import PolicyApprover, Runtime, TaskInfo
+from .vcs.base import MergeOutcome, VcsError, Workspace
 
 T = TypeVar("T")
 
@@ -124,3 +125,79 @@ async def bisect(rt: Runtime, command: str, strategy: str, merged: list[TaskInfo
     kept = {t.name for t in landed}
     return Bisection(best[0] if best else None, landed,
                      {t.name: last_failed[t.name] for t in merged if t.name not in kept}, count[0])
+
+
+async def resolve_conflicts(rt: Runtime, plan: Plan, integ: Workspace, outcomes: list[MergeOutcome]) -> None:
+    """Each merge of ``outcomes`` that conflicted, in order, handed to the resolver agent when the plan
+    says so (``resolve = "agent"``, or ``"ask"`` and the person says yes): a resolved one becomes a
+    merge like the others (its outcome ok), and verify checks it as it checks them."""
+    for o in outcomes:
+        if not o.ok and await _wants_resolver(rt, plan, o):
+            await _resolve(rt, plan, integ, o, outcomes)
+
+
+async def _wants_resolver(rt: Runtime, plan: Plan, o: MergeOutcome) -> bool:
+    if plan.resolve == "agent":
+        return True
+    if plan.resolve == "ask" and not isinstance(rt.approver, PolicyApprover):  # nobody to ask: as "none"
+        return await rt.approver.ask(rt, f"{o.task} conflicts in {', '.join(o.conflict_files[:5])}: let agent "
+                                         f"{plan.resolver or plan.agent} resolve it?", False)
+    return False
+
+
+async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, outcomes: list[MergeOutcome]) -> None:
+    """Merge ``o``'s task into ``integ`` again, its conflict left in the files, and run the resolver
+    there (a task of its own, ``resolve-<task>``); what it commits must be the merge, markers gone.
+    A resolver that fails leaves ``integ`` as it was: the task stays a conflict."""
+    backend, bus = rt.backend, rt.bus
+    info = rt.tasks[o.task]
+    head = info.workspace.head if info.workspace else ""
+    before = integ.head or await backend.head_of(integ)
+    try:
+        files = await backend.redo_merge(integ, o.task, head, plan.merge)
+    except VcsError as exc:
+        bus.log("warning", f"{o.task}: not resolved: {exc}", task=o.task)
+        return
+    name = rt.unique_name(f"resolve-{o.task}")
+    try:
+        if files:
+            result = await rt.run_agent({"agent": plan.resolver or plan.agent, "name": name, "step": "resolve",
+                                         "task": resolver_prompt(rt, o.task, files, outcomes),
+                                         "cwd": str(integ.path), "timeout": plan.timeout})
+            if not result.ok:
+                raise VcsError(f"the resolver {result.status}" + (f": {result.reason}" if result.reason else ""))
+            new = await backend.conclude_merge(integ, o.task, head, plan.merge, before, files)
+        else:  # it merges cleanly on top of what was merged since it conflicted
+            new = integ.head = await backend.head_of(integ)
+    except VcsError as exc:
+        await backend.undo_merge(integ, before)
+        bus.log("warning", f"{o.task}: conflict not resolved: {exc}", task=o.task)
+        if name in rt.tasks:
+            rt.set_status(name, "failed", f"conflict not resolved: {exc}")
+        return
+    if name in rt.tasks:
+        rt.set_status(name, "succeeded", f"resolved the conflict of {o.task} in {', '.join(files)}")
+    rt.workspaces.note_merged(integ, o.task, head)
+    o.ok, o.commit = True, new
+
+
+def resolver_prompt(rt: Runtime, task: str, files: list[str], outcomes: list[MergeOutcome]) -> str:
+    """What the resolver is told: the files in conflict, and what each side was asked and answered."""
+    merged = [rt.tasks[x.task] for x in outcomes if x.ok and x.task in rt.tasks]
+    others = [t for t in merged if t.snapshot and set(t.snapshot.files) & set(files)] or merged
+
+    def side(info: TaskInfo) -> str:
+        text = info.result.text.strip() if info.result else ""
+        return (f"Task {info.name} was asked:\n{info.prompt.strip()}\n"
+                + (f"It answered when done:\n{text[:4000]}\n" if text else ""))
+
+    return "\n".join([
+        f"You are in the integration workspace of a corral run. Merging task {task} into the work already "
+        f"merged here conflicts in: {', '.join(files)}. Those files hold conflict markers (<<<<<<<, =======, "
+        f">>>>>>>). Resolve every conflict so that both sides' work is kept as their tasks intended, remove "
+        f"the markers, then commit the merge (git add the files, then git commit --no-edit). Change "
+        f"nothing else.",
+        "",
+        side(rt.tasks[task]),
+        *(side(t) for t in others),
+    ])

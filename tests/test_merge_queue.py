@@ -83,3 +83,56 @@ def test_on_verify_fail_stop_lands_nothing_after_one_verify_run(repo, tmp_path, 
     assert "verify-failed" not in res.stdout
     branches = corral_state(repo)["branches"]
     assert any(b.endswith("/integration") for b in branches) and len(branches) == 9
+
+
+def resolver_plan(tmp_path: Path, wt_root: Path, resolve: str, script: str) -> Path:
+    """Two tasks that edit the same line, one beside them, and a shell resolver running ``script``
+    (its prompt written to ``prompt.txt`` beside the repository)."""
+    tasks = [("first", "echo 'VALUE = 10' > src/app.py"), ("second", "echo 'VALUE = 20' > src/app.py"),
+             ("other", "echo x > x.txt")]
+    body = plan_text(wt_root, tasks, resolve=resolve, resolver="fixer", verify="grep -q 30 src/app.py")
+    command = ["sh", "-c", f'printf %s "$0" > {tmp_path / "prompt.txt"}; {script}', "{prompt}"]
+    body += f'\n[agents.fixer]\ncommand = {json.dumps(command)}\nformat = "text"\n'
+
+    return write_plan(tmp_path / "plan.toml", body)
+
+
+def test_a_resolver_agent_settles_a_conflict_and_both_tasks_land(repo, tmp_path, wt_root):
+    plan = resolver_plan(tmp_path, wt_root, "agent", "printf 'VALUE = 30\\n' > src/app.py && git add -A && "
+                                                    "git commit -q --no-edit")
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the resolution landed, and with it both tasks' work (their commits are in base's history)
+    assert git(repo, "show", "main:src/app.py") == "VALUE = 30"
+    assert (repo / "x.txt").exists()
+    run = json.loads((run_dir_of(repo) / "run.json").read_text())
+    assert run["tasks"]["first"]["status"] == run["tasks"]["second"]["status"] == "merged"
+    assert run["tasks"]["resolve-second"]["status"] == "succeeded"
+    for task in ("first", "second"):
+        assert git(repo, "log", "--format=%s", "main").count(f"corral: {task}") == 1
+    prompt = (tmp_path / "prompt.txt").read_text()
+    assert "conflicts in: src/app.py" in prompt
+    assert "echo 'VALUE = 10' > src/app.py" in prompt and "echo 'VALUE = 20' > src/app.py" in prompt
+    state = corral_state(repo)
+    assert state["branches"] == [] and state["worktrees"] == []
+
+
+def test_a_resolver_that_leaves_markers_changes_nothing(repo, tmp_path, wt_root):
+    plan = resolver_plan(tmp_path, wt_root, "agent", "git add -A && git commit -q --no-edit")
+    res = corral("run", str(plan), "--headless", "--approve", "all", "--verify", "true", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "second: conflict not resolved: conflict markers left in src/app.py" in res.stdout
+    assert git(repo, "show", "main:src/app.py") == "VALUE = 10"  # first and other landed, no markers
+    assert (repo / "x.txt").exists()
+    run = json.loads((run_dir_of(repo) / "run.json").read_text())
+    assert run["tasks"]["second"]["status"] == "conflict"
+    assert run["tasks"]["resolve-second"]["status"] == "failed"
+    assert [b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]] == ["second"]
+
+
+def test_resolve_ask_with_nobody_to_ask_leaves_the_conflict(repo, tmp_path, wt_root):
+    plan = resolver_plan(tmp_path, wt_root, "ask", "exit 9")
+    res = corral("run", str(plan), "--headless", "--approve", "all", "--verify", "true", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert not (tmp_path / "prompt.txt").exists()  # the resolver never ran
+    assert "second: CONFLICT merging (merge) in src/app.py; left out" in res.stdout

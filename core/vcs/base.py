@@ -380,6 +380,20 @@ class Backend(abc.ABC):
         """Create the integration workspace at base and merge each (task, head) into it in order;
         a conflicting task is left out and the others still merge."""
 
+    async def redo_merge(self, ws: Workspace, task: str, head: str, strategy: str) -> list[str]:
+        """Merge ``head`` into integration workspace ``ws`` leaving its conflict there for a resolver
+        agent; the conflicted files. A backend that cannot raises :class:`VcsError` saying so."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
+
+    async def conclude_merge(self, ws: Workspace, task: str, head: str, strategy: str, before: str,
+                             files: list[str]) -> str:
+        """The resolver's merge committed and checked; the new head (:class:`VcsError`: not resolved)."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
+
+    async def undo_merge(self, ws: Workspace, before: str) -> None:
+        """Put ``ws`` back at ``before``: the resolver failed."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
+
     @abc.abstractmethod
     async def head_of(self, ws: Workspace) -> str:
         ...

@@ -651,14 +651,13 @@ class GitBackend(Backend):
                          env: dict[str, str] | None) -> MergeOutcome:
         p = ws.path
         if strategy == "merge":
-            res = await self.git("merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head,
-                                 cwd=p, env=env, check=False)
+            res = await self.git(*_merge_args(task, head, strategy), cwd=p, env=env, check=False)
             if res.ok:
                 return MergeOutcome(task, True, await self.head_of(ws))
             files = await self._unmerged(p)
             await self.git("merge", "--abort", cwd=p, check=False)
         elif strategy == "squash":
-            res = await self.git("merge", "--squash", "-q", head, cwd=p, env=env, check=False)
+            res = await self.git(*_merge_args(task, head, strategy), cwd=p, env=env, check=False)
             if res.ok:
                 staged = await self.git("diff", "--cached", "--quiet", cwd=p, check=False)
                 if staged.code == 1:
@@ -683,6 +682,62 @@ class GitBackend(Backend):
             # a failure that is not a conflict: report it plainly rather than call it one
             raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
         return MergeOutcome(task, False, conflict_files=files)
+
+    async def redo_merge(self, ws: Workspace, task: str, head: str, strategy: str) -> list[str]:
+        """Merge ``head`` into the integration workspace ``ws`` again as :meth:`integrate` tried, but
+        leave its conflict in the worktree (markers in the files, the merge under way) for a resolver.
+        Returns the conflicted files (none: it merges cleanly now, and is committed)."""
+        if strategy not in ("merge", "squash"):
+            raise VcsError(f"a conflict of merge strategy {strategy!r} cannot be handed to a resolver "
+                           f"(merge and squash can)")
+        res = await self.git(*_merge_args(task, head, strategy), cwd=ws.path, env=await self.ident_env(),
+                             check=False)
+        files = await self._unmerged(ws.path)
+        if not res.ok and not files:
+            raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
+        if not files and strategy == "squash":
+            await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=ws.path,
+                           env=await self.ident_env(), check=False)
+        return files
+
+    async def conclude_merge(self, ws: Workspace, task: str, head: str, strategy: str, before: str,
+                             files: list[str]) -> str:
+        """After a resolver worked on the conflict :meth:`redo_merge` left: the merge committed (what
+        the resolver left uncommitted is committed for it), checked to hold no conflict markers in
+        ``files`` and (``merge``) to have ``head`` merged. Returns the new head of ``ws``; raises
+        :class:`VcsError` saying why the conflict is not resolved."""
+        p = ws.path
+        left = await self._unmerged(p)
+        if left:
+            raise VcsError(f"conflicts left in {', '.join(left)}")
+        merging = (await self.git("rev-parse", "-q", "--verify", "MERGE_HEAD", cwd=p, check=False)).ok
+        if merging or await self._changes(p, ws.exclude):
+            await self.git("add", "-A", "--", ".", *(f":(exclude){x}" for x in ws.exclude), cwd=p)
+            message = f"corral: merge {task}" if strategy == "merge" else f"corral: {task} (squashed)"
+            res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=p, env=await self.ident_env(),
+                                 check=False)
+            if not res.ok:
+                raise VcsError(f"git commit: {_short_err(res)}")
+        new = await self.head_of(ws)
+        if new == before:
+            raise VcsError("nothing was committed")
+        marked = await self.git("grep", "-l", "-E", "^(<<<<<<<|>>>>>>>)( |$)", new, "--", *files, cwd=p,
+                                check=False)
+        if marked.out.strip():
+            found = sorted({line.partition(":")[2] for line in marked.out.splitlines()})
+            raise VcsError(f"conflict markers left in {', '.join(found)}")
+        if strategy == "merge" and not await self._is_ancestor(head, new):
+            raise VcsError(f"{task}'s work is not merged in what was committed")
+        ws.head = new
+        return new
+
+    async def undo_merge(self, ws: Workspace, before: str) -> None:
+        """Put the integration workspace back where it was before :meth:`redo_merge` (a resolver that
+        failed): every change made since is dropped (it is a copy of work kept on the tasks' branches)."""
+        await self.git("merge", "--abort", cwd=ws.path, check=False)
+        await self.git("reset", "-q", "--hard", before, cwd=ws.path)
+        await self.git("clean", "-q", "-fd", cwd=ws.path, check=False)
+        ws.head = before
 
     async def _unmerged(self, path: Path) -> list[str]:
         res = await self.git("diff", "--name-only", "--diff-filter=U", "-z", cwd=path, check=False)
@@ -993,6 +1048,13 @@ class GitBackend(Backend):
             if name.startswith(prefix):
                 refs[name] = sha
         return refs
+
+
+def _merge_args(task: str, head: str, strategy: str) -> list[str]:
+    """The git command that merges ``head`` into an integration worktree (strategy merge or squash)."""
+    if strategy == "squash":
+        return ["merge", "--squash", "-q", head]
+    return ["merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head]
 
 
 #: a branch name of letters, digits, '.', '_', '-' and '/': none of the characters git refuses, so
