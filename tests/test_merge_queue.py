@@ -136,3 +136,35 @@ def test_resolve_ask_with_nobody_to_ask_leaves_the_conflict(repo, tmp_path, wt_r
     assert res.returncode == 1, res.stdout + res.stderr
     assert not (tmp_path / "prompt.txt").exists()  # the resolver never ran
     assert "second: CONFLICT merging (merge) in src/app.py; left out" in res.stdout
+
+
+def test_clean_branches_deletes_merged_and_empty_ones_and_unmerged_only_by_name(repo, tmp_path, wt_root):
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("merged", "echo 1 > one.txt"),
+                                                                   ("unmerged", "echo 2 > two.txt")]))
+    res = corral("run", str(plan), "--headless", "--approve", "none", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    kept = {b.rsplit("/", 1)[1]: b for b in corral_state(repo)["branches"]}
+    git(repo, "merge", "-q", "--no-edit", kept["merged"])  # its work reached base by hand
+    run = kept["merged"].split("/")[1]
+    git(repo, "branch", f"corral/{run}/empty", "HEAD~1")  # holds nothing of its own
+    git(repo, "branch", f"corral/{run}/mine", "HEAD")
+    git(repo, "checkout", "-q", f"corral/{run}/mine")  # the user's checkout is on it
+    git(repo, "branch", "feature", "main")  # not corral's: never touched
+    res = corral("clean", "--branches", "--dry-run", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"would delete branch {kept['merged']}" in res.stdout
+    assert len(corral_state(repo)["branches"]) == 4  # --dry-run changed nothing
+    # a name that is not a corral branch: one line, exit 2, nothing deleted
+    res = corral("clean", "--branches", "feature", cwd=repo)
+    assert res.returncode == 2 and "--branches feature: no such corral branch" in res.stderr, res.stdout + res.stderr
+    assert len(corral_state(repo)["branches"]) == 4
+    res = corral("clean", "--branches", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"kept branch {kept['unmerged']}: holds work not merged into base" in res.stdout
+    assert sorted(corral_state(repo)["branches"]) == sorted([kept["unmerged"], f"corral/{run}/mine"])
+    # named, a branch with unmerged work goes too; the one checked out never does
+    git(repo, "checkout", "-q", "main")
+    res = corral("clean", "--branches", kept["unmerged"], cwd=repo)
+    assert res.returncode == 0 and f"deleted branch {kept['unmerged']} (named)" in res.stdout, res.stdout
+    assert corral_state(repo)["branches"] == [f"corral/{run}/mine"]
+    assert git(repo, "rev-parse", "feature") == git(repo, "rev-parse", "main")

@@ -457,6 +457,15 @@ class Backend(abc.ABC):
     async def ref_exists(self, ref: str) -> bool:
         ...
 
+    @abc.abstractmethod
+    async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
+        """Branches (jj: bookmarks) whose name starts with ``prefix``: name -> commit."""
+
+    async def checked_out_at(self, branch: str) -> Path | None:
+        """The checkout that has ``branch`` checked out (deleting it would orphan that checkout's
+        HEAD), or None. jj's bookmarks are never checked out."""
+        return None
+
     async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
         """Whether ``ref`` holds commits that no branch outside corral's has (so deleting it loses work)."""
         return True

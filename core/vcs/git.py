@@ -744,7 +744,7 @@ class GitBackend(Backend):
         return sorted(set(f for f in res.out.split("\0") if f))
 
     # ----------------------------------------------------------------------------------- landing
-    async def _checked_out_at(self, branch: str) -> Path | None:
+    async def checked_out_at(self, branch: str) -> Path | None:
         res = await self.git("worktree", "list", "--porcelain", "-z")
         for rec in _worktree_records(res.out):
             if rec.get("branch") == f"refs/heads/{branch}":
@@ -769,7 +769,7 @@ class GitBackend(Backend):
             taken = await self._stash_landing(old, new)
             if taken:
                 return self._refuse(base, "stash", taken, old, new)
-            where = await self._checked_out_at(base)
+            where = await self.checked_out_at(base)
             if where is not None:
                 status = await self.git("status", "--porcelain", "--untracked-files=no", cwd=where, check=False)
                 if not status.ok or status.out.strip():

@@ -628,6 +628,10 @@ class JjBackend(Backend):
     async def ref_exists(self, ref: str) -> bool:
         return ref in await self.bookmarks(f"exact:{ref}")
 
+    async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
+        """Bookmarks whose name starts with ``prefix``: name -> commit ("" when conflicted)."""
+        return {name: target or "" for name, target in (await self.bookmarks(f"glob:{prefix}*")).items()}
+
     async def is_bookmark(self, name: str) -> bool:
         return await self.ref_exists(name)
 
