@@ -113,7 +113,8 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
         await backend.close()
         raise
     await backend.remember_user_state()
-    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit),
+    notes = await backend.notes(base_commit, base_name)
+    return Prepared(plan, backend, base_name, base_commit, root, notes=notes,
                     sandbox=policy, env=env)
 
 

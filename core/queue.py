@@ -110,7 +110,8 @@ async def bisect(rt: Runtime, command: str, strategy: str, merged: list[TaskInfo
             run = await run_verify(rt, command, integ, names, header)
         else:  # merged together, these conflicted in this order: not a set that can land
             bad = [o.task for o in outcomes if not o.ok]
-            rt.bus.emit(VerifyOutput(lines=[header, f"corral: merging them conflicts ({', '.join(bad)}): not verified"]))
+            rt.bus.emit(VerifyOutput(lines=[header, f"corral: merging them conflicts ({', '.join(bad)}): "
+                                                    "not verified"]))
             run = VerifyRun(names, integ, False, None, [f"merging {', '.join(names)} conflicts"])
         if run.ok:
             for old in best:

@@ -168,3 +168,14 @@ def test_clean_branches_deletes_merged_and_empty_ones_and_unmerged_only_by_name(
     assert res.returncode == 0 and f"deleted branch {kept['unmerged']} (named)" in res.stdout, res.stdout
     assert corral_state(repo)["branches"] == [f"corral/{run}/mine"]
     assert git(repo, "rev-parse", "feature") == git(repo, "rev-parse", "main")
+
+
+def test_a_dirty_checkout_of_base_is_said_at_preflight_before_any_agent_runs(repo, tmp_path, wt_root):
+    (repo / "src/app.py").write_text("VALUE = 'mine, uncommitted'\n")
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo 1 > one.txt")]))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    warning = f"warning: main is checked out at {repo} with uncommitted changes (src/app.py)"
+    assert warning in res.stdout
+    assert res.stdout.index(warning) < res.stdout.index("one: running")
+    assert (repo / "src/app.py").read_text() == "VALUE = 'mine, uncommitted'\n"

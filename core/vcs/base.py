@@ -340,8 +340,8 @@ class Backend(abc.ABC):
         chose, what agents did to the user's bookmarks and what corral put back)."""
         return []
 
-    async def notes(self, base_commit: str) -> list[str]:
-        """Things about the repository a user should know before a run (not problems)."""
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
+        """Things about the repository (and ``base``, by name) a user should know before a run (not problems)."""
         return []
 
     @abc.abstractmethod

@@ -233,15 +233,34 @@ class GitBackend(Backend):
                             "corral/<run>/<task> beside it: rename it (git branch -m corral NEW-NAME)")
         return problems
 
-    async def notes(self, base_commit: str) -> list[str]:
-        """Things about the repository a user should know before a run (not problems)."""
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
+        """Things about the repository a user should know before a run (not problems): submodules, and
+        a checkout of ``base`` with uncommitted changes (landing would be refused)."""
+        out = [await self._dirty_base(base)] if base else []
         subs = await self.git("ls-tree", "-r", "-z", "--full-tree", base_commit, check=False)
         paths = [e.partition("\t")[2] for e in subs.out.split("\0") if e.startswith("160000 ")]
-        if not paths:
-            return []
-        return [f"this repository has submodules ({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}): "
-                "workspaces get them uninitialised (corral does not run `git submodule update`), and "
-                "edits made inside them cannot be kept (a task that makes some fails, its workspace kept)"]
+        if paths:
+            listed = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+            out.append(f"this repository has submodules ({listed}): workspaces get them uninitialised (corral "
+                       "does not run `git submodule update`), and edits made inside them cannot be kept (a task "
+                       "that makes some fails, its workspace kept)")
+        return [note for note in out if note]
+
+    async def _dirty_base(self, base: str) -> str:
+        """Said at preflight: landing refuses to move ``base`` over uncommitted changes in its checkout
+        (see :meth:`land`), better known before the agents run than after."""
+        where = await self.checked_out_at(base) if await self.is_branch(base) else None
+        if where is None:
+            return ""
+        res = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
+                             check=False)
+        files = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3]
+        if not files:
+            return ""
+        more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+        return (f"{base} is checked out at {where} with uncommitted changes ({', '.join(files[:5])}{more}): "
+                f"corral never touches them, and will not land onto {base} while they are there (commit or "
+                f"stash them before the run lands)")
 
     def ref_name(self, run: str, task: str) -> str:
         return f"corral/{run}/{task}"

@@ -307,7 +307,7 @@ class JjBackend(Backend):
             raise VcsError(f"jj {' '.join(a for a in args[:3] if not a.startswith('--'))}: {_short_err(res)}")
         return res
 
-    async def notes(self, base_commit: str) -> list[str]:
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
         """What preflight found worth saying (the base chosen for a merge working copy)."""
         return self.take_notices()
 
