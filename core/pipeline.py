@@ -411,7 +411,7 @@ async def _bisect(rt: Runtime, plan: Plan, state: RunState, merged: list[TaskInf
     workspace goes when a subset passes, else it is kept as without bisecting. Returns the verify
     run of the merge to land (``first`` when nothing passed)."""
     rt.bus.log("warning", f"verify failed (exit {first.exit_code}) on the merge of {len(merged)} tasks: bisecting")
-    found = await bisect(rt, plan.verify, plan.merge, merged, first)
+    found = await bisect(rt, plan, merged, first)
     state.verify_runs = found.runs
     for name, run in found.failed.items():
         state.verify_failed[name] = run.output

@@ -92,10 +92,11 @@ class Bisection:
     runs: int
 
 
-async def bisect(rt: Runtime, command: str, strategy: str, merged: list[TaskInfo], first: VerifyRun) -> Bisection:
-    """``first`` (the merge of every task of ``merged``) failed: merge and verify subsets of them,
-    each in a fresh integration workspace, until the largest that passes is found. The workspaces of
-    the other subsets are removed with their branches (the tasks' own branches hold their work)."""
+async def bisect(rt: Runtime, plan: Plan, merged: list[TaskInfo], first: VerifyRun) -> Bisection:
+    """``first`` (the merge of every task of ``merged``) failed verify: merge and verify subsets of
+    them, each in a fresh integration workspace (a conflict there goes to the resolver as in the full
+    merge), until the largest that passes is found. The workspaces of the other subsets are removed
+    with their branches (the tasks' own branches hold their work)."""
     last_failed = {name: first for name in first.tasks}
     best: list[VerifyRun] = []
     count = [1]
@@ -104,10 +105,12 @@ async def bisect(rt: Runtime, command: str, strategy: str, merged: list[TaskInfo
         names = [t.name for t in subset]
         count[0] += 1
         integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in subset if t.workspace],
-                                                    strategy)
+                                                    plan.merge)
+        if not all(o.ok for o in outcomes):
+            await resolve_conflicts(rt, plan, integ, outcomes)
         header = f"verify {count[0]} (bisecting {len(merged)} tasks): tasks {', '.join(names)}"
         if all(o.ok for o in outcomes):
-            run = await run_verify(rt, command, integ, names, header)
+            run = await run_verify(rt, plan.verify, integ, names, header)
         else:  # merged together, these conflicted in this order: not a set that can land
             bad = [o.task for o in outcomes if not o.ok]
             rt.bus.emit(VerifyOutput(lines=[header, f"corral: merging them conflicts ({', '.join(bad)}): "

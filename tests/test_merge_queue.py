@@ -179,3 +179,21 @@ def test_a_dirty_checkout_of_base_is_said_at_preflight_before_any_agent_runs(rep
     assert warning in res.stdout
     assert res.stdout.index(warning) < res.stdout.index("one: running")
     assert (repo / "src/app.py").read_text() == "VALUE = 'mine, uncommitted'\n"
+
+
+def test_bisecting_a_merge_with_a_resolved_conflict_resolves_it_again(repo, tmp_path, wt_root):
+    """A conflict the resolver settled in the full merge conflicts again in the subsets bisection
+    merges: it goes to the resolver there too, so only the real culprit is left out."""
+    tasks = [("first", "echo 'VALUE = 10' > src/app.py"), ("second", "echo 'VALUE = 20' > src/app.py"),
+             ("other", "echo x > x.txt"), ("bad", "echo bad > bad-1")]
+    body = plan_text(wt_root, tasks, resolve="agent", resolver="fixer", verify=VERIFY)
+    command = ["sh", "-c", "printf 'VALUE = 30\\n' > src/app.py && git add -A && git commit -q --no-edit"]
+    body += f'\n[agents.fixer]\ncommand = {json.dumps(command)}\nformat = "text"\n'
+    plan = write_plan(tmp_path / "plan.toml", body)
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo, timeout=240)
+    assert res.returncode == 1, res.stdout + res.stderr
+    run = json.loads((run_dir_of(repo) / "run.json").read_text())
+    assert {n: t["status"] for n, t in run["tasks"].items() if not n.startswith(("resolve", "integration"))} == {
+        "first": "merged", "second": "merged", "other": "merged", "bad": "verify-failed"}
+    assert git(repo, "show", "main:src/app.py") == "VALUE = 30" and (repo / "x.txt").exists()
+    assert not (repo / "bad-1").exists()
