@@ -197,3 +197,39 @@ def test_bisecting_a_merge_with_a_resolved_conflict_resolves_it_again(repo, tmp_
         "first": "merged", "second": "merged", "other": "merged", "bad": "verify-failed"}
     assert git(repo, "show", "main:src/app.py") == "VALUE = 30" and (repo / "x.txt").exists()
     assert not (repo / "bad-1").exists()
+
+
+def changelog_tasks() -> list[tuple[str, str]]:
+    return [("one", "echo 'one' >> CHANGELOG"), ("two", "echo 'two' >> CHANGELOG")]
+
+
+def test_a_union_merged_changelog_is_forecast_and_merged_alike(repo, tmp_path, wt_root):
+    """merge=union in base's .gitattributes: the forecast's trial merges and the real merge both go
+    by it, though the user's checkout (main) has no such attribute; and the other way round."""
+    git(repo, "checkout", "-q", "-b", "release")
+    (repo / ".gitattributes").write_text("CHANGELOG merge=union\n")
+    (repo / "CHANGELOG").write_text("start\n")
+    (repo / "docs/sub").mkdir(parents=True)
+    (repo / "docs/.gitattributes").write_text("NEWS merge=union\n")  # nested: for NEWS at any depth below
+    (repo / "docs/sub/NEWS").write_text("news\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "changelog, merged by union")
+    git(repo, "checkout", "-q", "main")
+    news = [("three", "echo 3 >> docs/sub/NEWS"), ("four", "echo 4 >> docs/sub/NEWS")]
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, changelog_tasks() + news, base="release"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "forecast one: 1 file(s) [CHANGELOG]; merges cleanly" in res.stdout
+    assert "forecast three: 1 file(s) [docs/sub/NEWS]; merges cleanly" in res.stdout
+    assert git(repo, "show", "release:CHANGELOG").splitlines() == ["start", "one", "two"]
+    assert git(repo, "show", "release:docs/sub/NEWS").splitlines() == ["news", "3", "4"]
+    # the other way round: the user's checkout says union, base does not: both see the conflict
+    git(repo, "checkout", "-q", "-b", "plain", "release")
+    git(repo, "rm", "-q", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "no union")
+    git(repo, "checkout", "-q", "release")
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, changelog_tasks(), base="plain"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "forecast one: 1 file(s) [CHANGELOG]; would conflict with two" in res.stdout
+    assert "two: CONFLICT merging (merge) in CHANGELOG" in res.stdout

@@ -637,9 +637,14 @@ class GitBackend(Backend):
         return (await self.git("rev-parse", "HEAD", cwd=ws.path)).out.strip()
 
     # -------------------------------------------------------------------------------- forecast
-    async def merge_tree(self, a: str, b: str) -> list[str] | None:
-        """Conflicting paths of merging ``a`` and ``b`` (None: merges cleanly). Never touches a worktree."""
-        res = await self.git("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b, check=False)
+    async def merge_tree(self, a: str, b: str, attributes: str = "") -> list[str] | None:
+        """Conflicting paths of merging ``a`` and ``b`` (None: merges cleanly). Never touches a worktree.
+        With ``attributes`` (a file: see :meth:`_merge_attributes`), it goes by those gitattributes
+        (merge drivers such as ``merge=union``) and not by the user's checkout's: run in the git dir,
+        git reads no worktree's."""
+        config = ["-c", f"core.attributesFile={attributes}"] if attributes else []
+        res = await self.git(*config, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b,
+                             check=False, cwd=self.common_dir if attributes else None)
         if res.code == 0:
             return None
         if res.code == 1 and res.out.strip("\0\n"):
@@ -652,7 +657,34 @@ class GitBackend(Backend):
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
             return sorted(f for f in res.out.split("\0") if f)
 
-        return await run_forecast(await self.resolve(base), heads, base_commits or {}, changed_files, self.merge_tree)
+        tip = await self.resolve(base)
+        # trial merges go by the gitattributes a real merge on base goes by (the integration
+        # worktree's, base's own), whatever the user's checkout holds
+        with tempfile.NamedTemporaryFile("w", prefix="corral-attributes-", encoding="utf-8") as attributes:
+            attributes.write(await self._merge_attributes(tip))
+            attributes.flush()
+
+            async def merge_tree(a: str, b: str) -> list[str] | None:
+                return await self.merge_tree(a, b, attributes.name)
+
+            return await run_forecast(tip, heads, base_commits or {}, changed_files, merge_tree)
+
+    async def _merge_attributes(self, commit: str) -> str:
+        """The gitattributes a merge in a worktree of ``commit`` goes by, in one file, lowest precedence
+        first (later lines win): the user's own attributes file, then ``commit``'s ``.gitattributes``
+        files from the root down, their patterns made relative to the root. ($GIT_DIR/info/attributes,
+        above them all, git reads itself.)"""
+        own = (await self.git("config", "--path", "--get", "core.attributesFile", check=False)).out.strip()
+        config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        parts = [_read(Path(own or os.path.join(config_home, "git", "attributes")))]
+        names = (await self.git("ls-tree", "-r", "-z", "--name-only", commit)).out.split("\0")
+        found = sorted((n for n in names if n == ".gitattributes" or n.endswith("/.gitattributes")),
+                       key=lambda n: n.count("/"))
+        for name in found:
+            text = (await self.git("show", f"{commit}:{name}", check=False)).out
+            folder = name[: -len(".gitattributes")]
+            parts += [_attribute_line(line, folder) for line in text.splitlines()]
+        return "\n".join(parts) + "\n"
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
@@ -1067,6 +1099,20 @@ class GitBackend(Backend):
             if name.startswith(prefix):
                 refs[name] = sha
         return refs
+
+
+def _attribute_line(line: str, folder: str) -> str:
+    """A line of ``folder``'s ``.gitattributes`` as a line of a file at the root: a pattern without a
+    slash matches a name at any depth below ``folder``, one with a slash is relative to it; macros
+    (``[attr]``) count only at the root, as git has it."""
+    text = line.strip()
+    if not folder or not text or text.startswith("#"):
+        return line
+    pattern, *rest = text.split(None, 1)
+    if pattern.startswith(("[attr]", '"')):  # a macro (git ignores it here), a quoted pattern: left out
+        return ""
+    rebased = pattern.lstrip("/") if "/" in pattern.rstrip("/") else "**/" + pattern
+    return f"{folder}{rebased} {' '.join(rest)}"
 
 
 def _merge_args(task: str, head: str, strategy: str) -> list[str]:
