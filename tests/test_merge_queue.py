@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import corral, corral_state, git, write_plan
+import pytest
+
+from conftest import corral, corral_state, git, has_jj, write_plan
 from test_engine_git import plan_text
 
 
@@ -52,6 +54,10 @@ def test_bisect_lands_seven_of_eight_and_marks_the_culprit_verify_failed(repo, t
     run = json.loads((run_dir_of(repo) / "run.json").read_text())
     assert run["tasks"]["t2"]["status"] == "verify-failed"
     assert all(run["tasks"][f"t{n}"]["status"] == "merged" for n in range(8) if n != 2)
+    # the home screen counts the tasks, not the integration workspaces bisection made: 8, 7 ok, 1 failed
+    from corral.tui.home_screen import run_row
+
+    assert run_row(run)[3:] == ("8", "7", "1", "yes")
     # the culprit's branch is kept with its work; no integration branch of the bisection is left
     state = corral_state(repo)
     assert [b.rsplit("/", 1)[1] for b in state["branches"]] == ["t2"]
@@ -233,3 +239,24 @@ def test_a_union_merged_changelog_is_forecast_and_merged_alike(repo, tmp_path, w
     assert res.returncode == 1, res.stdout + res.stderr
     assert "forecast one: 1 file(s) [CHANGELOG]; would conflict with two" in res.stdout
     assert "two: CONFLICT merging (merge) in CHANGELOG" in res.stdout
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+def test_bisect_in_a_jj_repository(tmp_path, wt_root, monkeypatch):
+    from test_jj import file_at, make_jj_repo, plan as jj_plan, run as jj_run, state
+
+    cfg = tmp_path / "jjconfig.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("JJ_CONFIG", str(cfg))
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+    repo = make_jj_repo(tmp_path / "repo", False)
+    tasks = dict(eight_tasks({1})[:4])
+    res = jj_run(repo, jj_plan(tmp_path, tasks, base="main", verify=VERIFY), "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert all(file_at(repo, "main", f"f{n}.txt") == f"{n}\n" for n in (0, 2, 3))
+    assert file_at(repo, "main", "f1.txt") is None and file_at(repo, "main", "bad-1") is None
+    assert "t1: verify-failed" in res.stdout
+    left = state(repo)
+    assert [b.rsplit("/", 1)[1] for b in left["bookmarks"]] == ["t1"] and left["workspaces"] == []

@@ -26,8 +26,9 @@ STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "
 
 def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
     """One journal entry as a table row: run, started, state, ok, failed, landed."""
-    # the integration workspace is journaled next to the tasks; it is not one
-    tasks = [t for name, t in (r.get("tasks") or {}).items() if name != "integration" or t.get("agent")]
+    # integration workspaces (a bisected verify makes several) are journaled next to the tasks, with
+    # no agent: they are not tasks
+    tasks = [t for t in (r.get("tasks") or {}).values() if t.get("agent")]
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
     bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
