@@ -3,6 +3,7 @@ interrupted runs with a clean-up action, and a form to start an ad-hoc run."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,10 @@ STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "
 
 def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
     """One journal entry as a table row: run, started, state, ok, failed, landed."""
-    # integration workspaces (a bisected verify makes several) are journaled next to the tasks, with
-    # no agent: they are not tasks
-    tasks = [t for t in (r.get("tasks") or {}).values() if t.get("agent")]
+    # integration workspaces (``integration``, and ``integration-N`` of a bisected verify) are journaled
+    # next to the tasks, with no agent: they are not tasks
+    tasks = [t for name, t in (r.get("tasks") or {}).items()
+             if t.get("agent") or not re.fullmatch(r"integration(-\d+)?", name)]
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
     bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
