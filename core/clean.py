@@ -6,6 +6,10 @@ names the record; it is not the main worktree). A workspace that never became re
 and is dropped; any other has what it holds committed onto its branch first, and its branch is kept
 when it holds work that is nowhere else. ``--dry-run`` goes through the same decisions and says
 them, changing nothing.
+
+``corral clean --branches`` then deletes the kept ``corral/*`` branches that hold no work of their
+own any more (merged into base, or on another branch, tag or remote branch not corral's, or never
+changed): deleting them loses nothing. A branch holding other work goes only when it is named.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from .journal import list_runs, write_atomic
 from . import reaper
 from .procs import kill_run_processes, processes_in, run_processes
-from .vcs.base import Backend, Leftover, VcsError
+from .vcs.base import Backend, Leftover, UsageError, VcsError
 from .vcs.registry import CREATING
 
 
@@ -137,6 +141,63 @@ async def _do_item(backend: Backend, item: CleanItem) -> None:
         item.error = str(exc)
 
 
+@dataclass
+class BranchItem:
+    """What ``clean --branches`` did (or would do) with one ``corral/*`` branch."""
+
+    ref: str
+    #: "delete" or "keep"
+    action: str
+    why: str
+    error: str = ""
+
+
+async def check_branch_names(backend: Backend, named: list[str]) -> dict[str, str]:
+    """corral's branches (name -> commit); :class:`UsageError` when one of ``named`` is not one."""
+    refs = await backend.list_refs("corral/")
+    unknown = [name for name in named if name not in refs]
+    if unknown:
+        raise UsageError(f"--branches {unknown[0]}: no such corral branch (they are named corral/<run>/<task>)")
+    return refs
+
+
+async def clean_branches(backend: Backend, named: list[str], dry_run: bool = False) -> list[BranchItem]:
+    """Delete corral's kept branches that hold no work of their own (all of them, or only those
+    ``named``: a named one is deleted even with unmerged work). Never one of a run still running, one
+    a registered workspace is on (``corral clean`` removes that first) or one checked out somewhere.
+    Raises :class:`UsageError` for a name that is not a corral branch, having changed nothing."""
+    refs = await check_branch_names(backend, named)
+    live = {str(d.get("run")) for d in list_runs(backend.state_dir)
+            if d.get("state") in ("running", "starting") and _pid_alive(int(d.get("pid") or 0) or -1)}
+    registered = {lo.record.ref for lo in await backend.list_leftovers() if lo.record is not None}
+    items = []
+    for ref in named or sorted(refs):
+        run = ref.split("/")[1].partition("-m")[0] if ref.count("/") >= 2 else ""
+        where = await backend.checked_out_at(ref)
+        if run in live:
+            item = BranchItem(ref, "keep", f"its run {run} is still running")
+        elif ref in registered:
+            item = BranchItem(ref, "keep", "a workspace left by a run is on it (corral clean removes that first)")
+        elif where is not None:
+            item = BranchItem(ref, "keep", f"checked out in {where}")
+        elif ref in named:
+            item = BranchItem(ref, "delete", "named")
+        elif await backend.holds_unmerged_work(ref):
+            item = BranchItem(ref, "keep", "holds work not merged into base nor on another branch (name it to "
+                                           "delete it)")
+        else:
+            item = BranchItem(ref, "delete", "its work is on base or another branch, or it holds none")
+        if item.action == "delete" and not dry_run:
+            try:
+                await backend.delete_ref(ref)
+                if await backend.ref_exists(ref):
+                    item.error = "it is still there"
+            except VcsError as exc:
+                item.error = str(exc)
+        items.append(item)
+    return items
+
+
 def _wait_gone(pids: list[int], timeout: float = 10) -> None:
     """Wait until every process in ``pids`` (sent SIGKILL) has ended."""
     deadline = time.monotonic() + timeout
@@ -170,4 +231,4 @@ async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
     return rep
 
 
-__all__ = ["clean", "CleanItem", "CleanReport", "stale_runs"]
+__all__ = ["clean", "check_branch_names", "clean_branches", "BranchItem", "CleanItem", "CleanReport", "stale_runs"]

@@ -22,11 +22,15 @@ TASK_STATUSES = (
     "aborted",
     "rejected",
     "conflict",
+    "verify-failed",
     "merged",
     "discarded",
 )
 #: Statuses after which the task's agent is no longer running.
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "aborted", "rejected", "conflict", "merged", "discarded"})
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "aborted", "rejected", "conflict", "verify-failed", "merged",
+                               "discarded"})
+#: Statuses that make a run's exit code 1: work that was meant to land and did not.
+BAD_STATUSES = frozenset({"failed", "aborted", "conflict", "verify-failed"})
 
 PHASES = ("preflight", "creating", "setup", "running", "review", "merging", "verify", "landing", "report", "cleanup", "done")
 
@@ -187,6 +191,8 @@ class VerifyResult(Event):
     exit_code: int | None
     command: str
     duration: float
+    #: the tasks whose merge it verified (a bisected merge verifies several subsets of them)
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

@@ -17,6 +17,7 @@ import anyio
 from .codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
 from .diagnostics import loop_monitor
 from .events import (
+    BAD_STATUSES,
     EventBus,
     ForecastEvent,
     Landed,
@@ -25,12 +26,11 @@ from .events import (
     RunFinished,
     RunStarted,
     TaskOutput,
-    VerifyOutput,
-    VerifyResult,
 )
 from .journal import Journal, new_run_id
 from .plan import Plan, TaskSpec
 from .procs import Supervised
+from .queue import VerifyRun, bisect, resolve_conflicts, run_verify
 from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
 from .sandbox import MODES, Policy, probe
@@ -113,7 +113,8 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
         await backend.close()
         raise
     await backend.remember_user_state()
-    return Prepared(plan, backend, base_name, base_commit, root, notes=await backend.notes(base_commit),
+    notes = await backend.notes(base_commit, base_name)
+    return Prepared(plan, backend, base_name, base_commit, root, notes=notes,
                     sandbox=policy, env=env)
 
 
@@ -231,6 +232,10 @@ class RunState:
     error: str = ""
     integration: Workspace | None = None
     merged: list[TaskInfo] = field(default_factory=list)
+    #: bisecting a failing verify: the verify runs made, and each task left out -> the tail of the
+    #: output of the last failing verify run that held it
+    verify_runs: int = 0
+    verify_failed: dict[str, list[str]] = field(default_factory=dict)
     #: workspaces left in place at the end (they hold changes that could not be committed)
     workspaces_left: list[str] = field(default_factory=list)
 
@@ -339,6 +344,8 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     integ, outcomes = await rt.workspaces.merge([(t.name, t.workspace.head) for t in approved if t.workspace],
                                                 plan.merge)
     state.integration = integ
+    if not all(o.ok for o in outcomes):
+        await resolve_conflicts(rt, plan, integ, outcomes)
     merged: list[TaskInfo] = []
     for o in outcomes:
         info = rt.tasks[o.task]
@@ -360,24 +367,19 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
         state.landed = True
         return
 
-    # step 8: verify
+    # step 8: verify; a failing merge of several tasks is bisected (on_verify_fail = "bisect")
     if plan.verify.strip():
         rt.set_phase("verify")
-        start = time.monotonic()
         bus.log("info", f"verify: {plan.verify}")
-        env = rt.child_env("verify", str(integ.path))
-        argv = rt.sandboxed(["sh", "-c", plan.verify], rt.options.sandbox.resolve(""), str(integ.path), env,
-                            commits=False)
-        proc = Supervised(argv, cwd=integ.path, env=env,
-                          on_lines=lambda lines: bus.emit(VerifyOutput(lines=lines)),
-                          log_path=rt.journal.logs / "verify.log", grace=rt.options.grace)
-        res = await proc.run()
-        ok = res.exit_code == 0
-        state.verify_ok = ok
-        bus.emit(VerifyResult(ok=ok, exit_code=res.exit_code, command=plan.verify, duration=time.monotonic() - start))
-        if not ok:
+        run = await run_verify(rt, plan.verify, integ, [t.name for t in merged])
+        if not run.ok and plan.on_verify_fail == "bisect" and len(merged) > 1:
+            run = await _bisect(rt, plan, state, merged, run)
+            integ, merged = run.integration, [rt.tasks[name] for name in run.tasks]
+            state.integration, state.merged = integ, merged
+        state.verify_ok = run.ok
+        if not run.ok:
             state.integration_kept = integ.ref
-            bus.log("error", f"verify failed (exit {res.exit_code}): nothing lands; the merge result is kept on "
+            bus.log("error", f"verify failed (exit {run.exit_code}): nothing lands; the merge result is kept on "
                              f"branch {integ.ref}")
             return
 
@@ -400,6 +402,27 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
             rt.set_status(info.name, "merged")
     else:
         state.integration_kept = integ.ref
+
+
+async def _bisect(rt: Runtime, plan: Plan, state: RunState, merged: list[TaskInfo],
+                  first: VerifyRun) -> VerifyRun:
+    """Verify failed on the merge of every task in ``merged``: find the largest set of them whose
+    merge passes. The others are marked ``verify-failed`` (their branches kept); the full merge's
+    workspace goes when a subset passes, else it is kept as without bisecting. Returns the verify
+    run of the merge to land (``first`` when nothing passed)."""
+    rt.bus.log("warning", f"verify failed (exit {first.exit_code}) on the merge of {len(merged)} tasks: bisecting")
+    found = await bisect(rt, plan, merged, first)
+    state.verify_runs = found.runs
+    for name, run in found.failed.items():
+        state.verify_failed[name] = run.output
+        rt.set_status(name, "verify-failed", f"verify failed (exit {run.exit_code}) with it merged")
+    done = ", ".join(t.name for t in found.landed) or "none"
+    rt.bus.log("info", f"bisected in {found.runs} verify runs: {done} pass; verify-failed: "
+                       f"{', '.join(found.failed)}")
+    if found.run is None:
+        return first
+    await rt.workspaces.remove(first.integration, keep_branch=False)
+    return found.run
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
@@ -497,7 +520,7 @@ def _exit_code(rt: Runtime, state: "RunState") -> int:
         return EXIT_INTERRUPTED
     if state.error:
         return EXIT_FAILED
-    bad = any(t.status in ("failed", "aborted", "conflict") for t in rt.tasks.values())
+    bad = any(t.status in BAD_STATUSES for t in rt.tasks.values())
     if bad or state.verify_ok is False or state.landed is False:
         return EXIT_FAILED
     return EXIT_OK

@@ -25,10 +25,13 @@ ENUMS = {
     "merge": ("merge", "squash", "rebase"),
     "approve": ("ask", "all", "none"),
     "sandbox": MODES,
+    "on_verify_fail": ("bisect", "stop"),
+    "resolve": ("ask", "agent", "none"),
 }
 TOP_KEYS = {
     "base", "vcs", "worktree_root", "max_parallel", "agent", "setup", "verify", "merge", "approve",
-    "timeout", "tasks", "agents", "reuse_deps", "notify", "sandbox", "network",
+    "timeout", "tasks", "agents", "reuse_deps", "notify", "sandbox", "network", "on_verify_fail", "resolve",
+    "resolver",
 }
 TASK_KEYS = {"name", "prompt", "system_prompt", "agent", "setup", "timeout", "sandbox", "network"}
 
@@ -62,6 +65,14 @@ class Plan:
     merge: str = "merge"
     approve: str = "ask"
     timeout: float = 0
+    #: verify failed on the merge of several tasks: find the largest set that passes ("bisect"), or
+    #: land nothing ("stop")
+    on_verify_fail: str = "bisect"
+    #: a conflict while merging: an agent resolves it ("agent"), the person is asked ("ask"; with
+    #: nobody to ask, as "none"), or the task is left out ("none")
+    resolve: str = "ask"
+    #: the agent profile that resolves conflicts ("": the plan's agent)
+    resolver: str = ""
     #: with setup = "auto": copy the base checkout's node_modules when the lock file is unchanged
     reuse_deps: bool = False
     #: run with an event as JSON on stdin when the run needs a decision, fails or is done
@@ -108,6 +119,9 @@ class Plan:
             "merge": self.merge,
             "approve": self.approve,
             "timeout": self.timeout,
+            "on_verify_fail": self.on_verify_fail,
+            "resolve": self.resolve,
+            "resolver": self.resolver,
             "reuse_deps": self.reuse_deps,
             "notify": self.notify,
             "sandbox": self.sandbox,
@@ -265,7 +279,7 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
     plan.base = c.string(data, "base", "base", None)
     if plan.base is not None and not plan.base.strip():
         raise c.fail("base", "is empty (leave it out to use the current branch)")
-    for key in ("vcs", "merge", "approve", "sandbox"):
+    for key in ("vcs", "merge", "approve", "sandbox", "on_verify_fail", "resolve"):
         if key == "sandbox" and key not in data:
             continue
         value = c.string(data, key, key, getattr(plan, key))
@@ -299,6 +313,9 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
 
     if "agent" in data and plan.agent not in plan.agents:
         raise c.fail("agent", _unknown_agent(plan.agent, plan.agents), "agent")
+    plan.resolver = c.string(data, "resolver", "resolver", "") or ""
+    if "resolver" in data and plan.resolver not in plan.agents:
+        raise c.fail("resolver", _unknown_agent(plan.resolver, plan.agents), "resolver")
     tasks = data.get("tasks")
     if tasks is None:
         raise c.fail("tasks", "the plan has no [[tasks]]", "name")

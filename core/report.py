@@ -78,6 +78,9 @@ def render_report(rt: "Runtime", plan: "Plan", state: "RunState", outcome: Any, 
     ]
     if state.verify_ok is not None:
         lines.append(f"- verify: {'passed' if state.verify_ok else 'FAILED'}")
+    if state.verify_runs:
+        lines.append(f"- verify failed on the merge of every approved task: bisected in {state.verify_runs} "
+                     f"verify runs; verify-failed: {', '.join(state.verify_failed)}")
     if state.landed is True:
         lines.append(f"- landed: yes ({state.land_message or 'nothing to move'})")
     elif state.landed is False or state.integration_kept:
@@ -92,6 +95,8 @@ def render_report(rt: "Runtime", plan: "Plan", state: "RunState", outcome: Any, 
     if state.workspaces_left:
         lines += ["", "## Workspaces left in place (they hold changes corral could not commit)", ""]
         lines += [f"- `{p}`" for p in state.workspaces_left]
+    for name, output in state.verify_failed.items():
+        lines += ["", f"## Verify failed with {name} merged", "", "```text", *output, "```"]
     lines += render_tasks(rt)
     return "\n".join(lines) + "\n"
 

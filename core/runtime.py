@@ -334,6 +334,11 @@ class Workspaces:
         self._merged[ws.task] = {label: head for (label, head), o in zip(pairs, outcomes) if o.ok}
         return ws, outcomes
 
+    def note_merged(self, integration: Workspace, label: str, head: str) -> None:
+        """``head`` was merged into ``integration`` after :meth:`merge` (a conflict a resolver settled):
+        its landing lands it too."""
+        self._merged.setdefault(integration.task, {})[label] = head
+
     async def land(self, ws: Workspace | str, commit: bool = True) -> LandOutcome:
         """The one landing, for plans and programs alike: move the base branch to ``ws``'s work
         (what its workspace holds committed first, unless ``commit`` is false: a verified merge

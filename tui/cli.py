@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove workspaces left by interrupted runs; keep branches holding work")
     c.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
     c.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    c.add_argument("--branches", nargs="*", default=None, metavar="BRANCH",
+                   help="also delete kept corral/* branches whose work is merged or that hold none; "
+                        "branches named are deleted even with unmerged work")
 
     ag = sub.add_parser("agents", help="list agent profiles, whether each command is found, and its version")
     ag.add_argument("--plan", default=None, metavar="PLAN.toml", help="also the profiles a plan defines or overrides")
@@ -503,7 +506,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         tasks = r.get("tasks", {}).values()
         ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
-        bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
+        bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])) if r.get("started") else "-"
         info = live.get(r["run"], {})
         note = ""
@@ -522,15 +525,41 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     import anyio
 
-    from corral.core.clean import clean
+    from corral.core.clean import check_branch_names, clean, clean_branches
+
+    from corral.core.vcs.base import UsageError
 
     backend = _open_backend(args.repo)
-    rep = anyio.run(clean, backend, args.dry_run)
-    for line in clean_lines(rep, args.dry_run):
+    named = args.branches
+
+    async def go():
+        if named:
+            await check_branch_names(backend, named)  # a wrong name changes nothing
+        rep = await clean(backend, args.dry_run)
+        return rep, (await clean_branches(backend, named, args.dry_run) if named is not None else [])
+
+    try:
+        rep, branches = anyio.run(go)
+    except UsageError as exc:
+        fail_usage(str(exc))
+    for line in clean_lines(rep, args.dry_run) + branch_lines(branches, args.dry_run):
         print(line)
-    if not rep.items and not rep.killed:
+    if not rep.items and not rep.killed and not branches:
         print(f"nothing to clean in {backend.root}")
-    return EXIT_FAILED if rep.failed else EXIT_OK
+    return EXIT_FAILED if rep.failed or any(b.error for b in branches) else EXIT_OK
+
+
+def branch_lines(items, dry_run: bool) -> list[str]:
+    """What ``corral clean --branches`` did (or would do) with each corral branch, one line each."""
+    out = []
+    for b in items:
+        if b.error:
+            out.append(f"could not delete branch {b.ref}: {b.error}")
+        elif b.action == "delete":
+            out.append(f"{'would delete' if dry_run else 'deleted'} branch {b.ref} ({b.why})")
+        else:
+            out.append(f"{'would keep' if dry_run else 'kept'} branch {b.ref}: {b.why}")
+    return out
 
 
 def clean_lines(rep, dry_run: bool) -> list[str]:

@@ -43,7 +43,7 @@ def run_row(r: dict[str, Any], live: dict[str, Any] | None = None) -> tuple[Any,
     live in the supervisor (``live``: what the supervisor says of it) and what it waits for."""
     tasks = list(run_tasks(r).values())
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
-    bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
+    bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict", "verify-failed"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
     state = str(r.get("state", "?"))
     now = ""

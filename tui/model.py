@@ -42,6 +42,7 @@ BADGE_WORDS = {
     "aborted": "ABORTED",
     "rejected": "REJECTED",
     "conflict": "CONFLICT",
+    "verify-failed": "VERIFY-FAILED",
     "merged": "MERGED",
     "discarded": "DISCARDED",
 }

@@ -5,6 +5,8 @@ branch's tip when it is still there), nothing is checked out or changed. What wa
 
 from __future__ import annotations
 
+import re
+
 import time
 from collections import deque
 from pathlib import Path
@@ -29,8 +31,10 @@ MAX_LOG_LINES = 2000
 
 
 def run_tasks(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A journal entry's tasks; the integration workspace is journaled next to them, it is not one."""
-    return {name: t for name, t in (run.get("tasks") or {}).items() if name != "integration" or t.get("agent")}
+    """A journal entry's tasks. Integration workspaces (``integration``, and ``integration-N`` of a
+    bisected verify) are journaled next to them, with no agent: they are not tasks."""
+    return {name: t for name, t in (run.get("tasks") or {}).items()
+            if t.get("agent") or not re.fullmatch(r"integration(-\d+)?", name)}
 
 
 class PastRunScreen(ForwardsWorkerErrors, Screen[None]):

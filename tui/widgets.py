@@ -48,6 +48,7 @@ class StatusBadge(Static):
     StatusBadge.-failed { background: $error; }
     StatusBadge.-aborted { background: $warning-darken-2; }
     StatusBadge.-conflict { background: $warning; color: $background; }
+    StatusBadge.-verify-failed { width: 15; background: $error; }
     StatusBadge.-rejected, StatusBadge.-discarded { background: $surface-lighten-2; color: $text-muted; }
     """
 

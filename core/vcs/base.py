@@ -340,8 +340,8 @@ class Backend(abc.ABC):
         chose, what agents did to the user's bookmarks and what corral put back)."""
         return []
 
-    async def notes(self, base_commit: str) -> list[str]:
-        """Things about the repository a user should know before a run (not problems)."""
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
+        """Things about the repository (and ``base``, by name) a user should know before a run (not problems)."""
         return []
 
     @abc.abstractmethod
@@ -379,6 +379,20 @@ class Backend(abc.ABC):
                         root: str | None) -> tuple[Workspace, list[MergeOutcome]]:
         """Create the integration workspace at base and merge each (task, head) into it in order;
         a conflicting task is left out and the others still merge."""
+
+    async def redo_merge(self, ws: Workspace, task: str, head: str, strategy: str) -> list[str]:
+        """Merge ``head`` into integration workspace ``ws`` leaving its conflict there for a resolver
+        agent; the conflicted files. A backend that cannot raises :class:`VcsError` saying so."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
+
+    async def conclude_merge(self, ws: Workspace, task: str, head: str, strategy: str, before: str,
+                             files: list[str]) -> str:
+        """The resolver's merge committed and checked; the new head (:class:`VcsError`: not resolved)."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
+
+    async def undo_merge(self, ws: Workspace, before: str) -> None:
+        """Put ``ws`` back at ``before``: the resolver failed."""
+        raise VcsError(f"conflicts cannot be handed to a resolver in a {self.kind} repository yet")
 
     @abc.abstractmethod
     async def head_of(self, ws: Workspace) -> str:
@@ -442,6 +456,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ref_exists(self, ref: str) -> bool:
         ...
+
+    @abc.abstractmethod
+    async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
+        """Branches (jj: bookmarks) whose name starts with ``prefix``: name -> commit."""
+
+    async def checked_out_at(self, branch: str) -> Path | None:
+        """The checkout that has ``branch`` checked out (deleting it would orphan that checkout's
+        HEAD), or None. jj's bookmarks are never checked out."""
+        return None
 
     async def holds_unmerged_work(self, ref: str, base_commit: str = "", base_branch: str = "") -> bool:
         """Whether ``ref`` holds commits that no branch outside corral's has (so deleting it loses work)."""

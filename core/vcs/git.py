@@ -233,15 +233,34 @@ class GitBackend(Backend):
                             "corral/<run>/<task> beside it: rename it (git branch -m corral NEW-NAME)")
         return problems
 
-    async def notes(self, base_commit: str) -> list[str]:
-        """Things about the repository a user should know before a run (not problems)."""
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
+        """Things about the repository a user should know before a run (not problems): submodules, and
+        a checkout of ``base`` with uncommitted changes (landing would be refused)."""
+        out = [await self._dirty_base(base)] if base else []
         subs = await self.git("ls-tree", "-r", "-z", "--full-tree", base_commit, check=False)
         paths = [e.partition("\t")[2] for e in subs.out.split("\0") if e.startswith("160000 ")]
-        if not paths:
-            return []
-        return [f"this repository has submodules ({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}): "
-                "workspaces get them uninitialised (corral does not run `git submodule update`), and "
-                "edits made inside them cannot be kept (a task that makes some fails, its workspace kept)"]
+        if paths:
+            listed = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+            out.append(f"this repository has submodules ({listed}): workspaces get them uninitialised (corral "
+                       "does not run `git submodule update`), and edits made inside them cannot be kept (a task "
+                       "that makes some fails, its workspace kept)")
+        return [note for note in out if note]
+
+    async def _dirty_base(self, base: str) -> str:
+        """Said at preflight: landing refuses to move ``base`` over uncommitted changes in its checkout
+        (see :meth:`land`), better known before the agents run than after."""
+        where = await self.checked_out_at(base) if await self.is_branch(base) else None
+        if where is None:
+            return ""
+        res = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
+                             check=False)
+        files = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3]
+        if not files:
+            return ""
+        more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+        return (f"{base} is checked out at {where} with uncommitted changes ({', '.join(files[:5])}{more}): "
+                f"corral never touches them, and will not land onto {base} while they are there (commit or "
+                f"stash them before the run lands)")
 
     def ref_name(self, run: str, task: str) -> str:
         return f"corral/{run}/{task}"
@@ -618,9 +637,14 @@ class GitBackend(Backend):
         return (await self.git("rev-parse", "HEAD", cwd=ws.path)).out.strip()
 
     # -------------------------------------------------------------------------------- forecast
-    async def merge_tree(self, a: str, b: str) -> list[str] | None:
-        """Conflicting paths of merging ``a`` and ``b`` (None: merges cleanly). Never touches a worktree."""
-        res = await self.git("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b, check=False)
+    async def merge_tree(self, a: str, b: str, attributes: str = "") -> list[str] | None:
+        """Conflicting paths of merging ``a`` and ``b`` (None: merges cleanly). Never touches a worktree.
+        With ``attributes`` (a file: see :meth:`_merge_attributes`), it goes by those gitattributes
+        (merge drivers such as ``merge=union``) and not by the user's checkout's: run in the git dir,
+        git reads no worktree's."""
+        config = ["-c", f"core.attributesFile={attributes}"] if attributes else []
+        res = await self.git(*config, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b,
+                             check=False, cwd=self.common_dir if attributes else None)
         if res.code == 0:
             return None
         if res.code == 1 and res.out.strip("\0\n"):
@@ -633,7 +657,34 @@ class GitBackend(Backend):
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
             return sorted(f for f in res.out.split("\0") if f)
 
-        return await run_forecast(await self.resolve(base), heads, base_commits or {}, changed_files, self.merge_tree)
+        tip = await self.resolve(base)
+        # trial merges go by the gitattributes a real merge on base goes by (the integration
+        # worktree's, base's own), whatever the user's checkout holds
+        with tempfile.NamedTemporaryFile("w", prefix="corral-attributes-", encoding="utf-8") as attributes:
+            attributes.write(await self._merge_attributes(tip))
+            attributes.flush()
+
+            async def merge_tree(a: str, b: str) -> list[str] | None:
+                return await self.merge_tree(a, b, attributes.name)
+
+            return await run_forecast(tip, heads, base_commits or {}, changed_files, merge_tree)
+
+    async def _merge_attributes(self, commit: str) -> str:
+        """The gitattributes a merge in a worktree of ``commit`` goes by, in one file, lowest precedence
+        first (later lines win): the user's own attributes file, then ``commit``'s ``.gitattributes``
+        files from the root down, their patterns made relative to the root. ($GIT_DIR/info/attributes,
+        above them all, git reads itself.)"""
+        own = (await self.git("config", "--path", "--get", "core.attributesFile", check=False)).out.strip()
+        config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        parts = [_read(Path(own or os.path.join(config_home, "git", "attributes")))]
+        names = (await self.git("ls-tree", "-r", "-z", "--name-only", commit)).out.split("\0")
+        found = sorted((n for n in names if n == ".gitattributes" or n.endswith("/.gitattributes")),
+                       key=lambda n: n.count("/"))
+        for name in found:
+            text = (await self.git("show", f"{commit}:{name}", check=False)).out
+            folder = name[: -len(".gitattributes")]
+            parts += [_attribute_line(line, folder) for line in text.splitlines()]
+        return "\n".join(parts) + "\n"
 
     # ------------------------------------------------------------------------------ integration
     async def integrate(self, run: str, base_commit: str, heads: list[tuple[str, str]], strategy: str,
@@ -651,14 +702,13 @@ class GitBackend(Backend):
                          env: dict[str, str] | None) -> MergeOutcome:
         p = ws.path
         if strategy == "merge":
-            res = await self.git("merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head,
-                                 cwd=p, env=env, check=False)
+            res = await self.git(*_merge_args(task, head, strategy), cwd=p, env=env, check=False)
             if res.ok:
                 return MergeOutcome(task, True, await self.head_of(ws))
             files = await self._unmerged(p)
             await self.git("merge", "--abort", cwd=p, check=False)
         elif strategy == "squash":
-            res = await self.git("merge", "--squash", "-q", head, cwd=p, env=env, check=False)
+            res = await self.git(*_merge_args(task, head, strategy), cwd=p, env=env, check=False)
             if res.ok:
                 staged = await self.git("diff", "--cached", "--quiet", cwd=p, check=False)
                 if staged.code == 1:
@@ -684,12 +734,68 @@ class GitBackend(Backend):
             raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
         return MergeOutcome(task, False, conflict_files=files)
 
+    async def redo_merge(self, ws: Workspace, task: str, head: str, strategy: str) -> list[str]:
+        """Merge ``head`` into the integration workspace ``ws`` again as :meth:`integrate` tried, but
+        leave its conflict in the worktree (markers in the files, the merge under way) for a resolver.
+        Returns the conflicted files (none: it merges cleanly now, and is committed)."""
+        if strategy not in ("merge", "squash"):
+            raise VcsError(f"a conflict of merge strategy {strategy!r} cannot be handed to a resolver "
+                           f"(merge and squash can)")
+        res = await self.git(*_merge_args(task, head, strategy), cwd=ws.path, env=await self.ident_env(),
+                             check=False)
+        files = await self._unmerged(ws.path)
+        if not res.ok and not files:
+            raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
+        if not files and strategy == "squash":
+            await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=ws.path,
+                           env=await self.ident_env(), check=False)
+        return files
+
+    async def conclude_merge(self, ws: Workspace, task: str, head: str, strategy: str, before: str,
+                             files: list[str]) -> str:
+        """After a resolver worked on the conflict :meth:`redo_merge` left: the merge committed (what
+        the resolver left uncommitted is committed for it), checked to hold no conflict markers in
+        ``files`` and (``merge``) to have ``head`` merged. Returns the new head of ``ws``; raises
+        :class:`VcsError` saying why the conflict is not resolved."""
+        p = ws.path
+        left = await self._unmerged(p)
+        if left:
+            raise VcsError(f"conflicts left in {', '.join(left)}")
+        merging = (await self.git("rev-parse", "-q", "--verify", "MERGE_HEAD", cwd=p, check=False)).ok
+        if merging or await self._changes(p, ws.exclude):
+            await self.git("add", "-A", "--", ".", *(f":(exclude){x}" for x in ws.exclude), cwd=p)
+            message = f"corral: merge {task}" if strategy == "merge" else f"corral: {task} (squashed)"
+            res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=p, env=await self.ident_env(),
+                                 check=False)
+            if not res.ok:
+                raise VcsError(f"git commit: {_short_err(res)}")
+        new = await self.head_of(ws)
+        if new == before:
+            raise VcsError("nothing was committed")
+        marked = await self.git("grep", "-l", "-E", "^(<<<<<<<|>>>>>>>)( |$)", new, "--", *files, cwd=p,
+                                check=False)
+        if marked.out.strip():
+            found = sorted({line.partition(":")[2] for line in marked.out.splitlines()})
+            raise VcsError(f"conflict markers left in {', '.join(found)}")
+        if strategy == "merge" and not await self._is_ancestor(head, new):
+            raise VcsError(f"{task}'s work is not merged in what was committed")
+        ws.head = new
+        return new
+
+    async def undo_merge(self, ws: Workspace, before: str) -> None:
+        """Put the integration workspace back where it was before :meth:`redo_merge` (a resolver that
+        failed): every change made since is dropped (it is a copy of work kept on the tasks' branches)."""
+        await self.git("merge", "--abort", cwd=ws.path, check=False)
+        await self.git("reset", "-q", "--hard", before, cwd=ws.path)
+        await self.git("clean", "-q", "-fd", cwd=ws.path, check=False)
+        ws.head = before
+
     async def _unmerged(self, path: Path) -> list[str]:
         res = await self.git("diff", "--name-only", "--diff-filter=U", "-z", cwd=path, check=False)
         return sorted(set(f for f in res.out.split("\0") if f))
 
     # ----------------------------------------------------------------------------------- landing
-    async def _checked_out_at(self, branch: str) -> Path | None:
+    async def checked_out_at(self, branch: str) -> Path | None:
         res = await self.git("worktree", "list", "--porcelain", "-z")
         for rec in _worktree_records(res.out):
             if rec.get("branch") == f"refs/heads/{branch}":
@@ -714,7 +820,7 @@ class GitBackend(Backend):
             taken = await self._stash_landing(old, new)
             if taken:
                 return self._refuse(base, "stash", taken, old, new)
-            where = await self._checked_out_at(base)
+            where = await self.checked_out_at(base)
             if where is not None:
                 status = await self.git("status", "--porcelain", "--untracked-files=no", cwd=where, check=False)
                 if not status.ok or status.out.strip():
@@ -993,6 +1099,27 @@ class GitBackend(Backend):
             if name.startswith(prefix):
                 refs[name] = sha
         return refs
+
+
+def _attribute_line(line: str, folder: str) -> str:
+    """A line of ``folder``'s ``.gitattributes`` as a line of a file at the root: a pattern without a
+    slash matches a name at any depth below ``folder``, one with a slash is relative to it; macros
+    (``[attr]``) count only at the root, as git has it."""
+    text = line.strip()
+    if not folder or not text or text.startswith("#"):
+        return line
+    pattern, *rest = text.split(None, 1)
+    if pattern.startswith(("[attr]", '"')):  # a macro (git ignores it here), a quoted pattern: left out
+        return ""
+    rebased = pattern.lstrip("/") if "/" in pattern.rstrip("/") else "**/" + pattern
+    return f"{folder}{rebased} {' '.join(rest)}"
+
+
+def _merge_args(task: str, head: str, strategy: str) -> list[str]:
+    """The git command that merges ``head`` into an integration worktree (strategy merge or squash)."""
+    if strategy == "squash":
+        return ["merge", "--squash", "-q", head]
+    return ["merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head]
 
 
 #: a branch name of letters, digits, '.', '_', '-' and '/': none of the characters git refuses, so

@@ -307,7 +307,7 @@ class JjBackend(Backend):
             raise VcsError(f"jj {' '.join(a for a in args[:3] if not a.startswith('--'))}: {_short_err(res)}")
         return res
 
-    async def notes(self, base_commit: str) -> list[str]:
+    async def notes(self, base_commit: str, base: str = "") -> list[str]:
         """What preflight found worth saying (the base chosen for a merge working copy)."""
         return self.take_notices()
 
@@ -627,6 +627,10 @@ class JjBackend(Backend):
 
     async def ref_exists(self, ref: str) -> bool:
         return ref in await self.bookmarks(f"exact:{ref}")
+
+    async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
+        """Bookmarks whose name starts with ``prefix``: name -> commit ("" when conflicted)."""
+        return {name: target or "" for name, target in (await self.bookmarks(f"glob:{prefix}*")).items()}
 
     async def is_bookmark(self, name: str) -> bool:
         return await self.ref_exists(name)
