@@ -57,7 +57,7 @@ def test_bisect_lands_seven_of_eight_and_marks_the_culprit_verify_failed(repo, t
     # the home screen counts the tasks, not the integration workspaces bisection made: 8, 7 ok, 1 failed
     from corral.tui.home_screen import run_row
 
-    assert run_row(run)[3:] == ("8", "7", "1", "yes")
+    assert run_row(run)[3:7] == ("8", "7", "1", "yes")
     # the culprit's branch is kept with its work; no integration branch of the bisection is left
     state = corral_state(repo)
     assert [b.rsplit("/", 1)[1] for b in state["branches"]] == ["t2"]
