@@ -301,7 +301,10 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
+            rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
             tg.start_soon(_task_flow, rt, plan, spec, sem)
+    # follow-ups to tasks whose flow had ended: the review sees what their new turns did
+    await rt.quiet()
 
     # step 6: review
     done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
@@ -416,13 +419,19 @@ async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
 
 
 async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    """One task: its workspace, setup, agent and commit, then the turns of the messages sent to it
+    meanwhile (each settled onto its branch), until none is left."""
     name = t.name
-    async with sem:
-        if rt.aborted(name):
-            rt.set_status(name, "aborted", "aborted before start")
-            return
-        if await _create_workspace(rt, t):
-            await _agent_flow(rt, plan, t)
+    try:
+        async with sem:
+            if rt.aborted(name):
+                rt.set_status(name, "aborted", "aborted before start")
+                return
+            if await _create_workspace(rt, t):
+                await _agent_flow(rt, plan, t)
+                await rt.converse(name)
+    finally:
+        rt.release(name)
 
 
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:

@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="every live run of the repository")
     st.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
+    se = sub.add_parser("send", help="send a follow-up message to a task of a live run (queued while its agent "
+                                     "works; a finished agent is resumed in its workspace)")
+    se.add_argument("run", help="run id (see corral runs)")
+    se.add_argument("task", help="the task's name")
+    se.add_argument("message", help="the message for its agent")
+    se.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
+
     d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
     d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
     d.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
@@ -115,6 +122,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_attach(args)
     if cmd == "stop":
         return cmd_stop(args)
+    if cmd == "send":
+        return cmd_send(args)
     fail_usage(f"unknown command {cmd!r}")
 
 
@@ -340,6 +349,47 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return code
 
     return anyio.run(stop)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """``corral send RUN TASK MESSAGE``: one follow-up, through the supervisor's ``send`` command."""
+    import anyio
+
+    from corral.core.server.client import LinkError, open_connection
+    from corral.core.server.host import CommandError
+
+    backend = _open_backend(args.repo)
+
+    async def send() -> dict:
+        try:
+            conn = await open_connection(backend.state_dir)
+        except LinkError:
+            fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+        try:
+            if not (conn.hello.get("runs") and any(r["run"] == args.run and r.get("live")
+                                                   for r in conn.hello["runs"])):
+                fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+            refused = ""
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.pump)
+                try:
+                    reply = await conn.request("send", run=args.run, task=args.task, message=args.message)
+                except CommandError as exc:
+                    refused = str(exc)
+                tg.cancel_scope.cancel()
+            if refused:
+                fail_usage(f"send to {args.task}: {refused}")
+            return reply
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+
+    reply = anyio.run(send)
+    if reply.get("queued"):
+        print(f"corral: message queued for {args.task}: delivered when its agent's current turn ends")
+    else:
+        print(f"corral: {args.task} resumed with the message (corral attach {args.run} to watch it)")
+    return EXIT_OK
 
 
 def make_headless_approver(mode: str, bus):
@@ -618,6 +668,7 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
         print(f"  {r['agent']}: {r['unattended'] or 'custom command line: see its own documentation.'}")
         if r["change"]:
             print(f"    to change: {r['change']}")
+        print(f"    follow-ups: {r['resume']}")
     missing = [r["agent"] for r in rows if not r["path"]]
     if missing:
         print(f"\nNot found on PATH: {', '.join(missing)}. Install them, or point a plan at them with "

@@ -31,7 +31,7 @@ from ..events import (
     TaskOutput,
     VerifyOutput,
 )
-from ..runtime import PolicyApprover, Runtime, TaskInfo
+from ..runtime import FollowUpRefused, PolicyApprover, Runtime, TaskInfo
 from ..vcs.base import Forecast, VcsError
 
 #: lines of each pane a late client is given (the whole log stays on disk)
@@ -371,6 +371,12 @@ class RunHost:
                 return {"discarded": await rt.discard(name)}
             finally:
                 self._busy.discard((op, name))
+        if op == "send":
+            try:
+                _item, queued = rt.follow_up(name, str(args.get("message") or ""))
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
+            return {"queued": queued}
         ws = info.workspace
         if op == "diff":
             return {"text": await rt.backend.diff(ws) if ws is not None else ""}

@@ -1,0 +1,242 @@
+"""Every task is a conversation: follow-up messages to a task's agent, queued while it works and
+resuming its own session when it has finished, each turn settled onto the task's branch.
+
+Real parts only: ``corral run --detach`` and ``corral send`` as subprocesses, the supervisor they
+start, shell agents and the fake agent CLIs (tests/fakes, first on PATH) that record their argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from conftest import FAKES, corral, git, write_plan
+from corral.core.events import TaskOutput
+from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
+from test_supervisor import GATE, run_json, start_detached, state_dir, wait_ended, wait_supervisor_gone, wait_until
+
+
+def task_state(repo: Path, run: str, task: str) -> dict[str, Any]:
+    return run_json(repo, run).get("tasks", {}).get(task, {})
+
+
+def pane(repo: Path, run: str, task: str) -> list[str]:
+    """What the task's pane holds now, as a client attaching late is given it."""
+    async def snapshot() -> list[str]:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run, tail=2000)
+        lines: list[str] = []
+        async for ev in link.events():
+            if isinstance(ev, SnapshotEnd):
+                break
+            if isinstance(ev, TaskOutput) and ev.task == task:
+                lines += ev.lines
+        await link.aclose()
+        return lines
+
+    return anyio.run(snapshot)
+
+
+def send(repo: Path, run: str, task: str, message: str, env: dict[str, str] | None = None):
+    return corral("send", run, task, message, cwd=repo, env=env)
+
+
+def two_task_plan(tmp_path: Path, gate: Path, agent: str = "shell", done_prompt: str = "echo one > one.txt") -> Path:
+    """``done`` finishes at once; ``slow`` holds the run in its running phase until ``gate`` exists."""
+    return write_plan(tmp_path / "plan.toml", f"""
+        setup = "none"
+        approve = "all"
+        [[tasks]]
+        name = "done"
+        agent = "{agent}"
+        prompt = '{done_prompt}'
+        [[tasks]]
+        name = "slow"
+        agent = "shell"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+
+
+# ------------------------------------------------------------------------ a finished agent, resumed
+def test_a_follow_up_resumes_a_finished_shell_task_and_the_review_waits_for_it(repo: Path, tmp_path: Path) -> None:
+    gate, gate2 = tmp_path / "go", tmp_path / "go2"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("status") == "succeeded", "the first turn to end")
+    res = send(repo, run, "done", f"echo two > two.txt; {GATE.format(gate=gate2)}; echo three > three.txt")
+    assert res.returncode == 0, res.stderr
+    assert "resumed" in res.stdout
+    wait_until(lambda: task_state(repo, run, "done").get("status") == "running", "the second turn to start")
+    gate.write_text("go")  # the other task ends: the review must still wait for the second turn
+    wait_until(lambda: task_state(repo, run, "slow").get("status") == "succeeded", "slow to end")
+    assert run_json(repo, run).get("phase") == "running"
+    lines = pane(repo, run, "done")
+    assert "──── turn 2: follow-up message ────" in lines
+    assert any(line.startswith("> echo two > two.txt") for line in lines)
+    gate2.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    # both turns' work reviewed, merged and landed
+    assert git(repo, "show", "main:one.txt") == "one"
+    assert git(repo, "show", "main:three.txt") == "three"
+    assert end["tasks"]["done"]["turns"] == 2
+    wait_supervisor_gone(repo)
+
+
+def test_a_follow_up_resumes_claudes_own_session_and_costs_add_up(repo: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    gate = tmp_path / "go"
+    run = corral("run", str(two_task_plan(tmp_path, gate, "claude", "write file=first.py")), "--detach",
+                 cwd=repo, env=env)
+    assert run.returncode == 0, run.stderr
+    run_id = run.stdout.split("run ", 1)[1].split()[0]
+    wait_until(lambda: task_state(repo, run_id, "done").get("status") == "succeeded", "claude's first turn")
+    first = task_state(repo, run_id, "done")
+    assert first["session"] == "3441670d-e0e7-4ddf-9365-084c5dd52992"  # as its init event said
+    res = send(repo, run_id, "done", "now file=second.py", env=env)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run_id, "done").get("turns") == 2
+               and task_state(repo, run_id, "done").get("status") == "succeeded", "claude's second turn")
+    gate.write_text("go")
+    end = wait_ended(repo, run_id)
+    assert end["exit_code"] == 0, end
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    claude = [c for c in calls if c["agent"] == "claude"]
+    assert len(claude) == 2 and "--resume" not in claude[0]["argv"]
+    argv = claude[1]["argv"]
+    assert argv[argv.index("--resume") + 1] == first["session"] and argv[-1] == "now file=second.py"
+    assert claude[1]["cwd"] == claude[0]["cwd"]  # the same workspace
+    assert end["tasks"]["done"]["cost"] == 2 * first["cost"]
+    assert end["tasks"]["done"]["tokens"] == 2 * first["tokens"]
+    assert git(repo, "show", "main:first.py") and git(repo, "show", "main:second.py")
+    wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------------- a running agent: queued
+def test_a_follow_up_to_a_running_agent_is_queued_and_delivered_when_its_turn_ends(repo: Path,
+                                                                                 tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        setup = "none"
+        approve = "all"
+        [[tasks]]
+        name = "sh"
+        agent = "shell"
+        prompt = '{GATE.format(gate=gate)}; echo one > one.txt'
+        [[tasks]]
+        name = "cl"
+        agent = "claude"
+        prompt = 'write file=first.py gate={gate}'
+    """)
+    res = corral("run", str(plan), "--detach", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    run = res.stdout.split("run ", 1)[1].split()[0]
+    wait_until(lambda: task_state(repo, run, "sh").get("status") == "running"
+               and task_state(repo, run, "cl").get("status") == "running", "both agents to work")
+    for task, message in (("sh", "echo two > two.txt"), ("cl", "now file=second.py")):
+        res = send(repo, run, task, message, env=env)
+        assert res.returncode == 0, res.stderr
+        assert "queued" in res.stdout
+        assert any("message queued" in line for line in pane(repo, run, task))
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    for path in ("one.txt", "two.txt", "first.py", "second.py"):
+        assert git(repo, "show", f"main:{path}")
+    claude = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert [c["argv"][-1] for c in claude] == [f"write file=first.py gate={gate}", "now file=second.py"]
+    assert "--resume" in claude[1]["argv"]
+    wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------------------------ refusals
+def test_a_follow_up_to_a_discarded_task_or_an_unknown_one_is_refused(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("status") == "succeeded", "the first turn to end")
+
+    async def discard() -> None:
+        conn = await open_connection(state_dir(repo))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.pump)
+            await conn.request("discard", run=run, task="done")
+            tg.cancel_scope.cancel()
+        await conn.aclose()
+
+    anyio.run(discard)
+    res = send(repo, run, "done", "echo more > more.txt")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "done was discarded" in res.stderr
+    res = send(repo, run, "nosuch", "echo more")
+    assert res.returncode == 2 and "no task 'nosuch'" in res.stderr and res.stderr.count("\n") == 1
+    res = send(repo, "20000101-000000-0000", "done", "echo more")
+    assert res.returncode == 2 and "no live run" in res.stderr and res.stderr.count("\n") == 1
+    gate.write_text("go")
+    wait_ended(repo, run)
+    assert not (Path(task_state(repo, run, "done").get("workspace", tmp_path / "none")) / "more.txt").exists()
+    wait_supervisor_gone(repo)
+
+
+# --------------------------------------------------------------------- stopped during a second turn
+def test_stopping_the_run_during_a_second_turn_keeps_both_turns_work_on_the_branch(repo: Path,
+                                                                                 tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("status") == "succeeded", "the first turn to end")
+    res = send(repo, run, "done", f"echo partial > partial.txt; {GATE.format(gate=tmp_path / 'never')}")
+    assert res.returncode == 0, res.stderr
+    ws = Path(task_state(repo, run, "done")["workspace"])
+    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
+    res = corral("stop", run, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    end = wait_ended(repo, run)
+    assert end["state"] == "interrupted"
+    branch = end["tasks"]["done"]["branch"]
+    assert branch in end["kept_branches"]
+    assert git(repo, "show", f"{branch}:one.txt") == "one"  # the first turn's, committed when it ended
+    assert git(repo, "show", f"{branch}:partial.txt") == "partial"  # the stopped turn's, salvaged
+    assert end["tasks"]["done"]["status"] == "aborted"
+    git(repo, "branch", "-D", *end["kept_branches"])
+    wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------------------------- programs
+def test_a_program_sends_follow_ups_and_gets_each_turns_result(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    prog = tmp_path / "prog.py"
+    prog.write_text(f'''
+import anyio, os
+
+async def run(input, rt):
+    ws = await rt.workspaces.create("talk")
+    h = rt.spawn({{"agent": "shell", "name": "talk", "task": "echo one > one.txt; echo first", "cwd": str(ws.path)}})
+    first = await rt.join(h)
+    second = await rt.send(h, "echo two > two.txt; echo second")
+    # a message to an agent still at work waits for its turn to end
+    slow = rt.spawn({{"agent": "shell", "name": "slow", "task": 'while [ ! -f {gate} ]; do sleep 0.05; done; echo slow'}})
+    async with anyio.create_task_group() as tg:
+        answers = []
+        async def ask():
+            answers.append(await rt.send("slow", "echo later"))
+        tg.start_soon(ask)
+        while not rt.tasks["slow"].queued:
+            await anyio.sleep(0.05)
+        open({str(gate)!r}, "w").close()
+    await rt.join(slow)
+    files = sorted(os.listdir(ws.path))
+    await rt.workspaces.remove(ws)
+    return {{"texts": [first.text, second.text, answers[0].text], "turns": rt.tasks["talk"].turns,
+             "files": [f for f in files if f.endswith(".txt")], "branch": ws.ref}}
+''')
+    res = corral("run", str(prog), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = repo / ".git" / "corral" / "runs"
+    result = json.loads((next(runs.iterdir()) / "result.json").read_text())
+    assert result["texts"] == ["first", "second", "later"]
+    assert result["turns"] == 2 and result["files"] == ["one.txt", "two.txt"]
+    assert git(repo, "show", f"{result['branch']}:two.txt") == "two"  # the second turn settled on the branch
+    git(repo, "branch", "-D", result["branch"])
