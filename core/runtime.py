@@ -604,6 +604,11 @@ class Runtime:
         if proc is not None:
             proc.stop("aborted")
         self.bus.log("warning", f"abort requested for {name}", task=name)
+        if info.queued:  # stopped means stopped: what was sent to it is not delivered
+            self.bus.log("warning", f"{len(info.queued)} queued message(s) to {name} dropped", task=name)
+            for item in info.queued:
+                item.done.set()
+            info.queued.clear()
         return True
 
     def abort_all(self) -> int:

@@ -240,3 +240,53 @@ async def run(input, rt):
     assert result["turns"] == 2 and result["files"] == ["one.txt", "two.txt"]
     assert git(repo, "show", f"{result['branch']}:two.txt") == "two"  # the second turn settled on the branch
     git(repo, "branch", "-D", result["branch"])
+
+
+# ------------------------------------------------------------------------------------ dashboard
+def test_f_in_the_dashboard_sends_a_follow_up_to_a_finished_and_a_running_agent(repo: Path, wt_root: Path,
+                                                                               tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from corral.tui.dialogs import FollowUpScreen
+    from test_tui_pilot import SIZE, abort_all, pane_lines, shell_plan, until
+
+    gate = tmp_path / "go"
+
+    async def follow_up(pilot, app, name: str, message: str) -> None:
+        app.run_screen.panes[name].focus()
+        await pilot.pause()
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, FollowUpScreen), what="the message input")
+        app.screen.query_one(Input).value = message
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, FollowUpScreen), what="the input to close")
+
+    async def main() -> None:
+        plan = shell_plan({"done": "echo one > one.txt", "slow": GATE.format(gate=gate)}, wt_root)
+        prep = await prepare(plan, repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.rt is not None and app.model.tasks.get("done") is not None
+                        and app.model.tasks["done"].status == "succeeded"
+                        and app.model.tasks["slow"].status == "running", what="done finished, slow running")
+            await follow_up(pilot, app, "done", "echo two > two.txt")
+            await until(pilot, lambda: app.rt.tasks["done"].turns == 2 and app.rt.tasks["done"].status == "succeeded",
+                        what="the second turn")
+            await until(pilot, lambda: "> echo two > two.txt" in pane_lines(app, "done"), what="the message shown")
+            lines = pane_lines(app, "done")
+            assert "──── turn 2: follow-up message ────" in lines
+            ws = app.rt.tasks["done"].workspace
+            assert git(repo, "show", f"{ws.ref}:two.txt") == "two"  # settled on the task's branch
+
+            await follow_up(pilot, app, "slow", "echo later > later.txt")
+            await until(pilot, lambda: any("message queued" in line for line in pane_lines(app, "slow")),
+                        what="the queued line")
+            assert app.model.tasks["slow"].status == "running"
+            await abort_all(pilot)
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert app.rt.tasks["slow"].turns == 1  # aborted: the queued message was dropped, not delivered
+            await pilot.press("q")
+
+    anyio.run(main)

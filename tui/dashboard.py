@@ -34,7 +34,7 @@ from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, Ru
 from corral.core.report import fmt_duration
 from corral.core.server.host import CommandError, forecast_from_dict
 
-from .dialogs import ConfirmScreen
+from .dialogs import ConfirmScreen, FollowUpScreen
 from .model import RunModel
 
 if TYPE_CHECKING:
@@ -746,6 +746,23 @@ class CorralApp(App[int]):
         reply = await self.command("discard", task=name)
         if reply and reply.get("discarded"):
             self.notify(f"{name}: workspace and branch deleted", title=name)
+
+    def ask_follow_up(self, name: str) -> None:
+        """``f``: a message for ``name``'s agent, sent as the run's ``send`` command."""
+        view = self.model.tasks.get(name)
+
+        def answered(message: str | None) -> None:
+            if message:
+                self._send(name, message)
+
+        self.push_screen(FollowUpScreen(name, queued=view is not None and not view.finished), answered)
+
+    @work(group="send", exit_on_error=False)
+    async def _send(self, name: str, message: str) -> None:
+        reply = await self.command("send", task=name, message=message)
+        if reply is not None:
+            self.notify("message queued: delivered when its turn ends" if reply.get("queued") else
+                        "its session resumed with the message", title=name)
 
     def workspace_dir(self, name: str | None) -> Path | None:
         if name is None:
