@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from conftest import FAKES, corral, git, write_plan
 from corral.core.events import TaskOutput
@@ -290,3 +291,53 @@ def test_f_in_the_dashboard_sends_a_follow_up_to_a_finished_and_a_running_agent(
             await pilot.press("q")
 
     anyio.run(main)
+
+
+# ------------------------------------------------------------------------ each profile's own resume
+SESSIONS = {  # the session id each recorded CLI reported, and how its profile resumes it
+    "claude": ("3441670d-e0e7-4ddf-9365-084c5dd52992", ["--resume", "3441670d-e0e7-4ddf-9365-084c5dd52992"]),
+    "codex": ("01a2306f-4ca4-76f1-a87d-a20febc161ae", ["resume", "01a2306f-4ca4-76f1-a87d-a20febc161ae"]),
+    "gemini": ("7abbee51-6ea8-4090-b96a-805d9a193b23", ["--resume", "7abbee51-6ea8-4090-b96a-805d9a193b23"]),
+    "opencode": ("ses_dcf8f57afffeZgBO6ujGQbUVZI", ["--session", "ses_dcf8f57afffeZgBO6ujGQbUVZI"]),
+    "pi": ("01a23071-8e7e-719f-86f4-46a1b331cb52", ["--continue"]),
+    "aider": ("", []),  # cannot resume: a new session, told the last turn's prompt and answer
+}
+
+
+@pytest.mark.parametrize("agent", sorted(SESSIONS))
+def test_each_profile_resumes_its_own_session_in_the_same_workspace(repo: Path, tmp_path: Path, agent: str) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    prog = tmp_path / "prog.py"
+    prog.write_text('''
+async def run(input, rt):
+    ws = await rt.workspaces.create("talk")
+    h = rt.spawn({"agent": input["agent"], "name": "talk", "task": "write file=first.py", "cwd": str(ws.path)})
+    first = await rt.join(h)
+    second = await rt.send(h, "now file=second.py")
+    info = rt.tasks["talk"]
+    await rt.workspaces.remove(ws)
+    return {"session": info.session, "status": [first.status, second.status], "branch": ws.ref,
+            "tokens": [first.usage.tokens, second.usage.tokens, info.result.usage.tokens]}
+''')
+    res = corral("run", str(prog), "--headless", "--input", json.dumps({"agent": agent}), cwd=repo, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((next((repo / ".git" / "corral" / "runs").iterdir()) / "result.json").read_text())
+    session, flags = SESSIONS[agent]
+    assert result["session"] == session and result["status"] == ["succeeded", "succeeded"]
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert len(calls) == 2 and calls[0]["cwd"] == calls[1]["cwd"]
+    first, second = calls[0]["argv"], calls[1]["argv"]
+    assert not any(f in first for f in ("--resume", "resume", "--session", "--continue"))
+    if flags:
+        at = second.index(flags[0])
+        assert second[at:at + len(flags)] == flags
+        assert any(a.endswith("now file=second.py") and "first.py" not in a for a in second), second
+    else:
+        prompt = next(a for a in second if "now file=second.py" in a)
+        assert "write file=first.py" in prompt and "You answered" in prompt
+        assert "cannot resume its session" in res.stdout
+    tokens = result["tokens"]
+    assert tokens[2] == tokens[0] + tokens[1]  # the task's usage adds up over its turns
+    for path in ("first.py", "second.py"):  # both turns' work on the task's branch
+        assert git(repo, "show", f"{result['branch']}:{path}")
+    git(repo, "branch", "-D", result["branch"])
