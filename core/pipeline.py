@@ -307,22 +307,10 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     await rt.quiet()
 
     # step 6: review
-    done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
-    if not done:
-        bus.log("info", "no task succeeded: nothing to review or merge")
+    reviewed = await _review(rt, plan)
+    if reviewed is None:
         return
-    rt.set_phase("review")
-    await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
-    done = [t for t in done if t.status == "succeeded"]
-    heads = {t.name: t.workspace.head for t in done if t.workspace}
-    forecast = await rt.workspaces.forecast(heads)
-    for t in done:
-        others = forecast.conflicts_of(t.name)
-        bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
-                               conflicts_with=sorted(k for k in others if k != "base"),
-                               conflicts_with_base="base" in others, conflict_files=others,
-                               untried_with=sorted(forecast.untried_of(t.name))))
-    decisions = await rt.approver.review(rt, done, forecast)
+    done, decisions = reviewed
     for t in done:
         t.approved = bool(decisions.get(t.name))
         bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
@@ -403,6 +391,38 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
             rt.set_status(info.name, "merged")
     else:
         state.integration_kept = integ.ref
+
+
+async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bool]] | None:
+    """The succeeded tasks and the approver's decisions on them (None: nothing to review). Changes
+    requested from a task (a follow-up sent during the review) withdraw the review: it is put again,
+    on the new work, once every follow-up turn is done."""
+    bus = rt.bus
+    while True:
+        done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
+        if not done:
+            bus.log("info", "no task succeeded: nothing to review or merge")
+            return None
+        rt.set_phase("review")
+        await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
+        done = [t for t in done if t.status == "succeeded"]
+        heads = {t.name: t.workspace.head for t in done if t.workspace}
+        forecast = await rt.workspaces.forecast(heads)
+        for t in done:
+            others = forecast.conflicts_of(t.name)
+            bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
+                                   conflicts_with=sorted(k for k in others if k != "base"),
+                                   conflicts_with_base="base" in others, conflict_files=others,
+                                   untried_with=sorted(forecast.untried_of(t.name))))
+        decisions: dict[str, bool] = {}
+        with anyio.CancelScope() as scope:
+            rt.review_scope = scope
+            decisions = await rt.approver.review(rt, done, forecast)
+        rt.review_scope = None
+        if not scope.cancel_called:  # (a follow-up just after the answer came counts as changes requested)
+            return done, decisions
+        rt.set_phase("running")
+        await rt.quiet()
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:

@@ -504,6 +504,8 @@ class Runtime:
         self._owned: set[str] = set()
         self._quiet = anyio.Event()
         self._quiet.set()
+        #: the open review (the plan pipeline's): a follow-up to a task withdraws it (changes requested)
+        self.review_scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -979,7 +981,8 @@ class Runtime:
             return f"{name} was discarded: its work is gone, there is nothing to follow up"
         if info.status == "merged" or info.merged:
             return f"{name} is merged already: start a new task for more changes"
-        if self._tg is None or self.phase != "running":
+        in_review = self.phase == "review" and self.review_scope is not None
+        if self._tg is None or not (self.phase == "running" or in_review):
             return (f"run {self.run_id} is past its agents ({self.phase}): a follow-up now would not be reviewed"
                     if self.phase not in ("preflight", "done") else f"run {self.run_id} is not running")
         ws = info.workspace
@@ -1002,6 +1005,11 @@ class Runtime:
             raise FollowUpRefused(problem)
         item = FollowUp(str(message))
         self.tasks[name].queued.append(item)
+        if self.phase == "review" and self.review_scope is not None:
+            # changes requested: the review is withdrawn, and put again once the new turn is done
+            self.bus.log("info", f"changes requested from {name}: the review comes back when it is done", task=name)
+            self.review_scope.cancel()
+            self.review_scope = None
         queued = name in self._owned
         if queued:
             first = item.message.strip().splitlines()[0]

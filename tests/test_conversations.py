@@ -341,3 +341,100 @@ async def run(input, rt):
     for path in ("first.py", "second.py"):  # both turns' work on the task's branch
         assert git(repo, "show", f"{result['branch']}:{path}")
     git(repo, "branch", "-D", result["branch"])
+
+
+# --------------------------------------------------------------------------- changes requested
+def test_changes_requested_during_the_review_withdraw_it_and_it_comes_back_on_the_new_work(repo: Path,
+                                                                                         tmp_path: Path) -> None:
+    from corral.core.events import DecisionMade, DecisionNeeded
+
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "done"
+        prompt = 'echo one > one.txt'
+    """)
+    run = start_detached(repo, plan)
+    seen: list[Any] = []
+
+    async def main() -> None:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run)
+
+        def reviews() -> list[DecisionNeeded]:
+            return [ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == "review"]
+
+        async with anyio.create_task_group() as tg:
+            async def follow() -> None:
+                async for ev in link.events():
+                    seen.append(ev)
+
+            tg.start_soon(follow)
+            with anyio.fail_after(60):
+                while not reviews():
+                    await anyio.sleep(0.05)
+            first = (reviews())[0]
+            res = await anyio.to_thread.run_sync(send, repo, run, "done", "echo fix > fix.txt")
+            assert res.returncode == 0, res.stderr
+            with anyio.fail_after(60):
+                while len(reviews()) < 2:
+                    await anyio.sleep(0.05)
+            made = [ev for ev in seen if isinstance(ev, DecisionMade) and ev.id == first.id]
+            assert made and made[0].answer is None and made[0].by == "run"  # withdrawn
+            second = (reviews())[1]
+            row = next(r for r in second.items if r["name"] == "done")
+            assert row["candidate"] and sorted(row["files"]) == ["fix.txt", "one.txt"]  # the new work, reviewed
+            await link.request("decide", decision=second.id, answer={"done": True})
+            with anyio.fail_after(60):
+                while not any(isinstance(ev, DecisionNeeded) and ev.kind == "land" for ev in seen):
+                    await anyio.sleep(0.05)
+            land = next(ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == "land")
+            await link.request("decide", decision=land.id, answer=True)
+            with anyio.fail_after(60):
+                while link.exit_code is None:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        await link.aclose()
+
+    anyio.run(main)
+    assert git(repo, "show", "main:fix.txt") == "fix" and git(repo, "show", "main:one.txt") == "one"
+    wait_supervisor_gone(repo)
+
+
+def test_c_in_the_review_asks_for_changes_and_the_review_comes_back_with_the_new_diff(repo: Path,
+                                                                                     wt_root: Path) -> None:
+    from textual.widgets import Input
+
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from corral.tui.dialogs import ConfirmScreen, FollowUpScreen
+    from corral.tui.review_screen import ReviewScreen
+    from test_tui_pilot import SIZE, shell_plan, until
+
+    async def main() -> None:
+        prep = await prepare(shell_plan({"one": "echo one > one.txt"}, wt_root, approve="ask"), repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review screen")
+            first = app.screen
+            await pilot.pause(0.1)
+            await pilot.press("c")
+            await until(pilot, lambda: isinstance(app.screen, FollowUpScreen), what="the comment input")
+            app.screen.query_one(Input).value = "echo fix > fix.txt"
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen is not first,
+                        what="the review back")
+            screen = app.screen
+            assert app.rt.tasks["one"].turns == 2
+            await until(pilot, lambda: "+++ b/fix.txt" in screen._diffs.get("one", ""), what="the new diff")
+            await pilot.press("y")
+            await pilot.press("m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            assert app.exit_code == 0
+            await pilot.press("q")
+
+    anyio.run(main)
+    assert git(repo, "show", "main:fix.txt") == "fix"

@@ -747,15 +747,23 @@ class CorralApp(App[int]):
         if reply and reply.get("discarded"):
             self.notify(f"{name}: workspace and branch deleted", title=name)
 
-    def ask_follow_up(self, name: str) -> None:
-        """``f``: a message for ``name``'s agent, sent as the run's ``send`` command."""
+    def ask_follow_up(self, name: str, changes: bool = False) -> None:
+        """``f`` (and the review's ``c``, ``changes``): a message for ``name``'s agent, sent as the
+        run's ``send`` command."""
         view = self.model.tasks.get(name)
+        if changes:
+            title, note = (f"Changes requested from {name}", "The review closes; it comes back when the agent "
+                           "is done, on its new work.")
+        elif view is not None and not view.finished:
+            title, note = f"Message to {name}'s agent", "It is still working: the message waits until its turn ends."
+        else:
+            title, note = f"Message to {name}'s agent", "It has finished: its session is resumed in its workspace."
 
         def answered(message: str | None) -> None:
             if message:
                 self._send(name, message)
 
-        self.push_screen(FollowUpScreen(name, queued=view is not None and not view.finished), answered)
+        self.push_screen(FollowUpScreen(name, title, note), answered)
 
     @work(group="send", exit_on_error=False)
     async def _send(self, name: str, message: str) -> None:

@@ -74,7 +74,7 @@ class ConfirmScreen(ModalScreen[bool | None]):
 
 class FollowUpScreen(ModalScreen[str | None]):
     """A follow-up message for a task's agent: ``enter`` sends what was typed, ``escape`` cancels
-    (None). ``queued`` says the agent is still at work, so the message waits for its turn's end."""
+    (None). ``note`` says what happens to it (queued, the session resumed, the review withdrawn)."""
 
     DEFAULT_CSS = """
     FollowUpScreen { align: center middle; }
@@ -86,18 +86,17 @@ class FollowUpScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
 
-    def __init__(self, task: str, queued: bool) -> None:
+    def __init__(self, task: str, title: str, note: str) -> None:
         super().__init__()
         self.task_name = task
-        self.queued = queued
+        self.title_text = title
+        self.note = note
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"Message to {self.task_name}'s agent", classes="confirm-title")
+            yield Static(self.title_text, classes="confirm-title")
             yield Input(placeholder="also add a test for it", id="message")
-            yield Static("enter sends, escape cancels. " + (
-                "It is still working: the message is queued until its turn ends." if self.queued else
-                "It has finished: its session is resumed in the task's workspace."), classes="confirm-body")
+            yield Static(f"enter sends, escape cancels. {self.note}", classes="confirm-body")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
