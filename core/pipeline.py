@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -299,6 +299,7 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
+    rt.new_attempt = lambda name, prompt: _new_attempt(rt, plan, sem, name, prompt)
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
             rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
@@ -391,6 +392,23 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
             rt.set_status(info.name, "merged")
     else:
         state.integration_kept = integ.ref
+
+
+def _new_attempt(rt: Runtime, plan: Plan, sem: anyio.Semaphore, name: str, prompt: str) -> str:
+    """A retry: a copy of task ``name`` (its prompt replaced by ``prompt`` when given) under a new
+    name, started now from base in a workspace of its own, reviewed with the others."""
+    old = next(t for t in plan.tasks if t.name == name)
+    t = replace(old, name=rt.unique_name(name), prompt=prompt.strip() or old.prompt)
+    plan.tasks.append(t)
+    policy = rt.options.sandbox
+    if policy.tasks is not None and name in policy.tasks:
+        policy.tasks[t.name] = policy.tasks[name]
+    rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+    rt.set_status(t.name, "pending", f"a new attempt of {name}")
+    rt.hold(t.name)
+    assert rt._tg is not None
+    rt._tg.start_soon(_task_flow, rt, plan, t, sem)
+    return t.name
 
 
 async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bool]] | None:

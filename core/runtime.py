@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import anyio
 
@@ -506,6 +506,8 @@ class Runtime:
         self._quiet.set()
         #: the open review (the plan pipeline's): a follow-up to a task withdraws it (changes requested)
         self.review_scope: anyio.CancelScope | None = None
+        #: ``(task, prompt) -> new task``: a new attempt of a task (the plan pipeline sets it)
+        self.new_attempt: Callable[[str, str], str] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -1005,11 +1007,7 @@ class Runtime:
             raise FollowUpRefused(problem)
         item = FollowUp(str(message))
         self.tasks[name].queued.append(item)
-        if self.phase == "review" and self.review_scope is not None:
-            # changes requested: the review is withdrawn, and put again once the new turn is done
-            self.bus.log("info", f"changes requested from {name}: the review comes back when it is done", task=name)
-            self.review_scope.cancel()
-            self.review_scope = None
+        self._withdraw_review(f"changes requested from {name}: the review comes back when it is done")
         queued = name in self._owned
         if queued:
             first = item.message.strip().splitlines()[0]
@@ -1020,6 +1018,32 @@ class Runtime:
             self.hold(name)
             self._tg.start_soon(self._carry_on, name)
         return item, queued
+
+    def _withdraw_review(self, why: str) -> None:
+        """A task's work changes during the review: the open review is withdrawn (the pipeline puts
+        it again once every follow-up is done)."""
+        if self.phase == "review" and self.review_scope is not None:
+            self.bus.log("info", why)
+            self.review_scope.cancel()
+            self.review_scope = None
+
+    def retry(self, name: str, prompt: str = "") -> str:
+        """A new attempt of a failed or aborted task: a new task (``name-2``) from base with the same
+        prompt (or ``prompt``), on a branch of its own; the old attempt and its branch stay. Returns
+        the new task's name. Raises :class:`FollowUpRefused` (one line) when it cannot be retried."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        if info.status not in ("failed", "aborted"):
+            raise FollowUpRefused(f"{name} is {info.status}: only a failed or aborted task is retried "
+                                  "(send it a message instead)")
+        if self.new_attempt is None:
+            raise FollowUpRefused("only a plan's tasks are retried (a program starts its own agents)")
+        if self._tg is None or not (self.phase == "running" or (self.phase == "review" and self.review_scope)):
+            raise FollowUpRefused(f"run {self.run_id} is past its review ({self.phase}): too late for a new attempt")
+        new = self.new_attempt(name, prompt)
+        self._withdraw_review(f"{name} retried as {new}: the review comes back when it is done")
+        return new
 
     async def send(self, target: "Handle | str", message: str) -> AgentResult:
         """``rt.send(handle_or_name, message)``: :meth:`follow_up`, then the new turn's result."""

@@ -438,3 +438,74 @@ def test_c_in_the_review_asks_for_changes_and_the_review_comes_back_with_the_new
 
     anyio.run(main)
     assert git(repo, "show", "main:fix.txt") == "fix"
+
+
+# ---------------------------------------------------------------------------------------- retry
+def test_corral_retry_starts_a_new_attempt_from_base_and_keeps_the_old_one(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        approve = "all"
+        [[tasks]]
+        name = "fix"
+        prompt = 'echo partial > partial.txt; exit 3'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
+    res = corral("retry", run, "slow", cwd=repo)
+    assert res.returncode == 2 and "only a failed or aborted task is retried" in res.stderr
+    assert res.stderr.count("\n") == 1
+    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert "retried as fix-2" in res.stdout
+    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
+    ws = Path(task_state(repo, run, "fix-2")["workspace"])
+    assert not (ws / "partial.txt").exists()  # from base, not from the failed attempt
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
+    assert git(repo, "show", "main:ok.txt") == "ok"
+    old = end["tasks"]["fix"]["branch"]
+    assert old in end["kept_branches"] and git(repo, "show", f"{old}:partial.txt") == "partial"
+    git(repo, "branch", "-D", old)
+    wait_supervisor_gone(repo)
+
+
+def test_R_in_the_dashboard_retries_a_failed_task_with_its_prompt_edited(repo: Path, wt_root: Path,
+                                                                          tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from corral.tui.dialogs import FollowUpScreen
+    from test_tui_pilot import SIZE, abort_all, shell_plan, until
+
+    gate = tmp_path / "go"
+
+    async def main() -> None:
+        plan = shell_plan({"bad": "exit 3", "slow": GATE.format(gate=gate)}, wt_root)
+        prep = await prepare(plan, repo)
+        app = CorralApp(prep=prep, grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.tasks.get("bad") is not None
+                        and app.model.tasks["bad"].status == "failed", what="bad failed")
+            app.run_screen.panes["bad"].focus()
+            await pilot.pause()
+            await pilot.press("R")
+            await until(pilot, lambda: isinstance(app.screen, FollowUpScreen), what="the prompt input")
+            field = app.screen.query_one(Input)
+            await until(pilot, lambda: field.value == "exit 3", what="the old prompt, to edit")
+            field.value = "echo ok > ok.txt"
+            await pilot.press("enter")
+            await until(pilot, lambda: "bad-2" in app.run_screen.panes
+                        and app.model.tasks["bad-2"].status == "succeeded", what="the new attempt's pane")
+            assert Path(app.rt.tasks["bad-2"].workspace.path, "ok.txt").read_text() == "ok\n"
+            await abort_all(pilot)
+            await until(pilot, lambda: not app.pipeline_running, what="run end")
+            await pilot.press("q")
+
+    anyio.run(main)

@@ -766,6 +766,27 @@ class CorralApp(App[int]):
         self.push_screen(FollowUpScreen(name, title, note), answered)
 
     @work(group="send", exit_on_error=False)
+    async def ask_retry(self, name: str) -> None:
+        """``R``: a new attempt of a failed or aborted task, its prompt editable first."""
+        info = await self.command("task_info", task=name)
+        if info is None:
+            return
+        prompt = str(info.get("prompt") or "")
+
+        def answered(text: str | None) -> None:
+            if text:
+                self._retry(name, text)
+
+        self.push_screen(FollowUpScreen(name, f"Retry {name}", "A new attempt starts from base on a branch of its "
+                                        "own; this one stays until the run ends.", value=prompt), answered)
+
+    @work(group="send", exit_on_error=False)
+    async def _retry(self, name: str, prompt: str) -> None:
+        reply = await self.command("retry", task=name, prompt=prompt)
+        if reply is not None:
+            self.notify(f"retried as {reply.get('task')}", title=name)
+
+    @work(group="send", exit_on_error=False)
     async def _send(self, name: str, message: str) -> None:
         reply = await self.command("send", task=name, message=message)
         if reply is not None:

@@ -73,8 +73,9 @@ class ConfirmScreen(ModalScreen[bool | None]):
 
 
 class FollowUpScreen(ModalScreen[str | None]):
-    """A follow-up message for a task's agent: ``enter`` sends what was typed, ``escape`` cancels
-    (None). ``note`` says what happens to it (queued, the session resumed, the review withdrawn)."""
+    """A follow-up message for a task's agent (or a retry's prompt, ``value`` to edit): ``enter``
+    sends what was typed, ``escape`` cancels (None). ``note`` says what happens to it (queued, the
+    session resumed, the review withdrawn, a new attempt)."""
 
     DEFAULT_CSS = """
     FollowUpScreen { align: center middle; }
@@ -86,16 +87,17 @@ class FollowUpScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
 
-    def __init__(self, task: str, title: str, note: str) -> None:
+    def __init__(self, task: str, title: str, note: str, value: str = "") -> None:
         super().__init__()
         self.task_name = task
         self.title_text = title
         self.note = note
+        self.value = value
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(self.title_text, classes="confirm-title")
-            yield Input(placeholder="also add a test for it", id="message")
+            yield Input(self.value, placeholder="also add a test for it", id="message")
             yield Static(f"enter sends, escape cancels. {self.note}", classes="confirm-body")
 
     def on_mount(self) -> None:

@@ -377,6 +377,11 @@ class RunHost:
             except FollowUpRefused as exc:
                 raise CommandError(str(exc)) from None
             return {"queued": queued}
+        if op == "retry":
+            try:
+                return {"task": rt.retry(name, str(args.get("prompt") or ""))}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
         ws = info.workspace
         if op == "diff":
             return {"text": await rt.backend.diff(ws) if ws is not None else ""}
@@ -385,7 +390,8 @@ class RunHost:
                 pending = await rt.backend.pending_changes(ws) if ws is not None else []
             except VcsError as exc:
                 pending = [f"(corral cannot list them: {exc})"]
-            return {"status": info.status, "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
+            return {"status": info.status, "prompt": info.prompt, "turns": info.turns,
+                    "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
                     "extra_refs": list(ws.extra_refs) if ws else [], "pending": pending}
         raise CommandError(f"unknown command {op!r}")
 
