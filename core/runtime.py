@@ -979,19 +979,25 @@ class Runtime:
         info = self.tasks.get(name)
         if info is None:
             return f"run {self.run_id} has no task {name!r}"
-        if info.status == "discarded":
-            return f"{name} was discarded: its work is gone, there is nothing to follow up"
-        if info.status == "merged" or info.merged:
-            return f"{name} is merged already: start a new task for more changes"
         in_review = self.phase == "review" and self.review_scope is not None
         if self._tg is None or not (self.phase == "running" or in_review):
             return (f"run {self.run_id} is past its agents ({self.phase}): a follow-up now would not be reviewed"
                     if self.phase not in ("preflight", "done") else f"run {self.run_id} is not running")
+        if info.spec is None and name not in self._owned:
+            return f"{name} has not run an agent: there is no conversation to follow up"
+        return self._turn_problem(info)
+
+    def _turn_problem(self, info: TaskInfo) -> str:
+        """Why ``info``'s agent cannot take another turn ("" when it can): checked when a message is
+        sent, and again when it is delivered."""
+        name = info.name
+        if info.status == "discarded":
+            return f"{name} was discarded: its work is gone, there is nothing to follow up"
+        if info.status == "merged" or info.merged:
+            return f"{name} is merged already: start a new task for more changes"
         ws = info.workspace
         if ws is not None and ws.task not in self.workspaces.live:
             return f"the workspace of {name} was removed: a follow-up needs it (its branch {ws.ref} is kept)"
-        if info.spec is None and name not in self._owned:
-            return f"{name} has not run an agent: there is no conversation to follow up"
         return ""
 
     def follow_up(self, target: "Handle | str", message: str) -> tuple[FollowUp, bool]:
@@ -1074,7 +1080,7 @@ class Runtime:
         """One follow-up turn: a turn boundary and the message in the pane, the agent resumed in the
         task's workspace, what it did settled onto the task's branch."""
         info = self.tasks[name]
-        problem = self.follow_up_problem(name)
+        problem = self._turn_problem(info)
         if problem or info.spec is None:
             self.bus.log("warning", f"message to {name} not delivered: {problem or 'its agent never started'}",
                          task=name)

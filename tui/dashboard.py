@@ -751,7 +751,7 @@ class CorralApp(App[int]):
         """``f`` (and the review's ``c``, ``changes``): a message for ``name``'s agent, sent as the
         run's ``send`` command."""
         view = self.model.tasks.get(name)
-        if changes:
+        if changes or self.review_pending:
             title, note = (f"Changes requested from {name}", "The review closes; it comes back when the agent "
                            "is done, on its new work.")
         elif view is not None and not view.finished:

@@ -347,9 +347,9 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                   and view.status not in ("merged", "discarded", "creating")
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None
-        if action == "followup":
+        if action == "followup":  # in the review: changes requested (the review comes back)
             ok = (app.can_control and view is not None and view.status not in ("merged", "discarded")
-                  and self.model.phase == "running" and self.model.finished is None)
+                  and (self.model.phase == "running" or app.review_pending) and self.model.finished is None)
             return True if ok else None
         if action == "retry":
             ok = (app.can_control and view is not None and view.status in ("failed", "aborted")
