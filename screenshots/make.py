@@ -5,8 +5,8 @@
 Makes a scratch demo repository (the same as ``corral demo``), runs the demo plan in the dashboard
 (headless Textual, real agents, real git), and saves SVGs at the interesting moments: the run screen
 mid-run, a zoomed pane, the review screen on the conflicting task, the land confirmation with the
-verify result, and the home screen listing the run. PNGs are made with ``rsvg-convert`` when it is
-installed (Debian: ``apt-get install librsvg2-bin fonts-firacode``).
+verify result, the home screen listing the run, and that run opened from there. PNGs are made with
+``rsvg-convert`` when it is installed (Debian: ``apt-get install librsvg2-bin fonts-firacode``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
     from corral.tui.dashboard import CorralApp
     from corral.tui.dialogs import ConfirmScreen
     from corral.tui.home_screen import HomeScreen
+    from corral.tui.past_run_screen import PastRunScreen
     from corral.tui.review_screen import ReviewScreen
 
     saved: list[Path] = []
@@ -74,7 +75,7 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review")
             await pilot.pause(0.3)
             await pilot.press("y", "y")  # add-mul, write-docs
-            await until(pilot, lambda: app.screen.selected == "greet-en" and "greet-en" in app.screen._diffs,
+            await until(pilot, lambda: app.screen.selected == "greet-en" and "greet-en" in app.screen.diff_view.diffs,
                         what="greet-en selected")
             await pilot.pause(0.3)
             await save("review")
@@ -94,7 +95,15 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
             home.screen.query_one("#home-tasks").text = "fix-typos=Fix the typos in README.md\nadd-tests=Add tests for calc/greet.py"
             await pilot.pause(0.3)
             await save("home", home)
-            await pilot.press("q")
+            table = home.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(home.screen, PastRunScreen) and home.screen.selected is not None
+                        and home.screen.selected in home.screen.diff_view.diffs, what="the past run")
+            await pilot.pause(0.3)
+            await save("past", home)
+            await pilot.press("escape", "q")
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     return saved

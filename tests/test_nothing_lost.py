@@ -42,9 +42,10 @@ def wait_dead(pids: list[int], timeout: float = 10) -> None:
         alive = []
         for pid in pids:
             try:
-                os.kill(pid, 0)
-                alive.append(pid)
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie does nothing any more
+                        alive.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         if not alive:
             return

@@ -10,6 +10,7 @@ from conftest import corral, corral_state, git, write_plan
 from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
 from corral.tui.home_screen import HomeScreen, ReportScreen
+from corral.tui.past_run_screen import PastRunScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
 from test_engine_git import plan_text
@@ -96,9 +97,11 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
             table.focus()
             table.move_cursor(row=0)
             await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, ReportScreen), what="the run's report")
             assert "hello" in app.screen.path.read_text()
-            await pilot.press("escape")
+            await pilot.press("escape", "escape")
             await until(pilot, lambda: app.screen is home, what="home again")
             await pilot.press("q")
         assert app.return_value == 0
@@ -132,3 +135,68 @@ def test_an_error_in_background_work_is_shown(repo: Path, tmp_path: Path) -> Non
             await pilot.press("q")
 
     asyncio.run(main())
+
+
+def test_enter_on_a_past_run_opens_its_tasks_diffs_and_logs_read_only(repo: Path, tmp_path: Path, wt_root: Path) -> None:
+    """A run with a merged task (its branch deleted: the diff comes from the commit the run
+    recorded), a failed one whose branch is kept, and a failed one whose branch was since deleted
+    and its commit collected by git: each shows what it can and says what is gone. Nothing in the
+    repository changes."""
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("merged", "echo merged-line > merged.txt; echo said merged"),
+        ("kept", "echo kept-line > kept.txt; echo said kept; exit 3"),
+        ("lost", "echo lost-line > lost.txt; exit 4"),
+    ]))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = [p for p in (repo / ".git" / "corral" / "runs").iterdir()]
+    lost = f"corral/{run.name}/lost"
+    git(repo, "branch", "-D", lost)
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+
+    def repo_state() -> tuple[str, ...]:
+        return (git(repo, "for-each-ref"), git(repo, "status", "--porcelain", "--ignored"),
+                git(repo, "worktree", "list", "--porcelain"), git(repo, "rev-parse", "HEAD"))
+
+    before = repo_state()
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            table = app.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            screen = app.screen
+            tasks = screen.query_one("#past-tasks")
+            rows = {str(tasks.get_row(k)[0]): [str(c) for c in tasks.get_row(k)] for k in tasks.rows}
+            assert rows["merged"] == ["merged", "MERGED", "shell", "+1", "-0", "1"]
+            assert rows["kept"][:2] == ["kept", "FAILED"] and rows["lost"][:2] == ["lost", "FAILED"]
+            diffs = screen.diff_view.diffs
+
+            await until(pilot, lambda: "merged" in diffs, what="diff of merged")
+            assert "+merged-line" in diffs["merged"]
+            assert "deleted; the diff is of the commit the run recorded" in screen.sources["merged"]
+            await pilot.press("l")
+            await until(pilot, lambda: "said merged" in str(screen.query_one("#past-log-text").render()),
+                        what="log of merged")
+            await pilot.press("l")
+
+            await pilot.press("down")
+            await until(pilot, lambda: "kept" in diffs, what="diff of kept")
+            assert "+kept-line" in diffs["kept"] and screen.sources["kept"].endswith("(kept)")
+
+            await pilot.press("down")
+            await until(pilot, lambda: "lost" in diffs, what="diff of lost")
+            assert "is gone too" in diffs["lost"] and "lost.txt" in diffs["lost"]
+            assert "is gone too" in str(screen.query_one("#past-task").render())
+
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+            await pilot.press("q")
+
+    asyncio.run(main())
+    assert repo_state() == before, "opening a past run changed the repository"

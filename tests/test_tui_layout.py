@@ -186,3 +186,33 @@ def test_review_keys_typed_ahead_decide_one_task_each() -> None:
         assert screen.decisions == {"add-mul": True, "write-docs": True, "greet-en": False}
 
     scene("run", (160, 48), check)
+
+
+def test_toasts_of_agents_finishing_at_once_leave_the_panes_readable_at_80x24() -> None:
+    """Three agents finish at once at 80x24: Textual's toasts (60 columns but at most half the
+    screen, five lines each) covered the right half of the panes. One toast, a third of the width."""
+    from textual.widgets._toast import Toast
+
+    from corral.core.events import TaskStatus
+
+    async def main() -> None:
+        app = CorralApp(bus=EventBus(tui_scenes.RUN_ID), clock=tui_scenes.clock, notifications=True)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await tui_scenes.play(app, "run", pilot.pause)
+            for name in ("write-docs", "greet-en", "greet-fr"):
+                app.bus.emit(TaskStatus(task=name, status="running", ts=tui_scenes.NOW))
+                app.bus.emit(TaskStatus(task=name, status="succeeded", ts=tui_scenes.NOW))
+            for _ in range(100):
+                if len(app.screen.query(Toast)) >= 3:
+                    break
+                await pilot.pause(0.05)
+            await pilot.pause(0.2)
+            shown = [t for t in app.screen.query(Toast) if t.region.area]
+            assert len(shown) == 1, f"{len(shown)} toasts on screen at once"
+            [toast] = shown
+            assert "greet-fr" in str(toast.render()), "the newest is the one shown"
+            assert toast.region.width <= 80 // 3 and toast.region.height <= 3, toast.region
+            lines = screen_lines(app)
+            assert any("Changing the greeting to hi there" in line for line in lines), "the focused pane reads"
+
+    asyncio.run(main())

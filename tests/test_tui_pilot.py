@@ -162,7 +162,7 @@ def test_review_approves_two_of_three_and_merges_exactly_those(repo: Path, wt_ro
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review screen")
             screen = app.screen
             assert screen.candidates == ["one", "two", "three"]
-            await until(pilot, lambda: "+++ b/one.txt" in screen._diffs.get("one", ""), what="diff of one")
+            await until(pilot, lambda: "+++ b/one.txt" in screen.diff_view.diffs.get("one", ""), what="diff of one")
             assert screen.selected == "one"
             await pilot.pause(0.1)
             await pilot.press("y")  # one: approve, cursor moves on to two

@@ -121,3 +121,40 @@ def test_shell_gets_the_terminal_every_time_under_load(repo: Path, wt_root: Path
     finally:
         term.close()
     assert corral_state(repo)["worktrees"] == []
+
+
+def test_a_pager_or_shell_that_stops_gives_the_terminal_back(repo: Path, wt_root: Path) -> None:
+    """Ctrl-Z in the pager ``l`` opened (or a shell ``o`` opened stopping itself): the program stops,
+    and nobody would ever continue it; the dashboard comes back with a note, the program is closed."""
+    plan = repo.parent / "plan.toml"
+    plan.write_text(
+        f'agent = "shell"\nsetup = "none"\napprove = "none"\nworktree_root = "{wt_root}"\n'
+        f'[[tasks]]\nname = "one"\nprompt = \'i=0; while [ $i -lt 3000 ]; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\'\n'
+    )
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="40", SHELL="/bin/sh", ENV="",
+               PS1="$ ", PAGER="less", LESS="")
+    env.pop("CORRAL_RUN", None)
+    term = Pty([sys.executable, "-m", "corral.tui.cli", "run", str(plan)], repo, env)
+    try:
+        term.wait_for(b"tick 3", 0, 30, "the agent")
+        start = term.mark()
+        term.send(b"l")
+        at = term.wait_for(b"one.log", start, 20, "less showing the log")
+        term.send(b"\x1a")  # Ctrl-Z: the terminal sends SIGTSTP to less, which stops
+        at = term.wait_for(b"\x1b[?1049h", at, 20, "the dashboard back after Ctrl-Z in less")
+        term.wait_for(b"was stopped", at, 20, "the note that less was closed")
+        start = term.mark()
+        term.send(b"o")
+        at = term.wait_for(b"corral: agents keep running", start, 20, "the shell to start")
+        term.send(b"kill -STOP $$\n")
+        at = term.wait_for(b"\x1b[?1049h", at, 20, "the dashboard back after the shell stopped")
+        term.wait_for(b"was stopped", at, 20, "the note that the shell was closed")
+        assert "none" in stopped_processes(term.proc.pid)
+        start = term.mark()
+        term.send(b"q")
+        term.wait_for(b"Stop and quit", start, 20, "the quit question")
+        term.send(b"y")
+        assert term.proc.wait(timeout=30) == 130
+    finally:
+        term.close()
+    assert corral_state(repo)["worktrees"] == []

@@ -91,3 +91,78 @@ def test_home_screen(snap_compare, monkeypatch, tmp_path, size: str) -> None:
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def _past_run_repo(parent: Path) -> Path:
+    """A repository whose journal holds one run (fixed dates, so fixed commit ids): ``add-mul``
+    merged (its branch deleted: its diff comes from the recorded commit), ``write-docs`` failed with
+    its branch kept, ``upgrade-build`` failed and its branch since deleted and collected."""
+    from conftest import git
+
+    repo = make_repo(parent / "corral-snapshot-past", {"calc/ops.py": "def add(a, b):\n    return a + b\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    heads = {}
+    for name, path, text in [("add-mul", "calc/mul.py", "def mul(a, b):\n    return a * b\n"),
+                             ("write-docs", "docs/guide.md", "# Guide\n\n## Install\n\npip install calc\n")]:
+        git(repo, "checkout", "-q", "-b", f"corral/{tui_scenes.RUN_ID}/{name}", base)
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"corral: {name}")
+        heads[name] = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "-m", "corral: merge add-mul", heads["add-mul"])
+    git(repo, "branch", "-q", "-D", f"corral/{tui_scenes.RUN_ID}/add-mul")
+    d = repo / ".git" / "corral" / "runs" / tui_scenes.RUN_ID
+    (d / "logs").mkdir(parents=True)
+    (d / "logs" / "add-mul.log").write_text("Reading calc/ops.py\nDone: mul() added.\n")
+    tasks = {
+        "add-mul": {"status": "merged", "agent": "claude", "commit": heads["add-mul"], "files": ["calc/mul.py"],
+                    "added": 2, "removed": 0, "duration": 41.5, "cost": 0.0412},
+        "write-docs": {"status": "failed", "reason": "exit code 1", "agent": "codex", "commit": heads["write-docs"],
+                       "files": ["docs/guide.md"], "added": 5, "removed": 0, "duration": 63.0},
+        "upgrade-build": {"status": "failed", "reason": "exit code 3", "agent": "aider", "commit": "f" * 40,
+                          "files": ["build.toml"], "added": 3, "removed": 1, "duration": 38.0},
+    }
+    for name, t in tasks.items():
+        t.update(branch=f"corral/{tui_scenes.RUN_ID}/{name}", base_commit=base)
+    data = {"run": tui_scenes.RUN_ID, "state": "failed", "started": tui_scenes.T0, "landed": True, "base": "main",
+            "base_commit": base, "tasks": tasks}
+    (d / "run.json").write_text(json.dumps(data))
+    return repo
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_past_run_screen(snap_compare, monkeypatch, tmp_path, size: str) -> None:
+    """``enter`` on a run of the home screen: its tasks, the merged task's diff."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.setenv(var, "2027-01-15T08:30:00Z")
+    repo = _past_run_repo(tmp_path)
+    app = CorralApp(home_repo=str(repo), notifications=False)
+
+    async def opened(pilot) -> None:
+        from corral.tui.home_screen import HomeScreen
+        from corral.tui.past_run_screen import PastRunScreen
+
+        for _ in range(100):
+            if isinstance(pilot.app.screen, HomeScreen) and pilot.app.screen.loaded:
+                break
+            await pilot.pause(0.05)
+        table = pilot.app.screen.query_one("#home-runs")
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        for _ in range(100):
+            screen = pilot.app.screen
+            if isinstance(screen, PastRunScreen) and "add-mul" in screen.diff_view.diffs:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    try:
+        assert snap_compare(app, terminal_size=SIZES[size], run_before=opened)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -83,6 +83,10 @@ class CorralApp(App[int]):
     screen (``home_repo``), or none of them (a bus fed by the caller: tests and screenshots)."""
 
     TITLE = "corral"
+    CSS_PATH = "toasts.tcss"
+    #: the screen gets ``-small`` below 120 columns or 40 lines (toasts.tcss makes toasts fit there)
+    HORIZONTAL_BREAKPOINTS = [(0, "-small"), (120, "-large")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
     BINDINGS = [
         Binding("ctrl+q", "quit_run", "Quit", show=False, priority=True),
     ]
@@ -842,13 +846,24 @@ class CorralApp(App[int]):
             self.notify(f"could not run {argv[0]}: {exc}", severity="error")
             return
         self.refresh(repaint=True, layout=True)
-        if code not in (0, None):
+        if code == STOPPED:
+            self.notify(f"{Path(argv[0]).name} was stopped (Ctrl-Z), so corral closed it and took the "
+                        "terminal back", severity="warning")
+        elif code not in (0, None):
             self.notify(f"{Path(argv[0]).name} exited with {code}", severity="warning")
+
+
+#: what :func:`run_in_foreground` returns for a program that stopped itself (Ctrl-Z) and was closed
+STOPPED = -signal.SIGTSTP
 
 
 async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
     """Run an interactive program on the terminal: its own process group, given the terminal's
-    foreground while it runs (so Ctrl-C reaches it, not corral), always reaped."""
+    foreground while it runs (so Ctrl-C reaches it, not corral), always reaped.
+
+    A program that stops (Ctrl-Z in a pager) would wait for a shell's ``fg`` that never comes, the
+    dashboard waiting for it: corral is the one to go back to, so the terminal comes back to the
+    dashboard and the stopped program is killed (:data:`STOPPED` is returned)."""
     import anyio.to_thread
 
     try:
@@ -873,7 +888,11 @@ async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
                 os.killpg(proc.pid, signal.SIGCONT)
             except OSError:
                 pass
-        return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+        if await anyio.to_thread.run_sync(_wait_exit_or_stop, proc.pid, abandon_on_cancel=True):
+            os.killpg(proc.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+            proc.wait()
+            return STOPPED
+        return proc.wait()
     finally:
         if proc.poll() is None:
             try:
@@ -889,3 +908,10 @@ async def run_in_foreground(argv: list[str], cwd: str) -> int | None:
             os.close(tty)
         if old_ttou is not None:
             signal.signal(signal.SIGTTOU, old_ttou)
+
+
+def _wait_exit_or_stop(pid: int) -> bool:
+    """Wait until child ``pid`` exits (False; left for ``Popen.wait`` to reap) or is stopped by job
+    control (True)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WSTOPPED | os.WNOWAIT)
+    return info is not None and info.si_code == os.CLD_STOPPED

@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Label, Select, Static, TextArea
 
 from .dialogs import ConfirmScreen
+from .past_run_screen import PastRunScreen, run_tasks
 from .widgets import FitFooter, ForwardsWorkerErrors
 
 if TYPE_CHECKING:
@@ -26,8 +27,7 @@ STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "
 
 def run_row(r: dict[str, Any]) -> tuple[Any, ...]:
     """One journal entry as a table row: run, started, state, ok, failed, landed."""
-    # the integration workspace is journaled next to the tasks; it is not one
-    tasks = [t for name, t in (r.get("tasks") or {}).items() if name != "integration" or t.get("agent")]
+    tasks = list(run_tasks(r).values())
     ok = sum(1 for t in tasks if t.get("status") in ("succeeded", "merged", "rejected"))
     bad = sum(1 for t in tasks if t.get("status") in ("failed", "aborted", "conflict"))
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
@@ -158,14 +158,12 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
         self.loaded += 1
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """``enter`` on a past run: its report."""
-        if event.data_table.id != "home-runs" or event.row_key.value is None:
+        """``enter`` on a past run: the run (its tasks, their diffs and logs; its report from there)."""
+        if event.data_table.id != "home-runs" or event.row_key.value is None or self.backend is None:
             return
-        report = Path(str(event.row_key.value)) / "report.md"
-        if not report.is_file():
-            self.notify(f"no report for this run ({report})", severity="warning")
-            return
-        self.app.push_screen(ReportScreen(report))
+        run = next((r for r in self.runs if r.get("dir") == event.row_key.value), None)
+        if run is not None:
+            self.app.push_screen(PastRunScreen(run, self.backend))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "clean":

@@ -30,11 +30,12 @@ def binding_ids() -> dict[str, str]:
 
     from .dialogs import ConfirmScreen
     from .home_screen import HomeScreen, ReportScreen
+    from .past_run_screen import PastRunScreen
     from .review_screen import ReviewScreen
     from .run_screen import RunScreen
 
     ids = {}
-    for screen in (RunScreen, ReviewScreen, HomeScreen, ReportScreen, ConfirmScreen):
+    for screen in (RunScreen, ReviewScreen, HomeScreen, PastRunScreen, ReportScreen, ConfirmScreen):
         for binding in screen.BINDINGS:
             if isinstance(binding, Binding) and binding.id:
                 ids[binding.id] = binding.description

@@ -48,6 +48,52 @@ class ReviewItem:
 DiffLoader = Callable[[str], Awaitable[str]]
 
 
+class DiffView(VerticalScroll):
+    """A task's diff, syntax-highlighted, loaded in the background by ``load_diff`` (once per task:
+    :meth:`show` again is instant). The review screen and a past run's screen show diffs with it."""
+
+    def __init__(self, load_diff: DiffLoader, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.load_diff = load_diff
+        self.shown: str | None = None
+        #: task -> its diff, once loaded
+        self.diffs: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="review-diff")
+
+    def show(self, name: str) -> None:
+        self.shown = name
+        if name in self.diffs:
+            self._show_diff(name, self.diffs[name])
+        else:
+            self.query_one("#review-diff", Static).update(Text("loading diff ...", style="dim"))
+            self._fetch(name)
+
+    @work(exclusive=True, group="review-diff", exit_on_error=False)
+    async def _fetch(self, name: str) -> None:
+        try:
+            diff = await self.load_diff(name)
+        except Exception as exc:  # a missing workspace must not break the screen
+            diff = f"(diff not available: {exc})"
+        self.diffs[name] = diff
+        if self.shown == name:
+            self._show_diff(name, diff)
+
+    def _show_diff(self, name: str, diff: str) -> None:
+        widget = self.query_one("#review-diff", Static)
+        if not diff.strip():
+            widget.update(Text(f"{name}: no changes", style="dim"))
+            return
+        lines = diff.splitlines()
+        note = ""
+        if len(lines) > MAX_DIFF_LINES:
+            note = f"\n... {len(lines) - MAX_DIFF_LINES} more lines not shown"
+            diff = "\n".join(lines[:MAX_DIFF_LINES])
+        widget.update(Syntax(diff + note, "diff", theme="monokai", word_wrap=False, background_color="default"))
+        self.scroll_home(animate=False)
+
+
 class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
     """Approve or reject each succeeded task, then merge the approved ones."""
 
@@ -71,10 +117,9 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
         self.items = {item.name: item for item in items}
         self.order = [item.name for item in items]
         self.forecast = forecast
-        self.load_diff = load_diff
         self.decisions: dict[str, bool] = dict(decisions or {})
         self.selected: str | None = None
-        self._diffs: dict[str, str] = {}
+        self.diff_view = DiffView(load_diff, id="review-diff-scroll")
 
     @property
     def candidates(self) -> list[str]:
@@ -87,8 +132,7 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
                 yield DataTable(id="review-tasks", cursor_type="row", zebra_stripes=True)
                 yield Static("", id="review-matrix")
                 yield Static("", id="review-files")
-            with VerticalScroll(id="review-diff-scroll"):
-                yield Static("", id="review-diff")
+            yield self.diff_view
         yield FitFooter()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -227,34 +271,7 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
         self.selected = name
         self.query_one("#review-files", Static).update(self._files_text(name))
         self.refresh_bindings()
-        if name in self._diffs:
-            self._show_diff(name, self._diffs[name])
-        else:
-            self.query_one("#review-diff", Static).update(Text("loading diff ...", style="dim"))
-            self._fetch_diff(name)
-
-    @work(exclusive=True, group="review-diff", exit_on_error=False)
-    async def _fetch_diff(self, name: str) -> None:
-        try:
-            diff = await self.load_diff(name)
-        except Exception as exc:  # a missing workspace must not break the screen
-            diff = f"(diff not available: {exc})"
-        self._diffs[name] = diff
-        if self.selected == name:
-            self._show_diff(name, diff)
-
-    def _show_diff(self, name: str, diff: str) -> None:
-        widget = self.query_one("#review-diff", Static)
-        if not diff.strip():
-            widget.update(Text(f"{name}: no changes", style="dim"))
-            return
-        lines = diff.splitlines()
-        note = ""
-        if len(lines) > MAX_DIFF_LINES:
-            note = f"\n... {len(lines) - MAX_DIFF_LINES} more lines not shown"
-            diff = "\n".join(lines[:MAX_DIFF_LINES])
-        widget.update(Syntax(diff + note, "diff", theme="monokai", word_wrap=False, background_color="default"))
-        self.query_one("#review-diff-scroll").scroll_home(animate=False)
+        self.diff_view.show(name)
 
     def _refresh_row(self, name: str) -> None:
         table = self.query_one("#review-tasks", DataTable)

@@ -25,6 +25,10 @@ from . import protocol
 from .host import CommandError, RunHost
 
 
+_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.IncompleteRead,
+         anyio.DelimiterNotFound, OSError, ValueError)
+
+
 class SnapshotEnd(Event):
     """Not sent by the supervisor: a link yields it after the run-so-far, before live events. A
     client replays what came before it quietly (no toasts for old news; a decision taken since
@@ -117,27 +121,40 @@ class Connection:
         line = await self.reader.receive_until(b"\n", protocol.MAX_LINE)
         return protocol.decode(line)
 
+    def deliver(self, msg: dict[str, Any]) -> bool:
+        """An answer to a request goes to whoever waits for it; False for any other message."""
+        if msg.get("type") != "ack":
+            return False
+        waiter = self._waiting.pop(int(msg.get("id", 0)), None)
+        if waiter is not None:
+            waiter[1].append(msg)
+            waiter[0].set()
+        return True
+
+    def gone(self, why: str) -> None:
+        """The supervisor went: nobody waits for an answer any more."""
+        self.closed_why = self.closed_why or why
+        for event, _ in self._waiting.values():
+            event.set()
+        self._waiting.clear()
+
     async def pump(self) -> None:
-        """Read until the supervisor goes: answers to their requests, the rest to the stream."""
+        """Read until the supervisor goes: answers to their requests, the rest to the stream (for a
+        client that only sends commands; one that follows a run reads in :meth:`SocketLink.events`)."""
         try:
             while True:
                 msg = await self.receive()
-                if msg.get("type") == "ack":
-                    waiter = self._waiting.pop(int(msg.get("id", 0)), None)
-                    if waiter is not None:
-                        waiter[1].append(msg)
-                        waiter[0].set()
-                    continue
-                await self._send.send(msg)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
-                anyio.IncompleteRead, anyio.DelimiterNotFound, ValueError) as exc:
-            self.closed_why = self.closed_why or f"the supervisor closed the connection ({type(exc).__name__})"
+                if not self.deliver(msg):
+                    await self._send.send(msg)
+        except _GONE as exc:
+            self.gone(f"the supervisor closed the connection ({type(exc).__name__})")
         finally:
-            for event, _ in self._waiting.values():
-                event.set()
+            self.gone("closed")
             self._send.close()
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send a command and wait for its answer (someone must be reading: :meth:`pump`, or the
+        events of a :class:`SocketLink`)."""
         rid = self._next
         self._next += 1
         event: anyio.Event = anyio.Event()
@@ -197,14 +214,19 @@ class SocketLink(Link):
         self.lost = ""
 
     async def events(self) -> AsyncIterator[Event]:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.conn.pump)
-            try:
-                await self.conn.request("subscribe", run=self.run_id, tail=self.tail)
-            except CommandError as exc:
-                tg.cancel_scope.cancel()
-                raise LinkError(str(exc)) from None
-            async for msg in self.conn.messages():
+        # read here, in the caller's task (no task of its own across the yields): answers to the
+        # commands sent meanwhile are handed to their waiters as they come
+        conn = self.conn
+        try:
+            await conn.send({"op": "subscribe", "run": self.run_id, "tail": self.tail, "id": 0})
+            while True:
+                msg = await conn.receive()
+                if msg.get("type") == "ack" and msg.get("id") == 0:
+                    if not msg.get("ok"):
+                        raise LinkError(str(msg.get("error") or "subscribe refused"))
+                    continue
+                if conn.deliver(msg):
+                    continue
                 kind = msg.get("type")
                 if kind == "snapshot":
                     for data in msg.get("events", []):
@@ -214,14 +236,15 @@ class SocketLink(Link):
                     yield SnapshotEnd(run=self.run_id)
                 elif kind == "ended":
                     self.exit_code = int(msg.get("exit_code", 1))
-                    break
+                    return
                 else:
                     ev = event_from_dict(msg)
                     if ev is not None:
                         yield ev
-            else:
-                self.lost = self.conn.closed_why or "the supervisor closed the connection"
-            tg.cancel_scope.cancel()
+        except _GONE as exc:
+            self.lost = conn.closed_why or f"the supervisor closed the connection ({type(exc).__name__})"
+        finally:
+            conn.gone(self.lost or "the run's events ended")
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         return await self.conn.request(op, run=self.run_id, **args)

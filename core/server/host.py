@@ -225,6 +225,9 @@ class RunHost:
                 self.report = str(getattr(result, "report", "") or self.report)
             if self._scope.cancelled_caught:
                 code = EXIT_INTERRUPTED
+        except anyio.get_cancelled_exc_class():
+            code = EXIT_INTERRUPTED  # cancelled from outside (its process is ending): cleanup ran
+            raise
         except Exception as exc:  # an engine bug: the clients hear of it, the run ends
             code = 1
             self.bus.log("error", f"the run stopped on an internal error: {exc!r}")
