@@ -427,7 +427,7 @@ def test_c_in_the_review_asks_for_changes_and_the_review_comes_back_with_the_new
                         what="the review back")
             screen = app.screen
             assert app.rt.tasks["one"].turns == 2
-            await until(pilot, lambda: "+++ b/fix.txt" in screen._diffs.get("one", ""), what="the new diff")
+            await until(pilot, lambda: "+++ b/fix.txt" in screen.diff_view.diffs.get("one", ""), what="the new diff")
             await pilot.press("y")
             await pilot.press("m")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
