@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .sandbox import Policy
 
-PLACEHOLDERS = ("prompt", "system_prompt", "task", "workspace", "run")
+PLACEHOLDERS = ("prompt", "system_prompt", "task", "workspace", "run", "session")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
@@ -52,11 +52,30 @@ class Profile:
     state: tuple[str, ...] = ()
     #: the command inside corral's sandbox, for CLIs that sandbox themselves (empty: ``command``)
     sandboxed_command: tuple[str, ...] = ()
+    #: how to send a follow-up message into the agent's own session (``{session}``: the session id
+    #: its output reported; ``{prompt}``: the message). Empty: the CLI cannot resume, and a follow-up
+    #: starts a new session (``command``) with the previous turn's final text as context
+    resume: tuple[str, ...] = ()
+    #: ``resume`` inside corral's sandbox (empty: ``resume``)
+    sandboxed_resume: tuple[str, ...] = ()
 
     def in_sandbox(self) -> "Profile":
         """The profile as it runs inside corral's sandbox: with its own sandbox off, where it has one
         (corral's contains it; Codex's own refuses writes into a workspace under the temp dir)."""
-        return replace(self, command=self.sandboxed_command) if self.sandboxed_command else self
+        if not self.sandboxed_command:
+            return self
+        return replace(self, command=self.sandboxed_command, resume=self.sandboxed_resume or self.resume)
+
+    @property
+    def resumes(self) -> bool:
+        """Whether a follow-up continues the agent's own session (else: a new one, given context)."""
+        return bool(self.resume)
+
+    def resume_line(self) -> str:
+        """How a follow-up reaches the agent, for people (``corral agents``)."""
+        if not self.resume:
+            return "cannot resume its session: a follow-up starts a new session with the previous turn's final text"
+        return self._line(self.resume)
 
     @property
     def executable(self) -> str:
@@ -68,8 +87,10 @@ class Profile:
 
     def command_line(self) -> str:
         """The command template for people: optional flag pairs in brackets."""
+        return self._line(self.command)
+
+    def _line(self, parts: tuple[str, ...]) -> str:
         out: list[str] = []
-        parts = list(self.command)
         i = 0
         while i < len(parts):
             if i + 1 < len(parts) and self._optional(parts[i], parts[i + 1]):
@@ -94,8 +115,14 @@ class Profile:
         if self.prepend_system_prompt and values.get("system_prompt", "").strip():
             values["prompt"] = f"{values['system_prompt'].strip()}\n\n{values.get('prompt', '')}"
             values["system_prompt"] = ""
+        return self._expand(self.command, values)
+
+    def resume_argv(self, **values: str) -> list[str]:
+        """:attr:`resume` filled: a follow-up ``prompt`` into the session ``session``."""
+        return self._expand(self.resume, values)
+
+    def _expand(self, parts: tuple[str, ...], values: dict[str, str]) -> list[str]:
         out: list[str] = []
-        parts = list(self.command)
         i = 0
         while i < len(parts):
             part = parts[i]
@@ -128,6 +155,7 @@ BUILTIN: dict[str, Profile] = {
         Profile(
             "shell",
             ("sh", "-c", "{prompt}"),
+            resume=("sh", "-c", "{prompt}"),  # a follow-up is another script, in the same workspace
             notes="The prompt is a shell script run by sh -c in the workspace, with your rights. "
             "For scripts, demos and tests.",
             change="It can do whatever the script does; there is nothing to grant.",
@@ -139,6 +167,8 @@ BUILTIN: dict[str, Profile] = {
                 "claude", "-p", "--output-format", "stream-json", "--verbose",
                 "--permission-mode", "acceptEdits", "--append-system-prompt", "{system_prompt}", "--", "{prompt}",
             ),
+            resume=("claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits",
+                    "--resume", "{session}", "--", "{prompt}"),
             format="claude-stream-json",
             tested="2.1.197",
             state=("~/.claude/", "~/.claude.json", "~/.claude.json.backup", "$CLAUDE_CONFIG_DIR/"),
@@ -153,6 +183,11 @@ BUILTIN: dict[str, Profile] = {
             "codex",
             ("codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--", "{prompt}"),
             format="codex-json",
+            # exec's options go before its subcommand: `codex exec [OPTIONS] resume <ID> <PROMPT>`
+            resume=("codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "resume",
+                    "{session}", "--", "{prompt}"),
+            sandboxed_resume=("codex", "exec", "--json", "--sandbox", "danger-full-access", "--skip-git-repo-check",
+                              "resume", "{session}", "--", "{prompt}"),
             prepend_system_prompt=True,
             tested="0.171.0",
             state=("~/.codex/", "$CODEX_HOME/"),
@@ -188,6 +223,8 @@ BUILTIN: dict[str, Profile] = {
         Profile(
             "gemini",
             ("gemini", "--output-format", "stream-json", "--approval-mode", "auto_edit", "--prompt={prompt}"),
+            resume=("gemini", "--output-format", "stream-json", "--approval-mode", "auto_edit", "--resume", "{session}",
+                    "--prompt={prompt}"),
             format="gemini-stream-json",
             # folder trust is on by default and a fresh workspace is untrusted: headless, Gemini CLI exits 55
             # (and drops auto_edit to default without a word). Older versions ignore the variable.
@@ -205,6 +242,8 @@ BUILTIN: dict[str, Profile] = {
             "opencode",
             # --dir: opencode takes its directory from $PWD before the real cwd; say it twice
             ("opencode", "run", "--format", "json", "--dir", "{workspace}", "--", "{prompt}"),
+            resume=("opencode", "run", "--format", "json", "--dir", "{workspace}", "--session", "{session}", "--",
+                    "{prompt}"),
             format="opencode-json",
             prepend_system_prompt=True,
             tested="1.18.33",
@@ -217,6 +256,8 @@ BUILTIN: dict[str, Profile] = {
         Profile(
             "pi",
             ("pi", "--mode", "json", "-p", "--append-system-prompt", "{system_prompt}", "{prompt}"),
+            # pi keeps its sessions per working directory: --continue picks up the workspace's own
+            resume=("pi", "--mode", "json", "-p", "--continue", "{prompt}"),
             format="pi-json",
             tested="0.73.1",
             state=("~/.pi/", "$PI_CODING_AGENT_DIR/"),
@@ -246,7 +287,7 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
 
     from .sandbox import MODES
 
-    allowed = {"command", "format", "env", "timeout", "profile", "exclude", "sandbox", "network"}
+    allowed = {"command", "format", "env", "timeout", "profile", "exclude", "sandbox", "network", "resume"}
     for key in table:
         if key not in allowed:
             raise ProfileError(f"agents.{name}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
@@ -271,6 +312,10 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
     timeout = table.get("timeout", base.timeout if base else 0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         raise ProfileError(f"agents.{name}.timeout: must be a number of seconds >= 0")
+    # a command of one's own: the base's way of resuming may not fit it (a new session with context)
+    resume = table.get("resume", list(base.resume) if base and "command" not in table else [])
+    if not isinstance(resume, list) or not all(isinstance(c, str) for c in resume):
+        raise ProfileError(f"agents.{name}.resume: must be a list of strings ([] when the agent cannot resume)")
     exclude = table.get("exclude", list(base.exclude) if base else [])
     if not isinstance(exclude, list) or not all(isinstance(x, str) and _EXCLUDE_RE.fullmatch(x) and ".." not in x
                                                 for x in exclude):
@@ -300,6 +345,8 @@ def profile_from_table(name: str, table: dict[str, Any], base: Profile | None) -
         network=network,
         state=base.state if base else (),
         sandboxed_command=base.sandboxed_command if base and "command" not in table else (),
+        resume=tuple(resume),
+        sandboxed_resume=base.sandboxed_resume if base and "command" not in table and "resume" not in table else (),
     )
 
 
@@ -333,6 +380,7 @@ async def inspect_profiles(profiles: dict[str, Profile], cwd: str, builtin: dict
             "format": p.format, "timeout": p.timeout or None, "path": p.find(), "version": None,
             "tested": p.tested or None, "newer": False, "unattended": p.notes, "change": p.change,
             "sandbox": sandbox.resolve("", p).describe() if sandbox else None,
+            "resume": p.resume_line(), "resumes": p.resumes,
         })
 
     async def version(row: dict[str, Any], p: Profile) -> None:

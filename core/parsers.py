@@ -64,6 +64,9 @@ class Parser:
     #: own words for the last one: an agent whose every edit failed may still say "Done"
     failed_edits: int = 0
     edit_error: str = ""
+    #: the agent's own session id as its CLI reports it ("" when it reports none): a follow-up
+    #: message resumes that session
+    session_id: str = ""
     _tail: list[str] = field(default_factory=list)
 
     TAIL_LINES = 20
@@ -318,6 +321,7 @@ class ClaudeStreamParser(JsonLinesParser):
             sub = _str(ev.get("subtype"))
             if sub == "init":
                 self.cwd = _str(ev.get("cwd"))
+                self.session_id = _str(ev.get("session_id")) or self.session_id
                 self.activity = "starting"
                 bits = [f"model {ev['model']}" if _str(ev.get("model")) else "",
                         f"permission mode {ev['permissionMode']}" if _str(ev.get("permissionMode")) else ""]
@@ -448,6 +452,7 @@ class CodexJsonParser(JsonLinesParser):
         if kind == "thread.started":
             self.activity = "starting"
             tid = _str(ev.get("thread_id"))
+            self.session_id = tid or self.session_id
             return [f"codex thread {tid} started" if tid else "codex thread started"]
         if kind == "turn.started":
             self.activity = "thinking"
@@ -747,6 +752,7 @@ class GeminiStreamParser(JsonLinesParser):
         out = self._flush()
         if kind == "init":
             self.activity = "starting"
+            self.session_id = _str(ev.get("session_id")) or self.session_id
             model = _str(ev.get("model"))
             return out + ["gemini session started" + (f" (model {model})" if model else "")]
         if kind == "tool_use":
@@ -841,6 +847,7 @@ class OpencodeJsonParser(JsonLinesParser):
     def handle(self, ev: dict[str, Any]) -> list[str] | None:
         kind = ev.get("type")
         part = _dict(ev.get("part"))
+        self.session_id = self.session_id or _str(ev.get("sessionID"))
         if kind == "step_start":
             self.activity = "thinking"
             self._step_text = []
@@ -916,6 +923,7 @@ class PiJsonParser(JsonLinesParser):
         kind = ev.get("type")
         if kind == "session":
             self.cwd = _str(ev.get("cwd"))
+            self.session_id = _str(ev.get("id")) or self.session_id
             self.activity = "starting"
             return ["pi session started"]
         if kind in ("agent_start", "turn_start", "turn_end"):

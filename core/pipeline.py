@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -304,27 +304,19 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
+    rt.new_attempt = lambda name, prompt: _new_attempt(rt, plan, sem, name, prompt)
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
+            rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
             tg.start_soon(_task_flow, rt, plan, spec, sem)
+    # follow-ups to tasks whose flow had ended: the review sees what their new turns did
+    await rt.quiet()
 
     # step 6: review
-    done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
-    if not done:
-        bus.log("info", "no task succeeded: nothing to review or merge")
+    reviewed = await _review(rt, plan)
+    if reviewed is None:
         return
-    rt.set_phase("review")
-    await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
-    done = [t for t in done if t.status == "succeeded"]
-    heads = {t.name: t.workspace.head for t in done if t.workspace}
-    forecast = await rt.workspaces.forecast(heads)
-    for t in done:
-        others = forecast.conflicts_of(t.name)
-        bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
-                               conflicts_with=sorted(k for k in others if k != "base"),
-                               conflicts_with_base="base" in others, conflict_files=others,
-                               untried_with=sorted(forecast.untried_of(t.name))))
-    decisions = await rt.approver.review(rt, done, forecast)
+    done, decisions = reviewed
     for t in done:
         t.approved = bool(decisions.get(t.name))
         bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
@@ -425,6 +417,55 @@ async def _bisect(rt: Runtime, plan: Plan, state: RunState, merged: list[TaskInf
     return found.run
 
 
+def _new_attempt(rt: Runtime, plan: Plan, sem: anyio.Semaphore, name: str, prompt: str) -> str:
+    """A retry: a copy of task ``name`` (its prompt replaced by ``prompt`` when given) under a new
+    name, started now from base in a workspace of its own, reviewed with the others."""
+    old = next(t for t in plan.tasks if t.name == name)
+    t = replace(old, name=rt.unique_name(name), prompt=prompt.strip() or old.prompt)
+    plan.tasks.append(t)
+    policy = rt.options.sandbox
+    if policy.tasks is not None and name in policy.tasks:
+        policy.tasks[t.name] = policy.tasks[name]
+    rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+    rt.set_status(t.name, "pending", f"a new attempt of {name}")
+    rt.hold(t.name)
+    assert rt._tg is not None
+    rt._tg.start_soon(_task_flow, rt, plan, t, sem)
+    return t.name
+
+
+async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bool]] | None:
+    """The succeeded tasks and the approver's decisions on them (None: nothing to review). Changes
+    requested from a task (a follow-up sent during the review) withdraw the review: it is put again,
+    on the new work, once every follow-up turn is done."""
+    bus = rt.bus
+    while True:
+        done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
+        if not done:
+            bus.log("info", "no task succeeded: nothing to review or merge")
+            return None
+        rt.set_phase("review")
+        await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
+        done = [t for t in done if t.status == "succeeded"]
+        heads = {t.name: t.workspace.head for t in done if t.workspace}
+        forecast = await rt.workspaces.forecast(heads)
+        for t in done:
+            others = forecast.conflicts_of(t.name)
+            bus.emit(ForecastEvent(task=t.name, files=forecast.files.get(t.name, []),
+                                   conflicts_with=sorted(k for k in others if k != "base"),
+                                   conflicts_with_base="base" in others, conflict_files=others,
+                                   untried_with=sorted(forecast.untried_of(t.name))))
+        decisions: dict[str, bool] = {}
+        with anyio.CancelScope() as scope:
+            rt.review_scope = scope
+            decisions = await rt.approver.review(rt, done, forecast)
+        rt.review_scope = None
+        if not scope.cancel_called:  # (a follow-up just after the answer came counts as changes requested)
+            return done, decisions
+        rt.set_phase("running")
+        await rt.quiet()
+
+
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
     name = t.name
     rt.set_status(name, "creating")
@@ -439,13 +480,19 @@ async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
 
 
 async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    """One task: its workspace, setup, agent and commit, then the turns of the messages sent to it
+    meanwhile (each settled onto its branch), until none is left."""
     name = t.name
-    async with sem:
-        if rt.aborted(name):
-            rt.set_status(name, "aborted", "aborted before start")
-            return
-        if await _create_workspace(rt, t):
-            await _agent_flow(rt, plan, t)
+    try:
+        async with sem:
+            if rt.aborted(name):
+                rt.set_status(name, "aborted", "aborted before start")
+                return
+            if await _create_workspace(rt, t):
+                await _agent_flow(rt, plan, t)
+                await rt.converse(name)
+    finally:
+        rt.release(name)
 
 
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:

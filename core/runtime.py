@@ -13,9 +13,9 @@ import builtins
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import anyio
 
@@ -94,6 +94,34 @@ class AgentResult:
         return self.status == "succeeded"
 
 
+class FollowUpRefused(ValueError):
+    """A follow-up message that cannot be sent; the message is one line for the user."""
+
+
+@dataclass
+class FollowUp:
+    """A message for a task's agent, waiting for its turn; ``result`` is that turn's (None when it
+    was never delivered: the run ended first)."""
+
+    message: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: AgentResult | None = None
+
+
+def context_prompt(prompt: str, answer: str, message: str) -> str:
+    """A follow-up for an agent that cannot resume its session: a new session told what the last one
+    was asked and answered."""
+    return (f"You are continuing earlier work in this directory. You were asked:\n\n{prompt}\n\n"
+            f"You answered:\n\n{answer or '(no answer)'}\n\nNow:\n\n{message}")
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    """What two turns spent together."""
+    cost = None if a.cost is None and b.cost is None else (a.cost or 0.0) + (b.cost or 0.0)
+    return Usage(cost=cost, input_tokens=a.input_tokens + b.input_tokens,
+                 output_tokens=a.output_tokens + b.output_tokens)
+
+
 @dataclass
 class TaskInfo:
     """Everything the engine knows about one task (or spawned agent), for renderers and the report."""
@@ -116,6 +144,12 @@ class TaskInfo:
     conflict_files: list[str] = field(default_factory=list)
     #: how its commands run: ``bwrap (network on)``, ``none (why)``; "" before its first one
     sandbox: str = ""
+    #: the agent's own session id (a follow-up resumes it), the turns it ran, the spec it ran with
+    session: str = ""
+    turns: int = 0
+    spec: dict[str, Any] | None = None
+    #: follow-up messages waiting for the current turn to end
+    queued: list[FollowUp] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -470,6 +504,15 @@ class Runtime:
         self.workspaces = Workspaces(self)
         self._procs: dict[str, Supervised] = {}
         self._abort_requested: set[str] = set()
+        #: tasks whose conversation someone carries on (a flow running its turns): a message to one
+        #: of them is queued for that flow; ``_quiet`` is set when there is none
+        self._owned: set[str] = set()
+        self._quiet = anyio.Event()
+        self._quiet.set()
+        #: the open review (the plan pipeline's): a follow-up to a task withdraws it (changes requested)
+        self.review_scope: anyio.CancelScope | None = None
+        #: ``(task, prompt) -> new task``: a new attempt of a task (the plan pipeline sets it)
+        self.new_attempt: Callable[[str, str], str] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -570,6 +613,11 @@ class Runtime:
         if proc is not None:
             proc.stop("aborted")
         self.bus.log("warning", f"abort requested for {name}", task=name)
+        if info.queued:  # stopped means stopped: what was sent to it is not delivered
+            self.bus.log("warning", f"{len(info.queued)} queued message(s) to {name} dropped", task=name)
+            for item in info.queued:
+                item.done.set()
+            info.queued.clear()
         return True
 
     def abort_all(self) -> int:
@@ -643,8 +691,10 @@ class Runtime:
             n += 1
         return f"{base}-{n}"
 
-    async def run_agent(self, spec: dict[str, Any]) -> AgentResult:
-        """Run one agent to completion in ``spec['cwd']`` (it must be a workspace or a directory)."""
+    async def run_agent(self, spec: dict[str, Any], follow_up: str | None = None) -> AgentResult:
+        """Run one agent to completion in ``spec['cwd']`` (it must be a workspace or a directory).
+        With ``follow_up``, one more turn of the task's conversation: the message goes into the
+        agent's own session; the task's cost and tokens (``info.result``) add up over its turns."""
         spec = self._spec(spec)
         name = spec["name"]
         profile = self.profiles[spec["profile"]]
@@ -667,8 +717,13 @@ class Runtime:
         sandbox = self.sandbox_of(name, profile)
         if sandbox.on:
             profile = profile.in_sandbox()
-        argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
-                            workspace=cwd, run=self.run_id)
+        if follow_up is None:
+            info.spec = spec
+            argv = profile.argv(prompt=spec["task"], system_prompt=spec.get("system_prompt", ""), task=name,
+                                workspace=cwd, run=self.run_id)
+        else:
+            argv = self._follow_up_argv(info, profile, follow_up, cwd)
+        info.turns += 1
         target = self._workspace_at(cwd)
         if target is not None and profile.exclude:  # its own state files are never committed with the work
             target.exclude = sorted(set(target.exclude) | set(profile.exclude))
@@ -737,10 +792,27 @@ class Runtime:
         result = AgentResult(str(spec.get("agent") or profile.name), name, res.exit_code, parser.final_text,
                              parser.usage, time.monotonic() - start, status, reason, spec.get("step", ""), cwd,
                              profile.name, failed_edits=parser.failed_edits, edit_error=parser.edit_error)
-        info.result = result
-        self.journal.update_task(name, exit_code=res.exit_code, duration=result.duration, cost=result.usage.cost,
-                                 tokens=result.usage.tokens, pid=None)
+        before = info.result
+        info.result = result if follow_up is None or before is None else \
+            replace(result, usage=add_usage(before.usage, result.usage), duration=before.duration + result.duration)
+        info.session = parser.session_id or info.session
+        total = info.result
+        self.journal.update_task(name, exit_code=res.exit_code, duration=total.duration, cost=total.usage.cost,
+                                 tokens=total.usage.tokens, pid=None, session=info.session, turns=info.turns)
         return result
+
+    def _follow_up_argv(self, info: TaskInfo, profile: Profile, message: str, cwd: str) -> list[str]:
+        """The command of a follow-up turn: the agent's own session resumed with ``message``; where
+        its CLI cannot resume (or reported no session), a new session given the last turn's answer."""
+        values = {"task": info.name, "workspace": cwd, "run": self.run_id}
+        if profile.resume and (info.session or not any("{session}" in p for p in profile.resume)):
+            return profile.resume_argv(prompt=message, session=info.session, **values)
+        why = "cannot resume its session" if not profile.resume else "reported no session id to resume"
+        self.bus.emit(TaskOutput(task=info.name, lines=[
+            f"corral: {profile.name} {why}: a new session starts, given the previous turn's final text"]))
+        prompt = context_prompt(info.prompt, info.result.text if info.result else "", message)
+        spec = info.spec or {}
+        return profile.argv(prompt=prompt, system_prompt=spec.get("system_prompt", ""), **values)
 
     async def settle_agent(self, result: AgentResult, message: str) -> None:
         """The one step after an agent exits, for plans and programs alike: commit what it left in
@@ -764,9 +836,12 @@ class Runtime:
         snap = snap or info.snapshot
         if problem:
             result.status, result.reason = "failed", problem
+        total = info.result or result  # every turn of the task's conversation
+        if total is not result:
+            total.status, total.reason, total.files = result.status, result.reason, result.files
         self.bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code,
-                                   duration=result.duration, cost=result.usage.cost,
-                                   tokens=result.usage.tokens or None, files=snap.files if snap else [],
+                                   duration=total.duration, cost=total.usage.cost,
+                                   tokens=total.usage.tokens or None, files=snap.files if snap else [],
                                    added=snap.added if snap else 0, removed=snap.removed if snap else 0,
                                    commit=snap.commit if snap else "", text=result.text, reason=result.reason))
         self.set_status(name, result.status, result.reason)
@@ -834,15 +909,19 @@ class Runtime:
 
     async def _run_handle(self, handle: Handle, spec: dict[str, Any]) -> None:
         try:
-            result = await self.run_agent(spec)
-            await self.settle_agent(result, f"corral: {result.name}\n\nrun {self.run_id}, "
-                                            f"agent {result.agent} ({result.profile})")
-            handle.result = result
-        except BaseException as exc:
-            handle.error = exc
-            raise
+            try:
+                result = await self.run_agent(spec)
+                await self.settle_agent(result, f"corral: {result.name}\n\nrun {self.run_id}, "
+                                                f"agent {result.agent} ({result.profile})")
+                handle.result = result
+            except BaseException as exc:
+                handle.error = exc
+                raise
+            finally:
+                handle.done.set()
+            await self.converse(handle.name)
         finally:
-            handle.done.set()
+            self.release(handle.name)
 
     def spawn(self, spec: dict[str, Any], step: str = "") -> Handle:
         """Start an agent now; it gets a pane. ``await rt.join(handle)`` for its result."""
@@ -853,6 +932,7 @@ class Runtime:
             spec["name"] = self.unique_name(spec["name"])
         info = self.add_task(spec["name"], spec["profile"], spec["task"], spec.get("system_prompt", ""))
         self.set_status(info.name, "pending")
+        self.hold(info.name)
         handle = Handle(spec["name"])
         self._tg.start_soon(self._run_handle, handle, spec)
         return handle
@@ -876,3 +956,146 @@ class Runtime:
         self.bus.log("info", f"approval {'given' if answer else 'refused'}: {question}")
         return answer
 
+    # ----------------------------------------------------------------------- conversations
+    def hold(self, name: str) -> None:
+        """A flow carries on ``name``'s conversation: messages to it are queued for that flow, which
+        delivers them (:meth:`converse`) after its first turn, and :meth:`release` s it."""
+        self._owned.add(name)
+        self._quiet = anyio.Event()
+
+    def release(self, name: str) -> None:
+        """The flow of ``name`` is over; what is still queued was never delivered (the run ended)."""
+        self._owned.discard(name)
+        info = self.tasks.get(name)
+        for item in info.queued if info else []:
+            item.done.set()
+        if info:
+            info.queued.clear()
+        if not self._owned:
+            self._quiet.set()
+
+    async def quiet(self) -> None:
+        """Wait until no task's conversation goes on (every follow-up turn settled)."""
+        while self._owned:
+            await self._quiet.wait()
+
+    def follow_up_problem(self, name: str) -> str:
+        """Why a follow-up to ``name`` cannot be sent now ("" when it can)."""
+        info = self.tasks.get(name)
+        if info is None:
+            return f"run {self.run_id} has no task {name!r}"
+        in_review = self.phase == "review" and self.review_scope is not None
+        if self._tg is None or not (self.phase == "running" or in_review):
+            return (f"run {self.run_id} is past its agents ({self.phase}): a follow-up now would not be reviewed"
+                    if self.phase not in ("preflight", "done") else f"run {self.run_id} is not running")
+        if info.spec is None and name not in self._owned:
+            return f"{name} has not run an agent: there is no conversation to follow up"
+        return self._turn_problem(info)
+
+    def _turn_problem(self, info: TaskInfo) -> str:
+        """Why ``info``'s agent cannot take another turn ("" when it can): checked when a message is
+        sent, and again when it is delivered."""
+        name = info.name
+        if info.status == "discarded":
+            return f"{name} was discarded: its work is gone, there is nothing to follow up"
+        if info.status == "merged" or info.merged:
+            return f"{name} is merged already: start a new task for more changes"
+        ws = info.workspace
+        if ws is not None and ws.task not in self.workspaces.live:
+            return f"the workspace of {name} was removed: a follow-up needs it (its branch {ws.ref} is kept)"
+        return ""
+
+    def follow_up(self, target: "Handle | str", message: str) -> tuple[FollowUp, bool]:
+        """Send ``message`` to a task's agent: queued while it works (delivered when its turn ends;
+        the pane says so), else a new turn starts now in its workspace, resuming its own session.
+        Returns the message's :class:`FollowUp` and whether it was queued. Raises
+        :class:`FollowUpRefused` (one line) when it cannot be sent."""
+        name = target.name if isinstance(target, Handle) else str(target)
+        if not str(message).strip():
+            raise FollowUpRefused("the message is empty")
+        problem = self.follow_up_problem(name)
+        if problem:
+            raise FollowUpRefused(problem)
+        item = FollowUp(str(message))
+        self.tasks[name].queued.append(item)
+        self._withdraw_review(f"changes requested from {name}: the review comes back when it is done")
+        queued = name in self._owned
+        if queued:
+            first = item.message.strip().splitlines()[0]
+            self.bus.emit(TaskOutput(task=name, lines=[
+                f"corral: message queued, delivered when the current turn ends: {first[:120]}"]))
+        else:
+            assert self._tg is not None
+            self.hold(name)
+            self._tg.start_soon(self._carry_on, name)
+        return item, queued
+
+    def _withdraw_review(self, why: str) -> None:
+        """A task's work changes during the review: the open review is withdrawn (the pipeline puts
+        it again once every follow-up is done)."""
+        if self.phase == "review" and self.review_scope is not None:
+            self.bus.log("info", why)
+            self.review_scope.cancel()
+            self.review_scope = None
+
+    def retry(self, name: str, prompt: str = "") -> str:
+        """A new attempt of a failed or aborted task: a new task (``name-2``) from base with the same
+        prompt (or ``prompt``), on a branch of its own; the old attempt and its branch stay. Returns
+        the new task's name. Raises :class:`FollowUpRefused` (one line) when it cannot be retried."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        if info.status not in ("failed", "aborted"):
+            raise FollowUpRefused(f"{name} is {info.status}: only a failed or aborted task is retried "
+                                  "(send it a message instead)")
+        if self.new_attempt is None:
+            raise FollowUpRefused("only a plan's tasks are retried (a program starts its own agents)")
+        if self._tg is None or not (self.phase == "running" or (self.phase == "review" and self.review_scope)):
+            raise FollowUpRefused(f"run {self.run_id} is past its review ({self.phase}): too late for a new attempt")
+        new = self.new_attempt(name, prompt)
+        self._withdraw_review(f"{name} retried as {new}: the review comes back when it is done")
+        return new
+
+    async def send(self, target: "Handle | str", message: str) -> AgentResult:
+        """``rt.send(handle_or_name, message)``: :meth:`follow_up`, then the new turn's result."""
+        item, _ = self.follow_up(target, message)
+        await item.done.wait()
+        if item.result is None:
+            name = target.name if isinstance(target, Handle) else str(target)
+            raise RuntimeError(f"the message to {name} was not delivered (the run ended, or the task went away)")
+        return item.result
+
+    async def _carry_on(self, name: str) -> None:
+        try:
+            await self.converse(name)
+        finally:
+            self.release(name)
+
+    async def converse(self, name: str) -> None:
+        """Deliver the messages queued for ``name``, one turn each, until none is left."""
+        info = self.tasks[name]
+        while info.queued:
+            item = info.queued.pop(0)
+            try:
+                item.result = await self._turn(name, item.message)
+            finally:
+                item.done.set()
+
+    async def _turn(self, name: str, message: str) -> AgentResult | None:
+        """One follow-up turn: a turn boundary and the message in the pane, the agent resumed in the
+        task's workspace, what it did settled onto the task's branch."""
+        info = self.tasks[name]
+        problem = self._turn_problem(info)
+        if problem or info.spec is None:
+            self.bus.log("warning", f"message to {name} not delivered: {problem or 'its agent never started'}",
+                         task=name)
+            return None
+        self._abort_requested.discard(name)
+        n = info.turns + 1
+        self.bus.emit(TaskOutput(task=name, lines=["", f"──── turn {n}: follow-up message ────",
+                                                   *[f"> {line}" for line in message.splitlines()], ""]))
+        result = await self.run_agent(info.spec, follow_up=message)
+        first = message.strip().splitlines()[0][:72]
+        await self.settle_agent(result, f"corral: {name}, turn {n}\n\n{first}\n\nrun {self.run_id}, "
+                                        f"agent {result.agent}")
+        return result

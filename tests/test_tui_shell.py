@@ -152,7 +152,7 @@ def test_a_pager_or_shell_that_stops_gives_the_terminal_back(repo: Path, wt_root
         assert "none" in stopped_processes(term.proc.pid)
         start = term.mark()
         term.send(b"q")
-        term.wait_for(b"Stop and quit", start, 20, "the quit question")
+        term.wait_for(b"Stop the run", start, 20, "the quit question (detach, or stop the run)")
         term.send(b"y")
         assert term.proc.wait(timeout=30) == 130
     finally:

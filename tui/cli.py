@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="every live run of the repository")
     st.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
+    se = sub.add_parser("send", help="send a follow-up message to a task of a live run (queued while its agent "
+                                     "works; a finished agent is resumed in its workspace)")
+    se.add_argument("run", help="run id (see corral runs)")
+    se.add_argument("task", help="the task's name")
+    se.add_argument("message", help="the message for its agent")
+    se.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
+
+    rt = sub.add_parser("retry", help="a new attempt of a failed or aborted task of a live run, from base, "
+                                      "on a branch of its own (the old attempt is kept)")
+    rt.add_argument("run", help="run id (see corral runs)")
+    rt.add_argument("task", help="the task's name")
+    rt.add_argument("--prompt", default="", help="the new attempt's prompt (default: the task's)")
+    rt.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
+
     d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
     d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
     d.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
@@ -118,6 +132,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_attach(args)
     if cmd == "stop":
         return cmd_stop(args)
+    if cmd == "send":
+        return cmd_send(args)
+    if cmd == "retry":
+        return cmd_retry(args)
     fail_usage(f"unknown command {cmd!r}")
 
 
@@ -343,6 +361,60 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return code
 
     return anyio.run(stop)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """``corral send RUN TASK MESSAGE``: one follow-up, through the supervisor's ``send`` command."""
+    reply = run_command(args, "send", message=args.message)
+    if reply.get("queued"):
+        print(f"corral: message queued for {args.task}: delivered when its agent's current turn ends")
+    else:
+        print(f"corral: {args.task} resumed with the message (corral attach {args.run} to watch it)")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """``corral retry RUN TASK``: a new attempt, through the supervisor's ``retry`` command."""
+    reply = run_command(args, "retry", prompt=args.prompt)
+    print(f"corral: {args.task} retried as {reply.get('task')} (corral attach {args.run} to watch it)")
+    return EXIT_OK
+
+
+def run_command(args: argparse.Namespace, op: str, **fields: Any) -> dict:
+    """One command ``op`` about ``args.task`` of the live run ``args.run``; a refusal (or no such
+    run) is one line and exit 2."""
+    import anyio
+
+    from corral.core.server.client import LinkError, open_connection
+    from corral.core.server.host import CommandError
+
+    backend = _open_backend(args.repo)
+
+    async def request() -> dict:
+        try:
+            conn = await open_connection(backend.state_dir)
+        except LinkError:
+            fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+        try:
+            if not (conn.hello.get("runs") and any(r["run"] == args.run and r.get("live")
+                                                   for r in conn.hello["runs"])):
+                fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+            refused = ""
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.pump)
+                try:
+                    reply = await conn.request(op, run=args.run, task=args.task, **fields)
+                except CommandError as exc:
+                    refused = str(exc)
+                tg.cancel_scope.cancel()
+            if refused:
+                fail_usage(f"{op} {args.task}: {refused}")
+            return reply
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+
+    return anyio.run(request)
 
 
 def make_headless_approver(mode: str, bus):
@@ -647,6 +719,7 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
         print(f"  {r['agent']}: {r['unattended'] or 'custom command line: see its own documentation.'}")
         if r["change"]:
             print(f"    to change: {r['change']}")
+        print(f"    follow-ups: {r['resume']}")
     missing = [r["agent"] for r in rows if not r["path"]]
     if missing:
         print(f"\nNot found on PATH: {', '.join(missing)}. Install them, or point a plan at them with "

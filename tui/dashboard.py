@@ -34,7 +34,7 @@ from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, Ru
 from corral.core.report import fmt_duration
 from corral.core.server.host import CommandError, forecast_from_dict
 
-from .dialogs import ConfirmScreen
+from .dialogs import ConfirmScreen, FollowUpScreen
 from .model import RunModel
 
 if TYPE_CHECKING:
@@ -761,6 +761,52 @@ class CorralApp(App[int]):
         reply = await self.command("discard", task=name)
         if reply and reply.get("discarded"):
             self.notify(f"{name}: workspace and branch deleted", title=name)
+
+    def ask_follow_up(self, name: str, changes: bool = False) -> None:
+        """``f`` (and the review's ``c``, ``changes``): a message for ``name``'s agent, sent as the
+        run's ``send`` command."""
+        view = self.model.tasks.get(name)
+        if changes or self.review_pending:
+            title, note = (f"Changes requested from {name}", "The review closes; it comes back when the agent "
+                           "is done, on its new work.")
+        elif view is not None and not view.finished:
+            title, note = f"Message to {name}'s agent", "It is still working: the message waits until its turn ends."
+        else:
+            title, note = f"Message to {name}'s agent", "It has finished: its session is resumed in its workspace."
+
+        def answered(message: str | None) -> None:
+            if message:
+                self._send(name, message)
+
+        self.push_screen(FollowUpScreen(name, title, note), answered)
+
+    @work(group="send", exit_on_error=False)
+    async def ask_retry(self, name: str) -> None:
+        """``R``: a new attempt of a failed or aborted task, its prompt editable first."""
+        info = await self.command("task_info", task=name)
+        if info is None:
+            return
+        prompt = str(info.get("prompt") or "")
+
+        def answered(text: str | None) -> None:
+            if text:
+                self._retry(name, text)
+
+        self.push_screen(FollowUpScreen(name, f"Retry {name}", "A new attempt starts from base on a branch of its "
+                                        "own; this one stays until the run ends.", value=prompt), answered)
+
+    @work(group="send", exit_on_error=False)
+    async def _retry(self, name: str, prompt: str) -> None:
+        reply = await self.command("retry", task=name, prompt=prompt)
+        if reply is not None:
+            self.notify(f"retried as {reply.get('task')}", title=name)
+
+    @work(group="send", exit_on_error=False)
+    async def _send(self, name: str, message: str) -> None:
+        reply = await self.command("send", task=name, message=message)
+        if reply is not None:
+            self.notify("message queued: delivered when its turn ends" if reply.get("queued") else
+                        "its session resumed with the message", title=name)
 
     def workspace_dir(self, name: str | None) -> Path | None:
         if name is None:

@@ -1,4 +1,5 @@
-"""Modal confirmations: ``y`` confirms, ``n`` or Escape cancels, focus starts on the safe choice."""
+"""Modal dialogs: confirmations (``y`` confirms, ``n`` or Escape cancels, focus starts on the safe
+choice) and the input of a follow-up message."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, Input, Static
 
 
 class ConfirmScreen(ModalScreen[bool | None]):
@@ -69,3 +70,43 @@ class ConfirmScreen(ModalScreen[bool | None]):
 
     def action_escape(self) -> None:
         self.dismiss(None if self.cancel else False)
+
+
+class FollowUpScreen(ModalScreen[str | None]):
+    """A follow-up message for a task's agent (or a retry's prompt, ``value`` to edit): ``enter``
+    sends what was typed, ``escape`` cancels (None). ``note`` says what happens to it (queued, the
+    session resumed, the review withdrawn, a new attempt)."""
+
+    DEFAULT_CSS = """
+    FollowUpScreen { align: center middle; }
+    FollowUpScreen > Vertical { width: 80; max-width: 90%; height: auto; border: thick $accent;
+                                background: $surface; padding: 1 2; }
+    FollowUpScreen .confirm-title { text-style: bold; margin-bottom: 1; }
+    FollowUpScreen .confirm-body { margin-top: 1; color: $text-muted; }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
+
+    def __init__(self, task: str, title: str, note: str, value: str = "") -> None:
+        super().__init__()
+        self.task_name = task
+        self.title_text = title
+        self.note = note
+        self.value = value
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, classes="confirm-title")
+            yield Input(self.value, placeholder="also add a test for it", id="message")
+            yield Static(f"enter sends, escape cancels. {self.note}", classes="confirm-body")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if event.value.strip():
+            self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -104,6 +104,8 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
         Binding("n", "decide(False)", "Reject", tooltip="Reject the selected task", id="review.reject"),
         Binding("Y", "decide_all(True)", "Approve all", show=False, tooltip="Approve every succeeded task",
                 id="review.approve_all"),
+        Binding("c", "request_changes", "Changes", tooltip="Ask the selected task's agent for changes (a message)",
+                id="review.changes"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
         Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
@@ -282,7 +284,7 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
             self._select(str(event.row_key.value))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "decide":
+        if action in ("decide", "request_changes"):
             return True if (self.selected and self.items[self.selected].candidate) else None
         return True
 
@@ -300,6 +302,10 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
                 table.move_cursor(row=self.order.index(other))
                 self._select(other)
                 break
+
+    def action_request_changes(self) -> None:
+        if self.selected and self.items[self.selected].candidate:
+            self.app.ask_follow_up(self.selected, changes=True)  # type: ignore[attr-defined]
 
     def action_decide_all(self, approve: bool) -> None:
         for name in self.candidates:

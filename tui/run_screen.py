@@ -52,7 +52,7 @@ def _freeze_heap() -> None:
 
 
 #: Actions whose availability (check_action) depends on the run and the focused pane.
-_STATEFUL_ACTIONS = ("zoom", "abort", "abort_all", "discard", "review", "shell", "pager")
+_STATEFUL_ACTIONS = ("zoom", "abort", "abort_all", "discard", "followup", "retry", "review", "shell", "pager")
 
 
 def finished_banner(fin: "RunFinished", repo: str) -> Text:
@@ -93,6 +93,8 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         Binding("a", "abort", "Abort", tooltip="Stop the focused agent (TERM, then KILL)", id="run.abort"),
         Binding("A", "abort_all", "Abort all", tooltip="Stop every agent", id="run.abort_all"),
         Binding("d", "discard", "Discard", tooltip="Delete the focused task's workspace and work", id="run.discard"),
+        Binding("f", "followup", "Follow up", tooltip="Send the focused task's agent a message", id="run.followup"),
+        Binding("R", "retry", "Retry", tooltip="A new attempt of the focused failed or aborted task", id="run.retry"),
         Binding("r", "review", "Review", tooltip="Review diffs and approve merges", id="run.review"),
         Binding("o", "shell", "Shell", tooltip="Open $SHELL in the focused workspace", id="run.shell"),
         Binding("l", "pager", "Full log", tooltip="Open the focused task's full log in $PAGER", id="run.log"),
@@ -345,6 +347,14 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                   and view.status not in ("merged", "discarded", "creating")
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None
+        if action == "followup":  # in the review: changes requested (the review comes back)
+            ok = (app.can_control and view is not None and view.status not in ("merged", "discarded")
+                  and (self.model.phase == "running" or app.review_pending) and self.model.finished is None)
+            return True if ok else None
+        if action == "retry":
+            ok = (app.can_control and view is not None and view.status in ("failed", "aborted")
+                  and self.model.phase in ("running", "review") and self.model.finished is None)
+            return True if ok else None
         if action == "review":
             return True if app.review_pending else None
         if action == "shell":
@@ -383,6 +393,16 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         name = self.focused_task
         if name:
             self.corral.confirm_discard(name)
+
+    def action_followup(self) -> None:
+        name = self.focused_task
+        if name:
+            self.corral.ask_follow_up(name)
+
+    def action_retry(self) -> None:
+        name = self.focused_task
+        if name:
+            self.corral.ask_retry(name)
 
     def action_review(self) -> None:
         self.corral.open_review()

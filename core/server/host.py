@@ -31,7 +31,7 @@ from ..events import (
     TaskOutput,
     VerifyOutput,
 )
-from ..runtime import PolicyApprover, Runtime, TaskInfo
+from ..runtime import FollowUpRefused, PolicyApprover, Runtime, TaskInfo
 from ..vcs.base import Forecast, VcsError
 
 #: lines of each pane a late client is given (the whole log stays on disk)
@@ -374,6 +374,17 @@ class RunHost:
                 return {"discarded": await rt.discard(name)}
             finally:
                 self._busy.discard((op, name))
+        if op == "send":
+            try:
+                _item, queued = rt.follow_up(name, str(args.get("message") or ""))
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
+            return {"queued": queued}
+        if op == "retry":
+            try:
+                return {"task": rt.retry(name, str(args.get("prompt") or ""))}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
         ws = info.workspace
         if op == "diff":
             return {"text": await rt.backend.diff(ws) if ws is not None else ""}
@@ -382,7 +393,8 @@ class RunHost:
                 pending = await rt.backend.pending_changes(ws) if ws is not None else []
             except VcsError as exc:
                 pending = [f"(corral cannot list them: {exc})"]
-            return {"status": info.status, "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
+            return {"status": info.status, "prompt": info.prompt, "turns": info.turns,
+                    "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
                     "extra_refs": list(ws.extra_refs) if ws else [], "pending": pending}
         raise CommandError(f"unknown command {op!r}")
 

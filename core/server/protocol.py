@@ -30,7 +30,7 @@ VERSION = 1
 #: the longest message accepted (a snapshot with many long panes stays well under it)
 MAX_LINE = 64 * 1024 * 1024
 #: commands a client may send about a run
-COMMANDS = ("abort", "abort_all", "discard", "decide", "stop", "diff", "task_info")
+COMMANDS = ("abort", "abort_all", "discard", "decide", "stop", "diff", "task_info", "send", "retry")
 #: a Unix socket path longer than this does not fit ``sockaddr_un``
 _SUN_PATH_MAX = 100
 

@@ -10,6 +10,7 @@ What a fake does is chosen by words in the prompt, so that tasks of one run can 
 ``file=NAME``        the file the task writes (the recording's ``hello.py``), default ``<agent>.txt``
 ``exit=N``           exit code (default: the recording's); env ``FAKE_EXIT`` overrides
 ``sleep=S``          sleep S seconds after the edit, before the rest of the output
+``gate=PATH``        after the edit, wait until PATH exists (a test's condition, not a time)
 ``grandchild=PATH``  start a ``sleep 300`` child (same process group) and write its pid to PATH
 ``+stubborn``        ignore SIGTERM (itself and the grandchild): only SIGKILL ends it
 ``+fail``            replay the ``error`` recording: the model API refused the key
@@ -18,7 +19,8 @@ What a fake does is chosen by words in the prompt, so that tasks of one run can 
 ``+garbage``         also print malformed and unknown lines
 ``+big``             make the final text 20,000 characters long (one long JSON line)
 
-``FAKE_ARGV_LOG=PATH`` appends one JSON line per call: agent, argv, cwd. ``FAKE_VERSION`` replaces
+``FAKE_ARGV_LOG=PATH`` appends one JSON line per call: agent, argv, cwd (a follow-up's resume flags
+included: each call replays a whole turn, the same session id as the recording's). ``FAKE_VERSION`` replaces
 the recorded version that ``--version`` prints.
 """
 
@@ -44,7 +46,7 @@ class Behaviour:
         self.agent = agent
         self.prompt = prompt
         self.cwd = cwd or os.getcwd()
-        kv = dict(re.findall(r"(?<![\w-])(file|exit|sleep|grandchild)=(\S+)", prompt))
+        kv = dict(re.findall(r"(?<![\w-])(file|exit|sleep|grandchild|gate)=(\S+)", prompt))
         flags = set(re.findall(r"(?<![\w-])\+(fail|denied|garbage|big|stubborn)\b", prompt))
         self.fail = "fail" in flags
         self.denied = "denied" in flags
@@ -56,6 +58,7 @@ class Behaviour:
         self.exit = int(exit_code) if exit_code is not None else None
         self.sleep = float(kv.get("sleep", 0))
         self.grandchild_file = kv.get("grandchild", "")
+        self.gate = kv.get("gate", "")
         log = os.environ.get("FAKE_ARGV_LOG")
         if log:
             with open(log, "a", encoding="utf-8") as f:
@@ -76,6 +79,8 @@ class Behaviour:
                 f.write(str(child.pid))
         if self.sleep:
             time.sleep(self.sleep)
+        while self.gate and not os.path.exists(self.gate):
+            time.sleep(0.05)
 
     def garbage_lines(self) -> None:
         if self.garbage:
