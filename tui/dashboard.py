@@ -445,13 +445,13 @@ class CorralApp(App[int]):
         if running:
             body.append(f"{running} task(s) still running. ", style="bold")
         if self.detachable:
-            body.append(f"The run is in its {self.model.phase} phase.\n\n")
-            body.append("Detach", style="bold")
-            body.append(" (the default, n): the run goes on without the dashboard; "
-                        f"corral attach {self.bus.run} comes back to it.\n")
-            body.append("Stop the run", style="bold")
-            body.append(" (y): every agent is stopped (TERM, then KILL), every workspace removed, and the "
-                        "branches that hold unmerged work are kept.\nEscape: keep watching.")
+            body.append(f"The run is in its {self.model.phase} phase.\n")
+            body.append("n detach", style="bold")
+            body.append(f" (the default): the run goes on; corral attach {self.bus.run} comes back.\n")
+            body.append("y stop the run", style="bold")
+            body.append(": agents stopped, workspaces removed, unmerged work kept on its branches.\n")
+            body.append("escape", style="bold")
+            body.append(": keep watching.")
         else:
             body.append(f"The run is in its {self.model.phase} phase. Quitting stops every agent (TERM, then KILL), "
                         "removes every workspace and keeps the branches that hold unmerged work.")
