@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,14 @@ class Sandbox:
         if not self.network:
             out.append("--unshare-net")
         out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        mounts = {"/tmp": "--tmpfs", os.path.realpath(tempfile.gettempdir()): "--tmpfs"}
+        private = ["/tmp", os.path.realpath(tempfile.gettempdir())]
+        mounts = {p: "--tmpfs" for p in private}
+        # tools that live in a temp dir (a venv or a PATH entry there: CI checkouts often are) stay
+        # visible, read-only, over the private ones
+        tools = [sys.prefix, sys.exec_prefix, sys.base_prefix, *os.environ.get("PATH", "").split(os.pathsep)]
+        mounts.update({os.path.realpath(p): "--ro-bind" for p in tools
+                       if p and os.path.isabs(p) and os.path.isdir(p)
+                       and any(_within_dir(os.path.realpath(p), d) and os.path.realpath(p) != d for d in private)})
         mounts.update({os.path.realpath(p): "--ro-bind" for p in visible if os.path.lexists(p)})
         mounts.update({os.path.realpath(p): "--bind" for p in writable if os.path.lexists(p)})
         # a mount hides what earlier ones put below it: the deepest path's rule wins
@@ -86,6 +94,10 @@ class Sandbox:
             env = shutil.which("env") or "env"  # corral's PATH found bwrap; an agent's may differ
             return [env, "--ignore-signal=TERM", *out, env, "--default-signal=TERM", *argv]
         return out + argv
+
+
+def _within_dir(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
 OFF = Sandbox(why="sandbox = none")

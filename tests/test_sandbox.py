@@ -90,6 +90,24 @@ def test_a_sandboxed_agent_commits_in_its_workspace_and_its_work_lands(repo, tmp
 
 
 @needs_bwrap
+def test_tools_installed_in_the_temp_dir_stay_usable_in_the_sandbox(repo, tmp_path, wt_root):
+    """A venv or a PATH entry in a temp dir (CI checkouts often are) stays visible, read-only, over
+    the sandbox's private temp dirs: agents and verify can run what is installed there."""
+    bin_dir = tmp_path / "tools" / "bin"
+    bin_dir.mkdir(parents=True)
+    tool = bin_dir / "make-greeting"
+    tool.write_text("#!/bin/sh\necho hello from a tool\n")
+    tool.chmod(0o755)
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "make-greeting > one.txt")],
+                                                        sandbox="bwrap", verify="make-greeting && test -s one.txt"))
+    res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo,
+                 env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert git(repo, "show", "main:one.txt") == "hello from a tool"
+    assert not (bin_dir / "x").exists()
+
+
+@needs_bwrap
 def test_network_false_refuses_a_connection_to_a_local_listener(repo, tmp_path, wt_root):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -151,3 +151,34 @@ def test_a_run_the_dashboard_hosts_is_stopped_cleaned_up_and_exits_130(tmp_path:
     assert code == 130
 
 
+
+
+def test_a_hangup_during_the_review_ends_the_attached_dashboard_at_once(repo: Path, wt_root: Path,
+                                                                         tmp_path: Path) -> None:
+    """The terminal closed while ``corral attach`` shows the review: the dashboard ends (nothing of the
+    run is in it), however Textual's threads are stuck on the dead terminal, and the run still waits."""
+    plan = repo.parent / "review.toml"
+    plan.write_text(f'agent = "shell"\nsetup = "none"\nworktree_root = "{wt_root}"\n'
+                    f'[[tasks]]\nname = "one"\nprompt = "echo one > one.txt"\n')
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--detach"], cwd=repo,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    run = res.stdout.split("run ", 1)[1].split()[0]
+    proc, master, screen = start_in_pty(repo, wt_root, "attach", run)
+    try:
+        deadline = time.monotonic() + 60
+        while b"Merge approved" not in b"".join(screen[-300:]) and time.monotonic() < deadline:
+            assert proc.poll() is None, b"".join(screen)[-3000:]
+            time.sleep(0.05)
+        assert b"Merge approved" in b"".join(screen[-300:]), "the review never opened"
+        master = hang_up(proc, master, "hangup")
+        code = proc.wait(timeout=10)
+    finally:
+        close(proc, master)
+    assert code == 0
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "runs", "--json"], cwd=repo, capture_output=True,
+                         text=True)
+    assert '"waiting": "review"' in res.stdout, res.stdout
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "stop", run], cwd=repo, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert corral_state(repo)["worktrees"] == []
