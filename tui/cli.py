@@ -274,12 +274,8 @@ def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) 
     if request is not None:
         run_id, _pid = anyio.run(start_in_supervisor, state_dir, root, request)
 
-    async def connect():
-        conn = await open_connection(state_dir)
-        return conn
-
     try:
-        conn = anyio.run(connect)
+        conn = anyio.run(open_connection, state_dir)
     except LinkError as exc:
         print(f"corral: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -539,36 +535,23 @@ def _open_backend(repo: str | None):
         fail_usage(str(exc))
 
 
-def live_runs(state_dir) -> tuple[int | None, dict[str, dict[str, Any]]]:
-    """The repository's supervisor's pid and what it says of its runs (none running: None, {})."""
-    import anyio
-
-    from corral.core.server.client import LinkError, open_connection
-
-    async def ask():
-        try:
-            conn = await open_connection(state_dir)
-        except LinkError:
-            return None, {}
-        await conn.aclose()
-        return conn.hello.get("pid"), {r["run"]: r for r in conn.hello.get("runs", [])}
-
-    return anyio.run(ask)
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     from corral.core.journal import list_runs
 
     backend = _open_backend(args.repo)
+    import anyio
+
+    from corral.core.server.client import live_runs
+
     runs = list_runs(backend.state_dir)
-    pid, live = live_runs(backend.state_dir)
+    live = anyio.run(live_runs, backend.state_dir)
     if args.json:
         for r in runs:
             info = live.get(r["run"], {})
             data = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
                                           "base", "kept_branches")}
             data.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
-                        supervisor=pid if info.get("live") else None)
+                        supervisor=info.get("pid") if info.get("live") else None)
             print(json.dumps(data, default=str))
         return EXIT_OK
     if not runs:
@@ -583,7 +566,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         info = live.get(r["run"], {})
         note = ""
         if info.get("live"):
-            note = f"live (supervisor {pid})" + (f", waiting: {info['waiting']}" if info.get("waiting") else "")
+            note = f"live (supervisor {info.get('pid')})" + (f", waiting: {info['waiting']}" if info.get("waiting") else "")
         rows.append((r["run"], started, str(r.get("state", "?")), str(ok), str(bad),
                      "yes" if r.get("landed") else "no", note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

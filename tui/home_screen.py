@@ -22,19 +22,6 @@ from .widgets import FitFooter, ForwardsWorkerErrors
 if TYPE_CHECKING:
     from .dashboard import CorralApp
 
-async def live_runs(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """What the repository's supervisor says of its runs (run id -> its row, with the supervisor's
-    pid); {} when none runs."""
-    from corral.core.server.client import LinkError, open_connection
-
-    try:
-        conn = await open_connection(state_dir)
-    except LinkError:
-        return {}
-    await conn.aclose()
-    return {r["run"]: {**r, "pid": conn.hello.get("pid")} for r in conn.hello.get("runs", [])}
-
-
 STATE_STYLE = {"completed": "green", "failed": "yellow", "interrupted": "red", "error": "red", "running": "cyan"}
 
 
@@ -141,6 +128,7 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
     @work(exclusive=True, group="home-load", exit_on_error=False)
     async def load(self) -> None:
         from corral.core.journal import list_runs
+        from corral.core.server.client import live_runs
         from corral.core.vcs import open_backend
 
         if self.backend is None:

@@ -255,6 +255,17 @@ class SocketLink(Link):
         await self.conn.aclose()
 
 
+async def live_runs(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """What the repository's supervisor says of its runs: run id -> its row (``live``, ``waiting``,
+    ...) with the supervisor's ``pid``; {} when no supervisor runs. Starts nothing."""
+    try:
+        conn = await open_connection(state_dir)
+    except LinkError:
+        return {}
+    await conn.aclose()
+    return {r["run"]: {**r, "pid": conn.hello.get("pid")} for r in conn.hello.get("runs", [])}
+
+
 # ---------------------------------------------------------------------------- the supervisor
 def supervisor_env_idle() -> float:
     try:
