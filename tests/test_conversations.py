@@ -162,10 +162,7 @@ def test_a_follow_up_to_a_discarded_task_or_an_unknown_one_is_refused(repo: Path
 
     async def discard() -> None:
         conn = await open_connection(state_dir(repo))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.pump)
-            await conn.request("discard", run=run, task="done")
-            tg.cancel_scope.cancel()
+        await conn.ask("discard", run=run, task="done")
         await conn.aclose()
 
     anyio.run(discard)

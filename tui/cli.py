@@ -118,25 +118,11 @@ def dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd is None:
         return open_home(args.repo)
-    if cmd == "run":
-        return cmd_run(args)
-    if cmd == "demo":
-        return cmd_demo(args)
-    if cmd == "runs":
-        return cmd_runs(args)
-    if cmd == "clean":
-        return cmd_clean(args)
-    if cmd == "agents":
-        return cmd_agents(args)
-    if cmd == "attach":
-        return cmd_attach(args)
-    if cmd == "stop":
-        return cmd_stop(args)
-    if cmd == "send":
-        return cmd_send(args)
-    if cmd == "retry":
-        return cmd_retry(args)
-    fail_usage(f"unknown command {cmd!r}")
+    commands = {"run": cmd_run, "demo": cmd_demo, "runs": cmd_runs, "clean": cmd_clean, "agents": cmd_agents,
+                "attach": cmd_attach, "stop": cmd_stop, "send": cmd_send, "retry": cmd_retry}
+    if cmd not in commands:
+        fail_usage(f"unknown command {cmd!r}")
+    return commands[cmd](args)
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -240,8 +226,6 @@ def start_request(args: argparse.Namespace, plan, repo_root: str, keep: bool):
 async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
     """Start ``request`` in the repository's supervisor (started first if none runs); returns the
     run id and the supervisor's pid. A refusal is a usage error (exit 2)."""
-    import anyio
-
     from corral.core.server.client import LinkError, ensure_supervisor
     from corral.core.server.host import CommandError
 
@@ -250,12 +234,7 @@ async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
     except LinkError as exc:
         raise UsageExit(f"corral: {exc}") from None
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.pump)
-            try:
-                reply = await conn.request("start", request=request.to_dict())
-            finally:
-                tg.cancel_scope.cancel()
+        reply = await conn.ask("start", request=request.to_dict())
     except CommandError as exc:
         raise UsageExit(f"corral: {exc}") from None
     finally:
@@ -328,17 +307,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
             await conn.aclose()
             fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
         code = EXIT_OK
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.pump)
-            for run in targets:
-                try:
-                    await conn.request("stop", run=run)
-                except CommandError as exc:
-                    print(f"corral: {run}: {exc}", file=sys.stderr)
-                    code = EXIT_FAILED
-                    continue
-                print(f"corral: stopping run {run}: agents stopped, then its cleanup (work is kept)")
-            tg.cancel_scope.cancel()
+        for run in targets:
+            try:
+                await conn.ask("stop", run=run)
+            except CommandError as exc:
+                print(f"corral: {run}: {exc}", file=sys.stderr)
+                code = EXIT_FAILED
+                continue
+            print(f"corral: stopping run {run}: agents stopped, then its cleanup (work is kept)")
         await conn.aclose()
         # wait for the runs to end: their cleanup is done when the supervisor says they are over
         for run in targets:
@@ -395,17 +371,10 @@ def run_command(args: argparse.Namespace, op: str, **fields: Any) -> dict:
             if not (conn.hello.get("runs") and any(r["run"] == args.run and r.get("live")
                                                    for r in conn.hello["runs"])):
                 fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
-            refused = ""
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(conn.pump)
-                try:
-                    reply = await conn.request(op, run=args.run, task=args.task, **fields)
-                except CommandError as exc:
-                    refused = str(exc)
-                tg.cancel_scope.cancel()
-            if refused:
-                fail_usage(f"{op} {args.task}: {refused}")
-            return reply
+            try:
+                return await conn.ask(op, run=args.run, task=args.task, **fields)
+            except CommandError as exc:
+                fail_usage(f"{op} {args.task}: {exc}")
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.aclose()

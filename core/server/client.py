@@ -100,15 +100,13 @@ class LocalLink(Link):
 
 # ------------------------------------------------------------------------------------ socket
 class Connection:
-    """One connection to the supervisor: requests with ids, answers matched to them, and a
-    stream of the other messages (snapshot, events, ended) for whoever subscribed."""
+    """One connection to the supervisor: requests with ids, and answers matched to them."""
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
         self.reader = BufferedByteReceiveStream(stream)
         self._next = 1
         self._waiting: dict[int, tuple[anyio.Event, list[dict[str, Any]]]] = {}
-        self._send, self._recv = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=float("inf"))
         self._lock = anyio.Lock()
         self.closed_why = ""
         self.hello: dict[str, Any] = {}
@@ -138,23 +136,26 @@ class Connection:
             event.set()
         self._waiting.clear()
 
-    async def pump(self) -> None:
-        """Read until the supervisor goes: answers to their requests, the rest to the stream (for a
-        client that only sends commands; one that follows a run reads in :meth:`SocketLink.events`)."""
+    async def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        """A command on a connection nobody else reads (``corral stop``, ``send``, ``run``): sent,
+        then its answer read here. Raises :class:`CommandError` with the refusal."""
+        rid = self._next
+        self._next += 1
         try:
+            await self.send({"op": op, "id": rid, **args})
             while True:
                 msg = await self.receive()
-                if not self.deliver(msg):
-                    await self._send.send(msg)
+                if msg.get("type") == "ack" and msg.get("id") == rid:
+                    break
         except _GONE as exc:
-            self.gone(f"the supervisor closed the connection ({type(exc).__name__})")
-        finally:
-            self.gone("closed")
-            self._send.close()
+            raise CommandError(f"the supervisor is gone ({type(exc).__name__})") from None
+        if not msg.get("ok"):
+            raise CommandError(str(msg.get("error") or "refused"))
+        return msg
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send a command and wait for its answer (someone must be reading: :meth:`pump`, or the
-        events of a :class:`SocketLink`)."""
+        """Send a command and wait for its answer, read by the events of a :class:`SocketLink`
+        in another task (a client that only sends commands uses :meth:`ask`)."""
         rid = self._next
         self._next += 1
         event: anyio.Event = anyio.Event()
@@ -172,9 +173,6 @@ class Connection:
         if not reply.get("ok"):
             raise CommandError(str(reply.get("error") or "refused"))
         return reply
-
-    def messages(self) -> Any:
-        return self._recv
 
     async def aclose(self) -> None:
         self.closed_why = self.closed_why or "closed"
