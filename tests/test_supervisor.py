@@ -405,7 +405,7 @@ def test_detach_flags_are_checked(repo: Path, tmp_path: Path) -> None:
     res = corral("run", str(plan), "--detach", "--headless", "--json", cwd=repo)
     assert res.returncode == 2 and "--detach" in res.stderr and res.stderr.count("\n") == 1
     res = corral("attach", cwd=repo)
-    assert res.returncode == 1 and "no corral supervisor" in res.stderr or "no live run" in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("corral: no live run in ") and res.stderr.count("\n") == 1
     assert not protocol.socket_path(state_dir(repo)).exists()  # nothing was started for that
     res = corral("run", str(tmp_path / "missing.toml"), "--detach", cwd=repo)
     assert res.returncode == 2 and not (state_dir(repo) / "supervisor.lock").exists()

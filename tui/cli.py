@@ -247,7 +247,7 @@ def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) 
     from ``request`` first."""
     import anyio
 
-    from corral.core.server.client import LinkError, SocketLink, open_connection
+    from corral.core.server.client import LinkError, NoSupervisor, SocketLink, open_connection
     from corral.tui.app import run_attached
 
     if request is not None:
@@ -255,6 +255,11 @@ def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) 
 
     try:
         conn = anyio.run(open_connection, state_dir)
+    except NoSupervisor:
+        if run_id is not None:
+            fail_usage(f"no live run {run_id!r} in {root} (corral runs lists them)")
+        print(f"corral: no live run in {root} (corral runs lists them all)", file=sys.stderr)
+        return EXIT_FAILED
     except LinkError as exc:
         print(f"corral: {exc}", file=sys.stderr)
         return EXIT_FAILED

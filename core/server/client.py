@@ -41,6 +41,10 @@ class LinkError(Exception):
     """The supervisor can't be reached, or refused: one line for the person."""
 
 
+class NoSupervisor(LinkError):
+    """No supervisor listens for this repository: no run of it is live."""
+
+
 class Link:
     """A run, seen from a client."""
 
@@ -185,7 +189,7 @@ async def open_connection(state_dir: Path) -> Connection:
     try:
         stream = await anyio.connect_unix(path)
     except OSError as exc:
-        raise LinkError(f"no corral supervisor runs for this repository ({exc.strerror or exc})") from None
+        raise NoSupervisor(f"no corral supervisor runs for this repository ({exc.strerror or exc})") from None
     conn = Connection(stream)
     try:
         await conn.send({"op": "hello", "version": protocol.VERSION})
