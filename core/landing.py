@@ -106,6 +106,7 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
                                  run=kept.run)
     landed = False
     try:
+        await _drop_earlier_attempts(backend, kept, bus)
         bus.log("info", f"landing run {kept.run}: {kept.ref} merged onto {kept.base} ({rt.base_commit[:12]})")
         landed = await _merge_verify_land(rt, kept)
     finally:
@@ -124,6 +125,19 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
             f"landed run {kept.run} onto {kept.base}" if landed else f"run {kept.run} not landed; still kept on "
                                                                       f"{kept.ref}")
     return EXIT_OK if landed else EXIT_FAILED
+
+
+async def _drop_earlier_attempts(backend: Backend, kept: Kept, bus: EventBus) -> None:
+    """Delete the integration branches an earlier ``corral land`` of the run left when it was
+    killed: ``corral/<run>-mN/integration`` branches the run did not keep (it journals those), whose
+    workspace ``corral clean`` removed. They hold only merges of the kept result with base."""
+    journaled = set(kept.journal.get("kept_branches") or [])
+    registered = {lo.record.ref for lo in await backend.list_leftovers() if lo.record is not None}
+    refs = await backend.list_refs(f"corral/{kept.run}-m")
+    for ref in sorted(refs):
+        if ref.endswith("/integration") and ref not in journaled and ref not in registered:
+            await backend.delete_ref(ref)
+            bus.log("info", f"deleted {ref}: the merge of an earlier corral land of run {kept.run} that did not end")
 
 
 async def _drop_landed(backend: Backend, refs: list[str]) -> None:

@@ -389,6 +389,8 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     land = await rt.workspaces.land(integ, commit=False)
     state.landed = land.ok
     state.land_message = land.message
+    if land.why == "verify":  # base moved, and verify failed on the merge with its new tip
+        state.verify_ok = False
     if land.ok:
         for info in merged:
             info.merged = True

@@ -416,6 +416,7 @@ class Workspaces:
         else:
             hint = hint or rt.backend.land_hint(rt.base_name, ws.ref)
             message = f"{out.message}; {hint}" if hint else out.message
+            out = replace(out, message=message)  # the report says what to do, as the event does
         rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=message,
                            kept="" if out.ok else ws.ref))
         return out

@@ -6,8 +6,11 @@ are never touched and refuse landing only when the landing changes them."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +84,8 @@ def test_a_conflicting_merge_of_the_moved_base_is_refused_with_a_hint_that_works
     [land] = events(repo, "land")
     assert not land["ok"] and land["kept"] == integ
     assert "main moved during the run, and merging it into the result conflicts in src/app.py" in land["message"]
-    assert land["message"] in res.stdout or "conflicts in src/app.py" in res.stdout
+    assert f"not landed: {land['message']}" in res.stdout
+    assert f"- landed: no ({land['message']})" in (run_dir_of(repo) / "report.md").read_text()
     assert len(events(repo, "verify")) == 1  # nothing was verified that cannot land
     assert (repo / "src/app.py").read_text() == "VALUE = 'user'\n" and not (repo / "one.txt").exists()
     # the hint: the merge made by hand, its conflict resolved and committed
@@ -105,16 +109,26 @@ def kept_run(repo: Path, tmp_path: Path, wt_root: Path) -> tuple[str, str]:
     return integ.split("/")[1], integ
 
 
-def test_corral_land_lands_a_kept_result_later_onto_the_base_of_today(repo, tmp_path, wt_root):
+@pytest.mark.parametrize("where", ["main", "elsewhere"])
+def test_corral_land_lands_a_kept_result_later_onto_the_base_of_today(repo, tmp_path, wt_root, where):
+    """The next day, base moved: ``corral land`` merges the kept result onto it, verifies it again and
+    lands it, whether the user's checkout is on base (fast-forwarded) or on a branch of their own
+    (left alone: base moves by compare-and-swap)."""
     run, integ = kept_run(repo, tmp_path, wt_root)
-    git(repo, "checkout", "-q", "-b", "elsewhere")  # the user is on another branch meanwhile
-    git(repo, "checkout", "-q", "main")
     subprocess.run(commit_to(repo, "other.txt", "other\n", "the next day"), shell=True, check=True)
+    if where == "elsewhere":
+        git(repo, "checkout", "-q", "-b", "elsewhere")
+        (repo / "README.md").write_text("mine, uncommitted\n")
     (tmp_path / "fixed").touch()
     res = corral("land", run, cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     assert {"one.txt", "other.txt"} <= landed_files(repo)
-    assert (repo / "one.txt").read_text() == "1\n" and git(repo, "status", "--porcelain") == ""
+    if where == "main":
+        assert (repo / "one.txt").read_text() == "1\n" and git(repo, "status", "--porcelain") == ""
+    else:
+        assert git(repo, "symbolic-ref", "--short", "HEAD") == "elsewhere" and not (repo / "one.txt").exists()
+        assert git(repo, "status", "--porcelain") == "M README.md"
+        git(repo, "checkout", "-q", "--", "README.md")
     data = json.loads((run_dir_of(repo) / "run.json").read_text())
     assert data["landed"] is True
     kinds = [e["type"] for e in map(json.loads, (run_dir_of(repo) / "events.jsonl").read_text().splitlines())]
@@ -126,6 +140,38 @@ def test_corral_land_lands_a_kept_result_later_onto_the_base_of_today(repo, tmp_
     res = corral("land", run, cwd=repo)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stdout + res.stderr
     assert f"run {run}: nothing to land (it landed)" in res.stderr
+
+
+def test_corral_land_killed_midway_loses_nothing_and_runs_again(repo, tmp_path, wt_root):
+    """kill -9 of ``corral land`` while it verifies: the kept branch is as it was, ``corral clean``
+    removes the workspace it made, and ``corral land`` lands the result after all."""
+    started, once = tmp_path / "started", tmp_path / "once"
+    verify = (f"test -e {tmp_path / 'fixed'} && test -f one.txt && if [ ! -e {once} ]; then touch {once} {started}; "
+              f"while [ ! -e {tmp_path / 'never'} ]; do sleep 0.05; done; fi")
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo 1 > one.txt")], verify=verify))
+    assert corral("run", str(plan), "--headless", "--approve", "all", cwd=repo).returncode == 1
+    [integ] = [b for b in corral_state(repo)["branches"] if b.endswith("/integration")]
+    run, kept = integ.split("/")[1], git(repo, "rev-parse", integ)
+    (tmp_path / "fixed").touch()
+    env = {k: v for k, v in os.environ.items() if k != "CORRAL_RUN"}
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "land", run], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "verify never started"
+    proc.kill()
+    proc.wait(timeout=10)
+    assert git(repo, "rev-parse", integ) == kept and "one.txt" not in landed_files(repo)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0 and "removed workspace" in res.stdout, res.stdout + res.stderr
+    res = corral("land", run, cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "one.txt" in landed_files(repo)
+    # the merge the killed one was making went too: nothing of the run is left
+    assert f"deleted corral/{run}-m2/integration: the merge of an earlier corral land" in res.stdout
+    state = corral_state(repo)
+    assert state["branches"] == [] and state["worktrees"] == [] and list(wt_root.iterdir()) == []
 
 
 def test_corral_land_when_verify_still_fails_keeps_the_branch(repo, tmp_path, wt_root):

@@ -559,7 +559,7 @@ class JjBackend(Backend):
         if not parents:
             return "@-"
         names = [n for n in parents[0][1].split(",") if n and not n.startswith("corral/")]
-        if not names and len(parents) == 1:
+        if not names and len(parents) == 1 and parents[0][0].strip("0"):  # (not the root commit)
             await self._check_not_behind(parents[0][0])
         base = names[0] if len(names) == 1 else "@-" if len(parents) == 1 else parents[0][0]
         if len(parents) > 1:
