@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .codes import EXIT_FAILED, EXIT_OK
 from .events import EventBus, Landed
 from .journal import Journal
@@ -59,6 +61,8 @@ async def find_kept(backend: Backend, run: str) -> Kept:
         raise UsageError(f"run {run}: nothing to land ({why})")
     ref = refs[-1]
     if not await backend.ref_exists(ref):
+        if data.get("landed"):  # (by a corral land that could not delete it: it was checked out)
+            raise UsageError(f"run {run}: nothing to land (it landed)")
         raise UsageError(f"run {run}: its result's branch {ref} no longer exists (deleted, or corral clean "
                          "--branches found its work merged): nothing to land")
     base = str(data.get("base") or "")
@@ -100,27 +104,28 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
     ws = rt.workspaces
     ws.verify = kept.plan.verify
     # the kept result, as a workspace of the run that is gone: the sweep at the end deletes its
-    # branch once its head landed, and keeps it otherwise
-    ws.created[KEPT] = Workspace(task=KEPT, path=Path(os.devnull), ref=kept.ref, head=kept.head,
-                                 base_commit=str(kept.journal.get("base_commit") or ""), role="integration",
-                                 run=kept.run)
+    # branch once its head landed, and keeps it otherwise (and always while it is checked out)
+    if await backend.checked_out_at(kept.ref) is None:
+        ws.created[KEPT] = Workspace(task=KEPT, path=Path(os.devnull), ref=kept.ref, head=kept.head,
+                                     base_commit=str(kept.journal.get("base_commit") or ""), role="integration",
+                                     run=kept.run)
     landed = False
     try:
         await _drop_earlier_attempts(backend, kept, bus)
         bus.log("info", f"landing run {kept.run}: {kept.ref} merged onto {kept.base} ({rt.base_commit[:12]})")
         landed = await _merge_verify_land(rt, kept)
     finally:
-        left = ws.list()
-        for integ in left:  # a merge that did not land is a copy of the kept branch: dropped with it
-            await ws.remove(integ, keep_branch=landed)
-        await ws.sweep_refs()
-        before = list(kept.journal.get("kept_branches") or [])
-        if landed:
-            await _drop_landed(backend, [b for b in before if b != kept.ref])
-        journal.update(kept_branches=[b for b in before if await backend.ref_exists(b)],
-                       **({"landed": True} if landed else {}))
-        unsubscribe()
-        journal.close()
+        with anyio.CancelScope(shield=True):  # Ctrl-C: the workspace goes, the kept branch stays
+            for integ in ws.list():  # a merge that did not land is a copy of the kept branch: dropped
+                await ws.remove(integ, keep_branch=landed)
+            await ws.sweep_refs()
+            before = list(kept.journal.get("kept_branches") or [])
+            if landed:
+                await _drop_landed(backend, [b for b in before if b != kept.ref])
+            journal.update(kept_branches=[b for b in before if await backend.ref_exists(b)],
+                           **({"landed": True} if landed else {}))
+            unsubscribe()
+            journal.close()
     bus.log("info" if landed else "error",
             f"landed run {kept.run} onto {kept.base}" if landed else f"run {kept.run} not landed; still kept on "
                                                                       f"{kept.ref}")

@@ -431,7 +431,8 @@ class Workspaces:
         rt = self._rt
         for attempt in range(1, LAND_TRIES + 1):
             tip = await rt.backend.resolve(rt.base_name)
-            rt.bus.log("warning", f"{out.message}: merging it into {ws.ref} and verifying again")
+            again = " and verifying again" if self.verify.strip() else ""
+            rt.bus.log("warning", f"{out.message}: merging it into {ws.ref}{again}")
             before = ws.head
             files = await rt.backend.merge_base_into(ws, tip)
             if files:

@@ -109,26 +109,35 @@ def kept_run(repo: Path, tmp_path: Path, wt_root: Path) -> tuple[str, str]:
     return integ.split("/")[1], integ
 
 
-@pytest.mark.parametrize("where", ["main", "elsewhere"])
+@pytest.mark.parametrize("where", ["main", "elsewhere", "integration"])
 def test_corral_land_lands_a_kept_result_later_onto_the_base_of_today(repo, tmp_path, wt_root, where):
     """The next day, base moved: ``corral land`` merges the kept result onto it, verifies it again and
-    lands it, whether the user's checkout is on base (fast-forwarded) or on a branch of their own
-    (left alone: base moves by compare-and-swap)."""
+    lands it, whether the user's checkout is on base (fast-forwarded), on a branch of their own
+    (left alone: base moves by compare-and-swap), or on the kept branch, where they committed a fix
+    by hand (it lands with the rest, and the branch stays: it is checked out)."""
     run, integ = kept_run(repo, tmp_path, wt_root)
     subprocess.run(commit_to(repo, "other.txt", "other\n", "the next day"), shell=True, check=True)
     if where == "elsewhere":
         git(repo, "checkout", "-q", "-b", "elsewhere")
         (repo / "README.md").write_text("mine, uncommitted\n")
+    elif where == "integration":
+        git(repo, "checkout", "-q", integ)
+        subprocess.run(commit_to(repo, "fix.txt", "by hand\n", "a fix by hand"), shell=True, check=True)
     (tmp_path / "fixed").touch()
     res = corral("land", run, cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     assert {"one.txt", "other.txt"} <= landed_files(repo)
     if where == "main":
         assert (repo / "one.txt").read_text() == "1\n" and git(repo, "status", "--porcelain") == ""
-    else:
+    elif where == "elsewhere":
         assert git(repo, "symbolic-ref", "--short", "HEAD") == "elsewhere" and not (repo / "one.txt").exists()
         assert git(repo, "status", "--porcelain") == "M README.md"
         git(repo, "checkout", "-q", "--", "README.md")
+    else:
+        assert "fix.txt" in landed_files(repo) and git(repo, "symbolic-ref", "--short", "HEAD") == integ
+        assert corral_state(repo)["branches"] == [integ]
+        git(repo, "checkout", "-q", "main")
+        git(repo, "branch", "-q", "-D", integ)
     data = json.loads((run_dir_of(repo) / "run.json").read_text())
     assert data["landed"] is True
     kinds = [e["type"] for e in map(json.loads, (run_dir_of(repo) / "events.jsonl").read_text().splitlines())]
