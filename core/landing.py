@@ -28,10 +28,6 @@ from .queue import run_verify
 from .runtime import PolicyApprover, RunOptions, Runtime
 from .vcs.base import Backend, UsageError, Workspace, pid_is_corral
 
-#: what the kept result is called among the merges of ``corral land`` (its label in the journal)
-KEPT = "kept"
-
-
 @dataclass
 class Kept:
     """A past run's result kept on a branch, and what landing it needs from the run's journal."""
@@ -97,7 +93,9 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
     journal.create()
     bus.run = kept.run
     unsubscribe = bus.subscribe(journal.on_event)
-    root = kept.plan.worktree_root or None
+    # where the run made its workspaces; a relative one was relative to a directory not known now
+    root = kept.plan.worktree_root if os.path.isabs(kept.plan.worktree_root) and os.path.isdir(
+        kept.plan.worktree_root) else None
     rt = Runtime(backend=backend, bus=bus, journal=journal, profiles={}, approver=PolicyApprover(True),
                  options=RunOptions(run_id=kept.run, worktree_root=root, env=env, sandbox=policy),
                  base_name=kept.base, base_commit=await backend.resolve(kept.base))
@@ -106,9 +104,9 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
     # the kept result, as a workspace of the run that is gone: the sweep at the end deletes its
     # branch once its head landed, and keeps it otherwise (and always while it is checked out)
     if await backend.checked_out_at(kept.ref) is None:
-        ws.created[KEPT] = Workspace(task=KEPT, path=Path(os.devnull), ref=kept.ref, head=kept.head,
-                                     base_commit=str(kept.journal.get("base_commit") or ""), role="integration",
-                                     run=kept.run)
+        ws.created[kept.ref] = Workspace(task=kept.ref, path=Path(os.devnull), ref=kept.ref, head=kept.head,
+                                         base_commit=str(kept.journal.get("base_commit") or ""),
+                                         role="integration", run=kept.run)
     landed = False
     try:
         await _drop_earlier_attempts(backend, kept, bus)
@@ -122,6 +120,8 @@ async def land_kept(backend: Backend, kept: Kept, bus: EventBus, env: dict[str, 
             before = list(kept.journal.get("kept_branches") or [])
             if landed:
                 await _drop_landed(backend, [b for b in before if b != kept.ref])
+                for task in _merged_tasks(journal):
+                    journal.update_task(task, status="merged")
             journal.update(kept_branches=[b for b in before if await backend.ref_exists(b)],
                            **({"landed": True} if landed else {}))
             unsubscribe()
@@ -145,6 +145,25 @@ async def _drop_earlier_attempts(backend: Backend, kept: Kept, bus: EventBus) ->
             bus.log("info", f"deleted {ref}: the merge of an earlier corral land of run {kept.run} that did not end")
 
 
+def _merged_tasks(journal: Journal) -> list[str]:
+    """The run's tasks its kept result holds: merged into it (the run's ``merge`` events say so) and
+    left succeeded (not verify-failed by bisecting, not since merged)."""
+    try:
+        lines = (journal.dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    merged = set()
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:  # the last line of a run that was killed while writing it
+            continue
+        if event.get("type") == "merge" and event.get("ok"):
+            merged.add(event.get("task"))
+    tasks = journal.state.get("tasks") or {}
+    return [name for name in tasks if name in merged and tasks[name].get("status") == "succeeded"]
+
+
 async def _drop_landed(backend: Backend, refs: list[str]) -> None:
     """The run's other kept branches whose work is on base now (its tasks' ones, which the
     result held) go, as they would have at the end of the run had it landed then."""
@@ -158,7 +177,7 @@ async def _merge_verify_land(rt: Runtime, kept: Kept) -> bool:
     """Whether the kept result landed: merged onto base in a new integration workspace, verified
     there (when the plan has verify and the merge changed base), then landed."""
     base = rt.base_commit
-    integ, [merged] = await rt.workspaces.merge([(KEPT, kept.head)])
+    integ, [merged] = await rt.workspaces.merge([(kept.ref, kept.head)])
     if not merged.ok:
         hint = await rt.backend.conflict_hint(rt.base_name, kept.ref, merged.conflict_files)
         rt.bus.emit(Landed(ok=False, base=rt.base_name, old=base, new=kept.head, kept=kept.ref,
@@ -166,7 +185,7 @@ async def _merge_verify_land(rt: Runtime, kept: Kept) -> bool:
                                    f"{', '.join(merged.conflict_files[:5])}; {hint}"))
         return False
     if rt.workspaces.verify.strip() and integ.head != base:
-        run = await run_verify(rt, rt.workspaces.verify, integ, [KEPT], f"verify: {rt.workspaces.verify}")
+        run = await run_verify(rt, rt.workspaces.verify, integ, [kept.ref], f"verify: {rt.workspaces.verify}")
         if not run.ok:
             rt.bus.emit(Landed(ok=False, base=rt.base_name, old=base, new=integ.head, kept=kept.ref,
                                message=f"verify failed (exit {run.exit_code}) on {kept.ref} merged onto "

@@ -139,7 +139,7 @@ def test_corral_land_lands_a_kept_result_later_onto_the_base_of_today(repo, tmp_
         git(repo, "checkout", "-q", "main")
         git(repo, "branch", "-q", "-D", integ)
     data = json.loads((run_dir_of(repo) / "run.json").read_text())
-    assert data["landed"] is True
+    assert data["landed"] is True and data["tasks"]["one"]["status"] == "merged"
     kinds = [e["type"] for e in map(json.loads, (run_dir_of(repo) / "events.jsonl").read_text().splitlines())]
     assert kinds.count("verify") == 2 and kinds[-1] == "land"  # verified again, then landed
     assert f"corral: landed run {run} onto main" in res.stdout
