@@ -183,6 +183,25 @@ def test_corral_land_killed_midway_loses_nothing_and_runs_again(repo, tmp_path, 
     assert state["branches"] == [] and state["worktrees"] == [] and list(wt_root.iterdir()) == []
 
 
+def test_corral_land_of_a_result_that_conflicts_with_base_now_gives_a_hint_that_works(repo, tmp_path, wt_root):
+    run, integ = kept_run(repo, tmp_path, wt_root)
+    kept = git(repo, "rev-parse", integ)
+    subprocess.run(commit_to(repo, "one.txt", "mine\n", "the next day"), shell=True, check=True)
+    (tmp_path / "fixed").touch()
+    res = corral("land", run, cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"not landed: merging {integ} onto main conflicts in one.txt; to land by hand: " in res.stdout
+    assert git(repo, "rev-parse", integ) == kept and git(repo, "show", "main:one.txt") == "mine"
+    state = corral_state(repo)
+    assert sorted(state["branches"]) == sorted([integ, f"corral/{run}/one"]) and state["worktrees"] == []
+    hint = res.stdout.split("to land by hand: ")[1].split(", resolve")[0]
+    made = subprocess.run(hint, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 1 and "CONFLICT" in made.stdout, made.stdout + made.stderr
+    (repo / "one.txt").write_text("both\n")
+    git(repo, "commit", "-q", "-am", "resolved")
+    assert git(repo, "show", "main:one.txt") == "both"
+
+
 def test_corral_land_when_verify_still_fails_keeps_the_branch(repo, tmp_path, wt_root):
     run, integ = kept_run(repo, tmp_path, wt_root)
     before = git(repo, "rev-parse", integ)
