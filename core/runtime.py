@@ -434,7 +434,11 @@ class Workspaces:
             again = " and verifying again" if self.verify.strip() else ""
             rt.bus.log("warning", f"{out.message}: merging it into {ws.ref}{again}")
             before = ws.head
-            files = await rt.backend.merge_base_into(ws, tip)
+            try:
+                files = await rt.backend.merge_base_into(ws, tip)
+            except VcsError as exc:
+                return LandOutcome(False, f"{out.message}; merging it into the result failed: {exc}", out.old, before,
+                                   "failed"), ""
             if files:
                 hint = await rt.backend.conflict_hint(rt.base_name, ws.ref, files)
                 return LandOutcome(False, f"{rt.base_name} moved during the run, and merging it into the result "
