@@ -170,6 +170,7 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     plan, backend = prep.plan, prep.backend
     rt, journal, unsubscribe = open_run(prep, approver, bus, keep_worktrees=keep_worktrees, grace=grace)
     journal.attach("plan", plan.to_dict())
+    rt.workspaces.verify = plan.verify  # a merge re-made onto a base that moved is verified again
     state = RunState()
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
     for t in plan.tasks:
@@ -388,6 +389,8 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     land = await rt.workspaces.land(integ, commit=False)
     state.landed = land.ok
     state.land_message = land.message
+    if land.why == "verify":  # base moved, and verify failed on the merge with its new tip
+        state.verify_ok = False
     if land.ok:
         for info in merged:
             info.merged = True

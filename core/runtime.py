@@ -236,6 +236,15 @@ class Observer:
         return str(path)
 
 
+#: merges of base's new tip into a result before it lands, at most (base moving again each time)
+LAND_TRIES = 3
+
+
+def _merge_run(run: str, n: int) -> str:
+    """The run id the ``n``-th merge of ``run`` names its integration branch by."""
+    return run if n == 1 else f"{run}-m{n}"
+
+
 class Workspaces:
     """``rt.workspaces``: the active backend's workspaces, tracked so that none outlives the run."""
 
@@ -250,6 +259,9 @@ class Workspaces:
         self._merged: dict[str, dict[str, str]] = {}
         #: workspace name -> the head of it that landed on base
         self.landed: dict[str, str] = {}
+        #: the command a merge is verified with again when base moved before it landed ("" = none:
+        #: a program verifies what it lands itself); the plan pipeline's is the plan's ``verify``
+        self.verify = ""
 
     def _lock(self, ws: Workspace) -> anyio.Lock:
         """One workspace, one operation at a time: a commit of an agent's work and the removal of
@@ -349,10 +361,11 @@ class Workspaces:
         # each merge gets an integration workspace of its own: the first `integration`, then
         # `integration-2`, ... (on branch corral/<run>-m2/integration: the backend names that branch)
         n = self._merges + 1
-        while (f"integration-{n}" if n > 1 else "integration") in self.created:
-            n += 1
+        while ((f"integration-{n}" if n > 1 else "integration") in self.created
+               or await rt.backend.ref_exists(rt.backend.ref_name(_merge_run(rt.run_id, n), "integration"))):
+            n += 1  # (a branch of that name is kept from before: `corral land` of a kept result)
         self._merges = n
-        run = rt.run_id if n == 1 else f"{rt.run_id}-m{n}"
+        run = _merge_run(rt.run_id, n)
         ws, outcomes = await rt.backend.integrate(run, rt.base_commit, pairs, strategy, rt.options.worktree_root)
         ws.role = "integration"
         if ws.base_commit and ws.base_commit != rt.base_commit:
@@ -376,9 +389,11 @@ class Workspaces:
     async def land(self, ws: Workspace | str, commit: bool = True) -> LandOutcome:
         """The one landing, for plans and programs alike: move the base branch to ``ws``'s work
         (what its workspace holds committed first, unless ``commit`` is false: a verified merge
-        lands as it was verified), only if base has not moved since the run started (or since the
-        last land). Announces a ``land`` event; when it does not land, ``ws``'s branch is kept and
-        the event says how to land it by hand."""
+        lands as it was verified) by compare-and-swap from where base was when the run started (or
+        last landed). When base gained commits since, they are merged into ``ws`` and the result
+        verified again (:attr:`verify`) before the next try (:meth:`_land_moved`). Announces a
+        ``land`` event; when it does not land, ``ws``'s branch is kept and the event says how to
+        land it by hand."""
         rt = self._rt
         if isinstance(ws, str):
             if ws not in self.live:
@@ -387,20 +402,58 @@ class Workspaces:
         if commit and ws.task in self.live and ws.path.is_dir():
             await self.snapshot(ws)
         new = ws.head or ws.base_commit
+        hint = ""
         if new == rt.base_commit:
             out = LandOutcome(True, "nothing to land", new, new)
         else:
             out = await rt.backend.land(rt.base_name, rt.base_commit, new)
+            if out.why == "moved" and ws.task in self.live and ws.path.is_dir():
+                out, hint = await self._land_moved(ws, out)
         if out.ok:
-            rt.base_commit = new
+            rt.base_commit = out.new
             self.note_landed(ws)
             message = out.message
         else:
-            hint = rt.backend.land_hint(rt.base_name, ws.ref)
+            hint = hint or rt.backend.land_hint(rt.base_name, ws.ref)
             message = f"{out.message}; {hint}" if hint else out.message
+            out = replace(out, message=message)  # the report says what to do, as the event does
         rt.bus.emit(Landed(ok=out.ok, base=rt.base_name, old=out.old, new=out.new, message=message,
                            kept="" if out.ok else ws.ref))
         return out
+
+    async def _land_moved(self, ws: Workspace, out: LandOutcome) -> tuple[LandOutcome, str]:
+        """Base moved since the run started (``out`` says how): merge its new tip into ``ws``, verify
+        the result again, and land it by compare-and-swap; base moving again meanwhile starts over,
+        at most :data:`LAND_TRIES` times. Refused when the merge conflicts or verify fails: ``ws``'s
+        branch then holds what was merged before, and the hint (second) says what to do."""
+        from .queue import run_verify  # the merge queue builds on the runtime
+
+        rt = self._rt
+        for attempt in range(1, LAND_TRIES + 1):
+            tip = await rt.backend.resolve(rt.base_name)
+            again = " and verifying again" if self.verify.strip() else ""
+            rt.bus.log("warning", f"{out.message}: merging it into {ws.ref}{again}")
+            before = ws.head
+            try:
+                files = await rt.backend.merge_base_into(ws, tip)
+            except VcsError as exc:
+                return LandOutcome(False, f"{out.message}; merging it into the result failed: {exc}", out.old, before,
+                                   "failed"), ""
+            if files:
+                hint = await rt.backend.conflict_hint(rt.base_name, ws.ref, files)
+                return LandOutcome(False, f"{rt.base_name} moved during the run, and merging it into the result "
+                                          f"conflicts in {', '.join(files[:5])}", out.old, before, "conflict"), hint
+            if self.verify.strip():
+                run = await run_verify(rt, self.verify, ws, list(self._merged.get(ws.task, {})),
+                                       f"verify again ({attempt}), {rt.base_name} merged in: {self.verify}")
+                if not run.ok:
+                    return LandOutcome(False, f"{rt.base_name} moved during the run, and verify failed (exit "
+                                              f"{run.exit_code}) with it merged in", tip, ws.head, "verify"), \
+                        f"the merge is kept on {ws.ref}"
+            out = await rt.backend.land(rt.base_name, tip, ws.head)
+            if out.why != "moved":
+                break
+        return out, ""
 
     def note_landed(self, integration: Workspace) -> None:
         """The work merged into ``integration`` (and the merge itself) is on base now. Journaled at

@@ -161,21 +161,22 @@ def test_json_events(repo, tmp_path, wt_root):
     assert events[-1]["exit_code"] == 0
 
 
-def test_base_moved_during_run_refuses_to_land(repo, tmp_path, wt_root):
+def test_base_moved_during_run_is_merged_in_and_lands(repo, tmp_path, wt_root):
     # the user's commit, made from the agent's script: past the guard that keeps agents off base
     script = f"echo 1 > one.txt; git -C {repo} -c core.hooksPath=/dev/null commit -q --allow-empty -m 'user commit meanwhile'"
     res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "not landed: main moved during the run" in res.stdout
-    assert not (repo / "one.txt").exists()
-    assert any(b.endswith("/integration") for b in corral_state(repo)["branches"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "warning: main moved during the run" in res.stdout
+    assert (repo / "one.txt").exists() and "user commit meanwhile" in git(repo, "log", "--format=%s", "main")
+    assert corral_state(repo)["branches"] == []
 
 
 def test_dirty_user_checkout_is_never_touched(repo, tmp_path, wt_root):
     (repo / "src/app.py").write_text("VALUE = 'mine, uncommitted'\n")
-    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt")], "--approve", "all")
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt; echo 'VALUE = 2' > src/app.py")],
+                   "--approve", "all")
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "uncommitted changes; corral will not touch them" in res.stdout
+    assert "the landing changes: src/app.py; corral will not touch them" in res.stdout
     assert "git merge --ff-only" in res.stdout  # how to land by hand
     assert (repo / "src/app.py").read_text() == "VALUE = 'mine, uncommitted'\n"
     assert not (repo / "one.txt").exists()

@@ -298,12 +298,17 @@ def test_tag_or_sha_base_keeps_the_result_without_a_wrong_hint(repo, tmp_path, w
     assert git(repo, "show", f"{integ}:one.txt") == "1"
 
 
-def test_moved_base_gets_a_hint_that_works(repo, tmp_path, wt_root):
-    script = f"echo 1 > one.txt; git -C {repo} -c core.hooksPath=/dev/null commit -q --allow-empty -m 'user commit'"
+def test_rewritten_base_gets_a_hint_that_works(repo, tmp_path, wt_root):
+    """Base rewritten during the run (not only gained commits): nothing is merged into the result
+    for it, nothing lands, and the hint says how to land by hand."""
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    script = (f"echo 1 > one.txt; git -C {repo} -c core.hooksPath=/dev/null commit -q --amend --allow-empty "
+              "-m 'user rewrote it'")
     res = run_plan(repo, tmp_path, wt_root, [("one", script)], "--approve", "all")
     assert res.returncode == 1, res.stdout + res.stderr
     [integ] = [b for b in corral_state(repo)["branches"] if b.endswith("/integration")]
-    assert "not landed: main moved during the run" in res.stdout and "1 commit since" in res.stdout
+    assert "not landed: main moved during the run" in res.stdout and "rewritten" in res.stdout
+    assert "merging it into" not in res.stdout
     assert "--ff-only" not in res.stdout
     hint = f"to land by hand: git checkout main && git merge {integ}"
     assert hint in res.stdout

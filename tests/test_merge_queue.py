@@ -180,7 +180,7 @@ def test_a_dirty_checkout_of_base_is_said_at_preflight_before_any_agent_runs(rep
     (repo / "src/app.py").write_text("VALUE = 'mine, uncommitted'\n")
     plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo 1 > one.txt")]))
     res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
-    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr  # landed beside it: the landing does not change it
     warning = f"warning: main is checked out at {repo} with uncommitted changes (src/app.py)"
     assert warning in res.stdout
     assert res.stdout.index(warning) < res.stdout.index("one: running")

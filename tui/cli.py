@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--prompt", default="", help="the new attempt's prompt (default: the task's)")
     rt.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
+    la = sub.add_parser("land", help="land a past run's kept result onto its base as it is now: merged, "
+                                     "verified again, then landed")
+    la.add_argument("run", help="run id (see corral runs)")
+    la.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    la.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
+
     d = sub.add_parser("demo", help="make a scratch repository and run a built-in demo plan on it")
     d.add_argument("--headless", action="store_true", help="no dashboard: plain lines on stdout")
     d.add_argument("--json", action="store_true", help="with --headless: one JSON object per event per line")
@@ -119,7 +125,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd is None:
         return open_home(args.repo)
     commands = {"run": cmd_run, "demo": cmd_demo, "runs": cmd_runs, "clean": cmd_clean, "agents": cmd_agents,
-                "attach": cmd_attach, "stop": cmd_stop, "send": cmd_send, "retry": cmd_retry}
+                "attach": cmd_attach, "stop": cmd_stop, "send": cmd_send, "retry": cmd_retry, "land": cmd_land}
     if cmd not in commands:
         fail_usage(f"unknown command {cmd!r}")
     return commands[cmd](args)
@@ -454,6 +460,32 @@ def run_headless(prep, *, json_mode: bool, keep_worktrees: bool, banner: str | N
                                                            on_runtime=on_rt),
                       [JsonRenderer() if json_mode else LineRenderer()],
                       approver_for=lambda bus: make_headless_approver(prep.plan.approve, bus))
+
+
+# ---------------------------------------------------------------------------------------- land
+def cmd_land(args: argparse.Namespace) -> int:
+    """``corral land RUN``: hosted in this process as a headless run is, its events rendered as lines
+    (or JSON); a run with nothing to land is one line and exit 2, nothing changed."""
+    import anyio
+
+    from corral.core.landing import find_kept, land_kept
+    from corral.core.vcs.base import UsageError
+    from corral.tui.headless import JsonRenderer, LineRenderer
+
+    backend = _open_backend(args.repo)
+    try:
+        kept = anyio.run(find_kept, backend, args.run)
+    except UsageError as exc:
+        anyio.run(backend.close)
+        fail_usage(str(exc))
+
+    async def body(approver, bus, on_runtime) -> int:
+        try:
+            return await land_kept(backend, kept, bus)
+        finally:
+            await backend.close()
+
+    return run_hosted(kept.run, "all", body, [JsonRenderer() if args.json else LineRenderer()])
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -151,6 +151,9 @@ class LandOutcome:
     message: str
     old: str = ""
     new: str = ""
+    #: why it did not land: "moved" (base gained commits since ``old``: merging them in may land it),
+    #: "conflict" (merging them in conflicts), or another word of the backend's
+    why: str = ""
 
 
 @dataclass
@@ -401,6 +404,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
         """Move ``base`` from ``old`` to ``new``, only if it is still at ``old``."""
+
+    async def merge_base_into(self, ws: Workspace, tip: str) -> list[str]:
+        """Merge ``tip`` (base's new tip, which descends from where ``ws``'s merge started) into the
+        integration workspace ``ws``: its files, ``ws.head`` and its ref follow. Returns the files in
+        conflict (none: merged); a conflicting merge changes nothing."""
+        raise VcsError(f"base cannot be merged into the integration in a {self.kind} repository")
+
+    async def conflict_hint(self, base: str, ref: str, files: list[str]) -> str:
+        """How to land ``ref`` by hand when merging base into it conflicts in ``files``: commands
+        that work on the repository as it is."""
+        return f"the result is kept on {ref}"
 
     @abc.abstractmethod
     def land_hint(self, base: str, ref: str) -> str:

@@ -15,6 +15,7 @@ import copy
 import fnmatch
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -247,8 +248,8 @@ class GitBackend(Backend):
         return [note for note in out if note]
 
     async def _dirty_base(self, base: str) -> str:
-        """Said at preflight: landing refuses to move ``base`` over uncommitted changes in its checkout
-        (see :meth:`land`), better known before the agents run than after."""
+        """Said at preflight: landing refuses to move ``base`` when its checkout has uncommitted changes
+        to files the landing changes (see :meth:`land`), better known before the agents run than after."""
         where = await self.checked_out_at(base) if await self.is_branch(base) else None
         if where is None:
             return ""
@@ -259,7 +260,7 @@ class GitBackend(Backend):
             return ""
         more = f" and {len(files) - 5} more" if len(files) > 5 else ""
         return (f"{base} is checked out at {where} with uncommitted changes ({', '.join(files[:5])}{more}): "
-                f"corral never touches them, and will not land onto {base} while they are there (commit or "
+                f"corral never touches them, and will not land onto {base} a merge that changes them (commit or "
                 f"stash them before the run lands)")
 
     def ref_name(self, run: str, task: str) -> str:
@@ -805,15 +806,18 @@ class GitBackend(Backend):
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
         """Move branch ``base`` from ``old`` to ``new``: a fast-forward in the checkout where it is
         checked out, else a compare-and-swap of the ref. Refused (ok=False, saying why) when base is
-        not a branch, moved, is under an operation of the user's (rebase, merge, ...), or its
-        checkout has uncommitted changes or untracked or ignored files the landing would replace."""
+        not a branch, moved (``why`` "moved" when it only gained commits of no corral branch),
+        is under an operation of the user's (rebase, merge, ...), or its checkout has uncommitted
+        changes to files the landing changes, or untracked or ignored files it would replace (the
+        other uncommitted changes stay as they are: a fast-forward leaves them)."""
         if not await self.is_branch(base):
             return self._refuse(base, "not a branch", f"base {base!r} is not a branch, so there is nothing to move",
                                 old, new)
         async with self.mutating():
             current = (await self.git("rev-parse", f"refs/heads/{base}")).out.strip()
             if current != old:
-                return self._refuse(base, "moved", await self._moved(base, old, current), old, new)
+                message, gained = await self._moved(base, old, current)
+                return self._refuse(base, "moved", message, old, new, "moved" if gained else "rewritten")
             busy = await self._busy(base)
             if busy:
                 return self._refuse(base, "busy", busy, old, new)
@@ -822,12 +826,13 @@ class GitBackend(Backend):
                 return self._refuse(base, "stash", taken, old, new)
             where = await self.checked_out_at(base)
             if where is not None:
-                status = await self.git("status", "--porcelain", "--untracked-files=no", cwd=where, check=False)
-                if not status.ok or status.out.strip():
+                dirty = await self._dirty_in_the_way(where, old, new)
+                if dirty:
+                    more = f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""
                     return self._refuse(
                         base, "dirty",
-                        f"{base} is checked out at {where} with uncommitted changes; corral will not touch them",
-                        old, new,
+                        f"{base} is checked out at {where} with uncommitted changes to file(s) the landing "
+                        f"changes: {', '.join(dirty[:5])}{more}; corral will not touch them", old, new,
                     )
                 files = await self._in_the_way(where, old, new)
                 if files:
@@ -893,9 +898,35 @@ class GitBackend(Backend):
         return (f"the result holds changes of your stash ({', '.join(sorted(set(landing))[:5])}): an agent took "
                 "them from it (they are back in git stash list)")
 
-    def _refuse(self, base: str, why: str, message: str, old: str, new: str) -> LandOutcome:
+    def _refuse(self, base: str, why: str, message: str, old: str, new: str, kind: str = "") -> LandOutcome:
         self._refusals[base] = why
-        return LandOutcome(False, message, old, new)
+        return LandOutcome(False, message, old, new, kind or why)
+
+    async def merge_base_into(self, ws: Workspace, tip: str) -> list[str]:
+        """Merge base's new ``tip`` into the integration worktree ``ws`` (a merge commit on its branch).
+        What verify left in the worktree goes first: what lands is what was committed and verified."""
+        p = ws.path
+        if ws.role == "integration":  # a task's worktree was committed: what is left there is its agent's
+            await self.git("reset", "-q", "--hard", "HEAD", cwd=p)
+            await self.git("clean", "-q", "-fd", cwd=p, check=False)
+        res = await self.git("merge", "--no-ff", "--no-edit", "-m", f"corral: merge {tip[:12]}, where base moved "
+                             "during the run", tip, cwd=p, env=await self.ident_env(), check=False)
+        if res.ok:
+            ws.head = await self.head_of(ws)
+            return []
+        files = await self._unmerged(p)
+        await self.git("merge", "--abort", cwd=p, check=False)
+        if not files:
+            raise VcsError(f"merging {tip[:12]} into {ws.ref}: {_short_err(res)}")
+        return files
+
+    async def conflict_hint(self, base: str, ref: str, files: list[str]) -> str:
+        """The merge corral could not make, made by hand where base is checked out (or after checking
+        it out), its conflicts left for the user to resolve."""
+        where = await self.checked_out_at(base)
+        merge = f"git -C {shlex.quote(str(where))} merge {ref}" if where else f"git checkout {base} && git merge {ref}"
+        return (f"to land by hand: {merge}, resolve the conflicts in {', '.join(files[:5])}, git commit, "
+                "then verify the result")
 
     def land_hint(self, base: str, ref: str) -> str:
         """What to do with ``ref`` after :meth:`land` refused: what works depends on why."""
@@ -905,15 +936,20 @@ class GitBackend(Backend):
         if why in ("moved", "busy"):  # base has (or will have) commits the result lacks: no fast-forward
             when = " once that is done" if why == "busy" else ""
             return f"to land by hand{when}: git checkout {base} && git merge {ref}, then verify the result again"
+        if why == "dirty":
+            return f"commit or stash those changes of yours, then: git checkout {base} && git merge --ff-only {ref}"
         if why == "in the way":
             return f"to land by hand, move those files elsewhere, then: git checkout {base} && git merge --ff-only {ref}"
         return f"to land by hand: git checkout {base} && git merge --ff-only {ref}"
 
-    async def _moved(self, base: str, old: str, current: str) -> str:
+    async def _moved(self, base: str, old: str, current: str) -> tuple[str, bool]:
         """Says how ``base`` moved from ``old`` to ``current`` and, where it can, what moved it: the
-        last entry of its reflog, and corral branches whose commits it now holds."""
+        last entry of its reflog, and corral branches whose commits it now holds. And whether it only
+        gained commits, none of corral's branches' (merging them into the result may land it; an
+        agent that moved base to its own work outside the guard must not land that way)."""
         how = f"now {current[:12]}, was {old[:12]}"
-        if (await self.git("merge-base", "--is-ancestor", old, current, check=False)).ok:
+        gained = await self._is_ancestor(old, current)
+        if gained:
             count = (await self.git("rev-list", "--count", f"{old}..{current}", check=False)).out.strip()
             how += f": {count} commit{'s' if count != '1' else ''} since"
         else:
@@ -927,7 +963,7 @@ class GitBackend(Backend):
         holds = res.out.split()
         if holds:
             message += f"; {base} now holds commits of {', '.join(holds[:3])}" + (" and more" if len(holds) > 3 else "")
-        return message
+        return message, gained and not holds
 
     async def _busy(self, base: str) -> str:
         """What the user is in the middle of on ``base`` (a rebase, merge, cherry-pick, revert, am or
@@ -958,6 +994,20 @@ class GitBackend(Backend):
             if admin:
                 out.append((Path(admin), where))
         return out
+
+    async def _dirty_in_the_way(self, where: Path, old: str, new: str) -> list[str]:
+        """Files of the checkout at ``where`` with uncommitted changes (staged or not) that a
+        fast-forward from ``old`` to ``new`` changes; the others it leaves as they are. A status git
+        cannot give counts as all of them in the way."""
+        status = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
+                                check=False)
+        if not status.ok:
+            return [f"(git status failed: {_short_err(status)})"]
+        dirty = {entry[3:] for entry in status.out.split("\0") if len(entry) > 3}
+        if not dirty:
+            return []
+        changed = await self.git("diff", "--name-only", "--no-renames", "-z", old, new)
+        return sorted(dirty & {p for p in changed.out.split("\0") if p})
 
     async def _in_the_way(self, where: Path, old: str, new: str) -> list[str]:
         """Untracked or ignored files of the checkout at ``where`` that a fast-forward from ``old`` to

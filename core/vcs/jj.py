@@ -559,6 +559,8 @@ class JjBackend(Backend):
         if not parents:
             return "@-"
         names = [n for n in parents[0][1].split(",") if n and not n.startswith("corral/")]
+        if not names and len(parents) == 1 and parents[0][0].strip("0"):  # (not the root commit)
+            await self._check_not_behind(parents[0][0])
         base = names[0] if len(names) == 1 else "@-" if len(parents) == 1 else parents[0][0]
         if len(parents) > 1:
             others = ", ".join(_label(c, b) for c, b, _ in parents[1:])
@@ -566,6 +568,18 @@ class JjBackend(Backend):
                 f"base {base}: your working copy is a merge, and the base is its first parent "
                 f"({_label(*parents[0][:2])}); the changes of {others} are not in it (give --base to choose)")
         return base
+
+    async def _check_not_behind(self, parent: str) -> None:
+        """``@-`` (``parent``) has no bookmark, and a bookmark sits on a commit after it that is not
+        under the working copy: the usual cause is a run that landed there while the working copy
+        stayed put. A run on ``@-`` would build on stale work and land nowhere: refused (exit 2)."""
+        res = await self.jj("log", "-r", f"(descendants({parent}) ~ ::@) & bookmarks()", "--no-graph", "-T",
+                            'local_bookmarks.map(|b| b.name()).join("\\n") ++ "\\n"', check=False, at_root=True)
+        ahead = [n for n in res.lines() if not n.startswith("corral/")] if res.ok else []
+        if ahead:
+            raise UsageError(f"base @- ({parent[:12]}) is behind bookmark {ahead[0]}, which moved past it (a run "
+                             f"landed there?): start on it with `jj new {ahead[0]}`, or give --base @- to build on "
+                             "the old commit")
 
     async def resolve(self, rev: str) -> str:
         if not rev or rev.startswith("-") or "\0" in rev or "\n" in rev:
@@ -1111,8 +1125,9 @@ class JjBackend(Backend):
             if current is None:
                 return LandOutcome(False, f"bookmark {base} is conflicted; resolve it first", old, new)
             if current != followed or not await self._descends(new, current):
+                gained = current != followed and await self._descends(current, followed)
                 return LandOutcome(False, f"{base} moved during the run (now {current[:12]}, was {old[:12]})" + also,
-                                   old, new)
+                                   old, new, "moved" if gained else "rewritten")
             res = await self.jj("bookmark", "set", base, "-r", new, check=False)
             if not res.ok:
                 return LandOutcome(False, f"moving {base} refused: {_short_err(res)}", old, new)
@@ -1125,6 +1140,41 @@ class JjBackend(Backend):
         res = await self.jj("log", "-r", f"{ancestor} & ::{commit}", "--no-graph", "-T", 'commit_id ++ "\\n"',
                             check=False)
         return res.ok and bool(res.lines())
+
+    async def merge_base_into(self, ws: Workspace, tip: str) -> list[str]:
+        """Base's new ``tip`` merged into the integration ``ws``: a merge commit of its head and
+        ``tip`` (conflicted: rolled back, leaving no trace), its bookmark moved there, and its working
+        copy moved onto it (what verify left there is not snapshotted)."""
+        token = secrets.token_hex(6)
+        async with self.mutating():
+            txn = self.txn(await self.current_op() if self.detached_ops else None)
+            try:
+                await txn.run("new", "--no-edit", ws.head, tip, "-m",
+                              f"corral: merge {tip[:12]}, where base moved during the run\n\n({token})")
+                found = await txn.commits(f"children({tip}) & description(substring:{_quote(token)})", made=True)
+                if len(found) != 1:
+                    raise VcsError(f"jj: the merge of {tip[:12]} into {ws.ref} was not found")
+                txn.created = [found[0].change]
+                if found[0].conflict:
+                    files = await txn.conflict_files(found[0].commit)
+                    await txn.rollback()
+                    return files or ["(unknown)"]
+                await txn.run("bookmark", "set", ws.ref, "-r", found[0].commit, "--allow-backwards")
+                await txn.integrate()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await txn.rollback()
+                raise
+            self._created.setdefault(ws.ref, []).append(found[0].change)
+            await self.jj("new", found[0].commit, "--ignore-working-copy", cwd=ws.path, workspace=True)
+        async with self.checkouts:
+            await self.jj("workspace", "update-stale", cwd=ws.path, workspace=True)
+        ws.head = found[0].commit
+        return []
+
+    async def conflict_hint(self, base: str, ref: str, files: list[str]) -> str:
+        return (f"to land by hand: jj new {base} {ref}, resolve the conflicts in {', '.join(files[:5])}, then "
+                f"jj bookmark set {base} -r @ (and verify the result)")
 
     def land_hint(self, base: str, ref: str) -> str:
         if base in self._not_bookmark:
