@@ -304,6 +304,7 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
+    rt.slots, rt.put_away = sem, not rt.options.keep_worktrees
     rt.new_attempt = lambda name, prompt: _new_attempt(rt, plan, sem, name, prompt)
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:

@@ -300,6 +300,27 @@ class Workspaces:
     def list(self) -> list[Workspace]:
         return list(self.live.values())
 
+    async def reopen(self, name: str) -> Workspace:
+        """The workspace ``name`` again, made from its kept branch when it was removed (one more turn
+        of its agent: a follow-up, changes requested), registered as any workspace so that discard
+        and the end of the run handle it. Raises :class:`VcsError` when its branch is gone."""
+        if name in self.live:
+            return self.live[name]
+        old = self.created.get(name)
+        if old is None or old.role != "task":
+            raise ValueError(f"no task workspace {name!r} in this run")
+        rt = self._rt
+        try:
+            ws = await rt.backend.reopen_workspace(old, rt.options.worktree_root)
+        finally:
+            self._say_notices()
+        self.live[name] = self.created[name] = ws
+        for info in rt.tasks.values():
+            if info.workspace is old:
+                info.workspace = ws
+        rt.journal.update_task(name, workspace=str(ws.path), workspace_removed=False)
+        return ws
+
     async def forecast(self, heads: dict[str, str] | builtins.list[Any] | None = None) -> Forecast:
         """Predicted conflicts between ``heads`` (a dict name -> commit, or a list of workspaces,
         workspace or branch names; default: every live workspace) and with base."""
@@ -308,7 +329,7 @@ class Workspaces:
             heads = {ws.task: ws.head for ws in self.live.values() if ws.head}
         elif not isinstance(heads, dict):
             heads = dict([await self._head(h) for h in heads])
-        bases = {name: self.live[name].base_commit for name in heads if name in self.live}
+        bases = {name: self.created[name].base_commit for name in heads if name in self.created}
         base = rt.base_name
         try:
             await rt.backend.resolve(base)
@@ -513,6 +534,11 @@ class Runtime:
         self.review_scope: anyio.CancelScope | None = None
         #: ``(task, prompt) -> new task``: a new attempt of a task (the plan pipeline sets it)
         self.new_attempt: Callable[[str, str], str] | None = None
+        #: the run's agent slots (a plan's max_parallel): a follow-up turn takes one like any agent
+        self.slots: anyio.Semaphore | None = None
+        #: a plan's run without --keep-worktrees: a task's workspace goes once its agent's work is on
+        #: its branch (no more checkouts on disk than agents at work); another turn re-opens it
+        self.put_away = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -839,12 +865,26 @@ class Runtime:
         total = info.result or result  # every turn of the task's conversation
         if total is not result:
             total.status, total.reason, total.files = result.status, result.reason, result.files
+        if not problem and snap is not None and not snap.uncommitted:
+            await self._put_away(info)
         self.bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code,
                                    duration=total.duration, cost=total.usage.cost,
                                    tokens=total.usage.tokens or None, files=snap.files if snap else [],
                                    added=snap.added if snap else 0, removed=snap.removed if snap else 0,
                                    commit=snap.commit if snap else "", text=result.text, reason=result.reason))
         self.set_status(name, result.status, result.reason)
+
+    async def _put_away(self, info: TaskInfo) -> None:
+        """Remove a task's workspace once its agent's work is all on its branch (:attr:`put_away`);
+        one that cannot be removed stays (it is said, and the end of the run tries again)."""
+        ws = info.workspace
+        if not self.put_away or ws is None or ws.role != "task" or ws.task != info.name \
+                or ws.task not in self.workspaces.live or info.name in self._procs or info.queued:
+            return  # (a message queued for it: its next turn is about to start there)
+        try:
+            await self.workspaces.remove(ws, keep_branch=True)
+        except VcsError as exc:
+            self.bus.log("warning", f"workspace of {info.name} kept: {exc}", task=info.name)
 
     def judge_edits(self, result: AgentResult, snap: Snapshot | None) -> None:
         """An agent that says it succeeded but whose every edit failed, and that changed nothing, did
@@ -1001,9 +1041,18 @@ class Runtime:
         if info.status == "merged" or info.merged:
             return f"{name} is merged already: start a new task for more changes"
         ws = info.workspace
-        if ws is not None and ws.task not in self.workspaces.live:
-            return f"the workspace of {name} was removed: a follow-up needs it (its branch {ws.ref} is kept)"
+        if ws is not None and ws.task not in self.workspaces.created:
+            return f"{name} ran in {ws.path}, which is no workspace of this run: it cannot be re-opened"
         return ""
+
+    async def branch_problem(self, name: str) -> str:
+        """Why ``name``'s removed workspace cannot be re-opened for a follow-up ("" when it can, or
+        when it was not removed): its branch was deleted."""
+        info = self.tasks.get(name)
+        ws = info.workspace if info else None
+        if ws is None or ws.task in self.workspaces.live or await self.backend.ref_exists(ws.ref):
+            return ""
+        return f"the branch {ws.ref} of {name} is gone (deleted): there is no work to re-open for a follow-up"
 
     def follow_up(self, target: "Handle | str", message: str) -> tuple[FollowUp, bool]:
         """Send ``message`` to a task's agent: queued while it works (delivered when its turn ends;
@@ -1065,9 +1114,28 @@ class Runtime:
             raise RuntimeError(f"the message to {name} was not delivered (the run ended, or the task went away)")
         return item.result
 
+    async def _reopened(self, info: TaskInfo) -> dict[str, Any]:
+        """The spec of ``info``'s next turn: its workspace re-opened from its kept branch when it was
+        removed (the agent's directory in it moves along)."""
+        assert info.spec is not None
+        old = info.workspace
+        if old is None or old.task in self.workspaces.live:
+            return info.spec
+        ws = await self.workspaces.reopen(old.task)
+        cwd = Path(str(info.spec.get("cwd") or old.path))
+        inside = cwd.relative_to(old.path) if cwd.is_relative_to(old.path) else Path()
+        info.spec = {**info.spec, "cwd": str(ws.path / inside)}
+        self.bus.emit(TaskOutput(task=info.name, lines=[f"corral: its workspace re-opened from branch {ws.ref}: "
+                                                        f"{ws.path}"]))
+        return info.spec
+
     async def _carry_on(self, name: str) -> None:
         try:
-            await self.converse(name)
+            if self.slots is None:
+                await self.converse(name)
+            else:
+                async with self.slots:  # a turn is an agent at work: it waits for a slot as the others
+                    await self.converse(name)
         finally:
             self.release(name)
 
@@ -1094,7 +1162,13 @@ class Runtime:
         n = info.turns + 1
         self.bus.emit(TaskOutput(task=name, lines=["", f"──── turn {n}: follow-up message ────",
                                                    *[f"> {line}" for line in message.splitlines()], ""]))
-        result = await self.run_agent(info.spec, follow_up=message)
+        try:
+            spec = await self._reopened(info)
+        except VcsError as exc:
+            self.bus.log("warning", f"message to {name} not delivered: its workspace cannot be re-opened: {exc}",
+                         task=name)
+            return None
+        result = await self.run_agent(spec, follow_up=message)
         first = message.strip().splitlines()[0][:72]
         await self.settle_agent(result, f"corral: {name}, turn {n}\n\n{first}\n\nrun {self.run_id}, "
                                         f"agent {result.agent}")

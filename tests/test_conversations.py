@@ -15,10 +15,13 @@ from typing import Any
 import anyio
 import pytest
 
-from conftest import FAKES, corral, git, write_plan
+import signal
+
+from conftest import FAKES, corral, corral_state, git, write_plan
 from corral.core.events import TaskOutput
 from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
-from test_supervisor import GATE, run_json, start_detached, state_dir, wait_ended, wait_supervisor_gone, wait_until
+from test_supervisor import (GATE, run_json, start_detached, state_dir, supervisor_pid, wait_ended,
+                             wait_supervisor_gone, wait_until)
 
 
 def task_state(repo: Path, run: str, task: str) -> dict[str, Any]:
@@ -109,7 +112,9 @@ def test_a_follow_up_resumes_claudes_own_session_and_costs_add_up(repo: Path, tm
     assert len(claude) == 2 and "--resume" not in claude[0]["argv"]
     argv = claude[1]["argv"]
     assert argv[argv.index("--resume") + 1] == first["session"] and argv[-1] == "now file=second.py"
-    assert claude[1]["cwd"] == claude[0]["cwd"]  # the same workspace
+    # its workspace went once the first turn's work was on its branch: re-opened from that branch
+    assert claude[1]["cwd"] != claude[0]["cwd"] and not Path(claude[0]["cwd"]).exists()
+    assert any("workspace re-opened from branch" in line for line in pane(repo, run_id, "done"))
     assert end["tasks"]["done"]["cost"] == 2 * first["cost"]
     assert end["tasks"]["done"]["tokens"] == 2 * first["tokens"]
     assert git(repo, "show", "main:first.py") and git(repo, "show", "main:second.py")
@@ -460,8 +465,8 @@ def test_corral_retry_starts_a_new_attempt_from_base_and_keeps_the_old_one(repo:
     assert res.returncode == 0, res.stderr
     assert "retried as fix-2" in res.stdout
     wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
-    ws = Path(task_state(repo, run, "fix-2")["workspace"])
-    assert not (ws / "partial.txt").exists()  # from base, not from the failed attempt
+    new = task_state(repo, run, "fix-2")["branch"]  # from base, not from the failed attempt:
+    assert git(repo, "ls-tree", "--name-only", new, "partial.txt") == ""
     gate.write_text("go")
     end = wait_ended(repo, run)
     assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
@@ -500,9 +505,102 @@ def test_R_in_the_dashboard_retries_a_failed_task_with_its_prompt_edited(repo: P
             await pilot.press("enter")
             await until(pilot, lambda: "bad-2" in app.run_screen.panes
                         and app.model.tasks["bad-2"].status == "succeeded", what="the new attempt's pane")
-            assert Path(app.rt.tasks["bad-2"].workspace.path, "ok.txt").read_text() == "ok\n"
+            assert git(repo, "show", f"{app.rt.tasks['bad-2'].workspace.ref}:ok.txt") == "ok"
             await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
     anyio.run(main)
+
+
+# --------------------------------------------------------------------------- bounded checkouts
+def test_a_finished_tasks_workspace_goes_so_checkouts_stay_bounded_by_max_parallel(repo: Path, tmp_path: Path) -> None:
+    counts = tmp_path / "counts"
+    tasks = "".join(f"""
+        [[tasks]]
+        name = "t{i}"
+        prompt = 'git worktree list | wc -l >> {counts}; echo {i} > f{i}.txt'
+    """ for i in range(16))
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        sandbox = "none"
+        approve = "all"
+        max_parallel = 2
+    """ + tasks)
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen = [int(n) for n in counts.read_text().split()]
+    assert len(seen) == 16 and max(seen) <= 4 + 1, seen  # max_parallel + 2, and the main checkout
+    for i in range(16):  # every task's work merged from its branch
+        assert git(repo, "show", f"main:f{i}.txt") == str(i)
+
+
+# ------------------------------------------------------------------- a removed workspace, re-opened
+def test_a_follow_up_to_a_task_whose_workspace_was_removed_resumes_in_one_reopened_from_its_branch(
+        repo: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    prog = tmp_path / "prog.py"
+    prog.write_text('''
+import os
+
+async def run(input, rt):
+    ws = await rt.workspaces.create("talk")
+    h = rt.spawn({"agent": "claude", "name": "talk", "task": "write file=first.py", "cwd": str(ws.path)})
+    first = await rt.join(h)
+    await rt.workspaces.remove(ws)  # its work is on its branch; the checkout is gone
+    second = await rt.send(h, "now file=second.py")
+    again = rt.tasks["talk"].workspace
+    return {"status": second.status, "branch": ws.ref, "cwd": [first.cwd, second.cwd],
+            "files": sorted(os.listdir(again.path)), "same_branch": again.ref == ws.ref}
+''')
+    res = corral("run", str(prog), "--headless", cwd=repo, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((next((repo / ".git" / "corral" / "runs").iterdir()) / "result.json").read_text())
+    assert result["status"] == "succeeded" and result["same_branch"]
+    assert result["cwd"][0] != result["cwd"][1] and "first.py" in result["files"]  # checked out from the branch
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    argv = calls[1]["argv"]
+    assert argv[argv.index("--resume") + 1] == SESSIONS["claude"][0]  # its own session, resumed
+    for path in ("first.py", "second.py"):
+        assert git(repo, "show", f"{result['branch']}:{path}")
+    assert corral_state(repo)["worktrees"] == []  # the re-opened workspace went at the end of the run too
+    git(repo, "branch", "-D", result["branch"])
+
+
+def test_a_follow_up_to_a_task_whose_branch_the_user_deleted_is_refused(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    branch = task_state(repo, run, "done")["branch"]
+    git(repo, "branch", "-D", branch)
+    res = send(repo, run, "done", "echo more > more.txt")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"the branch {branch} of done is gone" in res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["tasks"]["done"]["turns"] == 1
+    wait_supervisor_gone(repo)
+
+
+def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_neither_turn(repo: Path,
+                                                                                          tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    first_ws = task_state(repo, run, "done")["workspace"]
+    res = send(repo, run, "done", f"echo partial > partial.txt; {GATE.format(gate=tmp_path / 'never')}")
+    assert res.returncode == 0, res.stderr
+    ws = Path(wait_until(lambda: (w := task_state(repo, run, "done").get("workspace")) != first_ws and w,
+                         "the re-opened workspace"))
+    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
+    os.kill(supervisor_pid(repo), signal.SIGKILL)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    branch = task_state(repo, run, "done")["branch"]
+    assert git(repo, "show", f"{branch}:one.txt") == "one"  # the first turn's, on the branch
+    assert git(repo, "show", f"{branch}:partial.txt") == "partial"  # the killed turn's, salvaged by clean
+    assert corral_state(repo)["worktrees"] == []
+    gate.write_text("go")
+    for b in corral_state(repo)["branches"]:
+        git(repo, "branch", "-D", b)

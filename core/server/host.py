@@ -375,6 +375,9 @@ class RunHost:
             finally:
                 self._busy.discard((op, name))
         if op == "send":
+            problem = rt.follow_up_problem(name) or await rt.branch_problem(name)
+            if problem:
+                raise CommandError(problem)
             try:
                 _item, queued = rt.follow_up(name, str(args.get("message") or ""))
             except FollowUpRefused as exc:
@@ -394,7 +397,8 @@ class RunHost:
             except VcsError as exc:
                 pending = [f"(corral cannot list them: {exc})"]
             return {"status": info.status, "prompt": info.prompt, "turns": info.turns,
-                    "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
+                    "workspace": str(ws.path) if ws and ws.task in rt.workspaces.live else "",
+                    "ref": ws.ref if ws else "",
                     "extra_refs": list(ws.extra_refs) if ws else [], "pending": pending}
         raise CommandError(f"unknown command {op!r}")
 
