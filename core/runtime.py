@@ -1134,6 +1134,9 @@ class Runtime:
             if self.slots is None:
                 await self.converse(name)
             else:
+                if self.slots.value == 0:
+                    self.bus.emit(TaskOutput(task=name, lines=["corral: every agent slot is taken (max_parallel): "
+                                                               "the message waits for one"]))
                 async with self.slots:  # a turn is an agent at work: it waits for a slot as the others
                     await self.converse(name)
         finally:

@@ -604,3 +604,29 @@ def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_ne
     gate.write_text("go")
     for b in corral_state(repo)["branches"]:
         git(repo, "branch", "-D", b)
+
+
+def test_a_follow_up_turn_waits_for_an_agent_slot_like_any_agent(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        approve = "all"
+        max_parallel = 1
+        [[tasks]]
+        name = "done"
+        prompt = 'echo one > one.txt'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "slow").get("status") == "running", "slow to take the one slot")
+    # the turn says whether slow was still at work when it ran
+    res = send(repo, run, "done", f'if [ -f "{gate}" ]; then echo after; else echo during; fi > turn.txt')
+    assert res.returncode == 0, res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert git(repo, "show", "main:turn.txt") == "after"
+    wait_supervisor_gone(repo)
