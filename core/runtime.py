@@ -1079,6 +1079,21 @@ class Runtime:
             self._tg.start_soon(self._carry_on, name)
         return item, queued
 
+    def cancel_queued(self, name: str) -> int:
+        """Take back the messages queued for ``name``'s agent (not delivered yet); the pane says so.
+        Returns how many. Raises :class:`FollowUpRefused` (one line) when none is queued."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        if not info.queued:
+            raise FollowUpRefused(f"no message is queued for {name}")
+        items, info.queued = list(info.queued), []
+        for item in items:
+            item.done.set()
+        self.bus.emit(TaskOutput(task=name, lines=[
+            f"corral: queued message cancelled: {item.message.strip().splitlines()[0][:120]}" for item in items]))
+        return len(items)
+
     def _withdraw_review(self, why: str) -> None:
         """A task's work changes during the review: the open review is withdrawn (the pipeline puts
         it again once every follow-up is done)."""

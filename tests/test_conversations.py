@@ -287,6 +287,10 @@ def test_f_in_the_dashboard_sends_a_follow_up_to_a_finished_and_a_running_agent(
             await until(pilot, lambda: any("message queued" in line for line in pane_lines(app, "slow")),
                         what="the queued line")
             assert app.model.tasks["slow"].status == "running"
+            await pilot.press("x")  # taken back before its turn
+            await until(pilot, lambda: "corral: queued message cancelled: echo later > later.txt"
+                        in pane_lines(app, "slow"), what="the cancelled line")
+            assert not app.rt.tasks["slow"].queued
             await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert app.rt.tasks["slow"].turns == 1  # aborted: the queued message was dropped, not delivered
@@ -629,4 +633,26 @@ def test_a_follow_up_turn_waits_for_an_agent_slot_like_any_agent(repo: Path, tmp
     end = wait_ended(repo, run)
     assert end["exit_code"] == 0, end
     assert git(repo, "show", "main:turn.txt") == "after"
+    wait_supervisor_gone(repo)
+
+
+def test_a_queued_message_is_taken_back_with_send_cancel_and_never_delivered(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "slow").get("status") == "running", "slow to work")
+    res = send(repo, run, "slow", "echo later > later.txt")
+    assert res.returncode == 0 and "queued" in res.stdout, res.stderr
+    res = corral("send", "--cancel", run, "slow", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert "1 queued message(s) to slow cancelled" in res.stdout
+    assert "corral: queued message cancelled: echo later > later.txt" in pane(repo, run, "slow")
+    res = corral("send", "--cancel", run, "slow", cwd=repo)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no message is queued for slow" in res.stderr
+    res = corral("send", run, "slow", cwd=repo)  # neither a message nor --cancel
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert end["tasks"]["slow"]["turns"] == 1
+    assert git(repo, "ls-tree", "--name-only", "main", "later.txt") == ""
     wait_supervisor_gone(repo)

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "works; a finished agent is resumed in its workspace)")
     se.add_argument("run", help="run id (see corral runs)")
     se.add_argument("task", help="the task's name")
-    se.add_argument("message", help="the message for its agent")
+    se.add_argument("message", nargs="?", help="the message for its agent")
+    se.add_argument("--cancel", action="store_true", help="take back the messages queued for the task instead")
     se.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
     rt = sub.add_parser("retry", help="a new attempt of a failed or aborted task of a live run, from base, "
@@ -337,6 +338,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """``corral send RUN TASK MESSAGE``: one follow-up, through the supervisor's ``send`` command."""
+    if args.cancel or args.message is None:
+        if not args.cancel:
+            print("corral: send: give the message, or --cancel to take back the queued ones", file=sys.stderr)
+            return EXIT_USAGE
+        if args.message is not None:
+            print("corral: send --cancel takes no message", file=sys.stderr)
+            return EXIT_USAGE
+        reply = run_command(args, "cancel")
+        print(f"corral: {reply.get('cancelled')} queued message(s) to {args.task} cancelled")
+        return EXIT_OK
     reply = run_command(args, "send", message=args.message)
     if reply.get("queued"):
         print(f"corral: message queued for {args.task}: delivered when its agent's current turn ends")

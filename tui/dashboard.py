@@ -802,6 +802,13 @@ class CorralApp(App[int]):
             self.notify(f"retried as {reply.get('task')}", title=name)
 
     @work(group="send", exit_on_error=False)
+    async def cancel_queued(self, name: str) -> None:
+        """``x``: take back the messages queued for ``name``'s agent (the run's ``cancel`` command)."""
+        reply = await self.command("cancel", task=name)
+        if reply is not None:
+            self.notify(f"{reply.get('cancelled')} queued message(s) cancelled", title=name)
+
+    @work(group="send", exit_on_error=False)
     async def _send(self, name: str, message: str) -> None:
         reply = await self.command("send", task=name, message=message)
         if reply is not None:

@@ -383,6 +383,11 @@ class RunHost:
             except FollowUpRefused as exc:
                 raise CommandError(str(exc)) from None
             return {"queued": queued}
+        if op == "cancel":
+            try:
+                return {"cancelled": rt.cancel_queued(name)}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
         if op == "retry":
             try:
                 return {"task": rt.retry(name, str(args.get("prompt") or ""))}
