@@ -323,11 +323,10 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
         bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
         if not t.approved and t.status == "succeeded":
             rt.set_status(t.name, "rejected", "not approved")
-    approved = [rt.tasks[t.name] for t in plan.tasks
-                if rt.tasks[t.name].approved and rt.tasks[t.name].status == "succeeded"]
+    approved = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].approved and reviewable(rt.tasks[t.name])]
     # what was edited by hand in a workspace during the review is part of the task's work
     await settle(rt, approved, "corral: edits made in {task}'s workspace after its agent exited")
-    approved = [t for t in approved if t.status == "succeeded"]
+    approved = [t for t in approved if reviewable(t)]
     if not approved:
         bus.log("info", "nothing approved: nothing to merge")
         return
@@ -441,13 +440,13 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
     on the new work, once every follow-up turn is done."""
     bus = rt.bus
     while True:
-        done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
+        done = [rt.tasks[t.name] for t in plan.tasks if reviewable(rt.tasks[t.name])]
         if not done:
             bus.log("info", "no task succeeded: nothing to review or merge")
             return None
         rt.set_phase("review")
         await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
-        done = [t for t in done if t.status == "succeeded"]
+        done = [t for t in done if reviewable(t)]
         heads = {t.name: t.workspace.head for t in done if t.workspace}
         forecast = await rt.workspaces.forecast(heads)
         for t in done:
@@ -465,6 +464,14 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
             return done, decisions
         rt.set_phase("running")
         await rt.quiet()
+
+
+def reviewable(info: TaskInfo) -> bool:
+    """Whether a task's work is up for review: its agent succeeded, or was aborted after changing
+    files (its partial work, salvaged onto its branch, can be approved as it is)."""
+    snap = info.snapshot
+    return info.status == "succeeded" or (info.status == "aborted" and snap is not None and bool(snap.files)
+                                          and not snap.uncommitted and not snap.conflicted)
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:

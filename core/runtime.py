@@ -173,7 +173,8 @@ class PolicyApprover:
         self.approve_all = approve_all
 
     async def review(self, rt: "Runtime", candidates: list[TaskInfo], forecast: Forecast) -> dict[str, bool]:
-        return {t.name: self.approve_all for t in candidates}
+        # (an aborted agent's partial work is approved by a person only)
+        return {t.name: self.approve_all and t.status == "succeeded" for t in candidates}
 
     async def confirm_land(self, rt: "Runtime", message: str) -> bool:
         return self.approve_all
@@ -1044,6 +1045,27 @@ class Runtime:
         if ws is not None and ws.task not in self.workspaces.created:
             return f"{name} ran in {ws.path}, which is no workspace of this run: it cannot be re-opened"
         return ""
+
+    async def open_workspace(self, name: str) -> Workspace:
+        """``name``'s workspace, re-opened from its kept branch when it was put away (a shell in it
+        during the run or the review: what is edited there is committed onto the branch before the
+        merge). Raises :class:`FollowUpRefused` (one line) when it cannot be."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        ws = info.workspace
+        if ws is None or ws.task not in self.workspaces.created:
+            raise FollowUpRefused(f"{name} has no workspace")
+        if ws.task in self.workspaces.live:
+            return ws
+        problem = (self._turn_problem(info) or await self.branch_problem(name)
+                   or ("" if self.phase in ("running", "review") else f"run {self.run_id} is past its review"))
+        if problem:
+            raise FollowUpRefused(problem)
+        try:
+            return await self.workspaces.reopen(ws.task)
+        except VcsError as exc:
+            raise FollowUpRefused(f"the workspace of {name} cannot be re-opened: {exc}") from None
 
     async def branch_problem(self, name: str) -> str:
         """Why ``name``'s removed workspace cannot be re-opened for a follow-up ("" when it can, or

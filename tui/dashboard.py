@@ -835,6 +835,11 @@ class CorralApp(App[int]):
 
     async def open_shell(self, name: str) -> None:
         path = self.workspace_dir(name)
+        if path is None and self.can_control:  # put away once its agent's work was on its branch
+            reply = await self.command("open", task=name)
+            path = Path(reply["workspace"]) if reply else None
+            if path is None:
+                return
         if path is None:
             self.notify(f"{name} has no workspace on disk", severity="warning")
             return

@@ -362,8 +362,10 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             return True if ok else None
         if action == "review":
             return True if app.review_pending else None
-        if action == "shell":
-            return True if (view is not None and app.workspace_dir(name) is not None) else None
+        if action == "shell":  # a workspace put away is re-opened from its branch
+            reopen = (app.can_control and view is not None and bool(view.workspace) and view.finished
+                      and view.status not in ("merged", "discarded") and self.model.finished is None)
+            return True if (view is not None and (app.workspace_dir(name) is not None or reopen)) else None
         if action == "pager":
             return True if (name is not None and app.log_file(name) is not None) else None
         return True

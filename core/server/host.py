@@ -66,7 +66,7 @@ def review_items(rt: Runtime, candidates: list[TaskInfo]) -> list[dict[str, Any]
         rows.append({"name": t.name, "status": t.status, "agent": t.agent,
                      "added": snap.added if snap else 0, "removed": snap.removed if snap else 0,
                      "files": list(snap.files) if snap else [],
-                     "candidate": t.name in names and t.status == "succeeded"})
+                     "candidate": t.name in names})
     return rows
 
 
@@ -383,6 +383,11 @@ class RunHost:
             except FollowUpRefused as exc:
                 raise CommandError(str(exc)) from None
             return {"queued": queued}
+        if op == "open":
+            try:
+                return {"workspace": str((await rt.open_workspace(name)).path)}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
         if op == "cancel":
             try:
                 return {"cancelled": rt.cancel_queued(name)}
