@@ -320,13 +320,15 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     done, decisions = reviewed
     for t in done:
         t.approved = bool(decisions.get(t.name))
-        bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
+    _one_attempt_each(rt, [t for t in done if t.approved])
+    for t in done:
+        bus.emit(ReviewDecision(task=t.name, approved=bool(t.approved), by=type(rt.approver).__name__))
         if not t.approved and t.status == "succeeded":
             rt.set_status(t.name, "rejected", "not approved")
-    approved = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].approved and reviewable(rt.tasks[t.name])]
+    approved = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].approved and reviewable(rt, rt.tasks[t.name])]
     # what was edited by hand in a workspace during the review is part of the task's work
     await settle(rt, approved, "corral: edits made in {task}'s workspace after its agent exited")
-    approved = [t for t in approved if reviewable(t)]
+    approved = [t for t in approved if reviewable(rt, t)]
     if not approved:
         bus.log("info", "nothing approved: nothing to merge")
         return
@@ -440,13 +442,13 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
     on the new work, once every follow-up turn is done."""
     bus = rt.bus
     while True:
-        done = [rt.tasks[t.name] for t in plan.tasks if reviewable(rt.tasks[t.name])]
+        done = [rt.tasks[t.name] for t in plan.tasks if reviewable(rt, rt.tasks[t.name])]
         if not done:
             bus.log("info", "no task succeeded: nothing to review or merge")
             return None
         rt.set_phase("review")
         await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
-        done = [t for t in done if reviewable(t)]
+        done = [t for t in done if reviewable(rt, t)]
         heads = {t.name: t.workspace.head for t in done if t.workspace}
         forecast = await rt.workspaces.forecast(heads)
         for t in done:
@@ -466,12 +468,26 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
         await rt.quiet()
 
 
-def reviewable(info: TaskInfo) -> bool:
+def reviewable(rt: Runtime, info: TaskInfo) -> bool:
     """Whether a task's work is up for review: its agent succeeded, or was aborted after changing
-    files (its partial work, salvaged onto its branch, can be approved as it is)."""
+    files (its partial work, salvaged onto its branch, can be approved as it is), or failed after
+    changing files and was retried (the review shows every attempt: the user picks one)."""
     snap = info.snapshot
-    return info.status == "succeeded" or (info.status == "aborted" and snap is not None and bool(snap.files)
+    partial = info.status == "aborted" or (info.status == "failed" and len(rt.attempts(info.name)) > 1)
+    return info.status == "succeeded" or (partial and snap is not None and bool(snap.files)
                                           and not snap.uncommitted and not snap.conflicted)
+
+
+def _one_attempt_each(rt: Runtime, approved: list[TaskInfo]) -> None:
+    """Attempts of one task are alternatives: of those approved, the newest is merged, the others
+    are rejected."""
+    names = {t.name for t in approved}
+    for t in approved:
+        newer = [a for a in rt.attempts(t.name)[::-1] if a in names]
+        if newer[0] != t.name:
+            t.approved = False
+            rt.bus.log("warning", f"{t.name} and its new attempt {newer[0]} both approved: {newer[0]} is merged",
+                       task=t.name)
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:

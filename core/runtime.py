@@ -535,6 +535,8 @@ class Runtime:
         self.review_scope: anyio.CancelScope | None = None
         #: ``(task, prompt) -> new task``: a new attempt of a task (the plan pipeline sets it)
         self.new_attempt: Callable[[str, str], str] | None = None
+        #: a retry's task -> the task it is a new attempt of (the first attempt's name)
+        self.attempt_of: dict[str, str] = {}
         #: the run's agent slots (a plan's max_parallel): a follow-up turn takes one like any agent
         self.slots: anyio.Semaphore | None = None
         #: a plan's run without --keep-worktrees: a task's workspace goes once its agent's work is on
@@ -1139,8 +1141,14 @@ class Runtime:
         if self._tg is None or not (self.phase == "running" or (self.phase == "review" and self.review_scope)):
             raise FollowUpRefused(f"run {self.run_id} is past its review ({self.phase}): too late for a new attempt")
         new = self.new_attempt(name, prompt)
+        self.attempt_of[new] = self.attempt_of.get(name, name)
         self._withdraw_review(f"{name} retried as {new}: the review comes back when it is done")
         return new
+
+    def attempts(self, name: str) -> builtins.list[str]:
+        """Every attempt of the task ``name`` is one of (itself and its retries), oldest first."""
+        first = self.attempt_of.get(name, name)
+        return [first, *[new for new, old in self.attempt_of.items() if old == first]]
 
     async def send(self, target: "Handle | str", message: str) -> AgentResult:
         """``rt.send(handle_or_name, message)``: :meth:`follow_up`, then the new turn's result."""

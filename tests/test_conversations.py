@@ -712,3 +712,132 @@ def test_an_aborted_tasks_partial_work_can_be_approved_and_merged(repo: Path, tm
     assert git(repo, "show", "main:partial.txt") == "partial"
     assert run_json(repo, run)["tasks"]["part"]["status"] == "merged"
     wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------------ retries side by side
+def review_and_land(repo: Path, run: str, answer: Any) -> dict[str, Any]:
+    """Answer the run's review with ``answer(rows)`` (rows by task name) and confirm its landing;
+    returns the review's rows."""
+    from corral.core.events import DecisionNeeded
+
+    seen: list[Any] = []
+    rows: dict[str, Any] = {}
+
+    async def main() -> None:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run)
+
+        async def wait_for(kind: str) -> DecisionNeeded:
+            with anyio.fail_after(60):
+                while not any(isinstance(ev, DecisionNeeded) and ev.kind == kind for ev in seen):
+                    await anyio.sleep(0.05)
+            return next(ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == kind)
+
+        async with anyio.create_task_group() as tg:
+            async def follow() -> None:
+                async for ev in link.events():
+                    seen.append(ev)
+
+            tg.start_soon(follow)
+            review = await wait_for("review")
+            rows.update({r["name"]: r for r in review.items})
+            await link.request("decide", decision=review.id, answer=answer(rows))
+            land = await wait_for("land")
+            await link.request("decide", decision=land.id, answer=True)
+            with anyio.fail_after(60):
+                while link.exit_code is None:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        await link.aclose()
+
+    anyio.run(main)
+    return rows
+
+
+def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one(repo: Path,
+                                                                                tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "fix"
+        prompt = 'echo partial > partial.txt; exit 3'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
+    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
+    gate.write_text("go")
+    rows = review_and_land(repo, run, lambda rows: {"fix": True, "slow": True})  # the old attempt picked
+    assert rows["fix"]["candidate"] and rows["fix"]["status"] == "failed" and rows["fix"]["attempts"] == ["fix-2"]
+    assert rows["fix-2"]["candidate"] and rows["fix-2"]["attempts"] == ["fix"]
+    end = wait_ended(repo, run)
+    assert end["tasks"]["fix"]["status"] == "merged" and end["tasks"]["fix-2"]["status"] == "rejected"
+    assert git(repo, "show", "main:partial.txt") == "partial"
+    assert git(repo, "ls-tree", "--name-only", "main", "ok.txt") == ""
+    assert end["tasks"]["fix-2"]["branch"] in end["kept_branches"]  # the other attempt's work kept
+    for b in end["kept_branches"]:
+        git(repo, "branch", "-D", b)
+    wait_supervisor_gone(repo)
+
+
+def test_when_both_attempts_are_approved_the_newest_is_merged(repo: Path, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "fix"
+        prompt = 'echo partial > partial.txt; exit 3'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=tmp_path / "go")}'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
+    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
+    (tmp_path / "go").write_text("go")
+    review_and_land(repo, run, lambda rows: {name: True for name, row in rows.items() if row["candidate"]})
+    end = wait_ended(repo, run)
+    assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
+    assert git(repo, "show", "main:ok.txt") == "ok"
+    assert git(repo, "ls-tree", "--name-only", "main", "partial.txt") == ""
+    for b in end["kept_branches"]:
+        git(repo, "branch", "-D", b)
+    wait_supervisor_gone(repo)
+
+
+def test_y_on_one_attempt_in_the_review_screen_rejects_the_other() -> None:
+    from textual.app import App
+
+    from corral.core.vcs.base import Forecast
+    from corral.tui.review_screen import ReviewItem, ReviewScreen
+
+    async def load_diff(name: str) -> str:
+        return ""
+
+    items = [ReviewItem("fix", "failed", "shell", 1, 0, ["partial.txt"], True, attempts=["fix-2"]),
+             ReviewItem("fix-2", "succeeded", "shell", 1, 0, ["ok.txt"], True, attempts=["fix"]),
+             ReviewItem("other", "succeeded", "shell", 1, 0, ["o.txt"], True)]
+
+    async def main() -> None:
+        screen = ReviewScreen(items, Forecast(), load_diff)
+        app = App()
+        async with app.run_test() as pilot:
+            await app.push_screen(screen)
+            await pilot.pause()
+            screen.decisions["fix-2"] = True
+            screen._select("fix")
+            screen.action_decide(True)
+            assert screen.decisions == {"fix": True, "fix-2": False}
+            screen._select("fix-2")
+            screen.action_decide(True)
+            assert screen.decisions == {"fix": False, "fix-2": True}
+
+    anyio.run(main)

@@ -66,7 +66,8 @@ def review_items(rt: Runtime, candidates: list[TaskInfo]) -> list[dict[str, Any]
         rows.append({"name": t.name, "status": t.status, "agent": t.agent,
                      "added": snap.added if snap else 0, "removed": snap.removed if snap else 0,
                      "files": list(snap.files) if snap else [],
-                     "candidate": t.name in names})
+                     "candidate": t.name in names,
+                     "attempts": [a for a in rt.attempts(t.name) if a != t.name and a in names]})
     return rows
 
 
