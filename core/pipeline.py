@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
@@ -38,6 +38,9 @@ from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError, VcsError, Workspace
 
+if TYPE_CHECKING:
+    from .continuation import Continuation
+
 
 @dataclass
 class Prepared:
@@ -55,6 +58,8 @@ class Prepared:
     #: gets the one of the terminal that started it
     env: dict[str, str] | None = None
     sandbox: Policy = field(default_factory=lambda: Policy(setting="none"))
+    #: a follow-up to a task of an ended run, which this run carries on (see continuation.py)
+    continues: "Continuation | None" = None
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
@@ -174,6 +179,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
     for t in plan.tasks:
         rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+    if prep.continues is not None:
+        prep.continues.install(rt, plan)
     if on_runtime:
         on_runtime(rt)
     bus.emit(RunStarted(repo=str(backend.root), base=prep.base_name, base_commit=prep.base_commit,
@@ -309,7 +316,8 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
             rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
-            tg.start_soon(_task_flow, rt, plan, spec, sem)
+            # (a task whose agent ran already, in the run it is carried on from, goes on talking)
+            tg.start_soon(_task_flow if rt.tasks[spec.name].spec is None else _carry_on, rt, plan, spec, sem)
     # follow-ups to tasks whose flow had ended: the review sees what their new turns did
     await rt.quiet()
 
@@ -517,6 +525,16 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
                 await rt.converse(name)
     finally:
         rt.release(name)
+
+
+async def _carry_on(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    """A task carried on from an ended run: the turns of the messages queued for it, each in its
+    workspace re-opened from its branch and settled onto it."""
+    try:
+        async with sem:
+            await rt.converse(t.name)
+    finally:
+        rt.release(t.name)
 
 
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:

@@ -753,6 +753,7 @@ class Runtime:
         else:
             argv = self._follow_up_argv(info, profile, follow_up, cwd)
         info.turns += 1
+        self.journal.update_task(name, turns=info.turns)  # (a turn cut short by a crash counts too)
         target = self._workspace_at(cwd)
         if target is not None and profile.exclude:  # its own state files are never committed with the work
             target.exclude = sorted(set(target.exclude) | set(profile.exclude))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,9 @@ def test_a_follow_up_to_a_discarded_task_or_an_unknown_one_is_refused(repo: Path
     gate.write_text("go")
     wait_ended(repo, run)
     assert not (Path(task_state(repo, run, "done").get("workspace", tmp_path / "none")) / "more.txt").exists()
+    res = send(repo, run, "done", "echo more > more.txt")  # the run has ended: still refused, nothing started
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "done was discarded" in res.stderr, res.stderr
+    assert len(corral_state(repo)["runs"]) == 1
     wait_supervisor_gone(repo)
 
 
@@ -606,6 +610,15 @@ def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_ne
     assert git(repo, "show", f"{branch}:partial.txt") == "partial"  # the killed turn's, salvaged by clean
     assert corral_state(repo)["worktrees"] == []
     gate.write_text("go")
+    # after corral clean the conversation goes on all the same: in a new run, from the branch
+    res = send(repo, run, "done", "echo three > three.txt")
+    assert res.returncode == 0, res.stderr
+    new = re.search(r"in run (\S+) ", res.stdout).group(1)
+    end = wait_ended(repo, new)
+    assert end["tasks"]["done"]["turns"] == 3 and end["continues"] == {"run": run, "task": "done"}
+    for path, text in (("one.txt", "one"), ("partial.txt", "partial"), ("three.txt", "three")):
+        assert git(repo, "show", f"main:{path}") == text  # reviewed (approve = "all") and landed
+    wait_supervisor_gone(repo)
     for b in corral_state(repo)["branches"]:
         git(repo, "branch", "-D", b)
 
@@ -841,3 +854,49 @@ def test_y_on_one_attempt_in_the_review_screen_rejects_the_other() -> None:
             assert screen.decisions == {"fix": False, "fix-2": True}
 
     anyio.run(main)
+
+
+
+# -------------------------------------------------------------------------- after the run ended
+def test_a_follow_up_after_the_run_ended_resumes_the_session_in_a_new_run_from_the_kept_branch(
+        repo: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    plan = write_plan(tmp_path / "plan.toml", """
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "done"
+        agent = "claude"
+        prompt = 'write file=first.py'
+        [[tasks]]
+        name = "gone"
+        agent = "shell"
+        prompt = 'echo gone > gone.txt'
+    """)
+    res = corral("run", str(plan), "--detach", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    run = res.stdout.split("run ", 1)[1].split()[0]
+    first = wait_ended(repo, run)
+    assert first["tasks"]["done"]["status"] == "rejected"
+    branch = first["tasks"]["done"]["branch"]
+    assert branch in first["kept_branches"] and corral_state(repo)["worktrees"] == []
+    git(repo, "branch", "-D", first["tasks"]["gone"]["branch"])
+    res = send(repo, run, "gone", "echo more > more.txt", env=env)  # its branch deleted
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is gone (deleted)" in res.stderr, res.stderr
+    res = send(repo, run, "nosuch", "hello", env=env)
+    assert res.returncode == 2 and "has no task 'nosuch'" in res.stderr and res.stderr.count("\n") == 1
+    res = send(repo, run, "done", "now file=second.py", env=env)
+    assert res.returncode == 0, res.stderr
+    new = re.search(r"in run (\S+) ", res.stdout).group(1)
+    assert new != run
+    end = wait_ended(repo, new)
+    assert end["tasks"]["done"]["turns"] == 2 and end["tasks"]["done"]["status"] == "rejected"  # approve = "none"
+    assert list(end["tasks"]) == ["done"] and end["continues"] == {"run": run, "task": "done"}
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    argv = calls[-1]["argv"]
+    assert argv[argv.index("--resume") + 1] == first["tasks"]["done"]["session"]  # from the old run's journal
+    for path in ("first.py", "second.py"):  # the same branch, both turns' work on it
+        assert git(repo, "show", f"{branch}:{path}")
+    assert corral_state(repo)["worktrees"] == [] and end["kept_branches"] == [branch]
+    git(repo, "branch", "-D", branch)
+    wait_supervisor_gone(repo)
