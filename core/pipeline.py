@@ -312,6 +312,12 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
     rt.slots, rt.put_away = sem, not rt.options.keep_worktrees
+
+    async def set_up_again(name: str, ws: Workspace) -> bool:
+        spec = next((t for t in plan.tasks if t.name == name), None)
+        return spec is None or await _setup(rt, plan, spec, ws)
+
+    rt.on_reopen = set_up_again
     rt.new_attempt = lambda name, prompt: _new_attempt(rt, plan, sem, name, prompt)
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
@@ -538,13 +544,27 @@ async def _carry_on(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) 
 
 
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
-    bus, name = rt.bus, t.name
-    info = rt.tasks[name]
-    ws = info.workspace
+    name = t.name
+    ws = rt.tasks[name].workspace
     assert ws is not None
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted before start")
         return
+    if not await _setup(rt, plan, t, ws):
+        return
+    result = await rt.run_agent({
+        "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
+        "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
+    })
+    first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
+    await rt.settle_agent(result, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+
+
+async def _setup(rt: Runtime, plan: Plan, t: TaskSpec, ws: Workspace) -> bool:
+    """The task's setup in its workspace (a new one, or one re-opened from its branch for another
+    turn: what setup installs is not on the branch). Returns whether its agent may start; when not,
+    the task's status says why."""
+    bus, name = rt.bus, t.name
     rt.set_status(name, "setup")
     setting = plan.task_setup(t)
     command, why = setup_command(setting, ws.path)
@@ -575,18 +595,13 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
         code = await setup_step(["sh", "-c", command])
         if not rt.aborted(name) and code != 0:
             rt.set_status(name, "failed", f"setup failed (exit {code}): {command}")
-            return
+            return False
     elif not command and setting == "auto":
         bus.log("debug", f"setup: {why}", task=name)
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted during setup")
-        return
-    result = await rt.run_agent({
-        "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
-        "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
-    })
-    first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
-    await rt.settle_agent(result, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+        return False
+    return True
 
 
 async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:

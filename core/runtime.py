@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 
@@ -542,6 +542,9 @@ class Runtime:
         #: a plan's run without --keep-worktrees: a task's workspace goes once its agent's work is on
         #: its branch (no more checkouts on disk than agents at work); another turn re-opens it
         self.put_away = False
+        #: what a workspace re-opened for another turn needs first (a plan's setup); False: the turn
+        #: does not start (the task's status says why)
+        self.on_reopen: Callable[[str, Workspace], Awaitable[bool]] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -1160,9 +1163,10 @@ class Runtime:
             raise RuntimeError(f"the message to {name} was not delivered (the run ended, or the task went away)")
         return item.result
 
-    async def _reopened(self, info: TaskInfo) -> dict[str, Any]:
+    async def _reopened(self, info: TaskInfo) -> dict[str, Any] | None:
         """The spec of ``info``'s next turn: its workspace re-opened from its kept branch when it was
-        removed (the agent's directory in it moves along)."""
+        removed (the agent's directory in it moves along), set up as :attr:`on_reopen` says (None:
+        its setup failed)."""
         assert info.spec is not None
         old = info.workspace
         if old is None or old.task in self.workspaces.live:
@@ -1173,6 +1177,8 @@ class Runtime:
         info.spec = {**info.spec, "cwd": str(ws.path / inside)}
         self.bus.emit(TaskOutput(task=info.name, lines=[f"corral: its workspace re-opened from branch {ws.ref}: "
                                                         f"{ws.path}"]))
+        if self.on_reopen is not None and ws.task == info.name and not await self.on_reopen(info.name, ws):
+            return None
         return info.spec
 
     async def _carry_on(self, name: str) -> None:
@@ -1216,6 +1222,9 @@ class Runtime:
         except VcsError as exc:
             self.bus.log("warning", f"message to {name} not delivered: its workspace cannot be re-opened: {exc}",
                          task=name)
+            return None
+        if spec is None:
+            self.bus.log("warning", f"message to {name} not delivered: {info.reason}", task=name)
             return None
         result = await self.run_agent(spec, follow_up=message)
         first = message.strip().splitlines()[0][:72]

@@ -900,3 +900,35 @@ def test_a_follow_up_after_the_run_ended_resumes_the_session_in_a_new_run_from_t
     assert corral_state(repo)["worktrees"] == [] and end["kept_branches"] == [branch]
     git(repo, "branch", "-D", branch)
     wait_supervisor_gone(repo)
+
+
+def test_a_workspace_reopened_for_a_follow_up_is_set_up_again(repo: Path, tmp_path: Path) -> None:
+    (repo / ".gitignore").write_text("deps/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore deps")
+    setups, gate = tmp_path / "setups", tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = 'echo run >> {setups}; mkdir -p deps; echo ok > deps/ok'
+        sandbox = "none"
+        approve = "all"
+        [[tasks]]
+        name = "done"
+        prompt = 'echo one > one.txt'
+        [[tasks]]
+        name = "slow"
+        setup = "none"
+        prompt = '{GATE.format(gate=gate)}'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    res = send(repo, run, "done", 'if [ -f deps/ok ]; then echo yes; else echo no; fi > saw.txt')
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "done").get("turns") == 2
+               and task_state(repo, run, "done").get("status") == "succeeded", "the second turn")
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert git(repo, "show", "main:saw.txt") == "yes"  # what setup installs is there for the second turn
+    assert setups.read_text().split() == ["run", "run"]
+    wait_supervisor_gone(repo)
