@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
@@ -38,6 +38,9 @@ from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError, VcsError, Workspace
 
+if TYPE_CHECKING:
+    from .continuation import Continuation
+
 
 @dataclass
 class Prepared:
@@ -55,6 +58,8 @@ class Prepared:
     #: gets the one of the terminal that started it
     env: dict[str, str] | None = None
     sandbox: Policy = field(default_factory=lambda: Policy(setting="none"))
+    #: a follow-up to a task of an ended run, which this run carries on (see continuation.py)
+    continues: "Continuation | None" = None
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
@@ -175,6 +180,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     outcome = Outcome(EXIT_FAILED, prep.run_id, journal.dir, None, "running", rt)
     for t in plan.tasks:
         rt.add_task(t.name, t.agent, t.prompt, t.system_prompt)
+    if prep.continues is not None:
+        prep.continues.install(rt, plan)
     if on_runtime:
         on_runtime(rt)
     bus.emit(RunStarted(repo=str(backend.root), base=prep.base_name, base_commit=prep.base_commit,
@@ -305,11 +312,19 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
+    rt.slots, rt.put_away = sem, not rt.options.keep_worktrees
+
+    async def set_up_again(name: str, ws: Workspace) -> bool:
+        spec = next((t for t in plan.tasks if t.name == name), None)
+        return spec is None or await _setup(rt, plan, spec, ws)
+
+    rt.on_reopen = set_up_again
     rt.new_attempt = lambda name, prompt: _new_attempt(rt, plan, sem, name, prompt)
     async with anyio.create_task_group() as tg:
         for spec in plan.tasks:
             rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
-            tg.start_soon(_task_flow, rt, plan, spec, sem)
+            # (a task whose agent ran already, in the run it is carried on from, goes on talking)
+            tg.start_soon(_task_flow if rt.tasks[spec.name].spec is None else _carry_on, rt, plan, spec, sem)
     # follow-ups to tasks whose flow had ended: the review sees what their new turns did
     await rt.quiet()
 
@@ -320,14 +335,15 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     done, decisions = reviewed
     for t in done:
         t.approved = bool(decisions.get(t.name))
-        bus.emit(ReviewDecision(task=t.name, approved=t.approved, by=type(rt.approver).__name__))
+    _one_attempt_each(rt, [t for t in done if t.approved])
+    for t in done:
+        bus.emit(ReviewDecision(task=t.name, approved=bool(t.approved), by=type(rt.approver).__name__))
         if not t.approved and t.status == "succeeded":
             rt.set_status(t.name, "rejected", "not approved")
-    approved = [rt.tasks[t.name] for t in plan.tasks
-                if rt.tasks[t.name].approved and rt.tasks[t.name].status == "succeeded"]
+    approved = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].approved and reviewable(rt, rt.tasks[t.name])]
     # what was edited by hand in a workspace during the review is part of the task's work
     await settle(rt, approved, "corral: edits made in {task}'s workspace after its agent exited")
-    approved = [t for t in approved if t.status == "succeeded"]
+    approved = [t for t in approved if reviewable(rt, t)]
     if not approved:
         bus.log("info", "nothing approved: nothing to merge")
         return
@@ -443,13 +459,13 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
     on the new work, once every follow-up turn is done."""
     bus = rt.bus
     while True:
-        done = [rt.tasks[t.name] for t in plan.tasks if rt.tasks[t.name].status == "succeeded"]
+        done = [rt.tasks[t.name] for t in plan.tasks if reviewable(rt, rt.tasks[t.name])]
         if not done:
             bus.log("info", "no task succeeded: nothing to review or merge")
             return None
         rt.set_phase("review")
         await settle(rt, done, "corral: edits made in {task}'s workspace after its agent exited")
-        done = [t for t in done if t.status == "succeeded"]
+        done = [t for t in done if reviewable(rt, t)]
         heads = {t.name: t.workspace.head for t in done if t.workspace}
         forecast = await rt.workspaces.forecast(heads)
         for t in done:
@@ -467,6 +483,28 @@ async def _review(rt: Runtime, plan: Plan) -> tuple[list[TaskInfo], dict[str, bo
             return done, decisions
         rt.set_phase("running")
         await rt.quiet()
+
+
+def reviewable(rt: Runtime, info: TaskInfo) -> bool:
+    """Whether a task's work is up for review: its agent succeeded, or was aborted after changing
+    files (its partial work, salvaged onto its branch, can be approved as it is), or failed after
+    changing files and was retried (the review shows every attempt: the user picks one)."""
+    snap = info.snapshot
+    partial = info.status == "aborted" or (info.status == "failed" and len(rt.attempts(info.name)) > 1)
+    return info.status == "succeeded" or (partial and snap is not None and bool(snap.files)
+                                          and not snap.uncommitted and not snap.conflicted)
+
+
+def _one_attempt_each(rt: Runtime, approved: list[TaskInfo]) -> None:
+    """Attempts of one task are alternatives: of those approved, the newest is merged, the others
+    are rejected."""
+    names = {t.name for t in approved}
+    for t in approved:
+        newer = [a for a in rt.attempts(t.name)[::-1] if a in names]
+        if newer[0] != t.name:
+            t.approved = False
+            rt.bus.log("warning", f"{t.name} and its new attempt {newer[0]} both approved: {newer[0]} is merged",
+                       task=t.name)
 
 
 async def _create_workspace(rt: Runtime, t: TaskSpec) -> bool:
@@ -498,14 +536,38 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
         rt.release(name)
 
 
+async def _carry_on(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
+    """A task carried on from an ended run: the turns of the messages queued for it, each in its
+    workspace re-opened from its branch and settled onto it."""
+    try:
+        async with sem:
+            await rt.converse(t.name)
+    finally:
+        rt.release(t.name)
+
+
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
-    bus, name = rt.bus, t.name
-    info = rt.tasks[name]
-    ws = info.workspace
+    name = t.name
+    ws = rt.tasks[name].workspace
     assert ws is not None
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted before start")
         return
+    if not await _setup(rt, plan, t, ws):
+        return
+    result = await rt.run_agent({
+        "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
+        "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
+    })
+    first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
+    await rt.settle_agent(result, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+
+
+async def _setup(rt: Runtime, plan: Plan, t: TaskSpec, ws: Workspace) -> bool:
+    """The task's setup in its workspace (a new one, or one re-opened from its branch for another
+    turn: what setup installs is not on the branch). Returns whether its agent may start; when not,
+    the task's status says why."""
+    bus, name = rt.bus, t.name
     rt.set_status(name, "setup")
     setting = plan.task_setup(t)
     command, why = setup_command(setting, ws.path)
@@ -536,18 +598,13 @@ async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:
         code = await setup_step(["sh", "-c", command])
         if not rt.aborted(name) and code != 0:
             rt.set_status(name, "failed", f"setup failed (exit {code}): {command}")
-            return
+            return False
     elif not command and setting == "auto":
         bus.log("debug", f"setup: {why}", task=name)
     if rt.aborted(name):
         rt.set_status(name, "aborted", "aborted during setup")
-        return
-    result = await rt.run_agent({
-        "agent": t.agent, "name": name, "task": t.prompt, "system_prompt": t.system_prompt,
-        "cwd": str(ws.path), "timeout": plan.task_timeout(t), "step": "agents",
-    })
-    first = t.prompt.strip().splitlines()[0][:72] if t.prompt.strip() else ""
-    await rt.settle_agent(result, f"corral: {name}\n\n{first}\n\nrun {rt.run_id}, agent {t.agent}")
+        return False
+    return True
 
 
 async def settle(rt: Runtime, tasks: list[TaskInfo], message: str) -> None:

@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 
@@ -173,7 +173,8 @@ class PolicyApprover:
         self.approve_all = approve_all
 
     async def review(self, rt: "Runtime", candidates: list[TaskInfo], forecast: Forecast) -> dict[str, bool]:
-        return {t.name: self.approve_all for t in candidates}
+        # (an aborted agent's partial work is approved by a person only)
+        return {t.name: self.approve_all and t.status == "succeeded" for t in candidates}
 
     async def confirm_land(self, rt: "Runtime", message: str) -> bool:
         return self.approve_all
@@ -312,6 +313,27 @@ class Workspaces:
     def list(self) -> list[Workspace]:
         return list(self.live.values())
 
+    async def reopen(self, name: str) -> Workspace:
+        """The workspace ``name`` again, made from its kept branch when it was removed (one more turn
+        of its agent: a follow-up, changes requested), registered as any workspace so that discard
+        and the end of the run handle it. Raises :class:`VcsError` when its branch is gone."""
+        if name in self.live:
+            return self.live[name]
+        old = self.created.get(name)
+        if old is None or old.role != "task":
+            raise ValueError(f"no task workspace {name!r} in this run")
+        rt = self._rt
+        try:
+            ws = await rt.backend.reopen_workspace(old, rt.options.worktree_root)
+        finally:
+            self._say_notices()
+        self.live[name] = self.created[name] = ws
+        for info in rt.tasks.values():
+            if info.workspace is old:
+                info.workspace = ws
+        rt.journal.update_task(name, workspace=str(ws.path), workspace_removed=False)
+        return ws
+
     async def forecast(self, heads: dict[str, str] | builtins.list[Any] | None = None) -> Forecast:
         """Predicted conflicts between ``heads`` (a dict name -> commit, or a list of workspaces,
         workspace or branch names; default: every live workspace) and with base."""
@@ -320,7 +342,7 @@ class Workspaces:
             heads = {ws.task: ws.head for ws in self.live.values() if ws.head}
         elif not isinstance(heads, dict):
             heads = dict([await self._head(h) for h in heads])
-        bases = {name: self.live[name].base_commit for name in heads if name in self.live}
+        bases = {name: self.created[name].base_commit for name in heads if name in self.created}
         base = rt.base_name
         try:
             await rt.backend.resolve(base)
@@ -566,6 +588,16 @@ class Runtime:
         self.review_scope: anyio.CancelScope | None = None
         #: ``(task, prompt) -> new task``: a new attempt of a task (the plan pipeline sets it)
         self.new_attempt: Callable[[str, str], str] | None = None
+        #: a retry's task -> the task it is a new attempt of (the first attempt's name)
+        self.attempt_of: dict[str, str] = {}
+        #: the run's agent slots (a plan's max_parallel): a follow-up turn takes one like any agent
+        self.slots: anyio.Semaphore | None = None
+        #: a plan's run without --keep-worktrees: a task's workspace goes once its agent's work is on
+        #: its branch (no more checkouts on disk than agents at work); another turn re-opens it
+        self.put_away = False
+        #: what a workspace re-opened for another turn needs first (a plan's setup); False: the turn
+        #: does not start (the task's status says why)
+        self.on_reopen: Callable[[str, Workspace], Awaitable[bool]] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._counter = 0
         self.started = time.time()
@@ -777,6 +809,7 @@ class Runtime:
         else:
             argv = self._follow_up_argv(info, profile, follow_up, cwd)
         info.turns += 1
+        self.journal.update_task(name, turns=info.turns)  # (a turn cut short by a crash counts too)
         target = self._workspace_at(cwd)
         if target is not None and profile.exclude:  # its own state files are never committed with the work
             target.exclude = sorted(set(target.exclude) | set(profile.exclude))
@@ -892,12 +925,26 @@ class Runtime:
         total = info.result or result  # every turn of the task's conversation
         if total is not result:
             total.status, total.reason, total.files = result.status, result.reason, result.files
+        if not problem and snap is not None and not snap.uncommitted:
+            await self._put_away(info)
         self.bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code,
                                    duration=total.duration, cost=total.usage.cost,
                                    tokens=total.usage.tokens or None, files=snap.files if snap else [],
                                    added=snap.added if snap else 0, removed=snap.removed if snap else 0,
                                    commit=snap.commit if snap else "", text=result.text, reason=result.reason))
         self.set_status(name, result.status, result.reason)
+
+    async def _put_away(self, info: TaskInfo) -> None:
+        """Remove a task's workspace once its agent's work is all on its branch (:attr:`put_away`);
+        one that cannot be removed stays (it is said, and the end of the run tries again)."""
+        ws = info.workspace
+        if not self.put_away or ws is None or ws.role != "task" or ws.task != info.name \
+                or ws.task not in self.workspaces.live or info.name in self._procs or info.queued:
+            return  # (a message queued for it: its next turn is about to start there)
+        try:
+            await self.workspaces.remove(ws, keep_branch=True)
+        except VcsError as exc:
+            self.bus.log("warning", f"workspace of {info.name} kept: {exc}", task=info.name)
 
     def judge_edits(self, result: AgentResult, snap: Snapshot | None) -> None:
         """An agent that says it succeeded but whose every edit failed, and that changed nothing, did
@@ -1054,9 +1101,39 @@ class Runtime:
         if info.status == "merged" or info.merged:
             return f"{name} is merged already: start a new task for more changes"
         ws = info.workspace
-        if ws is not None and ws.task not in self.workspaces.live:
-            return f"the workspace of {name} was removed: a follow-up needs it (its branch {ws.ref} is kept)"
+        if ws is not None and ws.task not in self.workspaces.created:
+            return f"{name} ran in {ws.path}, which is no workspace of this run: it cannot be re-opened"
         return ""
+
+    async def open_workspace(self, name: str) -> Workspace:
+        """``name``'s workspace, re-opened from its kept branch when it was put away (a shell in it
+        during the run or the review: what is edited there is committed onto the branch before the
+        merge). Raises :class:`FollowUpRefused` (one line) when it cannot be."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        ws = info.workspace
+        if ws is None or ws.task not in self.workspaces.created:
+            raise FollowUpRefused(f"{name} has no workspace")
+        if ws.task in self.workspaces.live:
+            return ws
+        problem = (self._turn_problem(info) or await self.branch_problem(name)
+                   or ("" if self.phase in ("running", "review") else f"run {self.run_id} is past its review"))
+        if problem:
+            raise FollowUpRefused(problem)
+        try:
+            return await self.workspaces.reopen(ws.task)
+        except VcsError as exc:
+            raise FollowUpRefused(f"the workspace of {name} cannot be re-opened: {exc}") from None
+
+    async def branch_problem(self, name: str) -> str:
+        """Why ``name``'s removed workspace cannot be re-opened for a follow-up ("" when it can, or
+        when it was not removed): its branch was deleted."""
+        info = self.tasks.get(name)
+        ws = info.workspace if info else None
+        if ws is None or ws.task in self.workspaces.live or await self.backend.ref_exists(ws.ref):
+            return ""
+        return f"the branch {ws.ref} of {name} is gone (deleted): there is no work to re-open for a follow-up"
 
     def follow_up(self, target: "Handle | str", message: str) -> tuple[FollowUp, bool]:
         """Send ``message`` to a task's agent: queued while it works (delivered when its turn ends;
@@ -1083,6 +1160,21 @@ class Runtime:
             self._tg.start_soon(self._carry_on, name)
         return item, queued
 
+    def cancel_queued(self, name: str) -> int:
+        """Take back the messages queued for ``name``'s agent (not delivered yet); the pane says so.
+        Returns how many. Raises :class:`FollowUpRefused` (one line) when none is queued."""
+        info = self.tasks.get(name)
+        if info is None:
+            raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
+        if not info.queued:
+            raise FollowUpRefused(f"no message is queued for {name}")
+        items, info.queued = list(info.queued), []
+        for item in items:
+            item.done.set()
+        self.bus.emit(TaskOutput(task=name, lines=[
+            f"corral: queued message cancelled: {item.message.strip().splitlines()[0][:120]}" for item in items]))
+        return len(items)
+
     def _withdraw_review(self, why: str) -> None:
         """A task's work changes during the review: the open review is withdrawn (the pipeline puts
         it again once every follow-up is done)."""
@@ -1106,8 +1198,14 @@ class Runtime:
         if self._tg is None or not (self.phase == "running" or (self.phase == "review" and self.review_scope)):
             raise FollowUpRefused(f"run {self.run_id} is past its review ({self.phase}): too late for a new attempt")
         new = self.new_attempt(name, prompt)
+        self.attempt_of[new] = self.attempt_of.get(name, name)
         self._withdraw_review(f"{name} retried as {new}: the review comes back when it is done")
         return new
+
+    def attempts(self, name: str) -> builtins.list[str]:
+        """Every attempt of the task ``name`` is one of (itself and its retries), oldest first."""
+        first = self.attempt_of.get(name, name)
+        return [first, *[new for new, old in self.attempt_of.items() if old == first]]
 
     async def send(self, target: "Handle | str", message: str) -> AgentResult:
         """``rt.send(handle_or_name, message)``: :meth:`follow_up`, then the new turn's result."""
@@ -1118,9 +1216,34 @@ class Runtime:
             raise RuntimeError(f"the message to {name} was not delivered (the run ended, or the task went away)")
         return item.result
 
+    async def _reopened(self, info: TaskInfo) -> dict[str, Any] | None:
+        """The spec of ``info``'s next turn: its workspace re-opened from its kept branch when it was
+        removed (the agent's directory in it moves along), set up as :attr:`on_reopen` says (None:
+        its setup failed)."""
+        assert info.spec is not None
+        old = info.workspace
+        if old is None or old.task in self.workspaces.live:
+            return info.spec
+        ws = await self.workspaces.reopen(old.task)
+        cwd = Path(str(info.spec.get("cwd") or old.path))
+        inside = cwd.relative_to(old.path) if cwd.is_relative_to(old.path) else Path()
+        info.spec = {**info.spec, "cwd": str(ws.path / inside)}
+        self.bus.emit(TaskOutput(task=info.name, lines=[f"corral: its workspace re-opened from branch {ws.ref}: "
+                                                        f"{ws.path}"]))
+        if self.on_reopen is not None and ws.task == info.name and not await self.on_reopen(info.name, ws):
+            return None
+        return info.spec
+
     async def _carry_on(self, name: str) -> None:
         try:
-            await self.converse(name)
+            if self.slots is None:
+                await self.converse(name)
+            else:
+                if self.slots.value == 0:
+                    self.bus.emit(TaskOutput(task=name, lines=["corral: every agent slot is taken (max_parallel): "
+                                                               "the message waits for one"]))
+                async with self.slots:  # a turn is an agent at work: it waits for a slot as the others
+                    await self.converse(name)
         finally:
             self.release(name)
 
@@ -1147,7 +1270,16 @@ class Runtime:
         n = info.turns + 1
         self.bus.emit(TaskOutput(task=name, lines=["", f"──── turn {n}: follow-up message ────",
                                                    *[f"> {line}" for line in message.splitlines()], ""]))
-        result = await self.run_agent(info.spec, follow_up=message)
+        try:
+            spec = await self._reopened(info)
+        except VcsError as exc:
+            self.bus.log("warning", f"message to {name} not delivered: its workspace cannot be re-opened: {exc}",
+                         task=name)
+            return None
+        if spec is None:
+            self.bus.log("warning", f"message to {name} not delivered: {info.reason}", task=name)
+            return None
+        result = await self.run_agent(spec, follow_up=message)
         first = message.strip().splitlines()[0][:72]
         await self.settle_agent(result, f"corral: {name}, turn {n}\n\n{first}\n\nrun {self.run_id}, "
                                         f"agent {result.agent}")

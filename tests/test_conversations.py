@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from conftest import FAKES, corral, git, write_plan
+import signal
+
+from conftest import FAKES, corral, corral_state, git, write_plan
 from corral.core.events import TaskOutput
 from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
-from test_supervisor import GATE, run_json, start_detached, state_dir, wait_ended, wait_supervisor_gone, wait_until
+from test_supervisor import (GATE, run_json, start_detached, state_dir, supervisor_pid, wait_ended,
+                             wait_supervisor_gone, wait_until)
 
 
 def task_state(repo: Path, run: str, task: str) -> dict[str, Any]:
@@ -109,7 +113,9 @@ def test_a_follow_up_resumes_claudes_own_session_and_costs_add_up(repo: Path, tm
     assert len(claude) == 2 and "--resume" not in claude[0]["argv"]
     argv = claude[1]["argv"]
     assert argv[argv.index("--resume") + 1] == first["session"] and argv[-1] == "now file=second.py"
-    assert claude[1]["cwd"] == claude[0]["cwd"]  # the same workspace
+    # its workspace went once the first turn's work was on its branch: re-opened from that branch
+    assert claude[1]["cwd"] != claude[0]["cwd"] and not Path(claude[0]["cwd"]).exists()
+    assert any("workspace re-opened from branch" in line for line in pane(repo, run_id, "done"))
     assert end["tasks"]["done"]["cost"] == 2 * first["cost"]
     assert end["tasks"]["done"]["tokens"] == 2 * first["tokens"]
     assert git(repo, "show", "main:first.py") and git(repo, "show", "main:second.py")
@@ -176,6 +182,9 @@ def test_a_follow_up_to_a_discarded_task_or_an_unknown_one_is_refused(repo: Path
     gate.write_text("go")
     wait_ended(repo, run)
     assert not (Path(task_state(repo, run, "done").get("workspace", tmp_path / "none")) / "more.txt").exists()
+    res = send(repo, run, "done", "echo more > more.txt")  # the run has ended: still refused, nothing started
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "done was discarded" in res.stderr, res.stderr
+    assert len(corral_state(repo)["runs"]) == 1
     wait_supervisor_gone(repo)
 
 
@@ -282,6 +291,10 @@ def test_f_in_the_dashboard_sends_a_follow_up_to_a_finished_and_a_running_agent(
             await until(pilot, lambda: any("message queued" in line for line in pane_lines(app, "slow")),
                         what="the queued line")
             assert app.model.tasks["slow"].status == "running"
+            await pilot.press("x")  # taken back before its turn
+            await until(pilot, lambda: "corral: queued message cancelled: echo later > later.txt"
+                        in pane_lines(app, "slow"), what="the cancelled line")
+            assert not app.rt.tasks["slow"].queued
             await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             assert app.rt.tasks["slow"].turns == 1  # aborted: the queued message was dropped, not delivered
@@ -460,8 +473,8 @@ def test_corral_retry_starts_a_new_attempt_from_base_and_keeps_the_old_one(repo:
     assert res.returncode == 0, res.stderr
     assert "retried as fix-2" in res.stdout
     wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
-    ws = Path(task_state(repo, run, "fix-2")["workspace"])
-    assert not (ws / "partial.txt").exists()  # from base, not from the failed attempt
+    new = task_state(repo, run, "fix-2")["branch"]  # from base, not from the failed attempt:
+    assert git(repo, "ls-tree", "--name-only", new, "partial.txt") == ""
     gate.write_text("go")
     end = wait_ended(repo, run)
     assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
@@ -500,9 +513,422 @@ def test_R_in_the_dashboard_retries_a_failed_task_with_its_prompt_edited(repo: P
             await pilot.press("enter")
             await until(pilot, lambda: "bad-2" in app.run_screen.panes
                         and app.model.tasks["bad-2"].status == "succeeded", what="the new attempt's pane")
-            assert Path(app.rt.tasks["bad-2"].workspace.path, "ok.txt").read_text() == "ok\n"
+            assert git(repo, "show", f"{app.rt.tasks['bad-2'].workspace.ref}:ok.txt") == "ok"
             await abort_all(pilot)
             await until(pilot, lambda: not app.pipeline_running, what="run end")
             await pilot.press("q")
 
     anyio.run(main)
+
+
+# --------------------------------------------------------------------------- bounded checkouts
+def test_a_finished_tasks_workspace_goes_so_checkouts_stay_bounded_by_max_parallel(repo: Path, tmp_path: Path) -> None:
+    counts = tmp_path / "counts"
+    tasks = "".join(f"""
+        [[tasks]]
+        name = "t{i}"
+        prompt = 'git worktree list | wc -l >> {counts}; echo {i} > f{i}.txt'
+    """ for i in range(16))
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        sandbox = "none"
+        approve = "all"
+        max_parallel = 2
+    """ + tasks)
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen = [int(n) for n in counts.read_text().split()]
+    assert len(seen) == 16 and max(seen) <= 4 + 1, seen  # max_parallel + 2, and the main checkout
+    for i in range(16):  # every task's work merged from its branch
+        assert git(repo, "show", f"main:f{i}.txt") == str(i)
+
+
+# ------------------------------------------------------------------- a removed workspace, re-opened
+def test_a_follow_up_to_a_task_whose_workspace_was_removed_resumes_in_one_reopened_from_its_branch(
+        repo: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    prog = tmp_path / "prog.py"
+    prog.write_text('''
+import os
+
+async def run(input, rt):
+    ws = await rt.workspaces.create("talk")
+    h = rt.spawn({"agent": "claude", "name": "talk", "task": "write file=first.py", "cwd": str(ws.path)})
+    first = await rt.join(h)
+    await rt.workspaces.remove(ws)  # its work is on its branch; the checkout is gone
+    second = await rt.send(h, "now file=second.py")
+    again = rt.tasks["talk"].workspace
+    return {"status": second.status, "branch": ws.ref, "cwd": [first.cwd, second.cwd],
+            "files": sorted(os.listdir(again.path)), "same_branch": again.ref == ws.ref}
+''')
+    res = corral("run", str(prog), "--headless", cwd=repo, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((next((repo / ".git" / "corral" / "runs").iterdir()) / "result.json").read_text())
+    assert result["status"] == "succeeded" and result["same_branch"]
+    assert result["cwd"][0] != result["cwd"][1] and "first.py" in result["files"]  # checked out from the branch
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    argv = calls[1]["argv"]
+    assert argv[argv.index("--resume") + 1] == SESSIONS["claude"][0]  # its own session, resumed
+    for path in ("first.py", "second.py"):
+        assert git(repo, "show", f"{result['branch']}:{path}")
+    assert corral_state(repo)["worktrees"] == []  # the re-opened workspace went at the end of the run too
+    git(repo, "branch", "-D", result["branch"])
+
+
+def test_a_follow_up_to_a_task_whose_branch_the_user_deleted_is_refused(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    branch = task_state(repo, run, "done")["branch"]
+    git(repo, "branch", "-D", branch)
+    res = send(repo, run, "done", "echo more > more.txt")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"the branch {branch} of done is gone" in res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["tasks"]["done"]["turns"] == 1
+    wait_supervisor_gone(repo)
+
+
+def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_neither_turn(repo: Path,
+                                                                                          tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    first_ws = task_state(repo, run, "done")["workspace"]
+    res = send(repo, run, "done", f"echo partial > partial.txt; {GATE.format(gate=tmp_path / 'never')}")
+    assert res.returncode == 0, res.stderr
+    ws = Path(wait_until(lambda: (w := task_state(repo, run, "done").get("workspace")) != first_ws and w,
+                         "the re-opened workspace"))
+    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
+    os.kill(supervisor_pid(repo), signal.SIGKILL)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    branch = task_state(repo, run, "done")["branch"]
+    assert git(repo, "show", f"{branch}:one.txt") == "one"  # the first turn's, on the branch
+    assert git(repo, "show", f"{branch}:partial.txt") == "partial"  # the killed turn's, salvaged by clean
+    assert corral_state(repo)["worktrees"] == []
+    gate.write_text("go")
+    # after corral clean the conversation goes on all the same: in a new run, from the branch
+    res = send(repo, run, "done", "echo three > three.txt")
+    assert res.returncode == 0, res.stderr
+    new = re.search(r"in run (\S+) ", res.stdout).group(1)
+    end = wait_ended(repo, new)
+    assert end["tasks"]["done"]["turns"] == 3 and end["continues"] == {"run": run, "task": "done"}
+    for path, text in (("one.txt", "one"), ("partial.txt", "partial"), ("three.txt", "three")):
+        assert git(repo, "show", f"main:{path}") == text  # reviewed (approve = "all") and landed
+    wait_supervisor_gone(repo)
+    for b in corral_state(repo)["branches"]:
+        git(repo, "branch", "-D", b)
+
+
+def test_a_follow_up_turn_waits_for_an_agent_slot_like_any_agent(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        approve = "all"
+        max_parallel = 1
+        [[tasks]]
+        name = "done"
+        prompt = 'echo one > one.txt'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "slow").get("status") == "running", "slow to take the one slot")
+    # the turn says whether slow was still at work when it ran
+    res = send(repo, run, "done", f'if [ -f "{gate}" ]; then echo after; else echo during; fi > turn.txt')
+    assert res.returncode == 0, res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert git(repo, "show", "main:turn.txt") == "after"
+    wait_supervisor_gone(repo)
+
+
+def test_a_queued_message_is_taken_back_with_send_cancel_and_never_delivered(repo: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    run = start_detached(repo, two_task_plan(tmp_path, gate))
+    wait_until(lambda: task_state(repo, run, "slow").get("status") == "running", "slow to work")
+    res = send(repo, run, "slow", "echo later > later.txt")
+    assert res.returncode == 0 and "queued" in res.stdout, res.stderr
+    res = corral("send", "--cancel", run, "slow", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert "1 queued message(s) to slow cancelled" in res.stdout
+    assert "corral: queued message cancelled: echo later > later.txt" in pane(repo, run, "slow")
+    res = corral("send", "--cancel", run, "slow", cwd=repo)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no message is queued for slow" in res.stderr
+    res = corral("send", run, "slow", cwd=repo)  # neither a message nor --cancel
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert end["tasks"]["slow"]["turns"] == 1
+    assert git(repo, "ls-tree", "--name-only", "main", "later.txt") == ""
+    wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------- an aborted task's partial work
+def test_an_aborted_tasks_partial_work_can_be_approved_and_merged(repo: Path, tmp_path: Path) -> None:
+    from corral.core.events import DecisionNeeded
+
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "part"
+        prompt = 'echo partial > partial.txt; {GATE.format(gate=tmp_path / "never")}'
+        [[tasks]]
+        name = "idle"
+        prompt = '{GATE.format(gate=tmp_path / "never")}'
+    """)
+    run = start_detached(repo, plan)
+    ws = Path(wait_until(lambda: task_state(repo, run, "part").get("workspace"), "part's workspace"))
+    wait_until(lambda: (ws / "partial.txt").exists(), "part's edit")
+    seen: list[Any] = []
+
+    async def main() -> None:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run)
+
+        async def wait_for(kind: str) -> DecisionNeeded:
+            with anyio.fail_after(60):
+                while not any(isinstance(ev, DecisionNeeded) and ev.kind == kind for ev in seen):
+                    await anyio.sleep(0.05)
+            return next(ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == kind)
+
+        async with anyio.create_task_group() as tg:
+            async def follow() -> None:
+                async for ev in link.events():
+                    seen.append(ev)
+
+            tg.start_soon(follow)
+            await link.request("abort_all")
+            review = await wait_for("review")
+            rows = {r["name"]: r for r in review.items}
+            assert rows["part"]["candidate"] and rows["part"]["status"] == "aborted"
+            assert rows["part"]["files"] == ["partial.txt"]
+            assert not rows["idle"]["candidate"]  # aborted with nothing done: nothing to approve
+            await link.request("decide", decision=review.id, answer={"part": True})
+            land = await wait_for("land")
+            await link.request("decide", decision=land.id, answer=True)
+            with anyio.fail_after(60):
+                while link.exit_code is None:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        await link.aclose()
+
+    anyio.run(main)
+    assert git(repo, "show", "main:partial.txt") == "partial"
+    assert run_json(repo, run)["tasks"]["part"]["status"] == "merged"
+    wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------------------ retries side by side
+def review_and_land(repo: Path, run: str, answer: Any) -> dict[str, Any]:
+    """Answer the run's review with ``answer(rows)`` (rows by task name) and confirm its landing;
+    returns the review's rows."""
+    from corral.core.events import DecisionNeeded
+
+    seen: list[Any] = []
+    rows: dict[str, Any] = {}
+
+    async def main() -> None:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run)
+
+        async def wait_for(kind: str) -> DecisionNeeded:
+            with anyio.fail_after(60):
+                while not any(isinstance(ev, DecisionNeeded) and ev.kind == kind for ev in seen):
+                    await anyio.sleep(0.05)
+            return next(ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == kind)
+
+        async with anyio.create_task_group() as tg:
+            async def follow() -> None:
+                async for ev in link.events():
+                    seen.append(ev)
+
+            tg.start_soon(follow)
+            review = await wait_for("review")
+            rows.update({r["name"]: r for r in review.items})
+            await link.request("decide", decision=review.id, answer=answer(rows))
+            land = await wait_for("land")
+            await link.request("decide", decision=land.id, answer=True)
+            with anyio.fail_after(60):
+                while link.exit_code is None:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        await link.aclose()
+
+    anyio.run(main)
+    return rows
+
+
+def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one(repo: Path,
+                                                                                tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "fix"
+        prompt = 'echo partial > partial.txt; exit 3'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
+    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
+    gate.write_text("go")
+    rows = review_and_land(repo, run, lambda rows: {"fix": True, "slow": True})  # the old attempt picked
+    assert rows["fix"]["candidate"] and rows["fix"]["status"] == "failed" and rows["fix"]["attempts"] == ["fix-2"]
+    assert rows["fix-2"]["candidate"] and rows["fix-2"]["attempts"] == ["fix"]
+    end = wait_ended(repo, run)
+    assert end["tasks"]["fix"]["status"] == "merged" and end["tasks"]["fix-2"]["status"] == "rejected"
+    assert git(repo, "show", "main:partial.txt") == "partial"
+    assert git(repo, "ls-tree", "--name-only", "main", "ok.txt") == ""
+    assert end["tasks"]["fix-2"]["branch"] in end["kept_branches"]  # the other attempt's work kept
+    for b in end["kept_branches"]:
+        git(repo, "branch", "-D", b)
+    wait_supervisor_gone(repo)
+
+
+def test_when_both_attempts_are_approved_the_newest_is_merged(repo: Path, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "fix"
+        prompt = 'echo partial > partial.txt; exit 3'
+        [[tasks]]
+        name = "slow"
+        prompt = '{GATE.format(gate=tmp_path / "go")}'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
+    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
+    (tmp_path / "go").write_text("go")
+    review_and_land(repo, run, lambda rows: {name: True for name, row in rows.items() if row["candidate"]})
+    end = wait_ended(repo, run)
+    assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
+    assert git(repo, "show", "main:ok.txt") == "ok"
+    assert git(repo, "ls-tree", "--name-only", "main", "partial.txt") == ""
+    for b in end["kept_branches"]:
+        git(repo, "branch", "-D", b)
+    wait_supervisor_gone(repo)
+
+
+def test_y_on_one_attempt_in_the_review_screen_rejects_the_other() -> None:
+    from textual.app import App
+
+    from corral.core.vcs.base import Forecast
+    from corral.tui.review_screen import ReviewItem, ReviewScreen
+
+    async def load_diff(name: str) -> str:
+        return ""
+
+    items = [ReviewItem("fix", "failed", "shell", 1, 0, ["partial.txt"], True, attempts=["fix-2"]),
+             ReviewItem("fix-2", "succeeded", "shell", 1, 0, ["ok.txt"], True, attempts=["fix"]),
+             ReviewItem("other", "succeeded", "shell", 1, 0, ["o.txt"], True)]
+
+    async def main() -> None:
+        screen = ReviewScreen(items, Forecast(), load_diff)
+        app = App()
+        async with app.run_test() as pilot:
+            await app.push_screen(screen)
+            await pilot.pause()
+            screen.decisions["fix-2"] = True
+            screen._select("fix")
+            screen.action_decide(True)
+            assert screen.decisions == {"fix": True, "fix-2": False}
+            screen._select("fix-2")
+            screen.action_decide(True)
+            assert screen.decisions == {"fix": False, "fix-2": True}
+
+    anyio.run(main)
+
+
+
+# -------------------------------------------------------------------------- after the run ended
+def test_a_follow_up_after_the_run_ended_resumes_the_session_in_a_new_run_from_the_kept_branch(
+        repo: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    plan = write_plan(tmp_path / "plan.toml", """
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "done"
+        agent = "claude"
+        prompt = 'write file=first.py'
+        [[tasks]]
+        name = "gone"
+        agent = "shell"
+        prompt = 'echo gone > gone.txt'
+    """)
+    res = corral("run", str(plan), "--detach", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    run = res.stdout.split("run ", 1)[1].split()[0]
+    first = wait_ended(repo, run)
+    assert first["tasks"]["done"]["status"] == "rejected"
+    branch = first["tasks"]["done"]["branch"]
+    assert branch in first["kept_branches"] and corral_state(repo)["worktrees"] == []
+    git(repo, "branch", "-D", first["tasks"]["gone"]["branch"])
+    res = send(repo, run, "gone", "echo more > more.txt", env=env)  # its branch deleted
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is gone (deleted)" in res.stderr, res.stderr
+    res = send(repo, run, "nosuch", "hello", env=env)
+    assert res.returncode == 2 and "has no task 'nosuch'" in res.stderr and res.stderr.count("\n") == 1
+    res = send(repo, run, "done", "now file=second.py", env=env)
+    assert res.returncode == 0, res.stderr
+    new = re.search(r"in run (\S+) ", res.stdout).group(1)
+    assert new != run
+    end = wait_ended(repo, new)
+    assert end["tasks"]["done"]["turns"] == 2 and end["tasks"]["done"]["status"] == "rejected"  # approve = "none"
+    assert list(end["tasks"]) == ["done"] and end["continues"] == {"run": run, "task": "done"}
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    argv = calls[-1]["argv"]
+    assert argv[argv.index("--resume") + 1] == first["tasks"]["done"]["session"]  # from the old run's journal
+    for path in ("first.py", "second.py"):  # the same branch, both turns' work on it
+        assert git(repo, "show", f"{branch}:{path}")
+    assert corral_state(repo)["worktrees"] == [] and end["kept_branches"] == [branch]
+    git(repo, "branch", "-D", branch)
+    wait_supervisor_gone(repo)
+
+
+def test_a_workspace_reopened_for_a_follow_up_is_set_up_again(repo: Path, tmp_path: Path) -> None:
+    (repo / ".gitignore").write_text("deps/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore deps")
+    setups, gate = tmp_path / "setups", tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.toml", f"""
+        agent = "shell"
+        setup = 'echo run >> {setups}; mkdir -p deps; echo ok > deps/ok'
+        sandbox = "none"
+        approve = "all"
+        [[tasks]]
+        name = "done"
+        prompt = 'echo one > one.txt'
+        [[tasks]]
+        name = "slow"
+        setup = "none"
+        prompt = '{GATE.format(gate=gate)}'
+    """)
+    run = start_detached(repo, plan)
+    wait_until(lambda: task_state(repo, run, "done").get("workspace_removed"), "done's workspace put away")
+    res = send(repo, run, "done", 'if [ -f deps/ok ]; then echo yes; else echo no; fi > saw.txt')
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: task_state(repo, run, "done").get("turns") == 2
+               and task_state(repo, run, "done").get("status") == "succeeded", "the second turn")
+    gate.write_text("go")
+    end = wait_ended(repo, run)
+    assert end["exit_code"] == 0, end
+    assert git(repo, "show", "main:saw.txt") == "yes"  # what setup installs is there for the second turn
+    assert setups.read_text().split() == ["run", "run"]
+    wait_supervisor_gone(repo)

@@ -240,7 +240,7 @@ def test_edits_made_by_hand_after_the_agent_exited_are_merged(repo, tmp_path, wt
 
     class EditThenApprove(PolicyApprover):
         async def review(self, rt, candidates, forecast):
-            ws = candidates[0].workspace
+            ws = await rt.open_workspace(candidates[0].name)  # put away: re-opened, as `o` does
             (ws.path / "by-hand.txt").write_text("fixed by hand\n")
             return await super().review(rt, candidates, forecast)
 

@@ -58,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="every live run of the repository")
     st.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
-    se = sub.add_parser("send", help="send a follow-up message to a task of a live run (queued while its agent "
-                                     "works; a finished agent is resumed in its workspace)")
+    se = sub.add_parser("send", help="send a follow-up message to a task of a run (queued while its agent "
+                                     "works; a finished agent is resumed in its workspace; to a run that has "
+                                     "ended, a new run carries the task on from its branch)")
     se.add_argument("run", help="run id (see corral runs)")
     se.add_argument("task", help="the task's name")
-    se.add_argument("message", help="the message for its agent")
+    se.add_argument("message", nargs="?", help="the message for its agent")
+    se.add_argument("--cancel", action="store_true", help="take back the messages queued for the task instead")
     se.add_argument("--repo", default=argparse.SUPPRESS, help="repository (default: the current one)")
 
     rt = sub.add_parser("retry", help="a new attempt of a failed or aborted task of a live run, from base, "
@@ -348,11 +350,61 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """``corral send RUN TASK MESSAGE``: one follow-up, through the supervisor's ``send`` command."""
+    if args.cancel or args.message is None:
+        if not args.cancel:
+            print("corral: send: give the message, or --cancel to take back the queued ones", file=sys.stderr)
+            return EXIT_USAGE
+        if args.message is not None:
+            print("corral: send --cancel takes no message", file=sys.stderr)
+            return EXIT_USAGE
+        reply = run_command(args, "cancel")
+        print(f"corral: {reply.get('cancelled')} queued message(s) to {args.task} cancelled")
+        return EXIT_OK
+    if not _live(args):
+        return send_to_ended_run(args)
     reply = run_command(args, "send", message=args.message)
     if reply.get("queued"):
         print(f"corral: message queued for {args.task}: delivered when its agent's current turn ends")
     else:
         print(f"corral: {args.task} resumed with the message (corral attach {args.run} to watch it)")
+    return EXIT_OK
+
+
+def _live(args: argparse.Namespace) -> bool:
+    """Whether run ``args.run`` is live in the repository's supervisor (or not recorded at all:
+    :func:`run_command` says so)."""
+    import anyio
+
+    from corral.core.server.client import live_runs
+
+    backend = _open_backend(args.repo)
+    if not (backend.state_dir / "runs" / args.run / "run.json").is_file():
+        return True
+    return bool(anyio.run(live_runs, backend.state_dir).get(args.run, {}).get("live"))
+
+
+def send_to_ended_run(args: argparse.Namespace) -> int:
+    """``corral send`` to a task of a run that has ended: a new run in the supervisor carries the
+    task on (its workspace re-opened from its branch, its agent's session resumed), checked here
+    first so that a refusal is one line and exit 2 with nothing started."""
+    import anyio
+
+    from corral.core.continuation import prepare_follow_up
+    from corral.core.server.launch import StartRequest
+    from corral.core.vcs.base import UsageError
+
+    repo = args.repo or os.getcwd()
+    try:
+        prep = anyio.run(prepare_follow_up, repo, args.run, args.task, args.message)
+    except UsageError as exc:
+        fail_usage(f"send {args.task}: {exc}")
+    anyio.run(prep.backend.close)
+    root, state_dir = prep.backend.root, prep.backend.state_dir
+    request = StartRequest(target=None, repo=str(root), cwd=os.getcwd(), env=dict(os.environ),
+                           follow_up={"run": args.run, "task": args.task, "message": args.message})
+    run_id, _pid = anyio.run(start_in_supervisor, state_dir, root, request)
+    print(f"corral: run {args.run} has ended: {args.task} resumed with the message in run {run_id} "
+          f"(corral attach {run_id} to watch it)")
     return EXIT_OK
 
 

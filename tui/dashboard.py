@@ -802,6 +802,13 @@ class CorralApp(App[int]):
             self.notify(f"retried as {reply.get('task')}", title=name)
 
     @work(group="send", exit_on_error=False)
+    async def cancel_queued(self, name: str) -> None:
+        """``x``: take back the messages queued for ``name``'s agent (the run's ``cancel`` command)."""
+        reply = await self.command("cancel", task=name)
+        if reply is not None:
+            self.notify(f"{reply.get('cancelled')} queued message(s) cancelled", title=name)
+
+    @work(group="send", exit_on_error=False)
     async def _send(self, name: str, message: str) -> None:
         reply = await self.command("send", task=name, message=message)
         if reply is not None:
@@ -828,6 +835,11 @@ class CorralApp(App[int]):
 
     async def open_shell(self, name: str) -> None:
         path = self.workspace_dir(name)
+        if path is None and self.can_control:  # put away once its agent's work was on its branch
+            reply = await self.command("open", task=name)
+            path = Path(reply["workspace"]) if reply else None
+            if path is None:
+                return
         if path is None:
             self.notify(f"{name} has no workspace on disk", severity="warning")
             return

@@ -42,7 +42,9 @@ class ReviewItem:
     added: int = 0
     removed: int = 0
     files: list[str] = field(default_factory=list)
-    candidate: bool = False  # succeeded, so it can be approved
+    candidate: bool = False  # succeeded (or partial work), so it can be approved
+    #: the other attempts of the same task up for review (a retry): approving one rejects these
+    attempts: list[str] = field(default_factory=list)
 
 
 DiffLoader = Callable[[str], Awaitable[str]]
@@ -294,6 +296,10 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
             return
         self.decisions[name] = approve
         self._refresh_row(name)
+        for other in self.items[name].attempts if approve else []:  # the user picks one attempt
+            if other in self.items:
+                self.decisions[other] = False
+                self._refresh_row(other)
         # move on to the next undecided task, selected now: keys typed ahead of the table's
         # highlight message (y y y) decide one task each, not the first one three times
         table = self.query_one("#review-tasks", DataTable)

@@ -52,7 +52,8 @@ def _freeze_heap() -> None:
 
 
 #: Actions whose availability (check_action) depends on the run and the focused pane.
-_STATEFUL_ACTIONS = ("zoom", "abort", "abort_all", "discard", "followup", "retry", "review", "shell", "pager")
+_STATEFUL_ACTIONS = ("zoom", "abort", "abort_all", "discard", "followup", "unqueue", "retry", "review", "shell",
+                     "pager")
 
 
 def finished_banner(fin: "RunFinished", repo: str) -> Text:
@@ -94,6 +95,8 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         Binding("A", "abort_all", "Abort all", tooltip="Stop every agent", id="run.abort_all"),
         Binding("d", "discard", "Discard", tooltip="Delete the focused task's workspace and work", id="run.discard"),
         Binding("f", "followup", "Follow up", tooltip="Send the focused task's agent a message", id="run.followup"),
+        Binding("x", "unqueue", "Cancel queued", show=False, id="run.unqueue",
+                tooltip="Take back the messages queued for the focused task's agent"),
         Binding("R", "retry", "Retry", tooltip="A new attempt of the focused failed or aborted task", id="run.retry"),
         Binding("r", "review", "Review", tooltip="Review diffs and approve merges", id="run.review"),
         Binding("o", "shell", "Shell", tooltip="Open $SHELL in the focused workspace", id="run.shell"),
@@ -351,14 +354,18 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             ok = (app.can_control and view is not None and view.status not in ("merged", "discarded")
                   and (self.model.phase == "running" or app.review_pending) and self.model.finished is None)
             return True if ok else None
+        if action == "unqueue":
+            return True if (app.can_control and view is not None and not view.finished) else None
         if action == "retry":
             ok = (app.can_control and view is not None and view.status in ("failed", "aborted")
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None
         if action == "review":
             return True if app.review_pending else None
-        if action == "shell":
-            return True if (view is not None and app.workspace_dir(name) is not None) else None
+        if action == "shell":  # a workspace put away is re-opened from its branch
+            reopen = (app.can_control and view is not None and bool(view.workspace) and view.finished
+                      and view.status not in ("merged", "discarded") and self.model.finished is None)
+            return True if (view is not None and (app.workspace_dir(name) is not None or reopen)) else None
         if action == "pager":
             return True if (name is not None and app.log_file(name) is not None) else None
         return True
@@ -398,6 +405,11 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         name = self.focused_task
         if name:
             self.corral.ask_follow_up(name)
+
+    def action_unqueue(self) -> None:
+        name = self.focused_task
+        if name:
+            self.corral.cancel_queued(name)
 
     def action_retry(self) -> None:
         name = self.focused_task

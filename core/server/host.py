@@ -66,7 +66,8 @@ def review_items(rt: Runtime, candidates: list[TaskInfo]) -> list[dict[str, Any]
         rows.append({"name": t.name, "status": t.status, "agent": t.agent,
                      "added": snap.added if snap else 0, "removed": snap.removed if snap else 0,
                      "files": list(snap.files) if snap else [],
-                     "candidate": t.name in names and t.status == "succeeded"})
+                     "candidate": t.name in names,
+                     "attempts": [a for a in rt.attempts(t.name) if a != t.name and a in names]})
     return rows
 
 
@@ -375,11 +376,24 @@ class RunHost:
             finally:
                 self._busy.discard((op, name))
         if op == "send":
+            problem = rt.follow_up_problem(name) or await rt.branch_problem(name)
+            if problem:
+                raise CommandError(problem)
             try:
                 _item, queued = rt.follow_up(name, str(args.get("message") or ""))
             except FollowUpRefused as exc:
                 raise CommandError(str(exc)) from None
             return {"queued": queued}
+        if op == "open":
+            try:
+                return {"workspace": str((await rt.open_workspace(name)).path)}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
+        if op == "cancel":
+            try:
+                return {"cancelled": rt.cancel_queued(name)}
+            except FollowUpRefused as exc:
+                raise CommandError(str(exc)) from None
         if op == "retry":
             try:
                 return {"task": rt.retry(name, str(args.get("prompt") or ""))}
@@ -394,7 +408,8 @@ class RunHost:
             except VcsError as exc:
                 pending = [f"(corral cannot list them: {exc})"]
             return {"status": info.status, "prompt": info.prompt, "turns": info.turns,
-                    "workspace": str(ws.path) if ws else "", "ref": ws.ref if ws else "",
+                    "workspace": str(ws.path) if ws and ws.task in rt.workspaces.live else "",
+                    "ref": ws.ref if ws else "",
                     "extra_refs": list(ws.extra_refs) if ws else [], "pending": pending}
         raise CommandError(f"unknown command {op!r}")
 

@@ -32,6 +32,8 @@ class StartRequest:
     sandbox: str | None = None
     cwd: str = ""
     env: dict[str, str] | None = None
+    #: a follow-up to a task of an ended run (``run``, ``task``, ``message``): a run that carries it on
+    follow_up: dict[str, str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StartRequest":
@@ -48,6 +50,12 @@ class StartRequest:
 async def prepare_request(req: StartRequest) -> Prepared:
     """Load the plan and run preflight; raises :class:`CommandError` (one line) on any problem."""
     try:
+        if req.follow_up:
+            from ..continuation import prepare_follow_up
+
+            f = req.follow_up
+            return await prepare_follow_up(req.repo, str(f.get("run")), str(f.get("task")), str(f.get("message")),
+                                           env=req.env, cwd=req.cwd or None)
         plan = load_plan(req.target) if req.target else adhoc_plan(req.tasks, req.agent or "claude")
         return await prepare(plan, req.repo, base=req.base, verify=req.verify, max_parallel=req.max_parallel,
                              approve=req.approve, sandbox=req.sandbox, env=req.env, cwd=req.cwd or None)

@@ -359,6 +359,11 @@ class Backend(abc.ABC):
     async def create_workspace(self, run: str, task: str, base_commit: str, root: str | None) -> Workspace:
         ...
 
+    async def reopen_workspace(self, ws: Workspace, root: str | None) -> Workspace:
+        """A new workspace on the kept branch of ``ws`` (removed: its work is on that branch), for one
+        more turn of its agent there; :class:`VcsError` when the branch is gone or it cannot be made."""
+        raise VcsError(f"a removed workspace cannot be re-opened in a {self.kind} repository")
+
     @abc.abstractmethod
     async def snapshot(self, ws: Workspace, message: str) -> Snapshot:
         """Commit whatever the agent left uncommitted onto its branch and describe what changed."""

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -282,13 +283,15 @@ class GitBackend(Backend):
         return res.ok
 
     # ------------------------------------------------------------------------------- workspaces
-    async def _register_worktree(self, ws: Workspace, rec: Record, checkout: bool) -> None:
-        """``git worktree add`` of ``ws`` (a new locked branch at its base; with ``checkout``, its files
-        too, in the same git process) under the repo lock, retried on lock contention; a failed
-        attempt's leftovers (its branch, its admin dir) are removed precisely, never by a
-        repository-wide prune. It must be under the lock: concurrent ``worktree add``s read each
-        other's half-written admin dirs and fail."""
+    async def _register_worktree(self, ws: Workspace, rec: Record, checkout: bool, reopen: bool = False) -> None:
+        """``git worktree add`` of ``ws`` (a new locked branch at its base, or with ``reopen`` its
+        existing branch; with ``checkout``, its files too, in the same git process) under the repo
+        lock, retried on lock contention; a failed attempt's leftovers (its new branch, its admin dir)
+        are removed precisely, never by a repository-wide prune. It must be under the lock:
+        concurrent ``worktree add``s read each other's half-written admin dirs and fail."""
         args = ["--no-track", "--lock", "--reason", lock_reason(rec), "-b", ws.ref, str(ws.path), ws.base_commit]
+        if reopen:
+            args = ["--lock", "--reason", lock_reason(rec), str(ws.path), ws.ref]
         if not checkout:
             args.insert(0, "--no-checkout")
         last = None
@@ -298,8 +301,8 @@ class GitBackend(Backend):
                 if not res.ok:
                     last = res
                     await self._drop_admin_of(ws.path)
-                    # only the branch this attempt made: still at the base, so nothing else was on it
-                    await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
+                    if not reopen:  # only the branch this attempt made: still at the base, nothing else on it
+                        await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
             if res.ok:
                 return
             if not _is_contention(res):
@@ -366,6 +369,29 @@ class GitBackend(Backend):
                 self.registry.drop(rec)
             raise
         return ws
+
+    async def reopen_workspace(self, ws: Workspace, root: str | None) -> Workspace:
+        """A locked worktree on the kept branch of the removed workspace ``ws``, in a fresh private
+        directory; on any failure nothing is left behind, the branch untouched."""
+        if not await self.ref_exists(ws.ref):
+            raise VcsError(f"its branch {ws.ref} is gone")
+        head = await self.resolve(ws.ref)
+        path, rec = self.registry.reserve(root, run=ws.run, task=ws.task, role=ws.role, ref=ws.ref, vcs="git",
+                                          base_commit=ws.base_commit)
+        new = Workspace(task=ws.task, path=path, ref=ws.ref, name=path.name, base_commit=ws.base_commit, head=head,
+                        role=ws.role, run=ws.run, key=rec.key, extra_refs=list(ws.extra_refs),
+                        exclude=list(ws.exclude))
+        try:
+            await self._register_worktree(new, rec, checkout=True, reopen=True)
+            new.admin = _admin_of(path)
+            new.name = Path(new.admin).name if new.admin else path.name
+            self.registry.update(rec, state=READY, admin=new.admin, exclude=new.exclude)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.drop_half_made(replace(new, base_commit=""))  # (no base: its branch stays)
+                self.registry.drop(rec)
+            raise
+        return new
 
     async def drop_half_made(self, ws: Workspace) -> None:
         """Remove a workspace that never became ready: it holds no work (no agent ran in it). Its

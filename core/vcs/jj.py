@@ -703,6 +703,17 @@ class JjBackend(Backend):
         base_commit = await self.follow(base_commit)  # base may have been rewritten since the run started
         return await self._new_workspace(run, task, self.ref_name(run, task), base_commit, base_commit, root)
 
+    async def reopen_workspace(self, ws: Workspace, root: str | None) -> Workspace:
+        """A workspace on a new change on top of the kept bookmark of the removed workspace ``ws``: its
+        next snapshot moves the bookmark on, or leaves it where it is when nothing changes."""
+        found = await self.bookmarks(f"exact:{ws.ref}")
+        head = found.get(ws.ref)
+        if not head:
+            raise VcsError(f"its bookmark {ws.ref} is {'conflicted' if ws.ref in found else 'gone'}")
+        new = await self._new_workspace(ws.run, ws.task, ws.ref, ws.base_commit, head, root)
+        new.extra_refs, new.exclude = list(ws.extra_refs), list(ws.exclude)
+        return new
+
     async def _new_workspace(self, run: str, task: str, ref: str, base_commit: str, at: str,
                              root: str | None, reserved: tuple[Path, Record] | None = None) -> Workspace:
         """A workspace at ``at`` in a fresh private directory (``reserved``: registered already);
