@@ -195,12 +195,14 @@ def resolver_prompt(rt: Runtime, task: str, files: list[str], outcomes: list[Mer
         return (f"Task {info.name} was asked:\n{info.prompt.strip()}\n"
                 + (f"It answered when done:\n{text[:4000]}\n" if text else ""))
 
+    commit = ("then commit the merge (git add the files, then git commit --no-edit)" if rt.backend.kind == "git" else
+              "and leave the result in the working copy, which is the merge commit: jj records your edits by "
+              "itself (`jj resolve --list` lists what still conflicts; do not run jj new, jj commit or jj squash)")
     return "\n".join([
         f"You are in the integration workspace of a corral run. Merging task {task} into the work already "
         f"merged here conflicts in: {', '.join(files)}. Those files hold conflict markers (<<<<<<<, =======, "
         f">>>>>>>). Resolve every conflict so that both sides' work is kept as their tasks intended, remove "
-        f"the markers, then commit the merge (git add the files, then git commit --no-edit). Change "
-        f"nothing else.",
+        f"the markers, {commit}. Change nothing else.",
         "",
         side(rt.tasks[task]),
         *(side(t) for t in others),
