@@ -150,6 +150,8 @@ class TaskInfo:
     spec: dict[str, Any] | None = None
     #: follow-up messages waiting for the current turn to end
     queued: list[FollowUp] = field(default_factory=list)
+    #: a resolver's: the integration before and after its resolution (its own diff in the review)
+    resolution: tuple[str, str] | None = None
 
     @property
     def finished(self) -> bool:

@@ -356,7 +356,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None
         if action == "review":
-            return True if app.review_pending else None
+            return True if app.review_waiting else None
         if action == "shell":
             return True if (view is not None and app.workspace_dir(name) is not None) else None
         if action == "pager":
