@@ -187,6 +187,8 @@ async def resolve_conflicts(rt: Runtime, plan: Plan, integ: Workspace, outcomes:
 async def _wants_resolver(rt: Runtime, plan: Plan, o: MergeOutcome) -> bool:
     if plan.resolve == "agent":
         return True
+    if any(t.resolution and t.resolution[0] == o.task for t in rt.tasks.values()):
+        return True  # resolved in this run (asked then): again in each merge bisection tries
     if plan.resolve == "ask" and not isinstance(rt.approver, PolicyApprover):  # nobody to ask: as "none"
         return await rt.approver.ask(rt, f"{o.task} conflicts in {', '.join(o.conflict_files[:5])}: let agent "
                                          f"{resolver_of(plan, rt.tasks[o.task])} resolve it?", False)
@@ -225,7 +227,7 @@ async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, o
             rt.set_status(name, "failed", f"conflict not resolved: {exc}")
         return name
     if name in rt.tasks:
-        rt.tasks[name].resolution = (before, new)
+        rt.tasks[name].resolution = (o.task, before, new)
         rt.tasks[name].snapshot = Snapshot(new, files)
         rt.set_status(name, "succeeded", f"resolved the conflict of {o.task} in {', '.join(files)}")
     rt.workspaces.note_merged(integ, o.task, head)

@@ -212,3 +212,34 @@ def test_a_resolver_aborted_by_the_user_leaves_the_conflict(repo, tmp_path, wt_r
     run(main())
     assert git(repo, "show", "main:src/app.py") == "VALUE = 10"
     assert [b.rsplit("/", 1)[1] for b in corral_state(repo)["branches"]] == ["second"]
+
+
+def test_a_conflict_resolved_by_hand_is_resolved_again_as_verify_bisects(repo, tmp_path, wt_root):
+    """Verify fails on the merge because of another task: each merge bisection tries holds the
+    conflict again, and the resolver settles it there without asking again (the person said R)."""
+    from corral.tui.dashboard import LAND_TITLE
+
+    plan = conflict_plan(tmp_path, wt_root, f"printf '{RESOLVED}\\n' > src/app.py && git add -A && "
+                                            "git commit -q --no-edit", verify="grep -q 30 src/app.py && ! test -f bad")
+    plan.tasks.append(type(plan.tasks[0])("culprit", "echo bad > bad", "shell"))
+
+    async def main() -> None:
+        app = CorralApp(prep=await prepare(plan, repo), grace=0.5)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: review_shown(app) is not None, what="review screen")
+            await pilot.press("Y", "m")
+            await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts")
+            await pilot.press("R")
+            await until(pilot, lambda: (s := conflicts_screen(app)) is not None and "resolve-second" in s.items,
+                        timeout=60, what="the review with the resolution")
+            await pilot.press("m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=120, what="a question")
+            assert app.screen.title_text == LAND_TITLE
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, timeout=60, what="run end")
+            status = {n: app.model.tasks[n].status for n in ("first", "second", "other", "culprit")}
+            assert status == {"first": "merged", "second": "merged", "other": "merged", "culprit": "verify-failed"}
+            await pilot.press("q")
+
+    run(main())
+    assert git(repo, "show", "main:src/app.py") == RESOLVED

@@ -397,7 +397,7 @@ class RunHost:
         ws = info.workspace
         if op == "diff":
             if ws is not None and info.resolution:  # a resolver's: its commit, not the whole integration
-                ws = dataclasses.replace(ws, base_commit=info.resolution[0], head=info.resolution[1])
+                ws = dataclasses.replace(ws, base_commit=info.resolution[1], head=info.resolution[2])
             return {"text": await rt.backend.diff(ws) if ws is not None else ""}
         if op == "task_info":
             try:
