@@ -8,6 +8,7 @@ runs it on the runtime: each subset merged into a fresh integration workspace an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from .events import VerifyOutput, VerifyResult
 from .procs import Supervised
 from .plan import Plan
 from .runtime import PolicyApprover, Runtime, TaskInfo
-from .vcs.base import MergeOutcome, Snapshot, VcsError, Workspace
+from .vcs.base import MergeOutcome, VcsError, Workspace
 
 T = TypeVar("T")
 
@@ -228,7 +229,7 @@ async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, o
         return name
     if name in rt.tasks:
         rt.tasks[name].resolution = (o.task, before, new)
-        rt.tasks[name].snapshot = Snapshot(new, files)
+        rt.tasks[name].snapshot = await backend.describe(dataclasses.replace(integ, base_commit=before, head=new))
         rt.set_status(name, "succeeded", f"resolved the conflict of {o.task} in {', '.join(files)}")
     rt.workspaces.note_merged(integ, o.task, head)
     o.ok, o.commit = True, new

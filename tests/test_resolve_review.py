@@ -62,9 +62,10 @@ async def resolve_by_hand(app: CorralApp, pilot, tmp_path: Path) -> None:
     assert "resolve-second" in app.run_screen.panes
     assert "resolve-second resolved the conflict of second" in screen.conflicts
     assert screen.items["second"].status == "succeeded"
-    assert screen.items["resolve-second"].files == ["src/app.py"]
-    # its diff is the resolver's commit, apart from the task's own
-    screen.query_one("#review-tasks").move_cursor(row=screen.order.index("resolve-second"))
+    resolution = screen.items["resolve-second"]
+    assert (resolution.files, resolution.added, resolution.removed) == (["src/app.py"], 1, 1)
+    # selected: its diff is the resolver's commit, apart from the task's own
+    assert screen.selected == "resolve-second"
     await until(pilot, lambda: "+VALUE = 30" in screen.diff_view.diffs.get("resolve-second", ""),
                 what="the resolution's diff")
     assert "-VALUE = 10" in screen.diff_view.diffs["resolve-second"]

@@ -109,7 +109,7 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
                 id="review.approve_all"),
         Binding("c", "request_changes", "Changes", tooltip="Ask the selected task's agent for changes (a message)",
                 id="review.changes"),
-        Binding("R", "resolve", "Resolve/retry", show=False, tooltip="A task marked CONFLICT: its conflict resolved by the "
+        Binding("R", "resolve", "Resolve/retry", tooltip="A task marked CONFLICT: its conflict resolved by the "
                 "resolver agent now; a failed or aborted task: a new attempt", id="review.resolve"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
@@ -153,11 +153,11 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
         text = Text(no_wrap=True, overflow="ellipsis")
         if self.conflicts:
             text.append(" CONFLICTS ", style="bold reverse")
-            text.append(f"  {self.conflicts} · ")
+            text.append("  ")
             text.append("R", style="bold")
-            text.append(" resolve the selected one  ")
+            text.append(" resolve the selected one with the resolver agent  ")
             text.append("m", style="bold")
-            text.append(" go on without the others")
+            text.append(" go on (verify, then land) without what still conflicts")
             return text
         text.append(" REVIEW ", style="bold reverse")
         if left:
@@ -187,7 +187,8 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
                           str(len(item.files)), key=name)
         self.query_one("#review-matrix", Static).update(self._matrix())
         conflicted = [n for n in self.order if self.items[n].status == "conflict"]
-        first = next(iter(self.candidates or conflicted or self.order), None)
+        # after a resolution with nothing left in conflict: the newest task, the resolver
+        first = next(iter(self.candidates or conflicted or (self.order[-1:] if self.conflicts else self.order)), None)
         if first is not None:
             table.move_cursor(row=self.order.index(first))
             self._select(first)
@@ -210,6 +211,12 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
         conflicting pairs by name. Lines are cut, never wrapped."""
         names = self.candidates
         text = Text(no_wrap=True, overflow="crop")
+        if self.conflicts:  # merged already: what the merge found, not a forecast
+            text.append("merge conflicts\n", style="bold underline")
+            for line in self.conflicts.split("; "):
+                text.append(f"{line}\n", style="red" if " conflicts in " in line else "green")
+            text.rstrip()
+            return text
         text.append("conflict forecast", style="bold underline")
         text.append("  (trial merges, nothing touched)\n", style="dim")
         if not names:
@@ -300,10 +307,12 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
             self._select(str(event.row_key.value))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("decide", "decide_all", "request_changes") and self.conflicts:
+            return False  # decided already: the merge is under way
         if action in ("decide", "request_changes"):
             return True if (self.selected and self.items[self.selected].candidate) else None
-        if action == "resolve":
-            return True if self._resolve_kind() else None
+        if action == "resolve":  # in the footer only where it does something
+            return True if self._resolve_kind() else False
         return True
 
     def _resolve_kind(self) -> str:
