@@ -30,7 +30,7 @@ from .events import (
 from .journal import Journal, new_run_id
 from .plan import Plan, TaskSpec
 from .procs import Supervised
-from .queue import VerifyRun, bisect, resolve_conflicts, run_verify
+from .queue import VerifyRun, bisect, run_verify, settle_conflicts
 from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
 from .sandbox import MODES, Policy, probe
@@ -354,7 +354,7 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
                                                 plan.merge)
     state.integration = integ
     if not all(o.ok for o in outcomes):
-        await resolve_conflicts(rt, plan, integ, outcomes)
+        await settle_conflicts(rt, plan, integ, outcomes)
     merged: list[TaskInfo] = []
     for o in outcomes:
         info = rt.tasks[o.task]

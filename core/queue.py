@@ -8,10 +8,11 @@ runs it on the runtime: each subset merged into a fresh integration workspace an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .events import VerifyOutput, VerifyResult
 from .procs import Supervised
@@ -131,6 +132,50 @@ async def bisect(rt: Runtime, plan: Plan, merged: list[TaskInfo], first: VerifyR
                      {t.name: last_failed[t.name] for t in merged if t.name not in kept}, count[0])
 
 
+@runtime_checkable
+class ConflictChooser(Protocol):
+    """An approver a person answers on a screen that lists the tasks (the dashboard's review): with
+    ``resolve = "ask"`` the merge's conflicts are put to it together, and it names the one whose
+    conflict the resolver takes on now, or none (go on without them)."""
+
+    async def choose_conflict(self, rt: Runtime, conflicts: list[str], question: str) -> str: ...
+
+
+async def settle_conflicts(rt: Runtime, plan: Plan, integ: Workspace, outcomes: list[MergeOutcome]) -> None:
+    """The conflicts of a run's merge. With ``resolve = "ask"`` and a person at a review screen, the
+    conflicting tasks are marked ``conflict`` and the review shows them until the person goes on: each
+    one they pick (``R``) is handed to the resolver there and then, and the review comes back with the
+    resolution as a task of its own. Otherwise as :func:`resolve_conflicts`."""
+    chooser = rt.approver
+    if plan.resolve != "ask" or not isinstance(chooser, ConflictChooser):
+        await resolve_conflicts(rt, plan, integ, outcomes)
+        return
+    resolved = ""  # what the resolver just settled: shown once more before it is verified
+    while True:
+        left = {o.task: o for o in outcomes if not o.ok}
+        if not left and not resolved:
+            return
+        for o in left.values():
+            if rt.tasks[o.task].status != "conflict":
+                rt.set_status(o.task, "conflict", "conflicts in " + ", ".join(o.conflict_files[:5]))
+        question = "; ".join([resolved] * bool(resolved) + [
+            f"{o.task} conflicts in {', '.join(o.conflict_files[:5])} (R: agent "
+            f"{resolver_of(plan, rt.tasks[o.task])} resolves it)" for o in left.values()])
+        picked = left.get(await chooser.choose_conflict(rt, list(left), question))
+        if picked is None:
+            return
+        name = await _resolve(rt, plan, integ, picked, outcomes)
+        resolved = ""
+        if picked.ok:
+            rt.set_status(picked.task, "succeeded", f"its conflict resolved by {name}")
+            resolved = f"{name} resolved the conflict of {picked.task}"
+
+
+def resolver_of(plan: Plan, info: TaskInfo) -> str:
+    """The agent profile that resolves ``info``'s conflict: the plan's ``resolver``, else the task's own."""
+    return plan.resolver or info.agent or plan.agent
+
+
 async def resolve_conflicts(rt: Runtime, plan: Plan, integ: Workspace, outcomes: list[MergeOutcome]) -> None:
     """Each merge of ``outcomes`` that conflicted, in order, handed to the resolver agent when the plan
     says so (``resolve = "agent"``, or ``"ask"`` and the person says yes): a resolved one becomes a
@@ -143,16 +188,19 @@ async def resolve_conflicts(rt: Runtime, plan: Plan, integ: Workspace, outcomes:
 async def _wants_resolver(rt: Runtime, plan: Plan, o: MergeOutcome) -> bool:
     if plan.resolve == "agent":
         return True
+    if any(t.resolution and t.resolution[0] == o.task for t in rt.tasks.values()):
+        return True  # resolved in this run (asked then): again in each merge bisection tries
     if plan.resolve == "ask" and not isinstance(rt.approver, PolicyApprover):  # nobody to ask: as "none"
         return await rt.approver.ask(rt, f"{o.task} conflicts in {', '.join(o.conflict_files[:5])}: let agent "
-                                         f"{plan.resolver or plan.agent} resolve it?", False)
+                                         f"{resolver_of(plan, rt.tasks[o.task])} resolve it?", False)
     return False
 
 
-async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, outcomes: list[MergeOutcome]) -> None:
+async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, outcomes: list[MergeOutcome]) -> str:
     """Merge ``o``'s task into ``integ`` again, its conflict left in the files, and run the resolver
-    there (a task of its own, ``resolve-<task>``); what it commits must be the merge, markers gone.
-    A resolver that fails leaves ``integ`` as it was: the task stays a conflict."""
+    there (a task of its own, ``resolve-<task>``, whose name is returned); what it commits must be the
+    merge, markers gone. A resolver that fails, or is aborted, leaves ``integ`` as it was: the task
+    stays a conflict."""
     backend, bus = rt.backend, rt.bus
     info = rt.tasks[o.task]
     head = info.workspace.head if info.workspace else ""
@@ -161,11 +209,11 @@ async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, o
         files = await backend.redo_merge(integ, o.task, head, plan.merge)
     except VcsError as exc:
         bus.log("warning", f"{o.task}: not resolved: {exc}", task=o.task)
-        return
+        return ""
     name = rt.unique_name(f"resolve-{o.task}")
     try:
         if files:
-            result = await rt.run_agent({"agent": plan.resolver or plan.agent, "name": name, "step": "resolve",
+            result = await rt.run_agent({"agent": resolver_of(plan, info), "name": name, "step": "resolve",
                                          "task": resolver_prompt(rt, o.task, files, outcomes),
                                          "cwd": str(integ.path), "timeout": plan.timeout})
             if not result.ok:
@@ -178,11 +226,14 @@ async def _resolve(rt: Runtime, plan: Plan, integ: Workspace, o: MergeOutcome, o
         bus.log("warning", f"{o.task}: conflict not resolved: {exc}", task=o.task)
         if name in rt.tasks:
             rt.set_status(name, "failed", f"conflict not resolved: {exc}")
-        return
+        return name
     if name in rt.tasks:
+        rt.tasks[name].resolution = (o.task, before, new)
+        rt.tasks[name].snapshot = await backend.describe(dataclasses.replace(integ, base_commit=before, head=new))
         rt.set_status(name, "succeeded", f"resolved the conflict of {o.task} in {', '.join(files)}")
     rt.workspaces.note_merged(integ, o.task, head)
     o.ok, o.commit = True, new
+    return name
 
 
 def resolver_prompt(rt: Runtime, task: str, files: list[str], outcomes: list[MergeOutcome]) -> str:
@@ -195,12 +246,14 @@ def resolver_prompt(rt: Runtime, task: str, files: list[str], outcomes: list[Mer
         return (f"Task {info.name} was asked:\n{info.prompt.strip()}\n"
                 + (f"It answered when done:\n{text[:4000]}\n" if text else ""))
 
+    commit = ("then commit the merge (git add the files, then git commit --no-edit)" if rt.backend.kind == "git" else
+              "and leave the result in the working copy, which is the merge commit: jj records your edits by "
+              "itself (`jj resolve --list` lists what still conflicts; do not run jj new, jj commit or jj squash)")
     return "\n".join([
         f"You are in the integration workspace of a corral run. Merging task {task} into the work already "
         f"merged here conflicts in: {', '.join(files)}. Those files hold conflict markers (<<<<<<<, =======, "
         f">>>>>>>). Resolve every conflict so that both sides' work is kept as their tasks intended, remove "
-        f"the markers, then commit the merge (git add the files, then git commit --no-edit). Change "
-        f"nothing else.",
+        f"the markers, {commit}. Change nothing else.",
         "",
         side(rt.tasks[task]),
         *(side(t) for t in others),

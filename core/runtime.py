@@ -150,6 +150,9 @@ class TaskInfo:
     spec: dict[str, Any] | None = None
     #: follow-up messages waiting for the current turn to end
     queued: list[FollowUp] = field(default_factory=list)
+    #: a resolver's: the task whose conflict it resolved, and the integration before and after (its
+    #: own diff in the review)
+    resolution: tuple[str, str, str] | None = None
 
     @property
     def finished(self) -> bool:

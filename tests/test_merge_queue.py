@@ -91,12 +91,13 @@ def test_on_verify_fail_stop_lands_nothing_after_one_verify_run(repo, tmp_path, 
     assert any(b.endswith("/integration") for b in branches) and len(branches) == 9
 
 
-def resolver_plan(tmp_path: Path, wt_root: Path, resolve: str, script: str) -> Path:
+def resolver_plan(tmp_path: Path, wt_root: Path, resolve: str, script: str,
+                  verify: str = "grep -q 30 src/app.py") -> Path:
     """Two tasks that edit the same line, one beside them, and a shell resolver running ``script``
     (its prompt written to ``prompt.txt`` beside the repository)."""
     tasks = [("first", "echo 'VALUE = 10' > src/app.py"), ("second", "echo 'VALUE = 20' > src/app.py"),
              ("other", "echo x > x.txt")]
-    body = plan_text(wt_root, tasks, resolve=resolve, resolver="fixer", verify="grep -q 30 src/app.py")
+    body = plan_text(wt_root, tasks, resolve=resolve, resolver="fixer", verify=verify)
     command = ["sh", "-c", f'printf %s "$0" > {tmp_path / "prompt.txt"}; {script}', "{prompt}"]
     body += f'\n[agents.fixer]\ncommand = {json.dumps(command)}\nformat = "text"\n'
 
@@ -260,3 +261,87 @@ def test_bisect_in_a_jj_repository(tmp_path, wt_root, monkeypatch):
     assert "t1: verify-failed" in res.stdout
     left = state(repo)
     assert [b.rsplit("/", 1)[1] for b in left["bookmarks"]] == ["t1"] and left["workspaces"] == []
+
+
+@pytest.fixture
+def jj_repo(tmp_path, monkeypatch) -> Path:
+    """A plain jj repository (no machine config, a fixed identity)."""
+    from test_jj import make_jj_repo
+
+    cfg = tmp_path / "jjconfig.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("JJ_CONFIG", str(cfg))
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+    return make_jj_repo(tmp_path / "repo", False)
+
+
+def jj_resolver_run(repo: Path, tmp_path: Path, wt_root: Path, script: str, verify: str = "grep -q 30 src/app.py"):
+    """The resolver plan's tasks on jj, the shell resolver running ``script`` in the integration
+    workspace (its prompt in ``prompt.txt``; the conflicted file as it found it in ``seen.txt``)."""
+    from test_jj import run as jj_run
+
+    plan = resolver_plan(tmp_path, wt_root, "agent", f"cp src/app.py {tmp_path / 'seen.txt'}; {script}", verify)
+    return jj_run(repo, plan, "--approve", "all", wt_root=wt_root)
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+def test_a_resolver_agent_settles_a_jj_conflict_and_both_tasks_land(jj_repo, tmp_path, wt_root):
+    from test_jj import file_at, jj, run_json, state
+
+    res = jj_resolver_run(jj_repo, tmp_path, wt_root, "printf 'VALUE = 30\\n' > src/app.py")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the resolver saw the conflict as git-style markers in the file, and the files named in its prompt
+    seen = (tmp_path / "seen.txt").read_text()
+    assert "<<<<<<<" in seen and "VALUE = 10" in seen and "VALUE = 20" in seen
+    prompt = (tmp_path / "prompt.txt").read_text()
+    assert "conflicts in: src/app.py" in prompt and "jj resolve --list" in prompt
+    # the resolution landed with both tasks' changes in main's history, no conflict anywhere
+    assert file_at(jj_repo, "main", "src/app.py") == "VALUE = 30\n" and file_at(jj_repo, "main", "x.txt") == "x\n"
+    assert jj(jj_repo, "log", "-r", "conflicts()", "--no-graph", "-T", "commit_id").strip() == ""
+    subjects = jj(jj_repo, "log", "-r", "::main", "--no-graph", "-T", 'description.first_line() ++ "\\n"')
+    assert "corral: merge second" in subjects
+    run = run_json(jj_repo)
+    assert run["tasks"]["first"]["status"] == run["tasks"]["second"]["status"] == "merged"
+    assert run["tasks"]["resolve-second"]["status"] == "succeeded"
+    left = state(jj_repo)
+    assert left["bookmarks"] == [] and left["workspaces"] == []
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+@pytest.mark.parametrize("script, why", [
+    ("true", "conflicts left in src/app.py"),  # exits without touching the markers
+    ("printf '<<<<<<< mine\\nVALUE = 30\\n' > src/app.py", "conflict markers left in src/app.py"),
+    ("printf 'VALUE = 30\\n' > src/app.py; exit 3", "the resolver failed"),
+])
+def test_a_jj_resolver_that_does_not_resolve_changes_nothing(jj_repo, tmp_path, wt_root, script, why):
+    from test_jj import file_at, jj, run_json, state
+
+    res = jj_resolver_run(jj_repo, tmp_path, wt_root, script, verify="true")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"second: conflict not resolved: {why}" in res.stdout
+    # first and other landed; no marker, no conflict; second's work is kept on its bookmark
+    assert file_at(jj_repo, "main", "src/app.py") == "VALUE = 10\n" and file_at(jj_repo, "main", "x.txt") == "x\n"
+    assert jj(jj_repo, "log", "-r", "conflicts()", "--no-graph", "-T", "commit_id").strip() == ""
+    run = run_json(jj_repo)
+    assert run["tasks"]["second"]["status"] == "conflict"
+    assert run["tasks"]["resolve-second"]["status"] == "failed"
+    left = state(jj_repo)
+    assert [b.rsplit("/", 1)[1] for b in left["bookmarks"]] == ["second"] and left["workspaces"] == []
+    assert file_at(jj_repo, left["bookmarks"][0], "src/app.py") == "VALUE = 20\n"
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+def test_a_jj_resolution_that_fails_verify_does_not_land(jj_repo, tmp_path, wt_root):
+    """A resolver that commits garbage: the merge is resolved, but verify checks it like any other
+    merge and bisects the merge down to what passes: the resolved task is left out."""
+    from test_jj import file_at, run_json
+
+    res = jj_resolver_run(jj_repo, tmp_path, wt_root, "printf 'garbage\\n' > src/app.py",
+                          verify="grep -q VALUE src/app.py")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert file_at(jj_repo, "main", "src/app.py") == "VALUE = 10\n" and file_at(jj_repo, "main", "x.txt") == "x\n"
+    assert run_json(jj_repo)["tasks"]["second"]["status"] == "verify-failed"

@@ -54,6 +54,8 @@ FLUSH_INTERVAL = 1 / 12
 
 
 LAND_TITLE = "Land the merge?"
+#: decisions answered on the review screen: the review itself, and what to do with the merge's conflicts
+REVIEW_KINDS = ("review", "conflicts")
 
 
 def land_body(result: "VerifyResult | None", message: str, base_name: str) -> Text:
@@ -559,16 +561,22 @@ class CorralApp(App[int]):
     def review_pending(self) -> bool:
         return self._decision is not None and self._decision.kind == "review"
 
+    @property
+    def review_waiting(self) -> bool:
+        """The run waits on the review screen: the review, or what to do with its merge's conflicts."""
+        return self._decision is not None and self._decision.kind in REVIEW_KINDS
+
     def _on_decision(self, ev: DecisionNeeded) -> None:
         """The run waits for a decision: open the review, or ask the question."""
         self._drop_decision()
         self._decision = ev
         if self.bell_on_finish:
             self.bell()  # a person is needed now
-        if ev.kind == "review":
+        if ev.kind in REVIEW_KINDS:
             self.open_review()
             if self.notifications:
-                self.notify("review ready: y approve, n reject, m merge the approved ones"
+                self.notify(("review ready: y approve, n reject, m merge the approved ones" if ev.kind == "review" else
+                             "merge conflicts: R resolves the selected one with the resolver agent, m goes on")
                             + (" (it opens when you answer the question)" if self.modal_open else ""),
                             title="review")
             return
@@ -625,16 +633,17 @@ class CorralApp(App[int]):
         from .review_screen import ReviewItem, ReviewScreen
 
         ev = self._decision
-        if ev is None or ev.kind != "review":
+        if ev is None or ev.kind not in REVIEW_KINDS:
             return
         if self._review_screen is not None and self._review_screen in self.screen_stack:
             return
         items = [ReviewItem(**row) for row in ev.items]
         previous = self._review_screen.decisions if self._review_screen is not None else {}
-        screen = ReviewScreen(items, forecast_from_dict(ev.forecast), self._load_diff, previous)
+        screen = ReviewScreen(items, forecast_from_dict(ev.forecast), self._load_diff, previous,
+                              conflicts=ev.message if ev.kind == "conflicts" else "")
         self._review_screen = screen
 
-        def done(result: dict[str, bool] | None) -> None:
+        def done(result: dict[str, Any] | None) -> None:
             if result is None or self._decision is not ev:
                 return  # back to the run screen; decide later with r
             self._review_screen = None

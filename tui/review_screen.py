@@ -1,12 +1,14 @@
 """The review screen: every task with its status, +/- lines and files touched; the conflict forecast
 as a task x task matrix (plus base); the selected task's diff, syntax-highlighted. ``y`` approves,
 ``n`` rejects, ``m`` merges the approved ones (dismissing with the decisions), Escape goes back to
-the run screen with nothing decided yet."""
+the run screen with nothing decided yet. ``R`` on a task marked CONFLICT, when the run asks what to do
+with its merge's conflicts, hands it to the resolver agent (dismissing with ``{"resolve": TASK}``);
+on a failed or aborted task it asks for a new attempt."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from rich.syntax import Syntax
 from rich.text import Text
@@ -96,8 +98,9 @@ class DiffView(VerticalScroll):
         self.scroll_home(animate=False)
 
 
-class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
-    """Approve or reject each succeeded task, then merge the approved ones."""
+class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
+    """Approve or reject each succeeded task, then merge the approved ones. With ``conflicts`` (the
+    run's question about its merge's conflicts), pick the conflict the resolver takes on now, or go on."""
 
     CSS_PATH = "review_screen.tcss"
 
@@ -108,14 +111,18 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
                 id="review.approve_all"),
         Binding("c", "request_changes", "Changes", tooltip="Ask the selected task's agent for changes (a message)",
                 id="review.changes"),
+        Binding("R", "resolve", "Resolve/retry", tooltip="A task marked CONFLICT: its conflict resolved by the "
+                "resolver agent now; a failed or aborted task: a new attempt", id="review.resolve"),
         Binding("m", "merge", "Merge approved", tooltip="Merge the approved tasks and go on", id="review.merge"),
         Binding("escape", "back", "Back", tooltip="Back to the run screen (decide later with r)", id="review.back"),
         Binding("q", "app.quit_run", "Quit", tooltip="Quit (asks first; stops and cleans up)", id="review.quit"),
     ]
 
     def __init__(self, items: list[ReviewItem], forecast: Forecast, load_diff: DiffLoader,
-                 decisions: dict[str, bool] | None = None) -> None:
+                 decisions: dict[str, bool] | None = None, conflicts: str = "") -> None:
         super().__init__()
+        #: the run's question about its merge's conflicts ("": the review before the merge)
+        self.conflicts = conflicts
         self.items = {item.name: item for item in items}
         self.order = [item.name for item in items]
         self.forecast = forecast
@@ -146,6 +153,14 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
         n_ok = sum(1 for n in decided if self.decisions[n])
         left = len(self.candidates) - len(decided)
         text = Text(no_wrap=True, overflow="ellipsis")
+        if self.conflicts:
+            text.append(" CONFLICTS ", style="bold reverse")
+            text.append("  ")
+            text.append("R", style="bold")
+            text.append(" resolve the selected one with the resolver agent  ")
+            text.append("m", style="bold")
+            text.append(" go on (verify, then land) without what still conflicts")
+            return text
         text.append(" REVIEW ", style="bold reverse")
         if left:
             text.append(f"  {left} of {len(self.candidates)} to decide · {n_ok} approved · ")
@@ -173,7 +188,9 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
                           Text(f"+{item.added}", style="green"), Text(f"-{item.removed}", style="red"),
                           str(len(item.files)), key=name)
         self.query_one("#review-matrix", Static).update(self._matrix())
-        first = self.candidates[0] if self.candidates else (self.order[0] if self.order else None)
+        conflicted = [n for n in self.order if self.items[n].status == "conflict"]
+        # after a resolution with nothing left in conflict: the newest task, the resolver
+        first = next(iter(self.candidates or conflicted or (self.order[-1:] if self.conflicts else self.order)), None)
         if first is not None:
             table.move_cursor(row=self.order.index(first))
             self._select(first)
@@ -196,6 +213,12 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
         conflicting pairs by name. Lines are cut, never wrapped."""
         names = self.candidates
         text = Text(no_wrap=True, overflow="crop")
+        if self.conflicts:  # merged already: what the merge found, not a forecast
+            text.append("merge conflicts\n", style="bold underline")
+            for line in self.conflicts.split("; "):
+                text.append(f"{line}\n", style="red" if " conflicts in " in line else "green")
+            text.rstrip()
+            return text
         text.append("conflict forecast", style="bold underline")
         text.append("  (trial merges, nothing touched)\n", style="dim")
         if not names:
@@ -286,9 +309,29 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
             self._select(str(event.row_key.value))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("decide", "decide_all", "request_changes") and self.conflicts:
+            return False  # decided already: the merge is under way
         if action in ("decide", "request_changes"):
             return True if (self.selected and self.items[self.selected].candidate) else None
+        if action == "resolve":  # in the footer only where it does something
+            return True if self._resolve_kind() else False
         return True
+
+    def _resolve_kind(self) -> str:
+        """What ``R`` does on the selected task: "resolve" its conflict, "retry" it, or nothing."""
+        item = self.items[self.selected] if self.selected else None
+        if item is None:
+            return ""
+        if item.status == "conflict":
+            return "resolve" if self.conflicts else ""
+        return "retry" if item.status in ("failed", "aborted") else ""
+
+    def action_resolve(self) -> None:
+        kind, name = self._resolve_kind(), self.selected
+        if kind == "resolve":
+            self.dismiss({"resolve": name})
+        elif kind == "retry":
+            self.app.ask_retry(name)  # type: ignore[attr-defined]
 
     def action_decide(self, approve: bool) -> None:
         name = self.selected
@@ -319,7 +362,10 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, bool] | None]):
             self._refresh_row(name)
 
     def action_merge(self) -> None:
-        decisions = {name: bool(self.decisions.get(name)) for name in self.candidates}
+        if self.conflicts:
+            self.dismiss({})  # go on: what still conflicts is left out
+            return
+        decisions: dict[str, Any] = {name: bool(self.decisions.get(name)) for name in self.candidates}
         undecided = [n for n in self.candidates if n not in self.decisions]
         approved = [n for n in self.candidates if decisions[n]]
         if not undecided and approved:

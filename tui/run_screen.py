@@ -361,7 +361,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                   and self.model.phase in ("running", "review") and self.model.finished is None)
             return True if ok else None
         if action == "review":
-            return True if app.review_pending else None
+            return True if app.review_waiting else None
         if action == "shell":  # a workspace put away is re-opened from its branch
             reopen = (app.can_control and view is not None and bool(view.workspace) and view.finished
                       and view.status not in ("merged", "discarded") and self.model.finished is None)

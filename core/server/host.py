@@ -10,6 +10,7 @@ decides, a second is refused, and the run waits, however long, until one comes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -176,6 +177,14 @@ class HostApprover:
 
     async def ask(self, rt: Runtime, question: str, default: bool) -> bool:
         return bool(await self.host.decision("ask", message=question, default=default))
+
+    async def choose_conflict(self, rt: Runtime, conflicts: list[str], question: str) -> str:
+        """The review again, the conflicting tasks marked: the answer names the one to resolve now
+        (``{"resolve": TASK}``), or none (go on without them)."""
+        answer = await self.host.decision("conflicts", items=review_items(rt, []), message=question,
+                                          base=rt.base_name)
+        name = answer.get("resolve") if isinstance(answer, dict) else None
+        return str(name) if name in conflicts else ""
 
 
 class RunHost:
@@ -401,6 +410,8 @@ class RunHost:
                 raise CommandError(str(exc)) from None
         ws = info.workspace
         if op == "diff":
+            if ws is not None and info.resolution:  # a resolver's: its commit, not the whole integration
+                ws = dataclasses.replace(ws, base_commit=info.resolution[1], head=info.resolution[2])
             return {"text": await rt.backend.diff(ws) if ws is not None else ""}
         if op == "task_info":
             try:

@@ -374,6 +374,10 @@ class Backend(abc.ABC):
         return []
 
     @abc.abstractmethod
+    async def describe(self, ws: Workspace) -> Snapshot:
+        """What ``ws``'s head changed since its base (files, lines added and removed); commits nothing."""
+
+    @abc.abstractmethod
     async def diff(self, ws: Workspace, context: int = 3) -> str:
         """The task's diff against its base."""
 

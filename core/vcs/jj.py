@@ -86,6 +86,8 @@ _ERROR_RE = re.compile(r"(?:[A-Z][a-z]+ )?[Ee]rror: ")
 _CAUSE_RE = re.compile(r"(?:Caused by:|\d+:)\s*(.*)")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _HEX_RE = re.compile(r"\A[0-9a-f]{40,}\Z")
+#: a conflict marker line left in a file (git's style, which corral asks jj for)
+_MARKER_RE = re.compile(r"^(<<<<<<<|>>>>>>>)( |$)", re.MULTILINE)
 _REFUSED_RE = re.compile(r"^\s+(.+?): [\d.]+\s*\w+ \(\d+ bytes\)")
 _LEFTOVER_RE = re.compile(r"\Acorral-(\d{8}-\d{6}-[0-9a-f]+)-(.+)\Z")
 MIN_VERSION = (0, 36)  # -o/--onto, the colocation default; older ones are untested
@@ -217,6 +219,8 @@ class JjBackend(Backend):
         self._engine: Path | None = None  # corral's own workspace (see the module docstring)
         self._engine_lock: int | None = None
         self._refused: dict[str, list[str]] = {}  # workspace path -> files jj refused to snapshot
+        #: integration workspace path -> the change id of the merge a resolver works on
+        self._resolving: dict[str, str] = {}
         #: the guard (see :meth:`guard`): the operation and the user's bookmarks and working copies when
         #: this backend first changed the repository; operations examined; what could not be restored
         self._start_op: str | None = None
@@ -1113,6 +1117,79 @@ class JjBackend(Backend):
         if len(top) != 1:
             raise VcsError(f"jj: the rebased commits of {task} have {len(top)} heads")
         return top[0].commit, ids, None
+
+    # ------------------------------------------------------------------------- conflict resolution
+    async def redo_merge(self, ws: Workspace, task: str, head: str, strategy: str) -> list[str]:
+        """Merge ``head`` into the integration workspace ``ws`` again, as its working copy (``jj new
+        TIP HEAD``): a conflict commit whose files hold git-style markers (jj reads them back when it
+        snapshots) for a resolver. Returns the conflicted files (none: it merges cleanly now, and
+        is the new head)."""
+        if strategy != "merge":
+            raise VcsError(f"a conflict of merge strategy {strategy!r} cannot be handed to a resolver in a jj "
+                           f"repository (merge can)")
+        head = await self.follow(head)
+        async with self.mutating():
+            await self.jj("--config", "ui.conflict-marker-style=git", "new", ws.head, head, "-m",
+                          f"corral: merge {task}", cwd=ws.path, workspace=True, exclude=ws.exclude)
+            wc = await self._wc(ws)
+        self._created.setdefault(ws.ref, []).append(wc.change)
+        if not wc.conflict:
+            await self._merged_at(ws, wc.commit)
+            return []
+        self._resolving[str(ws.path)] = wc.change
+        files = await self.txn().conflict_files(wc.commit)
+        return files or ["(unknown)"]
+
+    async def conclude_merge(self, ws: Workspace, task: str, head: str, strategy: str, before: str,
+                             files: list[str]) -> str:
+        """After a resolver worked on the conflict :meth:`redo_merge` left: its edits snapshotted (a
+        resolver that ran ``jj commit`` or ``jj new`` left its resolution in ``@-``), checked to hold no
+        conflict and no markers in ``files``, and to have both ``before`` and ``head`` in its
+        history; the integration bookmark moved there. Returns the new head of ``ws``; raises
+        :class:`VcsError` saying why the conflict is not resolved."""
+        wc = await self._wc(ws)
+        new = wc.parents[0] if wc.empty and not wc.subject and len(wc.parents) == 1 else wc.commit
+        if new == before:
+            raise VcsError("nothing was committed")
+        left = await self.jj("log", "-r", f"conflicts() & ({before}..{new})", "--no-graph", "-T", COMMIT_T)
+        if left.lines():
+            conflicted = set()
+            for c in map(_Commit, left.lines()):
+                conflicted.update(await self.txn().conflict_files(c.commit))
+            raise VcsError(f"conflicts left in {', '.join(sorted(conflicted)) or ', '.join(files)}")
+        marked = [f for f in files
+                  if _MARKER_RE.search((await self.jj("file", "show", "-r", new, f"root-file:{_quote(f)}",
+                                                      check=False)).out)]
+        if marked:
+            raise VcsError(f"conflict markers left in {', '.join(marked)}")
+        if not (await self._descends(new, head) and await self._descends(new, before)):
+            raise VcsError(f"{task}'s work is not merged in what was committed")
+        made = await self.jj("log", "-r", f"{before}..{new}", "--no-graph", "-T", 'change_id ++ "\\n"')
+        self._created.setdefault(ws.ref, []).extend(c for c in made.lines() if c not in self._created[ws.ref])
+        self._resolving.pop(str(ws.path), None)
+        await self._merged_at(ws, new)
+        return new
+
+    async def _merged_at(self, ws: Workspace, new: str) -> None:
+        """The integration's bookmark and head at ``new``, with a fresh working copy on it as the
+        integration had before: what verify writes there is never part of what lands."""
+        async with self.mutating():
+            await self.jj("bookmark", "set", ws.ref, "-r", new, "--allow-backwards")
+            await self.jj("new", new, cwd=ws.path, workspace=True, exclude=ws.exclude)
+        ws.head = new
+
+    async def undo_merge(self, ws: Workspace, before: str) -> None:
+        """Put the integration workspace back at ``before`` (a resolver that failed): a fresh working
+        copy there, and the merge :meth:`redo_merge` made abandoned with what the resolver made on
+        it (a copy of work kept on the tasks' bookmarks)."""
+        change = self._resolving.pop(str(ws.path), "")
+        async with self.mutating():
+            await self.jj("new", before, cwd=ws.path, workspace=True, exclude=ws.exclude)
+            if change:
+                await self.jj("abandon", f"{change}:: ~ ::{KEEP}", check=False)
+                if change in self._created.get(ws.ref, []):
+                    self._created[ws.ref].remove(change)
+        ws.head = before
 
     # ----------------------------------------------------------------------------------- landing
     async def land(self, base: str, old: str, new: str) -> LandOutcome:
