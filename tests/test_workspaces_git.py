@@ -130,3 +130,105 @@ def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path
     assert sorted(git(repo, "ls-files", "f*.txt").split()) == ["f0.txt", "f1.txt", "f2.txt"]
     assert [c for c in calls if c.startswith("update-ref --stdin")] == ["update-ref --stdin"]
     assert [c for c in calls if c.startswith(("update-ref -d", "worktree remove", "worktree unlock"))] == []
+
+
+def _branches(repo: Path, base: str, changes: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A branch off ``base`` per name, committing its files; their heads by name."""
+    heads = {}
+    for name, files in changes.items():
+        git(repo, "checkout", "-q", "-b", name, base)
+        for rel, text in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", name)
+        heads[name] = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    return heads
+
+
+def _merged_by_hand(repo: Path, where: Path, base: str, heads: list[tuple[str, str]], strategy: str) -> list[str]:
+    """The tree after each merge of ``heads`` (empty: it conflicts, left out), merged one by one with
+    ``git merge`` in a worktree of ``base``, as corral merged them before merge-tree."""
+    git(repo, "worktree", "add", "-q", "--detach", str(where), base)
+    trees = []
+    for task, head in heads:
+        args = ["merge", "--squash", head] if strategy == "squash" else ["merge", "--no-ff", "-m", task, head]
+        if subprocess.run(["git", *args], cwd=where, capture_output=True).returncode:
+            git(where, "reset", "-q", "--hard")
+            trees.append("")
+            continue
+        if strategy == "squash" and git(where, "diff", "--cached", "--name-only"):
+            git(where, "commit", "-q", "-m", task)
+        trees.append(git(where, "rev-parse", "HEAD^{tree}"))
+    git(repo, "worktree", "remove", "--force", str(where))
+    return trees
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+def test_an_integration_is_merged_in_the_object_store_and_checked_out_once(
+        tmp_path: Path, counted_git: Path, strategy: str) -> None:
+    """Branches merged in order into an integration workspace: the same trees as ``git merge`` one by
+    one in a worktree (union merge driver of base's .gitattributes honoured, a conflicting branch left
+    out, one already merged adding nothing), but no merge in the worktree: one checkout of the result.
+    A conflict handed to a resolver is still left in the checkout."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "CHANGELOG merge=union\n", "CHANGELOG": "start\n",
+                                         "src/app.py": "VALUE = 1\n"})
+    base = git(repo, "rev-parse", "HEAD")
+    heads = _branches(repo, base, {"one": {"CHANGELOG": "start\none\n", "a.txt": "a\n"},
+                                   "two": {"CHANGELOG": "start\ntwo\n", "src/app.py": "VALUE = 2\n"},
+                                   "clash": {"src/app.py": "VALUE = 3\n"}, "three": {"docs/b.md": "b\n"}})
+    order = [("one", heads["one"]), ("two", heads["two"]), ("clash", heads["clash"]), ("again", heads["one"]),
+             ("three", heads["three"]), ("old", base)]
+    expected = _merged_by_hand(repo, tmp_path / "by-hand", base, order, strategy)
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[list[str], list[str], list[str], str, list[str]]:
+        backend = await GitBackend.open(repo)
+        counted_git.write_text("")
+        ws, outcomes = await backend.integrate("20260101-000000-abcd", base, order, strategy, str(root))
+        calls = _calls(counted_git)
+        trees = [git(repo, "rev-parse", f"{o.commit}^{{tree}}") if o.ok else "" for o in outcomes]
+        files = outcomes[2].conflict_files
+        checked_out = git(ws.path, "status", "--porcelain") + git(ws.path, "rev-parse", "HEAD^{tree}")
+        left = await backend.redo_merge(ws, "clash", heads["clash"], strategy)
+        assert "<<<<<<<" in (ws.path / "src/app.py").read_text()
+        await backend.undo_merge(ws, outcomes[-1].commit)
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return calls, trees, files, checked_out, left
+
+    calls, trees, files, checked_out, left = anyio.run(main)
+    assert trees == expected and expected[2] == "" and expected[3] == expected[1]
+    assert files == left == ["src/app.py"]
+    assert checked_out == expected[-1]  # clean, at the last merge
+    assert git(repo, "show", f"{expected[-1]}:CHANGELOG").splitlines() == ["start", "one", "two"]
+    assert not [c for c in calls if c.startswith(("merge ", "commit ", "cherry-pick"))], calls
+    assert len([c for c in calls if c.startswith(("reset", "checkout", "read-tree"))]) == 1, calls
+
+
+def test_branches_that_change_gitattributes_merge_by_them_as_before(tmp_path: Path) -> None:
+    """A branch that makes CHANGELOG merge by union: the merges after it go by that, as merges in a
+    worktree one after the other do."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {"CHANGELOG": "start\n"})
+    base = git(repo, "rev-parse", "HEAD")
+    heads = _branches(repo, base, {"attrs": {".gitattributes": "CHANGELOG merge=union\n"},
+                                   "one": {"CHANGELOG": "start\none\n"}, "two": {"CHANGELOG": "start\ntwo\n"}})
+    order = list(heads.items())
+    expected = _merged_by_hand(repo, tmp_path / "by-hand", base, order, "merge")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> list[str]:
+        backend = await GitBackend.open(repo)
+        ws, outcomes = await backend.integrate("20260101-000000-abcd", base, order, "merge", str(root))
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return [git(repo, "rev-parse", f"{o.commit}^{{tree}}") if o.ok else "" for o in outcomes]
+
+    assert anyio.run(main) == expected and all(expected)

@@ -643,13 +643,19 @@ class GitBackend(Backend):
         (merge drivers such as ``merge=union``) and not by the user's checkout's: run in the git dir,
         git reads no worktree's."""
         config = ["-c", f"core.attributesFile={attributes}"] if attributes else []
+        return (await self._merged_tree(a, b, self.common_dir if attributes else self.root, *config))[1]
+
+    async def _merged_tree(self, a: str, b: str, cwd: Path, *config: str) -> tuple[str, list[str] | None]:
+        """``git merge-tree --write-tree`` of ``a`` and ``b`` run in ``cwd`` (whose gitattributes it goes
+        by): the tree it wrote and the conflicting paths (None: merges cleanly). A failure that is no
+        conflict (an unknown ref exits 1 too, with nothing on stdout) raises :class:`VcsError`."""
         res = await self.git(*config, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b,
-                             check=False, cwd=self.common_dir if attributes else None)
-        if res.code == 0:
-            return None
-        if res.code == 1 and res.out.strip("\0\n"):
-            parts = [p for p in res.out.split("\0") if p]
-            return sorted(set(p.strip("\n") for p in parts[1:] if p.strip("\n")))
+                             check=False, cwd=cwd)
+        parts = [p.strip("\n") for p in res.out.split("\0") if p.strip("\n")]
+        if res.code == 0 and parts:
+            return parts[0], None
+        if res.code == 1 and parts:
+            return parts[0], sorted(set(parts[1:]))
         raise VcsError(f"git merge-tree {a[:12]} {b[:12]}: {_short_err(res)}")
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
@@ -692,11 +698,53 @@ class GitBackend(Backend):
         ws = await self._new_worktree(run, "integration", self.ref_name(run, "integration"), base_commit, root,
                                       "integration")
         env = await self.ident_env()
-        outcomes = []
-        for task, head in heads:
-            outcomes.append(await self._merge_one(ws, task, head, strategy, env))
+        if strategy in ("merge", "squash") and not await self._touch_attributes(base_commit, heads):
+            outcomes = await self._merge_in_store(ws, heads, strategy, env)
+        else:
+            outcomes = [await self._merge_one(ws, task, head, strategy, env) for task, head in heads]
         ws.head = await self.head_of(ws)
         return ws, outcomes
+
+    async def _touch_attributes(self, base_commit: str, heads: list[tuple[str, str]]) -> bool:
+        """Whether any of ``heads`` changes a ``.gitattributes`` since ``base_commit``: merges in a
+        worktree go by the attributes merged before them, so such heads are merged there one by one."""
+        if not heads:
+            return False
+        res = await self.git("rev-list", "-1", *(head for _, head in heads), "--not", base_commit, "--",
+                             ".gitattributes", "*/.gitattributes")
+        return bool(res.out.strip())
+
+    async def _merge_in_store(self, ws: Workspace, heads: list[tuple[str, str]], strategy: str,
+                              env: dict[str, str] | None) -> list[MergeOutcome]:
+        """Merge ``heads`` in order into ``ws`` (a checkout of its base) as :meth:`_merge_one` does, the
+        same trees and commits, but in the object store (``merge-tree`` and ``commit-tree``, in ``ws``:
+        by its gitattributes), then check the result out once. A conflicting head is left out."""
+        cur = ws.base_commit
+        tree = (await self.git("rev-parse", f"{cur}^{{tree}}")).out.strip()
+        outcomes = []
+        for task, head in heads:
+            try:
+                merged, conflicts = await self._merged_tree(cur, head, ws.path)
+            except VcsError as exc:
+                raise VcsError(f"merging {task} ({strategy}): {exc}") from None
+            if conflicts == []:  # as `git merge` exiting 1 with no file unmerged
+                raise VcsError(f"merging {task} ({strategy}): git merge-tree says it conflicts, in no file")
+            if conflicts is not None:
+                outcomes.append(MergeOutcome(task, False, conflict_files=conflicts))
+                continue
+            # nothing to commit: `git merge --squash` stages nothing, `git merge --no-ff` of a head
+            # already merged is "Already up to date" (of any other, a merge commit all the same)
+            if merged == tree and (strategy == "squash" or await self._is_ancestor(head, cur)):
+                outcomes.append(MergeOutcome(task, True, cur))
+                continue
+            parents = ["-p", cur, "-p", head] if strategy == "merge" else ["-p", cur]
+            cur = (await self.git("commit-tree", merged, *parents, "-m", _merge_message(task, strategy),
+                                  env=env)).out.strip()
+            tree = merged
+            outcomes.append(MergeOutcome(task, True, cur))
+        if cur != ws.base_commit:
+            await self.git("reset", "--hard", "-q", cur, cwd=ws.path)
+        return outcomes
 
     async def _merge_one(self, ws: Workspace, task: str, head: str, strategy: str,
                          env: dict[str, str] | None) -> MergeOutcome:
@@ -712,7 +760,8 @@ class GitBackend(Backend):
             if res.ok:
                 staged = await self.git("diff", "--cached", "--quiet", cwd=p, check=False)
                 if staged.code == 1:
-                    await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=p, env=env)
+                    await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=p,
+                                   env=env)
                 return MergeOutcome(task, True, await self.head_of(ws))
             files = await self._unmerged(p)
             await self.git("reset", "--hard", "-q", "HEAD", cwd=p, check=False)
@@ -747,7 +796,7 @@ class GitBackend(Backend):
         if not res.ok and not files:
             raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
         if not files and strategy == "squash":
-            await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=ws.path,
+            await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=ws.path,
                            env=await self.ident_env(), check=False)
         return files
 
@@ -764,9 +813,8 @@ class GitBackend(Backend):
         merging = (await self.git("rev-parse", "-q", "--verify", "MERGE_HEAD", cwd=p, check=False)).ok
         if merging or await self._changes(p, ws.exclude):
             await self.git("add", "-A", "--", ".", *(f":(exclude){x}" for x in ws.exclude), cwd=p)
-            message = f"corral: merge {task}" if strategy == "merge" else f"corral: {task} (squashed)"
-            res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=p, env=await self.ident_env(),
-                                 check=False)
+            res = await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=p,
+                                 env=await self.ident_env(), check=False)
             if not res.ok:
                 raise VcsError(f"git commit: {_short_err(res)}")
         new = await self.head_of(ws)
@@ -1119,7 +1167,12 @@ def _merge_args(task: str, head: str, strategy: str) -> list[str]:
     """The git command that merges ``head`` into an integration worktree (strategy merge or squash)."""
     if strategy == "squash":
         return ["merge", "--squash", "-q", head]
-    return ["merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head]
+    return ["merge", "--no-ff", "--no-edit", "-q", "-m", _merge_message(task, strategy), head]
+
+
+def _merge_message(task: str, strategy: str) -> str:
+    """The message of the commit merging ``task`` into an integration (strategy merge or squash)."""
+    return f"corral: {task} (squashed)" if strategy == "squash" else f"corral: merge {task}"
 
 
 #: a branch name of letters, digits, '.', '_', '-' and '/': none of the characters git refuses, so
