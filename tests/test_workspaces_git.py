@@ -232,3 +232,55 @@ def test_branches_that_change_gitattributes_merge_by_them_as_before(tmp_path: Pa
         return [git(repo, "rev-parse", f"{o.commit}^{{tree}}") if o.ok else "" for o in outcomes]
 
     assert anyio.run(main) == expected and all(expected)
+
+
+def test_the_workspace_of_a_path_is_found_as_spelled_or_resolved(tmp_path: Path) -> None:
+    """An agent's workspace by the path it starts in: its own path as spelled, a folder in it, the
+    same through a symlink (resolved); ``exact``: only the workspace's own directory; else none."""
+    from corral.core.vcs.base import Workspace, workspace_of
+
+    dirs = [tmp_path / "wt" / f"w{i}" for i in range(3)]
+    for d in dirs:
+        (d / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "wt")
+    wss = [Workspace(task=f"t{i}", path=d, ref=f"r{i}") for i, d in enumerate(dirs)]
+    assert workspace_of(str(dirs[1]), wss) is wss[1]
+    assert workspace_of(dirs[2] / "sub", wss) is wss[2]
+    assert workspace_of(tmp_path / "link" / "w0" / "sub", wss) is wss[0]
+    assert workspace_of(tmp_path / "link" / "w0", wss, exact=True) is wss[0]
+    assert workspace_of(dirs[0] / "sub", wss, exact=True) is None
+    assert workspace_of(tmp_path, wss) is None
+
+
+def test_a_finished_tasks_snapshot_costs_six_git_processes_and_its_forecast_none_more(
+        tmp_path: Path, counted_git: Path) -> None:
+    """At a task's end: one status (which names files in conflict too), add, commit, one rev-parse
+    for HEAD and the branch, the rev-list gathering its commits, one diff for its files and line
+    counts; the forecast then knows the task's files without asking git again."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[list[str], list[str], list[str], tuple[int, int], object]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(root))
+        (ws.path / "new.txt").write_text("one\ntwo\n")
+        (ws.path / "src" / "app.py").write_text("VALUE = 2\n")
+        await backend.ident_env()
+        counted_git.write_text("")
+        snap = await backend.snapshot(ws, "corral: t1")
+        made = _calls(counted_git)
+        counted_git.write_text("")
+        forecast = await backend.forecast("main", {"t1": snap.commit}, {"t1": base})
+        asked = [c for c in _calls(counted_git) if c.startswith("diff")]
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return made, snap.files, asked, (snap.added, snap.removed), forecast
+
+    made, files, asked, counts, forecast = anyio.run(main)
+    assert files == ["new.txt", "src/app.py"] and counts == (3, 1)
+    assert [c.split()[0] for c in made] == ["status", "add", "commit", "rev-parse", "rev-list", "diff"], made
+    assert asked == [] and forecast.files["t1"]  # type: ignore[attr-defined] == ["new.txt", "src/app.py"]

@@ -125,6 +125,8 @@ class GitBackend(Backend):
         self._stash_taken: list[tuple[str, str]] = []
         #: why the last landing on each base was refused, for :meth:`land_hint`
         self._refusals: dict[str, str] = {}
+        #: the files changed from one commit to another (``git diff A...B``), as snapshots found them
+        self._changed: dict[tuple[str, str], list[str]] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -384,12 +386,19 @@ class GitBackend(Backend):
         """Paths with changes not committed (submodules' inner changes included); new files matching
         ``exclude`` (an agent's own state) are none. Raises :class:`VcsError` when git cannot tell (a
         full disk, an index an agent broke): "none" would let the workspace be removed with its changes."""
+        return (await self._status(path, exclude))[0]
+
+    async def _status(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+        """:meth:`_changes` of ``path``, and of them the files in conflict (unmerged: a merge or a
+        rebase left under way), from one ``git status``."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
             raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
-        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "
-               and not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
+        entries = [entry for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
+        out = [entry[3:] for entry in entries
+               if not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
+        conflicted = sorted({entry[3:] for entry in entries if entry[:2] in _UNMERGED})
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
             stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
@@ -398,7 +407,7 @@ class GitBackend(Backend):
                 sub = rest.partition("\t")[2]
                 if mode == "160000" and sub and sub not in out and _uninitialised_with_files(path / sub):
                     out.append(f"{sub}/ (inside a submodule)")
-        return out
+        return out, conflicted
 
     def _is_live(self, ws: Workspace) -> bool:
         """Whether the workspace directory is still the worktree corral made: its ``.git`` links to the
@@ -447,17 +456,17 @@ class GitBackend(Backend):
         self._relink(ws)
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
-            if await self._changes(ws.path, ws.exclude):
+            changes, unmerged = await self._status(ws.path, ws.exclude)
+            if changes:
                 # never commit onto a branch that is not the task's (an agent that pointed HEAD at
                 # the user's branch): commit on a detached HEAD, which _collect then gathers
-                sym = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
-                if sym.ok and sym.out.strip() != f"refs/heads/{ws.ref}":
+                sym = await self._symbolic_head(ws)
+                if sym and sym != f"refs/heads/{ws.ref}":
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
                 # a merge or rebase left in conflict: its files are committed as they are (nothing
                 # lost), and the task is told, so conflict markers never pass for work
-                unmerged = await self.git("ls-files", "-u", "-z", cwd=ws.path, check=False)
-                conflicted = sorted({e.partition("\t")[2] for e in unmerged.out.split("\0") if "\t" in e})
+                conflicted = unmerged
                 if ws.exclude:  # every change to tracked files, new files but the agent's own state
                     await self.git("add", "-u", cwd=ws.path)
                     await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in ws.exclude), cwd=ws.path)
@@ -486,6 +495,15 @@ class GitBackend(Backend):
             ws.conflicted = conflicted
         snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
         return snap
+
+    async def _symbolic_head(self, ws: Workspace) -> str:
+        """The branch the live workspace's HEAD is on (empty: detached), read from git's admin dir
+        (what ``git symbolic-ref -q HEAD`` says, without a git process)."""
+        text = _read(Path(ws.admin) / "HEAD").strip() if ws.admin else ""
+        if not text:
+            res = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
+            return res.out.strip() if res.ok else ""
+        return text[4:].strip() if text.startswith("ref:") else ""
 
     def _signature(self, ws: Workspace) -> tuple[object, ...]:
         """The state of everything :meth:`_collect` reads (HEAD, the reflogs, the branch), cheaply."""
@@ -517,6 +535,18 @@ class GitBackend(Backend):
         res = await self.git("rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
         return res.out.strip() if res.ok else ""
 
+    async def _heads(self, ws: Workspace) -> tuple[str, str]:
+        """The commits of the workspace's HEAD (:meth:`_worktree_head`) and of its branch (empty:
+        none): in one git process while both are there, as they are at the end of most tasks."""
+        if self._is_live(ws):
+            both = await self.git("rev-parse", "HEAD^{commit}", f"refs/heads/{ws.ref}^{{commit}}", "--",
+                                  cwd=ws.path, check=False)
+            found = [c for c in both.out.split() if c != "--"]  # it echoes the "--"
+            if both.ok and len(found) == 2 and all(_HEX40.match(c) for c in found):
+                return found[0], found[1]
+        tip = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
+        return await self._worktree_head(ws), tip.out.strip() if tip.ok else ""
+
     def _reflog_commits(self, ws: Workspace) -> list[str]:
         """Every commit the workspace's HEAD and the task's branch pointed at: from their reflogs, and
         from what the guard wrote down (which outlives the worktree). A commit an amend or a rebase
@@ -545,9 +575,7 @@ class GitBackend(Backend):
         on (its HEAD's; the branch's when HEAD went back to older commits); any other line (an agent
         that committed, then checked out something else and committed again) is kept on
         ``<branch>+N``. Returns the task's head."""
-        head = await self._worktree_head(ws)
-        tip_res = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
-        tip = tip_res.out.strip() if tip_res.ok else ""
+        head, tip = await self._heads(ws)
         base = ws.base_commit
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
@@ -617,15 +645,17 @@ class GitBackend(Backend):
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
-        names = await self.git("diff", "--name-only", "--no-renames", "-z", f"{ws.base_commit}...{head}")
-        files = [f for f in names.out.split("\0") if f]
-        stat = await self.git("diff", "--numstat", "--no-renames", f"{ws.base_commit}...{head}")
+        stat = await self.git("diff", "--numstat", "--no-renames", "-z", f"{ws.base_commit}...{head}")
+        files: list[str] = []
         added = removed = 0
-        for line in stat.out.splitlines():
-            a, _, rest = line.partition("\t")
-            r, _, _ = rest.partition("\t")
-            added += int(a) if a.isdigit() else 0
-            removed += int(r) if r.isdigit() else 0
+        for record in stat.out.split("\0"):
+            a, _, rest = record.partition("\t")
+            r, _, name = rest.partition("\t")
+            if name:
+                files.append(name)
+                added += int(a) if a.isdigit() else 0
+                removed += int(r) if r.isdigit() else 0
+        self._changed[(ws.base_commit, head)] = files
         return Snapshot(commit=head, files=files, added=added, removed=removed, extra_refs=list(ws.extra_refs))
 
     async def diff(self, ws: Workspace, context: int = 3) -> str:
@@ -660,6 +690,8 @@ class GitBackend(Backend):
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
         async def changed_files(start: str, head: str) -> list[str]:
+            if (start, head) in self._changed:  # a snapshot's, of the same commits
+                return sorted(self._changed[(start, head)])
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
             return sorted(f for f in res.out.split("\0") if f)
 
@@ -1218,6 +1250,8 @@ def _uninitialised_with_files(path: Path) -> bool:
 
 
 _HEX40 = re.compile(r"\A[0-9a-f]{40}\Z")
+#: the two letters ``git status --porcelain`` shows a path in conflict with (unmerged)
+_UNMERGED = frozenset({"DD", "AU", "UD", "UA", "DU", "AA", "UU"})
 
 
 #: what the user may be in the middle of, by the file git keeps in the worktree's git dir meanwhile
