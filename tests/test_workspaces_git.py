@@ -284,3 +284,29 @@ def test_a_finished_tasks_snapshot_costs_six_git_processes_and_its_forecast_none
     assert files == ["new.txt", "src/app.py"] and counts == (3, 1)
     assert [c.split()[0] for c in made] == ["status", "add", "commit", "rev-parse", "rev-list", "diff"], made
     assert asked == [] and forecast.files["t1"]  # type: ignore[attr-defined] == ["new.txt", "src/app.py"]
+
+
+def test_corrals_commits_start_no_maintenance_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc is off for corral's git commands, and so is the `git maintenance run --auto` process a
+    commit starts to look whether it is due (one more process per task)."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+    trace = tmp_path / "trace2.json"
+
+    async def main() -> None:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(root))
+        (ws.path / "new.txt").write_text("one\n")
+        monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+        await backend.snapshot(ws, "corral: t1")
+        monkeypatch.delenv("GIT_TRACE2_EVENT")
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+
+    anyio.run(main)
+    events = trace.read_text()
+    assert '"name":"commit"' in events and '"maintenance"' not in events

@@ -43,11 +43,13 @@ from .registry import READY, Record, lock_reason, reason_key
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git as gitpython  # noqa: E402  (GitPython; imported after GIT_PYTHON_REFRESH is set)
 
-# Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc.
+# Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc (nor the
+# `git maintenance run --auto` process a commit or a merge starts to look whether one is due).
 ENGINE_CONFIG = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "commit.gpgsign=false",
     "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
     "-c", "branch.autoSetupMerge=false",
     "-c", "advice.detachedHead=false",
     "-c", "core.quotePath=false",
