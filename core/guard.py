@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, cast
 
 from .journal import write_atomic
-from .vcs.base import Backend, Workspace
+from .vcs.base import Backend, Workspace, workspace_of
 
 if TYPE_CHECKING:
     from .vcs.git import GitBackend
@@ -146,9 +146,22 @@ exec "$real" "$@"
 """
 
 
-def _write(path: Path, text: str) -> None:
+_EXECUTABLE = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _write(path: Path, text: str, executable: bool = True) -> None:
+    """``path`` holding ``text`` (``executable``: a hook or a program). Left as it is when it holds
+    that already: every agent of a run gets the same files, and rewriting some fifty of them at each
+    agent's start costs more than starting it."""
+    try:
+        if path.read_text(encoding="utf-8") == text and (not executable or
+                                                        path.stat().st_mode & _EXECUTABLE == _EXECUTABLE):
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
     write_atomic(path, text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    if executable:
+        path.chmod(path.stat().st_mode | _EXECUTABLE)
 
 
 def _hook_dir(path: Path, user_hooks: str, own: str, heads: str = "") -> None:
@@ -201,13 +214,6 @@ def _config_count(env: Mapping[str, str]) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-def _inside(path: str, ws: Workspace) -> bool:
-    try:
-        return Path(path).resolve().is_relative_to(Path(ws.path).resolve())
-    except OSError:
-        return False
-
-
 async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: Iterable[Workspace],
                         env: Mapping[str, str]) -> dict[str, str]:
     """What to add to the environment ``env`` of an agent starting in ``cwd``: always ``gc.auto=0``
@@ -216,7 +222,7 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
     are kept: ours come after them."""
     entries = [("gc.auto", "0")]
     extra: dict[str, str] = {}
-    ws = next((w for w in workspaces if _inside(cwd, w)), None)
+    ws = workspace_of(cwd, workspaces)
     if ws is not None and backend.kind == "git":
         git = cast("GitBackend", backend)
         admin = ws.admin or (await git.git("rev-parse", "--absolute-git-dir", cwd=ws.path, check=False)).out.strip()
@@ -231,7 +237,7 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
             _hook_dir(own / "hooks", user_hooks, f"refs/heads/{ws.ref}",
                       str(git.registry.heads_log(ws.key)) if ws.key else "")
             for d in (others, own):
-                write_atomic(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n")
+                _write(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n", executable=False)
             entries += [
                 (f"includeIf.gitdir:{_pattern(common)}.path", str(others / "config")),  # the main checkout
                 (f"includeIf.gitdir:{_pattern(common)}/worktrees/.path", str(others / "config")),

@@ -39,7 +39,7 @@ from .parsers import TextParser, Usage, make_parser
 from .plan import argv_problem
 from .procs import MAX_DISPLAY_LINE, Supervised
 from .sandbox import TOOL_CACHES, Policy, Sandbox, repo_paths, state_paths
-from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace
+from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace, workspace_of
 
 #: longest output line handed whole to a structured-output parser
 STRUCTURED_MAX_LINE = 8 * 1024 * 1024
@@ -990,7 +990,7 @@ class Runtime:
         :func:`.sandbox.state_paths`) and the package caches; it sees the rest read-only."""
         if not sandbox.on:
             return argv
-        ws = next((w for w in self.workspaces.list() if _within(cwd, w.path)), None)
+        ws = workspace_of(cwd, self.workspaces.list())
         visible, writable = repo_paths(self.backend, ws)
         if not commits:
             writable = [Path(ws.path)] if ws else []
@@ -1001,14 +1001,7 @@ class Runtime:
         return sandbox.wrap(argv, cwd=cwd, visible=[*visible, Path(home)], writable=writable)
 
     def _workspace_at(self, cwd: str) -> Workspace | None:
-        try:
-            target = Path(cwd).resolve()
-        except OSError:
-            return None
-        for ws in self.workspaces.live.values():
-            if Path(ws.path).resolve() == target:
-                return ws
-        return None
+        return workspace_of(cwd, self.workspaces.live.values(), exact=True)
 
     async def _run_handle(self, handle: Handle, spec: dict[str, Any]) -> None:
         try:

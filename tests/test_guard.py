@@ -323,3 +323,39 @@ def test_branch_named_corral_is_refused_at_preflight(repo, tmp_path, wt_root):
     assert "a branch named 'corral'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": []}
     assert list(wt_root.iterdir()) == []
+
+
+def test_the_guard_files_are_written_once_and_put_back_when_changed(repo, tmp_path, wt_root):
+    """Every agent of a run gets the same hook files: a second agent's start leaves them as they are
+    (rewriting some fifty files at each start cost more than the start); one that was changed since
+    is written again, executable."""
+    import anyio
+
+    from corral.core.guard import agent_git_env
+    from corral.core.vcs.git import GitBackend
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def main() -> tuple[dict[Path, int], dict[Path, int]]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(wt_root))
+        try:
+            await agent_git_env(backend, run_dir, str(ws.path), [ws], {"PATH": os.environ["PATH"]})
+            first = {p: p.stat().st_ino for p in (run_dir / "guard").rglob("*") if p.is_file()}
+            await agent_git_env(backend, run_dir, str(ws.path), [ws], {"PATH": os.environ["PATH"]})
+            second = {p: p.stat().st_ino for p in (run_dir / "guard").rglob("*") if p.is_file()}
+            hook = run_dir / "guard" / "others" / "hooks" / "reference-transaction"
+            text = hook.read_text()
+            hook.write_text("#!/bin/sh\nexit 0\n")
+            hook.chmod(0o644)
+            await agent_git_env(backend, run_dir, str(ws.path), [ws], {"PATH": os.environ["PATH"]})
+            assert hook.read_text() == text and os.access(hook, os.X_OK)
+        finally:
+            await backend.remove_workspace(ws, keep_ref=False)
+            await backend.close()
+        return first, second
+
+    first, second = anyio.run(main)
+    assert len(first) > 50 and second == first

@@ -130,3 +130,183 @@ def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path
     assert sorted(git(repo, "ls-files", "f*.txt").split()) == ["f0.txt", "f1.txt", "f2.txt"]
     assert [c for c in calls if c.startswith("update-ref --stdin")] == ["update-ref --stdin"]
     assert [c for c in calls if c.startswith(("update-ref -d", "worktree remove", "worktree unlock"))] == []
+
+
+def _branches(repo: Path, base: str, changes: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A branch off ``base`` per name, committing its files; their heads by name."""
+    heads = {}
+    for name, files in changes.items():
+        git(repo, "checkout", "-q", "-b", name, base)
+        for rel, text in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", name)
+        heads[name] = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    return heads
+
+
+def _merged_by_hand(repo: Path, where: Path, base: str, heads: list[tuple[str, str]], strategy: str) -> list[str]:
+    """The tree after each merge of ``heads`` (empty: it conflicts, left out), merged one by one with
+    ``git merge`` in a worktree of ``base``, as corral merged them before merge-tree."""
+    git(repo, "worktree", "add", "-q", "--detach", str(where), base)
+    trees = []
+    for task, head in heads:
+        args = ["merge", "--squash", head] if strategy == "squash" else ["merge", "--no-ff", "-m", task, head]
+        if subprocess.run(["git", *args], cwd=where, capture_output=True).returncode:
+            git(where, "reset", "-q", "--hard")
+            trees.append("")
+            continue
+        if strategy == "squash" and git(where, "diff", "--cached", "--name-only"):
+            git(where, "commit", "-q", "-m", task)
+        trees.append(git(where, "rev-parse", "HEAD^{tree}"))
+    git(repo, "worktree", "remove", "--force", str(where))
+    return trees
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+def test_an_integration_is_merged_in_the_object_store_and_checked_out_once(
+        tmp_path: Path, counted_git: Path, strategy: str) -> None:
+    """Branches merged in order into an integration workspace: the same trees as ``git merge`` one by
+    one in a worktree (union merge driver of base's .gitattributes honoured, a conflicting branch left
+    out, one already merged adding nothing), but no merge in the worktree: one checkout of the result.
+    A conflict handed to a resolver is still left in the checkout."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "CHANGELOG merge=union\n", "CHANGELOG": "start\n",
+                                         "src/app.py": "VALUE = 1\n"})
+    base = git(repo, "rev-parse", "HEAD")
+    heads = _branches(repo, base, {"one": {"CHANGELOG": "start\none\n", "a.txt": "a\n"},
+                                   "two": {"CHANGELOG": "start\ntwo\n", "src/app.py": "VALUE = 2\n"},
+                                   "clash": {"src/app.py": "VALUE = 3\n"}, "three": {"docs/b.md": "b\n"}})
+    order = [("one", heads["one"]), ("two", heads["two"]), ("clash", heads["clash"]), ("again", heads["one"]),
+             ("three", heads["three"]), ("old", base)]
+    expected = _merged_by_hand(repo, tmp_path / "by-hand", base, order, strategy)
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[list[str], list[str], list[str], str, list[str]]:
+        backend = await GitBackend.open(repo)
+        counted_git.write_text("")
+        ws, outcomes = await backend.integrate("20260101-000000-abcd", base, order, strategy, str(root))
+        calls = _calls(counted_git)
+        trees = [git(repo, "rev-parse", f"{o.commit}^{{tree}}") if o.ok else "" for o in outcomes]
+        files = outcomes[2].conflict_files
+        checked_out = git(ws.path, "status", "--porcelain") + git(ws.path, "rev-parse", "HEAD^{tree}")
+        left = await backend.redo_merge(ws, "clash", heads["clash"], strategy)
+        assert "<<<<<<<" in (ws.path / "src/app.py").read_text()
+        await backend.undo_merge(ws, outcomes[-1].commit)
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return calls, trees, files, checked_out, left
+
+    calls, trees, files, checked_out, left = anyio.run(main)
+    assert trees == expected and expected[2] == "" and expected[3] == expected[1]
+    assert files == left == ["src/app.py"]
+    assert checked_out == expected[-1]  # clean, at the last merge
+    assert git(repo, "show", f"{expected[-1]}:CHANGELOG").splitlines() == ["start", "one", "two"]
+    assert not [c for c in calls if c.startswith(("merge ", "commit ", "cherry-pick"))], calls
+    assert len([c for c in calls if c.startswith(("reset", "checkout", "read-tree"))]) == 1, calls
+
+
+def test_branches_that_change_gitattributes_merge_by_them_as_before(tmp_path: Path) -> None:
+    """A branch that makes CHANGELOG merge by union: the merges after it go by that, as merges in a
+    worktree one after the other do."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {"CHANGELOG": "start\n"})
+    base = git(repo, "rev-parse", "HEAD")
+    heads = _branches(repo, base, {"attrs": {".gitattributes": "CHANGELOG merge=union\n"},
+                                   "one": {"CHANGELOG": "start\none\n"}, "two": {"CHANGELOG": "start\ntwo\n"}})
+    order = list(heads.items())
+    expected = _merged_by_hand(repo, tmp_path / "by-hand", base, order, "merge")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> list[str]:
+        backend = await GitBackend.open(repo)
+        ws, outcomes = await backend.integrate("20260101-000000-abcd", base, order, "merge", str(root))
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return [git(repo, "rev-parse", f"{o.commit}^{{tree}}") if o.ok else "" for o in outcomes]
+
+    assert anyio.run(main) == expected and all(expected)
+
+
+def test_the_workspace_of_a_path_is_found_as_spelled_or_resolved(tmp_path: Path) -> None:
+    """An agent's workspace by the path it starts in: its own path as spelled, a folder in it, the
+    same through a symlink (resolved); ``exact``: only the workspace's own directory; else none."""
+    from corral.core.vcs.base import Workspace, workspace_of
+
+    dirs = [tmp_path / "wt" / f"w{i}" for i in range(3)]
+    for d in dirs:
+        (d / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "wt")
+    wss = [Workspace(task=f"t{i}", path=d, ref=f"r{i}") for i, d in enumerate(dirs)]
+    assert workspace_of(str(dirs[1]), wss) is wss[1]
+    assert workspace_of(dirs[2] / "sub", wss) is wss[2]
+    assert workspace_of(tmp_path / "link" / "w0" / "sub", wss) is wss[0]
+    assert workspace_of(tmp_path / "link" / "w0", wss, exact=True) is wss[0]
+    assert workspace_of(dirs[0] / "sub", wss, exact=True) is None
+    assert workspace_of(tmp_path, wss) is None
+
+
+def test_a_finished_tasks_snapshot_costs_six_git_processes_and_its_forecast_none_more(
+        tmp_path: Path, counted_git: Path) -> None:
+    """At a task's end: one status (which names files in conflict too), add, commit, one rev-parse
+    for HEAD and the branch, the rev-list gathering its commits, one diff for its files and line
+    counts; the forecast then knows the task's files without asking git again."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[list[str], list[str], list[str], tuple[int, int], object]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(root))
+        (ws.path / "new.txt").write_text("one\ntwo\n")
+        (ws.path / "src" / "app.py").write_text("VALUE = 2\n")
+        await backend.ident_env()
+        counted_git.write_text("")
+        snap = await backend.snapshot(ws, "corral: t1")
+        made = _calls(counted_git)
+        counted_git.write_text("")
+        forecast = await backend.forecast("main", {"t1": snap.commit}, {"t1": base})
+        asked = [c for c in _calls(counted_git) if c.startswith("diff")]
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return made, snap.files, asked, (snap.added, snap.removed), forecast
+
+    made, files, asked, counts, forecast = anyio.run(main)
+    assert files == ["new.txt", "src/app.py"] and counts == (3, 1)
+    assert [c.split()[0] for c in made] == ["status", "add", "commit", "rev-parse", "rev-list", "diff"], made
+    assert asked == [] and forecast.files["t1"]  # type: ignore[attr-defined] == ["new.txt", "src/app.py"]
+
+
+def test_corrals_commits_start_no_maintenance_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc is off for corral's git commands, and so is the `git maintenance run --auto` process a
+    commit starts to look whether it is due (one more process per task)."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+    trace = tmp_path / "trace2.json"
+
+    async def main() -> None:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(root))
+        (ws.path / "new.txt").write_text("one\n")
+        monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+        await backend.snapshot(ws, "corral: t1")
+        monkeypatch.delenv("GIT_TRACE2_EVENT")
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+
+    anyio.run(main)
+    events = trace.read_text()
+    assert '"name":"commit"' in events and '"maintenance"' not in events

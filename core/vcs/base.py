@@ -9,7 +9,7 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import anyio
 import anyio.to_thread
@@ -76,6 +76,30 @@ class Workspace:
     #: pathspecs (from the workspace root) of the agents' own state files (``.aider*``): new files
     #: there are never committed, changes to files the repository tracks still are
     exclude: list[str] = field(default_factory=list)
+
+
+def workspace_of(path: str | Path, workspaces: Iterable[Workspace], exact: bool = False) -> Workspace | None:
+    """The first of ``workspaces`` whose directory holds ``path`` (``exact``: is ``path``), both
+    resolved. One named by ``path`` as it is spelled is found without resolving any path: an agent
+    starts in its workspace's own path, and resolving 200 workspaces' paths for each would cost more
+    than running it."""
+    candidates = list(workspaces)
+    spelled = str(path)
+    for ws in candidates:
+        if str(ws.path) == spelled:
+            return ws
+    try:
+        target = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+    for ws in candidates:
+        try:
+            top = Path(ws.path).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if target == top or (not exact and target.is_relative_to(top)):
+            return ws
+    return None
 
 
 @dataclass

@@ -45,11 +45,13 @@ from .registry import READY, Record, lock_reason, reason_key
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git as gitpython  # noqa: E402  (GitPython; imported after GIT_PYTHON_REFRESH is set)
 
-# Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc.
+# Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc (nor the
+# `git maintenance run --auto` process a commit or a merge starts to look whether one is due).
 ENGINE_CONFIG = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "commit.gpgsign=false",
     "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
     "-c", "branch.autoSetupMerge=false",
     "-c", "advice.detachedHead=false",
     "-c", "core.quotePath=false",
@@ -127,6 +129,8 @@ class GitBackend(Backend):
         self._stash_taken: list[tuple[str, str]] = []
         #: why the last landing on each base was refused, for :meth:`land_hint`
         self._refusals: dict[str, str] = {}
+        #: the files changed from one commit to another (``git diff A...B``), as snapshots found them
+        self._changed: dict[tuple[str, str], list[str]] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -411,12 +415,19 @@ class GitBackend(Backend):
         """Paths with changes not committed (submodules' inner changes included); new files matching
         ``exclude`` (an agent's own state) are none. Raises :class:`VcsError` when git cannot tell (a
         full disk, an index an agent broke): "none" would let the workspace be removed with its changes."""
+        return (await self._status(path, exclude))[0]
+
+    async def _status(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+        """:meth:`_changes` of ``path``, and of them the files in conflict (unmerged: a merge or a
+        rebase left under way), from one ``git status``."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
                              check=False)
         if not res.ok:
             raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
-        out = [entry[3:] for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "
-               and not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
+        entries = [entry for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
+        out = [entry[3:] for entry in entries
+               if not (entry[:2] == "??" and any(fnmatch.fnmatchcase(entry[3:], p) for p in exclude))]
+        conflicted = sorted({entry[3:] for entry in entries if entry[:2] in _UNMERGED})
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
             stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
@@ -425,7 +436,7 @@ class GitBackend(Backend):
                 sub = rest.partition("\t")[2]
                 if mode == "160000" and sub and sub not in out and _uninitialised_with_files(path / sub):
                     out.append(f"{sub}/ (inside a submodule)")
-        return out
+        return out, conflicted
 
     def _is_live(self, ws: Workspace) -> bool:
         """Whether the workspace directory is still the worktree corral made: its ``.git`` links to the
@@ -474,17 +485,17 @@ class GitBackend(Backend):
         self._relink(ws)
         if self._is_live(ws):
             await self.clear_stale_locks(ws)
-            if await self._changes(ws.path, ws.exclude):
+            changes, unmerged = await self._status(ws.path, ws.exclude)
+            if changes:
                 # never commit onto a branch that is not the task's (an agent that pointed HEAD at
                 # the user's branch): commit on a detached HEAD, which _collect then gathers
-                sym = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
-                if sym.ok and sym.out.strip() != f"refs/heads/{ws.ref}":
+                sym = await self._symbolic_head(ws)
+                if sym and sym != f"refs/heads/{ws.ref}":
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
                 # a merge or rebase left in conflict: its files are committed as they are (nothing
                 # lost), and the task is told, so conflict markers never pass for work
-                unmerged = await self.git("ls-files", "-u", "-z", cwd=ws.path, check=False)
-                conflicted = sorted({e.partition("\t")[2] for e in unmerged.out.split("\0") if "\t" in e})
+                conflicted = unmerged
                 if ws.exclude:  # every change to tracked files, new files but the agent's own state
                     await self.git("add", "-u", cwd=ws.path)
                     await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in ws.exclude), cwd=ws.path)
@@ -513,6 +524,15 @@ class GitBackend(Backend):
             ws.conflicted = conflicted
         snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
         return snap
+
+    async def _symbolic_head(self, ws: Workspace) -> str:
+        """The branch the live workspace's HEAD is on (empty: detached), read from git's admin dir
+        (what ``git symbolic-ref -q HEAD`` says, without a git process)."""
+        text = _read(Path(ws.admin) / "HEAD").strip() if ws.admin else ""
+        if not text:
+            res = await self.git("symbolic-ref", "-q", "HEAD", cwd=ws.path, check=False)
+            return res.out.strip() if res.ok else ""
+        return text[4:].strip() if text.startswith("ref:") else ""
 
     def _signature(self, ws: Workspace) -> tuple[object, ...]:
         """The state of everything :meth:`_collect` reads (HEAD, the reflogs, the branch), cheaply."""
@@ -544,6 +564,18 @@ class GitBackend(Backend):
         res = await self.git("rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
         return res.out.strip() if res.ok else ""
 
+    async def _heads(self, ws: Workspace) -> tuple[str, str]:
+        """The commits of the workspace's HEAD (:meth:`_worktree_head`) and of its branch (empty:
+        none): in one git process while both are there, as they are at the end of most tasks."""
+        if self._is_live(ws):
+            both = await self.git("rev-parse", "HEAD^{commit}", f"refs/heads/{ws.ref}^{{commit}}", "--",
+                                  cwd=ws.path, check=False)
+            found = [c for c in both.out.split() if c != "--"]  # it echoes the "--"
+            if both.ok and len(found) == 2 and all(_HEX40.match(c) for c in found):
+                return found[0], found[1]
+        tip = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
+        return await self._worktree_head(ws), tip.out.strip() if tip.ok else ""
+
     def _reflog_commits(self, ws: Workspace) -> list[str]:
         """Every commit the workspace's HEAD and the task's branch pointed at: from their reflogs, and
         from what the guard wrote down (which outlives the worktree). A commit an amend or a rebase
@@ -572,9 +604,7 @@ class GitBackend(Backend):
         on (its HEAD's; the branch's when HEAD went back to older commits); any other line (an agent
         that committed, then checked out something else and committed again) is kept on
         ``<branch>+N``. Returns the task's head."""
-        head = await self._worktree_head(ws)
-        tip_res = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
-        tip = tip_res.out.strip() if tip_res.ok else ""
+        head, tip = await self._heads(ws)
         base = ws.base_commit
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
@@ -644,15 +674,17 @@ class GitBackend(Backend):
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
-        names = await self.git("diff", "--name-only", "--no-renames", "-z", f"{ws.base_commit}...{head}")
-        files = [f for f in names.out.split("\0") if f]
-        stat = await self.git("diff", "--numstat", "--no-renames", f"{ws.base_commit}...{head}")
+        stat = await self.git("diff", "--numstat", "--no-renames", "-z", f"{ws.base_commit}...{head}")
+        files: list[str] = []
         added = removed = 0
-        for line in stat.out.splitlines():
-            a, _, rest = line.partition("\t")
-            r, _, _ = rest.partition("\t")
-            added += int(a) if a.isdigit() else 0
-            removed += int(r) if r.isdigit() else 0
+        for record in stat.out.split("\0"):
+            a, _, rest = record.partition("\t")
+            r, _, name = rest.partition("\t")
+            if name:
+                files.append(name)
+                added += int(a) if a.isdigit() else 0
+                removed += int(r) if r.isdigit() else 0
+        self._changed[(ws.base_commit, head)] = files
         return Snapshot(commit=head, files=files, added=added, removed=removed, extra_refs=list(ws.extra_refs))
 
     async def diff(self, ws: Workspace, context: int = 3) -> str:
@@ -670,17 +702,25 @@ class GitBackend(Backend):
         (merge drivers such as ``merge=union``) and not by the user's checkout's: run in the git dir,
         git reads no worktree's."""
         config = ["-c", f"core.attributesFile={attributes}"] if attributes else []
+        return (await self._merged_tree(a, b, self.common_dir if attributes else self.root, *config))[1]
+
+    async def _merged_tree(self, a: str, b: str, cwd: Path, *config: str) -> tuple[str, list[str] | None]:
+        """``git merge-tree --write-tree`` of ``a`` and ``b`` run in ``cwd`` (whose gitattributes it goes
+        by): the tree it wrote and the conflicting paths (None: merges cleanly). A failure that is no
+        conflict (an unknown ref exits 1 too, with nothing on stdout) raises :class:`VcsError`."""
         res = await self.git(*config, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b,
-                             check=False, cwd=self.common_dir if attributes else None)
-        if res.code == 0:
-            return None
-        if res.code == 1 and res.out.strip("\0\n"):
-            parts = [p for p in res.out.split("\0") if p]
-            return sorted(set(p.strip("\n") for p in parts[1:] if p.strip("\n")))
+                             check=False, cwd=cwd)
+        parts = [p.strip("\n") for p in res.out.split("\0") if p.strip("\n")]
+        if res.code == 0 and parts:
+            return parts[0], None
+        if res.code == 1 and parts:
+            return parts[0], sorted(set(parts[1:]))
         raise VcsError(f"git merge-tree {a[:12]} {b[:12]}: {_short_err(res)}")
 
     async def forecast(self, base: str, heads: dict[str, str], base_commits: dict[str, str] | None = None) -> Forecast:
         async def changed_files(start: str, head: str) -> list[str]:
+            if (start, head) in self._changed:  # a snapshot's, of the same commits
+                return sorted(self._changed[(start, head)])
             res = await self.git("diff", "--name-only", "--no-renames", "-z", f"{start}...{head}")
             return sorted(f for f in res.out.split("\0") if f)
 
@@ -719,11 +759,53 @@ class GitBackend(Backend):
         ws = await self._new_worktree(run, "integration", self.ref_name(run, "integration"), base_commit, root,
                                       "integration")
         env = await self.ident_env()
-        outcomes = []
-        for task, head in heads:
-            outcomes.append(await self._merge_one(ws, task, head, strategy, env))
+        if strategy in ("merge", "squash") and not await self._touch_attributes(base_commit, heads):
+            outcomes = await self._merge_in_store(ws, heads, strategy, env)
+        else:
+            outcomes = [await self._merge_one(ws, task, head, strategy, env) for task, head in heads]
         ws.head = await self.head_of(ws)
         return ws, outcomes
+
+    async def _touch_attributes(self, base_commit: str, heads: list[tuple[str, str]]) -> bool:
+        """Whether any of ``heads`` changes a ``.gitattributes`` since ``base_commit``: merges in a
+        worktree go by the attributes merged before them, so such heads are merged there one by one."""
+        if not heads:
+            return False
+        res = await self.git("rev-list", "-1", *(head for _, head in heads), "--not", base_commit, "--",
+                             ".gitattributes", "*/.gitattributes")
+        return bool(res.out.strip())
+
+    async def _merge_in_store(self, ws: Workspace, heads: list[tuple[str, str]], strategy: str,
+                              env: dict[str, str] | None) -> list[MergeOutcome]:
+        """Merge ``heads`` in order into ``ws`` (a checkout of its base) as :meth:`_merge_one` does, the
+        same trees and commits, but in the object store (``merge-tree`` and ``commit-tree``, in ``ws``:
+        by its gitattributes), then check the result out once. A conflicting head is left out."""
+        cur = ws.base_commit
+        tree = (await self.git("rev-parse", f"{cur}^{{tree}}")).out.strip()
+        outcomes = []
+        for task, head in heads:
+            try:
+                merged, conflicts = await self._merged_tree(cur, head, ws.path)
+            except VcsError as exc:
+                raise VcsError(f"merging {task} ({strategy}): {exc}") from None
+            if conflicts == []:  # as `git merge` exiting 1 with no file unmerged
+                raise VcsError(f"merging {task} ({strategy}): git merge-tree says it conflicts, in no file")
+            if conflicts is not None:
+                outcomes.append(MergeOutcome(task, False, conflict_files=conflicts))
+                continue
+            # nothing to commit: `git merge --squash` stages nothing, `git merge --no-ff` of a head
+            # already merged is "Already up to date" (of any other, a merge commit all the same)
+            if merged == tree and (strategy == "squash" or await self._is_ancestor(head, cur)):
+                outcomes.append(MergeOutcome(task, True, cur))
+                continue
+            parents = ["-p", cur, "-p", head] if strategy == "merge" else ["-p", cur]
+            cur = (await self.git("commit-tree", merged, *parents, "-m", _merge_message(task, strategy),
+                                  env=env)).out.strip()
+            tree = merged
+            outcomes.append(MergeOutcome(task, True, cur))
+        if cur != ws.base_commit:
+            await self.git("reset", "--hard", "-q", cur, cwd=ws.path)
+        return outcomes
 
     async def _merge_one(self, ws: Workspace, task: str, head: str, strategy: str,
                          env: dict[str, str] | None) -> MergeOutcome:
@@ -739,7 +821,8 @@ class GitBackend(Backend):
             if res.ok:
                 staged = await self.git("diff", "--cached", "--quiet", cwd=p, check=False)
                 if staged.code == 1:
-                    await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=p, env=env)
+                    await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=p,
+                                   env=env)
                 return MergeOutcome(task, True, await self.head_of(ws))
             files = await self._unmerged(p)
             await self.git("reset", "--hard", "-q", "HEAD", cwd=p, check=False)
@@ -774,7 +857,7 @@ class GitBackend(Backend):
         if not res.ok and not files:
             raise VcsError(f"merging {task} ({strategy}): {_short_err(res)}")
         if not files and strategy == "squash":
-            await self.git("commit", "-q", "--no-verify", "-m", f"corral: {task} (squashed)", cwd=ws.path,
+            await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=ws.path,
                            env=await self.ident_env(), check=False)
         return files
 
@@ -791,9 +874,8 @@ class GitBackend(Backend):
         merging = (await self.git("rev-parse", "-q", "--verify", "MERGE_HEAD", cwd=p, check=False)).ok
         if merging or await self._changes(p, ws.exclude):
             await self.git("add", "-A", "--", ".", *(f":(exclude){x}" for x in ws.exclude), cwd=p)
-            message = f"corral: merge {task}" if strategy == "merge" else f"corral: {task} (squashed)"
-            res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=p, env=await self.ident_env(),
-                                 check=False)
+            res = await self.git("commit", "-q", "--no-verify", "-m", _merge_message(task, strategy), cwd=p,
+                                 env=await self.ident_env(), check=False)
             if not res.ok:
                 raise VcsError(f"git commit: {_short_err(res)}")
         new = await self.head_of(ws)
@@ -1195,7 +1277,12 @@ def _merge_args(task: str, head: str, strategy: str) -> list[str]:
     """The git command that merges ``head`` into an integration worktree (strategy merge or squash)."""
     if strategy == "squash":
         return ["merge", "--squash", "-q", head]
-    return ["merge", "--no-ff", "--no-edit", "-q", "-m", f"corral: merge {task}", head]
+    return ["merge", "--no-ff", "--no-edit", "-q", "-m", _merge_message(task, strategy), head]
+
+
+def _merge_message(task: str, strategy: str) -> str:
+    """The message of the commit merging ``task`` into an integration (strategy merge or squash)."""
+    return f"corral: {task} (squashed)" if strategy == "squash" else f"corral: merge {task}"
 
 
 #: a branch name of letters, digits, '.', '_', '-' and '/': none of the characters git refuses, so
@@ -1241,6 +1328,8 @@ def _uninitialised_with_files(path: Path) -> bool:
 
 
 _HEX40 = re.compile(r"\A[0-9a-f]{40}\Z")
+#: the two letters ``git status --porcelain`` shows a path in conflict with (unmerged)
+_UNMERGED = frozenset({"DD", "AU", "UD", "UA", "DU", "AA", "UU"})
 
 
 #: what the user may be in the middle of, by the file git keeps in the worktree's git dir meanwhile
