@@ -161,7 +161,8 @@ async def child_idle(plan_path: str, repo: str, agents: int, window: float) -> d
 
 
 PAINT = """
-import sys, time, anyio
+import inspect, sys, time, anyio
+from pathlib import Path
 from corral.tui.app import run_dashboard  # the entry point `corral run PLAN` uses
 from corral.core.pipeline import prepare
 from corral.core.plan import load_plan
@@ -171,6 +172,8 @@ t_import = time.time()
 prep = anyio.run(lambda: prepare(load_plan(plan), repo))
 t_prep = time.time()
 class App(CorralApp):
+    # Textual finds a relative CSS_PATH beside the file of the class: this one has none (python -c)
+    CSS_PATH = str(Path(inspect.getfile(CorralApp)).parent / CorralApp.CSS_PATH)
     def on_mount(self):
         super().on_mount()
         self._painted = None

@@ -22,6 +22,7 @@ from textual.widgets import Log
 #: (class of corral's, private name of its Textual base) that it overrides or sets on purpose
 INTENDED = {
     ("QuietLog", "_update_size"),  # measures line widths inline instead of in a thread worker
+    ("PaneLog", "_update_size"),  # measures nothing: a pane never scrolls sideways
     ("RunScreen", "_watch_maximized"),  # zoom without restyling the whole screen
     ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
 }
@@ -36,6 +37,11 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     assert params(Log._update_size) == ["self", "updates", "lines"]
     assert params(Log._update_maximum_width) == ["self", "updates", "size"]
     assert params(Log._process_line) == ["line"]
+    # FitFooter (tui/widgets.py) overrides Footer.bindings_changed, reading Screen.active_bindings
+    from textual.widgets import Footer
+
+    assert params(Footer.bindings_changed) == ["self", "screen"]
+    assert "active_bindings" in dir(Screen)
     # RunScreen (tui/run_screen.py) replaces the watcher of Screen.maximized
     assert params(Screen._watch_maximized) == ["self", "previously_maximized", "maximized"]
     assert "maximized" in Screen._reactives

@@ -205,16 +205,27 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                 self.call_after_refresh(_freeze_heap)
         self._flushes += 1
         floods = []
+        shown = self._panes_on_screen()
         for name, pane in self.panes.items():
             view = model.tasks[name]
             if not pane.ready:
                 continue
+            on_screen = shown is None or pane in shown
             if view.pending:
-                if view.agent_running and len(view.pending) >= FLOOD_LINES and pane is not self.maximized:
+                if not on_screen and view.agent_running and pane.written_at:
+                    # off screen (scrolled away, or under a zoomed pane): its lines wait until it
+                    # shows or its agent ends, so a write's cost never depends on how many panes
+                    # there are (and nothing off screen makes Textual rebuild its map of every widget)
+                    pass
+                # a pane's first lines (a late attach's history, an agent's first burst) are shown at
+                # once: it has nothing on screen yet, and a first paint waiting for a turn is slow
+                elif (view.agent_running and len(view.pending) >= FLOOD_LINES and pane is not self.maximized
+                        and pane.written_at):
                     floods.append(pane)
                 else:
                     self._write(pane, view)
-            pane.show(view, now)
+            if on_screen or name in model.dirty:
+                pane.show(view, now)
         # a flood replaces a pane's whole view at every flush; repaint a few of them per flush, the
         # ones that waited longest, so one frame never renders every flooding pane at once
         floods.sort(key=lambda p: p.written_at)
@@ -247,13 +258,30 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         model.dirty.clear()
         self._refresh_bindings_if_changed()
 
+    def _panes_on_screen(self) -> set[TaskPane] | None:
+        """The panes that show now (None: all of them, or it can't be told yet): the zoomed one, or
+        the rows of the grid inside the scrolled window (from the grid's own geometry: asking Textual
+        where an off-screen widget is rebuilds its map of every widget)."""
+        zoomed = self.maximized
+        if zoomed is not None:
+            return {zoomed} if isinstance(zoomed, TaskPane) else None
+        height, row = self._scroll.size.height, self._row_height
+        if not height or not row or self._columns < 1:
+            return None
+        top = int(self._scroll.scroll_offset.y)
+        first, last = top // row, (top + height - 1) // row
+        return set(list(self.panes.values())[first * self._columns:(last + 1) * self._columns])
+
     def _write(self, pane: TaskPane, view) -> None:
         lines, view.pending = view.pending, []
-        skipped = view.dropped + max(0, len(lines) - FLUSH_CAP)
+        # the first write takes all that is pending (up to the pane's max lines: a late attach's
+        # history, in one go); later ones FLUSH_CAP
+        cap = FLUSH_CAP if pane.written_at else len(lines)
+        skipped = view.dropped + max(0, len(lines) - cap)
         if skipped:
             # a flood: show the newest lines; the full log is on disk (l opens it)
             view.dropped = 0
-            lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-FLUSH_CAP:]]
+            lines = [f"[... {skipped} lines not shown here; l opens the full log]", *lines[-cap:]]
         pane.log_widget.write_lines(lines)
         pane.written_at = self._flushes
 

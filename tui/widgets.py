@@ -99,6 +99,10 @@ class QuietLog(Log):
 class PaneLog(QuietLog, can_focus=False):
     """The live log of one pane (focus stays on the pane, so keys act on the task)."""
 
+    def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
+        """Nothing to measure: a pane never scrolls sideways (``overflow-x: hidden``), so the width
+        of its lines does not matter, and a late attach loads 2,000 lines per pane in one write."""
+
 
 class TaskPane(Vertical, can_focus=True):
     """One task, live: name and agent in the border, status badge, elapsed time, cost, files, log."""
@@ -247,6 +251,19 @@ class FitFooter(Footer):
 
     #: Narrower than this, the footer is compact.
     NARROW = 120
+
+    _shown: tuple | None = None
+
+    def bindings_changed(self, screen) -> None:  # type: ignore[no-untyped-def]
+        """Rebuilt only when the keys it shows changed. Textual rebuilds it whenever the screen's
+        bindings may have (every focus change, zoom, Tab to the next pane): some 20 widgets mounted
+        and a layout of the whole screen, for the same keys most of the time."""
+        shown = tuple((key, binding.action, binding.description, enabled, tooltip)
+                      for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
+        if shown == self._shown and self.is_attached and screen is self.screen:
+            return
+        self._shown = shown
+        super().bindings_changed(screen)
 
     def on_resize(self, event: events.Resize) -> None:
         narrow = event.size.width < self.NARROW

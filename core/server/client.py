@@ -84,12 +84,14 @@ class LocalLink(Link):
                 yield ev
             yield SnapshotEnd(run=self.run_id)
             while True:
+                # the end as it was before taking: events pushed while these are handled come first
+                ended, closed = feed.ended, feed.closed
                 for ev in await feed.take():
                     yield ev
-                if feed.ended is not None:
-                    self.exit_code = feed.ended
+                if ended is not None:
+                    self.exit_code = ended
                     return
-                if feed.closed:
+                if closed:
                     return
         finally:
             self.host.detach(feed)

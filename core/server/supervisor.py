@@ -181,14 +181,17 @@ class Supervisor:
 
     async def _stream(self, conn: "_Conn", host: RunHost, feed: Any) -> None:
         while True:
+            # the end as it was before taking: what the run said last (its last lines, run_finished)
+            # can come while a batch is being sent, and is sent before "ended"
+            ended, closed = feed.ended, feed.closed
             events = await feed.take()
             if events:
                 await conn.send_many([ev.to_dict() for ev in events])
-            if feed.ended is not None:
-                await conn.send({"type": "ended", "run": host.run_id, "exit_code": feed.ended,
+            if ended is not None:
+                await conn.send({"type": "ended", "run": host.run_id, "exit_code": ended,
                                  "report": host.report})
                 return
-            if feed.closed:
+            if closed:
                 return
 
     async def _start(self, msg: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""The panes' cost and their last lines: a late attach's history, panes off screen, the run's end
+reaching a client that was busy, and a footer rebuilt only when its keys change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from conftest import write_plan
+from corral.core.events import EventBus, RunFinished, RunStarted, TaskOutput, TaskStatus
+from corral.core.server.client import LocalLink, SnapshotEnd, SocketLink, open_connection
+from corral.core.server.host import RunHost
+from corral.tui.dashboard import CorralApp
+from corral.tui.model import PANE_MAX_LINES
+from corral.tui.widgets import FitFooter
+from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
+from test_tui_pilot import SIZE, until
+
+RUN = "r1"
+
+
+def started(bus: EventBus, names: list[str]) -> None:
+    bus.emit(RunStarted(run=RUN, repo="/nowhere", base="main", base_commit="0" * 40, backend="git",
+                        run_dir="", tasks=names))
+    for name in names:
+        bus.emit(TaskStatus(run=RUN, task=name, status="running"))
+
+
+def lines(name: str, start: int, stop: int) -> list[str]:
+    return [f"{name} line {i}" for i in range(start, stop)]
+
+
+def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> None:
+    """16 agents printed 2,000 lines each while nobody watched: the first flush after the panes are
+    mounted gives every pane its whole history (it showed 150 lines and 4 panes a flush, the rest
+    waiting their turn as if they were flooding)."""
+    names = [f"t{i:02d}" for i in range(16)]
+
+    async def main() -> None:
+        host = RunHost(RUN)
+        started(host.bus, names)
+        for name in names:
+            for start in range(0, PANE_MAX_LINES, 500):
+                host.bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, start, start + 500)))
+        app = CorralApp(link=LocalLink(host), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 16
+                        and any(p.log_widget.lines for p in app.run_screen.panes.values()), what="a painted pane")
+            for name, pane in app.run_screen.panes.items():
+                assert list(pane.log_widget.lines) == lines(name, 0, PANE_MAX_LINES), name
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_panes_off_screen_wait_while_their_agent_floods_and_end_on_its_last_line() -> None:
+    """Only the panes that show are written while agents flood (a write's cost does not grow with the
+    number of panes); the others get their lines when their agent ends (or they show)."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            screen = app.run_screen
+            writes: list[tuple[str, bool]] = []
+            real_write = screen._write
+
+            def on_screen(pane: Any) -> bool:
+                return bool(pane.region.overlaps(screen.query_one("#panes-scroll").region))
+
+            def write(pane: Any, view: Any) -> None:
+                writes.append((pane.task_name, on_screen(pane)))
+                real_write(pane, view)
+
+            screen._write = write  # type: ignore[method-assign]
+            for burst in range(6):
+                for name in names:
+                    bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, burst * 100, burst * 100 + 100)))
+                flushes = screen._flushes
+                await until(pilot, lambda: screen._flushes >= flushes + 2, what="two flushes")
+            off = {name for name, on in writes[len(names):] if not on}
+            assert len({name for name, _ in writes}) > 0 and not off, f"off-screen panes written mid-flood: {off}"
+            assert 0 < sum(on_screen(p) for p in screen.panes.values()) < 24
+            for name in names:
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            await until(pilot, lambda: all(p.log_widget.lines and p.log_widget.lines[-1] == f"{n} line 599"
+                                           for n, p in screen.panes.items()), what="every pane's last line")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_local_client_busy_when_the_run_ends_still_gets_its_last_events() -> None:
+    go: Any = None
+
+    async def body(approver: Any, bus: EventBus, on_runtime: Any) -> int:
+        bus.emit(TaskOutput(run=RUN, task="t", lines=["first"]))
+        await go.wait()
+        bus.emit(TaskOutput(run=RUN, task="t", lines=["last"]))
+        bus.emit(RunFinished(run=RUN, state="done", exit_code=0, report="", kept_branches=[]))
+        return 0
+
+    async def main() -> list[Any]:
+        nonlocal go
+        go = anyio.Event()
+        host = RunHost(RUN)
+        seen: list[Any] = []
+        link = LocalLink(host)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(host.run, body)
+            async for ev in link.events():
+                seen.append(ev)
+                if isinstance(ev, TaskOutput) and ev.lines == ["first"]:
+                    go.set()
+                    await host.done.wait()  # the run ends while this client handles an event
+        assert link.exit_code == 0
+        return seen
+
+    seen = anyio.run(main)
+    assert [line for ev in seen if isinstance(ev, TaskOutput) for line in ev.lines] == ["first", "last"]
+    assert isinstance(seen[-1], RunFinished)
+
+
+def test_a_client_reading_slowly_over_the_socket_gets_the_runs_last_lines_and_its_end(repo: Path,
+                                                                                      tmp_path: Path) -> None:
+    """The supervisor was still sending a batch to a slow client when the run ended: it said
+    "ended" next and dropped what came meanwhile (the agents' last lines, run_finished)."""
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "talker"
+        prompt = 'seq 1 40000 | sed "s/$/ a line long enough to fill the socket quickly/"; echo "the very last line"'
+    """)
+
+    async def watch() -> tuple[list[Any], int | None]:
+        conn = await open_connection(state_dir(repo))
+        link = SocketLink(conn, run, tail=2000)
+        seen: list[Any] = []
+        async for ev in link.events():
+            seen.append(ev)
+            if isinstance(ev, SnapshotEnd):
+                # a client too busy to read: the socket fills, the supervisor waits in a send, and
+                # the run ends meanwhile
+                await anyio.to_thread.run_sync(wait_ended, repo, run)
+        await link.aclose()
+        return seen, link.exit_code
+
+    run = start_detached(repo, plan)
+    seen, code = anyio.run(watch)
+    assert code == 0
+    shown = [line for ev in seen if isinstance(ev, TaskOutput) for line in ev.lines]
+    assert shown and shown[-1] == "the very last line"
+    assert any(isinstance(ev, RunFinished) for ev in seen)
+    wait_supervisor_gone(repo)
+
+
+def test_the_footer_is_rebuilt_only_when_its_keys_change() -> None:
+    """Tab to the next pane and zoom keep the same keys: the footer stays (Textual rebuilt it, some
+    20 widgets and a layout of the whole screen, at each)."""
+    names = ["a", "b", "c"]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_pane is not None,
+                        what="a focused pane")
+            await pilot.pause(0.3)
+            footer = app.run_screen.query_one(FitFooter)
+            keys = list(footer.children)
+            assert keys
+            for key in ("tab", "tab", "z", "z"):
+                await pilot.press(key)
+                await pilot.pause()
+            assert list(footer.children) == keys
+            # narrow, the keys that cannot act now go: rebuilt
+            await pilot.resize_terminal(100, 40)
+            await until(pilot, lambda: len(footer.children) < len(keys), what="the narrow footer")
+            app.exit()
+
+    anyio.run(main)
