@@ -200,3 +200,100 @@ def test_enter_on_a_past_run_opens_its_tasks_diffs_and_logs_read_only(repo: Path
 
     asyncio.run(main())
     assert repo_state() == before, "opening a past run changed the repository"
+
+
+def test_a_past_run_s_kept_result_lands_from_its_screen_through_the_supervisor(repo: Path, tmp_path: Path,
+                                                                               wt_root: Path) -> None:
+    """``L`` on a past run whose verify failed (its result kept): base moved since; the result is
+    merged onto it, verified again and landed in a run of the supervisor the dashboard follows, and
+    the run's screen then has nothing left to land."""
+    import json
+    import subprocess
+
+    from test_landing import commit_to, kept_run
+    from test_supervisor import wait_supervisor_gone
+
+    run, integ = kept_run(repo, tmp_path, wt_root)
+    subprocess.run(commit_to(repo, "other.txt", "other\n", "meanwhile"), shell=True, check=True)
+    (tmp_path / "fixed").touch()  # what made verify fail is fixed
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            table = app.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            assert app.screen.check_action("land", ()) is True
+            await pilot.press("L")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+            assert integ in str(app.screen.body)
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.model.finished is not None,
+                        what="the landing run to end", timeout=60)
+            assert app.model.finished.exit_code == 0
+            assert app.model.verify_result is not None and app.model.verify_result.ok
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+
+    asyncio.run(main())
+    assert {"one.txt", "other.txt"} <= set(git(repo, "ls-tree", "-r", "--name-only", "main").split())
+    assert corral_state(repo)["branches"] == []
+    data = json.loads((repo / ".git" / "corral" / "runs" / run / "run.json").read_text())
+    assert data["landed"] is True
+    screen = PastRunScreen(data, None)  # type: ignore[arg-type]
+    assert screen.check_action("land", ()) is None, "a landed run has nothing left to land"
+    wait_supervisor_gone(repo)
+
+
+def test_changes_to_a_past_run_s_task_carry_it_on_in_a_new_run(repo: Path, tmp_path: Path, wt_root: Path) -> None:
+    """``c`` on a task of an ended run: the message goes to its agent in a new run of the supervisor
+    (its workspace re-opened from its kept branch), which the dashboard follows; the new work lands
+    on the same branch, after the old, and goes on as the old plan said. A merged task can't be carried on (``c`` is dimmed)."""
+    import json
+
+    from test_supervisor import wait_supervisor_gone
+
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("done", "echo done > done.txt"), ("kept", "echo kept-line > kept.txt; exit 3")], approve="all"))
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = [p.name for p in (repo / ".git" / "corral" / "runs").iterdir()]
+    branch = f"corral/{run}/kept"
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            table = app.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            screen = app.screen
+            await until(pilot, lambda: screen.selected == "done", what="first task selected")
+            assert screen.check_action("changes", ()) is None, "a merged task is not carried on"
+            assert screen.check_action("land", ()) is None, "the run landed what passed"
+            await pilot.press("down")
+            await until(pilot, lambda: screen.selected == "kept", what="kept selected")
+            assert screen.check_action("changes", ()) is True
+            await pilot.press("c")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "FollowUpScreen", what="the message")
+            await pilot.press(*"echo more > more.txt")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.model.finished is not None,
+                        what="the new run to end", timeout=60)
+            assert app.bus.run != run
+            new = json.loads((repo / ".git" / "corral" / "runs" / app.bus.run / "run.json").read_text())
+            assert new["continues"] == {"run": run, "task": "kept"} and new["tasks"]["kept"]["turns"] == 2
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+
+    asyncio.run(main())
+    # the new turn succeeded: with the old plan's --approve all, the task's whole work landed
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").split()
+    assert {"done.txt", "kept.txt", "more.txt"} <= set(files), files
+    assert branch not in corral_state(repo)["branches"]
+    wait_supervisor_gone(repo)

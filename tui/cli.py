@@ -234,20 +234,13 @@ def start_request(args: argparse.Namespace, plan, repo_root: str, keep: bool):
 async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
     """Start ``request`` in the repository's supervisor (started first if none runs); returns the
     run id and the supervisor's pid. A refusal is a usage error (exit 2)."""
-    from corral.core.server.client import LinkError, ensure_supervisor
+    from corral.core.server.client import LinkError, start_run
     from corral.core.server.host import CommandError
 
     try:
-        conn = await ensure_supervisor(state_dir, root)
-    except LinkError as exc:
+        return await start_run(state_dir, root, request)
+    except (LinkError, CommandError) as exc:
         raise UsageExit(f"corral: {exc}") from None
-    try:
-        reply = await conn.ask("start", request=request.to_dict())
-    except CommandError as exc:
-        raise UsageExit(f"corral: {exc}") from None
-    finally:
-        await conn.aclose()
-    return str(reply["run"]), int(conn.hello.get("pid", 0))
 
 
 def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) -> int:

@@ -407,12 +407,9 @@ class CorralApp(App[int]):
 
         if any(isinstance(s, HomeScreen) for s in self.screen_stack):
             # attached from the home screen: back to it; the run goes on
-            link = self.link
             self.workers.cancel_group(self, "pipeline")
             self._pipeline_running = False
             self._back_home()
-            if link is not None:
-                self.run_worker(link.aclose(), exit_on_error=False)
             return
         self.detached = True
         self.exit(0)
@@ -476,6 +473,8 @@ class CorralApp(App[int]):
         self.model.on_notify = self._on_model_notify
         self._unsubscribe = self.bus.subscribe(self.model)
         self.run_screen = None
+        if self.link is not None:  # (a connection to the supervisor: it may go once idle)
+            self.run_worker(self.link.aclose(), exit_on_error=False)
         self.link = self.host = self.prep = None
         self.report = ""
         homes[-1].load()

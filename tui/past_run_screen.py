@@ -1,12 +1,17 @@
 """A past run, opened from the home screen: its tasks (status, agent, files, +/-), each task's diff and
-its log, from the run's journal. Read-only: diffs come from the commits the run recorded (a kept
-branch's tip when it is still there), nothing is checked out or changed. What was since deleted
-(a branch, its commits once git collected them, a log) is said, not guessed."""
+its log, from the run's journal. Looking changes nothing: diffs come from the commits the run
+recorded (a kept branch's tip when it is still there), nothing is checked out. What was since deleted
+(a branch, its commits once git collected them, a log) is said, not guessed.
+
+What the run left can be finished from here, each in a new run in the repository's supervisor that
+the dashboard then follows (as ``corral attach`` would): ``L`` lands the run's kept result (what
+``corral land RUN`` does), ``c`` asks a task's agent for changes (what ``corral send RUN TASK`` does
+after a run ended: its workspace re-opened from its branch, its session resumed, then review)."""
 
 from __future__ import annotations
 
+import os
 import re
-
 import time
 from collections import deque
 from pathlib import Path
@@ -46,6 +51,10 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
         Binding("l", "toggle_log", "Log/diff", tooltip="The task's log instead of its diff, and back",
                 id="past.log"),
         Binding("r", "report", "Report", tooltip="The run's report.md", id="past.report"),
+        Binding("L", "land", "Land", tooltip="Land the run's kept result onto base as it is now (verified again)",
+                id="past.land"),
+        Binding("c", "changes", "Changes", tooltip="Ask the selected task's agent for changes (a new run carries "
+                "it on)", id="past.changes"),
         Binding("escape,q", "app.pop_screen", "Back", tooltip="Back to the runs", id="past.back"),
     ]
 
@@ -111,6 +120,7 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
         if name == self.selected:
             return
         self.selected = name
+        self.refresh_bindings()
         self._show_task()
         self.diff_view.show(name)
         if self.showing_log:
@@ -199,6 +209,85 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
         if self.selected == name and self.showing_log:
             self.query_one("#past-log-text", Static).update(text)
             self.query_one("#past-log").scroll_end(animate=False)
+
+    # ------------------------------------------------------------ finishing what the run left
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "land":
+            return True if self._kept_result() else None
+        if action == "changes":
+            return True if self.selected is not None and not self._change_problem(self.selected) else None
+        return True
+
+    def _kept_result(self) -> str:
+        """The branch holding the run's result that did not land ("" when there is none)."""
+        if self.run.get("landed") or self.run.get("state") == "running":
+            return ""
+        return next((b for b in self.run.get("kept_branches") or [] if str(b).endswith("/integration")), "")
+
+    def _change_problem(self, name: str) -> str:
+        from corral.core.continuation import task_problem
+
+        if not (self.dir / "plan.json").is_file():
+            return "this run ran a program: only a plan's task is carried on"
+        return task_problem(str(self.run.get("run", self.dir.name)), self.run, name)
+
+    def action_land(self) -> None:
+        from .dialogs import ConfirmScreen
+
+        ref = self._kept_result()
+        if not ref:
+            return
+        base = self.run.get("base", "base")
+        body = Text(f"{ref} is merged onto {base} as it is now, verified again with the run's verify command, "
+                    f"and {base} moves to it only if that passes (by compare-and-swap). The dashboard follows it; "
+                    "D detaches.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._start(self._request(land=str(self.run.get("run", self.dir.name))))
+
+        self.app.push_screen(ConfirmScreen(f"Land run {self.run.get('run', self.dir.name)}?", body, yes="Land",
+                                           no="Cancel"), answered)
+
+    def action_changes(self) -> None:
+        from .dialogs import FollowUpScreen
+
+        name = self.selected
+        if name is None:
+            return
+        problem = self._change_problem(name)
+        if problem:
+            self.notify(problem, severity="warning")
+            return
+        run = str(self.run.get("run", self.dir.name))
+
+        def send(message: str | None) -> None:
+            if message and message.strip():
+                self._start(self._request(follow_up={"run": run, "task": name, "message": message}))
+
+        self.app.push_screen(FollowUpScreen(name, f"Changes to {name}", "A new run carries the task on: its "
+                                            "workspace re-opened from its branch, its agent's session resumed; "
+                                            "then its review."), send)
+
+    def _request(self, **what: Any) -> Any:
+        from corral.core.server.launch import StartRequest
+
+        return StartRequest(target=None, repo=str(self.backend.root), cwd=os.getcwd(), env=dict(os.environ), **what)
+
+    @work(exclusive=True, group="past-start", exit_on_error=False)
+    async def _start(self, request: Any) -> None:
+        """Start ``request`` in the supervisor, then follow that run in the dashboard."""
+        from corral.core.server.client import LinkError, SocketLink, open_connection, start_run
+        from corral.core.server.host import CommandError
+
+        state_dir, root = self.backend.state_dir, self.backend.root
+        try:
+            run_id, _pid = await start_run(state_dir, root, request)
+            conn = await open_connection(state_dir)
+        except (LinkError, CommandError) as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.app.attach(SocketLink(conn, run_id))  # type: ignore[attr-defined]
 
     def action_report(self) -> None:
         from .home_screen import ReportScreen

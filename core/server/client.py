@@ -278,6 +278,18 @@ def supervisor_env_idle() -> float:
         return 60.0
 
 
+async def start_run(state_dir: Path, repo_root: Path, request: Any) -> tuple[str, int]:
+    """Start ``request`` (a :class:`~corral.core.server.launch.StartRequest`) in the repository's
+    supervisor, started first if none runs. Returns (run id, supervisor pid); raises
+    :class:`LinkError` when no supervisor can be had, :class:`CommandError` when it refuses."""
+    conn = await ensure_supervisor(state_dir, repo_root)
+    try:
+        reply = await conn.ask("start", request=request.to_dict())
+    finally:
+        await conn.aclose()
+    return str(reply["run"]), int(conn.hello.get("pid", 0))
+
+
 async def ensure_supervisor(state_dir: Path, repo_root: Path, timeout: float = 20.0) -> Connection:
     """A connection to the repository's supervisor, started first if none runs (in a session of
     its own, detached from this terminal, its output in ``supervisor.log`` in the state dir)."""

@@ -34,6 +34,8 @@ class StartRequest:
     env: dict[str, str] | None = None
     #: a follow-up to a task of an ended run (``run``, ``task``, ``message``): a run that carries it on
     follow_up: dict[str, str] | None = None
+    #: ``corral land``'s work in the supervisor: the id of an ended run whose kept result to land
+    land: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StartRequest":

@@ -199,6 +199,8 @@ class Supervisor:
         from .launch import StartRequest, prepare_request
 
         req = StartRequest.from_dict(msg.get("request") or {})
+        if req.land:
+            return await self._start_land(req)
         prep = await prepare_request(req)
         if str(prep.backend.root) != str(self.repo_root):
             await prep.backend.close()
@@ -214,6 +216,57 @@ class Supervisor:
         self.tg.start_soon(run)
         await anyio.sleep(0)
         return {"run": prep.run_id, "notes": list(prep.notes)}
+
+    async def _start_land(self, req: Any) -> dict[str, Any]:
+        """``corral land``'s work hosted here (a dashboard asked for it): the kept result of the
+        ended run ``req.land`` merged onto base as it is now, verified, landed; under that run's id."""
+        from ..codes import EXIT_FAILED, EXIT_OK
+        from ..events import PhaseChanged, RunFinished, RunStarted
+        from ..landing import find_kept, land_kept
+        from ..vcs import open_backend
+        from ..vcs.base import UsageError
+
+        host = self.hosts.get(req.land)
+        if host is not None and not host.done.is_set():
+            raise CommandError(f"run {req.land} is still going: it lands by itself")
+        try:
+            backend = await open_backend(req.repo)
+        except UsageError as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            if str(backend.root) != str(self.repo_root):
+                raise CommandError(f"this supervisor serves {self.repo_root}, not {backend.root}")
+            kept = await find_kept(backend, req.land)
+        except UsageError as exc:
+            await backend.close()
+            raise CommandError(str(exc)) from None
+        except BaseException:
+            await backend.close()
+            raise
+        host = RunHost(kept.run, approve="all", notify_env=req.env)
+        self.hosts[kept.run] = host
+
+        async def body(approver: Any, bus: Any, on_rt: Any) -> int:
+            # a dashboard following it sees a run: its start, then its end (not journaled: the
+            # run's journal has its own start and end; landing adds what it did)
+            bus.run = kept.run
+            code = EXIT_FAILED
+            try:
+                bus.emit(RunStarted(repo=str(backend.root), base=kept.base, base_commit=await backend.resolve(kept.base),
+                                    backend=backend.kind, run_dir=str(backend.state_dir / "runs" / kept.run), tasks=[]))
+                bus.emit(PhaseChanged(phase="landing"))
+                code = await land_kept(backend, kept, bus, env=req.env)
+                return code
+            finally:
+                with anyio.CancelScope(shield=True):
+                    bus.emit(PhaseChanged(phase="done"))
+                    bus.emit(RunFinished(exit_code=code, state="completed" if code == EXIT_OK else "failed",
+                                         kept_branches=[] if code == EXIT_OK else [kept.ref]))
+                    await backend.close()
+
+        self.tg.start_soon(host.run, body)
+        await anyio.sleep(0)
+        return {"run": kept.run, "notes": []}
 
 
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.IncompleteRead,
