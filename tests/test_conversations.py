@@ -601,7 +601,8 @@ def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_ne
     assert res.returncode == 0, res.stderr
     ws = Path(wait_until(lambda: (w := task_state(repo, run, "done").get("workspace")) != first_ws and w,
                          "the re-opened workspace"))
-    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
+    wait_until(lambda: (ws / "partial.txt").exists() and task_state(repo, run, "done").get("turns") == 2,
+               "the second turn's edit, journaled")
     pid = supervisor_pid(repo)
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not pid_alive(pid), "the supervisor to be gone")
