@@ -20,7 +20,7 @@ import signal
 
 from conftest import FAKES, corral, corral_state, git, write_plan
 from corral.core.events import TaskOutput
-from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
+from corral.core.server.client import SnapshotEnd, SocketLink, open_connection, pid_alive
 from test_supervisor import (GATE, run_json, start_detached, state_dir, supervisor_pid, wait_ended,
                              wait_supervisor_gone, wait_until)
 
@@ -601,8 +601,11 @@ def test_the_supervisor_killed_during_a_reopened_workspaces_second_turn_loses_ne
     assert res.returncode == 0, res.stderr
     ws = Path(wait_until(lambda: (w := task_state(repo, run, "done").get("workspace")) != first_ws and w,
                          "the re-opened workspace"))
-    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
-    os.kill(supervisor_pid(repo), signal.SIGKILL)
+    wait_until(lambda: (ws / "partial.txt").exists() and task_state(repo, run, "done").get("turns") == 2,
+               "the second turn's edit, journaled")
+    pid = supervisor_pid(repo)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), "the supervisor to be gone")
     res = corral("clean", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     branch = task_state(repo, run, "done")["branch"]

@@ -167,6 +167,8 @@ class TerminalApprover:
             files = len(t.snapshot.files) if t.snapshot else 0
             clash = forecast.conflicts_of(t.name)
             note = f"; would conflict with {', '.join(sorted(clash))}" if clash else ""
+            if t.status != "succeeded":  # an aborted agent's partial work, or an attempt that failed
+                note += f"; {t.status}: its work as it was left"
             untried = forecast.untried_of(t.name)
             if untried:
                 note += f"; not trial-merged with {len(untried)} task(s) touching the same files"
