@@ -141,6 +141,11 @@ def test_a_resolver_that_fails_by_hand_leaves_the_conflict_to_go_on_without(repo
             assert screen.items["second"].status == "conflict"
             assert screen.items["resolve-second"].status == "failed"
             assert app.model.tasks["resolve-second"].status == "failed"
+            # escape goes back to the run screen, r brings the conflicts back
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.run_screen, what="the run screen")
+            await pilot.press("r")
+            await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts once more")
             await pilot.press("m")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=60, what="land confirmation")
             assert "Land first, other onto main?" in str(app.screen.body)
