@@ -310,3 +310,14 @@ def test_corrals_commits_start_no_maintenance_process(tmp_path: Path, monkeypatc
     anyio.run(main)
     events = trace.read_text()
     assert '"name":"commit"' in events and '"maintenance"' not in events
+
+
+def test_the_git_backend_imports_no_gitpython() -> None:
+    """git runs through subprocess: GitPython's import cost more at each start than most runs spend
+    in its command layer, and it ran ``git version`` twice on import."""
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", "import sys, corral.core.vcs.git, corral.core.pipeline; "
+                          "print(sorted(m for m in sys.modules if m == 'git' or m.startswith('git.')))"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

@@ -1,4 +1,4 @@
-"""VCS backends behind one interface: git (GitPython) and jj (its CLI)."""
+"""VCS backends behind one interface: git and jj, each through its command line."""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 ``git merge-tree --write-tree``, merges in a private integration worktree, landing by
 compare-and-swap.
 
-git runs through GitPython's command layer (``git.Git.execute``) in worker threads, one command
-object per call (GitPython objects are not shared between threads), each git process in its own
-process group. Every mutation of shared repository state (worktree add/remove/prune, branch and ref
+git runs in worker threads, one process per call (``subprocess``: GitPython's command layer
+cost more to import than most runs spend in it, and asked ``git version`` twice at each start),
+each git process in its own process group, its messages in English (``LC_ALL=C``: corral reads
+some of them). Every mutation of shared repository state (worktree add/remove/prune, branch and ref
 updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process plus ``flock`` on
 ``<git-common-dir>/corral/engine.lock`` across processes.
 """
@@ -17,6 +18,8 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -42,9 +45,6 @@ from ..procs import processes_in
 from ..plan import did_you_mean
 from .registry import READY, Record, lock_reason, reason_key
 
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-import git as gitpython  # noqa: E402  (GitPython; imported after GIT_PYTHON_REFRESH is set)
-
 # Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc (nor the
 # `git maintenance run --auto` process a commit or a merge starts to look whether one is due).
 ENGINE_CONFIG = (
@@ -68,33 +68,23 @@ _LOCATION_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
 
 
 GitResult = CommandResult
+#: git's messages in English whatever the user's locale: corral reads some of them
+_C_LOCALE = {"LANGUAGE": "C", "LC_ALL": "C"}
+_ENCODING = sys.getfilesystemencoding()
 
 
 def _run_git_sync(args: Sequence[str], cwd: str, env: dict[str, str] | None, stdin_text: str | None) -> GitResult:
-    cmd = gitpython.Git(cwd)
-    istream = None
-    if stdin_text is not None:
-        istream = tempfile.TemporaryFile()
-        istream.write(stdin_text.encode())
-        istream.seek(0)
+    if not os.path.isdir(cwd):
+        return GitResult(128, "", f"fatal: cannot change to '{cwd}': No such file or directory")
     try:
-        if not os.path.isdir(cwd):
-            return GitResult(128, "", f"fatal: cannot change to '{cwd}': No such file or directory")
-        code, out, err = cmd.execute(
-            ["git", *ENGINE_CONFIG, *args],
-            istream=istream,
-            with_extended_output=True,
-            with_exceptions=False,
-            env=env,
-            strip_newline_in_stdout=False,
-            start_new_session=True,
-        )
-    except gitpython.exc.GitCommandNotFound as exc:  # the directory went away meanwhile
+        proc = subprocess.run(["git", *ENGINE_CONFIG, *args], cwd=cwd, env={**os.environ, **_C_LOCALE, **(env or {})},
+                              input=None if stdin_text is None else stdin_text.encode(),
+                              stdin=subprocess.DEVNULL if stdin_text is None else None,
+                              capture_output=True, start_new_session=True)
+    except OSError as exc:  # the directory went away meanwhile (or git is not installed)
         return GitResult(128, "", f"fatal: {exc}")
-    finally:
-        if istream is not None:
-            istream.close()
-    return GitResult(code, out, err)
+    err = proc.stderr.decode(_ENCODING, "surrogateescape")
+    return GitResult(proc.returncode, proc.stdout.decode(_ENCODING, "surrogateescape"), err.removesuffix("\n"))
 
 
 #: what git writes to stderr besides errors: advice and progress
