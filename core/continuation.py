@@ -4,11 +4,16 @@ The run is over, so the conversation goes on in a new run of its own: one task, 
 the old plan's settings. Its workspace is re-opened from the task's kept branch, the agent's own
 session (its id from the old run's journal) is resumed there with the message, and the new work is
 settled onto that branch and goes on to review, merge and landing as any run's.
+
+A run's leftovers are taken up again the same way (:func:`prepare_review`): the tasks whose work did
+not land (rejected, conflicting, failing verify, or never reviewed) in a new run that goes straight
+to their review, where they are approved, sent back with a comment, resolved and landed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from .pipeline import Prepared, prepare
 from .plan import Plan, PlanError, TaskSpec, load_plan
 from .runtime import FollowUp, Runtime
 from .vcs import open_backend
-from .vcs.base import UsageError, Workspace
+from .vcs.base import Snapshot, UsageError, Workspace
 
 #: the states of a run that ended by itself or was stopped (not one that is running, or crashed)
 ENDED = ("completed", "failed", "interrupted", "error")
@@ -39,20 +44,55 @@ class Continuation:
     def install(self, rt: Runtime, plan: Plan) -> None:
         """Make the new run's task the old one, its workspace removed (its next turn re-opens it
         from the branch), the message queued for it."""
-        spec = next(t for t in plan.tasks if t.name == self.task)
-        info = rt.tasks[self.task]
-        ws = Workspace(task=self.task, path=Path(self.workspace), ref=self.ref, base_commit=self.base_commit,
-                       run=rt.run_id)
-        rt.workspaces.created[self.task] = ws
-        info.workspace, info.session, info.turns = ws, self.session, self.turns
-        # (not checked yet: its cwd is where the re-opened workspace will be)
-        info.spec = {"agent": spec.agent, "profile": spec.agent, "name": self.task, "task": spec.prompt,
-                     "system_prompt": spec.system_prompt, "cwd": self.workspace,
-                     "timeout": plan.task_timeout(spec), "step": "agents"}
-        info.queued.append(FollowUp(self.message))
+        _adopt(rt, plan, self.task, self.ref, self.base_commit, self.workspace, self.session, self.turns)
+        rt.tasks[self.task].queued.append(FollowUp(self.message))
         rt.journal.update(continues={"run": self.run, "task": self.task})
-        rt.journal.update_task(self.task, branch=self.ref, base_commit=self.base_commit, session=self.session,
-                               turns=self.turns)
+
+    def started(self, rt: Runtime) -> None:
+        """The new run has started (nothing to say: the message's turn says it)."""
+
+
+def _adopt(rt: Runtime, plan: Plan, task: str, ref: str, base_commit: str, workspace: str, session: str,
+           turns: int, head: str = "") -> None:
+    """The new run's task ``task`` is the old run's: its branch, its workspace (removed: a turn
+    re-opens it from the branch), its agent's session and turns."""
+    spec = next(t for t in plan.tasks if t.name == task)
+    info = rt.tasks[task]
+    ws = Workspace(task=task, path=Path(workspace or os.devnull), ref=ref, base_commit=base_commit, head=head,
+                   run=rt.run_id)
+    rt.workspaces.created[task] = ws
+    info.workspace, info.session, info.turns = ws, session, turns
+    # (not checked yet: its cwd is where the re-opened workspace will be)
+    info.spec = {"agent": spec.agent, "profile": spec.agent, "name": task, "task": spec.prompt,
+                 "system_prompt": spec.system_prompt, "cwd": workspace,
+                 "timeout": plan.task_timeout(spec), "step": "agents"}
+    rt.journal.update_task(task, branch=ref, base_commit=base_commit, session=session, turns=turns)
+
+
+#: the statuses of a task whose work a review may take up again: its agent did its work (or was
+#: stopped after changing files), and it did not land
+LEFT = ("succeeded", "rejected", "conflict", "verify-failed", "aborted")
+
+
+@dataclass
+class Revisit:
+    """The tasks an ended run left, taken up by a new run: no agent turn, their work (the kept
+    branches' tips) straight to the review, as if their agents had just finished."""
+
+    run: str
+    #: task -> (branch, base commit, workspace, session, turns, its work as it is on the branch)
+    tasks: dict[str, tuple[str, str, str, str, int, Snapshot]]
+
+    def install(self, rt: Runtime, plan: Plan) -> None:
+        for name, (ref, base_commit, workspace, session, turns, snap) in self.tasks.items():
+            _adopt(rt, plan, name, ref, base_commit, workspace, session, turns, head=snap.commit)
+            rt.tasks[name].snapshot = snap
+        rt.journal.update(continues={"run": self.run, "tasks": list(self.tasks)})
+
+    def started(self, rt: Runtime) -> None:
+        """Each task's status, now that the run has started: its work is up for review."""
+        for name in self.tasks:
+            rt.set_status(name, "succeeded", f"left by run {self.run}")
 
 
 def _read(path: Path) -> Any:
@@ -62,11 +102,11 @@ def _read(path: Path) -> Any:
         return None
 
 
-def stored_plan(data: dict[str, Any], task: str) -> Plan:
+def stored_plan(data: dict[str, Any], *tasks: str) -> Plan:
     """The plan a run recorded when it started (its settings as the run applied them), with only
-    ``task``; its agent profiles are the plan file's when that still reads, else the built-in ones."""
+    ``tasks``; its agent profiles are the plan file's when that still reads, else the built-in ones."""
     known = {f.name for f in fields(Plan)} - {"tasks", "agents"}
-    plan = Plan(tasks=[TaskSpec(**t) for t in data.get("tasks", []) if t.get("name") == task],
+    plan = Plan(tasks=[TaskSpec(**t) for t in data.get("tasks", []) if t.get("name") in tasks],
                 **{k: v for k, v in data.items() if k in known})
     if plan.source and plan.source != "--task" and Path(plan.source).is_file():
         try:
@@ -132,4 +172,51 @@ async def prepare_follow_up(repo: str, run: str, task: str, message: str, *, env
                                   base_commit=str(info.get("base_commit") or record.get("base_commit") or ""),
                                   workspace=str(info.get("workspace") or ""), session=str(info.get("session") or ""),
                                   turns=int(info.get("turns") or 0))
+    return prep
+
+
+async def prepare_review(repo: str, run: str, *, env: dict[str, str] | None = None,
+                         cwd: str | None = None) -> Prepared:
+    """Preflight of the new run that takes up what the ended ``run`` left for a review (a person
+    reviews it: ``approve = "ask"``). Raises :class:`UsageError` (one line) when there is nothing
+    to take up; creates nothing."""
+    backend = await open_backend(repo)
+    folder = backend.state_dir / "runs" / run
+    await backend.close()
+    record = _read(folder / "run.json")
+    if not isinstance(record, dict) or "/" in run:
+        raise UsageError(f"no run {run!r} in {backend.root} (corral runs lists them)")
+    if record.get("state") not in ENDED:
+        raise UsageError(f"run {run} did not end cleanly (its state is {record.get('state')!r}): corral clean "
+                         "first")
+    data = _read(folder / "plan.json")
+    if not isinstance(data, dict):
+        raise UsageError(f"run {run} ran a program: only a plan's tasks are reviewed again")
+    planned = {t.get("name") for t in data.get("tasks", [])}
+    left = {name: info for name, info in (record.get("tasks") or {}).items()
+            if name in planned and info.get("status") in LEFT and info.get("branch") and info.get("files")}
+    plan = stored_plan(data, *left)
+    plan.approve = "ask"
+    prep = await prepare(plan, repo, base=str(record.get("base") or "") or None, env=env, cwd=cwd)
+    try:
+        tasks: dict[str, tuple[str, str, str, str, int, Snapshot]] = {}
+        for name, info in left.items():
+            ref = str(info["branch"])
+            if not await prep.backend.ref_exists(ref) or await prep.backend.checked_out_at(ref) is not None:
+                continue  # deleted, or someone works on it: not taken up
+            base_commit = str(info.get("base_commit") or record.get("base_commit") or "")
+            head = await prep.backend.resolve(ref)
+            snap = await prep.backend.describe(Workspace(task=name, path=Path(os.devnull), ref=ref,
+                                                         base_commit=base_commit, head=head))
+            if snap.files:
+                tasks[name] = (ref, base_commit, str(info.get("workspace") or ""), str(info.get("session") or ""),
+                               int(info.get("turns") or 0), snap)
+        if not tasks:
+            raise UsageError(f"run {run}: nothing left to review (every task's work landed, was discarded, or its "
+                             "branch is gone)")
+    except BaseException:
+        await prep.backend.close()
+        raise
+    prep.plan.tasks = [t for t in prep.plan.tasks if t.name in tasks]
+    prep.continues = Revisit(run=run, tasks=tasks)
     return prep

@@ -39,7 +39,7 @@ from .vcs import open_backend
 from .vcs.base import Backend, UsageError, VcsError, Workspace
 
 if TYPE_CHECKING:
-    from .continuation import Continuation
+    from .continuation import Continuation, Revisit
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Prepared:
     env: dict[str, str] | None = None
     sandbox: Policy = field(default_factory=lambda: Policy(setting="none"))
     #: a follow-up to a task of an ended run, which this run carries on (see continuation.py)
-    continues: "Continuation | None" = None
+    continues: "Continuation | Revisit | None" = None
 
 
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
@@ -187,6 +187,8 @@ async def execute(prep: Prepared, approver: Approver, bus: EventBus, *, keep_wor
     bus.emit(RunStarted(repo=str(backend.root), base=prep.base_name, base_commit=prep.base_commit,
                         backend=backend.kind, run_dir=str(journal.dir), tasks=[t.name for t in plan.tasks],
                         agents={t.name: t.agent for t in plan.tasks}))
+    if prep.continues is not None:
+        prep.continues.started(rt)
     for note in rt.notes:
         bus.log("warning", note)
     announce_sandbox(rt)

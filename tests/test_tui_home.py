@@ -297,3 +297,54 @@ def test_changes_to_a_past_run_s_task_carry_it_on_in_a_new_run(repo: Path, tmp_p
     assert {"done.txt", "kept.txt", "more.txt"} <= set(files), files
     assert branch not in corral_state(repo)["branches"]
     wait_supervisor_gone(repo)
+
+
+def test_a_past_run_s_leftovers_are_reviewed_again_approved_and_landed(repo: Path, tmp_path: Path,
+                                                                      wt_root: Path) -> None:
+    """``v`` on a past run whose tasks were rejected: a new run of the supervisor takes up their kept
+    branches with no agent turn, straight to the review; one approved, one rejected again, the
+    approved one lands; the rejected one's branch is still kept."""
+    import json
+
+    from test_supervisor import wait_supervisor_gone
+
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [
+        ("one", "echo 1 > one.txt"), ("two", "echo 2 > two.txt"), ("none", "true")], approve="none"))
+    res = corral("run", str(plan), "--headless", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [run] = [p.name for p in (repo / ".git" / "corral" / "runs").iterdir()]
+
+    async def main() -> None:
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            table = app.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            assert app.screen.check_action("review", ()) is True
+            await pilot.press("v")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review", timeout=60)
+            screen = app.screen
+            assert app.bus.run != run
+            assert screen.candidates == ["one", "two"], "a task that changed nothing is not taken up"
+            await until(pilot, lambda: "+++ b/one.txt" in screen.diff_view.diffs.get("one", ""), what="diff of one")
+            await pilot.pause(0.1)
+            await pilot.press("y", "n", "m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: app.model.finished is not None, what="the run to end", timeout=60)
+            assert app.model.finished.exit_code == 0
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+
+    asyncio.run(main())
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").split()
+    assert "one.txt" in files and "two.txt" not in files
+    assert corral_state(repo)["branches"] == [f"corral/{run}/two"]
+    newest = max(p for p in (repo / ".git" / "corral" / "runs").iterdir() if p.name != run)
+    data = json.loads((newest / "run.json").read_text())
+    assert data["continues"] == {"run": run, "tasks": ["one", "two"]}
+    assert data["tasks"]["one"]["status"] == "merged" and data["tasks"]["two"]["status"] == "rejected"
+    wait_supervisor_gone(repo)

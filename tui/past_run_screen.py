@@ -4,9 +4,11 @@ recorded (a kept branch's tip when it is still there), nothing is checked out. W
 (a branch, its commits once git collected them, a log) is said, not guessed.
 
 What the run left can be finished from here, each in a new run in the repository's supervisor that
-the dashboard then follows (as ``corral attach`` would): ``L`` lands the run's kept result (what
-``corral land RUN`` does), ``c`` asks a task's agent for changes (what ``corral send RUN TASK`` does
-after a run ended: its workspace re-opened from its branch, its session resumed, then review)."""
+the dashboard then follows (as ``corral attach`` would): ``v`` reviews again the tasks whose work did
+not land (approve, send back with a comment, resolve a conflict, land), ``L`` lands the run's kept
+result (what ``corral land RUN`` does), ``c`` asks a task's agent for changes (what ``corral send RUN
+TASK`` does after a run ended: its workspace re-opened from its branch, its session resumed, then
+review)."""
 
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
         Binding("r", "report", "Report", tooltip="The run's report.md", id="past.report"),
         Binding("L", "land", "Land", tooltip="Land the run's kept result onto base as it is now (verified again)",
                 id="past.land"),
+        Binding("v", "review", "Review", tooltip="Review again what the run left (approve, send back, resolve, "
+                "land) in a new run", id="past.review"),
         Binding("c", "changes", "Changes", tooltip="Ask the selected task's agent for changes (a new run carries "
                 "it on)", id="past.changes"),
         Binding("escape,q", "app.pop_screen", "Back", tooltip="Back to the runs", id="past.back"),
@@ -216,7 +220,19 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
             return True if self._kept_result() else None
         if action == "changes":
             return True if self.selected is not None and not self._change_problem(self.selected) else None
+        if action == "review":
+            return True if self._left() else None
         return True
+
+    def _left(self) -> list[str]:
+        """The tasks whose work the run left on their branches without landing it (a review in a new
+        run can take them up: the supervisor checks again that each branch is still there)."""
+        from corral.core.continuation import LEFT
+
+        if not (self.dir / "plan.json").is_file() or self.run.get("state") == "running":
+            return []
+        return [name for name, t in self.tasks.items()
+                if t.get("status") in LEFT and t.get("branch") and t.get("files")]
 
     def _kept_result(self) -> str:
         """The branch holding the run's result that did not land ("" when there is none)."""
@@ -248,6 +264,10 @@ class PastRunScreen(ForwardsWorkerErrors, Screen[None]):
 
         self.app.push_screen(ConfirmScreen(f"Land run {self.run.get('run', self.dir.name)}?", body, yes="Land",
                                            no="Cancel"), answered)
+
+    def action_review(self) -> None:
+        if self._left():
+            self._start(self._request(review=str(self.run.get("run", self.dir.name))))
 
     def action_changes(self) -> None:
         from .dialogs import FollowUpScreen

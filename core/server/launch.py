@@ -34,6 +34,8 @@ class StartRequest:
     env: dict[str, str] | None = None
     #: a follow-up to a task of an ended run (``run``, ``task``, ``message``): a run that carries it on
     follow_up: dict[str, str] | None = None
+    #: the id of an ended run whose leftovers to review again (a new run, straight to the review)
+    review: str | None = None
     #: ``corral land``'s work in the supervisor: the id of an ended run whose kept result to land
     land: str | None = None
 
@@ -52,6 +54,10 @@ class StartRequest:
 async def prepare_request(req: StartRequest) -> Prepared:
     """Load the plan and run preflight; raises :class:`CommandError` (one line) on any problem."""
     try:
+        if req.review:
+            from ..continuation import prepare_review
+
+            return await prepare_review(req.repo, req.review, env=req.env, cwd=req.cwd or None)
         if req.follow_up:
             from ..continuation import prepare_follow_up
 
