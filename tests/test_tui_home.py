@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import corral, corral_state, git, write_plan
+import pytest
+
+from conftest import corral, corral_state, git, has_jj, write_plan
 from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
 from corral.tui.home_screen import HomeScreen, ReportScreen
@@ -15,6 +17,7 @@ from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
 from test_engine_git import plan_text
 from test_faults import start_run, wait_for
+from test_landing import jj_repo  # noqa: F401  (a fixture)
 from test_tui_pilot import SIZE, pane_lines, until
 
 
@@ -231,7 +234,7 @@ def test_a_past_run_s_kept_result_lands_from_its_screen_through_the_supervisor(r
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
             assert integ in str(app.screen.body)
             await pilot.press("y")
-            await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.model.finished is not None,
+            await until(pilot, lambda: isinstance(app.screen, RunScreen) and not app.pipeline_running,
                         what="the landing run to end", timeout=60)
             assert app.model.finished.exit_code == 0
             assert app.model.verify_result is not None and app.model.verify_result.ok
@@ -283,7 +286,7 @@ def test_changes_to_a_past_run_s_task_carry_it_on_in_a_new_run(repo: Path, tmp_p
             await until(pilot, lambda: app.screen.__class__.__name__ == "FollowUpScreen", what="the message")
             await pilot.press(*"echo more > more.txt")
             await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.model.finished is not None,
+            await until(pilot, lambda: isinstance(app.screen, RunScreen) and not app.pipeline_running,
                         what="the new run to end", timeout=60)
             assert app.bus.run != run
             new = json.loads((repo / ".git" / "corral" / "runs" / app.bus.run / "run.json").read_text())
@@ -297,6 +300,42 @@ def test_changes_to_a_past_run_s_task_carry_it_on_in_a_new_run(repo: Path, tmp_p
     assert {"done.txt", "kept.txt", "more.txt"} <= set(files), files
     assert branch not in corral_state(repo)["branches"]
     wait_supervisor_gone(repo)
+
+
+def review_leftovers(repo: Path, run: str) -> str:
+    """In the dashboard: ``v`` on the past run ``run``, then in the new run's review approve
+    ``one``, reject ``two``, merge and land. Returns the new run's id."""
+    new_run = ""
+
+    async def main() -> None:
+        nonlocal new_run
+        app = CorralApp(home_repo=str(repo), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+            table = app.screen.query_one("#home-runs")
+            table.focus()
+            table.move_cursor(row=0)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            assert app.screen.check_action("review", ()) is True
+            await pilot.press("v")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review", timeout=60)
+            screen = app.screen
+            new_run = app.bus.run
+            assert new_run != run
+            assert screen.candidates == ["one", "two"], "a task that changed nothing is not taken up"
+            await until(pilot, lambda: "one.txt" in screen.diff_view.diffs.get("one", ""), what="diff of one")
+            await pilot.pause(0.1)
+            await pilot.press("y", "n", "m")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
+            await pilot.press("y")
+            await until(pilot, lambda: not app.pipeline_running, what="the run to end", timeout=60)
+            assert app.model.finished.exit_code == 0
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+
+    asyncio.run(main())
+    return new_run
 
 
 def test_a_past_run_s_leftovers_are_reviewed_again_approved_and_landed(repo: Path, tmp_path: Path,
@@ -313,38 +352,27 @@ def test_a_past_run_s_leftovers_are_reviewed_again_approved_and_landed(repo: Pat
     res = corral("run", str(plan), "--headless", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     [run] = [p.name for p in (repo / ".git" / "corral" / "runs").iterdir()]
-
-    async def main() -> None:
-        app = CorralApp(home_repo=str(repo), notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
-            table = app.screen.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
-            assert app.screen.check_action("review", ()) is True
-            await pilot.press("v")
-            await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review", timeout=60)
-            screen = app.screen
-            assert app.bus.run != run
-            assert screen.candidates == ["one", "two"], "a task that changed nothing is not taken up"
-            await until(pilot, lambda: "+++ b/one.txt" in screen.diff_view.diffs.get("one", ""), what="diff of one")
-            await pilot.pause(0.1)
-            await pilot.press("y", "n", "m")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land confirmation")
-            await pilot.press("y")
-            await until(pilot, lambda: app.model.finished is not None, what="the run to end", timeout=60)
-            assert app.model.finished.exit_code == 0
-            await pilot.press("q")
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
-
-    asyncio.run(main())
+    new_run = review_leftovers(repo, run)
     files = git(repo, "ls-tree", "-r", "--name-only", "main").split()
     assert "one.txt" in files and "two.txt" not in files
     assert corral_state(repo)["branches"] == [f"corral/{run}/two"]
-    newest = max(p for p in (repo / ".git" / "corral" / "runs").iterdir() if p.name != run)
-    data = json.loads((newest / "run.json").read_text())
+    data = json.loads((repo / ".git" / "corral" / "runs" / new_run / "run.json").read_text())
     assert data["continues"] == {"run": run, "tasks": ["one", "two"]}
     assert data["tasks"]["one"]["status"] == "merged" and data["tasks"]["two"]["status"] == "rejected"
     wait_supervisor_gone(repo)
+
+
+@pytest.mark.jj
+@pytest.mark.skipif(not has_jj(), reason="jj is not installed")
+def test_a_jj_past_run_s_leftovers_are_reviewed_again_and_landed(jj_repo: Path, tmp_path: Path) -> None:
+    from test_jj import file_at, plan as jj_plan, run as jj_run, state
+    from test_supervisor import wait_supervisor_gone
+
+    res = jj_run(jj_repo, jj_plan(tmp_path, {"one": "echo 1 > one.txt", "two": "echo 2 > two.txt", "none": "true"},
+                                  base="main", approve="none"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    [run] = state(jj_repo)["runs"]
+    review_leftovers(jj_repo, run)
+    assert file_at(jj_repo, "main", "one.txt") == "1\n" and file_at(jj_repo, "main", "two.txt") is None
+    assert state(jj_repo)["bookmarks"] == [f"corral/{run}/two"]
+    wait_supervisor_gone(jj_repo)
