@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .pipeline import Prepared, prepare
+from .agents import BUILTIN, ProfileError, profile_from_table
 from .plan import Plan, PlanError, TaskSpec, load_plan
 from .runtime import FollowUp, Runtime
 from .vcs import open_backend
@@ -104,15 +105,27 @@ def _read(path: Path) -> Any:
 
 def stored_plan(data: dict[str, Any], *tasks: str) -> Plan:
     """The plan a run recorded when it started (its settings as the run applied them), with only
-    ``tasks``; its agent profiles are the plan file's when that still reads, else the built-in ones."""
-    known = {f.name for f in fields(Plan)} - {"tasks", "agents"}
+    ``tasks``; its agent profiles rebuilt from the ``[agents]`` tables the run stored (for a run from
+    before they were stored: the plan file's when it still reads), over the built-in ones."""
+    known = {f.name for f in fields(Plan)} - {"tasks", "agents", "agent_tables"}
     plan = Plan(tasks=[TaskSpec(**t) for t in data.get("tasks", []) if t.get("name") in tasks],
                 **{k: v for k, v in data.items() if k in known})
-    if plan.source and plan.source != "--task" and Path(plan.source).is_file():
+    tables = data.get("agents")
+    if isinstance(tables, dict):
+        for name, table in tables.items():
+            try:
+                plan.agents[name] = profile_from_table(name, table, BUILTIN.get(name))
+            except (ProfileError, TypeError, ValueError):
+                continue  # (its preflight says the agent is unknown, if a task needs it)
+            plan.agent_tables[name] = table
+    elif plan.source and plan.source != "--task" and Path(plan.source).is_file():
         try:
             plan.agents = load_plan(plan.source).agents
         except PlanError:
             pass
+    if plan.resolver and plan.resolver not in plan.agents:
+        raise UsageError(f"the run's resolver {plan.resolver!r} is no known agent profile now (its plan file "
+                         f"{plan.source} is gone or changed)")
     return plan
 
 

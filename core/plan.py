@@ -82,6 +82,9 @@ class Plan:
     sandbox: str | None = None
     network: bool = True
     agents: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
+    #: the plan's ``[agents.NAME]`` tables as written: stored with the run (``plan.json``), so that a
+    #: run carried on later rebuilds the same profiles whatever became of the plan file
+    agent_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "--task"
 
     def profile(self, task: TaskSpec) -> Profile:
@@ -122,6 +125,7 @@ class Plan:
             "on_verify_fail": self.on_verify_fail,
             "resolve": self.resolve,
             "resolver": self.resolver,
+            "agents": self.agent_tables,
             "reuse_deps": self.reuse_deps,
             "notify": self.notify,
             "sandbox": self.sandbox,
@@ -308,6 +312,7 @@ def plan_from_dict(data: dict[str, Any], source: str, text: str = "") -> Plan:
             raise c.fail(f"agents.{name}", "must be a table")
         try:
             plan.agents[name] = profile_from_table(name, table, BUILTIN.get(name))
+            plan.agent_tables[name] = table
         except ProfileError as exc:
             raise PlanError(f"{source}: {exc}") from None
 

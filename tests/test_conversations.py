@@ -935,3 +935,37 @@ def test_a_workspace_reopened_for_a_follow_up_is_set_up_again(repo: Path, tmp_pa
     assert git(repo, "show", "main:saw.txt") == "yes"  # what setup installs is there for the second turn
     assert setups.read_text().split() == ["run", "run"]
     wait_supervisor_gone(repo)
+
+
+def test_a_run_s_stored_plan_keeps_its_own_agent_profiles_whatever_became_of_the_plan_file(tmp_path: Path) -> None:
+    """A run carried on later (a follow-up, a review of its leftovers) rebuilds its plan from the run's
+    ``plan.json``: the plan's own ``[agents]`` are in it, so a plan file since deleted (or given by a
+    path relative to a directory the supervisor is not in) does not lose them."""
+    import json
+
+    from corral.core.continuation import stored_plan
+    from corral.core.plan import load_plan
+    from corral.core.vcs.base import UsageError
+
+    path = write_plan(tmp_path / "plan.toml", """
+        agent = "mine"
+        resolver = "fixer"
+        [agents.mine]
+        command = ["sh", "-c", "{prompt}"]
+        format = "text"
+        [agents.fixer]
+        command = ["fix-it", "{prompt}"]
+        format = "text"
+        [[tasks]]
+        name = "t"
+        prompt = "true"
+    """)
+    loaded = load_plan(str(path))
+    data = json.loads(json.dumps(loaded.to_dict()))
+    path.unlink()
+    plan = stored_plan(data, "t")
+    assert plan.agents["mine"] == loaded.agents["mine"] and plan.agents["fixer"] == loaded.agents["fixer"]
+    assert [t.agent for t in plan.tasks] == ["mine"]
+    del data["agents"]  # a run from before the profiles were stored, its plan file gone
+    with pytest.raises(UsageError, match="resolver 'fixer' is no known agent profile"):
+        stored_plan(data, "t")

@@ -239,8 +239,11 @@ class RunHost:
             code = EXIT_INTERRUPTED  # cancelled from outside (its process is ending): cleanup ran
             raise
         except Exception as exc:  # an engine bug: the clients hear of it, the run ends
+            import traceback
+
             code = 1
             self.bus.log("error", f"the run stopped on an internal error: {exc!r}")
+            traceback.print_exc()  # (the supervisor's log, or a headless run's stderr)
         finally:
             self.exit_code = code
             self.state = "ended"
