@@ -205,6 +205,16 @@ def test_enter_on_a_past_run_opens_its_tasks_diffs_and_logs_read_only(repo: Path
     assert repo_state() == before, "opening a past run changed the repository"
 
 
+async def open_newest_run(app: CorralApp, pilot) -> None:
+    """From the home screen: ``enter`` on the newest run."""
+    await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
+    table = app.screen.query_one("#home-runs")
+    table.focus()
+    table.move_cursor(row=0)
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+
+
 def test_a_past_run_s_kept_result_lands_from_its_screen_through_the_supervisor(repo: Path, tmp_path: Path,
                                                                                wt_root: Path) -> None:
     """``L`` on a past run whose verify failed (its result kept): base moved since; the result is
@@ -223,12 +233,7 @@ def test_a_past_run_s_kept_result_lands_from_its_screen_through_the_supervisor(r
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
-            table = app.screen.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await open_newest_run(app, pilot)
             assert app.screen.check_action("land", ()) is True
             await pilot.press("L")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
@@ -269,12 +274,7 @@ def test_changes_to_a_past_run_s_task_carry_it_on_in_a_new_run(repo: Path, tmp_p
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
-            table = app.screen.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await open_newest_run(app, pilot)
             screen = app.screen
             await until(pilot, lambda: screen.selected == "done", what="first task selected")
             assert screen.check_action("changes", ()) is None, "a merged task is not carried on"
@@ -311,12 +311,7 @@ def review_leftovers(repo: Path, run: str) -> str:
         nonlocal new_run
         app = CorralApp(home_repo=str(repo), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
-            table = app.screen.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await open_newest_run(app, pilot)
             assert app.screen.check_action("review", ()) is True
             await pilot.press("v")
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review", timeout=60)
