@@ -69,21 +69,11 @@ class CleanReport:
         return [i for i in self.items if i.error]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def stale_runs(backend: Backend) -> list[dict[str, Any]]:
     """Runs whose journal says running but whose corral process is gone."""
     out = []
     for data in list_runs(backend.state_dir):
-        if data.get("state") in ("running", "starting") and not _pid_alive(int(data.get("pid") or 0) or -1):
+        if data.get("state") in ("running", "starting") and not reaper.alive(int(data.get("pid") or 0) or -1):
             out.append(data)
     return out
 
@@ -168,7 +158,7 @@ async def clean_branches(backend: Backend, named: list[str], dry_run: bool = Fal
     Raises :class:`UsageError` for a name that is not a corral branch, having changed nothing."""
     refs = await check_branch_names(backend, named)
     live = {str(d.get("run")) for d in list_runs(backend.state_dir)
-            if d.get("state") in ("running", "starting") and _pid_alive(int(d.get("pid") or 0) or -1)}
+            if d.get("state") in ("running", "starting") and reaper.alive(int(d.get("pid") or 0) or -1)}
     registered = {lo.record.ref for lo in await backend.list_leftovers() if lo.record is not None}
     items = []
     for ref in named or sorted(refs):

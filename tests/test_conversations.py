@@ -20,7 +20,8 @@ import signal
 
 from conftest import FAKES, corral, corral_state, git, write_plan
 from corral.core.events import TaskOutput
-from corral.core.server.client import SnapshotEnd, SocketLink, open_connection, pid_alive
+from corral.core.reaper import alive as pid_alive
+from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
 from test_supervisor import (GATE, run_json, start_detached, state_dir, supervisor_pid, wait_ended,
                              wait_supervisor_gone, wait_until)
 

@@ -8,7 +8,6 @@ and the headless renderer cannot tell them apart.
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import sys
@@ -319,11 +318,3 @@ async def ensure_supervisor(state_dir: Path, repo_root: Path, timeout: float = 2
     except (OSError, IndexError):
         pass
     raise LinkError(f"the corral supervisor did not start ({tail or last}); see {log}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
