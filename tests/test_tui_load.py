@@ -36,7 +36,10 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
             real_write = screen._write
 
             def write(pane, view) -> None:
-                writes.append((screen._flushes, pane.task_name, len(view.pending), view.agent_running))
+                # a pane's first write paints an empty pane (all its lines at once, like a late
+                # attach's history): the flood's turns are for the repaints after it
+                writes.append((screen._flushes, pane.task_name, len(view.pending),
+                               view.agent_running and pane.written_at > 0))
                 real_write(pane, view)
 
             screen._write = write  # type: ignore[method-assign]
