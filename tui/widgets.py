@@ -259,11 +259,12 @@ class FitFooter(Footer):
         """Rebuilt only when the keys it shows changed. Textual rebuilds it whenever the screen's
         bindings may have (every focus change, zoom, Tab to the next pane): some 20 widgets mounted
         and a layout of the whole screen, for the same keys most of the time."""
-        shown = tuple((key, binding.action, binding.description, enabled, tooltip)
-                      for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
-        if shown == self._shown and self.is_attached and screen is self.screen:
-            return
-        self._shown = shown
+        if screen.app.app_focus and self.is_attached and screen is self.screen:
+            shown = tuple((key, binding.action, binding.description, enabled, tooltip)
+                          for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
+            if shown == self._shown:
+                return
+            self._shown = shown
         super().bindings_changed(screen)
 
     def on_resize(self, event: events.Resize) -> None:
