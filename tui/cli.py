@@ -557,7 +557,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.keep:
             shutil.rmtree(repo, ignore_errors=True)
         if not args.json:
-            print(demo_epilogue(repo, code, args.keep), file=sys.stderr if code == EXIT_INTERRUPTED else sys.stdout)
+            try:
+                print(demo_epilogue(repo, code, args.keep), file=sys.stderr if code == EXIT_INTERRUPTED else sys.stdout)
+            except OSError:  # the terminal is gone (SIGHUP): nobody to tell, and the exit code stays
+                pass
     return code
 
 

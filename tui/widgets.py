@@ -6,6 +6,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.geometry import Size
 from textual.reactive import Reactive
+from textual.screen import Screen
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual import events
@@ -254,15 +255,16 @@ class FitFooter(Footer):
 
     _shown: tuple | None = None
 
-    def bindings_changed(self, screen) -> None:  # type: ignore[no-untyped-def]
+    def bindings_changed(self, screen: Screen) -> None:
         """Rebuilt only when the keys it shows changed. Textual rebuilds it whenever the screen's
         bindings may have (every focus change, zoom, Tab to the next pane): some 20 widgets mounted
         and a layout of the whole screen, for the same keys most of the time."""
-        shown = tuple((key, binding.action, binding.description, enabled, tooltip)
-                      for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
-        if shown == self._shown and self.is_attached and screen is self.screen:
-            return
-        self._shown = shown
+        if screen.app.app_focus and self.is_attached and screen is self.screen:
+            shown = tuple((key, binding.action, binding.description, enabled, tooltip)
+                          for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
+            if shown == self._shown:
+                return
+            self._shown = shown
         super().bindings_changed(screen)
 
     def on_resize(self, event: events.Resize) -> None:
