@@ -1,6 +1,7 @@
 """``corral demo``: a scratch repository with a small real project, and a plan of scripted shell
 agents that shows every step of a run: separate edits that land, a failure, and two tasks that
-touch the same lines (so the forecast and the conflict path show)."""
+touch the same lines (so the forecast and the conflict path show; ``R`` on the conflict in the review
+hands it to a scripted resolver that keeps both)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .agents import profile_from_table
 from .plan import Plan, TaskSpec
 
 FILES = {
@@ -73,6 +75,15 @@ echo "Done: greeting() now says {word}."
 """
 
 
+#: the demo's resolver agent (``R`` on the conflict in the review): keeps both greetings
+_RESOLVE = r"""
+echo "Resolving the conflict in calc/greet.py"; sleep {d}
+printf 'def greeting():\n    return "hi there / bonjour"\n' > calc/greet.py
+git add calc/greet.py && git commit -q --no-edit
+echo "Kept both greetings: hi there / bonjour"
+"""
+
+
 def demo_plan(delay: float = 0.4, python: str | None = None) -> Plan:
     d = f"{delay:g}"
     py = python or sys.executable
@@ -83,14 +94,19 @@ def demo_plan(delay: float = 0.4, python: str | None = None) -> Plan:
         TaskSpec("greet-en", _GREET.format(d=d, word="hi there"), "shell"),
         TaskSpec("greet-fr", _GREET.format(d=d, word="bonjour"), "shell"),
     ]
-    return Plan(
+    resolver = {"command": ["sh", "-c", _RESOLVE.format(d=d)], "format": "text"}
+    plan = Plan(
         tasks=tasks,
         agent="shell",
         setup="none",
         verify=f"{py} -m unittest discover -s tests -q",
         approve="all",
+        resolver="demo-resolver",
         source="demo",
     )
+    plan.agents["demo-resolver"] = profile_from_table("demo-resolver", resolver, None)
+    plan.agent_tables["demo-resolver"] = resolver
+    return plan
 
 
 def make_demo_repo(parent: str | None = None) -> Path:
