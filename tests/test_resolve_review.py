@@ -249,3 +249,51 @@ def test_a_conflict_resolved_by_hand_is_resolved_again_as_verify_bisects(repo, t
 
     run(main())
     assert git(repo, "show", "main:src/app.py") == RESOLVED
+
+
+def test_the_demo_s_conflict_is_resolved_by_its_scripted_resolver(tmp_path: Path) -> None:
+    """``corral demo``'s review: ``Y m`` brings up its conflict, ``R`` hands it to the demo's own
+    resolver agent (not the shell agent, which would run the resolver's prompt as a script), and
+    all four edits land with both greetings kept."""
+    import asyncio
+    import shutil
+    import subprocess
+
+    from corral.core.demo import demo_plan, make_demo_repo
+    from corral.core.pipeline import prepare
+    from corral.tui.dashboard import CorralApp
+    from corral.tui.dialogs import ConfirmScreen
+    from corral.tui.review_screen import ReviewScreen
+    from test_tui_pilot import SIZE, until
+
+    repo = make_demo_repo(str(tmp_path))
+    try:
+        async def main() -> None:
+            plan = demo_plan(0)
+            plan.approve = "ask"
+            plan.worktree_root = str(tmp_path)
+            prep = await prepare(plan, str(repo))
+            app = CorralApp(prep=prep, grace=0.5)
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review", timeout=60)
+                await pilot.pause(0.1)
+                await pilot.press("Y", "m")
+                await until(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.conflicts,
+                            what="the conflicts", timeout=60)
+                screen = app.screen
+                await until(pilot, lambda: screen.selected == "greet-fr", what="the conflict selected")
+                await pilot.press("R")
+                await until(pilot, lambda: app.model.tasks.get("resolve-greet-fr") is not None
+                            and app.model.tasks["resolve-greet-fr"].status == "succeeded", what="resolved", timeout=60)
+                await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review again")
+                await pilot.press("m")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="land", timeout=60)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.pipeline_running, what="the end", timeout=60)
+                await pilot.press("q")
+
+        asyncio.run(main())
+        greet = subprocess.run(["git", "show", "main:calc/greet.py"], cwd=repo, capture_output=True, text=True)
+        assert '"hi there / bonjour"' in greet.stdout
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
