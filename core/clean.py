@@ -51,6 +51,8 @@ class CleanReport:
     items: list[CleanItem] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     runs_marked: list[str] = field(default_factory=list)
+    #: the branches of the interrupted runs that held no work of their own, deleted
+    branches: list["BranchItem"] = field(default_factory=list)
 
     @property
     def removed(self) -> list[Leftover]:
@@ -151,12 +153,15 @@ async def check_branch_names(backend: Backend, named: list[str]) -> dict[str, st
     return refs
 
 
-async def clean_branches(backend: Backend, named: list[str], dry_run: bool = False) -> list[BranchItem]:
-    """Delete corral's kept branches that hold no work of their own (all of them, or only those
-    ``named``: a named one is deleted even with unmerged work). Never one of a run still running, one
-    a registered workspace is on (``corral clean`` removes that first) or one checked out somewhere.
-    Raises :class:`UsageError` for a name that is not a corral branch, having changed nothing."""
+async def clean_branches(backend: Backend, named: list[str], dry_run: bool = False,
+                         runs: set[str] | None = None) -> list[BranchItem]:
+    """Delete corral's kept branches that hold no work of their own (all of them, those of ``runs``,
+    or only those ``named``: a named one is deleted even with unmerged work). Never one of a run still
+    running, one a registered workspace is on (``corral clean`` removes that first) or one checked out
+    somewhere. Raises :class:`UsageError` for a name that is not a corral branch, having changed nothing."""
     refs = await check_branch_names(backend, named)
+    if runs is not None:
+        refs = {ref: c for ref, c in refs.items() if ref.count("/") >= 2 and ref.split("/")[1].partition("-m")[0] in runs}
     live = {str(d.get("run")) for d in list_runs(backend.state_dir)
             if d.get("state") in ("running", "starting") and reaper.alive(int(d.get("pid") or 0) or -1)}
     registered = {lo.record.ref for lo in await backend.list_leftovers() if lo.record is not None}
@@ -218,6 +223,11 @@ async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
         rep.items.append(item)
         if not dry_run and item.action in ("drop", "salvage"):
             await _do_item(backend, item)
+    # 3. the branches of those runs that hold no work of their own (a task whose workspace was put
+    # away, its work on its branch, before the run was killed): what the run's end would have deleted
+    if rep.runs_marked:
+        found = await clean_branches(backend, [], dry_run, runs=set(rep.runs_marked))
+        rep.branches = [b for b in found if b.action == "delete"]
     return rep
 
 

@@ -46,6 +46,17 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
                                                                   ("c", "echo quick; echo started")]))
     proc = start_run(repo, plan, "--approve", "all")
     wait_for(proc, "started", 3)
+
+    def c_put_away() -> bool:  # c's work is on its branch and its workspace gone (max_parallel bounds them)
+        runs = list((repo / ".git/corral/runs").iterdir())
+        try:
+            return bool(runs) and json.loads((runs[0] / "run.json").read_text())["tasks"]["c"].get("workspace_removed")
+        except (OSError, ValueError, KeyError):
+            return False
+
+    deadline = time.time() + 30
+    while not c_put_away() and time.time() < deadline:
+        time.sleep(0.05)
     proc.kill()  # SIGKILL: no cleanup code of corral's runs
     proc.wait(timeout=10)
     all_pids = [int(p.read_text()) for p in pids.iterdir()]
@@ -59,16 +70,19 @@ def test_sigkill_of_corral_leaves_no_agent_and_clean_recovers_the_work(repo, tmp
     run_dir = next((repo / ".git/corral/runs").iterdir())
     assert json.loads((run_dir / "run.json").read_text())["state"] == "running"
     left = corral_state(repo)
-    assert len(left["worktrees"]) == 3
+    assert len(left["worktrees"]) == 2 and len(left["branches"]) == 3
     dry = corral("clean", "--dry-run", cwd=repo)
-    assert dry.returncode == 0 and dry.stdout.count("would remove workspace") == 3
-    assert corral_state(repo)["worktrees"] == left["worktrees"]
+    assert dry.returncode == 0 and dry.stdout.count("would remove workspace") == 2
+    assert dry.stdout.count("would delete branch") == 1
+    assert corral_state(repo) == left
     res = corral("clean", cwd=repo)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("removed workspace") == 3
+    assert res.stdout.count("removed workspace") == 2
+    assert f"deleted branch {[b for b in left['branches'] if b.endswith('/c')][0]}" in res.stdout
     state = corral_state(repo)
     assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
-    # a and b held uncommitted work: salvaged onto their kept branches; c had none: branch deleted
+    # a and b held uncommitted work: salvaged onto their kept branches; c had none (its workspace
+    # already put away, its branch left by the killed run): branch deleted
     assert sorted(b.rsplit("/", 1)[1] for b in state["branches"]) == ["a", "b"]
     for b in state["branches"]:
         task = b.rsplit("/", 1)[1]

@@ -651,11 +651,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
         rep, branches = anyio.run(go)
     except UsageError as exc:
         fail_usage(str(exc))
-    for line in clean_lines(rep, args.dry_run) + branch_lines(branches, args.dry_run):
+    for line in clean_lines(rep, args.dry_run) + branch_lines(rep.branches + branches, args.dry_run):
         print(line)
-    if not rep.items and not rep.killed and not branches:
+    if not rep.items and not rep.killed and not rep.branches and not branches:
         print(f"nothing to clean in {backend.root}")
-    return EXIT_FAILED if rep.failed or any(b.error for b in branches) else EXIT_OK
+    return EXIT_FAILED if rep.failed or any(b.error for b in rep.branches + branches) else EXIT_OK
 
 
 def branch_lines(items, dry_run: bool) -> list[str]:
