@@ -677,8 +677,6 @@ def test_a_queued_message_is_taken_back_with_send_cancel_and_never_delivered(rep
 
 # ------------------------------------------------------------------- an aborted task's partial work
 def test_an_aborted_tasks_partial_work_can_be_approved_and_merged(repo: Path, tmp_path: Path) -> None:
-    from corral.core.events import DecisionNeeded
-
     plan = write_plan(tmp_path / "plan.toml", f"""
         agent = "shell"
         setup = "none"
@@ -692,49 +690,19 @@ def test_an_aborted_tasks_partial_work_can_be_approved_and_merged(repo: Path, tm
     run = start_detached(repo, plan)
     ws = Path(wait_until(lambda: task_state(repo, run, "part").get("workspace"), "part's workspace"))
     wait_until(lambda: (ws / "partial.txt").exists(), "part's edit")
-    seen: list[Any] = []
-
-    async def main() -> None:
-        conn = await open_connection(state_dir(repo))
-        link = SocketLink(conn, run)
-
-        async def wait_for(kind: str) -> DecisionNeeded:
-            with anyio.fail_after(60):
-                while not any(isinstance(ev, DecisionNeeded) and ev.kind == kind for ev in seen):
-                    await anyio.sleep(0.05)
-            return next(ev for ev in seen if isinstance(ev, DecisionNeeded) and ev.kind == kind)
-
-        async with anyio.create_task_group() as tg:
-            async def follow() -> None:
-                async for ev in link.events():
-                    seen.append(ev)
-
-            tg.start_soon(follow)
-            await link.request("abort_all")
-            review = await wait_for("review")
-            rows = {r["name"]: r for r in review.items}
-            assert rows["part"]["candidate"] and rows["part"]["status"] == "aborted"
-            assert rows["part"]["files"] == ["partial.txt"]
-            assert not rows["idle"]["candidate"]  # aborted with nothing done: nothing to approve
-            await link.request("decide", decision=review.id, answer={"part": True})
-            land = await wait_for("land")
-            await link.request("decide", decision=land.id, answer=True)
-            with anyio.fail_after(60):
-                while link.exit_code is None:
-                    await anyio.sleep(0.05)
-            tg.cancel_scope.cancel()
-        await link.aclose()
-
-    anyio.run(main)
+    rows = review_and_land(repo, run, lambda rows: {"part": True}, first="abort_all")
+    assert rows["part"]["candidate"] and rows["part"]["status"] == "aborted"
+    assert rows["part"]["files"] == ["partial.txt"]
+    assert not rows["idle"]["candidate"]  # aborted with nothing done: nothing to approve
     assert git(repo, "show", "main:partial.txt") == "partial"
     assert run_json(repo, run)["tasks"]["part"]["status"] == "merged"
     wait_supervisor_gone(repo)
 
 
 # ------------------------------------------------------------------------ retries side by side
-def review_and_land(repo: Path, run: str, answer: Any) -> dict[str, Any]:
+def review_and_land(repo: Path, run: str, answer: Any, first: str = "") -> dict[str, Any]:
     """Answer the run's review with ``answer(rows)`` (rows by task name) and confirm its landing;
-    returns the review's rows."""
+    returns the review's rows. ``first``: a command sent to the run before (``abort_all``, say)."""
     from corral.core.events import DecisionNeeded
 
     seen: list[Any] = []
@@ -756,6 +724,8 @@ def review_and_land(repo: Path, run: str, answer: Any) -> dict[str, Any]:
                     seen.append(ev)
 
             tg.start_soon(follow)
+            if first:
+                await link.request(first)
             review = await wait_for("review")
             rows.update({r["name"]: r for r in review.items})
             await link.request("decide", decision=review.id, answer=answer(rows))
