@@ -326,7 +326,10 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
         for spec in plan.tasks:
             rt.hold(spec.name)  # a message sent before its agent ends is queued for its flow
             # (a task whose agent ran already, in the run it is carried on from, goes on talking)
-            tg.start_soon(_task_flow if rt.tasks[spec.name].spec is None else _carry_on, rt, plan, spec, sem)
+            if rt.tasks[spec.name].spec is None:
+                tg.start_soon(_task_flow, rt, plan, spec, sem)
+            else:
+                tg.start_soon(rt.carry_on, spec.name)
     # follow-ups to tasks whose flow had ended: the review sees what their new turns did
     await rt.quiet()
 
@@ -536,16 +539,6 @@ async def _task_flow(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore)
                 await rt.converse(name)
     finally:
         rt.release(name)
-
-
-async def _carry_on(rt: Runtime, plan: Plan, t: TaskSpec, sem: anyio.Semaphore) -> None:
-    """A task carried on from an ended run: the turns of the messages queued for it, each in its
-    workspace re-opened from its branch and settled onto it."""
-    try:
-        async with sem:
-            await rt.converse(t.name)
-    finally:
-        rt.release(t.name)
 
 
 async def _agent_flow(rt: Runtime, plan: Plan, t: TaskSpec) -> None:

@@ -158,6 +158,14 @@ class TaskInfo:
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
+    def drop_queued(self) -> list[FollowUp]:
+        """Take back the messages queued for its agent: never delivered (whoever waits on one wakes
+        with no result)."""
+        items, self.queued = self.queued, []
+        for item in items:
+            item.done.set()
+        return items
+
 
 class Approver(Protocol):
     """Who decides: a policy (``--approve all|none``), the terminal, or the dashboard."""
@@ -701,11 +709,9 @@ class Runtime:
         if proc is not None:
             proc.stop("aborted")
         self.bus.log("warning", f"abort requested for {name}", task=name)
-        if info.queued:  # stopped means stopped: what was sent to it is not delivered
-            self.bus.log("warning", f"{len(info.queued)} queued message(s) to {name} dropped", task=name)
-            for item in info.queued:
-                item.done.set()
-            info.queued.clear()
+        dropped = info.drop_queued()  # stopped means stopped: what was sent to it is not delivered
+        if dropped:
+            self.bus.log("warning", f"{len(dropped)} queued message(s) to {name} dropped", task=name)
         return True
 
     def abort_all(self) -> int:
@@ -1063,10 +1069,8 @@ class Runtime:
         """The flow of ``name`` is over; what is still queued was never delivered (the run ended)."""
         self._owned.discard(name)
         info = self.tasks.get(name)
-        for item in info.queued if info else []:
-            item.done.set()
         if info:
-            info.queued.clear()
+            info.drop_queued()
         if not self._owned:
             self._quiet.set()
 
@@ -1153,7 +1157,7 @@ class Runtime:
         else:
             assert self._tg is not None
             self.hold(name)
-            self._tg.start_soon(self._carry_on, name)
+            self._tg.start_soon(self.carry_on, name)
         return item, queued
 
     def cancel_queued(self, name: str) -> int:
@@ -1164,9 +1168,7 @@ class Runtime:
             raise FollowUpRefused(f"run {self.run_id} has no task {name!r}")
         if not info.queued:
             raise FollowUpRefused(f"no message is queued for {name}")
-        items, info.queued = list(info.queued), []
-        for item in items:
-            item.done.set()
+        items = info.drop_queued()
         self.bus.emit(TaskOutput(task=name, lines=[
             f"corral: queued message cancelled: {item.message.strip().splitlines()[0][:120]}" for item in items]))
         return len(items)
@@ -1230,7 +1232,9 @@ class Runtime:
             return None
         return info.spec
 
-    async def _carry_on(self, name: str) -> None:
+    async def carry_on(self, name: str) -> None:
+        """The turns of the messages queued for ``name`` (held by :meth:`hold`), in an agent slot
+        as any agent's work; then :meth:`release`."""
         try:
             if self.slots is None:
                 await self.converse(name)
