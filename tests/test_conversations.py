@@ -741,8 +741,9 @@ def review_and_land(repo: Path, run: str, answer: Any, first: str = "") -> dict[
     return rows
 
 
-def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one(repo: Path,
-                                                                                tmp_path: Path) -> None:
+def retried_run(repo: Path, tmp_path: Path, slow: str = "") -> str:
+    """A detached run whose task ``fix`` failed after changing a file and was retried (``fix-2``
+    succeeded), its other task ``slow`` held until then (then running ``slow``): its id."""
     gate = tmp_path / "go"
     plan = write_plan(tmp_path / "plan.toml", f"""
         agent = "shell"
@@ -752,7 +753,7 @@ def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one
         prompt = 'echo partial > partial.txt; exit 3'
         [[tasks]]
         name = "slow"
-        prompt = '{GATE.format(gate=gate)}; echo slow > slow.txt'
+        prompt = '{GATE.format(gate=gate)}{slow}'
     """)
     run = start_detached(repo, plan)
     wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
@@ -760,6 +761,12 @@ def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one
     assert res.returncode == 0, res.stderr
     wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
     gate.write_text("go")
+    return run
+
+
+def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one(repo: Path,
+                                                                                tmp_path: Path) -> None:
+    run = retried_run(repo, tmp_path, "; echo slow > slow.txt")
     rows = review_and_land(repo, run, lambda rows: {"fix": True, "slow": True})  # the old attempt picked
     assert rows["fix"]["candidate"] and rows["fix"]["status"] == "failed" and rows["fix"]["attempts"] == ["fix-2"]
     assert rows["fix-2"]["candidate"] and rows["fix-2"]["attempts"] == ["fix"]
@@ -774,22 +781,7 @@ def test_the_review_shows_both_attempts_of_a_retried_task_and_the_user_picks_one
 
 
 def test_when_both_attempts_are_approved_the_newest_is_merged(repo: Path, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.toml", f"""
-        agent = "shell"
-        setup = "none"
-        [[tasks]]
-        name = "fix"
-        prompt = 'echo partial > partial.txt; exit 3'
-        [[tasks]]
-        name = "slow"
-        prompt = '{GATE.format(gate=tmp_path / "go")}'
-    """)
-    run = start_detached(repo, plan)
-    wait_until(lambda: task_state(repo, run, "fix").get("status") == "failed", "the first attempt to fail")
-    res = corral("retry", run, "fix", "--prompt", "echo ok > ok.txt", cwd=repo)
-    assert res.returncode == 0, res.stderr
-    wait_until(lambda: task_state(repo, run, "fix-2").get("status") == "succeeded", "the new attempt")
-    (tmp_path / "go").write_text("go")
+    run = retried_run(repo, tmp_path)
     review_and_land(repo, run, lambda rows: {name: True for name, row in rows.items() if row["candidate"]})
     end = wait_ended(repo, run)
     assert end["tasks"]["fix-2"]["status"] == "merged" and end["tasks"]["fix"]["status"] == "failed"
