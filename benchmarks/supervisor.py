@@ -82,6 +82,8 @@ async def attach_app(repo: Path, run: str, until, timeout: float = 600) -> tuple
 def bench_stream(a: argparse.Namespace) -> None:
     from log_streaming import baseline
 
+    import corral.tui.dashboard  # noqa: F401  (as `corral run` has it loaded before the run starts)
+
     repo = scratch_repo()
     outdir = Path(tempfile.mkdtemp(prefix="corral-drain-"))
     try:

@@ -42,6 +42,13 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
 
     assert params(Footer.bindings_changed) == ["self", "screen"]
     assert "active_bindings" in dir(Screen)
+    # ... and restyles a FooterKey in place (textual.widgets._footer): its key, action and the
+    # _disabled its click checks
+    from textual.widgets._footer import FooterKey
+
+    footer_key = FooterKey("a", "a", "abort", "abort", disabled=True)
+    assert (footer_key.key, footer_key.action, footer_key._disabled) == ("a", "abort", True)
+    assert footer_key.has_class("-disabled")
     # RunScreen (tui/run_screen.py) replaces the watcher of Screen.maximized
     assert params(Screen._watch_maximized) == ["self", "previously_maximized", "maximized"]
     assert "maximized" in Screen._reactives

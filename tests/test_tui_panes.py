@@ -188,3 +188,33 @@ def test_the_footer_is_rebuilt_only_when_its_keys_change() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_key_that_can_no_longer_act_is_dimmed_in_place() -> None:
+    """The focused pane's agent ends: abort can't act now. The footer dims that key where it is (a
+    rebuild of the footer costs a layout of the whole screen, 40-200 ms with 16 flooding panes, and
+    came once for each task that finished while its pane had the focus)."""
+    names = ["a", "b"]
+
+    async def main() -> None:
+        host = RunHost(RUN)
+        started(host.bus, names)
+        app = CorralApp(link=LocalLink(host), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
+                        what="the first pane focused")
+            footer = app.run_screen.query_one(FitFooter)
+
+            def abort_key() -> Any:
+                return next((k for k in footer.children if getattr(k, "action", "") == "abort"), None)
+
+            await until(pilot, lambda: abort_key() is not None and not abort_key().has_class("-disabled"),
+                        what="abort shown, enabled")
+            keys = list(footer.children)
+            host.bus.emit(TaskStatus(run=RUN, task="a", status="succeeded"))
+            await until(pilot, lambda: abort_key().has_class("-disabled"), what="abort dimmed")
+            assert list(footer.children) == keys
+            host.bus.emit(RunFinished(run=RUN, state="done", exit_code=0, report=""))
+            app.exit()
+
+    anyio.run(main)

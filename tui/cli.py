@@ -252,6 +252,8 @@ def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) 
     from corral.tui.app import run_attached
 
     if request is not None:
+        import corral.tui.dashboard  # noqa: F401  (Textual loads before the agents start, not beside them)
+
         run_id, _pid = anyio.run(start_in_supervisor, state_dir, root, request)
 
     try:

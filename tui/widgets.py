@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual import events
 from textual.worker import Worker, WorkerState
 from textual.widgets import Footer, Log, ProgressBar, Static
+from textual.widgets._footer import FooterKey
 
 from corral.core.report import fmt_cost, fmt_duration
 
@@ -264,8 +265,24 @@ class FitFooter(Footer):
                           for key, (_, binding, enabled, tooltip) in screen.active_bindings.items() if binding.show)
             if shown == self._shown:
                 return
-            self._shown = shown
+            before, self._shown = self._shown, shown
+            if before is not None and self._toggle_in_place(before, shown):
+                return
         super().bindings_changed(screen)
+
+    def _toggle_in_place(self, before: tuple, shown: tuple) -> bool:
+        """The same keys, only some enabled or disabled now (a task finished, the focus moved to a
+        pane in another state): restyle those keys where they are, a repaint of the footer, where
+        a rebuild would cost a layout of the whole screen. False when the keys themselves changed."""
+        if [(k, a, d, t) for k, a, d, _, t in before] != [(k, a, d, t) for k, a, d, _, t in shown]:
+            return False
+        enabled = {(key, action): on for key, action, _, on, _ in shown}
+        for widget in self.query(FooterKey):
+            on = enabled.get((widget.key, widget.action))
+            if on is not None and on == widget._disabled:
+                widget._disabled = not on  # what its click checks
+                widget.set_class(not on, "-disabled")
+        return True
 
     def on_resize(self, event: events.Resize) -> None:
         narrow = event.size.width < self.NARROW
