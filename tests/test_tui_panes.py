@@ -218,3 +218,38 @@ def test_a_key_that_can_no_longer_act_is_dimmed_in_place() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_paced_view_gets_a_flood_as_one_batch_cut_to_its_tail_and_other_events_at_once() -> None:
+    """A view that repaints every ``pace`` seconds is sent output no more often: what comes in the
+    meantime joins the waiting batch, cut to the view's ``batch_tail`` newest lines after a line
+    saying how many were skipped; an event that is not output ends the wait at once."""
+
+    async def main() -> None:
+        host = RunHost(RUN)
+        started(host.bus, ["a"])
+        _snapshot, feed = host.attach(2000, pace=3600, batch_tail=3)
+        host.bus.emit(TaskOutput(run=RUN, task="a", lines=["l0"]))
+        assert [ev.lines for ev in await feed.take()] == [["l0"]]  # the first batch goes at once
+        host.bus.emit(TaskOutput(run=RUN, task="a", lines=lines("a", 0, 1)))
+        async with anyio.create_task_group() as tg:
+            got: list[Any] = []
+
+            async def take() -> None:
+                got.extend(await feed.take())
+
+            tg.start_soon(take)
+            await anyio.wait_all_tasks_blocked()
+            assert got == []  # output alone waits for the pace
+            host.bus.emit(TaskOutput(run=RUN, task="a", lines=lines("a", 1, 6)))
+            await anyio.wait_all_tasks_blocked()
+            assert got == []
+            host.bus.emit(TaskStatus(run=RUN, task="a", status="succeeded"))
+        outputs = [ev for ev in got if isinstance(ev, TaskOutput)]
+        assert len(outputs) == 1
+        assert outputs[0].lines[0].startswith("[corral: 3 line(s) not shown here")
+        assert outputs[0].lines[1:] == lines("a", 3, 6)
+        assert isinstance(got[-1], TaskStatus)
+        host.detach(feed)
+
+    anyio.run(main)

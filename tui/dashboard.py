@@ -224,6 +224,10 @@ class CorralApp(App[int]):
 
     def attach(self, link: "Link", body: Any = None) -> None:
         """Follow the run behind ``link`` (hosting it first when ``body`` is given)."""
+        from .run_screen import FLUSH_CAP
+
+        # output no more often than the panes repaint, nor more of a pane than a repaint shows
+        link.pace, link.batch_tail = FLUSH_INTERVAL, FLUSH_CAP
         self.link = link
         self._replaying, self._replayed = True, {}
         if link.run_id:

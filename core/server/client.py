@@ -52,6 +52,11 @@ class Link:
     detachable = False
     #: the run's exit code, once the event stream has ended with the run
     exit_code: int | None = None
+    #: set by a view before it follows the run: it repaints every ``pace`` seconds and shows at most
+    #: ``batch_tail`` lines of a pane at a time, so live output comes no more often, each pane's cut
+    #: to its newest lines (the log on disk has every one)
+    pace: float = 0.0
+    batch_tail: int | None = None
 
     def events(self) -> AsyncIterator[Event]:
         """The run's events: the run so far, then live ones; ends when the run ends (``exit_code``
@@ -76,7 +81,8 @@ class LocalLink(Link):
         self._feed: Any = None
 
     async def events(self) -> AsyncIterator[Event]:
-        snapshot, feed = self.host.attach(self.tail, lossless=self.lossless)
+        snapshot, feed = self.host.attach(self.tail, lossless=self.lossless, pace=self.pace,
+                                          batch_tail=self.batch_tail)
         self._feed = feed
         try:
             for ev in snapshot:
@@ -221,7 +227,12 @@ class SocketLink(Link):
         # commands sent meanwhile are handed to their waiters as they come
         conn = self.conn
         try:
-            await conn.send({"op": "subscribe", "run": self.run_id, "tail": self.tail, "id": 0})
+            sub: dict[str, Any] = {"op": "subscribe", "run": self.run_id, "tail": self.tail, "id": 0}
+            if self.pace:
+                sub["pace"] = self.pace
+            if self.batch_tail is not None:
+                sub["batch_tail"] = self.batch_tail
+            await conn.send(sub)
             while True:
                 msg = await conn.receive()
                 if msg.get("type") == "ack" and msg.get("id") == 0:

@@ -92,10 +92,14 @@ class Feed:
     were skipped: the log on disk has them) so that a slow client never holds up the run, nor
     grows without bound."""
 
-    def __init__(self, run: str, tail: int | None) -> None:
+    def __init__(self, run: str, tail: int | None, pace: float = 0.0) -> None:
         self.run = run
         #: None: nothing is cut (a client that must see every line)
         self.tail = None if tail is None else max(1, tail)
+        #: a view that repaints every ``pace`` seconds gets output at most that often: a flood then
+        #: reaches it as a few batches cut to their tails, not as every line (nothing else waits)
+        self.pace = max(0.0, pace)
+        self._last_take = 0.0
         self._items: deque[Event] = deque()
         self._out: dict[tuple[str, str, str], list[str]] = {}
         self._skipped: dict[tuple[str, str, str], int] = {}
@@ -144,9 +148,17 @@ class Feed:
         while not self._items and not self._out and self.ended is None and not self.closed:
             await self._wake.wait()
             self._wake = anyio.Event()
+        wait = self._last_take + self.pace - anyio.current_time()
+        if wait > 0:
+            # only output waits (anything else, or the end, goes at once): let more come
+            with anyio.move_on_after(wait):
+                while not self._items and self.ended is None and not self.closed:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
         self._flush_output()
         items = list(self._items)
         self._items.clear()
+        self._last_take = anyio.current_time()
         return items
 
 
@@ -306,10 +318,14 @@ class RunHost:
         events.extend(self._activity.values())
         return events
 
-    def attach(self, tail: int | None = None, lossless: bool = False) -> tuple[list[Event], Feed]:
-        """The snapshot and a feed of everything after it (nothing lost or repeated between them;
-        with ``lossless``, no output is ever cut from the feed)."""
-        feed = Feed(self.run_id, None if lossless else self.tail if tail is None else max(1, tail))
+    def attach(self, tail: int | None = None, lossless: bool = False, pace: float = 0.0,
+               batch_tail: int | None = None) -> tuple[list[Event], Feed]:
+        """The snapshot (each pane's last ``tail`` lines) and a feed of everything after it (nothing
+        lost or repeated between them; with ``lossless``, no output is ever cut from the feed). A view
+        that repaints every ``pace`` seconds and shows at most ``batch_tail`` lines of a pane at a
+        time gets output that often, each pane's cut to that many (the log on disk has them all)."""
+        cut = batch_tail if batch_tail is not None else self.tail if tail is None else tail
+        feed = Feed(self.run_id, None if lossless else max(1, cut), pace=0.0 if lossless else pace)
         if self.exit_code is not None:
             feed.end(self.exit_code)
         self._feeds.append(feed)

@@ -7,6 +7,9 @@ first; the supervisor answers ``{"type": "hello", "version": 1, "pid": N, "runs"
 - ``{"op": "subscribe", "run": ID, "tail": N}`` -> ``{"type": "snapshot", ...}`` (the run's events so
   far, without output, and each pane's last ``N`` lines), then every event as ``--json`` prints it
   (output batched: ``{"type": "output", "lines": [...]}``), then ``{"type": "ended", "exit_code": N}``.
+  A view may add ``"pace": S`` and ``"batch_tail": M`` (it repaints every ``S`` seconds and shows at
+  most ``M`` lines of a pane at a time): output then comes at most every ``S`` seconds, each pane's
+  cut to its newest ``M`` lines after a line saying how many were skipped. Other events never wait.
 - commands carry an ``id`` and get ``{"type": "ack", "id": N, "ok": true, ...}`` or
   ``{"type": "ack", "id": N, "ok": false, "error": "one line"}``.
 

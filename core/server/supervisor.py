@@ -162,7 +162,8 @@ class Supervisor:
                 if host is None:
                     raise CommandError(f"no run {msg.get('run')!r} in this supervisor")
                 if op == "subscribe":
-                    snapshot, feed = host.attach(int(msg.get("tail", 2000)))
+                    snapshot, feed = host.attach(int(msg.get("tail", 2000)), pace=min(1.0, float(msg.get("pace") or 0)),
+                                                 batch_tail=int(msg["batch_tail"]) if msg.get("batch_tail") else None)
                     conn.feeds.append((host, feed))
                     await conn.send({"type": "ack", "id": rid, "ok": True})
                     await conn.send({"type": "snapshot", "run": host.run_id, "live": host.live,
