@@ -253,3 +253,36 @@ def test_a_paced_view_gets_a_flood_as_one_batch_cut_to_its_tail_and_other_events
         host.detach(feed)
 
     anyio.run(main)
+
+
+def test_a_pane_that_gets_shorter_keeps_showing_its_last_line() -> None:
+    """The run's end banner takes a row over the panes: each pane is shorter, and one that showed
+    its newest line still does (Textual kept the scroll offset, so the last lines were out of view
+    below, and later writes did not follow the end any more). One scrolled up stays where it is."""
+    names = ["a", "b"]
+
+    async def main() -> None:
+        host = RunHost(RUN)
+        started(host.bus, names)
+        app = CorralApp(link=LocalLink(host), notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2,
+                        what="the panes")
+            for name in names:
+                host.bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 0, 140)))
+            logs = {n: p.log_widget for n, p in app.run_screen.panes.items()}
+            await until(pilot, lambda: all(len(log.lines) >= 140 and log.max_scroll_y > 0 for log in logs.values()),
+                        what="long panes")
+            await until(pilot, lambda: all(log.is_vertical_scroll_end for log in logs.values()), what="at the end")
+            logs["b"].scroll_to(y=0, animate=False, immediate=True)
+            height = logs["a"].size.height
+            for name in names:
+                host.bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            host.bus.emit(RunFinished(run=RUN, state="done", exit_code=0, report=""))
+            await until(pilot, lambda: logs["a"].size.height < height, what="a shorter pane")
+            await pilot.pause()
+            assert logs["a"].is_vertical_scroll_end
+            assert logs["b"].scroll_y == 0
+            app.exit()
+
+    anyio.run(main)

@@ -101,6 +101,18 @@ class QuietLog(Log):
 class PaneLog(QuietLog, can_focus=False):
     """The live log of one pane (focus stays on the pane, so keys act on the task)."""
 
+    #: rows of log the pane showed at its last resize
+    shown_rows = 0
+
+    def on_resize(self, event: events.Resize) -> None:
+        """A pane that gets shorter (the run's end banner, the verify log opening) keeps showing
+        its newest line if it showed it: Textual keeps the scroll offset, and later writes follow
+        the end only from the end, so the pane stayed above its last lines. One scrolled up stays."""
+        rows = self.scrollable_content_region.height
+        before, self.shown_rows = self.shown_rows, rows
+        if 0 < rows < before and self.scroll_y >= self.virtual_size.height - before:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+
     def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
         """Nothing to measure: a pane never scrolls sideways (``overflow-x: hidden``), so the width
         of its lines does not matter, and a late attach loads 2,000 lines per pane in one write."""
