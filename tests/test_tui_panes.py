@@ -3,6 +3,8 @@ reaching a client that was busy, and a footer rebuilt only when its keys change.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,18 @@ def started(bus: EventBus, names: list[str]) -> None:
 
 def lines(name: str, start: int, stop: int) -> list[str]:
     return [f"{name} line {i}" for i in range(start, stop)]
+
+
+@asynccontextmanager
+async def hosted(names: list[str]) -> AsyncIterator[tuple[RunHost, CorralApp, Any]]:
+    """The dashboard on a run hosted in this process whose tasks ``names`` are running."""
+    host = RunHost(RUN)
+    started(host.bus, names)
+    app = CorralApp(link=LocalLink(host), notifications=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == len(names)
+                    and app.run_screen.focused_task == names[0], what="the panes, the first focused")
+        yield host, app, pilot
 
 
 def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> None:
@@ -194,15 +208,8 @@ def test_a_key_that_can_no_longer_act_is_dimmed_in_place() -> None:
     """The focused pane's agent ends: abort can't act now. The footer dims that key where it is (a
     rebuild of the footer costs a layout of the whole screen, 40-200 ms with 16 flooding panes, and
     came once for each task that finished while its pane had the focus)."""
-    names = ["a", "b"]
-
     async def main() -> None:
-        host = RunHost(RUN)
-        started(host.bus, names)
-        app = CorralApp(link=LocalLink(host), notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
-                        what="the first pane focused")
+        async with hosted(["a", "b"]) as (host, app, pilot):
             footer = app.run_screen.query_one(FitFooter)
 
             def abort_key() -> Any:
@@ -262,12 +269,7 @@ def test_a_pane_that_gets_shorter_keeps_showing_its_last_line() -> None:
     names = ["a", "b"]
 
     async def main() -> None:
-        host = RunHost(RUN)
-        started(host.bus, names)
-        app = CorralApp(link=LocalLink(host), notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2,
-                        what="the panes")
+        async with hosted(names) as (host, app, pilot):
             for name in names:
                 host.bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 0, 140)))
             logs = {n: p.log_widget for n, p in app.run_screen.panes.items()}
