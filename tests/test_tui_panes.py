@@ -96,6 +96,61 @@ def test_panes_off_screen_wait_while_their_agent_floods_and_end_on_its_last_line
     anyio.run(main)
 
 
+def test_zoom_shows_the_pane_over_the_grid_without_laying_the_grid_out() -> None:
+    """z zooms the focused pane, Tab moves the zoom to the next pane, escape comes back: the run
+    screen is not laid out meanwhile (Textual's maximize hid and showed every other widget, some 450
+    at 64 panes, in two layouts of the whole screen), and what showed zoomed shows in the grid."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes")
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            await pilot.pause(0.2)
+            layouts: list[Any] = []
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                layouts.append(args)
+                real_layout(*args, **kwargs)
+
+            screen._refresh_layout = layout  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            zoom = app.screen
+            assert zoom is not screen
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 49"], what="the zoomed lines")
+            assert zoom.pane.region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 50, 60)))
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 59"], what="new lines, zoomed")
+            assert screen.focused_task == "t00" and app.screen.check_action("zoom", ()) is True
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
+            assert screen.panes["t00"].log_widget.lines[-1] == "t00 line 59", "what showed zoomed shows in the grid"
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed again")
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back again")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            # the run screen's keys act on the zoomed pane: Tab zooms the next one
+            await pilot.press("z", "tab")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t01"], what="the next pane zoomed")
+            assert screen.focused_task == "t01" and app.screen.pane.border_title == "t01"
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
+            app.exit()
+
+    anyio.run(main)
+
+
 def test_a_local_client_busy_when_the_run_ends_still_gets_its_last_events() -> None:
     go: Any = None
 

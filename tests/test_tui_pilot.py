@@ -269,10 +269,10 @@ def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
             await pilot.press("right")
             assert screen.focused_task == "right"
             await pilot.press("z")
-            assert screen.maximized is screen.panes["right"]
-            assert screen.panes["right"].region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
+            assert screen.zoomed is screen.panes["right"]
+            assert app.screen.pane.region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
             await pilot.press("z")
-            assert screen.maximized is None
+            assert screen.zoomed is None and app.screen is screen
             events = screen.query_one("#events-box")
             assert events.collapsed
             await pilot.press("e")

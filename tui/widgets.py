@@ -109,7 +109,8 @@ class PaneLog(QuietLog, can_focus=False):
 class TaskPane(Vertical, can_focus=True):
     """One task, live: name and agent in the border, status badge, elapsed time, cost, files, log."""
 
-    ALLOW_MAXIMIZE = True
+    #: z zooms a pane on a screen of its own (tui/run_screen.py's ZoomScreen), not with Textual's maximize
+    ALLOW_MAXIMIZE = False
 
     DEFAULT_CSS = """
     TaskPane { border: round $panel-lighten-2; height: 1fr; min-height: 8; padding: 0 1; }
@@ -123,11 +124,15 @@ class TaskPane(Vertical, can_focus=True):
                        scrollbar-background-active: $surface; }
     """
 
-    def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
+    def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES, zoomed: bool = False,
+                 lines: list[str] | None = None) -> None:
         super().__init__(classes="task-pane")
         self.task_name = task_name
         self.agent = agent
         self.max_lines = max_lines
+        #: the zoomed view of a pane of the grid, starting with the ``lines`` that pane showed
+        self.zoomed = zoomed
+        self._initial_lines = lines or []
         self.border_title = task_name
         self.border_subtitle = agent
         self._meta_text = ""
@@ -148,7 +153,22 @@ class TaskPane(Vertical, can_focus=True):
         self._meta = self.query_one(".pane-meta", Static)
         self._activity = self.query_one(".pane-activity", Static)
         self.log_widget = self.query_one(PaneLog)
+        if self._initial_lines:
+            self.log_widget.write_lines(self._initial_lines)
+            self._initial_lines = []
         self.ready = True
+
+    def show_task_of(self, other: "TaskPane") -> None:
+        """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
+        self.task_name = other.task_name
+        self.agent = self.border_subtitle = other.agent
+        self.border_title = other.task_name
+        self._meta_text = self._activity_text = ""
+        self._meta.update("", layout=False)
+        self._activity.update("", layout=False)
+        self.written_at = 0
+        self.log_widget.clear()
+        self.log_widget.write_lines(other.log_widget.lines)
 
     def show(self, view: TaskView, now: float) -> None:
         """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
