@@ -41,6 +41,11 @@ FLOOD_LINES = 40
 #: Flooded panes repainted per flush (the rest wait a flush or three): 4 of 16 keeps a frame to about
 #: a quarter of the rendering, and each flooded pane still moves three times a second.
 FLOODS_PER_FLUSH = 4
+#: Panes off screen are written (their first lines, or their lines once their agent ended) together,
+#: at most once every this many flushes (a second), or at once when no agent runs any more: a flush
+#: that writes a widget off screen makes Textual rebuild its map of every widget (20-300 ms at 64
+#: panes under load), and agents end one by one.
+OFF_SCREEN_EVERY = 12
 
 
 def _freeze_heap() -> None:
@@ -116,6 +121,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._scroll_height = 0
         self._binding_key: tuple = ()
         self._flushes = 0
+        self._off_screen_at = -OFF_SCREEN_EVERY  # the flush that last wrote panes off screen
         self._ready = False
         #: the zoom screen while a pane is zoomed; and the one screen every zoom uses (installed: a
         #: screen popped and removed costs a layout of the screen under it)
@@ -145,6 +151,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._event_log = self.query_one("#event-log", Log)
         self._verify_log = self.query_one("#verify-log", Log)
         self._verify_box = self.query_one("#verify-box", Collapsible)
+        self._events_box = self.query_one("#events-box", Collapsible)
         self._banner = self.query_one("#run-banner", Static)
         self._header = self.query_one(RunHeader)
         self._fit(self.size.width, self.size.height)
@@ -212,6 +219,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         floods = []
         shown = self._panes_on_screen()
         zoom = self._zoom
+        off_screen_turn = self._flushes >= self._off_screen_at + OFF_SCREEN_EVERY or not model.agents_running
         for name, pane in self.panes.items():
             view = model.tasks[name]
             if zoom is not None and pane is zoom.source:
@@ -220,10 +228,10 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                 continue
             on_screen = shown is None or pane in shown
             if view.pending:
-                if not on_screen and view.agent_running and pane.written_at:
+                if not on_screen and ((view.agent_running and pane.written_at) or not off_screen_turn):
                     # off screen (scrolled away, or under a zoomed pane): its lines wait until it
                     # shows or its agent ends, so a write's cost never depends on how many panes
-                    # there are (and nothing off screen makes Textual rebuild its map of every widget)
+                    # there are; then they wait for the turn of the panes off screen
                     pass
                 # a pane's first lines (a late attach's history, an agent's first burst) are shown at
                 # once: it has nothing on screen yet, and a first paint waiting for a turn is slow
@@ -232,14 +240,19 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                     floods.append(pane)
                 else:
                     self._write(pane, view)
-            if on_screen or name in model.dirty:
+                    if not on_screen:
+                        self._off_screen_at = self._flushes
+            if on_screen:
+                # a pane off screen shows its status when it comes on screen: Textual takes a change
+                # to a widget off screen for a new widget and rebuilds its map of every widget
                 pane.show(view, now)
         # a flood replaces a pane's whole view at every flush; repaint a few of them per flush, the
         # ones that waited longest, so one frame never renders every flooding pane at once
         floods.sort(key=lambda p: p.written_at)
         for pane in floods[:FLOODS_PER_FLUSH]:
             self._write(pane, model.tasks[pane.task_name])
-        if model.log_pending and self._event_log.is_attached:
+        if model.log_pending and self._event_log.is_attached and not self._events_box.collapsed:
+            # the closed log is written when it opens (its lines wait in the model, as many as it keeps)
             lines, model.log_pending = model.log_pending, []
             self._event_log.write_lines(lines)
         if model.verify_pending and self._verify_log.is_attached:
@@ -492,7 +505,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             await self.corral.open_pager(name)
 
     def action_toggle_events(self) -> None:
-        box = self.query_one("#events-box", Collapsible)
+        box = self._events_box
         box.collapsed = not box.collapsed
 
 
