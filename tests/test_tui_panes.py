@@ -96,6 +96,28 @@ def test_panes_off_screen_wait_while_their_agent_floods_and_end_on_its_last_line
     anyio.run(main)
 
 
+def test_a_pane_is_three_widgets() -> None:
+    """Its border (name and agent), one head rendering the status badge, time, cost, files and
+    activity, and its log: mounting, styling and laying out 64 panes is most of the first paint,
+    and every layout walks every widget (a pane was six: a row of the badge and the meta line, the
+    activity line)."""
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            await pilot.pause(0.2)
+            pane = app.run_screen.panes["a"]
+            assert [type(w).__name__ for w in pane.walk_children(with_self=True)] == ["TaskPane", "PaneHead", "PaneLog"]
+            assert pane.head.word == "RUNNING" and pane.head.meta.endswith("· $- · files -")
+            app.exit()
+
+    anyio.run(main)
+
+
 def test_panes_off_screen_whose_agents_end_one_by_one_are_written_together() -> None:
     """Each flush that writes a pane off screen makes Textual rebuild its map of every widget: the
     panes off screen whose agents ended are written together, at most once a second, and all at

@@ -15,7 +15,6 @@ from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
-from corral.tui.widgets import StatusBadge
 
 SIZE = (160, 48)
 
@@ -52,7 +51,7 @@ def pane_lines(app: CorralApp, name: str) -> list[str]:
 
 
 def badge(app: CorralApp, name: str) -> str:
-    return str(app.run_screen.panes[name].query_one(StatusBadge).render()).strip()
+    return app.run_screen.panes[name].head.word
 
 
 def pid_alive(pid: int) -> bool:
