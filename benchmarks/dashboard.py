@@ -118,7 +118,7 @@ async def child_stream(plan_path: str, repo: str, agents: int, keys_on: bool) ->
             for want in (True, False):
                 start = time.perf_counter()
                 _send_key(app, "z")
-                await _wait(lambda: (screen.maximized is not None) == want, 10, "zoom")
+                await _wait(lambda: (screen.zoomed is not None) == want, 10, "zoom")
                 keys.append(time.perf_counter() - start)
                 await asyncio.sleep(0.25)
         await _wait(lambda: not app.pipeline_running, 600, "the run's end")

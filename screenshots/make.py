@@ -71,7 +71,7 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
             await pilot.pause(0.3)
             await save("zoom")
             await pilot.press("z")
-            await until(pilot, lambda: app.run_screen.maximized is None, what="unzoomed")
+            await until(pilot, lambda: app.run_screen.zoomed is None, what="unzoomed")
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="review")
             await pilot.pause(0.3)
             await pilot.press("y", "y")  # add-mul, write-docs

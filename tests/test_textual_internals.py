@@ -23,7 +23,7 @@ from textual.widgets import Log
 INTENDED = {
     ("QuietLog", "_update_size"),  # measures line widths inline instead of in a thread worker
     ("PaneLog", "_update_size"),  # measures nothing: a pane never scrolls sideways
-    ("RunScreen", "_watch_maximized"),  # zoom without restyling the whole screen
+    ("RunScreen", "_screen_resized"),  # no layout when a screen pushed over it (a zoom) did not resize it
     ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
 }
 
@@ -49,9 +49,8 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     footer_key = FooterKey("a", "a", "abort", "abort", disabled=True)
     assert (footer_key.key, footer_key.action, footer_key._disabled) == ("a", "abort", True)
     assert footer_key.has_class("-disabled")
-    # RunScreen (tui/run_screen.py) replaces the watcher of Screen.maximized
-    assert params(Screen._watch_maximized) == ["self", "previously_maximized", "maximized"]
-    assert "maximized" in Screen._reactives
+    # RunScreen (tui/run_screen.py) lays itself out only when a screen pushed over it resized it
+    assert params(Screen._screen_resized) == ["self", "size"]
     # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's
     # writer thread and that thread's queue; and it reaches the loop through App._loop
     app = App()

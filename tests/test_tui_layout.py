@@ -67,7 +67,7 @@ def test_pane_time_is_the_reports_duration() -> None:
     being made two seconds before: the pane said 44s."""
 
     async def check(app, pilot) -> None:
-        meta = str(app.run_screen.panes["add-mul"].query_one(".pane-meta").render())
+        meta = app.run_screen.panes["add-mul"].head.meta
         assert meta.startswith(fmt_duration(41.5) + " ·"), meta
 
     scene("run", (160, 48), check)

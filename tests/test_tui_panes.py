@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from conftest import write_plan
-from corral.core.events import EventBus, RunFinished, RunStarted, TaskOutput, TaskStatus
+from corral.core.events import EventBus, RunFinished, RunStarted, TaskActivity, TaskOutput, TaskStatus
 from corral.core.server.client import LocalLink, SnapshotEnd, SocketLink, open_connection
 from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
@@ -105,6 +105,178 @@ def test_panes_off_screen_wait_while_their_agent_floods_and_end_on_its_last_line
                 bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
             await until(pilot, lambda: all(p.log_widget.lines and p.log_widget.lines[-1] == f"{n} line 599"
                                            for n, p in screen.panes.items()), what="every pane's last line")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_pane_is_three_widgets() -> None:
+    """Its border (name and agent), one head rendering the status badge, time, cost, files and
+    activity, and its log: mounting, styling and laying out 64 panes is most of the first paint,
+    and every layout walks every widget (a pane was six: a row of the badge and the meta line, the
+    activity line)."""
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            await pilot.pause(0.2)
+            pane = app.run_screen.panes["a"]
+            assert [type(w).__name__ for w in pane.walk_children(with_self=True)] == ["TaskPane", "PaneHead", "PaneLog"]
+            assert pane.head.word == "RUNNING" and pane.head.meta.endswith("· $- · files -")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_panes_off_screen_whose_agents_end_one_by_one_are_written_together() -> None:
+    """Each flush that writes a pane off screen makes Textual rebuild its map of every widget: the
+    panes off screen whose agents ended are written together, at most once a second, and all at
+    once when no agent runs any more."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            screen = app.run_screen
+            for name in names:
+                bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 0, 10)))
+            await until(pilot, lambda: all(p.log_widget.lines for p in screen.panes.values()), what="first lines")
+            scroll = screen.query_one("#panes-scroll")
+            off = [n for n, p in screen.panes.items() if not p.region.overlaps(scroll.region)]
+            assert len(off) >= 6
+            written: list[int] = []
+            real_write = screen._write
+
+            def write(pane: Any, view: Any) -> None:
+                if pane.task_name in off:
+                    written.append(screen._flushes)
+                real_write(pane, view)
+
+            screen._write = write  # type: ignore[method-assign]
+            for name in off[:6]:
+                bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 10, 20)))
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+                flushes = screen._flushes
+                await until(pilot, lambda: screen._flushes >= flushes + 2, what="two flushes")
+            flushes = screen._flushes
+            await until(pilot, lambda: screen._flushes >= flushes + 14, what="a second of flushes")
+            assert 1 <= len(set(written)) <= 2, f"panes off screen written in {len(set(written))} flushes"
+            assert all(screen.panes[n].log_widget.lines[-1] == f"{n} line 19" for n in off[:6])
+            for name in names:
+                bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 20, 30)))
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            await until(pilot, lambda: all(p.log_widget.lines[-1] == f"{n} line 29" for n, p in screen.panes.items()),
+                        what="every pane's last line")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_nothing_off_screen_is_updated_until_it_shows() -> None:
+    """Agents change status and activity: the panes off screen and the closed event log are left as
+    they are until they show (Textual takes a change to a widget off screen for a new widget, and
+    rebuilds its map of every widget at the next frame: 20-170 ms each time at 64 panes)."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            screen = app.run_screen
+            await pilot.pause(0.3)
+            scroll = screen.query_one("#panes-scroll")
+            off = [n for n, p in screen.panes.items() if not p.region.overlaps(scroll.region)]
+            assert off and len(off) < 24
+            shown: list[str] = []
+            for name, pane in screen.panes.items():
+                real_show = pane.show
+
+                def show(view: Any, now: float, name: str = name, real_show: Any = real_show) -> None:
+                    shown.append(name)
+                    real_show(view, now)
+
+                pane.show = show  # type: ignore[method-assign]
+            event_log = screen.query_one("#event-log")
+            logged = len(event_log.lines)
+            for name in names:
+                bus.emit(TaskActivity(run=RUN, task=name, text=f"{name} reads a file"))
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            flushes = screen._flushes
+            await until(pilot, lambda: screen._flushes >= flushes + 3, what="three flushes")
+            assert not set(off) & set(shown), "panes off screen updated"
+            assert len(event_log.lines) == logged, "the closed event log written"
+            last = screen.panes[off[-1]]
+            scroll.scroll_to_widget(last, animate=False)
+            await until(pilot, lambda: off[-1] in shown, what="the pane shown once on screen")
+            await pilot.press("e")
+            await until(pilot, lambda: any(f"{off[-1]}: succeeded" in line for line in event_log.lines),
+                        what="the event log's lines once open")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_zoom_shows_the_pane_over_the_grid_without_laying_the_grid_out() -> None:
+    """z zooms the focused pane, Tab moves the zoom to the next pane, escape comes back: the run
+    screen is not laid out meanwhile (Textual's maximize hid and showed every other widget, some 450
+    at 64 panes, in two layouts of the whole screen), and what showed zoomed shows in the grid."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes")
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            await pilot.pause(0.2)
+            layouts: list[Any] = []
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                layouts.append(args)
+                real_layout(*args, **kwargs)
+
+            screen._refresh_layout = layout  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            zoom = app.screen
+            assert zoom is not screen
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 49"], what="the zoomed lines")
+            assert zoom.pane.region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 50, 60)))
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 59"], what="new lines, zoomed")
+            assert screen.focused_task == "t00" and app.screen.check_action("zoom", ()) is True
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
+            assert screen.panes["t00"].log_widget.lines[-1] == "t00 line 59", "what showed zoomed shows in the grid"
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed again")
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back again")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            # the run screen's keys act on the zoomed pane: Tab zooms the next one
+            await pilot.press("z", "tab")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t01"], what="the next pane zoomed")
+            assert screen.focused_task == "t01" and app.screen.pane.border_title == "t01"
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
             app.exit()
 
     anyio.run(main)

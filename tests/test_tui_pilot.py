@@ -15,7 +15,6 @@ from corral.tui.dashboard import CorralApp
 from corral.tui.dialogs import ConfirmScreen
 from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
-from corral.tui.widgets import StatusBadge
 
 SIZE = (160, 48)
 
@@ -52,7 +51,7 @@ def pane_lines(app: CorralApp, name: str) -> list[str]:
 
 
 def badge(app: CorralApp, name: str) -> str:
-    return str(app.run_screen.panes[name].query_one(StatusBadge).render()).strip()
+    return app.run_screen.panes[name].head.word
 
 
 def pid_alive(pid: int) -> bool:
@@ -269,10 +268,10 @@ def test_zoom_events_and_dimmed_keys(repo: Path, wt_root: Path) -> None:
             await pilot.press("right")
             assert screen.focused_task == "right"
             await pilot.press("z")
-            assert screen.maximized is screen.panes["right"]
-            assert screen.panes["right"].region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
+            assert screen.zoomed is screen.panes["right"]
+            assert app.screen.pane.region.width >= SIZE[0] - 2, "the zoomed pane takes the width"
             await pilot.press("z")
-            assert screen.maximized is None
+            assert screen.zoomed is None and app.screen is screen
             events = screen.query_one("#events-box")
             assert events.collapsed
             await pilot.press("e")

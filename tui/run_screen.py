@@ -11,6 +11,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Collapsible, Log, Static
@@ -40,6 +41,11 @@ FLOOD_LINES = 40
 #: Flooded panes repainted per flush (the rest wait a flush or three): 4 of 16 keeps a frame to about
 #: a quarter of the rendering, and each flooded pane still moves three times a second.
 FLOODS_PER_FLUSH = 4
+#: Panes off screen are written (their first lines, or their lines once their agent ended) together,
+#: at most once every this many flushes (a second), or at once when no agent runs any more: a flush
+#: that writes a widget off screen makes Textual rebuild its map of every widget (20-300 ms at 64
+#: panes under load), and agents end one by one.
+OFF_SCREEN_EVERY = 12
 
 
 def _freeze_heap() -> None:
@@ -115,7 +121,12 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._scroll_height = 0
         self._binding_key: tuple = ()
         self._flushes = 0
+        self._off_screen_at = -OFF_SCREEN_EVERY  # the flush that last wrote panes off screen
         self._ready = False
+        #: the zoom screen while a pane is zoomed; and the one screen every zoom uses (installed: a
+        #: screen popped and removed costs a layout of the screen under it)
+        self._zoom: ZoomScreen | None = None
+        self._zoom_screen: ZoomScreen | None = None
 
     @property
     def corral(self) -> "CorralApp":
@@ -140,6 +151,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._event_log = self.query_one("#event-log", Log)
         self._verify_log = self.query_one("#verify-log", Log)
         self._verify_box = self.query_one("#verify-box", Collapsible)
+        self._events_box = self.query_one("#events-box", Collapsible)
         self._banner = self.query_one("#run-banner", Static)
         self._header = self.query_one(RunHeader)
         self._fit(self.size.width, self.size.height)
@@ -206,32 +218,41 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._flushes += 1
         floods = []
         shown = self._panes_on_screen()
+        zoom = self._zoom
+        off_screen_turn = self._flushes >= self._off_screen_at + OFF_SCREEN_EVERY or not model.agents_running
         for name, pane in self.panes.items():
             view = model.tasks[name]
+            if zoom is not None and pane is zoom.source:
+                pane = zoom.pane  # the grid's pane waits under the zoomed one, which shows its task
             if not pane.ready:
                 continue
             on_screen = shown is None or pane in shown
             if view.pending:
-                if not on_screen and view.agent_running and pane.written_at:
+                if not on_screen and ((view.agent_running and pane.written_at) or not off_screen_turn):
                     # off screen (scrolled away, or under a zoomed pane): its lines wait until it
                     # shows or its agent ends, so a write's cost never depends on how many panes
-                    # there are (and nothing off screen makes Textual rebuild its map of every widget)
+                    # there are; then they wait for the turn of the panes off screen
                     pass
                 # a pane's first lines (a late attach's history, an agent's first burst) are shown at
                 # once: it has nothing on screen yet, and a first paint waiting for a turn is slow
-                elif (view.agent_running and len(view.pending) >= FLOOD_LINES and pane is not self.maximized
+                elif (view.agent_running and len(view.pending) >= FLOOD_LINES and not pane.zoomed
                         and pane.written_at):
                     floods.append(pane)
                 else:
                     self._write(pane, view)
-            if on_screen or name in model.dirty:
+                    if not on_screen:
+                        self._off_screen_at = self._flushes
+            if on_screen:
+                # a pane off screen shows its status when it comes on screen: Textual takes a change
+                # to a widget off screen for a new widget and rebuilds its map of every widget
                 pane.show(view, now)
         # a flood replaces a pane's whole view at every flush; repaint a few of them per flush, the
         # ones that waited longest, so one frame never renders every flooding pane at once
         floods.sort(key=lambda p: p.written_at)
         for pane in floods[:FLOODS_PER_FLUSH]:
             self._write(pane, model.tasks[pane.task_name])
-        if model.log_pending and self._event_log.is_attached:
+        if model.log_pending and self._event_log.is_attached and not self._events_box.collapsed:
+            # the closed log is written when it opens (its lines wait in the model, as many as it keeps)
             lines, model.log_pending = model.log_pending, []
             self._event_log.write_lines(lines)
         if model.verify_pending and self._verify_log.is_attached:
@@ -262,9 +283,8 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         """The panes that show now (None: all of them, or it can't be told yet): the zoomed one, or
         the rows of the grid inside the scrolled window (from the grid's own geometry: asking Textual
         where an off-screen widget is rebuilds its map of every widget)."""
-        zoomed = self.maximized
-        if zoomed is not None:
-            return {zoomed} if isinstance(zoomed, TaskPane) else None
+        if self._zoom is not None:
+            return {self._zoom.pane}
         height, row = self._scroll.size.height, self._row_height
         if not height or not row or self._columns < 1:
             return None
@@ -293,6 +313,8 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         if key != self._binding_key:
             self._binding_key = key
             self.refresh_bindings()
+            if self._zoom is not None:
+                self._zoom.refresh_bindings()  # its footer shows these keys
 
     def _focus_first(self) -> None:
         if self.focused_pane is None and self.panes and self.app.screen is self:
@@ -313,9 +335,9 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         return pane.task_name if pane else None
 
     def _go(self, target: TaskPane) -> None:
-        if self.maximized is not None:
-            self.minimize()
-            self.maximize(target)
+        if self._zoom is not None:
+            self._zoom.give_back()
+            self._zoom.show_pane(target)
         target.focus()
         target.scroll_visible()
 
@@ -368,7 +390,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         name = self.focused_task
         view = self.model.tasks.get(name) if name else None
         if action == "zoom":
-            return True if (view is not None or self.maximized is not None) else None
+            return True if (view is not None or self._zoom is not None) else None
         if action == "abort":
             return True if (app.can_control and view is not None and not view.finished) else None
         if action == "abort_all":
@@ -398,23 +420,48 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             return True if (name is not None and app.log_file(name) is not None) else None
         return True
 
-    def _watch_maximized(self, previously_maximized: Widget | None, maximized: Widget | None) -> None:
-        """Textual's, without the screen's ``-maximized-view`` class. Its rules (vertical layout,
-        hatch, centring: for a maximized widget smaller than the screen) change nothing for a pane
-        that fills the screen, but a style change on the screen restyles every widget below it:
-        some 300 with 16 panes, most of the 100-300 ms a zoom took under load."""
-        if previously_maximized is not None:
-            previously_maximized.remove_class("-maximized")
-        if maximized is not None:
-            maximized.add_class("-maximized")
+    @property
+    def zoomed(self) -> TaskPane | None:
+        """The grid's pane shown zoomed (on a screen of its own over this one), or None."""
+        return self._zoom.source if self._zoom is not None else None
 
     def action_zoom(self) -> None:
-        if self.maximized is not None:
-            self.minimize()
+        """The focused pane over the whole screen, and back. The zoom is a screen of its own over
+        this one: the grid stays as it is under it, neither hidden nor laid out again (Textual's
+        maximize hid and showed every other widget, some 450 at 64 panes, in two layouts of the
+        whole screen: 100-400 ms under a flood)."""
+        zoom = self._zoom
+        if zoom is not None:
+            self._zoom = None
+            zoom.give_back()
+            if self.app.screen is zoom:
+                self.app.pop_screen()
             return
         pane = self.focused_pane
-        if pane is not None:
-            self.maximize(pane)
+        if pane is None:
+            return
+        zoom = self._zoom_screen
+        if zoom is None:
+            zoom = self._zoom_screen = ZoomScreen(self, pane)
+            self.app.install_screen(zoom, f"corral-zoom-{id(self)}")
+        else:
+            zoom.show_pane(pane)
+        self._zoom = zoom
+        self.app.push_screen(zoom)
+
+    def _screen_resized(self, size: Size) -> None:
+        """Textual's, without a layout when the size is the one laid out: a screen pushed over this
+        one (a zoom, a question) lays out the screens under it at its first resize, as if the
+        terminal had changed (60-200 ms at 64 panes)."""
+        if size != self.outer_size:
+            super()._screen_resized(size)
+
+    def on_unmount(self) -> None:
+        """Back to the home screen: the zoom screen goes too (the app's exit removes it itself)."""
+        zoom = self._zoom_screen
+        if zoom is not None and zoom not in self.app.screen_stack:
+            self.app.uninstall_screen(zoom)
+            zoom.remove()
 
     def action_abort(self) -> None:
         name = self.focused_task
@@ -458,5 +505,55 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             await self.corral.open_pager(name)
 
     def action_toggle_events(self) -> None:
-        box = self.query_one("#events-box", Collapsible)
+        box = self._events_box
         box.collapsed = not box.collapsed
+
+
+class ZoomScreen(ForwardsWorkerErrors, Screen):
+    """One task's pane over the whole screen, above the run screen's grid. Its keys are the run
+    screen's, acting on the zoomed task (the grid's pane keeps the run screen's focus); Tab and the
+    arrows zoom the next pane; z, enter or escape go back."""
+
+    AUTO_FOCUS = "TaskPane"
+    BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False)]
+
+    def __init__(self, run: RunScreen, source: TaskPane) -> None:
+        super().__init__()
+        self.run = run
+        self.source = source
+        self.pane = self._pane_of(source)
+
+    def compose(self) -> ComposeResult:
+        yield self.pane
+        yield FitFooter()
+
+    @staticmethod
+    def _pane_of(source: TaskPane) -> TaskPane:
+        """A pane of the task of ``source`` with the lines it shows: new lines come to it from the
+        run screen's flush while it is zoomed."""
+        return TaskPane(source.task_name, source.agent, max_lines=source.max_lines, zoomed=True,
+                        lines=list(source.log_widget.lines))
+
+    def show_pane(self, source: TaskPane) -> None:
+        """Zoom another pane of the grid (Tab, the arrows; the next zoom): the same pane, showing
+        that one's task and lines."""
+        self.source = source
+        self.pane.show_task_of(source)
+        self.pane.show(self.run.model.tasks[source.task_name], float(math.floor(self.run.corral.clock())))
+
+    def give_back(self) -> None:
+        """The lines written here while zoomed, to the grid's pane (its own waited)."""
+        if self.pane.written_at:
+            log = self.source.log_widget
+            log.clear()
+            log.write_lines(self.pane.log_widget.lines)
+            self.source.written_at = self.run._flushes
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.run.check_action(action, parameters)
+
+    def __getattr__(self, name: str) -> object:
+        """The run screen's actions (abort, follow up, Tab...) are this screen's too."""
+        if name.startswith("action_"):
+            return getattr(self.run, name)
+        raise AttributeError(name)

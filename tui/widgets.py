@@ -1,8 +1,9 @@
-"""Reusable dashboard widgets: the status badge, a task pane, the run header."""
+"""Reusable dashboard widgets: a task pane and its head (the status badge), the run header, the footer."""
 
 from __future__ import annotations
 
 from rich.cells import cell_len
+from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.reactive import Reactive
@@ -11,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual import events
 from textual.worker import Worker, WorkerState
+from textual.widget import Widget
 from textual.widgets import Footer, Log, ProgressBar, Static
 from textual.widgets._footer import FooterKey
 
@@ -38,35 +40,82 @@ def fmt_elapsed(seconds: float | None, live: bool) -> str:
     return f"{int(seconds)}s" if seconds < 10 else fmt_duration(float(int(seconds)))
 
 
-class StatusBadge(Static):
-    """A task status as a word in capitals on a coloured background (``-<status>`` class)."""
+#: A status's badge: its colours, by status (the rest: ``$text`` on ``$panel``).
+BADGE_STYLES = {
+    "creating": "background: $primary-darken-2;",
+    "setup": "background: $primary-darken-2;",
+    "running": "background: $primary;",
+    "succeeded": "background: $success-darken-1;",
+    "merged": "background: $success; color: $background;",
+    "failed": "background: $error;",
+    "aborted": "background: $warning-darken-2;",
+    "conflict": "background: $warning; color: $background;",
+    "verify-failed": "background: $error;",
+    "rejected": "background: $surface-lighten-2; color: $text-muted;",
+    "discarded": "background: $surface-lighten-2; color: $text-muted;",
+}
+#: A badge's width: the longest word but one, and a wider badge for the longest
+BADGE_WIDTH = 11
+WIDE_BADGES = {"verify-failed": 15}
+
+
+class PaneHead(Widget):
+    """A pane's two lines over its log: the status as a word in capitals on a coloured background,
+    elapsed time, cost and files; then what the agent says it is doing. One widget rendering both
+    (they were five: a row, the badge, the meta line, the activity line), so a pane is three widgets
+    to mount, style and lay out; a change repaints it, never lays out the screen (a fixed size)."""
+
+    COMPONENT_CLASSES = {"pane-head--badge", "pane-head--meta", "pane-head--activity",
+                         *(f"pane-head--{status}" for status in BADGE_STYLES)}
 
     DEFAULT_CSS = """
-    StatusBadge { width: 11; padding: 0 1; text-align: center; text-style: bold; color: $text; background: $panel; }
-    StatusBadge.-creating, StatusBadge.-setup { background: $primary-darken-2; }
-    StatusBadge.-running { background: $primary; }
-    StatusBadge.-succeeded { background: $success-darken-1; }
-    StatusBadge.-merged { background: $success; color: $background; }
-    StatusBadge.-failed { background: $error; }
-    StatusBadge.-aborted { background: $warning-darken-2; }
-    StatusBadge.-conflict { background: $warning; color: $background; }
-    StatusBadge.-verify-failed { width: 15; background: $error; }
-    StatusBadge.-rejected, StatusBadge.-discarded { background: $surface-lighten-2; color: $text-muted; }
-    """
+    PaneHead { height: 2; }
+    PaneHead > .pane-head--badge { text-style: bold; color: $text; background: $panel; }
+    PaneHead > .pane-head--meta { color: $text-muted; }
+    PaneHead > .pane-head--activity { color: $text-muted; text-style: italic; }
+    """ + "\n".join(f"    PaneHead > .pane-head--{status} {{ {css} }}" for status, css in BADGE_STYLES.items())
 
-    def __init__(self, status: str = "pending", **kwargs) -> None:
-        super().__init__(BADGE_WORDS.get(status, status.upper()), **kwargs)
-        self.status = status
-        self.add_class(f"-{status}")
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = "pending"
+        self.meta = ""
+        self.activity = ""
 
-    def set_status(self, status: str) -> None:
-        if status == self.status:
-            return
-        self.remove_class(f"-{self.status}")
-        self.status = status
-        self.add_class(f"-{status}")
-        # a fixed width (the longest word): a new status repaints the badge, it never lays out the screen
-        self.update(BADGE_WORDS.get(status, status.upper()), layout=False)
+    def set(self, status: str, meta: str, activity: str) -> None:
+        if (status, meta, activity) != (self.status, self.meta, self.activity):
+            self.status, self.meta, self.activity = status, meta, activity
+            self.refresh()
+
+    @property
+    def word(self) -> str:
+        return BADGE_WORDS.get(self.status, self.status.upper())
+
+    def _badge_styles(self) -> tuple[Style, Style]:
+        """The badge's colours, for its word and its padding; ``$text`` (an automatic colour: light
+        or dark, whichever reads best) on the badge's own background, as a widget of that
+        background would show it."""
+        names = ["pane-head--badge"] + ([f"pane-head--{self.status}"] if self.status in BADGE_STYLES else [])
+        styles = self.get_component_styles(*names)
+        background, color = styles.background, styles.color
+        if styles.auto_color:
+            color = background.get_contrast_text(color.a)
+        padding = Style(bgcolor=background.rich_color)
+        return padding + Style(color=(background + color).rich_color, bold=True), padding
+
+    def render(self) -> Text:
+        badge, padding = self._badge_styles()
+        inner = WIDE_BADGES.get(self.status, BADGE_WIDTH) - 2  # a cell of padding each side
+        word = self.word[:inner]
+        left = (inner - len(word)) // 2
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" " * (left + 1), padding)
+        text.append(word, badge)
+        text.append(" " * (inner - len(word) - left + 1), padding)
+        text.append(" ")
+        text.append(self.meta, self.get_component_rich_style("pane-head--meta"))
+        text.append("\n")
+        text.append(self.activity, self.get_component_rich_style("pane-head--activity"))
+        return text
 
 
 class QuietLog(Log):
@@ -119,48 +168,56 @@ class PaneLog(QuietLog, can_focus=False):
 
 
 class TaskPane(Vertical, can_focus=True):
-    """One task, live: name and agent in the border, status badge, elapsed time, cost, files, log."""
+    """One task, live: name and agent in the border, its head (status badge, elapsed time, cost,
+    files; activity) and its log."""
 
-    ALLOW_MAXIMIZE = True
+    #: z zooms a pane on a screen of its own (tui/run_screen.py's ZoomScreen), not with Textual's maximize
+    ALLOW_MAXIMIZE = False
 
     DEFAULT_CSS = """
     TaskPane { border: round $panel-lighten-2; height: 1fr; min-height: 8; padding: 0 1; }
     TaskPane:focus { border: heavy $accent; }
-    TaskPane > .pane-head { height: 1; }
-    TaskPane .pane-meta { width: 1fr; height: 1; padding: 0 1; color: $text-muted; }
-    TaskPane .pane-activity { height: 1; color: $text-muted; text-style: italic; }
     TaskPane PaneLog { height: 1fr; background: $surface; overflow-x: hidden; overflow-y: scroll;
                        scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1;
                        scrollbar-background: $surface; scrollbar-background-hover: $surface;
                        scrollbar-background-active: $surface; }
     """
 
-    def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES) -> None:
+    def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES, zoomed: bool = False,
+                 lines: list[str] | None = None) -> None:
         super().__init__(classes="task-pane")
         self.task_name = task_name
         self.agent = agent
         self.max_lines = max_lines
+        #: the zoomed view of a pane of the grid, starting with the ``lines`` that pane showed
+        self.zoomed = zoomed
+        self._initial_lines = lines or []
         self.border_title = task_name
         self.border_subtitle = agent
-        self._meta_text = ""
-        self._activity_text = ""
         self.ready = False
         #: the screen's flush count when its log was last written (flooded panes take turns)
         self.written_at = 0
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="pane-head"):
-            yield StatusBadge("pending")
-            yield Static("", classes="pane-meta")
-        yield Static("", classes="pane-activity")
+        yield PaneHead()
         yield PaneLog(max_lines=self.max_lines, auto_scroll=True)
 
     def on_mount(self) -> None:
-        self._badge = self.query_one(StatusBadge)
-        self._meta = self.query_one(".pane-meta", Static)
-        self._activity = self.query_one(".pane-activity", Static)
+        self.head = self.query_one(PaneHead)
         self.log_widget = self.query_one(PaneLog)
+        if self._initial_lines:
+            self.log_widget.write_lines(self._initial_lines)
+            self._initial_lines = []
         self.ready = True
+
+    def show_task_of(self, other: "TaskPane") -> None:
+        """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
+        self.task_name = other.task_name
+        self.agent = self.border_subtitle = other.agent
+        self.border_title = other.task_name
+        self.written_at = 0
+        self.log_widget.clear()
+        self.log_widget.write_lines(other.log_widget.lines)
 
     def show(self, view: TaskView, now: float) -> None:
         """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
@@ -168,7 +225,6 @@ class TaskPane(Vertical, can_focus=True):
         if view.agent and agent != self.agent:
             self.agent = agent
             self.border_subtitle = agent
-        self._badge.set_status(view.status)
         elapsed = view.elapsed(now)
         live = view.ended is None and view.duration is None
         parts = [fmt_elapsed(elapsed, live) if elapsed is not None else "-"]
@@ -177,14 +233,8 @@ class TaskPane(Vertical, can_focus=True):
             parts.append(f"{view.files} file{'s' if view.files != 1 else ''} (+{view.added} -{view.removed})")
         else:
             parts.append("files -")
-        text = " · ".join(parts)
-        if text != self._meta_text:
-            self._meta_text = text
-            self._meta.update(text, layout=False)
         activity = (view.reason if view.finished and view.reason else view.activity) or ""
-        if activity != self._activity_text:
-            self._activity_text = activity
-            self._activity.update(Text(activity, no_wrap=True, overflow="ellipsis"), layout=False)
+        self.head.set(view.status, " · ".join(parts), activity)
 
 
 def fit_path(path: str, width: int) -> str:
