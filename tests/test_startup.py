@@ -7,6 +7,7 @@ import collections
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -146,3 +147,19 @@ def test_the_sandbox_probe_runs_once_for_callers_at_once(bwrap_seen: Path) -> No
 
     assert anyio.run(together) == [one, one]
     assert len(bwrap_seen.read_text().splitlines()) == starts
+
+
+def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
+    """Started beside a run's preflight (at its first process), the watchdog is Python without
+    ``site`` and without the corral package, as the reapers are (a third of the CPU time on a
+    machine whose cores the start-up shares)."""
+    from corral.core.watchdog import Watchdog
+
+    dog = Watchdog.get()
+    assert dog is not None and dog.proc.poll() is None
+    argv: list[str] = []
+    deadline = time.monotonic() + 10
+    while not argv and time.monotonic() < deadline:  # (empty until its exec is done)
+        with open(f"/proc/{dog.proc.pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+    assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("watchdog.py")
