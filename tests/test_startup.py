@@ -163,3 +163,41 @@ def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
         with open(f"/proc/{dog.proc.pid}/cmdline", "rb") as f:
             argv = [a.decode() for a in f.read().split(b"\0") if a]
     assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("watchdog.py")
+
+
+def test_an_agents_guard_files_are_written_off_the_event_loop(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's sixty-odd hook files per agent are read and written in a worker thread: when many
+    agents start at once, the event loop does not wait for the filesystem (and still gets them all)."""
+    import threading
+
+    from corral.core import guard
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+    writers: set[str] = set()
+    write = guard._write
+
+    def spied(path: Path, text: str, executable: bool = True) -> None:
+        writers.add(threading.current_thread().name)
+        write(path, text, executable)
+
+    monkeypatch.setattr(guard, "_write", spied)
+
+    async def main() -> tuple[str, dict[str, str]]:
+        backend = await GitBackend.open(repo)
+        ws = await backend.create_workspace("20260101-000000-abcd", "one", await backend.resolve("main"), str(root))
+        try:
+            loop = threading.current_thread().name
+            env = await guard.agent_git_env(backend, tmp_path / "run", str(ws.path), [ws], dict(os.environ))
+        finally:
+            await backend.remove_workspace(ws, keep_ref=False)
+            await backend.close()
+        return loop, env
+
+    loop, env = anyio.run(main)
+    assert writers and loop not in writers
+    assert (tmp_path / "run" / "guard" / "ws-one" / "hooks" / "reference-transaction").is_file()
+    assert env["PATH"].startswith(str(tmp_path / "run" / "guard" / "bin"))
