@@ -97,7 +97,8 @@ def write_plan(path: Path, tasks: int, parallel: int, root: Path) -> Path:
 
 def events(repo: Path) -> list[dict]:
     """The events of the newest run in ``repo``."""
-    run = sorted((repo / ".git" / "corral" / "runs").iterdir())[-1]
+    # (by time: ids made in the same second sort by their random part)
+    run = max((repo / ".git" / "corral" / "runs").iterdir(), key=lambda d: (d / "events.jsonl").stat().st_mtime)
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
