@@ -225,7 +225,6 @@ def _write_guard(run_dir: Path, others: Path, own: Path, user_hooks: str, ref: s
             _shim(run_dir / "guard" / "bin", real, common)
 
 
-
 def _config_string(path: Path) -> str:
     """``path`` as a quoted value in a git config file."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -166,10 +166,14 @@ class _Soon(Generic[T]):
 
 
 def _problem_of(group: BaseExceptionGroup) -> BaseException:
-    """What to raise for what preflight's task group raised: its first usage error (the problem to
-    name, exit 2), else the group as it is."""
-    usage = group.subgroup(UsageError)
-    return _first_leaf(usage) if usage is not None else group
+    """What to raise for what preflight's task group raised, as preflight raised it when it asked one
+    thing at a time: its first usage error (the problem to name, exit 2), else a Ctrl-C, else the
+    one exception in it (the group when there are several)."""
+    for kind in (UsageError, KeyboardInterrupt):
+        found = group.subgroup(kind)
+        if found is not None:
+            return _first_leaf(found)
+    return _first_leaf(group) if len(group.exceptions) == 1 else group
 
 
 def _probes(plan: Plan, forced: str | None, env: dict[str, str] | None) -> bool:
