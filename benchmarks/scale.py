@@ -11,6 +11,10 @@ the CPU of each side (every process of it, per task), the most checkouts on disk
 one-task run.
 
     TMPDIR=/dev/shm python benchmarks/scale.py [--tasks 200] [--parallel 8] [--files 200]
+    TMPDIR=/dev/shm python benchmarks/scale.py --only first-output [--runs 5] [--files 200]
+
+``--only first-output`` measures the one-task run alone, ``--runs`` times (medians and each run's
+figures).
 
 One run of each side (this is a slow measurement on a shared machine); the repository and the
 workspaces go to the temp dir (``TMPDIR=/dev/shm`` keeps the disk out of it).
@@ -30,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import corral_cmd, fmt, scratch_repo
+from _common import corral_cmd, fmt, median, scratch_repo
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
        "GIT_COMMITTER_EMAIL": "b@b"}
@@ -93,7 +97,8 @@ def write_plan(path: Path, tasks: int, parallel: int, root: Path) -> Path:
 
 def events(repo: Path) -> list[dict]:
     """The events of the newest run in ``repo``."""
-    run = sorted((repo / ".git" / "corral" / "runs").iterdir())[-1]
+    # (by time: ids made in the same second sort by their random part)
+    run = max((repo / ".git" / "corral" / "runs").iterdir(), key=lambda d: (d / "events.jsonl").stat().st_mtime)
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
@@ -122,12 +127,35 @@ def first_output(repo: Path, root: Path) -> tuple[float, float]:
     return took, started - wall
 
 
+def first_output_only(files: int, runs: int) -> None:
+    """The one-task run alone, ``runs`` times on one ``files``-file repository."""
+    print(f"one task on a {files}-file repository, {runs} runs (temp dir {tempfile.gettempdir()})")
+    repo = scratch_repo(files)
+    root = Path(tempfile.mkdtemp(prefix="corral-bench-scale-"))
+    try:
+        got = [first_output(repo, root) for _ in range(runs)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        for p in repo.parent.glob(f"{repo.name}-*.toml"):
+            p.unlink()
+        shutil.rmtree(repo, ignore_errors=True)
+    print("  each run (first output / run_started, ms): "
+          + ", ".join(f"{a * 1000:.0f}/{b * 1000:.0f}" for a, b in got))
+    print(f"  median: first output line {median([a for a, _ in got]) * 1000:.0f} ms after spawning `corral run`, "
+          f"run_started after {median([b for _, b in got]) * 1000:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--files", type=int, default=200)
+    ap.add_argument("--only", choices=("first-output",), default=None, help="measure only this part")
+    ap.add_argument("--runs", type=int, default=5, help="with --only first-output: how many one-task runs")
     a = ap.parse_args()
+    if a.only == "first-output":
+        first_output_only(a.files, a.runs)
+        return
     print(f"{a.tasks} trivial tasks at max_parallel {a.parallel} on a {a.files}-file repository "
           f"(temp dir {tempfile.gettempdir()})")
 

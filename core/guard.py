@@ -32,8 +32,11 @@ import os
 import shlex
 import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, cast
+
+import anyio.to_thread
 
 from .journal import write_atomic
 from .vcs.base import Backend, Workspace, workspace_of
@@ -204,6 +207,24 @@ async def _user_hooks(backend: "GitBackend", ws: Workspace) -> str:
     return values[-1] if values and values[-1] else str(backend.common_dir / "hooks")
 
 
+#: held while an agent's guard files are written (see _write_guard)
+_WRITING = threading.Lock()
+
+
+def _write_guard(run_dir: Path, others: Path, own: Path, user_hooks: str, ref: str, heads: str, real: str | None,
+                 common: Path) -> None:
+    """The guard's files for an agent: the hooks of the other checkouts (``others``) and of its own
+    (``own``, letting ``ref`` through), each dir's config, and the git shim (``real``: git's path).
+    One agent's at a time: agents share ``others`` and the shim (and a file's temporary name)."""
+    with _WRITING:
+        _hook_dir(others / "hooks", user_hooks, "")
+        _hook_dir(own / "hooks", user_hooks, ref, heads)
+        for d in (others, own):
+            _write(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n", executable=False)
+        if real:
+            _shim(run_dir / "guard" / "bin", real, common)
+
+
 def _config_string(path: Path) -> str:
     """``path`` as a quoted value in a git config file."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -233,19 +254,17 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
             user_hooks = git.user_hooks
             common = git.common_dir.resolve()
             others, own = run_dir / "guard" / "others", run_dir / "guard" / f"ws-{ws.task}"
-            _hook_dir(others / "hooks", user_hooks, "")
-            _hook_dir(own / "hooks", user_hooks, f"refs/heads/{ws.ref}",
-                      str(git.registry.heads_log(ws.key)) if ws.key else "")
-            for d in (others, own):
-                _write(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n", executable=False)
+            real = shutil.which("git", path=env.get("PATH", os.defpath))
+            # some sixty files read or written: in a worker thread, not on the event loop (64 agents
+            # starting at once spent 5 ms each there)
+            await anyio.to_thread.run_sync(_write_guard, run_dir, others, own, user_hooks, f"refs/heads/{ws.ref}",
+                                           str(git.registry.heads_log(ws.key)) if ws.key else "", real, common)
             entries += [
                 (f"includeIf.gitdir:{_pattern(common)}.path", str(others / "config")),  # the main checkout
                 (f"includeIf.gitdir:{_pattern(common)}/worktrees/.path", str(others / "config")),
                 (f"includeIf.gitdir:{_pattern(Path(admin).resolve())}.path", str(own / "config")),
             ]
-            real = shutil.which("git", path=env.get("PATH", os.defpath))
             if real:
-                _shim(run_dir / "guard" / "bin", real, common)
                 extra["PATH"] = str(run_dir / "guard" / "bin") + os.pathsep + env.get("PATH", os.defpath)
     n = _config_count(env)
     for i, (key, value) in enumerate(entries, n):

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, cast
 
 if TYPE_CHECKING:
+    import anyio
+
     from .agents import Profile
     from .vcs.base import Backend, Workspace
     from .vcs.git import GitBackend
@@ -103,18 +105,34 @@ def _within_dir(path: str, top: str) -> bool:
 OFF = Sandbox(why="sandbox = none")
 
 _probed: dict[str, tuple[str, bool, str]] = {}
+#: the probes under way, by bwrap's path: a second caller waits for the first one's answer
+_probing: dict[str, "anyio.Event"] = {}
 
 
 async def probe() -> tuple[str, bool, str]:
     """(path of a bwrap that works here, whether the TERM handling of :meth:`Sandbox.wrap` works,
-    why there is none): a sandbox with every option corral uses, tried once per process."""
-    from .procs import run_captured
+    why there is none): a sandbox with every option corral uses, tried once per process (preflight
+    starts it early, beside its git processes, and asks again when it needs the answer)."""
+    import anyio
 
     found = shutil.which("bwrap")
     if found is None:
         return "", False, "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
+    while found not in _probed and found in _probing:
+        await _probing[found].wait()
     if found in _probed:
         return _probed[found]
+    _probing[found] = anyio.Event()
+    try:
+        _probed[found] = await _try_bwrap(found)
+    finally:
+        _probing.pop(found).set()
+    return _probed[found]
+
+
+async def _try_bwrap(found: str) -> tuple[str, bool, str]:
+    from .procs import run_captured
+
     result: tuple[str, bool, str] = ("", False, "")
     for signals in (True, False):
         trial = Sandbox(bwrap=found, network=False, signals=signals)
@@ -124,7 +142,6 @@ async def probe() -> tuple[str, bool, str]:
             break
         lines = [line for line in out.splitlines() if line.strip()]
         result = ("", False, f"{found} cannot run here: {lines[-1] if lines else f'exit {code}'}")
-    _probed[found] = result
     return result
 
 

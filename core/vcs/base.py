@@ -351,6 +351,12 @@ class Backend(abc.ABC):
     async def preflight(self) -> list[str]:
         """Problems that forbid a run (mid-merge, mid-rebase); empty when all is well."""
 
+    async def check_base(self, base: str) -> tuple[str, list[str]]:
+        """Preflight's questions about the repository in one go: the commit of ``base``
+        (:class:`UsageError` when it does not resolve) and the problems :meth:`preflight` finds."""
+        commit = await self.resolve(base)
+        return commit, await self.preflight()
+
     async def remember_user_state(self) -> None:
         """Note what of the user's corral checks later (git: their stash)."""
 

@@ -210,8 +210,7 @@ class GitBackend(Backend):
     async def resolve(self, rev: str) -> str:
         """The commit of ``rev``; a branch of that name wins over a tag of the same name (git's own
         order picks the tag), as landing moves the branch."""
-        if not rev or rev.startswith("-") or "\0" in rev:
-            raise UsageError(f"base {rev!r}: not a valid revision")
+        _check_rev(rev)
         full = f"refs/heads/{rev}" if await self.is_branch(rev) else rev
         res = await self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False)
         if not res.ok or not res.out.strip():
@@ -222,30 +221,69 @@ class GitBackend(Backend):
         return res.out.strip()
 
     async def preflight(self) -> list[str]:
+        return self._preflight_problems(await self.is_branch("corral"))
+
+    def _preflight_problems(self, corral_branch: bool) -> list[str]:
         problems = [f"{self.root} is in the middle of {what}: finish or abort it first"
                     for what in _operations(self.git_dir)]
-        if await self.is_branch("corral"):
+        if corral_branch:
             problems.append(f"{self.root}: a branch named 'corral' exists, and git cannot create corral's branches "
                             "corral/<run>/<task> beside it: rename it (git branch -m corral NEW-NAME)")
         return problems
 
+    async def check_base(self, base: str) -> tuple[str, list[str]]:
+        """One ``for-each-ref`` answers what :meth:`resolve` and :meth:`preflight` ask three git
+        processes: whether branch ``base`` exists and its commit, and whether a branch ``corral``
+        does. A base that is no branch (a tag, ``main~1``, a commit id), or a branch that does not
+        point at a commit, is resolved as :meth:`resolve` does."""
+        _check_rev(base)
+        branches = await self._branch_tips(base, "corral")
+        commit = branches.get(base, "")
+        if not commit:
+            commit = await self.resolve(base)
+        return commit, self._preflight_problems("corral" in branches)
+
+    async def _branch_tips(self, *names: str) -> dict[str, str]:
+        """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with the
+        commit it points at ("" when it points at something else, a tag say)."""
+        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)",
+                             *[f"refs/heads/{n}" for n in names], check=False)
+        wanted = {f"refs/heads/{n}": n for n in names}
+        out: dict[str, str] = {}
+        for line in res.out.splitlines():
+            ref, _, rest = line.partition("\0")
+            kind, _, oid = rest.partition("\0")
+            if ref in wanted:
+                out[wanted[ref]] = oid if kind == "commit" else ""
+        return out
+
     async def notes(self, base_commit: str, base: str = "") -> list[str]:
         """Things about the repository a user should know before a run (not problems): submodules, and
-        a checkout of ``base`` with uncommitted changes (landing would be refused)."""
-        out = [await self._dirty_base(base)] if base else []
-        subs = await self.git("ls-tree", "-r", "-z", "--full-tree", base_commit, check=False)
-        paths = [e.partition("\t")[2] for e in subs.out.split("\0") if e.startswith("160000 ")]
-        if paths:
-            listed = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
-            out.append(f"this repository has submodules ({listed}): workspaces get them uninitialised (corral "
-                       "does not run `git submodule update`), and edits made inside them cannot be kept (a task "
-                       "that makes some fails, its workspace kept)")
+        a checkout of ``base`` with uncommitted changes (landing would be refused). Both looked at
+        at once: each is a git process or two, on the way to the run's start."""
+        out = ["", ""]
+
+        async def dirty() -> None:
+            out[0] = await self._dirty_base(base) if base else ""
+
+        async def submodules() -> None:
+            subs = await self.git("ls-tree", "-r", "-z", "--full-tree", base_commit, check=False)
+            paths = [e.partition("\t")[2] for e in subs.out.split("\0") if e.startswith("160000 ")]
+            if paths:
+                listed = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+                out[1] = (f"this repository has submodules ({listed}): workspaces get them uninitialised (corral "
+                          "does not run `git submodule update`), and edits made inside them cannot be kept (a task "
+                          "that makes some fails, its workspace kept)")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dirty)
+            tg.start_soon(submodules)
         return [note for note in out if note]
 
     async def _dirty_base(self, base: str) -> str:
         """Said at preflight: landing refuses to move ``base`` when its checkout has uncommitted changes
         to files the landing changes (see :meth:`land`), better known before the agents run than after."""
-        where = await self.checked_out_at(base) if await self.is_branch(base) else None
+        where = await self._checkout_of(base)
         if where is None:
             return ""
         res = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
@@ -894,6 +932,17 @@ class GitBackend(Backend):
         return sorted(set(f for f in res.out.split("\0") if f))
 
     # ----------------------------------------------------------------------------------- landing
+    async def _checkout_of(self, branch: str) -> Path | None:
+        """Where branch ``branch`` is checked out (None: it is not, or there is no such branch), as
+        :meth:`checked_out_at` tells, in one git process instead of two."""
+        res = await self.git("for-each-ref", "--format=%(refname)%00%(worktreepath)", f"refs/heads/{branch}",
+                             check=False)
+        for line in res.out.splitlines():
+            ref, _, where = line.partition("\0")
+            if ref == f"refs/heads/{branch}" and where:
+                return Path(where)
+        return None
+
     async def checked_out_at(self, branch: str) -> Path | None:
         res = await self.git("worktree", "list", "--porcelain", "-z")
         for rec in _worktree_records(res.out):
@@ -1277,6 +1326,12 @@ def _merge_message(task: str, strategy: str) -> str:
 
 #: a branch name of letters, digits, '.', '_', '-' and '/': none of the characters git refuses, so
 #: only git's rules about dots and slashes apply (git-check-ref-format(1))
+def _check_rev(rev: str) -> None:
+    """Refuse a base no git command should be given: empty, an option, or holding a NUL."""
+    if not rev or rev.startswith("-") or "\0" in rev:
+        raise UsageError(f"base {rev!r}: not a valid revision")
+
+
 _PLAIN_REF = re.compile(r"\A[A-Za-z0-9._/-]+\Z")
 
 

@@ -1,0 +1,203 @@
+"""The way to a run's first output: preflight's git processes are few and asked at once, and the
+sandbox probe runs beside them, once per bwrap."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import git, make_repo
+from test_workspaces_git import _calls, counted_git  # noqa: F401  (a fixture)
+
+
+def _one_task_plan(**fields: object):
+    from corral.core.plan import Plan, TaskSpec
+
+    return Plan(tasks=[TaskSpec(name="one", prompt="echo hi", agent="shell")], **fields)  # type: ignore[arg-type]
+
+
+def test_preflight_asks_git_seven_questions_and_creates_nothing(tmp_path: Path, counted_git: Path) -> None:
+    """Whether the base is a branch, its commit and whether a branch ``corral`` exists are one
+    ``for-each-ref``; where the base is checked out another: no ``show-ref`` or ``rev-parse`` per
+    question, no ``worktree list``."""
+    from corral.core.pipeline import prepare
+
+    repo = make_repo(tmp_path / "repo")
+    before = git(repo, "for-each-ref")
+    main_commit = git(repo, "rev-parse", "main").strip()
+
+    async def main() -> None:
+        prep = await prepare(_one_task_plan(sandbox="none"), repo)
+        assert prep.base_name == "main" and prep.base_commit == main_commit
+        await prep.backend.close()
+
+    counted_git.write_text("")
+    anyio.run(main)
+    asked = collections.Counter(line.split()[0] for line in _calls(counted_git))
+    assert asked == {"rev-parse": 1, "symbolic-ref": 1, "for-each-ref": 2, "log": 1, "status": 1, "ls-tree": 1}
+    assert git(repo, "for-each-ref") == before
+    assert not (repo / ".git" / "corral" / "runs").exists()
+
+
+def test_preflight_still_refuses_what_it_refused(tmp_path: Path) -> None:
+    """The checks answered by the one ``for-each-ref`` refuse as before: a missing base, a branch
+    ``corral``; a tag or ``main~1`` as the base still resolves."""
+    from corral.core.pipeline import prepare
+    from corral.core.vcs.base import UsageError
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / "two.txt").write_text("2\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two")
+    git(repo, "tag", "-a", "-m", "a tag", "v1", "main~1")
+
+    async def commit_of(base: str) -> str:
+        prep = await prepare(_one_task_plan(sandbox="none"), repo, base=base)
+        await prep.backend.close()
+        return prep.base_commit
+
+    first = git(repo, "rev-parse", "main~1").strip()
+    assert anyio.run(commit_of, "v1") == first
+    assert anyio.run(commit_of, "main~1") == first
+    with pytest.raises(UsageError, match="base 'nope': no such revision"):
+        anyio.run(commit_of, "nope")
+    git(repo, "branch", "corral")
+    with pytest.raises(UsageError, match="a branch named 'corral' exists"):
+        anyio.run(commit_of, "main")
+
+
+@pytest.fixture
+def bwrap_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``bwrap`` on PATH is the real one, each start logged (a line) to the returned file; the
+    process's probe results are forgotten for the test."""
+    from corral.core import sandbox
+
+    real = shutil.which("bwrap") or "/usr/bin/bwrap"
+    bindir = tmp_path / "bwrap-bin"
+    bindir.mkdir()
+    log = tmp_path / "bwrap-starts"
+    wrapper = bindir / "bwrap"
+    wrapper.write_text(f'#!/bin/sh\necho start >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    monkeypatch.setattr(sandbox, "_probed", {})
+    return log
+
+
+def test_the_sandbox_probe_runs_beside_the_git_preflight(tmp_path: Path, bwrap_seen: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe starts while preflight's git processes run, not after them: here ``git
+    symbolic-ref`` waits (up to 20 s) for bwrap to have started, and says whether it had."""
+    from corral.core.pipeline import prepare
+
+    real = shutil.which("git")
+    repo = make_repo(tmp_path / "repo")
+    bindir = tmp_path / "git-bin"
+    bindir.mkdir()
+    said = tmp_path / "symbolic-ref-saw"
+    wrapper = bindir / "git"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *symbolic-ref*)\n'
+        f"  i=0; while [ ! -s {bwrap_seen} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if [ -s {bwrap_seen} ]; then echo bwrap >> {said}; else echo nothing >> {said}; fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+    async def main() -> None:
+        prep = await prepare(_one_task_plan(sandbox="auto"), repo)
+        await prep.backend.close()
+
+    anyio.run(main)
+    assert said.read_text().split() == ["bwrap"]
+
+
+def test_the_sandbox_probe_runs_once_for_callers_at_once(bwrap_seen: Path) -> None:
+    """Two callers asking at once (preflight's early start, then its policy) get one probe's answer."""
+    from corral.core import sandbox
+
+    async def alone() -> tuple[str, bool, str]:
+        return await sandbox.probe()
+
+    one = anyio.run(alone)
+    starts = len(bwrap_seen.read_text().splitlines())
+    assert starts >= 1
+    sandbox._probed.clear()
+    bwrap_seen.write_text("")
+
+    async def together() -> list[tuple[str, bool, str]]:
+        got: list[tuple[str, bool, str]] = []
+
+        async def ask() -> None:
+            got.append(await sandbox.probe())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            tg.start_soon(ask)
+        return got
+
+    assert anyio.run(together) == [one, one]
+    assert len(bwrap_seen.read_text().splitlines()) == starts
+
+
+def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
+    """Started beside a run's preflight (at its first process), the watchdog is Python without
+    ``site`` and without the corral package, as the reapers are (a third of the CPU time on a
+    machine whose cores the start-up shares)."""
+    from corral.core.watchdog import Watchdog
+
+    dog = Watchdog.get()
+    assert dog is not None and dog.proc.poll() is None
+    argv: list[str] = []
+    deadline = time.monotonic() + 10
+    while not argv and time.monotonic() < deadline:  # (empty until its exec is done)
+        with open(f"/proc/{dog.proc.pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+    assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("watchdog.py")
+
+
+def test_an_agents_guard_files_are_written_off_the_event_loop(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's sixty-odd hook files per agent are read and written in a worker thread: when many
+    agents start at once, the event loop does not wait for the filesystem (and still gets them all)."""
+    import threading
+
+    from corral.core import guard
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+    writers: set[str] = set()
+    write = guard._write
+
+    def spied(path: Path, text: str, executable: bool = True) -> None:
+        writers.add(threading.current_thread().name)
+        write(path, text, executable)
+
+    monkeypatch.setattr(guard, "_write", spied)
+
+    async def main() -> tuple[str, dict[str, str]]:
+        backend = await GitBackend.open(repo)
+        ws = await backend.create_workspace("20260101-000000-abcd", "one", await backend.resolve("main"), str(root))
+        try:
+            loop = threading.current_thread().name
+            env = await guard.agent_git_env(backend, tmp_path / "run", str(ws.path), [ws], dict(os.environ))
+        finally:
+            await backend.remove_workspace(ws, keep_ref=False)
+            await backend.close()
+        return loop, env
+
+    loop, env = anyio.run(main)
+    assert writers and loop not in writers
+    assert (tmp_path / "run" / "guard" / "ws-one" / "hooks" / "reference-transaction").is_file()
+    assert env["PATH"].startswith(str(tmp_path / "run" / "guard" / "bin"))
