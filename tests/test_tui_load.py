@@ -102,8 +102,9 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
                 lines = app.run_screen.panes[name].log_widget.lines
                 assert len(lines) <= PANE_MAX_LINES, "panes keep at most max_lines in memory"
                 assert lines[-1] == f"{name} burst 30 line 500", "the last line shown is the last line printed"
-            log = Path(app.model.run_dir) / "logs" / "agent07.log"
-            assert log.read_text().count("\n") == 15000, "the full log is on disk"
+            for name in names:
+                log = Path(app.model.run_dir) / "logs" / f"{name}.log"
+                assert log.read_text().count("\n") == 15000, "the full log is on disk"
             await pilot.press("q")
 
     run_start = time.monotonic()
@@ -111,7 +112,8 @@ def test_sixteen_flooding_agents_keep_keys_responsive(repo: Path, wt_root: Path)
     print(f"\n16 agents: {stats['lines']:.0f} lines in {time.monotonic() - run_start:.1f}s; "
           f"worst focus change after a key: {stats['worst_key'] * 1000:.0f} ms, "
           f"{stats['worst_flushes']:.0f} flushes, over {stats['presses']:.0f} presses")
-    assert stats["lines"] == N * 15000
+    # the panes were sent what they can show (each flush of a flooded pane, its newest lines)
+    assert 2000 < stats["lines"] <= N * 15000
     assert stats["presses"] >= 3
     # a key is answered within half a second of the app's own frame clock (12 flushes a second):
     # counted in flushes, not timed, since time depends on the machine's load (3 to 4 flushes, 0.7 to
