@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,11 +106,16 @@ def main() -> None:
           f"{'yes | head' if a.producer == 'yes' else 'the generator'}, median of {a.runs} runs")
 
     base_times, outdir = [], Path(tempfile.mkdtemp(prefix="corral-drain-"))
-    for _ in range(a.runs):
-        base_times.append(baseline(a.agents, a.lines, outdir, a.producer))
-    results = [corral_run(repo, a.agents, a.lines, plan) for _ in range(a.runs)]
-    same = all(digest(outdir / f"t{i}.log") == digest(results[-1]["run_dir"] / "logs" / f"t{i}.log")
-               for i in range(a.agents))
+    try:
+        for _ in range(a.runs):
+            base_times.append(baseline(a.agents, a.lines, outdir, a.producer))
+        results = [corral_run(repo, a.agents, a.lines, plan) for _ in range(a.runs)]
+        same = all(digest(outdir / f"t{i}.log") == digest(results[-1]["run_dir"] / "logs" / f"t{i}.log")
+                   for i in range(a.agents))
+    finally:  # the scratch repository, its plan and the drain's files go (they are 100s of MB on tmpfs)
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(outdir, ignore_errors=True)
+        plan.unlink(missing_ok=True)
     b = median(base_times)
     w = median([r["window"] for r in results])
     print(f"  baseline (bare drain to files)   {fmt(b)} s   {a.agents * a.lines / b / 1e6:.2f} M lines/s")
