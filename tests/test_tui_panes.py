@@ -46,6 +46,20 @@ async def hosted(names: list[str]) -> AsyncIterator[tuple[RunHost, CorralApp, An
         yield host, app, pilot
 
 
+@asynccontextmanager
+async def on_bus(names: list[str]) -> AsyncIterator[tuple[EventBus, CorralApp, Any]]:
+    """The dashboard on events emitted here for tasks ``names`` (running): every pane ready, the
+    first focused."""
+    bus = EventBus(RUN)
+    app = CorralApp(bus=bus, notifications=False)
+    async with app.run_test(size=SIZE) as pilot:
+        started(bus, names)
+        await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == len(names)
+                    and all(p.ready for p in app.run_screen.panes.values())
+                    and app.run_screen.focused_task == names[0], what="the panes, the first focused")
+        yield bus, app, pilot
+
+
 def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> None:
     """16 agents printed 2,000 lines each while nobody watched: the first flush after the panes are
     mounted gives every pane its whole history (it showed 150 lines and 4 panes a flush, the rest
@@ -75,12 +89,7 @@ def test_panes_off_screen_wait_while_their_agent_floods_and_end_on_its_last_line
     names = [f"t{i:02d}" for i in range(24)]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, names)
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
-                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+        async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
             writes: list[tuple[str, bool]] = []
             real_write = screen._write
@@ -117,12 +126,7 @@ def test_a_pane_is_three_widgets() -> None:
     activity line)."""
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, ["a", "b"])
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2
-                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+        async with on_bus(["a", "b"]) as (bus, app, pilot):
             await pilot.pause(0.2)
             pane = app.run_screen.panes["a"]
             assert [type(w).__name__ for w in pane.walk_children(with_self=True)] == ["TaskPane", "PaneHead", "PaneLog"]
@@ -139,12 +143,7 @@ def test_panes_off_screen_whose_agents_end_one_by_one_are_written_together() -> 
     names = [f"t{i:02d}" for i in range(24)]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, names)
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
-                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+        async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
             for name in names:
                 bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 0, 10)))
@@ -187,12 +186,7 @@ def test_nothing_off_screen_is_updated_until_it_shows() -> None:
     names = [f"t{i:02d}" for i in range(24)]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, names)
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
-                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+        async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
             await pilot.pause(0.3)
             scroll = screen.query_one("#panes-scroll")
@@ -234,13 +228,7 @@ def test_zoom_shows_the_pane_over_the_grid_without_laying_the_grid_out() -> None
     names = [f"t{i:02d}" for i in range(24)]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, names)
-            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 24
-                        and all(p.ready for p in app.run_screen.panes.values())
-                        and app.run_screen.focused_task == "t00", what="the panes")
+        async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
             bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
             await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
@@ -354,12 +342,7 @@ def test_the_footer_is_rebuilt_only_when_its_keys_change() -> None:
     names = ["a", "b", "c"]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False)
-        async with app.run_test(size=SIZE) as pilot:
-            started(bus, names)
-            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_pane is not None,
-                        what="a focused pane")
+        async with on_bus(names) as (bus, app, pilot):
             await pilot.pause(0.3)
             footer = app.run_screen.query_one(FitFooter)
             keys = list(footer.children)
