@@ -3,7 +3,9 @@
 - stream: N agents x L lines (the log_streaming generator) in a run started with ``--detach``, with
   the real dashboard (headless Textual) attached over the socket; the throughput ratio is the bare
   drain's time over the agents' streaming window (target >= 0.5), and the panes must end on each
-  agent's last line.
+  agent's last line. The agents wait at a gate until the dashboard is attached and shows their
+  panes: the window runs from the gate's opening to the last agent's end, the stream to a
+  dashboard that is there (its own start, some 0.5 s of CPU, is not part of it).
 - attach: agents that printed M lines in all while nobody watched, then wait; the time from
   ``corral attach`` connecting to the dashboard painted with every pane's tail (target <= 1 s).
 - idle: N silent agents, no client: the supervisor's CPU over a window (target < 1 % of a core).
@@ -87,21 +89,30 @@ def bench_stream(a: argparse.Namespace) -> None:
     repo = scratch_repo()
     outdir = Path(tempfile.mkdtemp(prefix="corral-drain-"))
     try:
-        plan = write_plan(repo, "stream", [f"{sys.executable} {GEN} {a.lines} t{i}" for i in range(a.agents)])
+        gate = repo.parent / f"{repo.name}-gate"
+        plan = write_plan(repo, "stream", [f"while [ ! -f {gate} ]; do sleep 0.02; done; {sys.executable} {GEN} {a.lines} t{i}"
+                                           for i in range(a.agents)])
         print(f"{a.agents} agents x {a.lines} lines through the supervisor's socket to an attached dashboard "
               f"(headless Textual {SIZE[0]}x{SIZE[1]}); each run after a baseline run")
         ratios, windows, tails = [], [], []
         for _ in range(a.runs):
             base = baseline(a.agents, a.lines, outdir)
+            gate.unlink(missing_ok=True)
             run = start_detached(repo, plan)
+            opened: list[float] = []
 
             def done(app) -> bool:
-                return app.link is not None and not app.pipeline_running
+                screen = app.run_screen
+                if not opened and screen is not None and len(screen.panes) == a.agents and all(
+                        getattr(p, "ready", False) for p in screen.panes.values()):
+                    opened.append(time.time())
+                    gate.write_text("go")  # attached, the panes shown: the agents may print
+                return bool(opened) and app.link is not None and not app.pipeline_running
 
             _, shown = asyncio.run(attach_app(repo, run, done))
             run_dir = repo / ".git" / "corral" / "runs" / run
             events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-            start = min(e["ts"] for e in events if e["type"] == "task_status" and e["status"] == "running")
+            start = opened[0]
             end = max(e["ts"] for e in events if e["type"] == "task_finished")
             windows.append(end - start)
             ratios.append(base / (end - start))
@@ -116,6 +127,7 @@ def bench_stream(a: argparse.Namespace) -> None:
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(outdir, ignore_errors=True)
         Path(f"{repo.parent}/{repo.name}-stream.toml").unlink(missing_ok=True)
+        Path(f"{repo.parent}/{repo.name}-gate").unlink(missing_ok=True)
 
 
 def bench_attach(a: argparse.Namespace) -> None:
