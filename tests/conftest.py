@@ -199,6 +199,24 @@ def corral_state(repo: Path) -> dict:
     return {"branches": branches, "worktrees": worktrees[1:], "runs": runs}
 
 
+def jj_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No machine config, a fixed identity: tests never depend on the user's jj setup."""
+    cfg = tmp_path / "jjconfig.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("JJ_CONFIG", str(cfg))
+    monkeypatch.setenv("JJ_USER", "Test Author")
+    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+
+
+@pytest.fixture
+def jj_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A plain jj repository (no machine config, a fixed identity)."""
+    from test_jj import make_jj_repo
+
+    jj_identity(tmp_path, monkeypatch)
+    return make_jj_repo(tmp_path / "repo", False)
+
+
 def has_jj() -> bool:
     if shutil.which("jj") is None:
         return False

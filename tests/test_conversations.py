@@ -95,10 +95,7 @@ def test_a_follow_up_resumes_a_finished_shell_task_and_the_review_waits_for_it(r
 def test_a_follow_up_resumes_claudes_own_session_and_costs_add_up(repo: Path, tmp_path: Path) -> None:
     env = {"PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_ARGV_LOG": str(tmp_path / "argv.jsonl")}
     gate = tmp_path / "go"
-    run = corral("run", str(two_task_plan(tmp_path, gate, "claude", "write file=first.py")), "--detach",
-                 cwd=repo, env=env)
-    assert run.returncode == 0, run.stderr
-    run_id = run.stdout.split("run ", 1)[1].split()[0]
+    run_id = start_detached(repo, two_task_plan(tmp_path, gate, "claude", "write file=first.py"), env=env)
     wait_until(lambda: task_state(repo, run_id, "done").get("status") == "succeeded", "claude's first turn")
     first = task_state(repo, run_id, "done")
     assert first["session"] == "3441670d-e0e7-4ddf-9365-084c5dd52992"  # as its init event said
@@ -140,9 +137,7 @@ def test_a_follow_up_to_a_running_agent_is_queued_and_delivered_when_its_turn_en
         agent = "claude"
         prompt = 'write file=first.py gate={gate}'
     """)
-    res = corral("run", str(plan), "--detach", cwd=repo, env=env)
-    assert res.returncode == 0, res.stderr
-    run = res.stdout.split("run ", 1)[1].split()[0]
+    run = start_detached(repo, plan, env=env)
     wait_until(lambda: task_state(repo, run, "sh").get("status") == "running"
                and task_state(repo, run, "cl").get("status") == "running", "both agents to work")
     for task, message in (("sh", "echo two > two.txt"), ("cl", "now file=second.py")):
@@ -839,9 +834,7 @@ def test_a_follow_up_after_the_run_ended_resumes_the_session_in_a_new_run_from_t
         agent = "shell"
         prompt = 'echo gone > gone.txt'
     """)
-    res = corral("run", str(plan), "--detach", cwd=repo, env=env)
-    assert res.returncode == 0, res.stderr
-    run = res.stdout.split("run ", 1)[1].split()[0]
+    run = start_detached(repo, plan, env=env)
     first = wait_ended(repo, run)
     assert first["tasks"]["done"]["status"] == "rejected"
     branch = first["tasks"]["done"]["branch"]

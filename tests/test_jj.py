@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corral, has_jj, write_plan
+from conftest import corral, has_jj, jj_identity, write_plan
 
 pytestmark = [pytest.mark.jj, pytest.mark.skipif(not has_jj(), reason="jj is not installed (run ../shared/tools/install-jj)")]
 
@@ -22,11 +22,7 @@ APP = "".join(f"line {i}\n" for i in range(1, 11))
 @pytest.fixture(autouse=True)
 def jj_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No machine config, a fixed identity: tests never depend on the user's jj setup."""
-    cfg = tmp_path / "jjconfig.toml"
-    cfg.write_text("")
-    monkeypatch.setenv("JJ_CONFIG", str(cfg))
-    monkeypatch.setenv("JJ_USER", "Test Author")
-    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
+    jj_identity(tmp_path, monkeypatch)
 
 
 def jj(repo: Path, *args: str, check: bool = True, wc: bool = False) -> str:

@@ -267,18 +267,6 @@ def test_a_dirty_checkout_of_base_refuses_only_a_landing_that_changes_its_files(
 jj_only = [pytest.mark.jj, pytest.mark.skipif(not has_jj(), reason="jj is not installed")]
 
 
-@pytest.fixture
-def jj_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from test_jj import make_jj_repo
-
-    cfg = tmp_path / "jjconfig.toml"
-    cfg.write_text("")
-    monkeypatch.setenv("JJ_CONFIG", str(cfg))
-    monkeypatch.setenv("JJ_USER", "Test Author")
-    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
-    return make_jj_repo(tmp_path / "repo", False)
-
-
 @pytest.mark.jj
 @pytest.mark.skipif(not has_jj(), reason="jj is not installed")
 def test_jj_a_stale_default_base_is_caught_at_preflight(jj_repo, tmp_path):

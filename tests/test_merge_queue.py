@@ -244,15 +244,10 @@ def test_a_union_merged_changelog_is_forecast_and_merged_alike(repo, tmp_path, w
 
 @pytest.mark.jj
 @pytest.mark.skipif(not has_jj(), reason="jj is not installed")
-def test_bisect_in_a_jj_repository(tmp_path, wt_root, monkeypatch):
-    from test_jj import file_at, make_jj_repo, plan as jj_plan, run as jj_run, state
+def test_bisect_in_a_jj_repository(jj_repo, tmp_path, wt_root):
+    from test_jj import file_at, plan as jj_plan, run as jj_run, state
 
-    cfg = tmp_path / "jjconfig.toml"
-    cfg.write_text("")
-    monkeypatch.setenv("JJ_CONFIG", str(cfg))
-    monkeypatch.setenv("JJ_USER", "Test Author")
-    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
-    repo = make_jj_repo(tmp_path / "repo", False)
+    repo = jj_repo
     tasks = dict(eight_tasks({1})[:4])
     res = jj_run(repo, jj_plan(tmp_path, tasks, base="main", verify=VERIFY), "--approve", "all", wt_root=wt_root)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -261,19 +256,6 @@ def test_bisect_in_a_jj_repository(tmp_path, wt_root, monkeypatch):
     assert "t1: verify-failed" in res.stdout
     left = state(repo)
     assert [b.rsplit("/", 1)[1] for b in left["bookmarks"]] == ["t1"] and left["workspaces"] == []
-
-
-@pytest.fixture
-def jj_repo(tmp_path, monkeypatch) -> Path:
-    """A plain jj repository (no machine config, a fixed identity)."""
-    from test_jj import make_jj_repo
-
-    cfg = tmp_path / "jjconfig.toml"
-    cfg.write_text("")
-    monkeypatch.setenv("JJ_CONFIG", str(cfg))
-    monkeypatch.setenv("JJ_USER", "Test Author")
-    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
-    return make_jj_repo(tmp_path / "repo", False)
 
 
 def jj_resolver_run(repo: Path, tmp_path: Path, wt_root: Path, script: str, verify: str = "grep -q 30 src/app.py"):

@@ -44,13 +44,21 @@ def conflicts_screen(app: CorralApp) -> ReviewScreen | None:
     return screen if screen is not None and screen.conflicts else None
 
 
+async def approve_all_and_merge(app: CorralApp, pilot) -> ReviewScreen:
+    """Approve every task and merge: the review comes back with the conflicts (returned)."""
+    await until(pilot, lambda: review_shown(app) is not None, what="review screen")
+    await pilot.press("Y", "m")
+    await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts on the review screen")
+    screen = app.screen
+    assert isinstance(screen, ReviewScreen)
+    return screen
+
+
 async def resolve_by_hand(app: CorralApp, pilot, tmp_path: Path) -> None:
     """Approve every task; at the conflict, ``R``; see the resolution's own diff; go on and land."""
     await until(pilot, lambda: review_shown(app) is not None, what="review screen")
     assert not app.screen.conflicts
-    await pilot.press("Y", "m")
-    await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts on the review screen")
-    screen = app.screen
+    screen = await approve_all_and_merge(app, pilot)
     assert screen.items["second"].status == "conflict" and screen.selected == "second"
     assert "second conflicts in src/app.py (R: agent fixer resolves it)" in screen.conflicts
     assert app.model.tasks["second"].status == "conflict"
@@ -100,15 +108,10 @@ def test_R_on_a_conflict_resolves_it_by_hand_and_its_diff_shows_before_it_lands(
 
 @pytest.mark.jj
 @pytest.mark.skipif(not has_jj(), reason="jj is not installed")
-def test_R_on_a_jj_conflict_resolves_it_by_hand(tmp_path, wt_root, monkeypatch):
-    from test_jj import file_at, make_jj_repo, state
+def test_R_on_a_jj_conflict_resolves_it_by_hand(jj_repo, tmp_path, wt_root):
+    from test_jj import file_at, state
 
-    cfg = tmp_path / "jjconfig.toml"
-    cfg.write_text("")
-    monkeypatch.setenv("JJ_CONFIG", str(cfg))
-    monkeypatch.setenv("JJ_USER", "Test Author")
-    monkeypatch.setenv("JJ_EMAIL", "author@example.com")
-    repo = make_jj_repo(tmp_path / "repo", False)
+    repo = jj_repo
     plan = conflict_plan(tmp_path, wt_root, f"printf '{RESOLVED}\\n' > src/app.py")
 
     async def main() -> None:
@@ -130,10 +133,7 @@ def test_a_resolver_that_fails_by_hand_leaves_the_conflict_to_go_on_without(repo
     async def main() -> None:
         app = CorralApp(prep=await prepare(plan, repo), grace=0.5)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: review_shown(app) is not None, what="review screen")
-            await pilot.press("Y", "m")
-            await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts")
-            first = app.screen
+            first = await approve_all_and_merge(app, pilot)
             await pilot.press("R")
             await until(pilot, lambda: (s := conflicts_screen(app)) is not None and s is not first, timeout=60,
                         what="the conflicts again")
@@ -196,10 +196,7 @@ def test_a_resolver_aborted_by_the_user_leaves_the_conflict(repo, tmp_path, wt_r
     async def main() -> None:
         app = CorralApp(prep=await prepare(plan, repo), grace=0.5)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: review_shown(app) is not None, what="review screen")
-            await pilot.press("Y", "m")
-            await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts")
-            first = app.screen
+            first = await approve_all_and_merge(app, pilot)
             await pilot.press("R")
             await until(pilot, lambda: getattr(app.model.tasks.get("resolve-second"), "status", "") == "running",
                         what="the resolver running")
@@ -232,9 +229,7 @@ def test_a_conflict_resolved_by_hand_is_resolved_again_as_verify_bisects(repo, t
     async def main() -> None:
         app = CorralApp(prep=await prepare(plan, repo), grace=0.5)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: review_shown(app) is not None, what="review screen")
-            await pilot.press("Y", "m")
-            await until(pilot, lambda: conflicts_screen(app) is not None, what="the conflicts")
+            await approve_all_and_merge(app, pilot)
             await pilot.press("R")
             await until(pilot, lambda: (s := conflicts_screen(app)) is not None and "resolve-second" in s.items,
                         timeout=60, what="the review with the resolution")

@@ -33,8 +33,8 @@ def state_dir(repo: Path) -> Path:
     return repo / ".git" / "corral"
 
 
-def start_detached(repo: Path, plan: Path, *args: str) -> str:
-    res = corral("run", str(plan), "--detach", *args, cwd=repo)
+def start_detached(repo: Path, plan: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    res = corral("run", str(plan), "--detach", *args, cwd=repo, env=env)
     assert res.returncode == 0, res.stderr + res.stdout
     m = re.search(r"run (\S+) started in the supervisor \(pid (\d+)\)", res.stdout)
     assert m, res.stdout

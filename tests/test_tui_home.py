@@ -17,7 +17,6 @@ from corral.tui.review_screen import ReviewScreen
 from corral.tui.run_screen import RunScreen
 from test_engine_git import plan_text
 from test_faults import start_run, wait_for
-from test_landing import jj_repo  # noqa: F401  (a fixture)
 from test_tui_pilot import SIZE, pane_lines, until
 
 
@@ -96,11 +95,7 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
                         what="back home after the run")
             assert app.is_running and app.run_screen is None
             assert home.runs and home.runs[0]["state"] == "completed", "the run just made is listed"
-            table = home.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await open_newest_run(app, pilot)
             await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, ReportScreen), what="the run's report")
             assert "hello" in app.screen.path.read_text()
@@ -167,12 +162,7 @@ def test_enter_on_a_past_run_opens_its_tasks_diffs_and_logs_read_only(repo: Path
     async def main() -> None:
         app = CorralApp(home_repo=str(repo), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
-            table = app.screen.query_one("#home-runs")
-            table.focus()
-            table.move_cursor(row=0)
-            await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, PastRunScreen), what="the run")
+            await open_newest_run(app, pilot)
             screen = app.screen
             tasks = screen.query_one("#past-tasks")
             rows = {str(tasks.get_row(k)[0]): [str(c) for c in tasks.get_row(k)] for k in tasks.rows}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import corral_state
+from test_supervisor import start_detached
 
 TICKER = 'i=0; while [ $i -lt 600 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done'
 
@@ -160,10 +161,7 @@ def test_a_hangup_during_the_review_ends_the_attached_dashboard_at_once(repo: Pa
     plan = repo.parent / "review.toml"
     plan.write_text(f'agent = "shell"\nsetup = "none"\nworktree_root = "{wt_root}"\n'
                     f'[[tasks]]\nname = "one"\nprompt = "echo one > one.txt"\n')
-    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--detach"], cwd=repo,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    run = res.stdout.split("run ", 1)[1].split()[0]
+    run = start_detached(repo, plan)
     proc, master, screen = start_in_pty(repo, wt_root, "attach", run)
     try:
         deadline = time.monotonic() + 60
