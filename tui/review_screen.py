@@ -29,6 +29,14 @@ MAX_DIFF_LINES = 4000
 NARROW_WIDTH = 120
 
 
+def _key_hints(text: Text, *hints: tuple[str, str]) -> Text:
+    """Append "KEY label" pairs to a title, the key in bold, two spaces between pairs."""
+    for i, (key, label) in enumerate(hints):
+        text.append(key, style="bold")
+        text.append(f" {label}" + ("  " if i < len(hints) - 1 else ""))
+    return text
+
+
 class ReviewSide(VerticalScroll, can_focus=False):
     """The task list, the forecast and the selected task's files; scrolls when they do not fit
     (focus stays on the table)."""
@@ -156,23 +164,14 @@ class ReviewScreen(ForwardsWorkerErrors, Screen[dict[str, Any] | None]):
         if self.conflicts:
             text.append(" CONFLICTS ", style="bold reverse")
             text.append("  ")
-            text.append("R", style="bold")
-            text.append(" resolve the selected one with the resolver agent  ")
-            text.append("m", style="bold")
-            text.append(" go on (verify, then land) without what still conflicts")
-            return text
+            return _key_hints(text, ("R", "resolve the selected one with the resolver agent"),
+                              ("m", "go on (verify, then land) without what still conflicts"))
         text.append(" REVIEW ", style="bold reverse")
         if left:
             text.append(f"  {left} of {len(self.candidates)} to decide · {n_ok} approved · ")
         else:
             text.append(f"  all {len(self.candidates)} decided: {n_ok} approved, {len(decided) - n_ok} rejected · ")
-        text.append("y", style="bold")
-        text.append(" approve  ")
-        text.append("n", style="bold")
-        text.append(" reject  ")
-        text.append("m", style="bold")
-        text.append(" merge the approved ones")
-        return text
+        return _key_hints(text, ("y", "approve"), ("n", "reject"), ("m", "merge the approved ones"))
 
     def on_mount(self) -> None:
         table = self.query_one("#review-tasks", DataTable)
