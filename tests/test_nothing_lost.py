@@ -227,6 +227,23 @@ def test_clean_after_a_crash_with_a_detached_head_names_the_task_and_leaves_noth
     assert git(repo, "fsck", "--no-reflogs", "--unreachable", "--no-progress") == ""
 
 
+def test_clean_after_a_crash_says_what_it_commits_of_an_agent_that_deleted_its_git_file(repo, tmp_path, wt_root):
+    # clean put the `.git` file back and committed the edits, but asked git what was uncommitted
+    # before that, found nothing, and said neither (nor did --dry-run say it would)
+    killed_run(repo, tmp_path, wt_root, [
+        ("rmgit", "echo w > w.txt; echo more >> README.md; rm .git; echo started; exec sleep 600")], started=1)
+    dry = corral("clean", "--dry-run", cwd=repo)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would commit 2 uncommitted file(s) of rmgit" in dry.stdout, dry.stdout
+    [ws] = list(wt_root.iterdir())
+    assert not (ws / ".git").exists()  # the dry run changed nothing
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "committed 2 uncommitted file(s) of rmgit" in res.stdout, res.stdout
+    [kept] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{kept}:w.txt") == "w" and git(repo, "show", f"{kept}:README.md").endswith("more")
+
+
 # ----------------------------------------------------------------------------------- edits by hand
 def test_edits_made_by_hand_after_the_agent_exited_are_merged(repo, tmp_path, wt_root):
     """The dashboard's `o` shell is there to fix up a task's work before approving it: those edits

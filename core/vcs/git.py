@@ -437,7 +437,15 @@ class GitBackend(Backend):
         await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
 
     async def pending_changes(self, ws: Workspace) -> list[str]:
-        return await self._changes(ws.path, ws.exclude) if self._is_live(ws) else []
+        if self._is_live(ws):
+            return await self._changes(ws.path, ws.exclude)
+        admin = ws.admin or str(self._admin_dirs().get(str(ws.path), ""))
+        if self._relinkable(ws.path, admin):
+            # its `.git` file deleted: what :meth:`snapshot` commits once it has put it back, asked
+            # through the admin dir so that nothing is written here (``clean --dry-run``)
+            env = {"GIT_DIR": admin, "GIT_WORK_TREE": str(ws.path)}
+            return (await self._status(ws.path, ws.exclude, env=env))[0]
+        return []
 
     async def _changes(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Paths with changes not committed (submodules' inner changes included); new files matching
@@ -445,11 +453,12 @@ class GitBackend(Backend):
         full disk, an index an agent broke): "none" would let the workspace be removed with its changes."""
         return (await self._status(path, exclude))[0]
 
-    async def _status(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    async def _status(self, path: Path, exclude: list[str] | tuple[str, ...] = (),
+                      env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
         """:meth:`_changes` of ``path``, and of them the files in conflict (unmerged: a merge or a
         rebase left under way), from one ``git status``."""
         res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
-                             check=False)
+                             check=False, env=env)
         if not res.ok:
             raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
         entries = [entry for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
@@ -458,7 +467,7 @@ class GitBackend(Backend):
         conflicted = sorted({entry[3:] for entry in entries if entry[:2] in _UNMERGED})
         if (path / ".gitmodules").exists():
             # files written into a submodule that is not checked out are invisible to git status
-            stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False)
+            stage = await self.git("ls-files", "--stage", "-z", cwd=path, check=False, env=env)
             for entry in stage.out.split("\0"):
                 mode, _, rest = entry.partition(" ")
                 sub = rest.partition("\t")[2]
@@ -479,11 +488,17 @@ class GitBackend(Backend):
     def _relink(self, ws: Workspace) -> None:
         """Put back the ``.git`` file of a workspace whose agent deleted it (``rm .git``): the files
         there are still the worktree's, and git's admin dir still names that directory."""
-        git_file = ws.path / ".git"
-        if not ws.admin or not ws.path.is_dir() or os.path.lexists(git_file):
-            return
-        if os.path.realpath(_read(Path(ws.admin) / "gitdir")) == os.path.realpath(git_file):
-            git_file.write_text(f"gitdir: {ws.admin}\n", encoding="utf-8")
+        if self._relinkable(ws.path, ws.admin):
+            (ws.path / ".git").write_text(f"gitdir: {ws.admin}\n", encoding="utf-8")
+
+    @staticmethod
+    def _relinkable(path: Path, admin: str) -> bool:
+        """Whether the workspace at ``path`` lost its ``.git`` file while git's admin dir ``admin``
+        still names that directory as its worktree."""
+        git_file = path / ".git"
+        if not admin or not path.is_dir() or os.path.lexists(git_file):
+            return False
+        return os.path.realpath(_read(Path(admin) / "gitdir")) == os.path.realpath(git_file)
 
     async def clear_stale_locks(self, ws: Workspace) -> list[str]:
         """Remove lock files a killed git process left in the worktree's admin dir, once no process
