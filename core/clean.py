@@ -103,10 +103,11 @@ async def _plan_item(backend: Backend, lo: Leftover) -> CleanItem:
     except VcsError as exc:
         return CleanItem(lo, "skip", why="corral cannot tell what it holds", error=f"{exc}; it is left in place")
     if rec.ref and await backend.ref_exists(rec.ref):
-        if item.committed or await backend.holds_unmerged_work(rec.ref, rec.base_commit):
-            item.kept.append(rec.ref)
-        else:
-            item.deleted.append(rec.ref)
+        keeps: bool | None = bool(item.committed) or await backend.holds_unmerged_work(rec.ref, rec.base_commit)
+    else:  # (jj) the bookmark is made when the work is committed
+        keeps = await backend.salvage_keeps(backend.workspace_of(rec), item.committed) if rec.ref else None
+    if keeps is not None:
+        (item.kept if keeps else item.deleted).append(rec.ref)
     return item
 
 

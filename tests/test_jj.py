@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -584,6 +585,56 @@ def test_clean_adopts_a_stale_workspace_and_keeps_its_work(plain: Path, tmp_path
     assert file_at(plain, ref, "later.txt") == "edited by hand after the run\n"
     assert parents_of(plain, ref) == [commit_of(plain, "main")]
     assert divergent(plain) == ""
+
+
+PAST = {"remove": "removed", "keep": "kept", "delete": "deleted", "commit": "committed"}
+RM_JJ = "echo e > e.txt; jj commit -m e >/dev/null 2>&1; echo f > f.txt; rm -rf .jj"
+
+
+def test_an_agent_that_deletes_its_jj_dir_keeps_its_work(plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    """`rm -rf .jj` in its workspace after committing (an agent "cleaning up"): what it committed and
+    the files on disk after it are committed and land, as with git's `rm .git`."""
+    res = run(plain, plan(tmp_path, {"rmjj": RM_JJ}, base="main"), "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert file_at(plain, "main", "e.txt") == "e\n" and file_at(plain, "main", "f.txt") == "f\n"
+    st = state(plain)
+    assert st["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
+
+
+def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_jj_dir(plain: Path, tmp_path: Path,
+                                                                                wt_root: Path) -> None:
+    """The same after a kill -9 of corral: clean removed the directory with the file written after
+    the `jj commit` in it, and kept no bookmark for the commit."""
+    p = plan(tmp_path, {"rmjj": f"{RM_JJ}; touch {tmp_path}/rmjj; exec sleep 60",
+                        "idle": f"touch {tmp_path}/idle; exec sleep 60",
+                        "more": f"echo m > m.txt; rm README.md; touch {tmp_path}/more; exec sleep 60"}, base="main")
+    env = dict(os.environ, TMPDIR=str(wt_root))
+    env.pop("CORRAL_RUN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(p), "--repo", str(plain),
+                             "--headless", "--approve", "all"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        started = [tmp_path / t for t in ("rmjj", "idle", "more")]
+        while time.monotonic() < deadline and not all(f.exists() for f in started):
+            time.sleep(0.05)
+        assert all(f.exists() for f in started)
+    finally:
+        proc.kill()
+        proc.wait()
+    dry = corral("clean", "--dry-run", "--repo", str(plain))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0, res.stdout + res.stderr
+    ref = f"corral/{run_id_of(plain)}/rmjj"
+    assert f"kept branch {ref}" in res.stdout, res.stdout
+    # the dry run said exactly that (the branches are made as the work is committed)
+    said = sorted(re.sub(r"^would (\w+)", lambda m: PAST[m[1]], line) for line in dry.stdout.splitlines())
+    assert said == sorted(res.stdout.splitlines()), (dry.stdout, res.stdout)
+    assert f"deleted branch corral/{run_id_of(plain)}/idle" in res.stdout
+    assert f"committed 2 uncommitted file(s) of more" in res.stdout
+    assert file_at(plain, ref, "e.txt") == "e\n" and file_at(plain, ref, "f.txt") == "f\n"
+    assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
 
 
 @pytest.mark.parametrize("change", ["rename", "delete"])

@@ -403,6 +403,12 @@ class Backend(abc.ABC):
         :class:`VcsError` when the VCS cannot tell."""
         return []
 
+    async def salvage_keeps(self, ws: Workspace, pending: list[str]) -> bool | None:
+        """For a workspace whose branch does not exist yet (a VCS that makes it when the work is
+        committed): whether removing it with its work kept leaves that branch holding work of its
+        own; None when no branch is made. ``pending`` is what :meth:`pending_changes` found."""
+        return None
+
     @abc.abstractmethod
     async def describe(self, ws: Workspace) -> Snapshot:
         """What ``ws``'s head changed since its base (files, lines added and removed); commits nothing."""

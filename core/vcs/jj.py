@@ -769,6 +769,8 @@ class JjBackend(Backend):
         return snap
 
     async def _snapshot_head(self, ws: Workspace, message: str) -> str:
+        if not (ws.path / ".jj").is_dir():  # an agent deleted it: the files on disk are all there is
+            await self._adopt(ws, "its .jj directory was deleted")
         try:
             wc = await self._wc(ws)
         except VcsError as exc:
@@ -813,16 +815,20 @@ class JjBackend(Backend):
            recorded, so nothing is snapshotted twice).
         """
         op, _ = _checkout_state(ws.path)
-        old = await self._commit_at(op, f"{_quote(ws.name)}@") if op else None
+        registered = ws.name in await self._workspaces()
+        # with its .jj gone, W is what jj records of the workspace now (when it still knows it)
+        old = await self._commit_at(op, f"{_quote(ws.name)}@") if (op or registered) else None
         parents = old.parents if old else [ws.base_commit or ws.head or "root()"]
-        description = (await self.jj("--at-op", op, "log", "-r", old.commit, "--no-graph", "-T", "description")).out \
-            if (old and op) else ""
-        if ws.name in await self._workspaces():
+        at_op = ("--at-op", op) if op else ()
+        description = (await self.jj(*at_op, "log", "-r", old.commit, "--no-graph", "-T", "description")).out \
+            if old else ""
+        if registered:
             await self.jj("workspace", "forget", ws.name)
         tmp = Path(tempfile.mkdtemp(prefix=".corral-adopt-", dir=ws.path.parent))
         try:
             await self._register(ws.name, tmp)
-            os.rename(ws.path / ".jj", tmp / "stale-jj")
+            if os.path.lexists(ws.path / ".jj"):
+                os.rename(ws.path / ".jj", tmp / "stale-jj")
             os.rename(tmp / ".jj", ws.path / ".jj")
             (ws.path / ".jj" / "repo").write_text(str(self.repo_dir), encoding="utf-8")
         finally:
@@ -851,7 +857,9 @@ class JjBackend(Backend):
                              "its base")
 
     async def _commit_at(self, op: str, rev: str) -> _Commit | None:
-        res = await self.jj("--at-op", op, "log", "-r", f"present({rev})", "--no-graph", "-T", COMMIT_T, check=False)
+        """``rev`` at operation ``op`` (at the current one when ``op`` is empty)."""
+        at_op = ("--at-op", op) if op else ()
+        res = await self.jj(*at_op, "log", "-r", f"present({rev})", "--no-graph", "-T", COMMIT_T, check=False)
         lines = res.lines() if res.ok else []
         return _Commit(lines[0]) if lines else None
 
@@ -1285,7 +1293,7 @@ class JjBackend(Backend):
         kept bookmark exists afterwards, whatever happened to it. A discarded task's change is
         abandoned."""
         with anyio.CancelScope(shield=True):
-            if keep_ref and not _is_integration(ws) and (ws.path / ".jj").is_dir():
+            if keep_ref and not _is_integration(ws) and _holds_anything(ws.path):
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
                 except VcsError as exc:
@@ -1405,6 +1413,34 @@ class JjBackend(Backend):
         target = (await self.bookmarks(f"exact:{ref}")).get(ref)
         if not target:
             return ref in await self.bookmarks(f"exact:{ref}")  # conflicted: keep it
+        return await self._holds_work_at(target, base_commit)
+
+    async def pending_changes(self, ws: Workspace) -> list[str]:
+        """Read without snapshotting (``clean --dry-run`` writes no operation): with its ``.jj`` gone,
+        every file on disk (what :meth:`snapshot` then commits); else the files added or deleted
+        since jj's last snapshot of it, and those written after that snapshot."""
+        on_disk = _files_under(ws.path)
+        if not (ws.path / ".jj").is_dir():
+            return sorted(on_disk)
+        found = (await self._workspaces()).get(ws.name)
+        stamp = ws.path / ".jj" / "working_copy" / "tree_state"
+        if found is None or not stamp.exists():
+            return []
+        # (paths relative to the directory jj runs in: the workspace of the repository it reads)
+        known = set((await self.jj("file", "list", "-r", found[1], cwd=self._engine or self.root)).lines())
+        since = stamp.stat().st_mtime
+        return sorted((on_disk ^ known) | {p for p in on_disk & known if (ws.path / p).stat().st_mtime > since})
+
+    async def salvage_keeps(self, ws: Workspace, pending: list[str]) -> bool | None:
+        """Whether removing ``ws`` with its work kept leaves its bookmark holding work of its own
+        (:meth:`snapshot` makes the bookmark then); None when it makes none (its directory is gone)."""
+        if not _holds_anything(ws.path):
+            return None
+        found = (await self._workspaces()).get(ws.name)
+        return bool(pending) or (found is not None and await self._holds_work_at(found[1], ws.base_commit))
+
+    async def _holds_work_at(self, target: str, base_commit: str) -> bool:
+        """Whether ``target`` has non-empty commits of its own: not on a protected bookmark or base."""
         also = f" | {base_commit}" if base_commit else ""
         res = await self.jj("log", "-r", f"(::{target} ~ ::({await self._protected()}{also})) ~ empty()", "-n", "1",
                             "--no-graph", "-T", 'commit_id ++ "\\n"', check=False)
@@ -1425,6 +1461,26 @@ def _refused_files(err: str) -> list[str]:
                     break
                 out.append(m.group(1))
     return out
+
+
+def _files_under(root: Path) -> set[str]:
+    """Every file below ``root`` (its ``.jj`` aside), as paths relative to it."""
+    out: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root) and ".jj" in dirnames:
+            dirnames.remove(".jj")
+        rel = os.path.relpath(dirpath, root)
+        out.update(name if rel == "." else f"{rel}/{name}" for name in filenames)
+    return out
+
+
+def _holds_anything(path: Path) -> bool:
+    """Whether the directory ``path`` exists and is not empty (its ``.jj`` counts)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def _checkout_state(path: Path) -> tuple[str, str]:
