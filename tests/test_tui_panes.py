@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from textual.color import Color
 
 from conftest import write_plan
 from corral.core.events import EventBus, RunFinished, RunStarted, TaskActivity, TaskOutput, TaskStatus
@@ -440,6 +441,68 @@ def test_a_pane_that_gets_shorter_keeps_showing_its_last_line() -> None:
             await pilot.pause()
             assert logs["a"].is_vertical_scroll_end
             assert logs["b"].scroll_y == 0
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_paint() -> None:
+    """A run's tasks known when the run screen opens (``corral run``: the plan's tasks): each pane is
+    styled once, when it is mounted. Mounted with the screen, they were styled three times more
+    before the first paint (the screen's resume restyles all it holds, and its first resize gives it
+    the app's breakpoint classes, which restyles all it holds again: 0.5-2 s at 64 panes)."""
+    names = [f"t{i:02d}" for i in range(16)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        started(bus, names)  # the model has the tasks before the run screen mounts
+        styled: list[str] = []
+        real_apply = app.stylesheet.apply
+
+        def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+            if type(node).__name__ == "TaskPane":
+                styled.append(node.task_name)
+            real_apply(node, *args, **kwargs)
+
+        app.stylesheet.apply = apply  # type: ignore[method-assign]
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 16
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes, the first focused")
+            await pilot.pause(0.2)
+            first = [n for n in styled]
+            # focus styles the focused pane (its :focus border) once more
+            assert sorted(first) == sorted(names + ["t00"]), f"styled {len(first)} times: {sorted(first)}"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_pane_head_styles_only_the_components_it_shows() -> None:
+    """A pane's head takes the styles of its badge, meta and activity lines and of its status now,
+    not those of every status (14 styles computed per head, at each restyle of a pane: 64 panes
+    made 900 of them, most of a restyle of the run screen); a new status brings its own colours."""
+
+    async def main() -> None:
+        async with on_bus(["a", "b"]) as (bus, app, pilot):
+            pane = app.run_screen.panes["b"]
+            applied: list[Any] = []
+            real_apply = app.stylesheet.apply
+
+            def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+                applied.append(node)
+                real_apply(node, *args, **kwargs)
+
+            app.stylesheet.apply = apply  # type: ignore[method-assign]
+            app.update_styles(pane.head)
+            assert len(applied) <= 1 + 4, f"{len(applied)} styles computed for one head"
+            running = pane.head._badge_styles()[1]
+            bus.emit(TaskStatus(run=RUN, task="b", status="failed"))
+            await until(pilot, lambda: pane.head.word == "FAILED", what="b failed")
+            failed = pane.head._badge_styles()[1]
+            assert running.bgcolor != failed.bgcolor
+            assert failed.bgcolor == Color.parse(app.get_css_variables()["error"]).rich_color, "$error, as the CSS says"
             app.exit()
 
     anyio.run(main)

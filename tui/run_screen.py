@@ -155,11 +155,15 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._banner = self.query_one("#run-banner", Static)
         self._header = self.query_one(RunHeader)
         self._fit(self.size.width, self.size.height)
-        self._ready = True
-        self.flush()
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit(event.size.width, event.size.height)
+        if not self._ready:
+            # the panes come after the screen's first restyles: its resume restyles all it holds,
+            # and this first resize again (Textual gives it the app's breakpoint classes after this
+            # handler); mounted before them, 64 panes were styled three times before the first paint
+            self._ready = True
+            self.call_later(self.flush)
 
     def _fit(self, width: int, height: int) -> None:
         narrow = width < NARROW_WIDTH
