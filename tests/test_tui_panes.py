@@ -16,6 +16,7 @@ from corral.core.events import EventBus, RunFinished, RunStarted, TaskActivity, 
 from corral.core.server.client import LocalLink, SnapshotEnd, SocketLink, open_connection
 from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
+from corral.tui.keymap import binding_ids
 from corral.tui.model import PANE_MAX_LINES
 from corral.tui.widgets import FitFooter
 from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
@@ -503,6 +504,28 @@ def test_a_pane_head_styles_only_the_components_it_shows() -> None:
             failed = pane.head._badge_styles()[1]
             assert running.bgcolor != failed.bgcolor
             assert failed.bgcolor == Color.parse(app.get_css_variables()["error"]).rich_color, "$error, as the CSS says"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_zooms_way_back_has_a_keymap_id() -> None:
+    """``escape`` leaves the zoom like ``z`` and ``enter``: it is ``zoom.back`` in the keymap, so a
+    person's keys can take it (a binding without an id cannot be remapped)."""
+    assert binding_ids()["zoom.back"] == "Back"
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, keymap={"zoom.back": "b"})
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
+                        what="the panes, the first focused")
+            screen = app.run_screen
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["a"], what="zoomed")
+            await pilot.press("b")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
             app.exit()
 
     anyio.run(main)

@@ -519,7 +519,7 @@ class ZoomScreen(ForwardsWorkerErrors, Screen):
     arrows zoom the next pane; z, enter or escape go back."""
 
     AUTO_FOCUS = "TaskPane"
-    BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False)]
+    BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False, id="zoom.back")]
 
     def __init__(self, run: RunScreen, source: TaskPane) -> None:
         super().__init__()
