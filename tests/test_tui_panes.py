@@ -529,3 +529,31 @@ def test_the_zooms_way_back_has_a_keymap_id() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_tab_to_a_pane_never_focused_lays_nothing_out() -> None:
+    """Focus restyles a pane, and with it its log's scrollbar: Textual styles a scrollbar only when
+    its widget is restyled, so the first focus of each pane gave its scrollbar its styles, and the
+    scrollbar's new size laid out the whole screen (60-200 ms at 64 panes, at every first Tab)."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.pause(0.2)
+            layouts: list[Any] = []
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                layouts.append(args)
+                real_layout(*args, **kwargs)
+
+            screen._refresh_layout = layout  # type: ignore[method-assign]
+            for name in ("t01", "t02", "t03"):
+                await pilot.press("tab")
+                await until(pilot, lambda: screen.focused_task == name, what=f"{name} focused")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            app.exit()
+
+    anyio.run(main)

@@ -219,6 +219,10 @@ class TaskPane(Vertical, can_focus=True):
     def on_mount(self) -> None:
         self.head = self.query_one(PaneHead)
         self.log_widget = self.query_one(PaneLog)
+        # its scrollbar styled now, in the layout the mount makes: Textual styles a scrollbar only
+        # when its widget is restyled, and the first focus of the pane did, its scrollbar's new
+        # size laying out the whole screen
+        self.log_widget.update_node_styles(animate=False)
         if self._initial_lines:
             self.log_widget.write_lines(self._initial_lines)
             self._initial_lines = []
