@@ -557,3 +557,31 @@ def test_tab_to_a_pane_never_focused_lays_nothing_out() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_the_footer_is_filled_once_when_the_run_screen_opens(monkeypatch: Any) -> None:
+    """The footer's keys are the same before a pane has the focus and after (the keys of the focused
+    task dimmed, then lit in place): it is composed once. The collapsible titles of the verify and
+    event logs took the first focus, their ``enter`` hid the zoom's, and the first pane's focus
+    rebuilt the footer: a layout of the whole screen (250 ms at 64 panes) before the first paint."""
+    composed: list[int] = []
+    real_recompose = FitFooter.recompose
+
+    async def recompose(self: FitFooter) -> None:
+        composed.append(1)
+        await real_recompose(self)
+
+    monkeypatch.setattr(FitFooter, "recompose", recompose)
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        started(bus, ["a", "b", "c"])
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
+                        what="the first pane focused")
+            await pilot.pause(0.3)
+            assert len(composed) == 1, f"the footer composed {len(composed)} times"
+            app.exit()
+
+    anyio.run(main)
