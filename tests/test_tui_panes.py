@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from textual import events
 from textual.color import Color
 
 from conftest import write_plan
@@ -582,6 +583,40 @@ def test_the_footer_is_filled_once_when_the_run_screen_opens(monkeypatch: Any) -
                         what="the first pane focused")
             await pilot.pause(0.3)
             assert len(composed) == 1, f"the footer composed {len(composed)} times"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_key_bound_on_the_screen_acts_at_the_focused_pane() -> None:
+    """Textual takes a key to the focused widget, then up through every container to the app, which
+    only then finds its binding: five hops through message queues, each waiting a turn of the loop
+    (with 64 agents flooding, a turn runs their readers and a frame: 100-300 ms for ``z``). The pane
+    finds the binding itself, the same one the app would, and the key goes no further."""
+    names = [f"t{i:02d}" for i in range(4)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            scroll = screen.query_one("#panes-scroll")
+            bubbled: list[str] = []
+            real_post = scroll.post_message
+
+            def post(message: Any) -> bool:
+                if isinstance(message, events.Key):
+                    bubbled.append(message.key)
+                return real_post(message)
+
+            scroll.post_message = post  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            await pilot.press("tab", "down")
+            await until(pilot, lambda: screen.focused_task == "t03", what="t01, then the pane below it")
+            assert not bubbled, f"keys that went up through the grid: {bubbled}"
+            await pilot.press("g")  # bound to nothing: it goes on up as before
+            await until(pilot, lambda: bubbled == ["g"], what="g up through the grid")
             app.exit()
 
     anyio.run(main)

@@ -228,6 +228,15 @@ class TaskPane(Vertical, can_focus=True):
             self._initial_lines = []
         self.ready = True
 
+    async def on_key(self, event: events.Key) -> None:
+        """The bindings of the screen and the app, looked up here, where the key first arrives:
+        Textual takes it up through every container to the app, which only then looks them up (the
+        same ones), each step a message waiting its turn of the loop (100-300 ms for ``z`` with 64
+        agents flooding). A key bound to nothing goes on up as before."""
+        if await self.app._check_bindings(event.key):
+            event.stop()
+            event.prevent_default()
+
     def show_task_of(self, other: "TaskPane") -> None:
         """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
         self.task_name = other.task_name
