@@ -174,8 +174,7 @@ t_prep = time.time()
 class App(CorralApp):
     # Textual finds a relative CSS_PATH beside the file of the class: this one has none (python -c)
     CSS_PATH = str(Path(inspect.getfile(CorralApp)).parent / CorralApp.CSS_PATH)
-    def on_mount(self):
-        super().on_mount()
+    def on_mount(self):  # Textual calls CorralApp.on_mount too (a handler of each class): not again here
         self._painted = None
         self.set_interval(0.005, self._check)
     def _check(self):

@@ -16,6 +16,7 @@ import corral.tui
 from textual.app import App
 from textual.drivers._writer_thread import WriterThread
 from textual.drivers.linux_driver import LinuxDriver
+from textual.dom import DOMNode
 from textual.screen import Screen
 from textual.widgets import Log
 
@@ -25,6 +26,7 @@ INTENDED = {
     ("PaneLog", "_update_size"),  # measures nothing: a pane never scrolls sideways
     ("RunScreen", "_screen_resized"),  # no layout when a screen pushed over it (a zoom) did not resize it
     ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
+    ("PaneHead", "_get_component_classes"),  # only the components it shows now: its status's, not all 11
 }
 
 
@@ -49,6 +51,16 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     footer_key = FooterKey("a", "a", "abort", "abort", disabled=True)
     assert (footer_key.key, footer_key.action, footer_key._disabled) == ("a", "abort", True)
     assert footer_key.has_class("-disabled")
+    # PaneHead (tui/widgets.py) tells the stylesheet which of its components to style: the
+    # stylesheet asks the node (an instance's override is seen), and get_component_styles reads them
+    from textual.css.stylesheet import Stylesheet
+
+    assert "node._get_component_classes()" in inspect.getsource(Stylesheet._process_component_classes)
+    assert params(DOMNode._get_component_classes) == []  # a cached classmethod, called without arguments
+    # TaskPane (tui/widgets.py) looks up the bindings of a key where it arrives, as App._on_key does
+    # once the key has bubbled up to the app: App._check_bindings, from the focused widget up
+    assert params(App._check_bindings) == ["self", "key", "priority"]
+    assert "self._check_bindings(event.key)" in inspect.getsource(App._on_key)
     # RunScreen (tui/run_screen.py) lays itself out only when a screen pushed over it resized it
     assert params(Screen._screen_resized) == ["self", "size"]
     # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from textual import events
+from textual.color import Color
 
 from conftest import write_plan
 from corral.core.events import EventBus, RunFinished, RunStarted, TaskActivity, TaskOutput, TaskStatus
 from corral.core.server.client import LocalLink, SnapshotEnd, SocketLink, open_connection
 from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
+from corral.tui.keymap import binding_ids
 from corral.tui.model import PANE_MAX_LINES
 from corral.tui.widgets import FitFooter
 from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
@@ -440,6 +443,180 @@ def test_a_pane_that_gets_shorter_keeps_showing_its_last_line() -> None:
             await pilot.pause()
             assert logs["a"].is_vertical_scroll_end
             assert logs["b"].scroll_y == 0
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_paint() -> None:
+    """A run's tasks known when the run screen opens (``corral run``: the plan's tasks): each pane is
+    styled once, when it is mounted. Mounted with the screen, they were styled three times more
+    before the first paint (the screen's resume restyles all it holds, and its first resize gives it
+    the app's breakpoint classes, which restyles all it holds again: 0.5-2 s at 64 panes)."""
+    names = [f"t{i:02d}" for i in range(16)]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        started(bus, names)  # the model has the tasks before the run screen mounts
+        styled: list[str] = []
+        real_apply = app.stylesheet.apply
+
+        def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+            if type(node).__name__ == "TaskPane":
+                styled.append(node.task_name)
+            real_apply(node, *args, **kwargs)
+
+        app.stylesheet.apply = apply  # type: ignore[method-assign]
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 16
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes, the first focused")
+            await pilot.pause(0.2)
+            first = [n for n in styled]
+            # focus styles the focused pane (its :focus border) once more
+            assert sorted(first) == sorted(names + ["t00"]), f"styled {len(first)} times: {sorted(first)}"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_pane_head_styles_only_the_components_it_shows() -> None:
+    """A pane's head takes the styles of its badge, meta and activity lines and of its status now,
+    not those of every status (14 styles computed per head, at each restyle of a pane: 64 panes
+    made 900 of them, most of a restyle of the run screen); a new status brings its own colours."""
+
+    async def main() -> None:
+        async with on_bus(["a", "b"]) as (bus, app, pilot):
+            pane = app.run_screen.panes["b"]
+            applied: list[Any] = []
+            real_apply = app.stylesheet.apply
+
+            def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+                applied.append(node)
+                real_apply(node, *args, **kwargs)
+
+            app.stylesheet.apply = apply  # type: ignore[method-assign]
+            app.update_styles(pane.head)
+            assert len(applied) <= 1 + 4, f"{len(applied)} styles computed for one head"
+            running = pane.head._badge_styles()[1]
+            bus.emit(TaskStatus(run=RUN, task="b", status="failed"))
+            await until(pilot, lambda: pane.head.word == "FAILED", what="b failed")
+            failed = pane.head._badge_styles()[1]
+            assert running.bgcolor != failed.bgcolor
+            assert failed.bgcolor == Color.parse(app.get_css_variables()["error"]).rich_color, "$error, as the CSS says"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_zooms_way_back_has_a_keymap_id() -> None:
+    """``escape`` leaves the zoom like ``z`` and ``enter``: it is ``zoom.back`` in the keymap, so a
+    person's keys can take it (a binding without an id cannot be remapped)."""
+    assert binding_ids()["zoom.back"] == "Back"
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, keymap={"zoom.back": "b"})
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
+                        what="the panes, the first focused")
+            screen = app.run_screen
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["a"], what="zoomed")
+            await pilot.press("b")
+            await until(pilot, lambda: app.screen is screen and screen.zoomed is None, what="back to the grid")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_tab_to_a_pane_never_focused_lays_nothing_out() -> None:
+    """Focus restyles a pane, and with it its log's scrollbar: Textual styles a scrollbar only when
+    its widget is restyled, so the first focus of each pane gave its scrollbar its styles, and the
+    scrollbar's new size laid out the whole screen (60-200 ms at 64 panes, at every first Tab)."""
+    names = [f"t{i:02d}" for i in range(24)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.pause(0.2)
+            layouts: list[Any] = []
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                layouts.append(args)
+                real_layout(*args, **kwargs)
+
+            screen._refresh_layout = layout  # type: ignore[method-assign]
+            for name in ("t01", "t02", "t03"):
+                await pilot.press("tab")
+                await until(pilot, lambda: screen.focused_task == name, what=f"{name} focused")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_footer_is_filled_once_when_the_run_screen_opens(monkeypatch: Any) -> None:
+    """The footer's keys are the same before a pane has the focus and after (the keys of the focused
+    task dimmed, then lit in place): it is composed once. The collapsible titles of the verify and
+    event logs took the first focus, their ``enter`` hid the zoom's, and the first pane's focus
+    rebuilt the footer: a layout of the whole screen (250 ms at 64 panes) before the first paint."""
+    composed: list[int] = []
+    real_recompose = FitFooter.recompose
+
+    async def recompose(self: FitFooter) -> None:
+        composed.append(1)
+        await real_recompose(self)
+
+    monkeypatch.setattr(FitFooter, "recompose", recompose)
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        started(bus, ["a", "b", "c"])
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a",
+                        what="the first pane focused")
+            await pilot.pause(0.3)
+            assert len(composed) == 1, f"the footer composed {len(composed)} times"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_key_bound_on_the_screen_acts_at_the_focused_pane() -> None:
+    """Textual takes a key to the focused widget, then up through every container to the app, which
+    only then finds its binding: five hops through message queues, each waiting a turn of the loop
+    (with 64 agents flooding, a turn runs their readers and a frame: 100-300 ms for ``z``). The pane
+    finds the binding itself, the same one the app would, and the key goes no further."""
+    names = [f"t{i:02d}" for i in range(4)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            scroll = screen.query_one("#panes-scroll")
+            bubbled: list[str] = []
+            real_post = scroll.post_message
+
+            def post(message: Any) -> bool:
+                if isinstance(message, events.Key):
+                    bubbled.append(message.key)
+                return real_post(message)
+
+            scroll.post_message = post  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            await pilot.press("tab", "down")
+            await until(pilot, lambda: screen.focused_task == "t03", what="t01, then the pane below it")
+            assert not bubbled, f"keys that went up through the grid: {bubbled}"
+            await pilot.press("g")  # bound to nothing: it goes on up as before
+            await until(pilot, lambda: bubbled == ["g"], what="g up through the grid")
             app.exit()
 
     anyio.run(main)

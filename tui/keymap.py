@@ -32,10 +32,10 @@ def binding_ids() -> dict[str, str]:
     from .home_screen import HomeScreen, ReportScreen
     from .past_run_screen import PastRunScreen
     from .review_screen import ReviewScreen
-    from .run_screen import RunScreen
+    from .run_screen import RunScreen, ZoomScreen
 
     ids = {}
-    for screen in (RunScreen, ReviewScreen, HomeScreen, PastRunScreen, ReportScreen, ConfirmScreen):
+    for screen in (RunScreen, ZoomScreen, ReviewScreen, HomeScreen, PastRunScreen, ReportScreen, ConfirmScreen):
         for binding in screen.BINDINGS:
             if isinstance(binding, Binding) and binding.id:
                 ids[binding.id] = binding.description

@@ -87,7 +87,9 @@ class RunScreen(ForwardsWorkerErrors, Screen):
     """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
 
     CSS_PATH = "run_screen.tcss"
-    AUTO_FOCUS = None
+    #: a pane, never a collapsible log's title (the app's "*"): the first pane is focused once there
+    #: are panes (``_focus_first``), and the title's ``enter`` took the zoom's place in the footer
+    AUTO_FOCUS = "TaskPane"
 
     BINDINGS = [
         Binding("tab", "focus_pane(1)", "Next pane", show=False, id="run.next"),
@@ -154,12 +156,16 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self._events_box = self.query_one("#events-box", Collapsible)
         self._banner = self.query_one("#run-banner", Static)
         self._header = self.query_one(RunHeader)
-        self._fit(self.size.width, self.size.height)
-        self._ready = True
-        self.flush()
+        self._fit(*self.app.size)  # its own size is known at its first layout, after its footer is filled
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit(event.size.width, event.size.height)
+        if not self._ready:
+            # the panes come after the screen's first restyles: its resume restyles all it holds,
+            # and this first resize again (Textual gives it the app's breakpoint classes after this
+            # handler); mounted before them, 64 panes were styled three times before the first paint
+            self._ready = True
+            self.call_later(self.flush)
 
     def _fit(self, width: int, height: int) -> None:
         narrow = width < NARROW_WIDTH
@@ -515,7 +521,7 @@ class ZoomScreen(ForwardsWorkerErrors, Screen):
     arrows zoom the next pane; z, enter or escape go back."""
 
     AUTO_FOCUS = "TaskPane"
-    BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False)]
+    BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False, id="zoom.back")]
 
     def __init__(self, run: RunScreen, source: TaskPane) -> None:
         super().__init__()

@@ -59,6 +59,10 @@ BADGE_WIDTH = 11
 WIDE_BADGES = {"verify-failed": 15}
 
 
+#: A head's components besides its status's (``PaneHead._get_component_classes``).
+_HEAD_COMPONENTS = frozenset({"pane-head--badge", "pane-head--meta", "pane-head--activity"})
+
+
 class PaneHead(Widget):
     """A pane's two lines over its log: the status as a word in capitals on a coloured background,
     elapsed time, cost and files; then what the agent says it is doing. One widget rendering both
@@ -83,8 +87,18 @@ class PaneHead(Widget):
 
     def set(self, status: str, meta: str, activity: str) -> None:
         if (status, meta, activity) != (self.status, self.meta, self.activity):
+            restyle = status != self.status and self.is_attached
             self.status, self.meta, self.activity = status, meta, activity
+            if restyle:
+                self.update_node_styles(animate=False)  # the new status's colours (now: it renders next)
             self.refresh()
+
+    def _get_component_classes(self) -> frozenset[str]:  # type: ignore[override]
+        """The components it shows now: its lines' and its status's. Textual computes the styles of
+        every component of a widget at each restyle of it (14 here, all statuses: 900 at 64 panes,
+        most of a restyle of the run screen); a new status restyles the head (``set``)."""
+        status = f"pane-head--{self.status}"
+        return _HEAD_COMPONENTS | {status} if self.status in BADGE_STYLES else _HEAD_COMPONENTS
 
     @property
     def word(self) -> str:
@@ -205,10 +219,23 @@ class TaskPane(Vertical, can_focus=True):
     def on_mount(self) -> None:
         self.head = self.query_one(PaneHead)
         self.log_widget = self.query_one(PaneLog)
+        # its scrollbar styled now, in the layout the mount makes: Textual styles a scrollbar only
+        # when its widget is restyled, and the first focus of the pane did, its scrollbar's new
+        # size laying out the whole screen
+        self.log_widget.update_node_styles(animate=False)
         if self._initial_lines:
             self.log_widget.write_lines(self._initial_lines)
             self._initial_lines = []
         self.ready = True
+
+    async def on_key(self, event: events.Key) -> None:
+        """The bindings of the screen and the app, looked up here, where the key first arrives:
+        Textual takes it up through every container to the app, which only then looks them up (the
+        same ones), each step a message waiting its turn of the loop (100-300 ms for ``z`` with 64
+        agents flooding). A key bound to nothing goes on up as before."""
+        if await self.app._check_bindings(event.key):
+            event.stop()
+            event.prevent_default()
 
     def show_task_of(self, other: "TaskPane") -> None:
         """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
