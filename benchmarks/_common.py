@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,7 +18,10 @@ GEN = HERE / "_gen.py"
 
 
 def scratch_repo(files: int = 1, prefix: str = "corral-bench-") -> Path:
+    """A git repository of ``files`` files in a fresh temp dir, removed when the script exits, with
+    the files a script writes beside it (``<name>-*``: plans)."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(remove_scratch, root)
     for i in range(files):
         p = root / f"d{i % 100:02d}" / f"f{i:05d}.txt" if files > 1 else root / "README.md"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +31,15 @@ def scratch_repo(files: int = 1, prefix: str = "corral-bench-") -> Path:
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
     return root
+
+
+def remove_scratch(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    for sibling in root.parent.glob(f"{root.name}-*"):
+        if sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
 
 
 def corral_cmd() -> list[str]:

@@ -21,10 +21,12 @@ Each measurement runs in its own process (so RSS and CPU are its own). Prints me
 from __future__ import annotations
 
 import argparse
+import atexit
 import asyncio
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -242,6 +244,7 @@ def bench_stream(a: argparse.Namespace) -> None:
     print(f"log streaming through the dashboard: {a.agents} agents x {a.lines} lines (~{mb:.0f} MB), "
           f"headless Textual {SIZE[0]}x{SIZE[1]}, median of {a.runs} runs (each after a baseline run)")
     outdir = Path(tempfile.mkdtemp(prefix="corral-drain-"))
+    atexit.register(shutil.rmtree, outdir, True)
     def one(keys: bool) -> dict:
         monitor = Path(tempfile.mktemp(prefix="corral-monitor-"))
         r = run_child("stream", plan, repo, a.agents, env={**os.environ, "CORRAL_LOOP_MONITOR": str(monitor)}, keys=keys)
