@@ -14,7 +14,8 @@ one-task run.
     TMPDIR=/dev/shm python benchmarks/scale.py --only first-output [--runs 5] [--files 200]
 
 ``--only first-output`` measures the one-task run alone, ``--runs`` times (medians and each run's
-figures).
+figures), with the steps before its line: ``run_started`` (imports, preflight, the journal), the
+workspace made, the agent started.
 
 One run of each side (this is a slow measurement on a shared machine); the repository and the
 workspaces go to the temp dir (``TMPDIR=/dev/shm`` keeps the disk out of it).
