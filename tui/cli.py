@@ -176,8 +176,11 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     or in the repository's supervisor with the dashboard attached (``in_process``: the dashboard
     hosts it, for runs that must not outlive this process, like the demo's on its scratch repo)."""
     import anyio
-    import anyio._backends._asyncio  # noqa: F401  (what anyio.run loads: before the thread below, not beside it)
 
+    try:  # what anyio.run loads first: here, before the thread below, so that it competes with git's waits only
+        import anyio._backends._asyncio  # noqa: F401
+    except ImportError:  # (anyio's private module: anyio.run loads whatever it has become)
+        pass
     from corral.core.preflight import prepare
     from corral.core.vcs.base import UsageError
 
