@@ -7,7 +7,6 @@ steps 2-11 and always cleans up, also when cancelled (Ctrl-C, SIGTERM, SIGHUP, q
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +35,6 @@ from .queue import VerifyRun, bisect, run_verify, settle_conflicts
 from .report import printable, render_report
 from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
 from .setup import copy_command, reusable_dependencies, setup_command
-from .watchdog import Watchdog
 from .vcs.base import VcsError, Workspace
 
 @dataclass
@@ -130,7 +128,6 @@ def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktree
     listening to the bus, and the runtime. Returns (runtime, journal, unsubscribe the journal)."""
     backend = prep.backend
     bus.run = prep.run_id
-    start_watchdog()
     journal = Journal(backend.state_dir, prep.run_id)
     journal.create()
     unsubscribe = bus.subscribe(journal.on_event)
@@ -145,13 +142,6 @@ def open_run(prep: Prepared, approver: Approver, bus: EventBus, *, keep_worktree
                      options=options, base_name=prep.base_name, base_commit=prep.base_commit)
     rt.notes = list(prep.notes)
     return rt, journal, unsubscribe
-
-
-def start_watchdog() -> None:
-    """Start this process's watchdog (procs.py tells it each agent) in a thread, now, while the first
-    workspaces are made: not at the first agent's start, where its Python start would share the
-    cores with the agent's own (nothing waits for it)."""
-    threading.Thread(target=Watchdog.get, name="corral-watchdog-start", daemon=True).start()
 
 
 def announce_sandbox(rt: Runtime) -> None:

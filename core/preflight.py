@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, TypeVar, cast
 
 import anyio
+import anyio.to_thread
 
 from .plan import Plan
 from .sandbox import MODES, Policy, probe
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -72,6 +74,10 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
     # checks needed it in turn: the same checks, in the same order, the first problem the one said
     try:
         async with anyio.create_task_group() as tg:
+            # the process's watchdog (procs.py tells it each agent) starts now, beside the git
+            # processes: at the first agent's start its Python start would share the cores with the
+            # agent's own (nothing waits for it; the process keeps it)
+            tg.start_soon(anyio.to_thread.run_sync, Watchdog.get)
             if _probes(plan, sandbox, env):
                 tg.start_soon(probe)  # (sandbox_policy below gets its result)
             backend = await open_backend(repo, plan.vcs)

@@ -237,20 +237,21 @@ def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: P
     assert said.read_text().split() == ["runtime"]
 
 
-def test_the_watchdog_is_up_while_the_first_workspace_is_made(tmp_path: Path) -> None:
-    """A run starts its process's watchdog when it starts making workspaces, not at its first
-    agent's start (where the two Python starts would share the cores): here ``git worktree add``
-    waits (up to 20 s) for a watchdog child of corral to exist, and says whether one did."""
+def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
+    """A run starts its process's watchdog in preflight, beside its git processes, also when no
+    sandbox is probed: not at its first agent's start (where the two Python starts would share the
+    cores): here ``git symbolic-ref`` waits (up to 20 s) for a watchdog child of corral to exist,
+    and says whether one did."""
     real = shutil.which("git")
     repo = make_repo(tmp_path / "repo")
     bindir = tmp_path / "git-bin"
     bindir.mkdir()
-    said = tmp_path / "worktree-add-saw"
+    said = tmp_path / "symbolic-ref-saw"
     wrapper = bindir / "git"
     wrapper.write_text(
         "#!/bin/sh\n"
         "dog() { pgrep -P $PPID -f watchdog.py > /dev/null; }\n"
-        'case "$*" in *"worktree add"*)\n'
+        'case "$*" in *symbolic-ref*)\n'
         "  i=0; until dog || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n"
         f"  if dog; then echo watchdog >> {said}; else echo nothing >> {said}; fi;;\n"
         "esac\n"
