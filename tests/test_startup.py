@@ -182,7 +182,8 @@ def test_preflight_imports_none_of_the_engines_run_modules() -> None:
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
-#: ``corral`` as the command line runs it, noting in file argv[1] which thread first imports the runtime
+#: ``corral`` as the command line runs it, noting in file argv[1] which thread imports the runtime, and
+#: in argv[1] + ".ctypes" which one imports ctypes (the first agent's start needs it: see procs.py)
 _NOTING_IMPORTS = """
 import sys, threading
 from pathlib import Path
@@ -192,8 +193,10 @@ noted = Path(sys.argv[1])
 
 class Note:
     def find_spec(self, name, path=None, target=None):
-        if name == "corral.core.runtime" and not noted.exists():
-            noted.write_text(threading.current_thread().name)
+        if name in ("corral.core.runtime", "ctypes"):
+            where = noted if name == "corral.core.runtime" else Path(str(noted) + ".ctypes")
+            if not where.exists():
+                where.write_text(threading.current_thread().name)
         return None
 
 
@@ -205,8 +208,9 @@ main(sys.argv[2:])
 
 
 def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: Path) -> None:
-    """``corral run --headless`` imports the runtime (and what else the run needs after preflight)
-    in a thread of its own while preflight's git processes run, not before the first of them: here
+    """``corral run --headless`` imports the runtime (and what else the run needs after preflight,
+    ctypes too) in a thread of its own while preflight's git processes run, not before the first of
+    them nor at the first agent's start: here
     ``git symbolic-ref`` waits (up to 20 s) for the runtime's import to have begun, and says whether
     it had. The run is the same: its agent's line, exit 0."""
     real = shutil.which("git")
@@ -234,6 +238,7 @@ def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: P
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
     assert noted.read_text() == "corral-imports"
+    assert Path(str(noted) + ".ctypes").read_text() == "corral-imports"
     assert said.read_text().split() == ["runtime"]
 
 

@@ -227,10 +227,11 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     return attach_dashboard(state_dir, root, None, keymap, request=request)
 
 
-#: what a run needs once preflight has passed, by where it runs: imported beside preflight
-_HEADLESS_MODULES = ("corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
+#: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
+#: the first command's start makes corral a child subreaper with it)
+_HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
                      "corral.tui.headless")
-_IN_PROCESS_MODULES = ("corral.core.pipeline", "corral.tui.dashboard")
+_IN_PROCESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.tui.dashboard")
 _SUPERVISED_MODULES = ("corral.core.server.client", "corral.core.server.launch")
 
 
