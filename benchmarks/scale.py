@@ -14,7 +14,8 @@ one-task run.
     TMPDIR=/dev/shm python benchmarks/scale.py --only first-output [--runs 5] [--files 200]
 
 ``--only first-output`` measures the one-task run alone, ``--runs`` times (medians and each run's
-figures).
+figures), with the steps before its line: ``run_started`` (imports, preflight, the journal), the
+workspace made, the agent started.
 
 One run of each side (this is a slow measurement on a shared machine); the repository and the
 workspaces go to the temp dir (``TMPDIR=/dev/shm`` keeps the disk out of it).
@@ -108,9 +109,11 @@ def phases(evs: list[dict]) -> str:
     return ", ".join(f"{name} {b - a:.2f} s" for (name, a), (_, b) in zip(marks, marks[1:]))
 
 
-def first_output(repo: Path, root: Path) -> tuple[float, float]:
-    """Seconds from spawning ``corral run`` (one task printing a line) to that line on its stdout, and
-    to its ``run_started`` event."""
+def first_output(repo: Path, root: Path) -> dict[str, float]:
+    """Seconds from spawning ``corral run`` (one task printing a line) to that line on its stdout
+    (``first``), and to the steps before it, from the run's events: ``run_started`` (imports,
+    preflight, the journal), the workspace made (``workspace``: the task's ``setup`` status) and the
+    agent started (``agent``: its ``running`` status)."""
     plan = repo.parent / f"{repo.name}-one.toml"
     plan.write_text(f'agent = "shell"\nsetup = "none"\napprove = "none"\nworktree_root = {json.dumps(str(root))}\n'
                     '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
@@ -123,8 +126,16 @@ def first_output(repo: Path, root: Path) -> tuple[float, float]:
         if "first-line" in line and took != took:
             took = time.perf_counter() - start
     proc.wait()
-    started = next(e["ts"] for e in events(repo) if e["type"] == "run_started")
-    return took, started - wall
+    evs = events(repo)
+
+    def status(name: str) -> float:
+        return next(e["ts"] for e in evs if e["type"] == "task_status" and e["status"] == name) - wall
+
+    return {"run_started": next(e["ts"] for e in evs if e["type"] == "run_started") - wall,
+            "workspace": status("setup"), "agent": status("running"), "first": took}
+
+
+STEPS = ("run_started", "workspace", "agent", "first")
 
 
 def first_output_only(files: int, runs: int) -> None:
@@ -139,10 +150,15 @@ def first_output_only(files: int, runs: int) -> None:
         for p in repo.parent.glob(f"{repo.name}-*.toml"):
             p.unlink()
         shutil.rmtree(repo, ignore_errors=True)
-    print("  each run (first output / run_started, ms): "
-          + ", ".join(f"{a * 1000:.0f}/{b * 1000:.0f}" for a, b in got))
-    print(f"  median: first output line {median([a for a, _ in got]) * 1000:.0f} ms after spawning `corral run`, "
-          f"run_started after {median([b for _, b in got]) * 1000:.0f} ms")
+    print("  each run (ms after spawning `corral run`: " + " / ".join(STEPS) + "): "
+          + ", ".join("/".join(f"{g[k] * 1000:.0f}" for k in STEPS) for g in got))
+    med = {k: median([g[k] for g in got]) for k in STEPS}
+    print(f"  median: first output line {med['first'] * 1000:.0f} ms after spawning `corral run`, "
+          f"run_started after {med['run_started'] * 1000:.0f} ms")
+    print(f"  median steps: to run_started {med['run_started'] * 1000:.0f} ms (imports, preflight, journal), "
+          f"workspace made {(med['workspace'] - med['run_started']) * 1000:.0f} ms later, agent started "
+          f"{(med['agent'] - med['workspace']) * 1000:.0f} ms later, its first line "
+          f"{(med['first'] - med['agent']) * 1000:.0f} ms later")
 
 
 def main() -> None:
@@ -194,8 +210,8 @@ def main() -> None:
     print(f"  corral: worst event-loop stall {loop['max_stall_s'] * 1000:.0f} ms; its own CPU {loop['cpu_s']} s; "
           f"peak RSS {loop['max_rss_mb']} MB")
     print(f"  corral's phases: {run_phases}")
-    print(f"  one task: first output line {first[0] * 1000:.0f} ms after spawning `corral run` "
-          f"(run_started after {first[1] * 1000:.0f} ms)")
+    print(f"  one task: first output line {first['first'] * 1000:.0f} ms after spawning `corral run` "
+          f"(run_started after {first['run_started'] * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":

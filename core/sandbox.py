@@ -131,18 +131,41 @@ async def probe() -> tuple[str, bool, str]:
 
 
 async def _try_bwrap(found: str) -> tuple[str, bool, str]:
-    from .procs import run_captured
+    import anyio.to_thread
 
     result: tuple[str, bool, str] = ("", False, "")
     for signals in (True, False):
         trial = Sandbox(bwrap=found, network=False, signals=signals)
-        code, out = await run_captured(trial.wrap(["true"], cwd="/"), cwd="/", timeout=20)
+        code, out = await anyio.to_thread.run_sync(_run_trial, trial.wrap(["true"], cwd="/"), 20.0)
         if code == 0:
             result = (found, signals, "")
             break
         lines = [line for line in out.splitlines() if line.strip()]
         result = ("", False, f"{found} cannot run here: {lines[-1] if lines else f'exit {code}'}")
     return result
+
+
+def _run_trial(argv: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code, combined output) of a probe's ``bwrap ... true``, run as preflight's git processes
+    are (in a worker thread, in a process group of its own, reaped here; KILLed at ``timeout``): no
+    reaper process, whose Python start was most of the probe's time. bwrap's ``--die-with-parent``
+    ends it with corral."""
+    import contextlib
+    import signal
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(argv, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return None, str(exc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return proc.returncode, out.decode(errors="replace")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -147,6 +148,130 @@ def test_the_sandbox_probe_runs_once_for_callers_at_once(bwrap_seen: Path) -> No
 
     assert anyio.run(together) == [one, one]
     assert len(bwrap_seen.read_text().splitlines()) == starts
+
+
+def test_the_sandbox_probe_is_corrals_own_child_in_its_own_group(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe is one short ``bwrap true``, run as preflight's git processes are: started by
+    corral itself in a process group of its own (and reaped there), not through a reaper process
+    (a Python start each time, most of the probe's time)."""
+    from corral.core import sandbox
+
+    real = shutil.which("bwrap") or "/usr/bin/bwrap"
+    bindir = tmp_path / "bwrap-bin"
+    bindir.mkdir()
+    seen = tmp_path / "bwrap-parents"
+    wrapper = bindir / "bwrap"
+    # (``env`` execs this script: its parent is whoever started ``env``; field 5 of stat is its group)
+    wrapper.write_text(f'#!/bin/sh\necho "$$ $PPID $(cut -d" " -f5 /proc/$$/stat)" >> {seen}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setattr(sandbox, "_probed", {})
+    anyio.run(sandbox.probe)
+    pid, parent, group = seen.read_text().splitlines()[0].split()
+    assert int(parent) == os.getpid() and group == pid
+
+
+def test_preflight_imports_none_of_the_engines_run_modules() -> None:
+    """Preflight's module needs the plan, the VCS and the sandbox, not the runtime, the merge queue,
+    the events or the run's host: those are imported beside it (below)."""
+    code = ("import sys, corral.core.preflight\n"
+            "print(sorted(m for m in ('corral.core.runtime', 'corral.core.queue', 'corral.core.pipeline',\n"
+            "    'corral.core.server.host', 'corral.core.parsers') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+#: ``corral`` as the command line runs it, noting in file argv[1] which thread imports the runtime, and
+#: in argv[1] + ".ctypes" which one imports ctypes (the first agent's start needs it: see procs.py)
+_NOTING_IMPORTS = """
+import sys, threading
+from pathlib import Path
+
+noted = Path(sys.argv[1])
+
+
+class Note:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("corral.core.runtime", "ctypes"):
+            where = noted if name == "corral.core.runtime" else Path(str(noted) + ".ctypes")
+            if not where.exists():
+                where.write_text(threading.current_thread().name)
+        return None
+
+
+sys.meta_path.insert(0, Note())
+from corral.tui.cli import main
+
+main(sys.argv[2:])
+"""
+
+
+def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: Path) -> None:
+    """``corral run --headless`` imports the runtime (and what else the run needs after preflight,
+    ctypes too) in a thread of its own while preflight's git processes run, not before the first of
+    them nor at the first agent's start: here
+    ``git symbolic-ref`` waits (up to 20 s) for the runtime's import to have begun, and says whether
+    it had. The run is the same: its agent's line, exit 0."""
+    real = shutil.which("git")
+    repo = make_repo(tmp_path / "repo")
+    bindir = tmp_path / "git-bin"
+    bindir.mkdir()
+    noted, said = tmp_path / "runtime-imported-by", tmp_path / "symbolic-ref-saw"
+    wrapper = bindir / "git"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *symbolic-ref*)\n'
+        f"  i=0; while [ ! -s {noted} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if [ -s {noted} ]; then echo runtime >> {said}; else echo nothing >> {said}; fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "wt").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
+                    '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
+    driver = tmp_path / "driver.py"
+    driver.write_text(_NOTING_IMPORTS)
+    res = subprocess.run([sys.executable, str(driver), str(noted), "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert noted.read_text() == "corral-imports"
+    assert Path(str(noted) + ".ctypes").read_text() == "corral-imports"
+    assert said.read_text().split() == ["runtime"]
+
+
+def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
+    """A run starts its process's watchdog in preflight, beside its git processes, also when no
+    sandbox is probed: not at its first agent's start (where the two Python starts would share the
+    cores): here ``git symbolic-ref`` waits (up to 20 s) for a watchdog child of corral to exist,
+    and says whether one did."""
+    real = shutil.which("git")
+    repo = make_repo(tmp_path / "repo")
+    bindir = tmp_path / "git-bin"
+    bindir.mkdir()
+    said = tmp_path / "symbolic-ref-saw"
+    wrapper = bindir / "git"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "dog() { pgrep -P $PPID -f watchdog.py > /dev/null; }\n"
+        'case "$*" in *symbolic-ref*)\n'
+        "  i=0; until dog || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if dog; then echo watchdog >> {said}; else echo nothing >> {said}; fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "wt").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
+                    '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
+    env = {k: v for k, v in os.environ.items() if k != "CORRAL_NO_WATCHDOG"}
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, env={**env, "PATH": f"{bindir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert said.read_text().split() == ["watchdog"]
 
 
 def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:

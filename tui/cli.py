@@ -8,9 +8,12 @@ import os
 import signal
 import sys
 import time
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from corral.core.codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    import threading
 
 
 class UsageExit(Exception):
@@ -174,7 +177,11 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     hosts it, for runs that must not outlive this process, like the demo's on its scratch repo)."""
     import anyio
 
-    from corral.core.pipeline import prepare
+    try:  # what anyio.run loads first: here, before the thread below, so that it competes with git's waits only
+        import anyio._backends._asyncio  # noqa: F401
+    except ImportError:  # (anyio's private module: anyio.run loads whatever it has become)
+        pass
+    from corral.core.preflight import prepare
     from corral.core.vcs.base import UsageError
 
     async def do_prepare():
@@ -191,12 +198,15 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
             keymap = user_keymap()  # before preflight: a mistake in it starts nothing
         except KeymapError as exc:
             fail_usage(str(exc))
+    keep = bool(getattr(args, "keep_worktrees", False))
+    detach = bool(getattr(args, "detach", False))
+    beside = import_beside(_HEADLESS_MODULES if headless and not detach else _IN_PROCESS_MODULES if in_process
+                           else _SUPERVISED_MODULES + (() if detach else ("corral.tui.dashboard",)))
     try:
         prep = anyio.run(do_prepare)
     except UsageError as exc:
         fail_usage(str(exc))
-    keep = bool(getattr(args, "keep_worktrees", False))
-    detach = bool(getattr(args, "detach", False))
+    beside.join()
     if headless and not detach:
         return run_headless(prep, json_mode=json_mode, keep_worktrees=keep, banner=banner)
     if in_process:
@@ -215,6 +225,34 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     if banner:
         print(banner, flush=True)
     return attach_dashboard(state_dir, root, None, keymap, request=request)
+
+
+#: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
+#: the first command's start makes corral a child subreaper with it)
+_HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
+                     "corral.tui.headless")
+_IN_PROCESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.tui.dashboard")
+_SUPERVISED_MODULES = ("corral.core.server.client", "corral.core.server.launch")
+
+
+def import_beside(modules: Sequence[str]) -> "threading.Thread":
+    """Import ``modules`` in a thread, started now: preflight's git processes and its sandbox probe
+    keep the main thread waiting, and this Python work fits in those waits (a third of the start of
+    a run). Join the thread before using them; an import that fails here fails again, and is
+    reported, where the module is used."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=run, name="corral-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_request(args: argparse.Namespace, plan, repo_root: str, keep: bool):
