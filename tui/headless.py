@@ -41,12 +41,12 @@ class LineRenderer:
 
     def __call__(self, ev: Event) -> None:
         w = self.out.write
-        if isinstance(ev, TaskOutput):
-            prefix = f"[{ev.task}] "
-            w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
-            return
-        if isinstance(ev, VerifyOutput):
-            w("[verify] " + "\n[verify] ".join(ev.lines) + "\n")
+        if isinstance(ev, (TaskOutput, VerifyOutput)):
+            prefix = f"[{ev.task}] " if isinstance(ev, TaskOutput) else "[verify] "
+            if ev.text:  # a block: prefixed at C speed, never split
+                w(prefix + ev.text[:-1].replace("\n", "\n" + prefix) + "\n")
+            else:
+                w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
             return
         text = self.describe(ev)
         if text is not None:
