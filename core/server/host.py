@@ -90,7 +90,7 @@ def _output_event(key: tuple[str, str, str], lines: list[str], run: str, text: s
 class _Tail:
     """The newest ``n`` lines of one output (a pane's), kept as the blocks they came in: they are
     split only when a client attaches, and counted only from the newest back when old blocks may
-    go (once three times as much as is kept came), so most of a flood is neither split nor counted."""
+    go (once twice as much as is kept came), so most of a flood is neither split nor counted."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -117,7 +117,7 @@ class _Tail:
                 break
         for _ in range(len(self._blocks) - keep):
             self._blocks.popleft()
-        self._chars, self._look_at = chars, 4 * chars
+        self._chars, self._look_at = chars, 3 * chars
 
     def lines(self) -> list[str]:
         text = "".join(block for block, _ in self._blocks)
