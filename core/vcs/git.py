@@ -7,7 +7,8 @@ cost more to import than most runs spend in it, and asked ``git version`` twice 
 each git process in its own process group, its messages in English (``LC_ALL=C``: corral reads
 some of them). Every mutation of shared repository state (worktree add/remove/prune, branch and ref
 updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process plus ``flock`` on
-``<git-common-dir>/corral/engine.lock`` across processes.
+``<git-common-dir>/corral/engine.lock`` across processes; but new workspaces are made at once, outside
+it (:meth:`GitBackend._add_worktree`).
 """
 
 from __future__ import annotations
