@@ -140,13 +140,6 @@ class Output(Event):
         """The lines as one block, each ending with a newline ("" for none)."""
         return self.text or "".join(line + "\n" for line in self.lines)
 
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON, a block is its lines (``"lines": [...]``): blocks never leave the process."""
-        data = super().to_dict()
-        if data.pop("text"):
-            data["lines"] = self.all_lines()
-        return data
-
 
 @dataclass(kw_only=True)
 class TaskOutput(Output):
@@ -327,6 +320,15 @@ class DecisionMade(Event):
     kind: str
     answer: Any = None
     by: str = ""
+
+
+def wire_dict(ev: Event) -> dict[str, Any]:
+    """``ev.to_dict()`` as it leaves the process (the socket, ``--json``): a block of output is its
+    lines there (``"lines": [...]``), as every client reads them."""
+    data = ev.to_dict()
+    if isinstance(ev, Output) and data.pop("text"):
+        data["lines"] = ev.all_lines()
+    return data
 
 
 #: every event type by its ``type`` field, for turning JSON back into events

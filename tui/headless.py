@@ -26,6 +26,7 @@ from corral.core.events import (
     TaskStatus,
     VerifyOutput,
     VerifyResult,
+    wire_dict,
 )
 from corral.core.report import fmt_cost, fmt_duration, fmt_usage
 from corral.core.runtime import Runtime, TaskInfo
@@ -135,7 +136,7 @@ class JsonRenderer:
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, (TaskOutput, VerifyOutput)):
             # one object per output line, so consumers need not know about batching
-            data = ev.to_dict()
+            data = wire_dict(ev)
             lines = data.pop("lines")
             self.out.write("".join(json.dumps({**data, "line": line}, ensure_ascii=False) + "\n" for line in lines))
             return
