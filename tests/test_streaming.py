@@ -71,6 +71,9 @@ def test_a_lossless_client_gets_every_line_of_blocks_and_others_their_tail() -> 
         host = RunHost(RUN, tail=250)
         _s, lossless = host.attach(lossless=True)
         _s, paced = host.attach(2000, pace=3600, batch_tail=3)
+        host.bus.emit(TaskOutput(run=RUN, task="a", lines=[]))
+        host.bus.emit(TaskStatus(run=RUN, task="a", status="running"))
+        assert [ev.type for ev in await lossless.take()] == ["task_status"]  # nothing said, nothing sent
         host.bus.emit(TaskOutput(run=RUN, task="a", lines=["before"]))
         every = ["before", *_flood(host, 40, 100)]
         host.bus.emit(TaskStatus(run=RUN, task="a", status="succeeded"))

@@ -162,7 +162,8 @@ class Feed:
             assert isinstance(ev, Output)
             buf = self._out.setdefault(key, [])
             if self.tail is None:
-                buf.append(ev)  # every line, joined when taken (a block of text stays one)
+                if ev.lines or ev.text:
+                    buf.append(ev)  # every line, joined when taken (a block of text stays one)
             else:
                 lines = ev.last_lines(self.tail)
                 buf.extend(lines)
@@ -191,7 +192,8 @@ class Feed:
     def _flush_output(self) -> None:
         for key, pending in self._out.items():
             if self.tail is None:
-                self._items.append(_joined(key, pending, self.run))
+                if pending:
+                    self._items.append(_joined(key, pending, self.run))
                 continue
             skipped = self._skipped.pop(key, 0)
             if skipped:
