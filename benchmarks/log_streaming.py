@@ -82,7 +82,7 @@ def corral_run(repo: Path, agents: int, lines: int, plan: Path) -> dict:
     # the streaming window ends with the last byte on disk (the logs' writes); task_finished comes
     # after the agent's work was committed as well
     last = {f"t{i}": (run_dir / "logs" / f"t{i}.log").stat().st_mtime for i in range(agents)}
-    # each agent's own: from its start to its last byte on disk (the agents start one after another)
+    # each agent's own: from its start to its last byte on disk (the agents do not start at once)
     own = sorted(last[t] - running[t] for t in last)
     return {"total": total, "window": max(last.values()) - min(started), "to_finished": max(ended) - min(started),
             "own": own[len(own) // 2], "start_spread": max(started) - min(started), "run_dir": run_dir, **stats}
@@ -123,8 +123,8 @@ def main() -> None:
           f"   (to the last task_finished, commits included: {fmt(median([r['to_finished'] for r in results]))} s;"
           f" whole run incl. worktrees: {fmt(median([r['total'] for r in results]))} s)")
     print(f"  throughput ratio corral/baseline  {b / w:.2f}   (target >= 0.5)")
-    print(f"  the agents started over           {fmt(median([r['start_spread'] for r in results]))} s (one workspace"
-          f" after another); each agent's own start to last byte: {fmt(median([r['own'] for r in results]))} s (median)")
+    print(f"  the agents started over           {fmt(median([r['start_spread'] for r in results]))} s (from the first"
+          f" agent's start to the last's); each agent's own start to last byte: {fmt(median([r['own'] for r in results]))} s (median)")
     print(f"  CPU of corral's own process       {fmt(median([r['cpu_s'] for r in results]))} s (median)")
     print(f"  worst event-loop stall            {max(r['max_stall_s'] for r in results) * 1000:.0f} ms   (target < 150)")
     print(f"  peak RSS of corral                {max(r['max_rss_mb'] for r in results):.0f} MB   (target < 300)")

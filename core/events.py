@@ -115,15 +115,39 @@ class TaskStatus(Event):
 
 
 @dataclass(kw_only=True)
-class TaskOutput(Event):
-    """Lines of an agent's (or its setup's) output, already made readable by its parser.
+class Output(Event):
+    """Lines of output, in batches (one per read from the pipe) so that chatty programs cost one
+    event per chunk, not one per line. A text agent's come as ``text``: the lines as one block, each
+    ending with a newline (``lines`` is then empty), split only by whoever needs every line, so a
+    flood is not cut into a string per line on its way to a pane that shows the newest few."""
 
-    Lines arrive in batches (one per read from the agent's pipe) so that chatty agents cost one
-    event per chunk, not one per line. JSON renderers print one ``output`` object per line."""
+    lines: list[str] = field(default_factory=list)
+    text: str = ""
+
+    def all_lines(self) -> list[str]:
+        return self.text[:-1].split("\n") if self.text else self.lines
+
+    def last_lines(self, n: int) -> list[str]:
+        """The newest ``n`` lines (a split of only that much of ``text``)."""
+        if n <= 0:
+            return []
+        return self.text[:-1].rsplit("\n", n)[-n:] if self.text else self.lines[-n:]
+
+    def line_count(self) -> int:
+        return self.text.count("\n") if self.text else len(self.lines)
+
+    def block(self) -> str:
+        """The lines as one block, each ending with a newline ("" for none)."""
+        return self.text or "".join(line + "\n" for line in self.lines)
+
+
+@dataclass(kw_only=True)
+class TaskOutput(Output):
+    """Lines of an agent's (or its setup's) output, already made readable by its parser. JSON
+    renderers print one ``output`` object per line."""
 
     TYPE: ClassVar[str] = "output"
     task: str
-    lines: list[str]
     stream: str = "agent"  # agent | setup
 
 
@@ -208,11 +232,10 @@ class MergeEvent(Event):
 
 
 @dataclass(kw_only=True)
-class VerifyOutput(Event):
+class VerifyOutput(Output):
     """Lines of the verify command's output (batched like :class:`TaskOutput`)."""
 
     TYPE: ClassVar[str] = "verify_output"
-    lines: list[str]
 
 
 @dataclass(kw_only=True)
@@ -297,6 +320,15 @@ class DecisionMade(Event):
     kind: str
     answer: Any = None
     by: str = ""
+
+
+def wire_dict(ev: Event) -> dict[str, Any]:
+    """``ev.to_dict()`` as it leaves the process (the socket, ``--json``): a block of output is its
+    lines there (``"lines": [...]``), as every client reads them."""
+    data = ev.to_dict()
+    if isinstance(ev, Output) and data.pop("text"):
+        data["lines"] = ev.all_lines()
+    return data
 
 
 #: every event type by its ``type`` field, for turning JSON back into events

@@ -115,6 +115,11 @@ class TextParser(Parser):
             self._tail = (self._tail + tail)[-self.TAIL_LINES :]
         return lines
 
+    def feed_text(self, text: str) -> None:
+        """A block of lines (each ending with a newline): only its last few are kept, for the final
+        text, so only they are split off."""
+        self.feed_lines(text[:-1].rsplit("\n", self.TAIL_LINES)[-self.TAIL_LINES:])
+
 
 # ------------------------------------------------------------------------------------------ helpers
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -41,18 +41,46 @@ _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-_CONTROL_BYTES = bytes(c for c in range(32) if c != 10) + b"\x7f"
+_CONTROL_BYTES = tuple(bytes([c]) for c in range(32) if c != 10) + (b"\x7f",)
+
+
+def _plain(data: bytes, text: str) -> bool:
+    """Whether output needs no cleaning line by line: no control byte but newlines, no bad UTF-8
+    (C-speed scans: one ``memchr`` per control byte, most never there)."""
+    return not any(map(data.__contains__, _CONTROL_BYTES)) and (data.isascii() or "\ufffd" not in text)
 
 
 def clean_lines(data: bytes) -> list[str]:
     """Complete lines (``data`` ends with a newline) to pane text; fast when nothing needs cleaning
-    (two C-speed scans), line by line only when a control byte or bad UTF-8 is present."""
+    (C-speed scans), line by line only when a control byte or bad UTF-8 is present."""
     text = data.decode("utf-8", errors="replace")
     lines = text.split("\n")
     lines.pop()  # after the last newline
-    if len(data.translate(None, _CONTROL_BYTES)) == len(data) and (data.isascii() or "\ufffd" not in text):
+    if _plain(data, text):
         return lines
     return [clean_line(line.encode("utf-8", "surrogatepass")) for line in lines]
+
+
+def clip_lines(lines: list[str], limit: int) -> list[str]:
+    """Lines longer than ``limit`` cut there, marked."""
+    return [line[:limit] + " [...]" if len(line) > limit else line for line in lines]
+
+
+def clean_block(data: bytes, limit: int) -> str:
+    """Complete lines (``data`` ends with a newline) to pane text as one block, each line ending with
+    a newline, as :func:`clean_lines` and :func:`clip_lines` make them, but never split when nothing
+    needs cleaning nor cutting: a flood costs a few C-speed scans per chunk."""
+    text = data.decode("utf-8", errors="replace")
+    if _plain(data, text) and _no_line_over(data, limit):
+        return text
+    return "\n".join(clip_lines(clean_lines(data), limit)) + "\n"
+
+
+def _no_line_over(data: bytes, limit: int) -> bool:
+    """True when no line of ``data`` is longer than ``limit`` bytes (False: maybe one is): every
+    aligned stretch of half that has a newline, so no gap between two is as long as ``limit``."""
+    half = max(1, limit // 2)
+    return all(data.find(b"\n", i, i + half) >= 0 for i in range(0, len(data) - half + 1, half))
 
 
 def clean_line(raw: bytes) -> str:
@@ -380,6 +408,7 @@ class Supervised:
         cwd: str | Path,
         env: dict[str, str] | None = None,
         on_lines: Callable[[list[str]], object] | None = None,
+        on_text: Callable[[str], object] | None = None,
         log_path: Path | None = None,
         timeout: float = 0,
         grace: float = DEFAULT_GRACE,
@@ -391,6 +420,8 @@ class Supervised:
         self.cwd = str(cwd)
         self.env = env
         self.on_lines = on_lines or (lambda lines: None)
+        #: given, output goes here instead, as blocks of lines (see :func:`clean_block`), unsplit
+        self.on_text = on_text
         self.log_path = log_path
         self.timeout = timeout
         self.grace = grace
@@ -418,7 +449,7 @@ class Supervised:
         try:
             proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice, grace=self.grace)
         except OSError as exc:
-            self.on_lines([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
+            self._say([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
@@ -467,9 +498,16 @@ class Supervised:
         code = proc.returncode
         return ProcResult(code, reason, time.monotonic() - start)
 
+    def _say(self, lines: list[str]) -> None:
+        """Lines to whichever of ``on_text`` and ``on_lines`` takes the output."""
+        if self.on_text is not None:
+            self.on_text("".join(line + "\n" for line in lines))
+        else:
+            self.on_lines(lines)
+
     async def _pump(self, proc: Child, log: _LogFile | None, done: anyio.Event) -> None:
         buf = b""
-        emit = self.on_lines
+        say, on_text = self._say, self.on_text
         limit = self.max_line
         try:
             while True:
@@ -482,18 +520,21 @@ class Supervised:
                 cut = buf.rfind(b"\n")
                 if cut >= 0:
                     complete, buf = buf[: cut + 1], buf[cut + 1 :]
-                    lines = clean_lines(complete)
-                    if len(complete) > limit and max(map(len, lines)) > limit:
-                        lines = [line[:limit] + " [...]" if len(line) > limit else line for line in lines]
-                    emit(lines)
+                    if on_text is not None:
+                        on_text(clean_block(complete, limit))
+                    else:
+                        lines = clean_lines(complete)
+                        if len(complete) > limit and max(map(len, lines)) > limit:
+                            lines = clip_lines(lines, limit)
+                        say(lines)
                 if len(buf) > limit:
                     # a line with no newline for a long while: show what we have, keep reading
-                    emit([clean_line(buf[:limit]) + " [...]"])
+                    say([clean_line(buf[:limit]) + " [...]"])
                     buf = b""
                 # a read from a full buffer does not yield: let the other agents and the UI run
                 await anyio.lowlevel.checkpoint()
             if buf:
-                emit([clean_line(buf)])
+                say([clean_line(buf)])
         finally:
             done.set()
 

@@ -830,12 +830,15 @@ class Runtime:
         emit = self.bus.emit
         last_activity = [""]
 
+        text_parser = parser if isinstance(parser, TextParser) else None
+
+        def on_text(text: str) -> None:
+            """Plain text: each read as one block, split only by whoever needs every line."""
+            assert text_parser is not None
+            text_parser.feed_text(text)
+            emit(TaskOutput(task=name, text=text))
+
         def on_lines(lines: list[str]) -> None:
-            if isinstance(parser, TextParser):  # plain text: the whole batch at once (chatty agents)
-                shown = parser.feed_lines(lines)
-                if shown:
-                    emit(TaskOutput(task=name, lines=shown))
-                return
             # structured output: line by line, so every change of activity is seen in order
             shown = []
             for line in lines:
@@ -853,7 +856,9 @@ class Runtime:
             info.pid = pid
             self.journal.update_task(name, pid=pid, pgid=pid)
 
-        proc = Supervised(command, cwd=cwd, env=env, on_lines=on_lines, log_path=self.journal.log_path(name),
+        text = text_parser is not None
+        proc = Supervised(command, cwd=cwd, env=env, on_lines=None if text else on_lines,
+                          on_text=on_text if text else None, log_path=self.journal.log_path(name),
                           timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE,
                           # structured output: the parser needs whole events (a result line can be long)
                           max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)

@@ -381,7 +381,7 @@ def test_abort_all_cancels_the_program_and_its_finally_runs(repo, tmp_path):
         bus.subscribe(seen.append)
 
         def on_output(ev):
-            if isinstance(ev, TaskOutput) and "go" in ev.lines:
+            if isinstance(ev, TaskOutput) and "go" in ev.all_lines():
                 holder["rt"].abort_all()
 
         bus.subscribe(on_output)

@@ -59,7 +59,7 @@ def test_a_workspace_costs_one_git_process_to_make_and_none_for_its_worktree_rec
 
     named, made, gone, ok = anyio.run(main)
     assert ok and named == []
-    assert len(made) == 1 and made[0].startswith("worktree add"), made
+    assert len(made) == 1 and made[0].startswith("checkout -q -f"), made
     assert gone == [f"update-ref -d refs/heads/corral/20260101-000000-abcd/task-1"], gone
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "branch", "--list", "corral/*") == "" and list(root.iterdir()) == []
@@ -86,9 +86,9 @@ def test_branch_names_are_judged_as_git_judges_them(tmp_path: Path, name: str, o
     assert subprocess.run(["git", "check-ref-format", f"refs/heads/{name}"]).returncode == (0 if ok else 1)
 
 
-def test_a_large_checkout_is_made_outside_the_repo_lock(tmp_path: Path, counted_git: Path) -> None:
-    """Over SPLIT_CHECKOUT_FILES files, the checkout is a second git process, run outside the repo
-    lock so that workspaces are filled in parallel."""
+def test_a_large_checkout_is_one_git_process_too(tmp_path: Path, counted_git: Path) -> None:
+    """Over SPLIT_CHECKOUT_FILES files, the workspace is still one git process (it only waits for a
+    checkout slot)."""
     from corral.core.vcs.git import SPLIT_CHECKOUT_FILES, GitBackend
 
     repo = make_repo(tmp_path / "repo", {f"d{i % 10}/f{i}.txt": f"{i}\n" for i in range(SPLIT_CHECKOUT_FILES + 1)})
@@ -108,8 +108,103 @@ def test_a_large_checkout_is_made_outside_the_repo_lock(tmp_path: Path, counted_
         return made
 
     made = anyio.run(main)
-    assert [c.split()[:3] for c in made] == [["worktree", "add", "-q"], ["reset", "--hard", "-q"]], made
-    assert "--no-checkout" in made[0]
+    assert [c.split()[:3] for c in made] == [["checkout", "-q", "-f"]], made
+    assert list(root.iterdir()) == []
+
+
+def test_workspaces_are_made_at_once_and_one_that_fails_loses_nothing(tmp_path: Path) -> None:
+    """Four workspaces made concurrently: each checkout waits (a smudge filter) until all three that
+    can be made are checking out at once, so one made after another would never get there. The
+    fourth's branch exists already, with a commit: its creation fails, leaving nothing behind and
+    that commit where it was; the other three are whole, locked worktrees on their new branches."""
+    from corral.core.vcs.base import VcsError
+    from corral.core.vcs.git import GitBackend
+
+    run = "20260101-000000-abcd"
+    repo = make_repo(tmp_path / "repo", {"README.md": "# project\n", "data.gate": "payload\n",
+                                         ".gitattributes": "*.gate filter=gate\n"})
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    gate = tmp_path / "gate-filter"
+    gate.write_text("#!/bin/sh\n"
+                    f"touch {arrived}/$$\n"
+                    "n=0\n"
+                    f'while [ "$(ls {arrived} | wc -l)" -lt 3 ]; do\n'
+                    "  n=$((n+1)); [ $n -gt 600 ] && exit 1\n"  # 30 s: they were made one at a time
+                    "  sleep 0.05\n"
+                    "done\n"
+                    "exec cat\n")
+    gate.chmod(0o755)
+    git(repo, "branch", f"corral/{run}/t3", "main")
+    git(repo, "checkout", "-q", f"corral/{run}/t3")
+    (repo / "work.txt").write_text("work\n")
+    git(repo, "add", "work.txt")
+    git(repo, "commit", "-qm", "work on t3")
+    work = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "config", "filter.gate.smudge", str(gate))
+    git(repo, "config", "filter.gate.required", "true")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[dict[str, object], list[str]]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        made: dict[str, object] = {}
+
+        async def make(task: str) -> None:
+            try:
+                made[task] = await backend.create_workspace(run, task, base, str(root))
+            except VcsError as exc:
+                made[task] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(make, f"t{i}")
+        states = [backend.registry.get(ws.key).state for ws in made.values() if not isinstance(ws, Exception)]
+        for ws in made.values():
+            if not isinstance(ws, Exception):
+                await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return made, states
+
+    made, states = anyio.run(main)
+    assert isinstance(made["t3"], Exception) and "already exists" in str(made["t3"]), made["t3"]
+    assert states == ["ready"] * 3
+    for i in range(3):
+        ws = made[f"t{i}"]
+        assert not isinstance(ws, Exception), ws
+        assert ws.ref == f"corral/{run}/t{i}"  # type: ignore[union-attr]
+    assert len(list(arrived.iterdir())) == 3
+    assert git(repo, "rev-parse", f"corral/{run}/t3") == work  # the work on the branch that was there
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert git(repo, "branch", "--list", "corral/*").split() == [f"corral/{run}/t3"]
+    assert list(root.iterdir()) == []
+
+
+def test_a_made_workspace_is_a_locked_worktree_on_its_branch_with_its_files(tmp_path: Path) -> None:
+    """What git itself says of a workspace made without ``git worktree add``: listed, locked with
+    corral's reason, on its new branch, its files checked out and nothing changed."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> None:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t", base, str(root))
+        listing = git(repo, "worktree", "list", "--porcelain")
+        assert f"worktree {ws.path.resolve()}\nHEAD {base}\nbranch refs/heads/{ws.ref}\nlocked corral run=" in listing
+        assert git(ws.path, "status", "--porcelain") == ""
+        assert (ws.path / "src" / "app.py").read_text() == "VALUE = 1\n"
+        assert git(ws.path, "rev-parse", "--show-toplevel") == str(ws.path.resolve())
+        await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+
+    anyio.run(main)
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert list(root.iterdir()) == []
 
 
@@ -207,7 +302,8 @@ def test_an_integration_is_merged_in_the_object_store_and_checked_out_once(
     assert checked_out == expected[-1]  # clean, at the last merge
     assert git(repo, "show", f"{expected[-1]}:CHANGELOG").splitlines() == ["start", "one", "two"]
     assert not [c for c in calls if c.startswith(("merge ", "commit ", "cherry-pick"))], calls
-    assert len([c for c in calls if c.startswith(("reset", "checkout", "read-tree"))]) == 1, calls
+    made = [c for c in calls if c.startswith("checkout -q -f ") and " -b " in c]  # the new workspace
+    assert len(made) == 1 and len([c for c in calls if c.startswith(("reset", "checkout", "read-tree"))]) == 2, calls
 
 
 def test_branches_that_change_gitattributes_merge_by_them_as_before(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from corral.core.events import (
     TaskStatus,
     VerifyOutput,
     VerifyResult,
+    wire_dict,
 )
 from corral.core.report import fmt_cost, fmt_duration, fmt_usage
 from corral.core.runtime import Runtime, TaskInfo
@@ -41,12 +42,12 @@ class LineRenderer:
 
     def __call__(self, ev: Event) -> None:
         w = self.out.write
-        if isinstance(ev, TaskOutput):
-            prefix = f"[{ev.task}] "
-            w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
-            return
-        if isinstance(ev, VerifyOutput):
-            w("[verify] " + "\n[verify] ".join(ev.lines) + "\n")
+        if isinstance(ev, (TaskOutput, VerifyOutput)):
+            prefix = f"[{ev.task}] " if isinstance(ev, TaskOutput) else "[verify] "
+            if ev.text:  # a block: prefixed at C speed, never split
+                w(prefix + ev.text[:-1].replace("\n", "\n" + prefix) + "\n")
+            else:
+                w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
             return
         text = self.describe(ev)
         if text is not None:
@@ -135,7 +136,7 @@ class JsonRenderer:
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, (TaskOutput, VerifyOutput)):
             # one object per output line, so consumers need not know about batching
-            data = ev.to_dict()
+            data = wire_dict(ev)
             lines = data.pop("lines")
             self.out.write("".join(json.dumps({**data, "line": line}, ensure_ascii=False) + "\n" for line in lines))
             return

@@ -187,18 +187,19 @@ class RunModel:
         if isinstance(ev, TaskOutput):
             view = self.tasks.get(ev.task) or self.task(ev.task)
             buf = view.pending
+            lines = ev.all_lines()
             if ev.stream == "agent":
-                buf.extend(ev.lines)
+                buf.extend(lines)
             else:
-                buf.extend(f"[{ev.stream}] {line}" for line in ev.lines)
-            view.lines_total += len(ev.lines)
+                buf.extend(f"[{ev.stream}] {line}" for line in lines)
+            view.lines_total += len(lines)
             if len(buf) > self.max_lines:
                 view.dropped += len(buf) - self.max_lines
                 del buf[: len(buf) - self.max_lines]
             return
         if isinstance(ev, VerifyOutput):
             self.verify_started = True
-            self.verify_pending.extend(ev.lines)
+            self.verify_pending.extend(ev.all_lines())
             if len(self.verify_pending) > self.max_lines:
                 del self.verify_pending[: len(self.verify_pending) - self.max_lines]
             return

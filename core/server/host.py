@@ -27,6 +27,7 @@ from ..events import (
     DecisionNeeded,
     Event,
     EventBus,
+    Output,
     RunFinished,
     TaskActivity,
     TaskOutput,
@@ -80,10 +81,56 @@ def _output_key(ev: Event) -> tuple[str, str, str] | None:
     return None
 
 
-def _output_event(key: tuple[str, str, str], lines: list[str], run: str) -> Event:
+def _output_event(key: tuple[str, str, str], lines: list[str], run: str, text: str = "") -> Event:
     if key[0] == "verify_output":
-        return VerifyOutput(run=run, lines=lines)
-    return TaskOutput(run=run, task=key[1], lines=lines, stream=key[2])
+        return VerifyOutput(run=run, lines=lines, text=text)
+    return TaskOutput(run=run, task=key[1], lines=lines, text=text, stream=key[2])
+
+
+class _Tail:
+    """The newest ``n`` lines of one output (a pane's), kept as the blocks they came in: they are
+    split only when a client attaches, and counted only from the newest back when old blocks may
+    go (once twice as much as is kept came), so most of a flood is neither split nor counted."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        #: [block, its lines (-1: not counted yet)]
+        self._blocks: deque[list[Any]] = deque()
+        self._chars = 0
+        self._look_at = 0
+
+    def add(self, block: str) -> None:
+        if not block:
+            return
+        self._blocks.append([block, -1])
+        self._chars += len(block)
+        if self._chars > self._look_at:
+            self._trim()
+
+    def _trim(self) -> None:
+        lines = chars = keep = 0
+        for entry in reversed(self._blocks):
+            if entry[1] < 0:
+                entry[1] = entry[0].count("\n")
+            lines, chars, keep = lines + entry[1], chars + len(entry[0]), keep + 1
+            if lines >= self.n:
+                break
+        for _ in range(len(self._blocks) - keep):
+            self._blocks.popleft()
+        self._chars, self._look_at = chars, 3 * chars
+
+    def lines(self) -> list[str]:
+        text = "".join(block for block, _ in self._blocks)
+        return text[:-1].split("\n")[-self.n:] if text and self.n else []
+
+
+def _joined(key: tuple[str, str, str], events: list[Output], run: str) -> Event:
+    """Output events of one pane as one: their lines, or one block when any came as a block."""
+    if len(events) == 1:
+        return _output_event(key, events[0].lines, run, events[0].text)
+    if any(ev.text for ev in events):
+        return _output_event(key, [], run, "".join(ev.block() for ev in events))
+    return _output_event(key, [line for ev in events for line in ev.lines], run)
 
 
 class Feed:
@@ -101,7 +148,8 @@ class Feed:
         self.pace = max(0.0, pace)
         self._last_take = 0.0
         self._items: deque[Event] = deque()
-        self._out: dict[tuple[str, str, str], list[str]] = {}
+        #: per output: its lines (cut to ``tail``), or with no tail its events
+        self._out: dict[tuple[str, str, str], list[Any]] = {}
         self._skipped: dict[tuple[str, str, str], int] = {}
         self._wake = anyio.Event()
         #: the run's exit code once it ended (the last thing a feed says)
@@ -111,12 +159,19 @@ class Feed:
     def push(self, ev: Event) -> None:
         key = _output_key(ev)
         if key is not None:
+            assert isinstance(ev, Output)
             buf = self._out.setdefault(key, [])
-            buf.extend(ev.lines)  # type: ignore[attr-defined]
-            over = len(buf) - self.tail if self.tail is not None else 0
-            if over > 0:
+            if self.tail is None:
+                if ev.lines or ev.text:
+                    buf.append(ev)  # every line, joined when taken (a block of text stays one)
+            else:
+                lines = ev.last_lines(self.tail)
+                buf.extend(lines)
+                over = max(0, len(buf) - self.tail)
                 del buf[:over]
-                self._skipped[key] = self._skipped.get(key, 0) + over
+                over += ev.line_count() - len(lines)
+                if over > 0:
+                    self._skipped[key] = self._skipped.get(key, 0) + over
         else:
             self._flush_output()
             last = self._items[-1] if self._items else None
@@ -135,12 +190,16 @@ class Feed:
         self._wake.set()
 
     def _flush_output(self) -> None:
-        for key, lines in self._out.items():
+        for key, pending in self._out.items():
+            if self.tail is None:
+                if pending:
+                    self._items.append(_joined(key, pending, self.run))
+                continue
             skipped = self._skipped.pop(key, 0)
             if skipped:
-                lines = [f"[corral: {skipped} line(s) not shown here; the log on disk has them]", *lines]
-            if lines:
-                self._items.append(_output_event(key, lines, self.run))
+                pending = [f"[corral: {skipped} line(s) not shown here; the log on disk has them]", *pending]
+            if pending:
+                self._items.append(_output_event(key, pending, self.run))
         self._out.clear()
 
     async def take(self) -> list[Event]:
@@ -219,7 +278,7 @@ class RunHost:
         self.started_at: float | None = None
         #: every event but output and activity, in order: a late client replays them
         self._history: list[Event] = []
-        self._tails: dict[tuple[str, str, str], deque[str]] = {}
+        self._tails: dict[tuple[str, str, str], _Tail] = {}
         self._activity: dict[str, TaskActivity] = {}
         self._feeds: list[Feed] = []
         self._decisions: dict[int, _Decision] = {}
@@ -290,10 +349,11 @@ class RunHost:
     def _record(self, ev: Event) -> None:
         key = _output_key(ev)
         if key is not None:
+            assert isinstance(ev, Output)
             tail = self._tails.get(key)
             if tail is None:
-                tail = self._tails[key] = deque(maxlen=self.tail)
-            tail.extend(ev.lines)  # type: ignore[attr-defined]
+                tail = self._tails[key] = _Tail(self.tail)
+            tail.add(ev.block())
         elif isinstance(ev, TaskActivity):
             self._activity[ev.task] = ev
         else:
@@ -312,7 +372,7 @@ class RunHost:
         events = list(self._history)
         if n:
             for key, lines in self._tails.items():
-                kept = list(lines)[-n:]
+                kept = lines.lines()[-n:]
                 if kept:
                     events.append(_output_event(key, kept, self.run_id))
         events.extend(self._activity.values())

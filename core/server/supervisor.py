@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..events import wire_dict
 from . import protocol
 from .host import CommandError, RunHost
 
@@ -167,7 +168,7 @@ class Supervisor:
                     conn.feeds.append((host, feed))
                     await conn.send({"type": "ack", "id": rid, "ok": True})
                     await conn.send({"type": "snapshot", "run": host.run_id, "live": host.live,
-                                     "events": [ev.to_dict() for ev in snapshot]})
+                                     "events": [wire_dict(ev) for ev in snapshot]})
                     await self._stream(conn, host, feed)
                     return
                 args = {k: v for k, v in msg.items() if k not in ("op", "id", "run")}
@@ -187,7 +188,7 @@ class Supervisor:
             ended, closed = feed.ended, feed.closed
             events = await feed.take()
             if events:
-                await conn.send_many([ev.to_dict() for ev in events])
+                await conn.send_many([wire_dict(ev) for ev in events])
             if ended is not None:
                 await conn.send({"type": "ended", "run": host.run_id, "exit_code": ended,
                                  "report": host.report})

@@ -7,11 +7,13 @@ cost more to import than most runs spend in it, and asked ``git version`` twice 
 each git process in its own process group, its messages in English (``LC_ALL=C``: corral reads
 some of them). Every mutation of shared repository state (worktree add/remove/prune, branch and ref
 updates) runs under one repo-wide lock: an ``anyio.Lock`` inside this process plus ``flock`` on
-``<git-common-dir>/corral/engine.lock`` across processes.
+``<git-common-dir>/corral/engine.lock`` across processes; but new workspaces are made at once, outside
+it (:meth:`GitBackend._add_worktree`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import os
@@ -57,10 +59,9 @@ ENGINE_CONFIG = (
     "-c", "core.quotePath=false",
 )
 RETRIES = 5
-#: a base of more files than this is checked out outside the repo lock, in parallel with other
-#: workspaces' checkouts, by a second git process. 16 workspaces of 20,000 files: 3.5 s that way,
-#: 8.1 s checked out by `worktree add` one after the other (benchmarks/workspaces.py, tmpfs, 2 cores);
-#: 200 files take a few ms to check out, less than the process saved.
+#: a base of more files than this is checked out a few workspaces at a time (:attr:`checkouts`), not
+#: all at once: 16 workspaces of 20,000 files took 3.5 s 4 at a time, 8.1 s one after the other
+#: (benchmarks/workspaces.py, tmpfs, 2 cores); 200 files take a few ms, all at once is quickest.
 SPLIT_CHECKOUT_FILES = 2000
 #: environment variables that tell git where the repository, its work tree or its index is
 _LOCATION_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_PREFIX",
@@ -315,17 +316,12 @@ class GitBackend(Backend):
         return res.ok
 
     # ------------------------------------------------------------------------------- workspaces
-    async def _register_worktree(self, ws: Workspace, rec: Record, checkout: bool, reopen: bool = False) -> None:
-        """``git worktree add`` of ``ws`` (a new locked branch at its base, or with ``reopen`` its
-        existing branch; with ``checkout``, its files too, in the same git process) under the repo
-        lock, retried on lock contention; a failed attempt's leftovers (its new branch, its admin dir)
-        are removed precisely, never by a repository-wide prune. It must be under the lock:
-        concurrent ``worktree add``s read each other's half-written admin dirs and fail."""
-        args = ["--no-track", "--lock", "--reason", lock_reason(rec), "-b", ws.ref, str(ws.path), ws.base_commit]
-        if reopen:
-            args = ["--lock", "--reason", lock_reason(rec), str(ws.path), ws.ref]
-        if not checkout:
-            args.insert(0, "--no-checkout")
+    async def _register_worktree(self, ws: Workspace, rec: Record) -> None:
+        """``git worktree add`` of ``ws`` on its existing branch (a re-opened workspace), its files
+        checked out by the same git process, under the repo lock, retried on lock contention; a
+        failed attempt's admin dir is removed precisely, never by a repository-wide prune. It must be
+        under the lock: concurrent ``worktree add``s read each other's half-written admin dirs and fail."""
+        args = ["--lock", "--reason", lock_reason(rec), str(ws.path), ws.ref]
         last = None
         for attempt in range(RETRIES):
             async with self.mutating():
@@ -333,8 +329,6 @@ class GitBackend(Backend):
                 if not res.ok:
                     last = res
                     await self._drop_admin_of(ws.path)
-                    if not reopen:  # only the branch this attempt made: still at the base, nothing else on it
-                        await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", ws.base_commit, check=False)
             if res.ok:
                 return
             if not _is_contention(res):
@@ -377,23 +371,16 @@ class GitBackend(Backend):
                             role: str) -> Workspace:
         """A locked worktree on a new branch at ``base_commit`` in a fresh private directory, registered
         before it exists and marked ready only once its files are checked out; on any failure nothing
-        is left behind."""
+        is left behind. Made outside the repo lock, in parallel with other workspaces (see
+        :meth:`_add_worktree`)."""
         path, rec = self.registry.reserve(root, run=run, task=task, role=role, ref=branch, vcs="git",
                                           base_commit=base_commit)
         ws = Workspace(task=task, path=path, ref=branch, name=path.name, base_commit=base_commit, head=base_commit,
                        role=role, run=run, key=rec.key)
-        # a small checkout is made by `worktree add` itself (one git process, under the lock); a large
-        # one after it, outside the lock, in parallel with other workspaces' (it touches only this one)
-        split = _index_entries(self.git_dir) > SPLIT_CHECKOUT_FILES
         try:
-            await self._register_worktree(ws, rec, checkout=not split)
+            await self._add_worktree(ws, rec)
             ws.admin = _admin_of(path)
             ws.name = Path(ws.admin).name if ws.admin else path.name
-            if split:
-                async with self.checkouts:
-                    res = await self.git("reset", "--hard", "-q", cwd=path, check=False)
-                if not res.ok:
-                    raise VcsError(f"checkout of {path}: {_short_err(res)}")
             self.registry.update(rec, state=READY, admin=ws.admin)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -401,6 +388,50 @@ class GitBackend(Backend):
                 self.registry.drop(rec)
             raise
         return ws
+
+    async def _add_worktree(self, ws: Workspace, rec: Record) -> None:
+        """``git worktree add --lock -b`` of ``ws``, made so that many can run at once: git's own reads
+        every sibling's admin dir and dies on one that is half-written (the commondir race), so it
+        must run under the repo lock, one after another. Here the admin dir is written complete
+        (locked, detached at the base) in corral's state dir and renamed into ``worktrees/``, so no git
+        ever sees it half-made; then one ``git checkout -b`` in the worktree creates the branch (it
+        refuses one that exists) and checks out its files. A large checkout waits for a slot of
+        :attr:`checkouts` (more at once only contend in the filesystem)."""
+        admin = await anyio.to_thread.run_sync(self._write_admin, ws, rec)
+        ws.admin = str(admin)
+        big = _index_entries(self.git_dir) > SPLIT_CHECKOUT_FILES
+        async with self.checkouts if big else contextlib.nullcontext():
+            res = await self.git("checkout", "-q", "-f", "--no-recurse-submodules", "--no-track", "-b", ws.ref,
+                                 ws.base_commit, cwd=ws.path, check=False)
+        if not res.ok:
+            raise VcsError(f"git worktree add {ws.path}: {_short_err(res)}")
+
+    def _write_admin(self, ws: Workspace, rec: Record) -> Path:
+        """The admin dir of the new worktree ``ws`` as ``git worktree add --lock`` writes it, detached at
+        the base, and the worktree's ``.git`` file naming it; renamed into place whole (an id taken
+        already gets a number, as git does)."""
+        path = ws.path.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix="admin-", dir=self.state_dir))
+        try:
+            for name, text in (("gitdir", f"{path / '.git'}\n"), ("commondir", "../..\n"),
+                               ("HEAD", f"{ws.base_commit}\n"), ("locked", f"{lock_reason(rec)}\n")):
+                (stage / name).write_text(text, encoding="utf-8")
+            top = self.common_dir / "worktrees"
+            top.mkdir(exist_ok=True)
+            for n in range(100):
+                admin = top / (path.name if n == 0 else f"{path.name}{n}")
+                if admin.exists():
+                    continue
+                (path / ".git").write_text(f"gitdir: {admin.resolve()}\n", encoding="utf-8")
+                try:
+                    os.rename(stage, admin)
+                except OSError:  # taken meanwhile
+                    continue
+                return admin
+            raise VcsError(f"git worktree add {ws.path}: no free worktree id under {top}")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     async def reopen_workspace(self, ws: Workspace, root: str | None) -> Workspace:
         """A locked worktree on the kept branch of the removed workspace ``ws``, in a fresh private
@@ -414,7 +445,7 @@ class GitBackend(Backend):
                         role=ws.role, run=ws.run, key=rec.key, extra_refs=list(ws.extra_refs),
                         exclude=list(ws.exclude))
         try:
-            await self._register_worktree(new, rec, checkout=True, reopen=True)
+            await self._register_worktree(new, rec)
             new.admin = _admin_of(path)
             new.name = Path(new.admin).name if new.admin else path.name
             self.registry.update(rec, state=READY, admin=new.admin, exclude=new.exclude)

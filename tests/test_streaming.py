@@ -1,0 +1,110 @@
+"""A text agent's flood on its way from the pipe: written to the log as read, sent on as blocks of
+lines that only a consumer needing every line splits (the headless printer, ``--json``, a lossless
+client); a pane, a paced view and a late client get the newest lines they show."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+
+from conftest import git
+from test_engine_git import run_plan
+
+from corral.core.events import TaskOutput, TaskStatus
+from corral.core.procs import MAX_DISPLAY_LINE, Supervised, clean_line
+from corral.core.server.host import RunHost
+
+RUN = "20260101-000000-abcd"
+
+
+def _read_as_text(tmp_path: Path, script: str) -> tuple[list[str], bytes]:
+    """What ``on_text`` got from ``sh -c script``, and its log."""
+    blocks: list[str] = []
+    log = tmp_path / "out.log"
+
+    async def main() -> None:
+        await Supervised(["sh", "-c", script], cwd=tmp_path, on_text=blocks.append, log_path=log).run()
+
+    anyio.run(main)
+    return blocks, log.read_bytes()
+
+
+def test_a_flood_comes_as_blocks_of_whole_lines_and_its_log_is_every_byte(tmp_path: Path) -> None:
+    blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 50000; printf 'last, no newline'")
+    assert all(b.endswith("\n") for b in blocks) and len(blocks) < 1000  # one per read, not per line
+    assert "".join(blocks) == "0123456789abcdef\n" * 50000 + "last, no newline\n"
+    assert log == b"0123456789abcdef\n" * 50000 + b"last, no newline"
+
+
+def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
+    """Escapes, progress redraws, tabs, bad UTF-8 and over-long lines in a block: each line as
+    :func:`clean_line` and the display limit make it, the log untouched."""
+    raw = (b"plain\n\x1b[1mbold\x1b[0m\n10%\r50%\r100%\n\tx\n\xff\xfe\n" + b"y" * (MAX_DISPLAY_LINE + 10) + b"\n"
+           + "é ok\n".encode())
+    printed = tmp_path / "printed"
+    printed.write_bytes(raw)
+    blocks, log = _read_as_text(tmp_path, f"cat {printed}")
+    assert log == raw
+    want = [clean_line(line) for line in raw.split(b"\n")[:-1]]
+    want[5] = "y" * MAX_DISPLAY_LINE + " [...]"
+    assert "".join(blocks).split("\n")[:-1] == want
+    assert want[1:4] == ["bold", "100%", "    x"]
+
+
+def _flood(host: RunHost, blocks: int, per_block: int) -> list[str]:
+    """Blocks of numbered lines emitted as a text agent's output; every line, in order."""
+    every = []
+    for b in range(blocks):
+        lines = [f"line {b * per_block + i}" for i in range(per_block)]
+        every += lines
+        host.bus.emit(TaskOutput(run=RUN, task="a", text="".join(line + "\n" for line in lines)))
+    return every
+
+
+def test_a_lossless_client_gets_every_line_of_blocks_and_others_their_tail() -> None:
+    """Headless (lossless): every line, in order, the blocks joined into one; a paced view: the
+    newest ``batch_tail`` after a line counting the skipped; a late client: the host's tail."""
+
+    async def main() -> None:
+        host = RunHost(RUN, tail=250)
+        _s, lossless = host.attach(lossless=True)
+        _s, paced = host.attach(2000, pace=3600, batch_tail=3)
+        host.bus.emit(TaskOutput(run=RUN, task="a", lines=[]))
+        host.bus.emit(TaskStatus(run=RUN, task="a", status="running"))
+        assert [ev.type for ev in await lossless.take()] == ["task_status"]  # nothing said, nothing sent
+        host.bus.emit(TaskOutput(run=RUN, task="a", lines=["before"]))
+        every = ["before", *_flood(host, 40, 100)]
+        host.bus.emit(TaskStatus(run=RUN, task="a", status="succeeded"))
+        got = [ev for ev in await lossless.take() if isinstance(ev, TaskOutput)]
+        assert [line for ev in got for line in ev.all_lines()] == every
+        assert len(got) == 1 and got[0].text == "".join(line + "\n" for line in every)
+        cut = [ev for ev in await paced.take() if isinstance(ev, TaskOutput)]
+        assert [ev.lines for ev in cut] == [[f"[corral: {len(every) - 3} line(s) not shown here; the log on disk "
+                                             "has them]", *every[-3:]]]
+        late = [ev for ev in host.snapshot() if isinstance(ev, TaskOutput)]
+        assert [ev.all_lines() for ev in late] == [every[-250:]]
+        assert [ev.all_lines() for ev in host.snapshot(tail=5) if isinstance(ev, TaskOutput)] == [every[-5:]]
+        host.detach(lossless)
+        host.detach(paced)
+
+    anyio.run(main)
+
+
+def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tmp_path, wt_root) -> None:
+    script = "yes abc | head -n 30000; printf 'x\\033[1my\\n'"
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    shown = [line for line in res.stdout.splitlines() if line.startswith("[a] ")]
+    assert shown == ["[a] abc"] * 30000 + ["[a] xy"]
+    runs = Path(git(repo, "rev-parse", "--git-common-dir"))
+    run_dir = sorted(((runs if runs.is_absolute() else repo / runs) / "corral" / "runs").iterdir())[-1]
+    assert (run_dir / "logs" / "a.log").read_bytes().endswith(b"abc\n" * 30000 + b"x\x1b[1my\n")
+
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none", "--json")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    out = [e for e in events if e["type"] == "output" and e["task"] == "a" and e["stream"] == "agent"]
+    assert [e["line"] for e in out] == ["abc"] * 30000 + ["xy"]
+    assert all("text" not in e and "lines" not in e for e in out)
