@@ -266,6 +266,31 @@ def test_signal_mid_run_stops_every_agent_and_cleans_up(repo, tmp_path, wt_root,
     assert run["state"] == "interrupted" and run["exit_code"] == 130
 
 
+@pytest.mark.parametrize("mode", ["--json", "lines"])
+def test_output_closed_by_its_reader_stops_the_run_quietly_and_keeps_the_work(repo, tmp_path, wt_root, mode):
+    # `corral run --headless --json | head`: a BrokenPipeError traceback, and the run died mid-way
+    script = "echo work > wip.txt; echo agent-began; seq 1 100000; exec sleep 300"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", script)]))
+    args = ["--json"] if mode == "--json" else []
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", *args,
+                             "--approve", "all"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    seen = []
+    deadline = time.time() + 30
+    while time.time() < deadline and not any("agent-began" in l for l in seen):
+        seen.append(proc.stdout.readline())
+    assert any("agent-began" in l for l in seen), "".join(seen)
+    proc.stdout.close()  # the reader goes away
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert "the output was closed" in err
+    state = corral_state(repo)
+    assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
+    [branch] = state["branches"]
+    assert git(repo, "show", f"{branch}:wip.txt") == "work"
+
+
 BAD_PLANS = {
     "duplicate": ('[[tasks]]\nname = "a"\nprompt = "x"\n\n[[tasks]]\nname = "a"\nprompt = "y"\n',
                   "duplicate task name 'a'"),

@@ -498,7 +498,8 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     """Host a run in this process and render it (``--headless``): the renderers get its events
     through a link, as every client does, and all of them (output is never cut here). SIGINT,
     SIGTERM and SIGHUP stop the run, as ``corral stop`` would: its cleanup runs, what it prints
-    is still rendered, and the exit code is 130; later signals only print a note."""
+    is still rendered, and the exit code is 130; later signals only print a note. Output closed by
+    its reader stops the run the same way."""
     import anyio
 
     from corral.core.server.client import LocalLink, SnapshotEnd
@@ -524,10 +525,22 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
             tg.start_soon(watch)
             await anyio.sleep(0)
             tg.start_soon(host.run, body)
+            shown = list(renderers)
             async for ev in LocalLink(host, lossless=True).events():
-                if not isinstance(ev, SnapshotEnd):
-                    for render in renderers:
+                if isinstance(ev, SnapshotEnd) or not shown:
+                    continue
+                try:
+                    for render in shown:
                         render(ev)
+                except BrokenPipeError:
+                    # whoever read the output is gone (`| head`): the run stops as on SIGHUP, quietly
+                    shown.clear()
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    if not got:
+                        got.append(signal.SIGPIPE)
+                        print("corral: the output was closed: stopping agents and cleaning up "
+                              "(work is kept on its branches)", file=sys.stderr, flush=True)
+                        host.stop()
             tg.cancel_scope.cancel()
         return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
 
