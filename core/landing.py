@@ -22,7 +22,7 @@ import anyio
 from .codes import EXIT_FAILED, EXIT_OK
 from .events import EventBus, Landed
 from .journal import Journal
-from .pipeline import sandbox_policy
+from .preflight import sandbox_policy
 from .plan import Plan
 from .queue import run_verify
 from .runtime import PolicyApprover, RunOptions, Runtime

@@ -772,7 +772,7 @@ def cmd_agents(args: argparse.Namespace | None = None) -> int:
             fail_usage(str(exc))
         profiles, sandbox, network = dict(plan.agents), plan.sandbox, plan.network
     async def inspect() -> list[dict]:
-        from corral.core.pipeline import sandbox_policy
+        from corral.core.preflight import sandbox_policy
         from corral.core.plan import Plan
 
         policy = await sandbox_policy(Plan(tasks=[], sandbox=sandbox, network=network), strict=False)
