@@ -360,3 +360,50 @@ def test_the_reaper_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_reapers_are_forked_by_one_hub_not_an_interpreter_started_per_command(tmp_path: Path) -> None:
+    """Every command still has its reaper (its parent, corral's child, leading the command's group),
+    but no Python interpreter starts for each (15-30 ms of CPU, more than a trivial task's own): the
+    reapers of two commands are forks of one hub, never executed themselves."""
+    script = 'echo "$PPID $(cut -d" " -f4,5 /proc/$PPID/stat)"; tr "\\0" " " < /proc/$PPID/cmdline; echo'
+
+    async def main() -> list[list[str]]:
+        seen = []
+        for _ in range(2):
+            lines: list[str] = []
+            proc = Supervised(["sh", "-c", script], cwd=tmp_path, on_lines=lines.extend)
+            result = await proc.run()
+            assert (result.exit_code, len(lines)) == (0, 2), lines
+            reaper, parent, group = lines[0].split()
+            assert (int(reaper), int(parent), int(group)) == (proc.pid, os.getpid(), proc.pid)
+            seen.append(lines[1].split())
+        return seen
+
+    first, second = anyio.run(main)
+    assert first == second and "--hub" in first and "--" not in first, first
+
+
+def test_no_look_through_proc_after_a_command_whose_reaper_swept(tmp_path: Path, pids: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper that exited after its sweep had nothing below it: nothing of its command was left
+    to come to corral, which does not read every process in /proc looking for it (it still does
+    for a reaper that was killed: test_faults)."""
+    from corral.core import reaper
+
+    scans: list[int] = []
+    real = reaper.processes
+
+    def counted() -> object:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(reaper, "processes", counted)
+
+    async def main() -> None:
+        result = await Supervised(["sh", "-c", _escaping(pids, stubborn=False)], cwd=tmp_path, grace=0.5).run()
+        assert (result.exit_code, result.reason) == (0, "exited")
+        assert _pids_alive(_escaped(pids)) == []
+
+    anyio.run(main)
+    assert len(_escaped(pids)) == 2 and scans == []
