@@ -184,7 +184,8 @@ class _Hub:
                     return None
             out_r, out_w = os.pipe()
             try:
-                pid = hub._ask(reaper.request(argv, cwd, env, grace, os.getpid()), [out_w, status_w, done_w])
+                pid = hub._ask(reaper.request(argv, os.path.abspath(cwd), env, grace, os.getpid()),
+                               [out_w, status_w, done_w])
             except BaseException:
                 os.close(out_r)
                 raise

@@ -11,7 +11,10 @@ group (stdin, stdout and cwd as it got them, the environment exactly as it got i
 exits, or the reaper gets TERM, INT or HUP, or corral is gone, it sends TERM to every descendant
 left, KILL to what is left after the grace period, reaps them all, then exits as the command did:
 with its exit code, or killed by the same signal. Every other signal is blocked, so a command that
-signals its own process group does not end the reaper.
+signals its own process group does not end the reaper. Every signal is blocked before anything else
+(the hub blocks them in itself, so its reapers are born so): no signal can end a reaper before it
+takes its signals itself and a command is never reported killed, or failed, that ran fine or never
+ran.
 
 A parent-death signal tells it that corral is gone. It is not TERM: the kernel sends it when the
 *thread* that forked the reaper ends, and corral spawns from worker threads that retire when idle,
@@ -25,7 +28,9 @@ corral sends it each command (argv, cwd, environment, grace, the status and done
 output pipe, see :func:`request`) over a socket; the hub forks a middleman that forks the reaper and
 exits at once, so the reaper, an orphan, is reparented to corral (a child subreaper) and is corral's
 child like one it had started itself; the hub answers with its pid. The hub ends when corral's end of
-the socket closes.
+the socket closes. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
+chooses: that is why the reapers are born with every signal blocked. A reaper that finds itself
+not corral's child (corral died meanwhile) starts nothing and says so on the status pipe.
 
 Only the standard library, and only what is needed (``-I -S``: no site-packages): the reaper
 starts in front of every agent and every setup command. :func:`processes` is shared with corral.
@@ -33,6 +38,7 @@ starts in front of every agent and every setup command. :func:`processes` is sha
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -235,21 +241,33 @@ def main(args: list[str]) -> None:
     if args[:1] == ["--hub"]:
         serve(int(args[1]))
         return
+    mask = _block_all()
     grace, parent, status_fd, done_fd, argv = _parse(args)
-    _reap(argv, _environ(), grace, parent, status_fd, done_fd)
+    _reap(argv, _environ(), grace, parent, status_fd, done_fd, mask)
+
+
+def _block_all() -> Iterable[int]:
+    """Block every signal (the reaper takes them with ``sigtimedwait``); returns the mask before,
+    which the command is given back. Done before anything else: the parent-death signal, once set,
+    may come at any moment (the hub's middleman exits at once), and unblocked it would end the
+    reaper (SIGUSR2's default action) before it started its command."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
 
 
 def _reap(argv: list[str], env: dict[bytes, bytes], grace: float, parent: int, status_fd: int, done_fd: int,
-          middleman: int = 0) -> None:
-    """Be the reaper of ``argv``: run it, end every descendant, exit as it did. ``middleman``: the
-    process that forked this one and exits at once (the hub's), after which the parent is corral."""
+          mask: Iterable[int], middleman: int = 0) -> None:
+    """Be the reaper of ``argv``: run it, end every descendant, exit as it did. Every signal is
+    blocked already (:func:`_block_all`, ``mask`` the one before). ``middleman``: the process that
+    forked this one and exits at once (the hub's), after which the parent is corral."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, PDEATH_SIGNAL)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     while middleman and os.getppid() == middleman:
         signal.sigtimedwait({PDEATH_SIGNAL}, 0.01)  # its exit sends the parent-death signal
     if os.getppid() != parent:
-        os._exit(1)  # corral died before the parent-death signal was set: start nothing
+        # corral died before the parent-death signal was set (or this is not corral's child): start
+        # nothing, and say so rather than exit as if the command had failed
+        os.write(status_fd, str(errno.ESRCH).encode())
+        os._exit(CANNOT_EXEC)
     os.set_inheritable(status_fd, False)
     if done_fd >= 0:
         os.set_inheritable(done_fd, False)
@@ -286,6 +304,9 @@ def serve(sock_fd: int) -> None:
     import socket
 
     sock = socket.socket(fileno=sock_fd)
+    # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
+    # before the reaper takes its signals itself (the parent-death signal above all)
+    mask = _block_all()
     prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
     while True:
         head, fds, _, _ = socket.recv_fds(sock, 8, 3)
@@ -304,7 +325,7 @@ def serve(sock_fd: int) -> None:
             body += more
         argv, cwd, env, grace, parent = marshal.loads(body)
         try:
-            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds)
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask)
         except OSError:
             pid = 0
         finally:
@@ -314,7 +335,7 @@ def serve(sock_fd: int) -> None:
 
 
 def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,
-                 fds: list[int]) -> int:
+                 fds: list[int], mask: Iterable[int]) -> int:
     """Fork a middleman that forks the reaper and exits; once the middleman is reaped, the reaper
     is corral's child (an orphan goes to the nearest subreaper above it). Returns its pid."""
     out_fd, status_fd, done_fd = fds
@@ -327,7 +348,7 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, me)
+                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me)
             os.write(w, pid.to_bytes(8, "little"))
         finally:
             os._exit(0)
@@ -339,7 +360,7 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
 
 
 def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
-             status_fd: int, done_fd: int, middleman: int) -> None:
+             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int) -> None:
     """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
     stdout=out, stderr=STDOUT, cwd=cwd)`` would do, then :func:`_reap`. Never returns."""
     try:
@@ -360,7 +381,7 @@ def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float,
         except OSError as exc:
             os.write(status_fd, str(exc.errno or 0).encode())
             os._exit(CANNOT_EXEC)
-        _reap(argv, env, grace, parent, status_fd, done_fd, middleman)
+        _reap(argv, env, grace, parent, status_fd, done_fd, mask, middleman)
     finally:
         os._exit(CANNOT_EXEC)
 

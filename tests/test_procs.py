@@ -3,6 +3,7 @@ stopped (the engine tests drive it through whole runs; these pin down its own pr
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -362,6 +363,44 @@ def test_the_reaper_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
             proc.wait()
 
 
+def test_a_reaper_that_is_not_the_child_of_its_corral_starts_nothing_and_says_so(tmp_path: Path) -> None:
+    """A reaper whose parent is not the corral it was made for (corral died before the reaper set
+    its parent-death signal) must not run the command, and must not exit as if the command had
+    failed (exit 1, a verify that "failed", a resolver that "failed"): it says why on the status
+    pipe, which corral reports as a command that could not start."""
+    from corral.core import reaper
+
+    status_r, status_w = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", reaper.__file__, "--grace", "1", "--parent", str(os.getppid()),
+             "--status-fd", str(status_w), "--", "touch", str(tmp_path / "ran")],
+            stdin=subprocess.DEVNULL, pass_fds=(status_w,), timeout=30)
+        os.close(status_w)
+        status = os.read(status_r, 16)
+    finally:
+        os.close(status_r)
+    assert (proc.returncode, status) == (reaper.CANNOT_EXEC, str(errno.ESRCH).encode())
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_relative_cwd_is_corrals_own_cwd_at_the_start_not_the_hubs(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub keeps the cwd corral had when it started the hub: a command's relative cwd is
+    resolved against corral's cwd when the command starts, as a fork of corral's own would."""
+    (tmp_path / "sub").mkdir()
+
+    async def main() -> list[str]:
+        await Supervised(["true"], cwd=tmp_path).run()  # the hub starts in the cwd of the test run
+        monkeypatch.chdir(tmp_path)
+        lines: list[str] = []
+        result = await Supervised(["pwd", "-P"], cwd="sub", on_lines=lines.extend).run()
+        assert (result.exit_code, result.reason) == (0, "exited"), lines
+        return lines
+
+    assert anyio.run(main) == [str((tmp_path / "sub").resolve())]
+
+
 def test_reapers_are_forked_by_one_hub_not_an_interpreter_started_per_command(tmp_path: Path) -> None:
     """Every command still has its reaper (its parent, corral's child, leading the command's group),
     but no Python interpreter starts for each (15-30 ms of CPU, more than a trivial task's own): the
@@ -407,3 +446,57 @@ def test_no_look_through_proc_after_a_command_whose_reaper_swept(tmp_path: Path,
 
     anyio.run(main)
     assert len(_escaped(pids)) == 2 and scans == []
+
+
+def test_each_command_gets_its_own_outcome_whenever_the_parent_death_signal_comes(tmp_path: Path) -> None:
+    """Commands started through the hub, many at once, each with its own exit code and output. A
+    reaper's parent-death signal (SIGUSR2, whose default action ends a process) comes when the hub's
+    middleman that forked it exits, at a moment nobody chooses; here it is sent over and over to
+    every middleman and reaper the hub has just forked. None may die of it (a command reported as
+    killed, or never started, that ran fine or never ran), none may get another's outcome."""
+    from corral.core import procs, reaper
+
+    stop = threading.Event()
+    sent = 0
+
+    def signal_the_hubs_children() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            hub = procs._Hub._instance
+            if hub is None:
+                continue
+            table = {p.pid: p.ppid for p in reaper.processes()}
+            middlemen = {pid for pid, ppid in table.items() if ppid == hub.proc.pid}
+            for pid in [*middlemen, *(pid for pid, ppid in table.items() if ppid in middlemen)]:
+                try:
+                    os.kill(pid, reaper.PDEATH_SIGNAL)
+                    sent += 1
+                except OSError:
+                    pass
+
+    async def main() -> dict[int, tuple[int | None, str, list[str]]]:
+        outcomes: dict[int, tuple[int | None, str, list[str]]] = {}
+        slots = anyio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            lines: list[str] = []
+            async with slots:
+                result = await Supervised(["sh", "-c", f"echo command {i}; exit {i % 100}"], cwd=tmp_path,
+                                          on_lines=lines.extend).run()
+            outcomes[i] = (result.exit_code, result.reason, lines)
+
+        await Supervised(["true"], cwd=tmp_path).run()  # the hub is there before the signals start
+        spammer = threading.Thread(target=signal_the_hubs_children)
+        spammer.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(100):
+                    tg.start_soon(one, i)
+        finally:
+            stop.set()
+            spammer.join()
+        return outcomes
+
+    outcomes = anyio.run(main)
+    wrong = {i: got for i, got in outcomes.items() if got != (i % 100, "exited", [f"command {i}"])}
+    assert sent and not wrong, (sent, wrong)
