@@ -13,6 +13,7 @@ kills it when the command's task ends. Every command gets its cwd as ``PWD``.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import math
@@ -165,6 +166,17 @@ class _Hub:
         finally:
             theirs.close()
         self.sock = mine
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """On corral's way out: close its end of the socket, at which the hub ends, and reap it (its
+        CPU, and that of the middlemen it reaped, is corral's own)."""
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     @classmethod
     def spawn(cls, argv: list[str], cwd: str, env: dict[str, str], grace: float, status_w: int,
@@ -176,7 +188,7 @@ class _Hub:
             hub = cls._instance
             if hub is None or hub.proc.poll() is not None:
                 if hub is not None:
-                    hub.sock.close()
+                    hub.close()
                 try:
                     hub = cls._instance = cls()
                 except OSError:

@@ -423,6 +423,26 @@ def test_reapers_are_forked_by_one_hub_not_an_interpreter_started_per_command(tm
     assert first == second and "--hub" in first and "--" not in first, first
 
 
+def test_corral_reaps_its_hub_when_it_exits(tmp_path: Path) -> None:
+    """The hub is corral's child like every process corral starts: reaped by corral on its way
+    out, not left to whoever adopts orphans (and its CPU, and that of the middlemen it reaped,
+    counted as corral's own)."""
+    from corral.core import procs
+
+    def children() -> set[int]:
+        return {p.pid for p in procs.reaper.processes() if p.ppid == os.getpid()}
+
+    assert procs._become_subreaper()  # an orphaned hub would come here
+    before = children()
+    script = "import anyio; from corral.core.procs import Supervised; anyio.run(Supervised(['true'], cwd='.').run)"
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
+    left = children() - before
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert not left
+
+
 def test_no_look_through_proc_after_a_command_whose_reaper_swept(tmp_path: Path, pids: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A reaper that exited after its sweep had nothing below it: nothing of its command was left
