@@ -5,19 +5,22 @@ timeout, cancellation or exit. Every process started here is reaped.
 No descendant outlives its command (Linux): every command runs under its own reaper
 (:mod:`.reaper`), a child subreaper that leads the process group and ends whatever is left below it,
 however it escaped the group (``setsid``, a double fork, a daemon), when the command exits, when the
-group gets TERM (abort, timeout, Ctrl-C, the watchdog) or when corral dies. corral itself is a child
-subreaper too: what a killed reaper left is reparented to corral, which kills it when the command's
-task ends. Every command gets its cwd as ``PWD``.
+group gets TERM (abort, timeout, Ctrl-C, the watchdog) or when corral dies. The reapers are forked
+by one hub process per corral (no interpreter started per command) and are corral's children.
+corral itself is a child subreaper too: what a killed reaper left is reparented to corral, which
+kills it when the command's task ends. Every command gets its cwd as ``PWD``.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -136,6 +139,116 @@ def _become_subreaper() -> bool:
     return reaper.prctl(reaper.PR_SET_CHILD_SUBREAPER, 1)
 
 
+class _Adopted:
+    """What :class:`Child` uses of a ``Popen``, for a reaper the hub forked: corral's child by
+    reparenting, not by a fork of its own, so ``subprocess`` does not know it."""
+
+    def __init__(self, pid: int, out: int) -> None:
+        self.pid = pid
+        self.stdout = open(out, "rb", buffering=0)
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self) -> int:
+        code = self._reap(0)
+        assert code is not None
+        return code
+
+    def _reap(self, flags: int) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                pid, status = os.waitpid(self.pid, flags)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class _Hub:
+    """corral's end of the reaper hub (:func:`.reaper.serve`): started on first use (again if it
+    died), one request at a time. Its environment is empty: it forks reapers, each given its
+    command's environment, and is never taken for a process of a task."""
+
+    _instance: "_Hub | None" = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, "--hub", str(theirs.fileno())],
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True, env={})
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = mine
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """On corral's way out: close its end of the socket, at which the hub ends, and reap it (its
+        CPU, and that of the middlemen it reaped, is corral's own)."""
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @classmethod
+    def spawn(cls, argv: list[str], cwd: str, env: dict[str, str], grace: float, status_w: int,
+              done_w: int) -> _Adopted | None:
+        """A reaper of ``argv`` forked by the hub; None when there is no hub to ask (it cannot be
+        started): the caller starts the reaper itself. Raises OSError when the hub failed while
+        asked (whether it forked the reaper is unknown: the command is not started again)."""
+        with cls._guard:
+            hub = cls._instance
+            if hub is None or hub.proc.poll() is not None:
+                if hub is not None:
+                    hub.close()
+                try:
+                    hub = cls._instance = cls()
+                except OSError:
+                    cls._instance = None
+                    return None
+            out_r, out_w = os.pipe()
+            try:
+                pid = hub._ask(reaper.request(argv, os.path.abspath(cwd), env, grace, os.getpid()),
+                               [out_w, status_w, done_w])
+            except BaseException:
+                os.close(out_r)
+                raise
+            finally:
+                os.close(out_w)
+            if not pid:
+                os.close(out_r)
+                raise OSError(f"the reaper hub could not start {argv[0]}")
+            return _Adopted(pid, out_r)
+
+    def _ask(self, message: bytes, fds: list[int]) -> int:
+        sent = socket.send_fds(self.sock, [message], fds)
+        if sent < len(message):
+            self.sock.sendall(message[sent:])
+        answer = b""
+        while len(answer) < 8:
+            more = self.sock.recv(8 - len(answer))
+            if not more:
+                raise OSError("the reaper hub is gone")
+            answer += more
+        return int.from_bytes(answer, "little")
+
+
 class Child:
     """A started command: its own session and process group, stdin closed, stdout and stderr on one
     pipe read without blocking the event loop. On Linux the process started (``pid``, the group's
@@ -146,11 +259,13 @@ class Child:
     pidfd, so no thread sits in ``waitpid`` per child. Where pidfds are missing (not Linux, or an old
     kernel) a worker thread waits instead."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], reaped: bool = False) -> None:
+    def __init__(self, popen: "subprocess.Popen[bytes] | _Adopted", reaped: bool = False, done: int = -1) -> None:
         self._popen = popen
         self.pid = popen.pid
         #: a reaper leads the group: it ends the command's descendants itself, given time to
         self.reaped = reaped
+        #: the reaper's done pipe: a byte once its sweep is complete (see :meth:`swept`)
+        self._done = done
         assert popen.stdout is not None
         self._out = popen.stdout.fileno()
         os.set_blocking(self._out, False)
@@ -168,29 +283,36 @@ class Child:
         reaper that ends its descendants ``grace`` seconds after TERM. Raises OSError when the
         command cannot be started."""
         env = {**(os.environ if env is None else env), "PWD": os.path.abspath(cwd)}
-        status_fd = -1
+        status_fd = done_fd = -1
 
         def spawn() -> Child:
-            nonlocal status_fd
-            full, status_w = argv, -1
+            nonlocal status_fd, done_fd
+            popen: subprocess.Popen[bytes] | _Adopted | None = None
+            status_w = done_w = -1
             if REAPED:
-                _become_subreaper()
                 status_fd, status_w = os.pipe()
-                full = [sys.executable, "-I", "-S", reaper.__file__, "--grace", repr(grace),
-                        "--parent", str(os.getpid()), "--status-fd", str(status_w), "--", *argv]
+                done_fd, done_w = os.pipe()
             try:
-                popen = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
-                                         pass_fds=(status_w,) if status_w >= 0 else ())
+                if REAPED and _become_subreaper():  # (else the hub's reapers would go to init)
+                    popen = _Hub.spawn(argv, cwd, env, grace, status_w, done_w)
+                if popen is None:
+                    full = argv
+                    if REAPED:
+                        full = [sys.executable, "-I", "-S", reaper.__file__, "--grace", repr(grace), "--parent",
+                                str(os.getpid()), "--status-fd", str(status_w), "--done-fd", str(done_w), "--", *argv]
+                    popen = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
+                                             pass_fds=(status_w, done_w) if REAPED else ())
             finally:
-                if status_w >= 0:
-                    os.close(status_w)
+                for fd in (status_w, done_w):
+                    if fd >= 0:
+                        os.close(fd)
             if nice:
                 # agents yield the CPU to corral itself, so the dashboard stays responsive under load;
                 # set at once, so the child's own start-up already runs at the lower priority
                 _renice_session(popen.pid, nice)
             try:
-                return cls(popen, reaped=REAPED)
+                return cls(popen, reaped=REAPED, done=done_fd)
             except BaseException:
                 popen.kill()
                 popen.wait()
@@ -201,8 +323,9 @@ class Child:
             try:
                 child = await anyio.to_thread.run_sync(spawn, limiter=_spawn_limiter())
             except BaseException:
-                if status_fd >= 0:
-                    os.close(status_fd)
+                for fd in (status_fd, done_fd):
+                    if fd >= 0:
+                        os.close(fd)
                 raise
             if status_fd >= 0:
                 error = await _read_all(status_fd)
@@ -232,7 +355,9 @@ class Child:
             finally:
                 self._waiter = None
                 waiter.set()
-        return self._popen.returncode
+        code = self._popen.returncode
+        assert code is not None  # (poll() set it)
+        return code
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes of output; b"" at the end of it."""
@@ -242,8 +367,20 @@ class Child:
             except BlockingIOError:
                 await anyio.wait_readable(self._out)
 
+    def swept(self) -> bool:
+        """Whether the reaper, reaped by now, completed its sweep: then nothing below it was left
+        when it exited, so nothing of the command can have been reparented to corral (a reaper
+        killed before it wrote its byte did not say so)."""
+        if self._done < 0:
+            return False
+        os.set_blocking(self._done, False)
+        try:
+            return os.read(self._done, 1) == b"."
+        except BlockingIOError:  # a writer is left: the reaper is not gone
+            return False
+
     def close(self) -> None:
-        """Close the pipe and the pidfd (the process itself is stopped and reaped by then)."""
+        """Close the pipes and the pidfd (the process itself is stopped and reaped by then)."""
         for fd in (self._out, self._pidfd):
             if fd is not None:
                 anyio.notify_closing(fd)
@@ -252,6 +389,9 @@ class Child:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._done >= 0:
+            os.close(self._done)
+            self._done = -1
 
 
 async def _read_all(fd: int) -> bytes:
@@ -487,11 +627,12 @@ class Supervised:
             raise
         finally:
             await kill_group(proc, self.grace)
+            swept = proc.swept()
             proc.close()
             if watchdog:
                 watchdog.unregister(proc.pid)
             with anyio.CancelScope(shield=True):
-                if proc.reaped:
+                if proc.reaped and not swept:
                     await anyio.to_thread.run_sync(_end_strays, proc.pid, _marks(self.env))
                 if log:
                     await log.aclose()

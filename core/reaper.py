@@ -2,7 +2,8 @@
 descendant of the command outlives it, however it left the command's process group or session
 (``setsid cmd &``, a double fork, ``setsid -f``, a daemon).
 
-    python -I -S reaper.py --grace SECONDS --parent PID --status-fd FD -- ARGV...
+    python -I -S reaper.py --grace SECONDS --parent PID --status-fd FD [--done-fd FD] -- ARGV...
+    python -I -S reaper.py --hub FD
 
 It makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every orphan of the command's
 subtree is reparented to it instead of to init, and it forks and execs ARGV in its own process
@@ -10,11 +11,26 @@ group (stdin, stdout and cwd as it got them, the environment exactly as it got i
 exits, or the reaper gets TERM, INT or HUP, or corral is gone, it sends TERM to every descendant
 left, KILL to what is left after the grace period, reaps them all, then exits as the command did:
 with its exit code, or killed by the same signal. Every other signal is blocked, so a command that
-signals its own process group does not end the reaper.
+signals its own process group does not end the reaper. Every signal is blocked before anything else
+(the hub blocks them in itself, so its reapers are born so): no signal can end a reaper before it
+takes its signals itself and a command is never reported killed, or failed, that ran fine or never
+ran.
 
 A parent-death signal tells it that corral is gone. It is not TERM: the kernel sends it when the
 *thread* that forked the reaper ends, and corral spawns from worker threads that retire when idle,
-so it only means "look whether corral is still there" (``getppid``).
+so it only means "look whether corral is still there" (``getppid``). Once its sweep is complete
+(nothing is left below it) it writes one byte to the done pipe, if it was given one: then nothing of
+the command can have been reparented to corral, which need not look for strays.
+
+A reaper per command costs a Python interpreter's start-up (15-30 ms of CPU, more than the trivial
+task it supervises); the hub (``--hub FD``, one per corral process) makes them by ``fork`` instead.
+corral sends it each command (argv, cwd, environment, grace, the status and done pipes and the
+output pipe, see :func:`request`) over a socket; the hub forks a middleman that forks the reaper and
+exits at once, so the reaper, an orphan, is reparented to corral (a child subreaper) and is corral's
+child like one it had started itself; the hub answers with its pid. The hub ends when corral's end of
+the socket closes. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
+chooses: that is why the reapers are born with every signal blocked. A reaper that finds itself
+not corral's child (corral died meanwhile) starts nothing and says so on the status pipe.
 
 Only the standard library, and only what is needed (``-I -S``: no site-packages): the reaper
 starts in front of every agent and every setup command. :func:`processes` is shared with corral.
@@ -22,6 +38,7 @@ starts in front of every agent and every setup command. :func:`processes` is sha
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -45,14 +62,20 @@ CANNOT_EXEC = 127
 SLACK = 5.0
 
 
+_libc: object = None
+
+
 def prctl(option: int, arg: int) -> bool:
-    """``prctl(option, arg)`` on this process; False where it is missing or refused."""
+    """``prctl(option, arg)`` on this process; False where it is missing or refused. (ctypes is
+    imported on first use: the hub's reapers find it imported.)"""
+    global _libc
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                               ctypes.c_ulong(0)) == 0)
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return bool(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0),  # type: ignore[attr-defined]
+                                ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -138,14 +161,14 @@ def _environ() -> dict[bytes, bytes]:
     return dict(e.split(b"=", 1) for e in entries if b"=" in e)
 
 
-def _exec(argv: list[str], mask: Iterable[int], status_fd: int) -> None:
+def _exec(argv: list[str], mask: Iterable[int], status_fd: int, env: dict[bytes, bytes]) -> None:
     """In the forked child: undo what Python's start-up and the reaper changed, then exec. An exec
     that fails writes its errno to the status pipe (closed on a successful exec)."""
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.execvpe(argv[0], argv, _environ())
+        os.execvpe(argv[0], argv, env)
     except OSError as exc:
         os.write(status_fd, str(exc.errno or 0).encode())
     finally:
@@ -203,34 +226,164 @@ def _exit_as(status: int) -> None:
     os._exit(128 - code)  # a signal that does not kill (the command cannot have died of it)
 
 
-def _parse(args: list[str]) -> tuple[float, int, int, list[str]]:
+def _parse(args: list[str]) -> tuple[float, int, int, int, list[str]]:
     opts: dict[str, str] = {}
     while args and args[0] != "--":
         opts[args[0]] = args[1]
         args = args[2:]
     if not args[1:]:
-        raise SystemExit("usage: reaper.py --grace S --parent PID --status-fd FD -- ARGV...")
-    return float(opts["--grace"]), int(opts["--parent"]), int(opts["--status-fd"]), args[1:]
+        raise SystemExit("usage: reaper.py --grace S --parent PID --status-fd FD [--done-fd FD] -- ARGV...")
+    return (float(opts["--grace"]), int(opts["--parent"]), int(opts["--status-fd"]), int(opts.get("--done-fd", -1)),
+            args[1:])
 
 
 def main(args: list[str]) -> None:
-    grace, parent, status_fd, argv = _parse(args)
+    if args[:1] == ["--hub"]:
+        serve(int(args[1]))
+        return
+    mask = _block_all()
+    grace, parent, status_fd, done_fd, argv = _parse(args)
+    _reap(argv, _environ(), grace, parent, status_fd, done_fd, mask)
+
+
+def _block_all() -> Iterable[int]:
+    """Block every signal (the reaper takes them with ``sigtimedwait``); returns the mask before,
+    which the command is given back. Done before anything else: the parent-death signal, once set,
+    may come at any moment (the hub's middleman exits at once), and unblocked it would end the
+    reaper (SIGUSR2's default action) before it started its command."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+
+
+def _reap(argv: list[str], env: dict[bytes, bytes], grace: float, parent: int, status_fd: int, done_fd: int,
+          mask: Iterable[int], middleman: int = 0) -> None:
+    """Be the reaper of ``argv``: run it, end every descendant, exit as it did. Every signal is
+    blocked already (:func:`_block_all`, ``mask`` the one before). ``middleman``: the process that
+    forked this one and exits at once (the hub's), after which the parent is corral."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, PDEATH_SIGNAL)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    while middleman and os.getppid() == middleman:
+        signal.sigtimedwait({PDEATH_SIGNAL}, 0.01)  # its exit sends the parent-death signal
     if os.getppid() != parent:
-        os._exit(1)  # corral died before the parent-death signal was set: start nothing
+        # corral died before the parent-death signal was set (or this is not corral's child): start
+        # nothing, and say so rather than exit as if the command had failed
+        os.write(status_fd, str(errno.ESRCH).encode())
+        os._exit(CANNOT_EXEC)
     os.set_inheritable(status_fd, False)
+    if done_fd >= 0:
+        os.set_inheritable(done_fd, False)
     pid = os.fork()
     if pid == 0:
-        _exec(argv, mask, status_fd)
+        _exec(argv, mask, status_fd, env)
     os.close(status_fd)
     try:
         status = _supervise(pid, grace, parent)
     except BaseException:
         _signal_descendants(signal.SIGKILL)
         raise
+    if done_fd >= 0:
+        try:
+            os.write(done_fd, b".")  # the sweep is complete: nothing was left below the reaper
+        except OSError:
+            pass  # corral is gone
     _exit_as(status)
+
+
+# ------------------------------------------------------------------------------------------ the hub
+def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent: int) -> bytes:
+    """What corral sends the hub for one command (its pipes go with it: output, status, done)."""
+    import marshal
+
+    payload = marshal.dumps(([os.fsencode(a) for a in argv], os.fsencode(cwd),
+                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent))
+    return len(payload).to_bytes(8, "little") + payload
+
+
+def serve(sock_fd: int) -> None:
+    """The hub: make a reaper for each command corral sends, until corral's end closes."""
+    import marshal
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
+    # before the reaper takes its signals itself (the parent-death signal above all)
+    mask = _block_all()
+    prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
+    while True:
+        head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        if not head:
+            return
+        while len(head) < 8:
+            more = sock.recv(8 - len(head))
+            if not more:
+                return
+            head += more
+        size, body = int.from_bytes(head, "little"), b""
+        while len(body) < size:
+            more = sock.recv(size - len(body))
+            if not more:
+                return
+            body += more
+        argv, cwd, env, grace, parent = marshal.loads(body)
+        try:
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask)
+        except OSError:
+            pid = 0
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.sendall(pid.to_bytes(8, "little"))
+
+
+def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,
+                 fds: list[int], mask: Iterable[int]) -> int:
+    """Fork a middleman that forks the reaper and exits; once the middleman is reaped, the reaper
+    is corral's child (an orphan goes to the nearest subreaper above it). Returns its pid."""
+    out_fd, status_fd, done_fd = fds
+    r, w = os.pipe()
+    middleman = os.fork()
+    if middleman == 0:
+        try:
+            os.close(r)
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me)
+            os.write(w, pid.to_bytes(8, "little"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with open(r, "rb") as f:
+        got = f.read()
+    os.waitpid(middleman, 0)
+    return int.from_bytes(got, "little") if len(got) == 8 else 0
+
+
+def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
+             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int) -> None:
+    """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
+    stdout=out, stderr=STDOUT, cwd=cwd)`` would do, then :func:`_reap`. Never returns."""
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        keep = {0, 1, 2, status_fd, done_fd}
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) not in keep:
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            os.write(status_fd, str(exc.errno or 0).encode())
+            os._exit(CANNOT_EXEC)
+        _reap(argv, env, grace, parent, status_fd, done_fd, mask, middleman)
+    finally:
+        os._exit(CANNOT_EXEC)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ stopped (the engine tests drive it through whole runs; these pin down its own pr
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -360,3 +361,167 @@ def test_the_reaper_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_reaper_that_is_not_the_child_of_its_corral_starts_nothing_and_says_so(tmp_path: Path) -> None:
+    """A reaper whose parent is not the corral it was made for (corral died before the reaper set
+    its parent-death signal) must not run the command, and must not exit as if the command had
+    failed (exit 1, a verify that "failed", a resolver that "failed"): it says why on the status
+    pipe, which corral reports as a command that could not start."""
+    from corral.core import reaper
+
+    status_r, status_w = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", reaper.__file__, "--grace", "1", "--parent", str(os.getppid()),
+             "--status-fd", str(status_w), "--", "touch", str(tmp_path / "ran")],
+            stdin=subprocess.DEVNULL, pass_fds=(status_w,), timeout=30)
+        os.close(status_w)
+        status = os.read(status_r, 16)
+    finally:
+        os.close(status_r)
+    assert (proc.returncode, status) == (reaper.CANNOT_EXEC, str(errno.ESRCH).encode())
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_relative_cwd_is_corrals_own_cwd_at_the_start_not_the_hubs(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub keeps the cwd corral had when it started the hub: a command's relative cwd is
+    resolved against corral's cwd when the command starts, as a fork of corral's own would."""
+    (tmp_path / "sub").mkdir()
+
+    async def main() -> list[str]:
+        await Supervised(["true"], cwd=tmp_path).run()  # the hub starts in the cwd of the test run
+        monkeypatch.chdir(tmp_path)
+        lines: list[str] = []
+        result = await Supervised(["pwd", "-P"], cwd="sub", on_lines=lines.extend).run()
+        assert (result.exit_code, result.reason) == (0, "exited"), lines
+        return lines
+
+    assert anyio.run(main) == [str((tmp_path / "sub").resolve())]
+
+
+def test_reapers_are_forked_by_one_hub_not_an_interpreter_started_per_command(tmp_path: Path) -> None:
+    """Every command still has its reaper (its parent, corral's child, leading the command's group),
+    but no Python interpreter starts for each (15-30 ms of CPU, more than a trivial task's own): the
+    reapers of two commands are forks of one hub, never executed themselves."""
+    script = 'echo "$PPID $(cut -d" " -f4,5 /proc/$PPID/stat)"; tr "\\0" " " < /proc/$PPID/cmdline; echo'
+
+    async def main() -> list[list[str]]:
+        seen = []
+        for _ in range(2):
+            lines: list[str] = []
+            proc = Supervised(["sh", "-c", script], cwd=tmp_path, on_lines=lines.extend)
+            result = await proc.run()
+            assert (result.exit_code, len(lines)) == (0, 2), lines
+            reaper, parent, group = lines[0].split()
+            assert (int(reaper), int(parent), int(group)) == (proc.pid, os.getpid(), proc.pid)
+            seen.append(lines[1].split())
+        return seen
+
+    first, second = anyio.run(main)
+    assert first == second and "--hub" in first and "--" not in first, first
+
+
+def test_corral_reaps_its_hub_when_it_exits(tmp_path: Path) -> None:
+    """The hub is corral's child like every process corral starts: reaped by corral on its way
+    out, not left to whoever adopts orphans (and its CPU, and that of the middlemen it reaped,
+    counted as corral's own)."""
+    from corral.core import procs
+
+    def children() -> set[int]:
+        return {p.pid for p in procs.reaper.processes() if p.ppid == os.getpid()}
+
+    assert procs._become_subreaper()  # an orphaned hub would come here
+    before = children()
+    script = "import anyio; from corral.core.procs import Supervised; anyio.run(Supervised(['true'], cwd='.').run)"
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
+    left = children() - before
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert not left
+
+
+def test_no_look_through_proc_after_a_command_whose_reaper_swept(tmp_path: Path, pids: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper that exited after its sweep had nothing below it: nothing of its command was left
+    to come to corral, which does not read every process in /proc looking for it (it still does
+    for a reaper that was killed: test_faults)."""
+    from corral.core import reaper
+
+    scans: list[int] = []
+    real = reaper.processes
+
+    def counted() -> object:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(reaper, "processes", counted)
+
+    async def main() -> None:
+        result = await Supervised(["sh", "-c", _escaping(pids, stubborn=False)], cwd=tmp_path, grace=0.5).run()
+        assert (result.exit_code, result.reason) == (0, "exited")
+        assert _pids_alive(_escaped(pids)) == []
+
+    anyio.run(main)
+    assert len(_escaped(pids)) == 2 and scans == []
+
+
+def test_each_command_gets_its_own_outcome_whenever_the_parent_death_signal_comes(tmp_path: Path) -> None:
+    """Commands started through the hub, many at once, each with its own exit code and output. A
+    reaper's parent-death signal (SIGUSR2, whose default action ends a process) comes when the hub's
+    middleman that forked it exits, at a moment nobody chooses; here it is sent over and over to
+    every middleman and reaper the hub has just forked. None may die of it (a command reported as
+    killed, or never started, that ran fine or never ran), none may get another's outcome."""
+    from corral.core import procs, reaper
+
+    stop = threading.Event()
+    hits = 0
+
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def signal_the_hubs_children() -> None:
+        nonlocal hits
+        while not stop.is_set():
+            hub = procs._Hub._instance
+            for middleman in children(hub.proc.pid) if hub else []:
+                for pid in [middleman, *children(middleman)]:
+                    try:
+                        os.kill(pid, reaper.PDEATH_SIGNAL)
+                        hits += 1
+                    except OSError:
+                        pass
+
+    async def main() -> dict[int, tuple[int | None, str, list[str]]]:
+        outcomes: dict[int, tuple[int | None, str, list[str]]] = {}
+        slots = anyio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            lines: list[str] = []
+            async with slots:
+                result = await Supervised(["sh", "-c", f"echo command {i}; exit {i % 100}"], cwd=tmp_path,
+                                          on_lines=lines.extend).run()
+            outcomes[i] = (result.exit_code, result.reason, lines)
+
+        await Supervised(["true"], cwd=tmp_path).run()  # the hub is there before the signals start
+        spammer = threading.Thread(target=signal_the_hubs_children)
+        spammer.start()
+        deadline = time.monotonic() + 60
+        try:
+            while hits < 20 and time.monotonic() < deadline:  # rounds until the signals came often
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(outcomes), len(outcomes) + 50):
+                        tg.start_soon(one, i)
+        finally:
+            stop.set()
+            spammer.join()
+        return outcomes
+
+    outcomes = anyio.run(main)
+    wrong = {i: got for i, got in outcomes.items() if got != (i % 100, "exited", [f"command {i}"])}
+    assert hits >= 20 and not wrong, (hits, wrong)
