@@ -185,6 +185,7 @@ async def _steps(rt: Runtime, plan: Plan, state: "RunState") -> None:
     # is about to start, so no more than max_parallel of them are being filled and worked in at once
     rt.set_phase("running")
     sem = anyio.Semaphore(plan.max_parallel or max(1, len(plan.tasks)))
+    rt.agents_at_once = min(plan.max_parallel or len(plan.tasks), len(plan.tasks)) or 1
     rt.slots, rt.put_away = sem, not rt.options.keep_worktrees
 
     async def set_up_again(name: str, ws: Workspace) -> bool:

@@ -208,7 +208,7 @@ class _Hub:
 
     @classmethod
     def spawn(cls, argv: list[str], cwd: str, env: dict[str, str], grace: float, status_w: int,
-              done_w: int) -> _Adopted | None:
+              done_w: int, nice: int = 0) -> _Adopted | None:
         """A reaper of ``argv`` forked by the hub; None when there is no hub to ask (it cannot be
         started): the caller starts the reaper itself. Raises OSError when the hub failed while
         asked (whether it forked the reaper is unknown: the command is not started again)."""
@@ -224,7 +224,7 @@ class _Hub:
                     return None
             out_r, out_w = os.pipe()
             try:
-                pid = hub._ask(reaper.request(argv, os.path.abspath(cwd), env, grace, os.getpid()),
+                pid = hub._ask(reaper.request(argv, os.path.abspath(cwd), env, grace, os.getpid(), nice),
                                [out_w, status_w, done_w])
             except BaseException:
                 os.close(out_r)
@@ -294,7 +294,7 @@ class Child:
                 done_fd, done_w = os.pipe()
             try:
                 if REAPED and _become_subreaper():  # (else the hub's reapers would go to init)
-                    popen = _Hub.spawn(argv, cwd, env, grace, status_w, done_w)
+                    popen = _Hub.spawn(argv, cwd, env, grace, status_w, done_w, nice)
                 if popen is None:
                     full = argv
                     if REAPED:
@@ -307,9 +307,10 @@ class Child:
                 for fd in (status_w, done_w):
                     if fd >= 0:
                         os.close(fd)
-            if nice:
+            if nice and not isinstance(popen, _Adopted):
                 # agents yield the CPU to corral itself, so the dashboard stays responsive under load;
-                # set at once, so the child's own start-up already runs at the lower priority
+                # set at once, so the child's own start-up already runs at the lower priority (a
+                # reaper the hub forked does it itself, before it starts the command)
                 _renice_session(popen.pid, nice)
             try:
                 return cls(popen, reaped=REAPED, done=done_fd)

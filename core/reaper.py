@@ -289,13 +289,30 @@ def _reap(argv: list[str], env: dict[bytes, bytes], grace: float, parent: int, s
 
 
 # ------------------------------------------------------------------------------------------ the hub
-def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent: int) -> bytes:
+def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent: int, nice: int = 0) -> bytes:
     """What corral sends the hub for one command (its pipes go with it: output, status, done)."""
     import marshal
 
     payload = marshal.dumps(([os.fsencode(a) for a in argv], os.fsencode(cwd),
-                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent))
+                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent, nice))
     return len(payload).to_bytes(8, "little") + payload
+
+
+def _renice_own_session(nice: int) -> None:
+    """(In a process that has just made its own session, before it starts anything.) Lower its
+    priority and its session's: with autogroup scheduling a session is a scheduling group of its own,
+    in which alone a nice value counts. Done here, not by corral once the pid is known: corral's
+    call could come before this process has its session (it would renice the hub's, and the
+    command would run at full weight), and after the command has started."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass  # no autogroup (other kernels): the plain nice value is what counts
 
 
 def serve(sock_fd: int) -> None:
@@ -323,9 +340,9 @@ def serve(sock_fd: int) -> None:
             if not more:
                 return
             body += more
-        argv, cwd, env, grace, parent = marshal.loads(body)
+        argv, cwd, env, grace, parent, nice = marshal.loads(body)
         try:
-            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask)
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice)
         except OSError:
             pid = 0
         finally:
@@ -335,7 +352,7 @@ def serve(sock_fd: int) -> None:
 
 
 def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,
-                 fds: list[int], mask: Iterable[int]) -> int:
+                 fds: list[int], mask: Iterable[int], nice: int = 0) -> int:
     """Fork a middleman that forks the reaper and exits; once the middleman is reaped, the reaper
     is corral's child (an orphan goes to the nearest subreaper above it). Returns its pid."""
     out_fd, status_fd, done_fd = fds
@@ -348,7 +365,7 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me)
+                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice)
             os.write(w, pid.to_bytes(8, "little"))
         finally:
             os._exit(0)
@@ -360,11 +377,14 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
 
 
 def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
-             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int) -> None:
+             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0) -> None:
     """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
-    stdout=out, stderr=STDOUT, cwd=cwd)`` would do, then :func:`_reap`. Never returns."""
+    stdout=out, stderr=STDOUT, cwd=cwd)`` would do, the new session reniced to ``nice``, then
+    :func:`_reap`. Never returns."""
     try:
         os.setsid()
+        if nice:
+            _renice_own_session(nice)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)

@@ -66,8 +66,21 @@ def readable_name(text: str) -> str:
     return out or "agent"
 
 
-#: Agents run at this niceness: when they saturate the CPUs, corral (and its dashboard) still gets to run.
+#: Agents run at this niceness at least: when they saturate the CPUs, corral (and its dashboard)
+#: still gets to run.
 AGENT_NICE = 5
+
+
+def agent_nice(at_once: int) -> int:
+    """The niceness for an agent of ``at_once`` running together: so that together they weigh no
+    more than corral's own process with the scheduler (which weighs nice ``n`` as 1.25**-n of nice 0;
+    each agent is a scheduling group of its own). 64 agents at nice 5 outweighed corral's loop 20 to
+    1, and it waited for the CPU. At least :data:`AGENT_NICE`, at most 19; the CPU an agent gets
+    when corral does not want it is the same at any niceness."""
+    nice = AGENT_NICE
+    while nice < 19 and at_once > 1.25 ** nice:
+        nice += 1
+    return nice
 
 
 @dataclass
@@ -603,6 +616,8 @@ class Runtime:
         self.attempt_of: dict[str, str] = {}
         #: the run's agent slots (a plan's max_parallel): a follow-up turn takes one like any agent
         self.slots: anyio.Semaphore | None = None
+        #: how many agents the run has run at once at most (a plan's max_parallel), for their niceness
+        self.agents_at_once = 1
         #: a plan's run without --keep-worktrees: a task's workspace goes once its agent's work is on
         #: its branch (no more checkouts on disk than agents at work); another turn re-opens it
         self.put_away = False
@@ -859,7 +874,8 @@ class Runtime:
         text = text_parser is not None
         proc = Supervised(command, cwd=cwd, env=env, on_lines=None if text else on_lines,
                           on_text=on_text if text else None, log_path=self.journal.log_path(name),
-                          timeout=timeout, grace=self.options.grace, on_start=on_start, nice=AGENT_NICE,
+                          timeout=timeout, grace=self.options.grace, on_start=on_start,
+                          nice=agent_nice(max(self.agents_at_once, len(self._procs) + 1)),
                           # structured output: the parser needs whole events (a result line can be long)
                           max_line=STRUCTURED_MAX_LINE if profile.format != "text" else MAX_DISPLAY_LINE)
         self._procs[name] = proc

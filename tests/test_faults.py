@@ -226,6 +226,24 @@ def test_binary_garbage_huge_lines_and_no_newline(repo, tmp_path, wt_root):
     assert (run_dir / "logs" / "garbage.log").stat().st_size == 200_000 + 1 + len("after-garbage\n")
 
 
+@pytest.mark.parametrize("at_once, nice", [(1, 5), (8, 10), (64, 19)])
+def test_agents_are_niced_so_that_together_they_never_outweigh_corral(repo, tmp_path, wt_root, at_once, nice):
+    # 64 agents at nice 5, each a scheduling group of its own, outweighed corral's loop 20 to 1: its
+    # worst stall doubled while they streamed
+    # the agent's first instant counts: corral's renice of a reaper's group came at times before the
+    # hub's reaper had a session of its own, and the agent ran at 0 in a scheduling group of its own
+    probe = tmp_path / "nice"
+    res = run_plan(repo, tmp_path, wt_root, [("a", f"ps -o ni= -p $$ > {probe}")], "--approve", "none",
+                   max_parallel=at_once)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert probe.read_text().strip() == "5"  # one task: one agent at once, whatever max_parallel says
+    tasks = [(f"t{i}", f"ps -o ni= -p $$ > {tmp_path}/nice-$CORRAL_TASK") for i in range(at_once)]
+    res = run_plan(repo, tmp_path, wt_root, tasks[:2] if at_once == 1 else tasks, "--approve", "none",
+                   max_parallel=at_once)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {p.read_text().strip() for p in tmp_path.glob("nice-*")} == {str(nice)}
+
+
 def test_workspaces_are_private_fresh_dirs(repo, tmp_path, wt_root):
     probe = tmp_path / "probe.txt"
     script = f"pwd > {probe}; stat -c %a . >> {probe}"
