@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -116,6 +117,24 @@ EDIT_BOTTOM = "sed -i 's/^line 9$/line nine/' src/app.py"
 def run(repo: Path, plan_path: Path, *extra: str, wt_root: Path | None = None) -> subprocess.CompletedProcess:
     args = ["run", str(plan_path), "--repo", str(repo), "--headless", *extra]
     return corral(*args, env={"TMPDIR": str(wt_root)} if wt_root else None)
+
+
+def killed_run(repo: Path, plan_path: Path, wt_root: Path, until: Callable[[], bool]) -> None:
+    """``corral run --headless --approve all`` of ``plan_path``, killed outright (SIGKILL) once
+    ``until()`` holds (at most 30 s)."""
+    env = dict(os.environ, TMPDIR=str(wt_root))
+    env.pop("CORRAL_RUN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan_path), "--repo", str(repo),
+                             "--headless", "--approve", "all"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not until():
+            time.sleep(0.05)
+        assert until(), "the run never got there"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # --------------------------------------------------------------------------------------------- tests
@@ -356,21 +375,7 @@ def test_bad_plans_create_nothing(plain: Path, tmp_path: Path, case: str) -> Non
 def test_clean_after_a_killed_run(plain: Path, tmp_path: Path, wt_root: Path) -> None:
     """A run killed outright leaves workspaces; ``corral clean`` forgets them and keeps the work."""
     p = plan(tmp_path, {"w": "echo work > w.txt; echo started; sleep 30"}, base="main")
-    env = dict(os.environ, TMPDIR=str(wt_root))
-    env.pop("CORRAL_RUN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(p), "--repo", str(plain),
-                             "--headless", "--approve", "all"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any((d / "w.txt").exists() for d in wt_root.iterdir()):
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    killed_run(plain, p, wt_root, lambda: any((d / "w.txt").exists() for d in wt_root.iterdir()))
     st = state(plain)
     # the task's workspace, and corral's own (the next corral process forgets it)
     assert len(st["workspaces"]) == 2 and sum(w.startswith("corral-engine-") for w in st["workspaces"]) == 1
@@ -608,20 +613,8 @@ def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_jj_dir(
     p = plan(tmp_path, {"rmjj": f"{RM_JJ}; touch {tmp_path}/rmjj; exec sleep 60",
                         "idle": f"touch {tmp_path}/idle; exec sleep 60",
                         "more": f"echo m > m.txt; rm README.md; touch {tmp_path}/more; exec sleep 60"}, base="main")
-    env = dict(os.environ, TMPDIR=str(wt_root))
-    env.pop("CORRAL_RUN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(p), "--repo", str(plain),
-                             "--headless", "--approve", "all"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        started = [tmp_path / t for t in ("rmjj", "idle", "more")]
-        while time.monotonic() < deadline and not all(f.exists() for f in started):
-            time.sleep(0.05)
-        assert all(f.exists() for f in started)
-    finally:
-        proc.kill()
-        proc.wait()
+    started = [tmp_path / t for t in ("rmjj", "idle", "more")]
+    killed_run(plain, p, wt_root, lambda: all(f.exists() for f in started))
     dry = corral("clean", "--dry-run", "--repo", str(plain))
     assert dry.returncode == 0, dry.stdout + dry.stderr
     res = corral("clean", "--repo", str(plain))

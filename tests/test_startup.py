@@ -78,18 +78,24 @@ def test_preflight_still_refuses_what_it_refused(tmp_path: Path) -> None:
 def bwrap_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``bwrap`` on PATH is the real one, each start logged (a line) to the returned file; the
     process's probe results are forgotten for the test."""
+    log = tmp_path / "bwrap-starts"
+    wrap_bwrap(tmp_path, monkeypatch, f"echo start >> {log}", f"{Path(sys.executable).parent}:")
+    return log
+
+
+def wrap_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, path: str = "") -> None:
+    """``bwrap`` on PATH runs the shell ``line``, then the real one; the process's probe results
+    are forgotten for the test."""
     from corral.core import sandbox
 
     real = shutil.which("bwrap") or "/usr/bin/bwrap"
     bindir = tmp_path / "bwrap-bin"
     bindir.mkdir()
-    log = tmp_path / "bwrap-starts"
     wrapper = bindir / "bwrap"
-    wrapper.write_text(f'#!/bin/sh\necho start >> {log}\nexec {real} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\n{line}\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", f"{bindir}:{path}/usr/bin:/bin")
     monkeypatch.setattr(sandbox, "_probed", {})
-    return log
 
 
 def test_the_sandbox_probe_runs_beside_the_git_preflight(tmp_path: Path, bwrap_seen: Path,
@@ -157,16 +163,9 @@ def test_the_sandbox_probe_is_corrals_own_child_in_its_own_group(tmp_path: Path,
     (a Python start each time, most of the probe's time)."""
     from corral.core import sandbox
 
-    real = shutil.which("bwrap") or "/usr/bin/bwrap"
-    bindir = tmp_path / "bwrap-bin"
-    bindir.mkdir()
     seen = tmp_path / "bwrap-parents"
-    wrapper = bindir / "bwrap"
     # (``env`` execs this script: its parent is whoever started ``env``; field 5 of stat is its group)
-    wrapper.write_text(f'#!/bin/sh\necho "$$ $PPID $(cut -d" " -f5 /proc/$$/stat)" >> {seen}\nexec {real} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
-    monkeypatch.setattr(sandbox, "_probed", {})
+    wrap_bwrap(tmp_path, monkeypatch, f'echo "$$ $PPID $(cut -d" " -f5 /proc/$$/stat)" >> {seen}')
     anyio.run(sandbox.probe)
     pid, parent, group = seen.read_text().splitlines()[0].split()
     assert int(parent) == os.getpid() and group == pid

@@ -63,6 +63,19 @@ async def on_bus(names: list[str]) -> AsyncIterator[tuple[EventBus, CorralApp, A
         yield bus, app, pilot
 
 
+def count_layouts(screen: Any) -> list[Any]:
+    """The layouts of ``screen`` from now on, one item each."""
+    layouts: list[Any] = []
+    real_layout = screen._refresh_layout
+
+    def layout(*args: Any, **kwargs: Any) -> None:
+        layouts.append(args)
+        real_layout(*args, **kwargs)
+
+    screen._refresh_layout = layout
+    return layouts
+
+
 def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> None:
     """16 agents printed 2,000 lines each while nobody watched: the first flush after the panes are
     mounted gives every pane its whole history (it showed 150 lines and 4 panes a flush, the rest
@@ -236,14 +249,7 @@ def test_zoom_shows_the_pane_over_the_grid_without_laying_the_grid_out() -> None
             bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
             await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
             await pilot.pause(0.2)
-            layouts: list[Any] = []
-            real_layout = screen._refresh_layout
-
-            def layout(*args: Any, **kwargs: Any) -> None:
-                layouts.append(args)
-                real_layout(*args, **kwargs)
-
-            screen._refresh_layout = layout  # type: ignore[method-assign]
+            layouts = count_layouts(screen)
             await pilot.press("z")
             await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
             zoom = app.screen
@@ -542,14 +548,7 @@ def test_tab_to_a_pane_never_focused_lays_nothing_out() -> None:
         async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
             await pilot.pause(0.2)
-            layouts: list[Any] = []
-            real_layout = screen._refresh_layout
-
-            def layout(*args: Any, **kwargs: Any) -> None:
-                layouts.append(args)
-                real_layout(*args, **kwargs)
-
-            screen._refresh_layout = layout  # type: ignore[method-assign]
+            layouts = count_layouts(screen)
             for name in ("t01", "t02", "t03"):
                 await pilot.press("tab")
                 await until(pilot, lambda: screen.focused_task == name, what=f"{name} focused")
