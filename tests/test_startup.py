@@ -206,23 +206,22 @@ main(sys.argv[2:])
 """
 
 
-def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: Path) -> None:
-    """``corral run --headless`` imports the runtime (and what else the run needs after preflight,
-    ctypes too) in a thread of its own while preflight's git processes run, not before the first of
-    them nor at the first agent's start: here
-    ``git symbolic-ref`` waits (up to 20 s) for the runtime's import to have begun, and says whether
-    it had. The run is the same: its agent's line, exit 0."""
+
+def symbolic_ref_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tuple[Path, Path, Path]:
+    """A repository, a ``git`` wrapper (in the returned bin dir) whose ``symbolic-ref`` (preflight's)
+    waits up to 20 s for the shell condition ``cond``, then writes ``seen`` to ``said`` if it held
+    ("nothing" if not), and a one-task plan whose agent prints ``first-line``."""
     real = shutil.which("git")
     repo = make_repo(tmp_path / "repo")
     bindir = tmp_path / "git-bin"
     bindir.mkdir()
-    noted, said = tmp_path / "runtime-imported-by", tmp_path / "symbolic-ref-saw"
     wrapper = bindir / "git"
     wrapper.write_text(
         "#!/bin/sh\n"
+        f"held() {{ {cond}; }}\n"
         'case "$*" in *symbolic-ref*)\n'
-        f"  i=0; while [ ! -s {noted} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n"
-        f"  if [ -s {noted} ]; then echo runtime >> {said}; else echo nothing >> {said}; fi;;\n"
+        "  i=0; until held || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if held; then echo {seen} >> {said}; else echo nothing >> {said}; fi;;\n"
         "esac\n"
         f'exec {real} "$@"\n')
     wrapper.chmod(0o755)
@@ -230,6 +229,17 @@ def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: P
     plan = tmp_path / "plan.toml"
     plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
                     '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
+    return repo, bindir, plan
+
+
+def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: Path) -> None:
+    """``corral run --headless`` imports the runtime (and what else the run needs after preflight,
+    ctypes too) in a thread of its own while preflight's git processes run, not before the first of
+    them nor at the first agent's start: here
+    ``git symbolic-ref`` waits (up to 20 s) for the runtime's import to have begun, and says whether
+    it had. The run is the same: its agent's line, exit 0."""
+    noted, said = tmp_path / "runtime-imported-by", tmp_path / "symbolic-ref-saw"
+    repo, bindir, plan = symbolic_ref_waits(tmp_path, f"[ -s {noted} ]", "runtime", said)
     driver = tmp_path / "driver.py"
     driver.write_text(_NOTING_IMPORTS)
     res = subprocess.run([sys.executable, str(driver), str(noted), "run", str(plan), "--headless", "--approve", "none"],
@@ -246,25 +256,8 @@ def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
     sandbox is probed: not at its first agent's start (where the two Python starts would share the
     cores): here ``git symbolic-ref`` waits (up to 20 s) for a watchdog child of corral to exist,
     and says whether one did."""
-    real = shutil.which("git")
-    repo = make_repo(tmp_path / "repo")
-    bindir = tmp_path / "git-bin"
-    bindir.mkdir()
     said = tmp_path / "symbolic-ref-saw"
-    wrapper = bindir / "git"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "dog() { pgrep -P $PPID -f watchdog.py > /dev/null; }\n"
-        'case "$*" in *symbolic-ref*)\n'
-        "  i=0; until dog || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n"
-        f"  if dog; then echo watchdog >> {said}; else echo nothing >> {said}; fi;;\n"
-        "esac\n"
-        f'exec {real} "$@"\n')
-    wrapper.chmod(0o755)
-    (tmp_path / "wt").mkdir()
-    plan = tmp_path / "plan.toml"
-    plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
-                    '[[tasks]]\nname = "one"\nprompt = "echo first-line"\n')
+    repo, bindir, plan = symbolic_ref_waits(tmp_path, "pgrep -P $PPID -f watchdog.py > /dev/null", "watchdog", said)
     env = {k: v for k, v in os.environ.items() if k != "CORRAL_NO_WATCHDOG"}
     res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", "--approve", "none"],
                          cwd=repo, env={**env, "PATH": f"{bindir}:{os.environ['PATH']}"},
