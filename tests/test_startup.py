@@ -206,7 +206,6 @@ main(sys.argv[2:])
 """
 
 
-
 def symbolic_ref_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tuple[Path, Path, Path]:
     """A repository, a ``git`` wrapper (in the returned bin dir) whose ``symbolic-ref`` (preflight's)
     waits up to 20 s for the shell condition ``cond``, then writes ``seen`` to ``said`` if it held
