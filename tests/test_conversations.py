@@ -192,8 +192,9 @@ def test_stopping_the_run_during_a_second_turn_keeps_both_turns_work_on_the_bran
     wait_until(lambda: task_state(repo, run, "done").get("status") == "succeeded", "the first turn to end")
     res = send(repo, run, "done", f"echo partial > partial.txt; {GATE.format(gate=tmp_path / 'never')}")
     assert res.returncode == 0, res.stderr
-    ws = Path(task_state(repo, run, "done")["workspace"])
-    wait_until(lambda: (ws / "partial.txt").exists(), "the second turn's edit")
+    # (the turn runs in the workspace re-opened for it: the state names it once it is made)
+    wait_until(lambda: (Path(task_state(repo, run, "done")["workspace"] or "/nonexistent") / "partial.txt").exists(),
+               "the second turn's edit")
     res = corral("stop", run, cwd=repo)
     assert res.returncode == 0, res.stderr
     end = wait_ended(repo, run)
