@@ -98,22 +98,6 @@ def clean_line(raw: bytes) -> str:
     return _CTRL_RE.sub("\ufffd", text).replace("\t", "    ")
 
 
-def _renice_session(pid: int, nice: int) -> None:
-    """Lower the priority of a new session led by ``pid``: its process group, and its autogroup. With
-    the kernel's autogroup scheduling each session is one scheduling group and a nice value only
-    counts inside its group, so an agent in a session of its own would otherwise compete with corral
-    as an equal whatever its nice value."""
-    try:
-        os.setpriority(os.PRIO_PGRP, pid, nice)
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/autogroup", "w") as f:
-            f.write(str(nice))
-    except OSError:
-        pass  # no autogroup (other kernels, other systems): the plain nice value is what counts
-
-
 _SPAWN_LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("corral_spawn_limiter")
 
 
@@ -311,7 +295,7 @@ class Child:
                 # agents yield the CPU to corral itself, so the dashboard stays responsive under load;
                 # set at once, so the child's own start-up already runs at the lower priority (a
                 # reaper the hub forked does it itself, before it starts the command)
-                _renice_session(popen.pid, nice)
+                reaper.renice_session(popen.pid, nice)
             try:
                 return cls(popen, reaped=REAPED, done=done_fd)
             except BaseException:

@@ -298,21 +298,23 @@ def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent
     return len(payload).to_bytes(8, "little") + payload
 
 
-def _renice_own_session(nice: int) -> None:
-    """(In a process that has just made its own session, before it starts anything.) Lower its
-    priority and its session's: with autogroup scheduling a session is a scheduling group of its own,
-    in which alone a nice value counts. Done here, not by corral once the pid is known: corral's
-    call could come before this process has its session (it would renice the hub's, and the
-    command would run at full weight), and after the command has started."""
+def renice_session(pid: int, nice: int) -> None:
+    """Lower the priority of a new session led by ``pid`` (0: this process, which has just made
+    its own): its process group, and its autogroup. With the kernel's autogroup scheduling each
+    session is one scheduling group and a nice value only counts inside its group, so an agent in a
+    session of its own would otherwise compete with corral as an equal whatever its nice value. A
+    reaper the hub forks does it itself, before it starts its command: corral's call by pid could
+    come before the reaper has its session (it would renice the hub's, and the command would run at
+    full weight)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        os.setpriority(os.PRIO_PGRP, pid, nice)
     except OSError:
         pass
     try:
-        with open("/proc/self/autogroup", "w") as f:
+        with open(f"/proc/{pid or 'self'}/autogroup", "w") as f:
             f.write(str(nice))
     except OSError:
-        pass  # no autogroup (other kernels): the plain nice value is what counts
+        pass  # no autogroup (other kernels, other systems): the plain nice value is what counts
 
 
 def serve(sock_fd: int) -> None:
@@ -384,7 +386,7 @@ def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float,
     try:
         os.setsid()
         if nice:
-            _renice_own_session(nice)
+            renice_session(0, nice)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
