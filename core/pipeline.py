@@ -37,6 +37,7 @@ from .runtime import Approver, RunOptions, Runtime, TaskInfo, work_problem
 from .setup import copy_command, reusable_dependencies, setup_command
 from .vcs.base import VcsError, Workspace
 
+
 @dataclass
 class Outcome:
     exit_code: int

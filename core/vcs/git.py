@@ -474,15 +474,15 @@ class GitBackend(Backend):
         if self._relinkable(ws.path, admin):
             # its `.git` file deleted: what :meth:`snapshot` commits once it has put it back, asked
             # through the admin dir so that nothing is written here (``clean --dry-run``)
-            env = {"GIT_DIR": admin, "GIT_WORK_TREE": str(ws.path)}
-            return (await self._status(ws.path, ws.exclude, env=env))[0]
+            return await self._changes(ws.path, ws.exclude, env={"GIT_DIR": admin, "GIT_WORK_TREE": str(ws.path)})
         return []
 
-    async def _changes(self, path: Path, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    async def _changes(self, path: Path, exclude: list[str] | tuple[str, ...] = (),
+                       env: dict[str, str] | None = None) -> list[str]:
         """Paths with changes not committed (submodules' inner changes included); new files matching
         ``exclude`` (an agent's own state) are none. Raises :class:`VcsError` when git cannot tell (a
         full disk, an index an agent broke): "none" would let the workspace be removed with its changes."""
-        return (await self._status(path, exclude))[0]
+        return (await self._status(path, exclude, env))[0]
 
     async def _status(self, path: Path, exclude: list[str] | tuple[str, ...] = (),
                       env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
