@@ -44,10 +44,8 @@ class LineRenderer:
         w = self.out.write
         if isinstance(ev, (TaskOutput, VerifyOutput)):
             prefix = f"[{ev.task}] " if isinstance(ev, TaskOutput) else "[verify] "
-            if ev.text:  # a block: prefixed at C speed, never split
-                w(prefix + ev.text[:-1].replace("\n", "\n" + prefix) + "\n")
-            else:
-                w(prefix + f"\n{prefix}".join(ev.lines) + "\n")
+            # one block (as a text agent's came), prefixed at C speed, never split
+            w(prefix + ev.block()[:-1].replace("\n", "\n" + prefix) + "\n")
             return
         text = self.describe(ev)
         if text is not None:
