@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import GEN, corral_cmd, fmt, median, scratch_repo
+from _common import GEN, corral_cmd, fmt, median, remove_scratch, scratch_repo
 
 
 def producer(kind: str, lines: int, tag: str) -> str:
@@ -113,9 +113,8 @@ def main() -> None:
         same = all(digest(outdir / f"t{i}.log") == digest(results[-1]["run_dir"] / "logs" / f"t{i}.log")
                    for i in range(a.agents))
     finally:  # the scratch repository, its plan and the drain's files go (they are 100s of MB on tmpfs)
-        shutil.rmtree(repo, ignore_errors=True)
+        remove_scratch(repo)
         shutil.rmtree(outdir, ignore_errors=True)
-        plan.unlink(missing_ok=True)
     b = median(base_times)
     w = median([r["window"] for r in results])
     print(f"  baseline (bare drain to files)   {fmt(b)} s   {a.agents * a.lines / b / 1e6:.2f} M lines/s")
