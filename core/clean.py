@@ -217,6 +217,7 @@ async def clean(backend: Backend, dry_run: bool = False) -> CleanReport:
                 write_atomic(path, json.dumps(data, indent=2, default=str))
     if not dry_run:
         _wait_gone(rep.killed)
+        await backend.forget_dead_processes()
     # 2. the workspaces corral registered and never removed (the processes just killed are gone
     # by then, so that none of them counts as working in one)
     for lo in await backend.list_leftovers():

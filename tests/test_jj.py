@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -867,3 +868,49 @@ def test_a_failed_task_that_changed_nothing_keeps_no_bookmark(plain: Path, tmp_p
     assert res.returncode == 1, res.stdout + res.stderr
     assert state(plain)["bookmarks"] == []
     assert "Branches kept" not in (plain / ".jj" / "corral" / "runs" / run_id_of(plain) / "report.md").read_text()
+
+
+FORGET = ('echo e > e.txt; jj commit -m e >/dev/null 2>&1; echo f > f.txt; '
+          'jj --ignore-working-copy workspace forget "corral-$CORRAL_RUN-$CORRAL_TASK" >/dev/null 2>&1')
+
+
+def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_forgot_its_workspace(plain: Path, tmp_path: Path,
+                                                                                   wt_root: Path) -> None:
+    """An agent forgets its own workspace (`jj workspace forget`) after committing, then corral is
+    killed: clean left the directory alone with a note and kept no bookmark for the commit, so the
+    user had to find both. The workspace is corral's (registered, its `.jj` points into this
+    repository): clean adopts it as a run does, and keeps the work on the task's bookmark."""
+    p = plan(tmp_path, {"forget": f"{FORGET}; touch {tmp_path}/forget; exec sleep 60",
+                        "idle": f"touch {tmp_path}/idle; exec sleep 60"}, base="main")
+    started = [tmp_path / t for t in ("forget", "idle")]
+    killed_run(plain, p, wt_root, lambda: all(f.exists() for f in started))
+    dry = corral("clean", "--dry-run", "--repo", str(plain))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0, res.stdout + res.stderr
+    ref = f"corral/{run_id_of(plain)}/forget"
+    assert f"kept branch {ref}" in res.stdout, res.stdout
+    said = sorted(re.sub(r"^would (\w+)", lambda m: PAST[m[1]], line) for line in dry.stdout.splitlines())
+    assert said == sorted(res.stdout.splitlines()), (dry.stdout, res.stdout)
+    assert file_at(plain, ref, "e.txt") == "e\n" and file_at(plain, ref, "f.txt") == "f\n"
+    assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
+
+
+def test_clean_leaves_alone_a_forgotten_workspace_that_became_another_repository(plain: Path, tmp_path: Path,
+                                                                                 wt_root: Path) -> None:
+    """After the crash the user made the forgotten workspace's directory a repository of its own
+    (`jj git init` there): it is not corral's any more, so clean touches neither it nor its files."""
+    p = plan(tmp_path, {"forget": f"{FORGET}; touch {tmp_path}/forget; exec sleep 60"}, base="main")
+    killed_run(plain, p, wt_root, lambda: (tmp_path / "forget").exists())
+    (where,) = [d for d in wt_root.iterdir() if d.name.startswith("corral-forget-")]
+    shutil.rmtree(where / ".jj")
+    jj(where, "git", "init", wc=True)
+    res = corral("clean", "--repo", str(plain))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"left alone: {where}" in res.stdout and "its .jj is not this repository's" in res.stdout, res.stdout
+    assert (where / "f.txt").read_text() == "f\n" and (where / ".jj" / "repo").is_dir()
+    # the killed corral's own workspace is forgotten all the same (nothing else needed one)
+    assert state(plain)["workspaces"] == []
+    shutil.rmtree(where)  # (the user's to remove: then so is corral's record of it)
+    for rec in (plain / ".jj" / "corral" / "workspaces").glob("corral-forget-*.json"):
+        rec.unlink()

@@ -491,6 +491,10 @@ class Backend(abc.ABC):
                          alive=pid_is_corral(rec.pid), record=rec, state=rec.state)
                 for rec in [*self.registry.records(), *await self.legacy_leftovers()]]
 
+    async def forget_dead_processes(self) -> None:
+        """Let go of what corral processes that were killed registered for themselves alone (not
+        their runs' workspaces: those are :meth:`list_leftovers`)."""
+
     async def legacy_leftovers(self) -> list[Record]:
         """Workspaces an older corral made before the registry existed, where it can tell."""
         return []

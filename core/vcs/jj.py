@@ -383,18 +383,19 @@ class JjBackend(Backend):
     async def _forget_dead_engines(self, engines: Path) -> None:
         """Forget the workspaces of corral processes that died without closing (their lock is free;
         this process's own lock, held through another open file, is not)."""
-        for lock in engines.glob("corral-engine-*.lock"):
-            fd = os.open(lock, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # alive
-            finally:
-                os.close(fd)
+        for lock in _dead_engine_locks(engines):
             name = lock.name[:-len(".lock")]
             await self.jj("workspace", "forget", name, check=False)
             shutil.rmtree(engines / name, ignore_errors=True)
             lock.unlink(missing_ok=True)
+
+    async def forget_dead_processes(self) -> None:
+        """The workspaces of corral processes killed outright (a later process that needs its own
+        forgets them too)."""
+        engines = self.state_dir / "engine"
+        if engines.is_dir() and _dead_engine_locks(engines):
+            async with self.mutating():  # (from corral's own workspace, as every operation of corral's)
+                await self._forget_dead_engines(engines)
 
     async def close(self) -> None:
         """Forget corral's own workspace (from itself, so that this too is not the user's to undo)."""
@@ -1390,9 +1391,9 @@ class JjBackend(Backend):
             return "it is the repository's own working copy"
         found = (await self._workspaces()).get(rec.name)
         if found is None:
-            if path.is_dir() and any(p.name != ".jj" for p in path.iterdir()):
-                return "jj no longer knows it as a workspace and it holds files"
-            return ""
+            if path.is_dir() and any(p.name != ".jj" for p in path.iterdir()) and not self._ours(path):
+                return "jj no longer knows it as a workspace and its .jj is not this repository's"
+            return ""  # forgotten (an agent's `jj workspace forget`): adopted, as a run does, when its work is kept
         if os.path.realpath(found[0]) != os.path.realpath(path):
             return f"jj's workspace {rec.name} is not at the path corral registered"
         return ""
@@ -1415,6 +1416,28 @@ class JjBackend(Backend):
             return ref in await self.bookmarks(f"exact:{ref}")  # conflicted: keep it
         return await self._holds_work_at(target, base_commit)
 
+    def _ours(self, path: Path) -> bool:
+        """Whether the workspace directory ``path`` belongs to this repository: its ``.jj`` is gone
+        (the run made the directory; an agent deleted it) or names this repository's store."""
+        if not (path / ".jj").is_dir():
+            return True
+        try:  # (a file naming the store, relative to the .jj directory in newer jj)
+            named = (path / ".jj" / "repo").read_text(encoding="utf-8").strip()
+        except OSError:
+            return False
+        return os.path.realpath(path / ".jj" / named) == os.path.realpath(self.repo_dir)
+
+    async def _last_working_copy(self, ws: Workspace) -> str | None:
+        """The working-copy commit jj last recorded for ``ws``: from its workspace list, or, once an
+        agent forgot the workspace, at the operation its directory last recorded (as :meth:`_adopt`
+        reads it); None when neither tells."""
+        found = (await self._workspaces()).get(ws.name)
+        if found is not None:
+            return found[1]
+        op, _ = _checkout_state(ws.path)
+        old = await self._commit_at(op, f"{_quote(ws.name)}@") if op else None
+        return old.commit if old else None
+
     async def pending_changes(self, ws: Workspace) -> list[str]:
         """Read without snapshotting (``clean --dry-run`` writes no operation): with its ``.jj`` gone,
         every file on disk (what :meth:`snapshot` then commits); else the files added or deleted
@@ -1422,12 +1445,12 @@ class JjBackend(Backend):
         on_disk = _files_under(ws.path)
         if not (ws.path / ".jj").is_dir():
             return sorted(on_disk)
-        found = (await self._workspaces()).get(ws.name)
+        last = await self._last_working_copy(ws)
         stamp = ws.path / ".jj" / "working_copy" / "tree_state"
-        if found is None or not stamp.exists():
+        if last is None or not stamp.exists():
             return []
         # (paths relative to the directory jj runs in: the workspace of the repository it reads)
-        known = set((await self.jj("file", "list", "-r", found[1], cwd=self._engine or self.root)).lines())
+        known = set((await self.jj("file", "list", "-r", last, cwd=self._engine or self.root)).lines())
         since = stamp.stat().st_mtime
         return sorted((on_disk ^ known) | {p for p in on_disk & known if (ws.path / p).stat().st_mtime > since})
 
@@ -1436,8 +1459,10 @@ class JjBackend(Backend):
         (:meth:`snapshot` makes the bookmark then); None when it makes none (its directory is gone)."""
         if not _holds_anything(ws.path):
             return None
-        found = (await self._workspaces()).get(ws.name)
-        return bool(pending) or (found is not None and await self._holds_work_at(found[1], ws.base_commit))
+        if pending:
+            return True
+        last = await self._last_working_copy(ws)
+        return last is not None and await self._holds_work_at(last, ws.base_commit)
 
     async def _holds_work_at(self, target: str, base_commit: str) -> bool:
         """Whether ``target`` has non-empty commits of its own: not on a protected bookmark or base."""
@@ -1472,6 +1497,22 @@ def _files_under(root: Path) -> set[str]:
         rel = os.path.relpath(dirpath, root)
         out.update(name if rel == "." else f"{rel}/{name}" for name in filenames)
     return out
+
+
+def _dead_engine_locks(engines: Path) -> list[Path]:
+    """The lock files under ``engines`` no process holds (this process's own, held through another
+    open file, is held)."""
+    dead = []
+    for lock in engines.glob("corral-engine-*.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dead.append(lock)
+        except OSError:
+            continue  # alive
+        finally:
+            os.close(fd)
+    return dead
 
 
 def _holds_anything(path: Path) -> bool:
