@@ -44,6 +44,8 @@ class CleanItem:
     committed: list[str] = field(default_factory=list)
     #: the clean-up failed; what remains and why
     error: str = ""
+    #: what the backend found worth telling while it did it (a repository kept, a workspace adopted)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +134,8 @@ async def _do_item(backend: Backend, item: CleanItem) -> None:
                 item.deleted.append(ref)
     except VcsError as exc:
         item.error = str(exc)
+    finally:
+        item.notes = backend.take_notices()
 
 
 @dataclass

@@ -96,7 +96,7 @@ def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
     res = corral("clean", cwd=repo)
     assert res.returncode == 0, res.stderr
     said = sorted(line.replace("would ", "", 1) for line in dry.stdout.splitlines())
-    done = sorted(res.stdout.splitlines())
+    done = sorted(line for line in res.stdout.splitlines() if not line.startswith("note: "))
     verbs = {"stop": "stopped", "remove": "removed", "commit": "committed", "keep": "kept", "delete": "deleted"}
     said = sorted(verbs[line.split(" ", 1)[0]] + " " + line.split(" ", 1)[1] if line.split(" ", 1)[0] in verbs
                   else line for line in said)
@@ -312,6 +312,57 @@ def test_edits_inside_a_submodule_are_never_reported_as_merged(tmp_path, wt_root
     git(repo, "worktree", "remove", "--force", "--force", str(ws))
     res = corral("clean", cwd=repo)  # removed by hand: clean forgets its record, keeps its branch
     assert res.returncode == 0 and f"removed workspace {ws}" in res.stdout, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ repositories an agent makes inside
+INNER = "git -c user.name=x -c user.email=x@x commit -qm inner"
+
+
+def nested_histories(repo: Path) -> dict[str, str]:
+    """task/path -> the log of each repository kept from a workspace, in the run's folder."""
+    runs = repo / ".git" / "corral" / "runs"
+    return {"/".join(git_dir.relative_to(runs).parts[2:-1]): git(repo, "--git-dir", str(git_dir), "log", "--format=%s")
+            for git_dir in sorted(runs.glob("*/repositories/**/.git"))}
+
+
+def test_a_repository_an_agent_makes_in_its_workspace_lands_as_files_and_keeps_its_history(repo, tmp_path, wt_root):
+    """An agent runs `git init` in a folder of its workspace (a scaffolding tool does). git add records
+    such a folder as a gitlink to a commit that exists only inside the workspace, or refuses it when
+    it has no commit: main got a gitlink to a commit that was deleted with the workspace, and the
+    files and the commit were gone; a task with an uncommitted file there failed. Now its files are
+    the task's, and its history is kept in the run's folder."""
+    res = run_plan(repo, tmp_path, wt_root, [
+        ("inner", f"mkdir sub && cd sub && git init -q && echo p > p.txt && git add -A && {INNER} && "
+                  "echo u > u.txt && cd .. && echo top > top.txt"),
+        ("fresh", "mkdir -p a/b && cd a/b && git init -q && echo x > x.txt && chmod +x x.txt && ln -s x.txt l"),
+        ("gitlink", f"mkdir gl && cd gl && git init -q && echo g > g.txt && git add -A && {INNER} && cd .. && "
+                    "git add gl && git commit -qm 'the agent commits a gitlink'"),
+    ], "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    tree = git(repo, "ls-tree", "-r", "main")
+    assert " commit " not in tree, tree  # no gitlink landed
+    assert {"sub/p.txt", "sub/u.txt", "top.txt", "a/b/x.txt", "a/b/l", "gl/g.txt"} <= set(files_at(repo, "main"))
+    assert git(repo, "show", "main:sub/u.txt") == "u" and git(repo, "show", "main:a/b/l") == "x.txt"
+    assert "100755 blob" in next(line for line in tree.splitlines() if line.endswith("a/b/x.txt"))
+    assert "120000 blob" in next(line for line in tree.splitlines() if line.endswith("a/b/l"))
+    assert "sub/ is a git repository of its own" in res.stdout, res.stdout
+    # the commits made inside are kept (the one with none holds nothing its files do not)
+    assert nested_histories(repo) == {"inner/sub": "inner", "gitlink/gl": "inner"}
+    assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
+
+
+def test_clean_after_a_crash_keeps_the_files_and_history_of_a_repository_an_agent_made(repo, tmp_path, wt_root):
+    killed_run(repo, tmp_path, wt_root, [
+        ("inner", f"mkdir sub && cd sub && git init -q && echo p > p.txt && git add -A && {INNER} && echo u > u.txt; "
+                  "echo started; exec sleep 600")], started=1)
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [kept] = corral_state(repo)["branches"]
+    assert kept.endswith("/inner") and {"sub/p.txt", "sub/u.txt"} <= set(files_at(repo, kept)), res.stdout
+    assert " commit " not in git(repo, "ls-tree", "-r", kept)
+    assert "note: inner: the history of the git repository the agent made at sub/ is kept in" in res.stdout
+    assert nested_histories(repo) == {"inner/sub": "inner"}
+    assert list(wt_root.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------- workspaces on demand

@@ -734,6 +734,7 @@ def clean_lines(rep, dry_run: bool) -> list[str]:
         if item.action == "live":
             out.append(f"left alone: {lo.path} belongs to run {lo.run}, which is still running")
             continue
+        out += [f"note: {note}" for note in item.notes]
         if item.error:
             out.append(f"could not clean {label}: {item.error}")
             continue

@@ -122,6 +122,7 @@ class GitBackend(Backend):
         self._refusals: dict[str, str] = {}
         #: the files changed from one commit to another (``git diff A...B``), as snapshots found them
         self._changed: dict[tuple[str, str], list[str]] = {}
+        self._notices: list[str] = []
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -570,17 +571,7 @@ class GitBackend(Backend):
                 # a merge or rebase left in conflict: its files are committed as they are (nothing
                 # lost), and the task is told, so conflict markers never pass for work
                 conflicted = unmerged
-                if ws.exclude:  # every change to tracked files, new files but the agent's own state
-                    await self.git("add", "-u", cwd=ws.path)
-                    await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in ws.exclude), cwd=ws.path)
-                else:
-                    await self.git("add", "-A", cwd=ws.path)
-                res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=ws.path, check=False,
-                                     env=await self.ident_env())
-                if not res.ok and "nothing" not in res.out + res.err:  # nothing staged: submodule changes only
-                    raise VcsError(f"git commit in {ws.path}: {_short_err(res)}")
-                if (ws.path / ".gitmodules").exists():  # the only changes git add -A leaves behind
-                    left = await self._changes(ws.path, ws.exclude)
+                left = await self._commit_all(ws, message, _nested_repos(ws.path, changes))
         elif ws.path.is_dir() and any(ws.path.iterdir()):
             # its .git is something else now (an agent's `git init`): its files are not the
             # worktree's to commit, nor to delete
@@ -594,10 +585,79 @@ class GitBackend(Backend):
             snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
             snap.extra_refs = list(ws.extra_refs)
             ws.memo = (self._signature(ws), snap)
+        embedded = _nested_repos(ws.path, snap.files) if self._is_live(ws) else []
+        if embedded:  # the agent committed a repository of its own as a gitlink: its files instead
+            left = await self._commit_all(ws, message, embedded)
+            ws.head = await self._collect(ws)
+            snap = await self.describe(ws)
+            snap.extra_refs = list(ws.extra_refs)
+            ws.memo = (self._signature(ws), snap)
         if conflicted:
             ws.conflicted = conflicted
         snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
         return snap
+
+    async def _commit_all(self, ws: Workspace, message: str, nested: list[str]) -> list[str]:
+        """Commit everything the live workspace holds (new files but the agent's own state); the files
+        of ``nested``, git repositories an agent made in it, as the task's own files. Returns what is
+        left uncommitted (inside a submodule, or a name git cannot take)."""
+        if ws.exclude or nested:  # every change to tracked files, new files but those set aside
+            await self.git("add", "-u", cwd=ws.path)
+            await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in [*ws.exclude, *nested]), cwd=ws.path)
+        else:
+            await self.git("add", "-A", cwd=ws.path)
+        left = await self._stage_nested(ws, nested) if nested else []
+        res = await self.git("commit", "-q", "--no-verify", "-m", message, cwd=ws.path, check=False,
+                             env=await self.ident_env())
+        if not res.ok and "nothing" not in res.out + res.err:  # nothing staged: submodule changes only
+            raise VcsError(f"git commit in {ws.path}: {_short_err(res)}")
+        if (ws.path / ".gitmodules").exists():  # the only changes git add -A leaves behind
+            left += await self._changes(ws.path, ws.exclude)
+        return left
+
+    async def _stage_nested(self, ws: Workspace, nested: list[str]) -> list[str]:
+        """Stage the files of each repository in ``nested`` (from the workspace root) as ``git add -A``
+        stages any directory's: what that repository tracks or would add (its own ignore rules), less
+        what the workspace's rules ignore or set aside. ``git add`` would record a gitlink to a commit
+        that exists only inside the workspace (lost with it) or refuse a repository with no commit;
+        the repository itself is left as it is. Returns the files git cannot stage (a newline in a
+        name)."""
+        files: list[str] = []
+        pending = list(nested)
+        while pending:
+            top = pending.pop()
+            res = await self.git("ls-files", "-z", "-c", "-o", "--exclude-standard", cwd=ws.path / top)
+            for name in res.out.split("\0"):
+                if name.endswith("/"):  # a repository inside that one
+                    pending.append(f"{top}/{name.rstrip('/')}")
+                elif name and os.path.lexists(ws.path / top / name):
+                    files.append(f"{top}/{name}")
+        files = [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in ws.exclude)]
+        if files:  # (--no-index: the index may hold a gitlink there, which git would not look past)
+            ignored = await self.git("check-ignore", "-z", "--stdin", "--no-index", cwd=ws.path, check=False,
+                                     stdin="\0".join(files) + "\0")
+            files = sorted(set(files) - set(ignored.out.split("\0")))
+        left = [f for f in files if "\n" in f]
+        files = [f for f in files if "\n" not in f]
+        links = [f for f in files if os.path.islink(ws.path / f)]
+        plain = [f for f in files if f not in links]
+        shas = (await self.git("hash-object", "-w", "--stdin-paths", cwd=ws.path,
+                               stdin="".join(f"{f}\n" for f in plain))).out.split() if plain else []
+        for link in links:  # a symbolic link's blob is its target
+            shas.append((await self.git("hash-object", "-w", "--stdin", cwd=ws.path,
+                                        stdin=os.readlink(ws.path / link))).out.strip())
+        entries = [f"{_mode_of(ws.path / f)} {sha}\t{f}\0" for f, sha in zip([*plain, *links], shas)]
+        await self.git("update-index", "-z", "--force-remove", "--stdin", cwd=ws.path, stdin="\0".join(nested) + "\0")
+        if entries:
+            await self.git("update-index", "-z", "--add", "--index-info", cwd=ws.path, stdin="".join(entries))
+        self._notices.append(f"{ws.task}: {', '.join(f'{n}/' for n in nested)} "
+                             f"{'is a git repository' if len(nested) == 1 else 'are git repositories'} of its own "
+                             "(made by the agent): the files are committed as the task's, the repository left as it is")
+        return left
+
+    def take_notices(self) -> list[str]:
+        out, self._notices = self._notices, []
+        return out
 
     async def _symbolic_head(self, ws: Workspace) -> str:
         """The branch the live workspace's HEAD is on (empty: detached), read from git's admin dir
@@ -1232,11 +1292,15 @@ class GitBackend(Backend):
         with anyio.CancelScope(shield=True):
             # a task's workspace; an integration workspace holds corral's own merges and what verify
             # left behind, nothing to salvage
+            files = ws.memo[1].files if ws.memo else []
             if keep_ref and ws.role == "task" and (self._is_live(ws) or ws.admin):
                 snap = await self.snapshot(ws, f"corral: salvage uncommitted work of {ws.task}")
                 if snap.uncommitted:
                     raise VcsError(f"{ws.path} is left in place: it holds changes corral cannot commit "
                                    f"({', '.join(snap.uncommitted[:5])})")
+                files = snap.files
+            if ws.role == "task":
+                await self._keep_nested_histories(ws, files)
             # the files first, outside the lock and in parallel with other removals (the work is on
             # the branch by now); then git's record of the worktree, under the lock
             if ws.path.is_dir():
@@ -1256,6 +1320,26 @@ class GitBackend(Backend):
                 raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
             if ws.key:
                 self.registry.drop(ws.key)
+
+    async def _keep_nested_histories(self, ws: Workspace, files: Sequence[str]) -> None:
+        """Move the ``.git`` of each repository an agent made in ``ws`` (found above the task's
+        ``files``: their files are the task's, see :meth:`_stage_nested`) into the run's folder, so
+        that the commits made in it outlive the workspace."""
+        found: set[str] = set()
+        for name in files:
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                rel = "/".join(parts[:i])
+                if rel not in found and (ws.path / rel / ".git").is_dir() and not (ws.path / rel).is_symlink():
+                    found.add(rel)
+        for rel in sorted(found, key=lambda r: -r.count("/")):  # the innermost first
+            dest = self.state_dir / "runs" / (ws.run or "unknown") / "repositories" / ws.task / rel / ".git"
+            if dest.exists() or not _has_refs(ws.path / rel / ".git"):
+                continue  # (one with no commit holds nothing its files do not)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(shutil.move, str(ws.path / rel / ".git"), str(dest))
+            self._notices.append(f"{ws.task}: the history of the git repository the agent made at {rel}/ is kept "
+                                 f"in {dest} (git --git-dir {shlex.quote(str(dest))} log)")
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
@@ -1407,6 +1491,34 @@ def _admin_of(path: Path) -> str:
     if not text.startswith("gitdir:"):
         return ""
     return str(path / text[len("gitdir:"):].strip())  # an absolute path stays as it is
+
+
+def _nested_repos(root: Path, paths: Sequence[str]) -> list[str]:
+    """Of ``paths`` (from the workspace ``root``; git status ends a repository it will not look into
+    with "/"), the git repositories made inside the workspace: a directory with a ``.git`` of its
+    own that is no submodule of the repository's (``.gitmodules``)."""
+    found = []
+    for path in paths:
+        name = path.rstrip("/")
+        where = root / name
+        if name and where.is_dir() and not where.is_symlink() and os.path.lexists(where / ".git"):
+            found.append(name)
+    if found and (root / ".gitmodules").exists():
+        subs = set(re.findall(r"^\s*path\s*=\s*(.+?)\s*$", _read(root / ".gitmodules"), re.M))
+        found = [name for name in found if name not in subs]
+    return found
+
+
+def _has_refs(git_dir: Path) -> bool:
+    """Whether the repository ``git_dir`` has a ref (a commit, a stash) to keep."""
+    return (git_dir / "packed-refs").exists() or any(p.is_file() for p in (git_dir / "refs").rglob("*"))
+
+
+def _mode_of(path: Path) -> str:
+    """The index mode git gives the file at ``path``."""
+    if path.is_symlink():
+        return "120000"
+    return "100755" if os.stat(path).st_mode & 0o100 else "100644"
 
 
 def _uninitialised_with_files(path: Path) -> bool:
