@@ -1325,13 +1325,15 @@ class GitBackend(Backend):
         """Move the ``.git`` of each repository an agent made in ``ws`` (found above the task's
         ``files``: their files are the task's, see :meth:`_stage_nested`) into the run's folder, so
         that the commits made in it outlive the workspace."""
+        seen: set[str] = set()
         found: set[str] = set()
         for name in files:
             parts = name.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                rel = "/".join(parts[:i])
-                if rel not in found and (ws.path / rel / ".git").is_dir() and not (ws.path / rel).is_symlink():
-                    found.add(rel)
+            for rel in ("/".join(parts[:i]) for i in range(1, len(parts) + 1)):
+                if rel not in seen:
+                    seen.add(rel)
+                    if (ws.path / rel / ".git").is_dir() and not (ws.path / rel).is_symlink():
+                        found.add(rel)
         for rel in sorted(found, key=lambda r: -r.count("/")):  # the innermost first
             dest = self.state_dir / "runs" / (ws.run or "unknown") / "repositories" / ws.task / rel / ".git"
             if dest.exists() or not _has_refs(ws.path / rel / ".git"):
