@@ -917,3 +917,24 @@ def test_clean_leaves_alone_a_forgotten_workspace_that_became_another_repository
     shutil.rmtree(where)  # (the user's to remove: then so is corral's record of it)
     for rec in (plain / ".jj" / "corral" / "workspaces").glob("corral-forget-*.json"):
         rec.unlink()
+
+
+def test_a_git_repository_an_agent_makes_in_its_workspace_lands_as_files(plain: Path, tmp_path: Path) -> None:
+    """`git init` in a folder of a jj workspace (as scaffolding tools do): jj snapshots no folder
+    holding a `.git`, so its files were in no commit and went with the workspace (the task said
+    "merged"; once committed, jj's next snapshot would drop them again). Now they land, and the
+    commits made in that repository are kept in the run's folder."""
+    inner = "git -c user.name=x -c user.email=x@x commit -qm inner"
+    p = plan(tmp_path, {"inner": f"mkdir sub && cd sub && git init -q && echo p > p.txt && git add -A && {inner} && "
+                                 "echo u > u.txt && cd .. && echo top > top.txt",
+                        "fresh": "mkdir -p a/b && cd a/b && git init -q && echo x > x.txt"}, base="main")
+    res = run(plain, p, "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    landed = set(jj(plain, "file", "list", "-r", "main").split())
+    assert {"sub/p.txt", "sub/u.txt", "top.txt", "a/b/x.txt"} <= landed, landed
+    assert not any("/.git/" in f for f in landed)
+    [kept] = list((plain / ".jj" / "corral" / "runs").glob("*/repositories/inner/sub/.git"))
+    assert subprocess.run(["git", "--git-dir", str(kept), "log", "--format=%s"], capture_output=True,
+                          text=True).stdout == "inner\n"
+    assert "a/b/ was a git repository with no commit" in res.stdout, res.stdout
+    assert state(plain)["workspaces"] == []

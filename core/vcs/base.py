@@ -7,6 +7,8 @@ import contextlib
 import fcntl
 import itertools
 import os
+import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -288,6 +290,30 @@ def pid_is_corral(pid: int) -> bool:
             return b"corral" in f.read()
     except OSError:
         return False
+
+
+async def keep_repository_history(state_dir: Path, ws: Workspace, rel: str) -> str:
+    """Move the ``.git`` of the git repository an agent made at ``rel`` in ``ws`` into the run's
+    folder (``runs/RUN/repositories/TASK/REL/.git`` under ``state_dir``), so that the commits made in
+    it outlive the workspace; its files are the task's. Returns what to tell the user ("" when the
+    repository has no commit: it holds nothing its files do not, and stays)."""
+    git_dir = ws.path / rel / ".git"
+    if git_dir.is_dir() and not _has_refs(git_dir):
+        return ""
+    dest = state_dir / "runs" / (ws.run or "unknown") / "repositories" / ws.task / rel / ".git"
+    for n in itertools.count(2):
+        if not os.path.lexists(dest):
+            break
+        dest = dest.with_name(f".git.{n}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(shutil.move, str(git_dir), str(dest))
+    return (f"{ws.task}: the history of the git repository the agent made at {rel}/ is kept in {dest} "
+            f"(git --git-dir {shlex.quote(str(dest))} log)")
+
+
+def _has_refs(git_dir: Path) -> bool:
+    """Whether the repository ``git_dir`` has a ref (a commit, a stash) to keep."""
+    return (git_dir / "packed-refs").exists() or any(p.is_file() for p in (git_dir / "refs").rglob("*"))
 
 
 class Backend(abc.ABC):

@@ -41,6 +41,7 @@ from .base import (
     VcsError,
     Workspace,
     cause_line,
+    keep_repository_history,
     run_forecast,
 )
 from ..procs import processes_in
@@ -1335,13 +1336,9 @@ class GitBackend(Backend):
                     if (ws.path / rel / ".git").is_dir() and not (ws.path / rel).is_symlink():
                         found.add(rel)
         for rel in sorted(found, key=lambda r: -r.count("/")):  # the innermost first
-            dest = self.state_dir / "runs" / (ws.run or "unknown") / "repositories" / ws.task / rel / ".git"
-            if dest.exists() or not _has_refs(ws.path / rel / ".git"):
-                continue  # (one with no commit holds nothing its files do not)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            await anyio.to_thread.run_sync(shutil.move, str(ws.path / rel / ".git"), str(dest))
-            self._notices.append(f"{ws.task}: the history of the git repository the agent made at {rel}/ is kept "
-                                 f"in {dest} (git --git-dir {shlex.quote(str(dest))} log)")
+            note = await keep_repository_history(self.state_dir, ws, rel)
+            if note:
+                self._notices.append(note)
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
@@ -1509,11 +1506,6 @@ def _nested_repos(root: Path, paths: Sequence[str]) -> list[str]:
         subs = set(re.findall(r"^\s*path\s*=\s*(.+?)\s*$", _read(root / ".gitmodules"), re.M))
         found = [name for name in found if name not in subs]
     return found
-
-
-def _has_refs(git_dir: Path) -> bool:
-    """Whether the repository ``git_dir`` has a ref (a commit, a stash) to keep."""
-    return (git_dir / "packed-refs").exists() or any(p.is_file() for p in (git_dir / "refs").rglob("*"))
 
 
 def _mode_of(path: Path) -> str:

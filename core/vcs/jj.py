@@ -53,6 +53,7 @@ from .base import (
     VcsError,
     Workspace,
     cause_line,
+    keep_repository_history,
     run_forecast,
 )
 from .registry import READY, Record
@@ -772,6 +773,7 @@ class JjBackend(Backend):
     async def _snapshot_head(self, ws: Workspace, message: str) -> str:
         if not (ws.path / ".jj").is_dir():  # an agent deleted it: the files on disk are all there is
             await self._adopt(ws, "its .jj directory was deleted")
+        await self._take_in_repositories(ws)
         try:
             wc = await self._wc(ws)
         except VcsError as exc:
@@ -794,6 +796,18 @@ class JjBackend(Backend):
             head = wc.parents[0]  # the agent committed its work itself (jj commit): its change is @-
         await self.jj("bookmark", "set", ws.ref, "-r", head, "--allow-backwards")
         return head
+
+    async def _take_in_repositories(self, ws: Workspace) -> None:
+        """Make the files of every git repository an agent made in ``ws`` (``git init`` in a folder)
+        the task's: jj snapshots no folder holding a ``.git``, so they would be in no commit, and
+        once committed, the next snapshot would drop them again. Each ``.git`` goes to the run's
+        folder (its history kept), or, with no commit in it, away."""
+        for rel in await anyio.to_thread.run_sync(_repositories_under, ws.path):
+            note = await keep_repository_history(self.state_dir, ws, rel)
+            if not note:
+                await anyio.to_thread.run_sync(shutil.rmtree, ws.path / rel / ".git", True)
+            self._notices.append(note or f"{ws.task}: {rel}/ was a git repository with no commit (made by the "
+                                         "agent): its files are committed as the task's")
 
     async def _adopt(self, ws: Workspace, why: str) -> None:
         """(Under the repo lock.) Make a workspace jj can no longer snapshot a working one again, every
@@ -1489,14 +1503,31 @@ def _refused_files(err: str) -> list[str]:
 
 
 def _files_under(root: Path) -> set[str]:
-    """Every file below ``root`` (its ``.jj`` aside), as paths relative to it."""
+    """Every file below ``root`` (its ``.jj`` and any ``.git`` aside), as paths relative to it."""
     out: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath == str(root) and ".jj" in dirnames:
             dirnames.remove(".jj")
+        if ".git" in dirnames:
+            dirnames.remove(".git")
         rel = os.path.relpath(dirpath, root)
-        out.update(name if rel == "." else f"{rel}/{name}" for name in filenames)
+        out.update(name if rel == "." else f"{rel}/{name}" for name in filenames if name != ".git")
     return out
+
+
+def _repositories_under(root: Path) -> list[str]:
+    """The folders below ``root`` (not ``root`` itself) holding a ``.git``, innermost first, as paths
+    relative to it; never inside ``.jj``."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d not in (".jj", ".git")]
+            continue
+        if ".git" in dirnames or ".git" in filenames:
+            found.append(os.path.relpath(dirpath, root))
+        if ".git" in dirnames:
+            dirnames.remove(".git")
+    return sorted(found, key=lambda rel: -rel.count("/"))
 
 
 def _dead_engine_locks(engines: Path) -> list[Path]:
