@@ -441,3 +441,27 @@ def test_clean_after_a_crash_never_commits_an_agents_own_state_files(repo, tmp_p
     assert res.returncode == 0, res.stdout + res.stderr
     [kept] = corral_state(repo)["branches"]
     assert files_at(repo, kept) == sorted(files_at(repo, "main") + ["work.txt"])
+
+
+def test_corral_runs_nothing_a_repository_an_agent_made_configures(repo, tmp_path, wt_root):
+    """The agent configures its repository to run a command whenever git looks at it (an fsmonitor
+    hook, a clean filter) and to have its work tree elsewhere: corral reads that repository's files,
+    unsandboxed, so none of it may take effect (git status looked into a staged one with a git of
+    its own, which ran both)."""
+    ran = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    hook.chmod(0o755)
+    res = run_plan(repo, tmp_path, wt_root, [
+        ("cfg", f"mkdir sub && cd sub && git init -q && echo p > p.txt && git config core.fsmonitor {hook} && "
+                f"git config core.worktree {tmp_path}"),
+        # committed as a gitlink, with a change inside: git status looks into it with a git of its own
+        ("staged", f"mkdir gl && cd gl && git init -q && echo g > g.txt && echo '* filter=x' > .gitattributes && "
+                   f"git add -A && {INNER} && git config core.fsmonitor {hook} && "
+                   f"git config filter.x.clean \"sh -c '{hook}; cat'\" && cd .. && git add gl && "
+                   "git commit -qm 'the agent commits a gitlink' && echo changed > gl/g.txt && echo more > gl/more.txt")],
+        "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not ran.exists(), "corral ran the agent's fsmonitor hook"
+    landed = set(files_at(repo, "main"))
+    assert {"sub/p.txt", "gl/g.txt", "gl/more.txt"} <= landed and git(repo, "show", "main:gl/g.txt") == "changed" and not any(f.startswith("sub/repo") for f in landed)

@@ -58,6 +58,9 @@ ENGINE_CONFIG = (
     "-c", "branch.autoSetupMerge=false",
     "-c", "advice.detachedHead=false",
     "-c", "core.quotePath=false",
+    # no fsmonitor: a command or daemon started by git (the config of a repository an agent made
+    # reaches the git that git status starts in it), and a daemon left running per workspace
+    "-c", "core.fsmonitor=false",
 )
 RETRIES = 5
 #: a base of more files than this is checked out a few workspaces at a time (:attr:`checkouts`), not
@@ -490,8 +493,12 @@ class GitBackend(Backend):
                       env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
         """:meth:`_changes` of ``path``, and of them the files in conflict (unmerged: a merge or a
         rebase left under way), from one ``git status``."""
-        res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", "--ignore-submodules=none", cwd=path,
-                             check=False, env=env)
+        # (git status looks into a submodule's files with a git of its own, which reads that
+        # repository's config: only into the repository's own submodules, never into one an agent
+        # made, whose files :meth:`_stage_nested` reads)
+        subs = "none" if (path / ".gitmodules").exists() else "dirty"
+        res = await self.git("status", "--porcelain", "-z", "-uall", "--no-renames", f"--ignore-submodules={subs}",
+                             cwd=path, check=False, env=env)
         if not res.ok:
             raise VcsError(f"cannot tell what {path} holds uncommitted: git status: {_short_err(res)}")
         entries = [entry for entry in res.out.split("\0") if len(entry) > 3 and entry[2] == " "]
@@ -603,7 +610,9 @@ class GitBackend(Backend):
         of ``nested``, git repositories an agent made in it, as the task's own files. Returns what is
         left uncommitted (inside a submodule, or a name git cannot take)."""
         if ws.exclude or nested:  # every change to tracked files, new files but those set aside
-            await self.git("add", "-u", cwd=ws.path)
+            # (git add looks into a repository it holds as a gitlink with a git started there, which
+            # reads the config the agent wrote: not into those, whose files are staged below)
+            await self.git("add", "-u", "--", ".", *(f":(exclude){p}" for p in nested), cwd=ws.path)
             await self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in [*ws.exclude, *nested]), cwd=ws.path)
         else:
             await self.git("add", "-A", cwd=ws.path)
@@ -627,7 +636,13 @@ class GitBackend(Backend):
         pending = list(nested)
         while pending:
             top = pending.pop()
-            res = await self.git("ls-files", "-z", "-c", "-o", "--exclude-standard", cwd=ws.path / top)
+            # (the agent wrote that repository's config: nothing in it may run a command or move its work tree)
+            where = ws.path / top
+            git_dir = where / ".git"
+            if git_dir.is_file() and _read(git_dir).startswith("gitdir:"):
+                git_dir = where / _read(git_dir)[len("gitdir:"):].strip()
+            res = await self.git("-c", "core.fsmonitor=false", "ls-files", "-z", "-c", "-o", "--exclude-standard",
+                                 cwd=where, env={"GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(where)})
             for name in res.out.split("\0"):
                 if name.endswith("/"):  # a repository inside that one
                     pending.append(f"{top}/{name.rstrip('/')}")
