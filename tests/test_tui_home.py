@@ -69,7 +69,7 @@ def test_home_starts_an_adhoc_run(repo: Path) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.loaded, what="home loaded")
             home = app.screen
-            assert app.focused is home.query_one("#home-tasks"), "typing starts in the form"
+            await until(pilot, lambda: app.focused is home.query_one("#home-tasks"), what="typing starts in the form")
             await pilot.press("c", "q")  # letters of a task name: no clean-up, no quit
             assert home.query_one("#home-tasks").text == "cq" and not isinstance(app.screen, ConfirmScreen)
             home.query_one("#home-agent").value = "shell"
