@@ -66,9 +66,6 @@ class HomeScreen(ForwardsWorkerErrors, Screen):
     """Runs of this repository, leftovers, and a form to start a run."""
 
     CSS_PATH = "home_screen.tcss"
-    #: typing starts in the form from the first frame (Textual would focus the first focusable, the
-    #: scrolling body, until the lists are loaded and the form takes the focus)
-    AUTO_FOCUS = "#home-tasks"
 
     BINDINGS = [
         Binding("ctrl+r", "start", "Start run", tooltip="Start the tasks in the form", id="home.start",
