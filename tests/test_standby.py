@@ -239,3 +239,65 @@ def test_corral_standby_0_runs_in_process(tmp_path: Path, standbys: Path) -> Non
     assert got.returncode == 1
     assert last_run(repo)["pid"] != pid
     assert standby_pids() == [pid]
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_run_with_the_client_and_fg_goes_on(tmp_path: Path, standbys: Path) -> None:
+    """Ctrl-Z (SIGTSTP to ``corral``) stops the run's process with it, as it stops corral in-process;
+    SIGCONT (``fg``) continues both."""
+    repo, client, pid = _start_slow(tmp_path, standbys)
+    client.send_signal(signal.SIGTSTP)
+    _until(lambda: _state(client.pid) == "T" and _state(pid) == "T", "both to stop")
+    client.send_signal(signal.SIGCONT)
+    _until(lambda: _state(client.pid) != "T" and _state(pid) != "T", "both to go on")
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=60) == 130
+    _work_kept(repo)
+
+
+def test_the_run_takes_the_commands_environment_umask_directory_and_terminal(tmp_path: Path,
+                                                                            standbys: Path) -> None:
+    """What the standby had is replaced by the command's: its environment (a variable, its temp
+    dir), its umask and its working directory reach the agent; ``--approve ask`` asks on the
+    terminal that is the command's stdin and merges what is answered."""
+    os.environ["XDG_RUNTIME_DIR"] = str(standbys.parent)  # the standby and the command: the same sockets
+    repo = make_repo(tmp_path / "repo")
+    write_plan(tmp_path / "plan.toml", """\
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo \\"var=$MYVAR umask=$(umask)\\"; echo work > one.txt"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    other_tmp = tmp_path / "tmp-b"
+    other_tmp.mkdir()
+    main_pty, term = os.openpty()
+    try:
+        client = subprocess.Popen([*CLI, "run", "../plan.toml", "--headless"], cwd=repo, stdin=term,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=0o027,
+                                  env={**env, "MYVAR": "hello", "TMPDIR": str(other_tmp)})
+        assert client.stderr is not None
+        asked = b""
+        for question in (b"approve one", b"Land one onto main?"):
+            while question not in asked:
+                got = os.read(client.stderr.fileno(), 4096)
+                assert got, asked
+                asked += got
+            os.write(main_pty, b"y\n")
+        out, _err = client.communicate(timeout=60)
+    finally:
+        os.close(main_pty)
+        os.close(term)
+    assert client.returncode == 0, out
+    assert last_run(repo)["pid"] == pid
+    text = out.decode()
+    assert "[one] var=hello umask=0027" in text
+    assert f"setup in {other_tmp}/corral-one-" in text
+    assert git(repo, "show", "main:one.txt") == "work"

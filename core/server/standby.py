@@ -296,7 +296,8 @@ def start(entry: str) -> None:
 
     code = f"from corral.core.server.standby import serve; serve({entry!r})"
     try:
-        subprocess.Popen([sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code],
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # (what multiprocessing uses)
+        subprocess.Popen([sys.executable, *flags, "-c", code],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          cwd="/", start_new_session=True, close_fds=True)
     except OSError:
@@ -418,7 +419,8 @@ def _adopt(req: _Request) -> None:
     sys.path.insert(0, req.path0)
     sys.argv = [req.argv0, *req.args]
     sys.stdin, sys.stdout, sys.stderr = (_stdio(fd, old) for fd, old in enumerate((sys.stdin, sys.stdout, sys.stderr)))
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    for name in ("stdin", "stdout", "stderr"):
+        setattr(sys, f"__{name}__", getattr(sys, name))
 
 
 def _stdio(fd: int, old: TextIO) -> TextIO:
@@ -430,8 +432,8 @@ def _stdio(fd: int, old: TextIO) -> TextIO:
     unbuffered = write and bool(getattr(old, "write_through", False))  # python -u
     buf = io.open(fd, "wb" if write else "rb", buffering=0 if unbuffered else -1, closefd=False)
     raw = buf if unbuffered else buf.raw  # type: ignore[attr-defined]
-    raw.name = ("<stdin>", "<stdout>", "<stderr>")[fd]
-    text = io.TextIOWrapper(buf, encoding=old.encoding, errors=old.errors, newline="\n",  # type: ignore[arg-type]
+    setattr(raw, "name", ("<stdin>", "<stdout>", "<stderr>")[fd])  # as Python names them
+    text = io.TextIOWrapper(buf, encoding=old.encoding, errors=old.errors, newline="\n",
                             line_buffering=not unbuffered and (fd == 2 or os.isatty(fd)), write_through=unbuffered)
     text.mode = "w" if write else "r"  # type: ignore[misc]
     return text
