@@ -247,7 +247,8 @@ def _follow(sock: _socket.socket, lines: _Lines, pid: int) -> int | None:
     got: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        got.append(signum)
+        if signum != signal.SIGWINCH:
+            got.append(signum)
         try:
             sock.sendall(b"sig %d\n" % signum)
         except OSError:
@@ -270,7 +271,10 @@ def _follow(sock: _socket.socket, lines: _Lines, pid: int) -> int | None:
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
     while True:
-        line = lines.next()
+        try:
+            line = lines.next()
+        except OSError:  # (committed: never run in-process after this)
+            line = None
         if line is None or line == b"back":
             break
         if line.startswith(b"exit "):
