@@ -301,3 +301,17 @@ def test_the_run_takes_the_commands_environment_umask_directory_and_terminal(tmp
     assert "[one] var=hello umask=0027" in text
     assert f"setup in {other_tmp}/corral-one-" in text
     assert git(repo, "show", "main:one.txt") == "work"
+
+
+def test_a_standby_directory_others_can_enter_is_not_used(tmp_path: Path, standbys: Path) -> None:
+    """The sockets' directory must be this user's alone (mode 0700): opened to others, no command
+    hands anything (its environment, its terminal) to what is in it."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN)
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    standbys.chmod(0o755)
+    got = corral("run", str(plan), "--headless", cwd=repo, env=ON)
+    assert got.returncode == 1
+    assert last_run(repo)["pid"] != pid
+    assert alive(pid)
