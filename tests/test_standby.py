@@ -315,3 +315,12 @@ def test_a_standby_directory_others_can_enter_is_not_used(tmp_path: Path, standb
     assert got.returncode == 1
     assert last_run(repo)["pid"] != pid
     assert alive(pid)
+
+
+def test_an_unused_standby_ends_and_removes_its_socket(tmp_path: Path, standbys: Path) -> None:
+    """A standby unused for ``CORRAL_STANDBY_IDLE`` seconds ends by itself, its socket removed."""
+    repo = make_repo(tmp_path / "repo")
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env={**ON, "CORRAL_STANDBY_IDLE": "1"})
+    pid = wait_standby(standbys)
+    _until(lambda: not alive(pid), "the standby to end")
+    assert list(standbys.glob("*.sock")) == []
