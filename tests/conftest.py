@@ -24,6 +24,8 @@ os.environ.update({
     "GIT_CONFIG_NOSYSTEM": "1",
     # a supervisor a test started ends soon after its last run and client (the teardown waits for it)
     "CORRAL_SUPERVISOR_IDLE": "0.5",
+    # no standby process (core/server/standby.py) outlives a test: tests/test_standby.py turns them on
+    "CORRAL_STANDBY": "0",
 })
 
 FAKES = Path(__file__).parent / "fakes"

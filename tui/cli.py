@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import sys
-import time
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from corral.core.codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
+# typing's, without importing typing, argparse or json here: the command hands over to a standby
+# (core/server/standby.py) before it imports anything it need not
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     import threading
+    from typing import Any, NoReturn, Sequence
 
 
 class UsageExit(Exception):
     """Bad usage: print one line, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one clear line, exit 2
-        raise UsageExit(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     from corral.core import __version__
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # one clear line, exit 2
+            raise UsageExit(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
 
     p = _Parser(prog="corral", description="Run coding agents in parallel, each in its own git worktree or jj "
                 "workspace; watch them live; merge what you approve, verified and atomically.")
@@ -107,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command line: a standby may run it (corral run --headless)
+        from corral.core.server.standby import hand_over
+
+        handed = hand_over(sys.argv[1:], "corral.tui.cli")
+        if handed is not None:
+            sys.exit(handed)
     try:
         args = build_parser().parse_args(argv)
         code = dispatch(args)
@@ -231,6 +239,9 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
 #: the first command's start makes corral a child subreaper with it)
 _HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
                      "corral.tui.headless")
+#: what ``corral run --headless`` needs from its start, imported by a standby before it waits for one
+STANDBY_MODULES = ("argparse", "json", "anyio", "anyio._backends._asyncio", "corral.core.plan",
+                   "corral.core.preflight", *_HEADLESS_MODULES)
 _IN_PROCESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.tui.dashboard")
 _SUPERVISED_MODULES = ("corral.core.server.client", "corral.core.server.launch")
 
@@ -643,6 +654,9 @@ def _open_backend(repo: str | None):
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    import json
+    import time
+
     from corral.core.journal import list_runs
 
     backend = _open_backend(args.repo)
@@ -756,6 +770,8 @@ def clean_lines(rep, dry_run: bool) -> list[str]:
 
 
 def cmd_agents(args: argparse.Namespace | None = None) -> int:
+    import json
+
     import anyio
 
     from corral.core.agents import BUILTIN, inspect_profiles

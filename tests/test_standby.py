@@ -1,0 +1,326 @@
+"""The warm start: ``corral run --headless`` handed over to a standby process behaves as the same
+command in-process (output, exit codes, signals, a closed stdout, the client killed), a standby of
+other code is never used, and ``CORRAL_STANDBY=0`` turns it off. All through the real ``corral``
+command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_MARK, _marked_processes, corral, corral_state, git, make_repo, write_plan
+
+CLI = [sys.executable, "-m", "corral.tui.cli"]
+ON = {"CORRAL_STANDBY": "1", "CORRAL_STANDBY_IDLE": "60"}
+
+
+@pytest.fixture
+def standbys(private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Standbys on for this test's commands (their sockets in its temp dir); at its end every
+    standby it started is stopped and their directory removed."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    directory = private_tmpdir / f"corral-standby-{os.getuid()}"
+    yield directory
+    for pid in standby_pids():
+        os.kill(pid, signal.SIGTERM)
+    _until(lambda: not standby_pids(), "the standbys to end")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def standby_pids() -> list[int]:
+    """This test's standbys still waiting for a command."""
+    mark = os.environ[TEST_MARK]
+    return [pid for pid, cmd in _marked_processes(mark).items() if "corral.core.server.standby import serve" in cmd]
+
+
+def _until(cond, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return got
+
+
+def wait_standby(directory: Path, other_than: int = 0) -> int:
+    """The pid of the (one) standby waiting, once its socket is there."""
+    def ready() -> int:
+        pids = [p for p in standby_pids() if p != other_than]
+        return pids[0] if len(pids) == 1 and list(directory.glob("*.sock")) else 0
+
+    return _until(ready, "a standby")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def last_run(repo: Path) -> dict:
+    runs = sorted((repo / ".git" / "corral" / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
+    return json.loads((runs[-1] / "run.json").read_text())
+
+
+def normal(text: str) -> list[str]:
+    """Output with what differs from run to run (ids, paths, times, hashes, the order of two tasks'
+    lines) made the same."""
+    text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "RUN", text)
+    text = re.sub(r"/\S*/corral-(\w+)-\w+", r"WS-\1", text)
+    text = re.sub(r"\d+\.\d+s", "Ts", text)
+    return sorted(re.sub(r"\b[0-9a-f]{7,40}\b", "HASH", text).splitlines())
+
+
+PLAN = """\
+    agent = "shell"
+    setup = "none"
+    approve = "none"
+    [[tasks]]
+    name = "one"
+    prompt = "printf 'first-line \\u00e9t\\u00e9\\n'; echo work > one.txt"
+    [[tasks]]
+    name = "two"
+    prompt = "echo failing; exit 3"
+"""
+
+
+def test_a_handed_over_run_prints_and_exits_as_in_process(tmp_path: Path, standbys: Path) -> None:
+    """The first command runs in-process and starts a standby; the next is run by it (the run's
+    process is the standby's) with the same output, bytes for bytes but ids and times, and the
+    same exit code; so is a usage error (exit 2)."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN)
+    args = ("run", str(plan), "--headless")
+    ref = corral(*args, cwd=repo, env={"CORRAL_STANDBY": "0"})
+    assert ref.returncode == 1, ref.stderr
+    assert not standby_pids()
+
+    corral(*args, cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    got = corral(*args, cwd=repo, env=ON)
+    assert last_run(repo)["pid"] == pid  # the standby ran it
+    assert got.returncode == ref.returncode == 1
+    assert "[one] first-line été" in got.stdout
+    assert normal(got.stdout) == normal(ref.stdout)
+    assert normal(got.stderr) == normal(ref.stderr)
+
+    successor = wait_standby(standbys, other_than=pid)
+    bad = corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    ref_bad = corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env={"CORRAL_STANDBY": "0"})
+    assert not alive(successor)  # it ran the command
+    assert (bad.returncode, bad.stdout, bad.stderr) == (ref_bad.returncode, ref_bad.stdout, ref_bad.stderr)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+SLOW = """\
+    agent = "shell"
+    setup = "none"
+    approve = "none"
+    [[tasks]]
+    name = "one"
+    prompt = "echo work > one.txt; git add one.txt; git commit -qm work; echo started; sleep 60"
+"""
+
+
+def _start_slow(tmp_path: Path, standbys: Path, *, stdout=subprocess.PIPE) -> tuple[Path, subprocess.Popen, int]:  # type: ignore[no-untyped-def]
+    """A handed-over run whose agent committed its work and is sleeping: (repo, client, run's pid)."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", SLOW)
+    env = {**os.environ, **ON}
+    env.pop("CORRAL_RUN", None)
+    subprocess.run([*CLI, "run", str(tmp_path / "missing.toml"), "--headless"], cwd=repo, env=env,
+                   capture_output=True, stdin=subprocess.DEVNULL)  # in-process: starts a standby
+    pid = wait_standby(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert client.stdout is not None
+    for line in client.stdout:
+        if "[one] started" in line:
+            break
+    assert last_run(repo)["pid"] == pid != client.pid
+    return repo, client, pid
+
+
+def _work_kept(repo: Path) -> None:
+    state = corral_state(repo)
+    assert state["worktrees"] == []
+    assert len(state["branches"]) == 1
+    assert git(repo, "show", f"{state['branches'][0]}:one.txt") == "work"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_client_stops_the_run_as_in_process(tmp_path: Path, standbys: Path, sig: int) -> None:
+    """Ctrl-C, SIGTERM and SIGHUP to ``corral`` stop the handed-over run as they stop one in-process:
+    its cleanup runs, the work is kept on its branch, exit code 130."""
+    repo, client, pid = _start_slow(tmp_path, standbys)
+    client.send_signal(sig)
+    _out, err = client.communicate(timeout=60)
+    assert client.returncode == 130, err
+    assert f"corral: {signal.Signals(sig).name}: stopping agents and cleaning up" in err
+    assert not alive(pid)
+    _work_kept(repo)
+
+
+def test_a_closed_stdout_stops_the_handed_over_run_quietly(tmp_path: Path, standbys: Path) -> None:
+    """``corral run ... | head``: the reader goes, the run stops as in-process, without a traceback."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", SLOW.replace("sleep 60", "while :; do echo tick; sleep 0.05; done"))
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert client.stdout is not None and client.stderr is not None
+    for line in client.stdout:
+        if b"[one] tick" in line:
+            break
+    client.stdout.close()
+    err = client.stderr.read().decode()
+    assert client.wait(timeout=60) == 130
+    assert last_run(repo)["pid"] == pid
+    assert "the output was closed: stopping agents" in err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    _work_kept(repo)
+
+
+def test_the_client_killed_stops_the_run_and_keeps_the_work(tmp_path: Path, standbys: Path) -> None:
+    """``kill -9`` of ``corral``: the run's process sees its client gone and stops the run as on
+    SIGHUP (cleanup, work kept); nothing of it is left running."""
+    repo, client, pid = _start_slow(tmp_path, standbys)
+    client.kill()
+    client.wait()
+    _until(lambda: not alive(pid), "the run's process to end")
+    _work_kept(repo)
+    assert last_run(repo)["exit_code"] == 130
+    run_procs = [p for p, cmd in _marked_processes(os.environ[TEST_MARK]).items()
+                 if "standby import serve" not in cmd]
+    assert run_procs == []
+
+
+def test_a_standby_of_edited_sources_is_not_used(tmp_path: Path, standbys: Path) -> None:
+    """corral's source files edited (or upgraded) after a standby started: the next command runs the
+    new code in-process, and the old standby ends."""
+    from corral import core, tui
+
+    pkg = tmp_path / "pkg" / "corral"
+    shutil.copytree(Path(core.__file__).parent, pkg / "core", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(tui.__file__).parent, pkg / "tui", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**ON, "PYTHONPATH": str(pkg.parent), "PYTHONDONTWRITEBYTECODE": "1"}
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN)
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=env)
+    old = wait_standby(standbys)
+    headless = pkg / "tui" / "headless.py"
+    headless.write_text(headless.read_text().replace('prefix = f"[{', 'prefix = f"edited [{', 1))
+    got = corral("run", str(plan), "--headless", cwd=repo, env=env)
+    assert "edited [one] first-line" in got.stdout, got.stdout
+    assert last_run(repo)["pid"] != old
+    _until(lambda: not alive(old), "the old standby to end")
+
+
+def test_corral_standby_0_runs_in_process(tmp_path: Path, standbys: Path) -> None:
+    """``CORRAL_STANDBY=0``: the command runs in-process even with a standby waiting, and starts none."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN)
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    got = corral("run", str(plan), "--headless", cwd=repo, env={**ON, "CORRAL_STANDBY": "0"})
+    assert got.returncode == 1
+    assert last_run(repo)["pid"] != pid
+    assert standby_pids() == [pid]
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_run_with_the_client_and_fg_goes_on(tmp_path: Path, standbys: Path) -> None:
+    """Ctrl-Z (SIGTSTP to ``corral``) stops the run's process with it, as it stops corral in-process;
+    SIGCONT (``fg``) continues both."""
+    repo, client, pid = _start_slow(tmp_path, standbys)
+    client.send_signal(signal.SIGTSTP)
+    _until(lambda: _state(client.pid) == "T" and _state(pid) == "T", "both to stop")
+    client.send_signal(signal.SIGCONT)
+    _until(lambda: _state(client.pid) != "T" and _state(pid) != "T", "both to go on")
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=60) == 130
+    _work_kept(repo)
+
+
+def test_the_run_takes_the_commands_environment_umask_directory_and_terminal(tmp_path: Path,
+                                                                            standbys: Path) -> None:
+    """What the standby had is replaced by the command's: its environment (a variable, its temp
+    dir), its umask and its working directory reach the agent; ``--approve ask`` asks on the
+    terminal that is the command's stdin and merges what is answered."""
+    os.environ["XDG_RUNTIME_DIR"] = str(standbys.parent)  # the standby and the command: the same sockets
+    repo = make_repo(tmp_path / "repo")
+    write_plan(tmp_path / "plan.toml", """\
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo \\"var=$MYVAR umask=$(umask)\\"; echo work > one.txt"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    other_tmp = tmp_path / "tmp-b"
+    other_tmp.mkdir()
+    main_pty, term = os.openpty()
+    try:
+        client = subprocess.Popen([*CLI, "run", "../plan.toml", "--headless"], cwd=repo, stdin=term,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=0o027,
+                                  env={**env, "MYVAR": "hello", "TMPDIR": str(other_tmp)})
+        assert client.stderr is not None
+        asked = b""
+        for question in (b"approve one", b"Land one onto main?"):
+            while question not in asked:
+                got = os.read(client.stderr.fileno(), 4096)
+                assert got, asked
+                asked += got
+            os.write(main_pty, b"y\n")
+        out, _err = client.communicate(timeout=60)
+    finally:
+        os.close(main_pty)
+        os.close(term)
+    assert client.returncode == 0, out
+    assert last_run(repo)["pid"] == pid
+    text = out.decode()
+    assert "[one] var=hello umask=0027" in text
+    assert f"setup in {other_tmp}/corral-one-" in text
+    assert git(repo, "show", "main:one.txt") == "work"
+
+
+def test_a_standby_directory_others_can_enter_is_not_used(tmp_path: Path, standbys: Path) -> None:
+    """The sockets' directory must be this user's alone (mode 0700): opened to others, no command
+    hands anything (its environment, its terminal) to what is in it."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN)
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    standbys.chmod(0o755)
+    got = corral("run", str(plan), "--headless", cwd=repo, env=ON)
+    assert got.returncode == 1
+    assert last_run(repo)["pid"] != pid
+    assert alive(pid)
+
+
+def test_an_unused_standby_ends_and_removes_its_socket(tmp_path: Path, standbys: Path) -> None:
+    """A standby unused for ``CORRAL_STANDBY_IDLE`` seconds ends by itself, its socket removed."""
+    repo = make_repo(tmp_path / "repo")
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env={**ON, "CORRAL_STANDBY_IDLE": "1"})
+    pid = wait_standby(standbys)
+    _until(lambda: not alive(pid), "the standby to end")
+    assert list(standbys.glob("*.sock")) == []
