@@ -5,6 +5,8 @@ client); a pane, a paced view and a late client get the newest lines they show."
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -13,19 +15,25 @@ from conftest import git
 from test_engine_git import run_plan
 
 from corral.core.events import TaskOutput, TaskStatus
-from corral.core.procs import MAX_DISPLAY_LINE, Supervised, clean_line
+from corral.core.procs import MAX_DISPLAY_LINE, READ_PAUSE, Supervised, clean_line
 from corral.core.server.host import RunHost
 
 RUN = "20260101-000000-abcd"
 
 
-def _read_as_text(tmp_path: Path, script: str) -> tuple[list[str], bytes]:
-    """What ``on_text`` got from ``sh -c script``, and its log."""
+def _read_as_text(tmp_path: Path, script: str | list[str], on_text=None) -> tuple[list[str], bytes]:
+    """What ``on_text`` got from ``sh -c script`` (or the command ``script``), and its log."""
     blocks: list[str] = []
     log = tmp_path / "out.log"
 
+    def got(block: str) -> None:
+        blocks.append(block)
+        if on_text is not None:
+            on_text(block)
+
     async def main() -> None:
-        await Supervised(["sh", "-c", script], cwd=tmp_path, on_text=blocks.append, log_path=log).run()
+        argv = ["sh", "-c", script] if isinstance(script, str) else script
+        await Supervised(argv, cwd=tmp_path, on_text=got, log_path=log, timeout=60).run()
 
     anyio.run(main)
     return blocks, log.read_bytes()
@@ -36,6 +44,58 @@ def test_a_flood_comes_as_blocks_of_whole_lines_and_its_log_is_every_byte(tmp_pa
     assert all(b.endswith("\n") for b in blocks) and len(blocks) < 1000  # one per read, not per line
     assert "".join(blocks) == "0123456789abcdef\n" * 50000 + "last, no newline\n"
     assert log == b"0123456789abcdef\n" * 50000 + b"last, no newline"
+
+
+def test_a_flood_is_read_in_chunks_larger_than_the_pipe_it_started_with(tmp_path: Path) -> None:
+    """A command that writes faster than corral reads gets a larger pipe: it runs ahead while corral
+    is busy, and its output comes in fewer, larger reads than the kernel's 64 KiB pipe allows."""
+    blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 500000")
+    assert log == b"0123456789abcdef\n" * 500000
+    assert "".join(blocks) == "0123456789abcdef\n" * 500000
+    assert max(map(len, blocks)) > 64 * 1024
+    assert len(blocks) < len(log) // (64 * 1024)
+
+
+_SMALL_WRITES = """
+import os, time
+for i in range(3000):
+    os.write(1, b"line %d\\n" % i)
+    until = time.perf_counter() + 0.00005
+    while time.perf_counter() < until:
+        pass
+"""
+
+
+def test_small_writes_in_quick_succession_are_read_together_not_one_by_one(tmp_path: Path) -> None:
+    """A command writing a line at a time, 20,000 a second: once a read emptied the pipe, the next
+    waits READ_PAUSE, so what it wrote meanwhile comes as one block (not a wake-up, an event and a
+    log write per line); nothing is lost or reordered."""
+    stamps: list[float] = []
+    blocks, log = _read_as_text(tmp_path, [sys.executable, "-c", _SMALL_WRITES],
+                                on_text=lambda block: stamps.append(time.monotonic()))
+    want = "".join(f"line {i}\n" for i in range(3000))
+    assert "".join(blocks) == want and log == want.encode()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= READ_PAUSE * 0.9, sorted(gaps)[:5]
+    assert len(blocks) < 3000 // 2
+
+
+_FIRST_THEN_WAIT = """
+import os, time
+os.write(1, b"first\\n")
+deadline = time.monotonic() + 30
+while not os.path.exists("go") and time.monotonic() < deadline:
+    time.sleep(0.005)
+os.write(1, b"went on\\n" if os.path.exists("go") else b"nobody saw the first line\\n")
+"""
+
+
+def test_the_first_line_comes_without_waiting_for_more(tmp_path: Path) -> None:
+    """A line is handed on when read: the command writes its second line only once the first was
+    seen (it waits for a file the consumer makes on seeing it)."""
+    blocks, _log = _read_as_text(tmp_path, [sys.executable, "-c", _FIRST_THEN_WAIT],
+                                 on_text=lambda block: (tmp_path / "go").touch())
+    assert "".join(blocks) == "first\nwent on\n"
 
 
 def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
@@ -108,3 +168,4 @@ def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tm
     out = [e for e in events if e["type"] == "output" and e["task"] == "a" and e["stream"] == "agent"]
     assert [e["line"] for e in out] == ["abc"] * 30000 + ["xy"]
     assert all("text" not in e and "lines" not in e for e in out)
+
