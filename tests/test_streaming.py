@@ -4,6 +4,7 @@ client); a pane, a paced view and a late client get the newest lines they show."
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -14,9 +15,10 @@ import anyio
 from conftest import git
 from test_engine_git import run_plan
 
-from corral.core.events import TaskOutput, TaskStatus
+from corral.core.events import TaskOutput, TaskStatus, VerifyOutput, tail_lines
 from corral.core.procs import MAX_DISPLAY_LINE, READ_PAUSE, Supervised, clean_line
 from corral.core.server.host import RunHost
+from corral.tui.headless import LineRenderer
 
 RUN = "20260101-000000-abcd"
 
@@ -169,3 +171,25 @@ def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tm
     assert [e["line"] for e in out] == ["abc"] * 30000 + ["xy"]
     assert all("text" not in e and "lines" not in e for e in out)
 
+
+def test_tail_lines_splits_off_only_the_last_lines() -> None:
+    assert tail_lines("a\nb\nc\n", 2) == ["b", "c"]
+    assert tail_lines("a\nb\nc\n", 9) == ["a", "b", "c"]
+    assert tail_lines("a\n\nb\n", 2) == ["", "b"]
+    assert tail_lines("\n", 1) == [""]
+    assert tail_lines("", 3) == [] and tail_lines("a\n", 0) == []
+
+
+def test_the_headless_printer_writes_a_block_as_its_lines_prefixed_in_order() -> None:
+    """Through a byte buffer (a terminal's stdout: line-buffered) and without one: the same text,
+    each line prefixed, what came before it first, nothing left unwritten on a terminal."""
+    raw = io.BytesIO()
+    tty = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+    plain = io.StringIO()
+    for out in (tty, plain):
+        render = LineRenderer(out)
+        out.write("before\n")
+        render(TaskOutput(task="a", text="one\nzwei é\n\nthree\n"))
+        render(VerifyOutput(lines=["v1", "v2"]))
+    want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[verify] v1\n[verify] v2\n"
+    assert raw.getvalue().decode() == want and plain.getvalue() == want
