@@ -16,6 +16,7 @@ from conftest import git
 from test_engine_git import run_plan
 
 from corral.core.events import TaskOutput, TaskStatus, VerifyOutput, tail_lines
+from corral.core import procs
 from corral.core.procs import MAX_DISPLAY_LINE, READ_PAUSE, Supervised, clean_line
 from corral.core.server.host import RunHost
 from corral.tui.headless import LineRenderer
@@ -54,8 +55,21 @@ def test_a_flood_is_read_in_chunks_larger_than_the_pipe_it_started_with(tmp_path
     blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 500000")
     assert log == b"0123456789abcdef\n" * 500000
     assert "".join(blocks) == "0123456789abcdef\n" * 500000
-    assert max(map(len, blocks)) > 64 * 1024
+    # (a block is what a read got, after the part of a line the read before left)
+    assert max(map(len, blocks)) > 64 * 1024 + 17
     assert len(blocks) < len(log) // (64 * 1024)
+
+
+def test_pipes_grow_only_within_corrals_budget_and_give_it_back(tmp_path: Path, monkeypatch) -> None:
+    """The kernel counts every pipe's size against the user's limit: past corral's budget a pipe
+    keeps its 64 KiB (the flood still comes whole), and a closed one's growth is given back."""
+    assert procs._pipes_grown == 0
+    _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 200000")
+    assert procs._pipes_grown == 0
+    monkeypatch.setattr(procs, "PIPE_BUDGET", 0)
+    blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 200000")
+    assert log.endswith(b"0123456789abcdef\n" * 200000) and "".join(blocks) == "0123456789abcdef\n" * 200000
+    assert max(map(len, blocks)) <= 64 * 1024 + 17
 
 
 _SMALL_WRITES = """
