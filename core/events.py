@@ -114,6 +114,19 @@ class TaskStatus(Event):
     branch: str = ""
 
 
+def tail_lines(text: str, n: int) -> list[str]:
+    """The last ``n`` lines of ``text`` (lines each ending with a newline): only they are split
+    off, the rest of a flood's block is neither copied nor split."""
+    if n <= 0 or not text:
+        return []
+    start = len(text) - 1
+    for _ in range(n):
+        start = text.rfind("\n", 0, start)
+        if start < 0:
+            break
+    return text[start + 1 : -1].split("\n")
+
+
 @dataclass(kw_only=True)
 class Output(Event):
     """Lines of output, in batches (one per read from the pipe) so that chatty programs cost one
@@ -131,7 +144,7 @@ class Output(Event):
         """The newest ``n`` lines (a split of only that much of ``text``)."""
         if n <= 0:
             return []
-        return self.text[:-1].rsplit("\n", n)[-n:] if self.text else self.lines[-n:]
+        return tail_lines(self.text, n) if self.text else self.lines[-n:]
 
     def line_count(self) -> int:
         return self.text.count("\n") if self.text else len(self.lines)

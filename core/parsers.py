@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .events import tail_lines
+
 #: Longest line a parser returns for display (the agent's log file keeps everything).
 MAX_SHOWN = 16 * 1024
 #: Longest one-line summary of a tool call, a result, a thought.
@@ -118,7 +120,7 @@ class TextParser(Parser):
     def feed_text(self, text: str) -> None:
         """A block of lines (each ending with a newline): only its last few are kept, for the final
         text, so only they are split off."""
-        self.feed_lines(text[:-1].rsplit("\n", self.TAIL_LINES)[-self.TAIL_LINES:])
+        self.feed_lines(tail_lines(text, self.TAIL_LINES))
 
 
 # ------------------------------------------------------------------------------------------ helpers

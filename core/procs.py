@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import fcntl
 import functools
 import math
 import os
@@ -37,7 +38,23 @@ from .watchdog import Watchdog
 
 #: Longest line handed to a display callback; the log file always keeps the full output.
 MAX_DISPLAY_LINE = 16 * 1024
-CHUNK = 64 * 1024
+#: A read of output takes at most this much (a grown pipe, :data:`PIPE_MAX`, is read in several):
+#: larger reads only make one agent's turn on the event loop longer, and cost more per byte (each
+#: buffer that large is a fresh memory mapping to fault in)
+CHUNK = 128 * 1024
+#: An output pipe holds 64 KiB (the kernel's default); one whose command writes faster than corral
+#: reads grows up to this, so the command runs ahead while corral is busy elsewhere or pauses
+#: (:data:`READ_PAUSE`) and its flood comes in full reads, not in a read per write
+PIPE_MAX = 1024 * 1024
+#: What corral's grown pipes may take together beyond their default size: the kernel counts every
+#: pipe's size against the user's 64 MiB (``pipe-user-pages-soft``), past which the user's new pipes
+#: (git's, a shell's) get 8 KiB
+PIPE_BUDGET = 16 * 1024 * 1024
+#: After a read that emptied the pipe, the next one waits this long: a command writing small pieces
+#: fast (``yes | head`` at a low priority writes 4 KiB at a time) is read in chunks of what it wrote
+#: meanwhile, not at each write, each costing a wake-up, an event and a hand-over to the log writer;
+#: a line after a quiet while is read as soon as it comes
+READ_PAUSE = 0.001
 DEFAULT_GRACE = 3.0
 
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -253,6 +270,13 @@ class Child:
         assert popen.stdout is not None
         self._out = popen.stdout.fileno()
         os.set_blocking(self._out, False)
+        #: what the output pipe can hold (:meth:`grow_pipe`)
+        self.pipe_size = _pipe_size(self._out)
+        #: it may grow (not where its size is unknown, nor once the kernel refused)
+        self._may_grow = self.pipe_size > 0
+        self.pipe_size = self.pipe_size or CHUNK
+        #: by how much it grew (given back to :data:`PIPE_BUDGET` on close)
+        self._pipe_grown = 0
         try:
             self._pidfd: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -352,6 +376,25 @@ class Child:
             except BlockingIOError:
                 await anyio.wait_readable(self._out)
 
+    def grow_pipe(self) -> None:
+        """Let the output pipe hold four times more (at most :data:`PIPE_MAX`) while all of corral's
+        grown pipes stay within :data:`PIPE_BUDGET`: the command writes faster than corral reads. A
+        refusal (the user's pipes are over the kernel's limit) leaves it as it is, not asked again."""
+        global _pipes_grown
+        want = min(PIPE_MAX, self.pipe_size * 4)
+        if not self._may_grow or want <= self.pipe_size or _pipes_grown + want - self.pipe_size > PIPE_BUDGET:
+            return
+        try:
+            size = fcntl.fcntl(self._out, fcntl.F_SETPIPE_SZ, want)
+        except OSError:
+            size = 0
+        if size <= self.pipe_size:
+            self._may_grow = False
+            return
+        _pipes_grown += size - self.pipe_size
+        self._pipe_grown += size - self.pipe_size
+        self.pipe_size = size
+
     def swept(self) -> bool:
         """Whether the reaper, reaped by now, completed its sweep: then nothing below it was left
         when it exited, so nothing of the command can have been reparented to corral (a reaper
@@ -366,6 +409,9 @@ class Child:
 
     def close(self) -> None:
         """Close the pipes and the pidfd (the process itself is stopped and reaped by then)."""
+        global _pipes_grown
+        _pipes_grown -= self._pipe_grown
+        self._pipe_grown = 0
         for fd in (self._out, self._pidfd):
             if fd is not None:
                 anyio.notify_closing(fd)
@@ -377,6 +423,18 @@ class Child:
         if self._done >= 0:
             os.close(self._done)
             self._done = -1
+
+
+#: bytes corral's open output pipes hold beyond their default size (see :data:`PIPE_BUDGET`)
+_pipes_grown = 0
+
+
+def _pipe_size(fd: int) -> int:
+    """The capacity of the pipe ``fd`` is an end of; 0 where it cannot be known (nor changed)."""
+    try:
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    except (AttributeError, OSError):
+        return 0
 
 
 async def _read_all(fd: int) -> bytes:
@@ -640,6 +698,10 @@ class Supervised:
                 chunk = await proc.read(CHUNK)
                 if not chunk:
                     break
+                # (what a full pipe holds can be less than its size: a write may fill a page partly)
+                drained = len(chunk) < min(CHUNK, proc.pipe_size) // 2
+                if not drained:  # the command writes faster than we read: let its pipe hold more
+                    proc.grow_pipe()
                 if log:
                     await log.write(chunk)
                 buf += chunk
@@ -657,8 +719,10 @@ class Supervised:
                     # a line with no newline for a long while: show what we have, keep reading
                     say([clean_line(buf[:limit]) + " [...]"])
                     buf = b""
-                # a read from a full buffer does not yield: let the other agents and the UI run
-                await anyio.lowlevel.checkpoint()
+                if drained:  # let what is written meanwhile come as one chunk
+                    await anyio.sleep(READ_PAUSE)
+                else:  # a read from a full buffer does not yield: let the other agents and the UI run
+                    await anyio.lowlevel.checkpoint()
             if buf:
                 say([clean_line(buf)])
         finally:

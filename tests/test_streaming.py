@@ -4,7 +4,10 @@ client); a pane, a paced view and a late client get the newest lines they show."
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -12,20 +15,28 @@ import anyio
 from conftest import git
 from test_engine_git import run_plan
 
-from corral.core.events import TaskOutput, TaskStatus
-from corral.core.procs import MAX_DISPLAY_LINE, Supervised, clean_line
+from corral.core.events import TaskOutput, TaskStatus, VerifyOutput, tail_lines
+from corral.core import procs
+from corral.core.procs import MAX_DISPLAY_LINE, READ_PAUSE, Supervised, clean_line
 from corral.core.server.host import RunHost
+from corral.tui.headless import LineRenderer
 
 RUN = "20260101-000000-abcd"
 
 
-def _read_as_text(tmp_path: Path, script: str) -> tuple[list[str], bytes]:
-    """What ``on_text`` got from ``sh -c script``, and its log."""
+def _read_as_text(tmp_path: Path, script: str | list[str], on_text=None) -> tuple[list[str], bytes]:
+    """What ``on_text`` got from ``sh -c script`` (or the command ``script``), and its log."""
     blocks: list[str] = []
     log = tmp_path / "out.log"
 
+    def got(block: str) -> None:
+        blocks.append(block)
+        if on_text is not None:
+            on_text(block)
+
     async def main() -> None:
-        await Supervised(["sh", "-c", script], cwd=tmp_path, on_text=blocks.append, log_path=log).run()
+        argv = ["sh", "-c", script] if isinstance(script, str) else script
+        await Supervised(argv, cwd=tmp_path, on_text=got, log_path=log, timeout=60).run()
 
     anyio.run(main)
     return blocks, log.read_bytes()
@@ -36,6 +47,71 @@ def test_a_flood_comes_as_blocks_of_whole_lines_and_its_log_is_every_byte(tmp_pa
     assert all(b.endswith("\n") for b in blocks) and len(blocks) < 1000  # one per read, not per line
     assert "".join(blocks) == "0123456789abcdef\n" * 50000 + "last, no newline\n"
     assert log == b"0123456789abcdef\n" * 50000 + b"last, no newline"
+
+
+def test_a_flood_is_read_in_chunks_larger_than_the_pipe_it_started_with(tmp_path: Path) -> None:
+    """A command that writes faster than corral reads gets a larger pipe: it runs ahead while corral
+    is busy, and its output comes in fewer, larger reads than the kernel's 64 KiB pipe allows."""
+    blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 500000")
+    assert log == b"0123456789abcdef\n" * 500000
+    assert "".join(blocks) == "0123456789abcdef\n" * 500000
+    # (a block is what a read got, after the part of a line the read before left)
+    assert max(map(len, blocks)) > 64 * 1024 + 17
+    assert len(blocks) < len(log) // (64 * 1024)
+
+
+def test_pipes_grow_only_within_corrals_budget_and_give_it_back(tmp_path: Path, monkeypatch) -> None:
+    """The kernel counts every pipe's size against the user's limit: past corral's budget a pipe
+    keeps its 64 KiB (the flood still comes whole), and a closed one's growth is given back."""
+    assert procs._pipes_grown == 0
+    _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 200000")
+    assert procs._pipes_grown == 0
+    monkeypatch.setattr(procs, "PIPE_BUDGET", 0)
+    blocks, log = _read_as_text(tmp_path, "yes 0123456789abcdef | head -n 200000")
+    assert log.endswith(b"0123456789abcdef\n" * 200000) and "".join(blocks) == "0123456789abcdef\n" * 200000
+    assert max(map(len, blocks)) <= 64 * 1024 + 17
+
+
+_SMALL_WRITES = """
+import os, time
+for i in range(3000):
+    os.write(1, b"line %d\\n" % i)
+    until = time.perf_counter() + 0.00005
+    while time.perf_counter() < until:
+        pass
+"""
+
+
+def test_small_writes_in_quick_succession_are_read_together_not_one_by_one(tmp_path: Path) -> None:
+    """A command writing a line at a time, 20,000 a second: once a read emptied the pipe, the next
+    waits READ_PAUSE, so what it wrote meanwhile comes as one block (not a wake-up, an event and a
+    log write per line); nothing is lost or reordered."""
+    stamps: list[float] = []
+    blocks, log = _read_as_text(tmp_path, [sys.executable, "-c", _SMALL_WRITES],
+                                on_text=lambda block: stamps.append(time.monotonic()))
+    want = "".join(f"line {i}\n" for i in range(3000))
+    assert "".join(blocks) == want and log == want.encode()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= READ_PAUSE * 0.9, sorted(gaps)[:5]
+    assert len(blocks) < 3000 // 2
+
+
+_FIRST_THEN_WAIT = """
+import os, time
+os.write(1, b"first\\n")
+deadline = time.monotonic() + 30
+while not os.path.exists("go") and time.monotonic() < deadline:
+    time.sleep(0.005)
+os.write(1, b"went on\\n" if os.path.exists("go") else b"nobody saw the first line\\n")
+"""
+
+
+def test_the_first_line_comes_without_waiting_for_more(tmp_path: Path) -> None:
+    """A line is handed on when read: the command writes its second line only once the first was
+    seen (it waits for a file the consumer makes on seeing it)."""
+    blocks, _log = _read_as_text(tmp_path, [sys.executable, "-c", _FIRST_THEN_WAIT],
+                                 on_text=lambda block: (tmp_path / "go").touch())
+    assert "".join(blocks) == "first\nwent on\n"
 
 
 def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
@@ -108,3 +184,26 @@ def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tm
     out = [e for e in events if e["type"] == "output" and e["task"] == "a" and e["stream"] == "agent"]
     assert [e["line"] for e in out] == ["abc"] * 30000 + ["xy"]
     assert all("text" not in e and "lines" not in e for e in out)
+
+
+def test_tail_lines_splits_off_only_the_last_lines() -> None:
+    assert tail_lines("a\nb\nc\n", 2) == ["b", "c"]
+    assert tail_lines("a\nb\nc\n", 9) == ["a", "b", "c"]
+    assert tail_lines("a\n\nb\n", 2) == ["", "b"]
+    assert tail_lines("\n", 1) == [""]
+    assert tail_lines("", 3) == [] and tail_lines("a\n", 0) == []
+
+
+def test_the_headless_printer_writes_a_block_as_its_lines_prefixed_in_order() -> None:
+    """Through a byte buffer (a terminal's stdout: line-buffered) and without one: the same text,
+    each line prefixed, what came before it first, nothing left unwritten on a terminal."""
+    raw = io.BytesIO()
+    tty = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+    plain = io.StringIO()
+    for out in (tty, plain):
+        render = LineRenderer(out)
+        out.write("before\n")
+        render(TaskOutput(task="a", text="one\nzwei é\n\nthree\n"))
+        render(VerifyOutput(lines=["v1", "v2"]))
+    want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[verify] v1\n[verify] v2\n"
+    assert raw.getvalue().decode() == want and plain.getvalue() == want

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from typing import TextIO
@@ -44,8 +45,9 @@ class LineRenderer:
         w = self.out.write
         if isinstance(ev, (TaskOutput, VerifyOutput)):
             prefix = f"[{ev.task}] " if isinstance(ev, TaskOutput) else "[verify] "
-            # one block (as a text agent's came), prefixed at C speed, never split
-            w(prefix + ev.block()[:-1].replace("\n", "\n" + prefix) + "\n")
+            block = ev.block()
+            if block:
+                self._write_block(prefix, block)
             return
         text = self.describe(ev)
         if text is not None:
@@ -53,6 +55,21 @@ class LineRenderer:
         if isinstance(ev, RunFinished):
             w(self.summary(ev))
         self.out.flush()
+
+    def _write_block(self, prefix: str, block: str) -> None:
+        """Lines (each ending with a newline) with ``prefix`` before each, as one write: prefixed
+        at C speed and never split. Where the stream has a UTF-8 byte buffer under it, as bytes
+        (a bytes replace is three times as fast as a str one, and a flood's blocks are large)."""
+        buffer = getattr(self.out, "buffer", None)
+        if buffer is None or codecs.lookup(getattr(self.out, "encoding", None) or "ascii").name != "utf-8":
+            self.out.write(prefix + block[:-1].replace("\n", "\n" + prefix) + "\n")
+            return
+        self.out.flush()  # (what was written as text goes first)
+        tag = prefix.encode("utf-8", self.out.errors or "strict")
+        data = (prefix + block).encode("utf-8", self.out.errors or "strict").replace(b"\n", b"\n" + tag)
+        buffer.write(memoryview(data)[: len(data) - len(tag)])  # (no prefix after the last line)
+        if getattr(self.out, "line_buffering", False):  # (a terminal: as the text layer would)
+            buffer.flush()
 
     def describe(self, ev: Event) -> str | None:
         if isinstance(ev, RunStarted):
