@@ -59,7 +59,9 @@ def test_a_workspace_costs_one_git_process_to_make_and_none_for_its_worktree_rec
 
     named, made, gone, ok = anyio.run(main)
     assert ok and named == []
-    assert len(made) == 1 and made[0].startswith("checkout -q -f"), made
+    checkouts = [c for c in made if not c.startswith("config --path --show-scope --get-all core.hooksPath")]
+    assert len(checkouts) == 1 and checkouts[0].startswith("checkout -q -f") and len(made) == 2, made  # (the
+    # backend's first workspace asks where the user's hooks are beside its checkout: see below)
     assert gone == [f"update-ref -d refs/heads/corral/20260101-000000-abcd/task-1"], gone
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "branch", "--list", "corral/*") == "" and list(root.iterdir()) == []
@@ -108,8 +110,41 @@ def test_a_large_checkout_is_one_git_process_too(tmp_path: Path, counted_git: Pa
         return made
 
     made = anyio.run(main)
-    assert [c.split()[:3] for c in made] == [["checkout", "-q", "-f"]], made
+    assert [c.split()[:3] for c in made if not c.startswith("config")] == [["checkout", "-q", "-f"]], made
     assert list(root.iterdir()) == []
+
+
+def test_the_user_hooks_path_is_asked_beside_the_first_checkout(tmp_path: Path, counted_git: Path) -> None:
+    """The guard's question (where the user's hooks are) is asked while the first workspace's files
+    are checked out, not after: here the checkout's smudge filter waits (up to 20 s) for it to have
+    been asked, and says whether it was. The next workspace does not ask it again."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "*.txt filter=wait\n", "a.txt": "a\n"})
+    said = tmp_path / "filter-saw"
+    git(repo, "config", "filter.wait.clean", "cat")
+    git(repo, "config", "filter.wait.smudge",
+        f"sh -c 'i=0; until grep -q \"get-all core.hooksPath\" {counted_git} || [ $i -ge 400 ]; do sleep 0.05; "
+        f"i=$((i+1)); done; grep -q \"get-all core.hooksPath\" {counted_git} && echo asked >> {said}; cat'")
+    git(repo, "config", "core.hooksPath", "my-hooks")
+    root = tmp_path / "wt"
+    root.mkdir()
+    counted_git.write_text("")
+
+    async def main() -> tuple[str | None, list[str]]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        one = await backend.create_workspace("20260101-000000-abcd", "one", base, str(root))
+        two = await backend.create_workspace("20260101-000000-abcd", "two", base, str(root))
+        asked = [c for c in _calls(counted_git) if c.startswith("config")]
+        for ws in (one, two):
+            await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return backend.user_hooks, asked
+
+    hooks, asked = anyio.run(main)
+    assert said.read_text().split() == ["asked", "asked"]  # (the second checkout finds it asked already)
+    assert hooks == "my-hooks" and len(asked) == 1, asked
 
 
 def test_workspaces_are_made_at_once_and_one_that_fails_loses_nothing(tmp_path: Path) -> None:

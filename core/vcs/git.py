@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import anyio
 import anyio.to_thread
@@ -114,14 +114,17 @@ class GitBackend(Backend):
         self.git_dir = git_dir
         self._ident: dict[str, str] | None = None
         self._limiter = anyio.CapacityLimiter(8)
-        #: where git looks for the user's own hooks (see guard.py), once asked
+        #: where git looks for the user's own hooks (see guard.py), once asked (:meth:`hooks_path`)
         self.user_hooks: str | None = None
+        self._hooks_asked = anyio.Lock()
         self._stash_at_start: list[tuple[str, str]] = []
         self._stash_taken: list[tuple[str, str]] = []
         #: why the last landing on each base was refused, for :meth:`land_hint`
         self._refusals: dict[str, str] = {}
         #: the files changed from one commit to another (``git diff A...B``), as snapshots found them
         self._changed: dict[tuple[str, str], list[str]] = {}
+        #: where a branch is checked out, as :meth:`check_base` found it (None: nowhere), for :meth:`notes`
+        self._checkout_seen: dict[str, Path | None] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -202,6 +205,14 @@ class GitBackend(Backend):
         return self.common_dir / "corral"
 
     async def current_base(self) -> str:
+        """The branch the user's checkout is on, read from its ``HEAD`` file as ``git symbolic-ref -q
+        HEAD`` reads it (no git process on the way to the run's start); git is asked when the file
+        says anything but a plain branch name (a reftable repository's placeholder, a detached HEAD)."""
+        text = _read(self.git_dir / "HEAD")
+        ref = text[4:].strip() if text.startswith("ref:") else ""
+        name = ref.removeprefix("refs/heads/")
+        if ref.startswith("refs/heads/") and _PLAIN_REF.match(name) and _plain_ref_ok(name):
+            return name
         # the full name: --short gives 'heads/main' when a tag 'main' exists too
         res = await self.git("symbolic-ref", "-q", "HEAD", check=False)
         if not res.ok or not res.out.strip().startswith("refs/heads/"):
@@ -210,9 +221,12 @@ class GitBackend(Backend):
 
     async def resolve(self, rev: str) -> str:
         """The commit of ``rev``; a branch of that name wins over a tag of the same name (git's own
-        order picks the tag), as landing moves the branch."""
+        order picks the tag), as landing moves the branch. A branch's is one ``for-each-ref``."""
         _check_rev(rev)
-        full = f"refs/heads/{rev}" if await self.is_branch(rev) else rev
+        branch = (await self._branch_tips(rev)).get(rev)
+        if branch is not None and branch.commit:
+            return branch.commit
+        full = f"refs/heads/{rev}" if branch is not None else rev
         res = await self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False)
         if not res.ok or not res.out.strip():
             names = await self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/", "refs/tags/",
@@ -233,29 +247,32 @@ class GitBackend(Backend):
         return problems
 
     async def check_base(self, base: str) -> tuple[str, list[str]]:
-        """One ``for-each-ref`` answers what :meth:`resolve` and :meth:`preflight` ask three git
-        processes: whether branch ``base`` exists and its commit, and whether a branch ``corral``
-        does. A base that is no branch (a tag, ``main~1``, a commit id), or a branch that does not
-        point at a commit, is resolved as :meth:`resolve` does."""
+        """One ``for-each-ref`` answers what :meth:`resolve` and :meth:`preflight` ask two git
+        processes, and :meth:`notes` a third: whether branch ``base`` exists, its commit and where it
+        is checked out, and whether a branch ``corral`` does. A base that is no branch (a tag,
+        ``main~1``, a commit id), or a branch that does not point at a commit, is resolved as
+        :meth:`resolve` does."""
         _check_rev(base)
         branches = await self._branch_tips(base, "corral")
-        commit = branches.get(base, "")
+        tip = branches.get(base)
+        commit = tip.commit if tip is not None else ""
         if not commit:
             commit = await self.resolve(base)
+        # where base is checked out, for :meth:`notes` (asked next, of the same base): known now
+        self._checkout_seen[base] = Path(tip.where) if tip is not None and tip.where else None
         return commit, self._preflight_problems("corral" in branches)
 
-    async def _branch_tips(self, *names: str) -> dict[str, str]:
-        """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with the
-        commit it points at ("" when it points at something else, a tag say)."""
-        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)",
-                             *[f"refs/heads/{n}" for n in names], check=False)
+    async def _branch_tips(self, *names: str, check: bool = False) -> dict[str, "_Tip"]:
+        """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with what it
+        points at and where it is checked out, from one ``for-each-ref``."""
+        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)",
+                             *[f"refs/heads/{n}" for n in names], check=check)
         wanted = {f"refs/heads/{n}": n for n in names}
-        out: dict[str, str] = {}
+        out: dict[str, _Tip] = {}
         for line in res.out.splitlines():
-            ref, _, rest = line.partition("\0")
-            kind, _, oid = rest.partition("\0")
+            ref, kind, oid, where = (line.split("\0") + ["", "", ""])[:4]
             if ref in wanted:
-                out[wanted[ref]] = oid if kind == "commit" else ""
+                out[wanted[ref]] = _Tip(oid, kind, where)
         return out
 
     async def notes(self, base_commit: str, base: str = "") -> list[str]:
@@ -284,7 +301,7 @@ class GitBackend(Backend):
     async def _dirty_base(self, base: str) -> str:
         """Said at preflight: landing refuses to move ``base`` when its checkout has uncommitted changes
         to files the landing changes (see :meth:`land`), better known before the agents run than after."""
-        where = await self._checkout_of(base)
+        where = self._checkout_seen.pop(base) if base in self._checkout_seen else await self._checkout_of(base)
         if where is None:
             return ""
         res = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
@@ -400,11 +417,30 @@ class GitBackend(Backend):
         admin = await anyio.to_thread.run_sync(self._write_admin, ws, rec)
         ws.admin = str(admin)
         big = _index_entries(self.git_dir) > SPLIT_CHECKOUT_FILES
-        async with self.checkouts if big else contextlib.nullcontext():
-            res = await self.git("checkout", "-q", "-f", "--no-recurse-submodules", "--no-track", "-b", ws.ref,
-                                 ws.base_commit, cwd=ws.path, check=False)
+        async with anyio.create_task_group() as tg:
+            if self.user_hooks is None:  # the guard's question for the first agent, asked meanwhile
+                tg.start_soon(self.hooks_path, ws)
+            async with self.checkouts if big else contextlib.nullcontext():
+                res = await self.git("checkout", "-q", "-f", "--no-recurse-submodules", "--no-track", "-b", ws.ref,
+                                     ws.base_commit, cwd=ws.path, check=False)
         if not res.ok:
             raise VcsError(f"git worktree add {ws.path}: {_short_err(res)}")
+
+    async def hooks_path(self, ws: Workspace) -> str:
+        """Where git would look for the repository's own hooks (see guard.py), asked once in the
+        workspace ``ws``: ``core.hooksPath`` as configured (a relative one stays relative: git resolves
+        it in the checkout where the hook runs), else the common dir's ``hooks``. The engine's own
+        ``-c core.hooksPath=/dev/null`` comes last: skipped. The first workspace asks it beside its
+        checkout (its admin dir is complete by then: git reads the same config files there)."""
+        async with self._hooks_asked:
+            if self.user_hooks is None:
+                res = await self.git("config", "--path", "--show-scope", "--get-all", "core.hooksPath", cwd=ws.path,
+                                     check=False)
+                values = [line.partition("\t")[2] for line in res.out.splitlines() if "\t" in line]
+                if values and values[-1] == "/dev/null" and res.out.splitlines()[-1].startswith("command\t"):
+                    values.pop()
+                self.user_hooks = values[-1] if values and values[-1] else str(self.common_dir / "hooks")
+            return self.user_hooks
 
     def _write_admin(self, ws: Workspace, rec: Record) -> Path:
         """The admin dir of the new worktree ``ws`` as ``git worktree add --lock`` writes it, detached at
@@ -1416,6 +1452,20 @@ def _uninitialised_with_files(path: Path) -> bool:
     except OSError:
         return False
     return bool(names) and ".git" not in names
+
+
+class _Tip(NamedTuple):
+    """A branch as ``for-each-ref`` shows it: the object it points at, that object's type, and the
+    checkout it is checked out in ("": none)."""
+
+    oid: str
+    kind: str
+    where: str
+
+    @property
+    def commit(self) -> str:
+        """The commit it points at ("" when it points at something else, a tag say)."""
+        return self.oid if self.kind == "commit" else ""
 
 
 _HEX40 = re.compile(r"\A[0-9a-f]{40}\Z")
