@@ -113,6 +113,7 @@ class GitBackend(Backend):
         self.common_dir = common_dir
         self.git_dir = git_dir
         self._ident: dict[str, str] | None = None
+        self._ident_asked = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(8)
         #: where git looks for the user's own hooks (see guard.py), once asked (:meth:`hooks_path`)
         self.user_hooks: str | None = None
@@ -187,16 +188,18 @@ class GitBackend(Backend):
         return res
 
     async def ident_env(self) -> dict[str, str] | None:
-        """Author/committer for engine commits when the user configured none."""
-        if self._ident is None:
-            name = await self.git("config", "user.name", check=False)
-            email = await self.git("config", "user.email", check=False)
-            env: dict[str, str] = {}
-            if not name.out.strip():
-                env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "corral"
-            if not email.out.strip():
-                env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "corral@localhost"
-            self._ident = env
+        """Author/committer for engine commits when the user configured none: asked once (tasks that
+        end together wait for the one answer), both names in one git process."""
+        async with self._ident_asked:
+            if self._ident is None:
+                res = await self.git("config", "--get-regexp", r"^user\.(name|email)$", check=False)
+                values = dict(line.partition(" ")[::2] for line in res.out.splitlines())  # the last one wins
+                env: dict[str, str] = {}
+                if not values.get("user.name", "").strip():
+                    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "corral"
+                if not values.get("user.email", "").strip():
+                    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "corral@localhost"
+                self._ident = env
         return self._ident or None
 
     # ---------------------------------------------------------------------------------- queries
@@ -326,6 +329,11 @@ class GitBackend(Backend):
     async def ref_exists(self, ref: str) -> bool:
         res = await self.git("rev-parse", "--verify", "-q", f"refs/heads/{ref}", check=False)
         return res.ok
+
+    async def existing_refs(self, refs: list[str]) -> set[str]:
+        """Which of the branches ``refs`` exist: one ``for-each-ref`` for all of them (at the end of a
+        run, one per task's branch was a git process per task)."""
+        return set(await self._branch_tips(*refs, check=True)) if refs else set()
 
     async def is_branch(self, name: str) -> bool:
         """Whether ``refs/heads/<name>`` exists, exactly (not ``main~1``, which rev-parse would take)."""
@@ -676,7 +684,11 @@ class GitBackend(Backend):
 
     async def _heads(self, ws: Workspace) -> tuple[str, str]:
         """The commits of the workspace's HEAD (:meth:`_worktree_head`) and of its branch (empty:
-        none): in one git process while both are there, as they are at the end of most tasks."""
+        none): read from git's files when they are plain (:meth:`_plain_heads`), as they are at the
+        end of most tasks; else in one git process while both are there."""
+        plain = self._plain_heads(ws)
+        if plain is not None:
+            return plain
         if self._is_live(ws):
             both = await self.git("rev-parse", "HEAD^{commit}", f"refs/heads/{ws.ref}^{{commit}}", "--",
                                   cwd=ws.path, check=False)
@@ -685,6 +697,21 @@ class GitBackend(Backend):
                 return found[0], found[1]
         tip = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
         return await self._worktree_head(ws), tip.out.strip() if tip.ok else ""
+
+    def _plain_heads(self, ws: Workspace) -> tuple[str, str] | None:
+        """HEAD's and the branch's commits as git's own files hold them, when they are plain: the
+        branch a loose ref (which wins over a packed one), HEAD attached to it or detached at a
+        commit id, as git itself reads them. None when git must be asked (a packed branch, HEAD on
+        another branch, another ref format)."""
+        if not ws.admin:
+            return None
+        tip = _read(self.common_dir / "refs" / "heads" / ws.ref)
+        head = _read(Path(ws.admin) / "HEAD")
+        if not _HEX40.match(tip):
+            return None
+        if head == f"ref: refs/heads/{ws.ref}":
+            return tip, tip
+        return (head, tip) if _HEX40.match(head) else None
 
     def _reflog_commits(self, ws: Workspace) -> list[str]:
         """Every commit the workspace's HEAD and the task's branch pointed at: from their reflogs, and
@@ -1039,11 +1066,13 @@ class GitBackend(Backend):
         is under an operation of the user's (rebase, merge, ...), or its checkout has uncommitted
         changes to files the landing changes, or untracked or ignored files it would replace (the
         other uncommitted changes stay as they are: a fast-forward leaves them)."""
-        if not await self.is_branch(base):
-            return self._refuse(base, "not a branch", f"base {base!r} is not a branch, so there is nothing to move",
-                                old, new)
         async with self.mutating():
-            current = (await self.git("rev-parse", f"refs/heads/{base}")).out.strip()
+            # whether base is a branch, and where it is now: one for-each-ref, under the lock
+            tip = (await self._branch_tips(base, check=True)).get(base)
+            if tip is None:
+                return self._refuse(base, "not a branch",
+                                    f"base {base!r} is not a branch, so there is nothing to move", old, new)
+            current = tip.oid
             if current != old:
                 message, gained = await self._moved(base, old, current)
                 return self._refuse(base, "moved", message, old, new, "moved" if gained else "rewritten")
@@ -1273,25 +1302,35 @@ class GitBackend(Backend):
                 if snap.uncommitted:
                     raise VcsError(f"{ws.path} is left in place: it holds changes corral cannot commit "
                                    f"({', '.join(snap.uncommitted[:5])})")
-            # the files first, outside the lock and in parallel with other removals (the work is on
-            # the branch by now); then git's record of the worktree, under the lock
-            if ws.path.is_dir():
-                await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
-            # (its admin dir, lock included, is all git keeps of it: removed as `worktree prune` would,
-            # without a git process, and without pruning anyone else's)
-            async with self.mutating():
-                await self._drop_admin_of(ws.path, ws.admin)
-                if not keep_ref:
-                    await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", check=False)
-            left = []
-            if ws.path.exists():
-                left.append(f"its directory {ws.path}")
-            if self._admin_dir_of(ws.path, ws.admin) is not None:
-                left.append("git's record of it")
-            if left:
-                raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
-            if ws.key:
-                self.registry.drop(ws.key)
+            await self._take_down(ws, keep_ref)
+
+    async def remove_settled(self, ws: Workspace) -> None:
+        """:meth:`remove_workspace` with its branch kept, without the snapshot: the caller's own has
+        just committed all of it, and nothing has run in it since."""
+        with anyio.CancelScope(shield=True):
+            await self._take_down(ws, keep_ref=True)
+
+    async def _take_down(self, ws: Workspace, keep_ref: bool) -> None:
+        """The removal of a workspace whose work is on its branch (or to be dropped with it)."""
+        # the files first, outside the lock and in parallel with other removals (the work is on
+        # the branch by now); then git's record of the worktree, under the lock
+        if ws.path.is_dir():
+            await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
+        # (its admin dir, lock included, is all git keeps of it: removed as `worktree prune` would,
+        # without a git process, and without pruning anyone else's)
+        async with self.mutating():
+            await self._drop_admin_of(ws.path, ws.admin)
+            if not keep_ref:
+                await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", check=False)
+        left = []
+        if ws.path.exists():
+            left.append(f"its directory {ws.path}")
+        if self._admin_dir_of(ws.path, ws.admin) is not None:
+            left.append("git's record of it")
+        if left:
+            raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
+        if ws.key:
+            self.registry.drop(ws.key)
 
     async def delete_ref(self, ref: str) -> None:
         async with self.mutating():
