@@ -412,11 +412,12 @@ def test_the_workspace_of_a_path_is_found_as_spelled_or_resolved(tmp_path: Path)
     assert workspace_of(tmp_path, wss) is None
 
 
-def test_a_finished_tasks_snapshot_costs_five_git_processes_and_its_forecast_none_more(
+def test_a_finished_tasks_snapshot_costs_four_git_processes_and_its_forecast_none_more(
         tmp_path: Path, counted_git: Path) -> None:
-    """At a task's end: one status (which names files in conflict too), add, commit, the rev-list
-    gathering its commits, one diff for its files and line counts (HEAD and the branch read from
-    git's files); the forecast then knows the task's files without asking git again."""
+    """At a task's end: one status (which names files in conflict too), add, commit, one diff for
+    its files and line counts (HEAD and the branch read from git's files; HEAD on the branch, which
+    holds one line of commits: no rev-list to gather them); the forecast then knows the task's files
+    without asking git again. A task that changed nothing costs the status alone."""
     from corral.core.vcs.git import GitBackend
 
     repo = make_repo(tmp_path / "repo")
@@ -436,13 +437,19 @@ def test_a_finished_tasks_snapshot_costs_five_git_processes_and_its_forecast_non
         counted_git.write_text("")
         forecast = await backend.forecast("main", {"t1": snap.commit}, {"t1": base})
         asked = [c for c in _calls(counted_git) if c.startswith("diff")]
-        await backend.remove_workspace(ws, keep_ref=False)
+        idle = await backend.create_workspace("20260101-000000-abcd", "t2", base, str(root))
+        counted_git.write_text("")
+        nothing = await backend.snapshot(idle, "corral: t2")
+        assert nothing.commit == base and nothing.files == []
+        made += ["--"] + _calls(counted_git)
+        for w in (ws, idle):
+            await backend.remove_workspace(w, keep_ref=False)
         await backend.close()
         return made, snap.files, asked, (snap.added, snap.removed), forecast
 
     made, files, asked, counts, forecast = anyio.run(main)
     assert files == ["new.txt", "src/app.py"] and counts == (3, 1)
-    assert [c.split()[0] for c in made] == ["status", "add", "commit", "rev-list", "diff"], made
+    assert [c.split()[0] for c in made] == ["status", "add", "commit", "diff", "--", "status"], made
     assert asked == [] and forecast.files["t1"]  # type: ignore[attr-defined] == ["new.txt", "src/app.py"]
 
 

@@ -746,6 +746,11 @@ class GitBackend(Backend):
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
             return head or tip or base
+        if tip and head == tip and set(cands) <= {tip, base} and not ws.extra_refs:
+            # one line, the branch's, which HEAD is on (a task's end, most often): whether other refs
+            # hold its commits or not, the branch stays where it is and nothing else is kept; no need
+            # to ask git which commits are the task's own
+            return tip
         # the commits only this task's refs (or none) hold, with their parents
         res = await self.git("rev-list", "--parents", "--ignore-missing", *cands, "--not", base,
                              f"--exclude={ws.ref}", f"--exclude={ws.ref}+*", "--branches", "--tags", "--remotes",
@@ -811,6 +816,9 @@ class GitBackend(Backend):
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
+        if head == ws.base_commit:  # nothing changed, known without a diff
+            self._changed[(ws.base_commit, head)] = []
+            return Snapshot(commit=head, files=[], extra_refs=list(ws.extra_refs))
         stat = await self.git("diff", "--numstat", "--no-renames", "-z", f"{ws.base_commit}...{head}")
         files: list[str] = []
         added = removed = 0
