@@ -195,18 +195,6 @@ def _pattern(path: Path | str) -> str:
     return "".join("\\" + c if c in "*?[\\" else c for c in str(path))
 
 
-async def _user_hooks(backend: "GitBackend", ws: Workspace) -> str:
-    """Where git would look for the repository's own hooks: ``core.hooksPath`` as configured (a
-    relative one stays relative: git resolves it in the checkout where the hook runs), else the
-    common dir's ``hooks``. The engine's own ``-c core.hooksPath=/dev/null`` comes last: skipped."""
-    res = await backend.git("config", "--path", "--show-scope", "--get-all", "core.hooksPath", cwd=ws.path,
-                            check=False)
-    values = [line.partition("\t")[2] for line in res.out.splitlines() if "\t" in line]
-    if values and values[-1] == "/dev/null" and res.out.splitlines()[-1].startswith("command\t"):
-        values.pop()
-    return values[-1] if values and values[-1] else str(backend.common_dir / "hooks")
-
-
 #: held while an agent's guard files are written (see _write_guard)
 _WRITING = threading.Lock()
 
@@ -249,9 +237,7 @@ async def agent_git_env(backend: Backend, run_dir: Path, cwd: str, workspaces: I
         admin = ws.admin or (await git.git("rev-parse", "--absolute-git-dir", cwd=ws.path, check=False)).out.strip()
         if admin:
             # the user's hooks path is the same for every agent of a run: asked once
-            if git.user_hooks is None:
-                git.user_hooks = await _user_hooks(git, ws)
-            user_hooks = git.user_hooks
+            user_hooks = await git.hooks_path(ws)
             common = git.common_dir.resolve()
             others, own = run_dir / "guard" / "others", run_dir / "guard" / f"ws-{ws.task}"
             real = shutil.which("git", path=env.get("PATH", os.defpath))

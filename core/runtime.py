@@ -320,6 +320,30 @@ class Workspaces:
             finally:
                 self._say_notices()
 
+    async def put_away(self, ws: Workspace, message: str, recorded: Callable[[Snapshot], bool]) -> Snapshot:
+        """:meth:`snapshot` of ``ws`` (a task's, whose agent just exited), handed to ``recorded`` (which
+        records it and says whether the workspace may go), then :meth:`remove` with its branch kept:
+        in one hold of its lock, its files looked at once. Nothing runs in it between the two (its
+        agent and every process it started are gone, and the lock keeps out corral's own), so the
+        removal need not commit it again. A removal that fails leaves it in place, said in a warning."""
+        rt = self._rt
+        with anyio.CancelScope(shield=True):
+            async with self._lock(ws):
+                try:
+                    snap = await rt.backend.snapshot(ws, message)
+                    if not recorded(snap):
+                        return snap
+                    try:
+                        await rt.backend.remove_settled(ws)
+                    except VcsError as exc:
+                        rt.bus.log("warning", f"workspace of {ws.task} kept: {exc}", task=ws.task)
+                        return snap
+                finally:
+                    self._say_notices()
+        self.live.pop(ws.task, None)
+        rt.journal.update_task(ws.task, workspace_removed=True, branch_kept=True)
+        return snap
+
     async def remove(self, ws: Workspace | str, keep_branch: bool = True) -> None:
         found = self.live.get(ws) if isinstance(ws, str) else ws
         if found is None:
@@ -545,12 +569,21 @@ class Workspaces:
             base_tip = ""
         untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
         drop: list[Workspace] = []
+        gone = [ws for ws in self.created.values() if ws.task not in self.live]
+        try:  # which of their refs exist, asked at once
+            exist: set[str] | None = await backend.existing_refs([r for ws in gone for r in (ws.ref, *ws.extra_refs)])
+        except VcsError as exc:
+            rt.bus.log("error", f"could not check the branches of this run: {exc}")
+            exist = None
         for ws in self.created.values():
             if ws.task in self.live:  # kept (--keep-worktrees), or left in place: checked out there
                 kept += [ws.ref, *ws.extra_refs]
                 continue
+            if exist is None:
+                kept.append(ws.ref)
+                continue
             try:
-                if await backend.ref_exists(ws.ref):
+                if ws.ref in exist:
                     # landed as it is now (a rebase or squash landed copies of it), or holding nothing
                     # that is not elsewhere: its work is safe without it
                     landed = ws.head and self.landed.get(ws.task) == ws.head
@@ -558,7 +591,7 @@ class Workspaces:
                         kept.append(ws.ref)
                     else:
                         drop.append(ws)
-                kept += [r for r in ws.extra_refs if await backend.ref_exists(r)]
+                kept += [r for r in ws.extra_refs if r in exist]
             except VcsError as exc:
                 rt.bus.log("error", f"could not check branch {ws.ref}: {exc}")
                 kept.append(ws.ref)
@@ -677,6 +710,13 @@ class Runtime:
         before = info.snapshot
         with anyio.CancelScope(shield=True):
             snap = await self.workspaces.snapshot(ws, message)
+        self._recorded(info, before, snap, message)
+        return snap
+
+    def _recorded(self, info: TaskInfo, before: Snapshot | None, snap: Snapshot, message: str) -> None:
+        """What :meth:`record_work` does with the snapshot ``snap`` of ``info``'s work (``before``: the
+        one recorded before it)."""
+        name = info.name
         info.snapshot = snap
         self.journal.update_task(name, files=snap.files, commit=snap.commit, added=snap.added, removed=snap.removed,
                                  extra_refs=snap.extra_refs, uncommitted=snap.uncommitted,
@@ -690,7 +730,6 @@ class Runtime:
                                        removed=snap.removed, extra_refs=snap.extra_refs,
                                        uncommitted=snap.uncommitted,
                                        note=message.split("\n")[0].removeprefix("corral: ")))
-        return snap
 
     async def record_all_work(self, message: str) -> None:
         """:meth:`record_work` for every task whose workspace is still there (errors are logged);
@@ -941,7 +980,7 @@ class Runtime:
         problem = ""
         if info.workspace is not None:
             try:
-                snap = await self.record_work(name, message)
+                snap = await self._settle_work(info, message)
             except VcsError as exc:
                 self.bus.log("error", f"could not commit the work of {name}: {exc}", task=name)
                 problem = f"commit failed: {exc}"
@@ -955,8 +994,6 @@ class Runtime:
         total = info.result or result  # every turn of the task's conversation
         if total is not result:
             total.status, total.reason, total.files = result.status, result.reason, result.files
-        if not problem and snap is not None and not snap.uncommitted:
-            await self._put_away(info)
         self.bus.emit(TaskFinished(task=name, status=result.status, exit_code=result.exit_code,
                                    duration=total.duration, cost=total.usage.cost,
                                    tokens=total.usage.tokens or None, files=snap.files if snap else [],
@@ -964,17 +1001,27 @@ class Runtime:
                                    commit=snap.commit if snap else "", text=result.text, reason=result.reason))
         self.set_status(name, result.status, result.reason)
 
-    async def _put_away(self, info: TaskInfo) -> None:
-        """Remove a task's workspace once its agent's work is all on its branch (:attr:`put_away`);
-        one that cannot be removed stays (it is said, and the end of the run tries again)."""
+    async def _settle_work(self, info: TaskInfo, message: str) -> Snapshot | None:
+        """:meth:`record_work` of a task whose agent just exited; with :attr:`put_away`, its workspace
+        removed in the same step once its work is all on its branch (one that cannot be removed stays:
+        it is said, and the end of the run tries again)."""
         ws = info.workspace
-        if not self.put_away or ws is None or ws.role != "task" or ws.task != info.name \
-                or ws.task not in self.workspaces.live or info.name in self._procs or info.queued:
-            return  # (a message queued for it: its next turn is about to start there)
-        try:
-            await self.workspaces.remove(ws, keep_branch=True)
-        except VcsError as exc:
-            self.bus.log("warning", f"workspace of {info.name} kept: {exc}", task=info.name)
+        if ws is None or not self._may_put_away(info):
+            return await self.record_work(info.name, message)
+        before = info.snapshot
+
+        def recorded(snap: Snapshot) -> bool:
+            self._recorded(info, before, snap, message)
+            return not work_problem(snap) and self._may_put_away(info)
+
+        return await self.workspaces.put_away(ws, message, recorded)
+
+    def _may_put_away(self, info: TaskInfo) -> bool:
+        """Whether a task's workspace may go once its work is all on its branch (:attr:`put_away`)."""
+        ws = info.workspace
+        return (self.put_away and ws is not None and ws.role == "task" and ws.task == info.name
+                and ws.task in self.workspaces.live and info.name not in self._procs
+                and not info.queued)  # (a message queued for it: its next turn is about to start there)
 
     def judge_edits(self, result: AgentResult, snap: Snapshot | None) -> None:
         """An agent that says it succeeded but whose every edit failed, and that changed nothing, did

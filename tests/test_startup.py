@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import git, make_repo
+from conftest import corral, git, make_repo
 from test_workspaces_git import _calls, counted_git  # noqa: F401  (a fixture)
 
 
@@ -24,10 +24,10 @@ def _one_task_plan(**fields: object):
     return Plan(tasks=[TaskSpec(name="one", prompt="echo hi", agent="shell")], **fields)  # type: ignore[arg-type]
 
 
-def test_preflight_asks_git_seven_questions_and_creates_nothing(tmp_path: Path, counted_git: Path) -> None:
-    """Whether the base is a branch, its commit and whether a branch ``corral`` exists are one
-    ``for-each-ref``; where the base is checked out another: no ``show-ref`` or ``rev-parse`` per
-    question, no ``worktree list``."""
+def test_preflight_asks_git_five_questions_and_creates_nothing(tmp_path: Path, counted_git: Path) -> None:
+    """Whether the base is a branch, its commit, where it is checked out and whether a branch
+    ``corral`` exists are one ``for-each-ref``: no ``show-ref`` or ``rev-parse`` per question, no
+    ``worktree list``; the branch checked out is read from ``HEAD`` (no ``symbolic-ref``)."""
     from corral.core.pipeline import prepare
 
     repo = make_repo(tmp_path / "repo")
@@ -42,7 +42,7 @@ def test_preflight_asks_git_seven_questions_and_creates_nothing(tmp_path: Path, 
     counted_git.write_text("")
     anyio.run(main)
     asked = collections.Counter(line.split()[0] for line in _calls(counted_git))
-    assert asked == {"rev-parse": 1, "symbolic-ref": 1, "for-each-ref": 2, "log": 1, "status": 1, "ls-tree": 1}
+    assert asked == {"rev-parse": 1, "for-each-ref": 1, "log": 1, "status": 1, "ls-tree": 1}
     assert git(repo, "for-each-ref") == before
     assert not (repo / ".git" / "corral" / "runs").exists()
 
@@ -74,6 +74,44 @@ def test_preflight_still_refuses_what_it_refused(tmp_path: Path) -> None:
         anyio.run(commit_of, "main")
 
 
+def test_the_base_is_the_branch_checked_out_as_git_says(tmp_path: Path) -> None:
+    """Without a base, the branch the checkout is on (read from HEAD): a name git would quote goes
+    by ``git symbolic-ref``, and a detached HEAD is still refused, naming what to give."""
+    from corral.core.pipeline import prepare
+    from corral.core.vcs.base import UsageError
+
+    repo = make_repo(tmp_path / "repo")
+
+    async def base_of() -> tuple[str, str]:
+        prep = await prepare(_one_task_plan(sandbox="none"), repo)
+        await prep.backend.close()
+        return prep.base_name, prep.base_commit
+
+    assert anyio.run(base_of) == ("main", git(repo, "rev-parse", "main"))
+    git(repo, "checkout", "-q", "-b", "feature/ü+x")
+    assert anyio.run(base_of) == ("feature/ü+x", git(repo, "rev-parse", "main"))
+    git(repo, "checkout", "-q", "--detach")
+    with pytest.raises(UsageError, match="HEAD is detached; give a base"):
+        anyio.run(base_of)
+
+
+def test_a_one_task_run_starts_seven_git_processes_before_its_agent(tmp_path: Path, counted_git: Path) -> None:
+    """From ``corral run`` to its agent: preflight's five questions (the checkout's branch read from
+    HEAD; the base's commit, where it is checked out and a branch ``corral`` in one ``for-each-ref``),
+    the workspace's one ``checkout`` and the question of the user's hooks path (asked beside it)."""
+    repo = make_repo(tmp_path / "repo")
+    (tmp_path / "wt").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
+                    f'[[tasks]]\nname = "one"\nprompt = "echo AGENT >> {counted_git}"\n')
+    counted_git.write_text("")
+    res = corral("run", str(plan), "--headless", "--approve", "none", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = _calls(counted_git)
+    before = [c.split()[0] for c in calls[:calls.index("AGENT")]]
+    assert sorted(before) == sorted(["rev-parse", "for-each-ref", "log", "ls-tree", "status", "checkout", "config"])
+
+
 @pytest.fixture
 def bwrap_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``bwrap`` on PATH is the real one, each start logged (a line) to the returned file; the
@@ -100,19 +138,19 @@ def wrap_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, path:
 
 def test_the_sandbox_probe_runs_beside_the_git_preflight(tmp_path: Path, bwrap_seen: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The probe starts while preflight's git processes run, not after them: here ``git
-    symbolic-ref`` waits (up to 20 s) for bwrap to have started, and says whether it had."""
+    """The probe starts while preflight's git processes run, not after them: here its ``git
+    for-each-ref`` waits (up to 20 s) for bwrap to have started, and says whether it had."""
     from corral.core.pipeline import prepare
 
     real = shutil.which("git")
     repo = make_repo(tmp_path / "repo")
     bindir = tmp_path / "git-bin"
     bindir.mkdir()
-    said = tmp_path / "symbolic-ref-saw"
+    said = tmp_path / "preflight-saw"
     wrapper = bindir / "git"
     wrapper.write_text(
         "#!/bin/sh\n"
-        'case "$*" in *symbolic-ref*)\n'
+        'case "$*" in *for-each-ref*refs/heads/corral)\n'
         f"  i=0; while [ ! -s {bwrap_seen} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n"
         f"  if [ -s {bwrap_seen} ]; then echo bwrap >> {said}; else echo nothing >> {said}; fi;;\n"
         "esac\n"
@@ -206,8 +244,8 @@ main(sys.argv[2:])
 """
 
 
-def symbolic_ref_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tuple[Path, Path, Path]:
-    """A repository, a ``git`` wrapper (in the returned bin dir) whose ``symbolic-ref`` (preflight's)
+def preflight_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tuple[Path, Path, Path]:
+    """A repository, a ``git`` wrapper (in the returned bin dir) whose preflight ``for-each-ref``
     waits up to 20 s for the shell condition ``cond``, then writes ``seen`` to ``said`` if it held
     ("nothing" if not), and a one-task plan whose agent prints ``first-line``."""
     real = shutil.which("git")
@@ -218,7 +256,7 @@ def symbolic_ref_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tupl
     wrapper.write_text(
         "#!/bin/sh\n"
         f"held() {{ {cond}; }}\n"
-        'case "$*" in *symbolic-ref*)\n'
+        'case "$*" in *for-each-ref*refs/heads/corral)\n'
         "  i=0; until held || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n"
         f"  if held; then echo {seen} >> {said}; else echo nothing >> {said}; fi;;\n"
         "esac\n"
@@ -234,11 +272,11 @@ def symbolic_ref_waits(tmp_path: Path, cond: str, seen: str, said: Path) -> tupl
 def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: Path) -> None:
     """``corral run --headless`` imports the runtime (and what else the run needs after preflight,
     ctypes too) in a thread of its own while preflight's git processes run, not before the first of
-    them nor at the first agent's start: here
-    ``git symbolic-ref`` waits (up to 20 s) for the runtime's import to have begun, and says whether
-    it had. The run is the same: its agent's line, exit 0."""
-    noted, said = tmp_path / "runtime-imported-by", tmp_path / "symbolic-ref-saw"
-    repo, bindir, plan = symbolic_ref_waits(tmp_path, f"[ -s {noted} ]", "runtime", said)
+    them nor at the first agent's start: here preflight's ``git for-each-ref`` waits (up to 20 s) for
+    the runtime's import to have begun, and says whether it had. The run is the same: its agent's
+    line, exit 0."""
+    noted, said = tmp_path / "runtime-imported-by", tmp_path / "preflight-saw"
+    repo, bindir, plan = preflight_waits(tmp_path, f"[ -s {noted} ]", "runtime", said)
     driver = tmp_path / "driver.py"
     driver.write_text(_NOTING_IMPORTS)
     res = subprocess.run([sys.executable, str(driver), str(noted), "run", str(plan), "--headless", "--approve", "none"],
@@ -253,10 +291,10 @@ def test_a_headless_run_imports_the_engine_while_preflights_git_runs(tmp_path: P
 def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
     """A run starts its process's watchdog in preflight, beside its git processes, also when no
     sandbox is probed: not at its first agent's start (where the two Python starts would share the
-    cores): here ``git symbolic-ref`` waits (up to 20 s) for a watchdog child of corral to exist,
-    and says whether one did."""
-    said = tmp_path / "symbolic-ref-saw"
-    repo, bindir, plan = symbolic_ref_waits(tmp_path, "pgrep -P $PPID -f watchdog.py > /dev/null", "watchdog", said)
+    cores): here preflight's ``git for-each-ref`` waits (up to 20 s) for a watchdog child of corral
+    to exist, and says whether one did."""
+    said = tmp_path / "preflight-saw"
+    repo, bindir, plan = preflight_waits(tmp_path, "pgrep -P $PPID -f watchdog.py > /dev/null", "watchdog", said)
     env = {k: v for k, v in os.environ.items() if k != "CORRAL_NO_WATCHDOG"}
     res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", "--approve", "none"],
                          cwd=repo, env={**env, "PATH": f"{bindir}:{os.environ['PATH']}"},

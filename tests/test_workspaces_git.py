@@ -59,7 +59,9 @@ def test_a_workspace_costs_one_git_process_to_make_and_none_for_its_worktree_rec
 
     named, made, gone, ok = anyio.run(main)
     assert ok and named == []
-    assert len(made) == 1 and made[0].startswith("checkout -q -f"), made
+    checkouts = [c for c in made if not c.startswith("config --path --show-scope --get-all core.hooksPath")]
+    assert len(checkouts) == 1 and checkouts[0].startswith("checkout -q -f") and len(made) == 2, made  # (the
+    # backend's first workspace asks where the user's hooks are beside its checkout: see below)
     assert gone == [f"update-ref -d refs/heads/corral/20260101-000000-abcd/task-1"], gone
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "branch", "--list", "corral/*") == "" and list(root.iterdir()) == []
@@ -108,8 +110,41 @@ def test_a_large_checkout_is_one_git_process_too(tmp_path: Path, counted_git: Pa
         return made
 
     made = anyio.run(main)
-    assert [c.split()[:3] for c in made] == [["checkout", "-q", "-f"]], made
+    assert [c.split()[:3] for c in made if not c.startswith("config")] == [["checkout", "-q", "-f"]], made
     assert list(root.iterdir()) == []
+
+
+def test_the_user_hooks_path_is_asked_beside_the_first_checkout(tmp_path: Path, counted_git: Path) -> None:
+    """The guard's question (where the user's hooks are) is asked while the first workspace's files
+    are checked out, not after: here the checkout's smudge filter waits (up to 20 s) for it to have
+    been asked, and says whether it was. The next workspace does not ask it again."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "*.txt filter=wait\n", "a.txt": "a\n"})
+    said = tmp_path / "filter-saw"
+    git(repo, "config", "filter.wait.clean", "cat")
+    git(repo, "config", "filter.wait.smudge",
+        f"sh -c 'i=0; until grep -q \"get-all core.hooksPath\" {counted_git} || [ $i -ge 400 ]; do sleep 0.05; "
+        f"i=$((i+1)); done; grep -q \"get-all core.hooksPath\" {counted_git} && echo asked >> {said}; cat'")
+    git(repo, "config", "core.hooksPath", "my-hooks")
+    root = tmp_path / "wt"
+    root.mkdir()
+    counted_git.write_text("")
+
+    async def main() -> tuple[str | None, list[str]]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        one = await backend.create_workspace("20260101-000000-abcd", "one", base, str(root))
+        two = await backend.create_workspace("20260101-000000-abcd", "two", base, str(root))
+        asked = [c for c in _calls(counted_git) if c.startswith("config")]
+        for ws in (one, two):
+            await backend.remove_workspace(ws, keep_ref=False)
+        await backend.close()
+        return backend.user_hooks, asked
+
+    hooks, asked = anyio.run(main)
+    assert said.read_text().split() == ["asked", "asked"]  # (the second checkout finds it asked already)
+    assert hooks == "my-hooks" and len(asked) == 1, asked
 
 
 def test_workspaces_are_made_at_once_and_one_that_fails_loses_nothing(tmp_path: Path) -> None:
@@ -210,7 +245,8 @@ def test_a_made_workspace_is_a_locked_worktree_on_its_branch_with_its_files(tmp_
 
 def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path, counted_git: Path) -> None:
     """Three tasks merged and landed: their branches and the integration branch go in one
-    ``update-ref --stdin``, not one git process each; no ``worktree remove`` is run for them."""
+    ``update-ref --stdin``, not one git process each, after one ``for-each-ref`` has said which of
+    them exist; no ``worktree remove`` is run for them."""
     from test_engine_git import run_plan
 
     repo = make_repo(tmp_path / "repo")
@@ -225,6 +261,34 @@ def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path
     assert sorted(git(repo, "ls-files", "f*.txt").split()) == ["f0.txt", "f1.txt", "f2.txt"]
     assert [c for c in calls if c.startswith("update-ref --stdin")] == ["update-ref --stdin"]
     assert [c for c in calls if c.startswith(("update-ref -d", "worktree remove", "worktree unlock"))] == []
+    # which of them exist: one for-each-ref, not a rev-parse per branch; a branch resolved: one
+    # for-each-ref, not show-ref and rev-parse
+    asked = [c for c in calls if c.startswith(("rev-parse --verify", "show-ref", "for-each-ref"))]
+    per_branch = [c for c in asked if "/t0" in c]
+    assert len(per_branch) == 1 and per_branch[0].startswith("for-each-ref") and "/t1" in per_branch[0], asked
+    assert not [c for c in asked if c.startswith("show-ref")], asked
+    # the identity for corral's commits, when none is configured: one question for the tasks that
+    # end together, not two each
+    assert len([c for c in calls if c.startswith("config") and "user" in c]) == 1, calls
+
+
+def test_a_task_put_away_at_its_end_looks_at_its_files_once(tmp_path: Path, counted_git: Path) -> None:
+    """A task whose agent exits: its work committed and its workspace removed (max_parallel bounds
+    them) in one step, one ``git status`` of its files, not one to commit and another to remove it.
+    Its work is on its branch, its workspace gone."""
+    from test_engine_git import run_plan
+
+    repo = make_repo(tmp_path / "repo")
+    wt_root = tmp_path / "wt"
+    wt_root.mkdir()
+    counted_git.write_text("")
+    res = run_plan(repo, tmp_path, wt_root, [("one", "echo 1 > one.txt")], "--approve", "none")
+    assert res.returncode == 0 and "rejected" in res.stdout, res.stdout[-2000:] + res.stderr
+    calls = _calls(counted_git)
+    assert len([c for c in calls if c.startswith("status --porcelain -z -uall")]) == 1, calls
+    branch = git(repo, "branch", "--list", "corral/*", "--format=%(refname:short)")
+    assert git(repo, "show", f"{branch}:one.txt") == "1" and list(wt_root.iterdir()) == []
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
 
 
 def _branches(repo: Path, base: str, changes: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -348,11 +412,12 @@ def test_the_workspace_of_a_path_is_found_as_spelled_or_resolved(tmp_path: Path)
     assert workspace_of(tmp_path, wss) is None
 
 
-def test_a_finished_tasks_snapshot_costs_six_git_processes_and_its_forecast_none_more(
+def test_a_finished_tasks_snapshot_costs_four_git_processes_and_its_forecast_none_more(
         tmp_path: Path, counted_git: Path) -> None:
-    """At a task's end: one status (which names files in conflict too), add, commit, one rev-parse
-    for HEAD and the branch, the rev-list gathering its commits, one diff for its files and line
-    counts; the forecast then knows the task's files without asking git again."""
+    """At a task's end: one status (which names files in conflict too), add, commit, one diff for
+    its files and line counts (HEAD and the branch read from git's files; HEAD on the branch, which
+    holds one line of commits: no rev-list to gather them); the forecast then knows the task's files
+    without asking git again. A task that changed nothing costs the status alone."""
     from corral.core.vcs.git import GitBackend
 
     repo = make_repo(tmp_path / "repo")
@@ -372,14 +437,60 @@ def test_a_finished_tasks_snapshot_costs_six_git_processes_and_its_forecast_none
         counted_git.write_text("")
         forecast = await backend.forecast("main", {"t1": snap.commit}, {"t1": base})
         asked = [c for c in _calls(counted_git) if c.startswith("diff")]
-        await backend.remove_workspace(ws, keep_ref=False)
+        idle = await backend.create_workspace("20260101-000000-abcd", "t2", base, str(root))
+        counted_git.write_text("")
+        nothing = await backend.snapshot(idle, "corral: t2")
+        assert nothing.commit == base and nothing.files == []
+        made += ["--"] + _calls(counted_git)
+        for w in (ws, idle):
+            await backend.remove_workspace(w, keep_ref=False)
         await backend.close()
         return made, snap.files, asked, (snap.added, snap.removed), forecast
 
     made, files, asked, counts, forecast = anyio.run(main)
     assert files == ["new.txt", "src/app.py"] and counts == (3, 1)
-    assert [c.split()[0] for c in made] == ["status", "add", "commit", "rev-parse", "rev-list", "diff"], made
+    assert [c.split()[0] for c in made] == ["status", "add", "commit", "diff", "--", "status"], made
     assert asked == [] and forecast.files["t1"]  # type: ignore[attr-defined] == ["new.txt", "src/app.py"]
+
+
+@pytest.mark.parametrize("how", ["packed", "detached", "other branch"])
+def test_a_snapshot_finds_heads_git_keeps_otherwise(tmp_path: Path, how: str) -> None:
+    """HEAD and the branch where reading git's files does not answer (the branch packed, HEAD
+    detached or on another branch): the snapshot still gathers the agent's commits onto the task's
+    branch (git is asked), its uncommitted work committed too."""
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "other")
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def main() -> tuple[str, str, list[str]]:
+        backend = await GitBackend.open(repo)
+        base = await backend.resolve("main")
+        ws = await backend.create_workspace("20260101-000000-abcd", "t1", base, str(root))
+        if how == "other branch":
+            git(ws.path, "checkout", "-q", "other")
+        (ws.path / "a.txt").write_text("a\n")
+        git(ws.path, "add", "-A")
+        git(ws.path, "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-q", "-m", "agent's")
+        made = git(ws.path, "rev-parse", "HEAD")
+        if how == "detached":
+            git(ws.path, "checkout", "-q", "--detach")
+        if how == "packed":
+            git(ws.path, "pack-refs", "--all")
+            assert not (repo / ".git" / "refs" / "heads" / ws.ref).exists()
+        (ws.path / "b.txt").write_text("b\n")
+        snap = await backend.snapshot(ws, "corral: t1")
+        tip = git(repo, "rev-parse", f"refs/heads/{ws.ref}")
+        await backend.remove_workspace(ws, keep_ref=True)
+        await backend.close()
+        return made, tip, snap.files
+
+    made, tip, files = anyio.run(main)
+    assert files == ["a.txt", "b.txt"] and git(repo, "rev-parse", f"{tip}~1") == made
+    # corral's own commit moved no branch but the task's (the agent's moved "other")
+    assert git(repo, "rev-parse", "other") == (made if how == "other branch" else git(repo, "rev-parse", "main"))
 
 
 def test_corrals_commits_start_no_maintenance_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -496,6 +496,12 @@ class Backend(abc.ABC):
     async def remove_workspace(self, ws: Workspace, keep_ref: bool) -> None:
         """Remove the workspace (directory and VCS metadata); delete its ref unless ``keep_ref``."""
 
+    async def remove_settled(self, ws: Workspace) -> None:
+        """:meth:`remove_workspace` with its ref kept, of a task's workspace whose work the caller's
+        :meth:`snapshot` has just committed whole (nothing uncommitted, no conflict), nothing having
+        run in it since: a backend whose removal would only snapshot it again need not."""
+        await self.remove_workspace(ws, keep_ref=True)
+
     @abc.abstractmethod
     async def delete_ref(self, ref: str) -> None:
         ...
@@ -545,6 +551,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ref_exists(self, ref: str) -> bool:
         ...
+
+    async def existing_refs(self, refs: list[str]) -> set[str]:
+        """Which of ``refs`` exist (:meth:`ref_exists` of each)."""
+        return {ref for ref in refs if await self.ref_exists(ref)}
 
     @abc.abstractmethod
     async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import anyio
 import anyio.to_thread
@@ -117,9 +117,11 @@ class GitBackend(Backend):
         self.common_dir = common_dir
         self.git_dir = git_dir
         self._ident: dict[str, str] | None = None
+        self._ident_asked = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(8)
-        #: where git looks for the user's own hooks (see guard.py), once asked
+        #: where git looks for the user's own hooks (see guard.py), once asked (:meth:`hooks_path`)
         self.user_hooks: str | None = None
+        self._hooks_asked = anyio.Lock()
         self._stash_at_start: list[tuple[str, str]] = []
         self._stash_taken: list[tuple[str, str]] = []
         #: why the last landing on each base was refused, for :meth:`land_hint`
@@ -127,6 +129,8 @@ class GitBackend(Backend):
         #: the files changed from one commit to another (``git diff A...B``), as snapshots found them
         self._changed: dict[tuple[str, str], list[str]] = {}
         self._notices: list[str] = []
+        #: where a branch is checked out, as :meth:`check_base` found it (None: nowhere), for :meth:`notes`
+        self._checkout_seen: dict[str, Path | None] = {}
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
@@ -189,16 +193,18 @@ class GitBackend(Backend):
         return res
 
     async def ident_env(self) -> dict[str, str] | None:
-        """Author/committer for engine commits when the user configured none."""
-        if self._ident is None:
-            name = await self.git("config", "user.name", check=False)
-            email = await self.git("config", "user.email", check=False)
-            env: dict[str, str] = {}
-            if not name.out.strip():
-                env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "corral"
-            if not email.out.strip():
-                env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "corral@localhost"
-            self._ident = env
+        """Author/committer for engine commits when the user configured none: asked once (tasks that
+        end together wait for the one answer), both names in one git process."""
+        async with self._ident_asked:
+            if self._ident is None:
+                res = await self.git("config", "--get-regexp", r"^user\.(name|email)$", check=False)
+                values = dict(line.partition(" ")[::2] for line in res.out.splitlines())  # the last one wins
+                env: dict[str, str] = {}
+                if not values.get("user.name", "").strip():
+                    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "corral"
+                if not values.get("user.email", "").strip():
+                    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "corral@localhost"
+                self._ident = env
         return self._ident or None
 
     # ---------------------------------------------------------------------------------- queries
@@ -207,6 +213,14 @@ class GitBackend(Backend):
         return self.common_dir / "corral"
 
     async def current_base(self) -> str:
+        """The branch the user's checkout is on, read from its ``HEAD`` file as ``git symbolic-ref -q
+        HEAD`` reads it (no git process on the way to the run's start); git is asked when the file
+        says anything but a plain branch name (a reftable repository's placeholder, a detached HEAD)."""
+        text = _read(self.git_dir / "HEAD")
+        ref = text[4:].strip() if text.startswith("ref:") else ""
+        name = ref.removeprefix("refs/heads/")
+        if ref.startswith("refs/heads/") and _PLAIN_REF.match(name) and _plain_ref_ok(name):
+            return name
         # the full name: --short gives 'heads/main' when a tag 'main' exists too
         res = await self.git("symbolic-ref", "-q", "HEAD", check=False)
         if not res.ok or not res.out.strip().startswith("refs/heads/"):
@@ -215,9 +229,12 @@ class GitBackend(Backend):
 
     async def resolve(self, rev: str) -> str:
         """The commit of ``rev``; a branch of that name wins over a tag of the same name (git's own
-        order picks the tag), as landing moves the branch."""
+        order picks the tag), as landing moves the branch. A branch's is one ``for-each-ref``."""
         _check_rev(rev)
-        full = f"refs/heads/{rev}" if await self.is_branch(rev) else rev
+        branch = (await self._branch_tips(rev)).get(rev)
+        if branch is not None and branch.commit:
+            return branch.commit
+        full = f"refs/heads/{rev}" if branch is not None else rev
         res = await self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False)
         if not res.ok or not res.out.strip():
             names = await self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/", "refs/tags/",
@@ -238,29 +255,32 @@ class GitBackend(Backend):
         return problems
 
     async def check_base(self, base: str) -> tuple[str, list[str]]:
-        """One ``for-each-ref`` answers what :meth:`resolve` and :meth:`preflight` ask three git
-        processes: whether branch ``base`` exists and its commit, and whether a branch ``corral``
-        does. A base that is no branch (a tag, ``main~1``, a commit id), or a branch that does not
-        point at a commit, is resolved as :meth:`resolve` does."""
+        """One ``for-each-ref`` answers what :meth:`resolve` and :meth:`preflight` ask two git
+        processes, and :meth:`notes` a third: whether branch ``base`` exists, its commit and where it
+        is checked out, and whether a branch ``corral`` does. A base that is no branch (a tag,
+        ``main~1``, a commit id), or a branch that does not point at a commit, is resolved as
+        :meth:`resolve` does."""
         _check_rev(base)
         branches = await self._branch_tips(base, "corral")
-        commit = branches.get(base, "")
+        tip = branches.get(base)
+        commit = tip.commit if tip is not None else ""
         if not commit:
             commit = await self.resolve(base)
+        # where base is checked out, for :meth:`notes` (asked next, of the same base): known now
+        self._checkout_seen[base] = Path(tip.where) if tip is not None and tip.where else None
         return commit, self._preflight_problems("corral" in branches)
 
-    async def _branch_tips(self, *names: str) -> dict[str, str]:
-        """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with the
-        commit it points at ("" when it points at something else, a tag say)."""
-        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)",
-                             *[f"refs/heads/{n}" for n in names], check=False)
+    async def _branch_tips(self, *names: str, check: bool = False) -> dict[str, "_Tip"]:
+        """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with what it
+        points at and where it is checked out, from one ``for-each-ref``."""
+        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)",
+                             *[f"refs/heads/{n}" for n in names], check=check)
         wanted = {f"refs/heads/{n}": n for n in names}
-        out: dict[str, str] = {}
+        out: dict[str, _Tip] = {}
         for line in res.out.splitlines():
-            ref, _, rest = line.partition("\0")
-            kind, _, oid = rest.partition("\0")
+            ref, kind, oid, where = (line.split("\0") + ["", "", ""])[:4]
             if ref in wanted:
-                out[wanted[ref]] = oid if kind == "commit" else ""
+                out[wanted[ref]] = _Tip(oid, kind, where)
         return out
 
     async def notes(self, base_commit: str, base: str = "") -> list[str]:
@@ -289,7 +309,7 @@ class GitBackend(Backend):
     async def _dirty_base(self, base: str) -> str:
         """Said at preflight: landing refuses to move ``base`` when its checkout has uncommitted changes
         to files the landing changes (see :meth:`land`), better known before the agents run than after."""
-        where = await self._checkout_of(base)
+        where = self._checkout_seen.pop(base) if base in self._checkout_seen else await self._checkout_of(base)
         if where is None:
             return ""
         res = await self.git("status", "--porcelain", "-z", "--untracked-files=no", "--no-renames", cwd=where,
@@ -314,6 +334,11 @@ class GitBackend(Backend):
     async def ref_exists(self, ref: str) -> bool:
         res = await self.git("rev-parse", "--verify", "-q", f"refs/heads/{ref}", check=False)
         return res.ok
+
+    async def existing_refs(self, refs: list[str]) -> set[str]:
+        """Which of the branches ``refs`` exist: one ``for-each-ref`` for all of them (at the end of a
+        run, one per task's branch was a git process per task)."""
+        return set(await self._branch_tips(*refs, check=True)) if refs else set()
 
     async def is_branch(self, name: str) -> bool:
         """Whether ``refs/heads/<name>`` exists, exactly (not ``main~1``, which rev-parse would take)."""
@@ -405,11 +430,30 @@ class GitBackend(Backend):
         admin = await anyio.to_thread.run_sync(self._write_admin, ws, rec)
         ws.admin = str(admin)
         big = _index_entries(self.git_dir) > SPLIT_CHECKOUT_FILES
-        async with self.checkouts if big else contextlib.nullcontext():
-            res = await self.git("checkout", "-q", "-f", "--no-recurse-submodules", "--no-track", "-b", ws.ref,
-                                 ws.base_commit, cwd=ws.path, check=False)
+        async with anyio.create_task_group() as tg:
+            if self.user_hooks is None:  # the guard's question for the first agent, asked meanwhile
+                tg.start_soon(self.hooks_path, ws)
+            async with self.checkouts if big else contextlib.nullcontext():
+                res = await self.git("checkout", "-q", "-f", "--no-recurse-submodules", "--no-track", "-b", ws.ref,
+                                     ws.base_commit, cwd=ws.path, check=False)
         if not res.ok:
             raise VcsError(f"git worktree add {ws.path}: {_short_err(res)}")
+
+    async def hooks_path(self, ws: Workspace) -> str:
+        """Where git would look for the repository's own hooks (see guard.py), asked once in the
+        workspace ``ws``: ``core.hooksPath`` as configured (a relative one stays relative: git resolves
+        it in the checkout where the hook runs), else the common dir's ``hooks``. The engine's own
+        ``-c core.hooksPath=/dev/null`` comes last: skipped. The first workspace asks it beside its
+        checkout (its admin dir is complete by then: git reads the same config files there)."""
+        async with self._hooks_asked:
+            if self.user_hooks is None:
+                res = await self.git("config", "--path", "--show-scope", "--get-all", "core.hooksPath", cwd=ws.path,
+                                     check=False)
+                values = [line.partition("\t")[2] for line in res.out.splitlines() if "\t" in line]
+                if values and values[-1] == "/dev/null" and res.out.splitlines()[-1].startswith("command\t"):
+                    values.pop()
+                self.user_hooks = values[-1] if values and values[-1] else str(self.common_dir / "hooks")
+            return self.user_hooks
 
     def _write_admin(self, ws: Workspace, rec: Record) -> Path:
         """The admin dir of the new worktree ``ws`` as ``git worktree add --lock`` writes it, detached at
@@ -716,7 +760,11 @@ class GitBackend(Backend):
 
     async def _heads(self, ws: Workspace) -> tuple[str, str]:
         """The commits of the workspace's HEAD (:meth:`_worktree_head`) and of its branch (empty:
-        none): in one git process while both are there, as they are at the end of most tasks."""
+        none): read from git's files when they are plain (:meth:`_plain_heads`), as they are at the
+        end of most tasks; else in one git process while both are there."""
+        plain = self._plain_heads(ws)
+        if plain is not None:
+            return plain
         if self._is_live(ws):
             both = await self.git("rev-parse", "HEAD^{commit}", f"refs/heads/{ws.ref}^{{commit}}", "--",
                                   cwd=ws.path, check=False)
@@ -725,6 +773,21 @@ class GitBackend(Backend):
                 return found[0], found[1]
         tip = await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)
         return await self._worktree_head(ws), tip.out.strip() if tip.ok else ""
+
+    def _plain_heads(self, ws: Workspace) -> tuple[str, str] | None:
+        """HEAD's and the branch's commits as git's own files hold them, when they are plain: the
+        branch a loose ref (which wins over a packed one), HEAD attached to it or detached at a
+        commit id, as git itself reads them. None when git must be asked (a packed branch, HEAD on
+        another branch, another ref format)."""
+        if not ws.admin:
+            return None
+        tip = _read(self.common_dir / "refs" / "heads" / ws.ref)
+        head = _read(Path(ws.admin) / "HEAD")
+        if not _HEX40.match(tip):
+            return None
+        if head == f"ref: refs/heads/{ws.ref}":
+            return tip, tip
+        return (head, tip) if _HEX40.match(head) else None
 
     def _reflog_commits(self, ws: Workspace) -> list[str]:
         """Every commit the workspace's HEAD and the task's branch pointed at: from their reflogs, and
@@ -759,6 +822,11 @@ class GitBackend(Backend):
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
             return head or tip or base
+        if tip and head == tip and set(cands) <= {tip, base} and not ws.extra_refs:
+            # one line, the branch's, which HEAD is on (a task's end, most often): whether other refs
+            # hold its commits or not, the branch stays where it is and nothing else is kept; no need
+            # to ask git which commits are the task's own
+            return tip
         # the commits only this task's refs (or none) hold, with their parents
         res = await self.git("rev-list", "--parents", "--ignore-missing", *cands, "--not", base,
                              f"--exclude={ws.ref}", f"--exclude={ws.ref}+*", "--branches", "--tags", "--remotes",
@@ -824,6 +892,9 @@ class GitBackend(Backend):
 
     async def describe(self, ws: Workspace) -> Snapshot:
         head = ws.head or ws.base_commit
+        if head == ws.base_commit:  # nothing changed, known without a diff
+            self._changed[(ws.base_commit, head)] = []
+            return Snapshot(commit=head, files=[], extra_refs=list(ws.extra_refs))
         stat = await self.git("diff", "--numstat", "--no-renames", "-z", f"{ws.base_commit}...{head}")
         files: list[str] = []
         added = removed = 0
@@ -1079,11 +1150,13 @@ class GitBackend(Backend):
         is under an operation of the user's (rebase, merge, ...), or its checkout has uncommitted
         changes to files the landing changes, or untracked or ignored files it would replace (the
         other uncommitted changes stay as they are: a fast-forward leaves them)."""
-        if not await self.is_branch(base):
-            return self._refuse(base, "not a branch", f"base {base!r} is not a branch, so there is nothing to move",
-                                old, new)
         async with self.mutating():
-            current = (await self.git("rev-parse", f"refs/heads/{base}")).out.strip()
+            # whether base is a branch, and where it is now: one for-each-ref, under the lock
+            tip = (await self._branch_tips(base, check=True)).get(base)
+            if tip is None:
+                return self._refuse(base, "not a branch",
+                                    f"base {base!r} is not a branch, so there is nothing to move", old, new)
+            current = tip.oid
             if current != old:
                 message, gained = await self._moved(base, old, current)
                 return self._refuse(base, "moved", message, old, new, "moved" if gained else "rewritten")
@@ -1315,27 +1388,38 @@ class GitBackend(Backend):
                     raise VcsError(f"{ws.path} is left in place: it holds changes corral cannot commit "
                                    f"({', '.join(snap.uncommitted[:5])})")
                 files = snap.files
-            if ws.role == "task":
-                await self._keep_nested_histories(ws, files)
-            # the files first, outside the lock and in parallel with other removals (the work is on
-            # the branch by now); then git's record of the worktree, under the lock
-            if ws.path.is_dir():
-                await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
-            # (its admin dir, lock included, is all git keeps of it: removed as `worktree prune` would,
-            # without a git process, and without pruning anyone else's)
-            async with self.mutating():
-                await self._drop_admin_of(ws.path, ws.admin)
-                if not keep_ref:
-                    await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", check=False)
-            left = []
-            if ws.path.exists():
-                left.append(f"its directory {ws.path}")
-            if self._admin_dir_of(ws.path, ws.admin) is not None:
-                left.append("git's record of it")
-            if left:
-                raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
-            if ws.key:
-                self.registry.drop(ws.key)
+            await self._take_down(ws, keep_ref, files)
+
+    async def remove_settled(self, ws: Workspace) -> None:
+        """:meth:`remove_workspace` with its branch kept, without the snapshot: the caller's own has
+        just committed all of it, and nothing has run in it since."""
+        with anyio.CancelScope(shield=True):
+            await self._take_down(ws, keep_ref=True, files=ws.memo[1].files if ws.memo else [])
+
+    async def _take_down(self, ws: Workspace, keep_ref: bool, files: Sequence[str]) -> None:
+        """The removal of a workspace whose work is on its branch (or to be dropped with it); the
+        history of a repository an agent made in it, above the task's ``files``, kept."""
+        if ws.role == "task":
+            await self._keep_nested_histories(ws, files)
+        # the files first, outside the lock and in parallel with other removals (the work is on
+        # the branch by now); then git's record of the worktree, under the lock
+        if ws.path.is_dir():
+            await anyio.to_thread.run_sync(shutil.rmtree, ws.path, True)
+        # (its admin dir, lock included, is all git keeps of it: removed as `worktree prune` would,
+        # without a git process, and without pruning anyone else's)
+        async with self.mutating():
+            await self._drop_admin_of(ws.path, ws.admin)
+            if not keep_ref:
+                await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", check=False)
+        left = []
+        if ws.path.exists():
+            left.append(f"its directory {ws.path}")
+        if self._admin_dir_of(ws.path, ws.admin) is not None:
+            left.append("git's record of it")
+        if left:
+            raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
+        if ws.key:
+            self.registry.drop(ws.key)
 
     async def _keep_nested_histories(self, ws: Workspace, files: Sequence[str]) -> None:
         """Move the ``.git`` of each repository an agent made in ``ws`` (found above the task's
@@ -1537,6 +1621,20 @@ def _uninitialised_with_files(path: Path) -> bool:
     except OSError:
         return False
     return bool(names) and ".git" not in names
+
+
+class _Tip(NamedTuple):
+    """A branch as ``for-each-ref`` shows it: the object it points at, that object's type, and the
+    checkout it is checked out in ("": none)."""
+
+    oid: str
+    kind: str
+    where: str
+
+    @property
+    def commit(self) -> str:
+        """The commit it points at ("" when it points at something else, a tag say)."""
+        return self.oid if self.kind == "commit" else ""
 
 
 _HEX40 = re.compile(r"\A[0-9a-f]{40}\Z")
