@@ -619,3 +619,37 @@ def test_a_key_bound_on_the_screen_acts_at_the_focused_pane() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_the_run_headers_time_and_count_growing_longer_lay_nothing_out() -> None:
+    """The header's counts, time and cost had the width of their text: "9s" becoming "10s", "9/10
+    done" becoming "10/10 done" laid the whole screen out (100-180 ms at 64 panes under a flood, a
+    key pressed then waited for it). Their width is fixed; the new text is repainted in it."""
+    names = [f"t{i:02d}" for i in range(10)]
+    now = [0.0]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            now[0] = app.model.started + 5
+            screen = app.run_screen
+            stats = screen.query_one("#run-stats")
+            await until(pilot, lambda: len(screen.panes) == len(names) and all(p.ready for p in screen.panes.values())
+                        and "0/10 done" in str(stats.render()), what="the panes and the header")
+            for name in names[:9]:
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            await until(pilot, lambda: "9/10 done" in str(stats.render()), what="9 done")
+            await pilot.pause(0.2)
+            layouts = count_layouts(screen)
+            bus.emit(TaskStatus(run=RUN, task=names[9], status="succeeded"))
+            await until(pilot, lambda: "10/10 done" in str(stats.render()), what="10 done")
+            now[0] = app.model.started + 65
+            await until(pilot, lambda: "1m04s" in str(stats.render()), what="a minute")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            assert stats.region.width >= len("10/10 done") and stats.region.right <= SIZE[0], "the text fits"
+            app.exit()
+
+    anyio.run(main)

@@ -271,6 +271,11 @@ def fit_path(path: str, width: int) -> str:
     return "…" + path[-(width - 1):]
 
 
+#: The width of the run header's counts, time and cost ("64/64 done", "1m05s · $1.23"): fixed, so a
+#: longer text does not lay the screen out; a text that does not fit widens it (a few times at most).
+STATS_WIDTH = 14
+
+
 class RunHeader(Horizontal):
     """Run id, base and phase; the repository; a progress bar (tasks finished / total; hidden when
     narrow: the count says it too), elapsed time and cost. Lines are cut, never wrapped: a wrapped
@@ -282,8 +287,8 @@ class RunHeader(Horizontal):
     RunHeader #run-progress { width: 24; padding: 0 1; }
     RunHeader #run-progress Bar { width: 20; }
     RunHeader.-narrow #run-progress { display: none; }
-    RunHeader #run-stats { width: auto; min-width: 8; text-align: right; }
-    """
+    RunHeader #run-stats { width: %d; text-align: right; }
+    """ % STATS_WIDTH
 
     #: Below this width the progress bar goes.
     NARROW = 110
@@ -298,6 +303,7 @@ class RunHeader(Horizontal):
         self._bar = self.query_one(ProgressBar)
         self._stats = self.query_one("#run-stats", Static)
         self._last: list = [None, None, None]
+        self._stats_width = STATS_WIDTH
         self.ready = True
 
     def on_resize(self) -> None:
@@ -330,10 +336,14 @@ class RunHeader(Horizontal):
         stats = (f"{model.done_count}/{model.total} done\n{fmt_elapsed(model.elapsed(now), model.ended is None)} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
         if stats != self._last[2]:
-            # its width follows the text: a longer time or cost lays out the header (a few times a run)
-            layout = len(stats) != len(self._last[2] or "")
+            # a repaint: its width is fixed (a width that followed the text laid the whole screen
+            # out when the count reached 10 or the time a minute, 100-180 ms at 64 panes)
             self._last[2] = stats
-            self._stats.update(stats, layout=layout)
+            width = max(cell_len(line) for line in stats.split("\n"))
+            if width > self._stats_width:
+                self._stats_width = width + 2  # room for the next digit
+                self._stats.styles.width = self._stats_width
+            self._stats.update(stats, layout=False)
 
 
 class FitFooter(Footer):
