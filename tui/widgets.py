@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual import events
@@ -84,14 +86,23 @@ class PaneHead(Widget):
         self.status = "pending"
         self.meta = ""
         self.activity = ""
+        #: its two lines as last rendered, and the width they were rendered at
+        self._strips: tuple[int, list[Strip]] | None = None
+        #: the styles of its parts (``_part_styles``), until it is restyled
+        self._parts: tuple[Style, Style, Style, Style, Style] | None = None
 
     def set(self, status: str, meta: str, activity: str) -> None:
         if (status, meta, activity) != (self.status, self.meta, self.activity):
             restyle = status != self.status and self.is_attached
             self.status, self.meta, self.activity = status, meta, activity
+            self._strips = None
             if restyle:
                 self.update_node_styles(animate=False)  # the new status's colours (now: it renders next)
             self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = self._parts = None  # new colours: a new status, a new theme
 
     def _get_component_classes(self) -> frozenset[str]:  # type: ignore[override]
         """The components it shows now: its lines' and its status's. Textual computes the styles of
@@ -116,20 +127,52 @@ class PaneHead(Widget):
         padding = Style(bgcolor=background.rich_color)
         return padding + Style(color=(background + color).rich_color, bold=True), padding
 
-    def render(self) -> Text:
-        badge, padding = self._badge_styles()
+    def render_line(self, y: int) -> Strip:
+        """Its lines made from their few segments (Textual's line API): a head changes every second
+        while its agent runs, and a text rendered the usual way went through Textual's text layout,
+        ten times the cost of the segments (one frame repaints the heads of every pane on screen)."""
+        width = self.size.width
+        if self._strips is None or self._strips[0] != width:
+            self._strips = (width, self._render_strips(width))
+        lines = self._strips[1]
+        return lines[y] if 0 <= y < len(lines) else Strip.blank(width, self._part_styles()[0])
+
+    def _part_styles(self) -> tuple[Style, Style, Style, Style, Style]:
+        """Its own style, the badge's word and padding, the meta line's and the activity's, kept
+        until it is restyled: Textual computes them again after every repaint (walking up to the
+        screen for the background), and a head repaints every second."""
+        if self._parts is None:
+            base = self.rich_style
+            badge, padding = self._badge_styles()
+            self._parts = (base, base + badge, base + padding,
+                           base + self.get_component_rich_style("pane-head--meta"),
+                           base + self.get_component_rich_style("pane-head--activity"))
+        return self._parts
+
+    def _render_strips(self, width: int) -> list[Strip]:
+        """The badge (the status's word on its colours), elapsed time, cost and files; then the
+        activity. Each cut to ``width`` with an ellipsis, never wrapped."""
+        base, badge, padding, meta, activity = self._part_styles()
         inner = WIDE_BADGES.get(self.status, BADGE_WIDTH) - 2  # a cell of padding each side
         word = self.word[:inner]
         left = (inner - len(word)) // 2
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(" " * (left + 1), padding)
-        text.append(word, badge)
-        text.append(" " * (inner - len(word) - left + 1), padding)
-        text.append(" ")
-        text.append(self.meta, self.get_component_rich_style("pane-head--meta"))
-        text.append("\n")
-        text.append(self.activity, self.get_component_rich_style("pane-head--activity"))
-        return text
+        head = [Segment(" " * (left + 1), padding), Segment(word, badge),
+                Segment(" " * (inner - len(word) - left + 1), padding), Segment(" ", base),
+                Segment(self.meta, meta)]
+        return [_fit(head, width, base), _fit([Segment(self.activity, activity)], width, base)]
+
+
+def _fit(segments: list[Segment], width: int, style: Style) -> Strip:
+    """``segments`` as one line of ``width`` cells: cut with an ellipsis (in the style of the cell
+    it replaces) when longer, padded in ``style`` when shorter."""
+    strip = Strip(segments)
+    if strip.cell_length > width:
+        if width < 1:
+            return Strip([])
+        cut = list(strip.crop(0, width - 1))
+        last = cut[-1].style if cut else style
+        strip = Strip([*cut, Segment("…", last)])
+    return strip.extend_cell_length(width, style)
 
 
 class QuietLog(Log):
