@@ -469,9 +469,13 @@ def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_pain
         styled: list[str] = []
         real_apply = app.stylesheet.apply
 
+        logs: list[Any] = []
+
         def apply(node: Any, *args: Any, **kwargs: Any) -> None:
             if type(node).__name__ == "TaskPane":
                 styled.append(node.task_name)
+            if type(node).__name__ == "PaneLog":
+                logs.append(node)
             real_apply(node, *args, **kwargs)
 
         app.stylesheet.apply = apply  # type: ignore[method-assign]
@@ -483,6 +487,8 @@ def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_pain
             first = [n for n in styled]
             # focus styles the focused pane (its :focus border) once more
             assert sorted(first) == sorted(names + ["t00"]), f"styled {len(first)} times: {sorted(first)}"
+            # a pane's log once as well (and its scrollbar with the pane's :focus), not again for its scrollbar
+            assert len(logs) == 16 + 1 and len(set(logs)) == 16, f"the logs styled {len(logs)} times"
             app.exit()
 
     anyio.run(main)

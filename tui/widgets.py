@@ -282,8 +282,9 @@ class TaskPane(Vertical, can_focus=True):
         self.log_widget = self.query_one(PaneLog)
         # its scrollbar styled now, in the layout the mount makes: Textual styles a scrollbar only
         # when its widget is restyled, and the first focus of the pane did, its scrollbar's new
-        # size laying out the whole screen
-        self.log_widget.update_node_styles(animate=False)
+        # size laying out the whole screen. The scrollbar alone: the log was styled at its mount
+        # (restyling it again cost as much as styling it, 64 times before the first paint)
+        self.app.stylesheet.apply(self.log_widget.vertical_scrollbar)
         if self._initial_lines:
             self.log_widget.write_lines(self._initial_lines)
             self._initial_lines = []
