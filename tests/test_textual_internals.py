@@ -63,10 +63,15 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     assert "self._check_bindings(event.key)" in inspect.getsource(App._on_key)
     # RunScreen (tui/run_screen.py) lays itself out only when a screen pushed over it resized it
     assert params(Screen._screen_resized) == ["self", "size"]
+    # ZoomScreen (tui/run_screen.py) is restyled at a push only when App._css_update_count moved
+    # (App._invalidate_css: a new theme), through the ScreenResume's refresh_styles that
+    # Screen._on_screen_resume reads after the screen's own handler
+    assert "self._css_update_count += 1" in inspect.getsource(App._invalidate_css)
+    assert "event.refresh_styles" in inspect.getsource(Screen._on_screen_resume)
     # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's
     # writer thread and that thread's queue; and it reaches the loop through App._loop
     app = App()
-    assert app._driver is None and app._loop is None
+    assert app._driver is None and app._loop is None and app._css_update_count == 0
 
     async def driver() -> LinuxDriver:
         return LinuxDriver(app)

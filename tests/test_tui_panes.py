@@ -3,6 +3,7 @@ reaching a client that was busy, and a footer rebuilt only when its keys change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -468,9 +469,13 @@ def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_pain
         styled: list[str] = []
         real_apply = app.stylesheet.apply
 
+        logs: list[Any] = []
+
         def apply(node: Any, *args: Any, **kwargs: Any) -> None:
             if type(node).__name__ == "TaskPane":
                 styled.append(node.task_name)
+            if type(node).__name__ == "PaneLog":
+                logs.append(node)
             real_apply(node, *args, **kwargs)
 
         app.stylesheet.apply = apply  # type: ignore[method-assign]
@@ -482,6 +487,8 @@ def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_pain
             first = [n for n in styled]
             # focus styles the focused pane (its :focus border) once more
             assert sorted(first) == sorted(names + ["t00"]), f"styled {len(first)} times: {sorted(first)}"
+            # a pane's log once as well (and its scrollbar with the pane's :focus), not again for its scrollbar
+            assert len(logs) == 16 + 1 and len(set(logs)) == 16, f"the logs styled {len(logs)} times"
             app.exit()
 
     anyio.run(main)
@@ -616,6 +623,194 @@ def test_a_key_bound_on_the_screen_acts_at_the_focused_pane() -> None:
             assert not bubbled, f"keys that went up through the grid: {bubbled}"
             await pilot.press("g")  # bound to nothing: it goes on up as before
             await until(pilot, lambda: bubbled == ["g"], what="g up through the grid")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_run_headers_time_and_count_growing_longer_lay_nothing_out() -> None:
+    """The header's counts, time and cost had the width of their text: "9s" becoming "10s", "9/10
+    done" becoming "10/10 done" laid the whole screen out (100-180 ms at 64 panes under a flood, a
+    key pressed then waited for it). Their width is fixed; the new text is repainted in it."""
+    names = [f"t{i:02d}" for i in range(10)]
+    now = [0.0]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            now[0] = app.model.started + 5
+            screen = app.run_screen
+            stats = screen.query_one("#run-stats")
+            await until(pilot, lambda: len(screen.panes) == len(names) and all(p.ready for p in screen.panes.values())
+                        and "0/10 done" in str(stats.render()), what="the panes and the header")
+            for name in names[:9]:
+                bus.emit(TaskStatus(run=RUN, task=name, status="succeeded"))
+            await until(pilot, lambda: "9/10 done" in str(stats.render()), what="9 done")
+            await pilot.pause(0.2)
+            layouts = count_layouts(screen)
+            bus.emit(TaskStatus(run=RUN, task=names[9], status="succeeded"))
+            await until(pilot, lambda: "10/10 done" in str(stats.render()), what="10 done")
+            now[0] = app.model.started + 65
+            await until(pilot, lambda: "1m04s" in str(stats.render()), what="a minute")
+            await pilot.pause(0.2)
+            assert not layouts, f"{len(layouts)} layout(s) of the run screen"
+            assert stats.region.width >= len("10/10 done") and stats.region.right <= SIZE[0], "the text fits"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_zoom_restyles_nothing_unless_the_css_changed() -> None:
+    """Textual restyles a screen and everything on it whenever it is pushed: the zoom screen, at
+    every zoom, for the same styles (15-35 ms under a flood at 64 panes, before its first frame).
+    It is styled again only when the app's CSS changed while it was away (a new theme)."""
+    names = [f"t{i:02d}" for i in range(4)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            zoom = app.screen
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            await pilot.pause(0.2)
+            styled: list[Any] = []
+            real_update = app.stylesheet.update_nodes
+
+            def update_nodes(nodes: Any, animate: bool = False) -> None:
+                nodes = list(nodes)
+                styled.extend(n for n in nodes if n is zoom or zoom in n.ancestors)
+                real_update(nodes, animate=animate)
+
+            app.stylesheet.update_nodes = update_nodes  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is zoom and zoom.pane.border_title == "t00", what="zoomed again")
+            await pilot.pause(0.2)
+            assert not styled, f"{len(styled)} node(s) of the zoom screen restyled"
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back again")
+            app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+            await pilot.pause(0.2)
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is zoom, what="zoomed after a new theme")
+            await pilot.pause(0.2)
+            assert zoom.pane in styled, "a new theme restyles the zoom screen at its next zoom"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_pane_head_repaints_from_its_segments_with_the_styles_it_computed_once() -> None:
+    """A head changes every second while its agent runs (its time), and one frame repaints the head
+    of every pane on screen. It went through Textual's text layout and computed its styles again at
+    each repaint (Textual drops them at every refresh): 1.2-1.5 ms a head, 0.25 now. It shows the
+    same: the status's word on its badge, time, cost and files, then the activity, cut with an
+    ellipsis when too long."""
+    from textual.visual import Visual
+
+    from corral.tui.widgets import PaneHead
+
+    names = ["t00", "t01"]
+    now = [0.0]
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            screen = app.run_screen
+            await until(pilot, lambda: len(screen.panes) == 2 and all(p.ready for p in screen.panes.values()),
+                        what="the panes")
+            head = screen.panes["t00"].head
+            start = app.model.tasks["t00"].started
+            now[0] = start + 3
+            bus.emit(TaskActivity(run=RUN, task="t00", text="reading " + "a very long path/" * 20))
+            await until(pilot, lambda: head.activity.startswith("reading"), what="the activity")
+            await pilot.pause(0.2)
+            laid_out: list[Any] = []
+            styled: list[Any] = []
+            real_to_strips = Visual.to_strips
+            real_component_styles = head.get_component_styles
+
+            def to_strips(widget: Any, *args: Any, **kwargs: Any) -> Any:
+                if isinstance(widget, PaneHead):
+                    laid_out.append(widget)
+                return real_to_strips(widget, *args, **kwargs)
+
+            def component_styles(*names: str) -> Any:
+                styled.append(names)
+                return real_component_styles(*names)
+
+            Visual.to_strips = to_strips  # type: ignore[method-assign]
+            head.get_component_styles = component_styles  # type: ignore[method-assign]
+            try:
+                for second in (4, 5, 6):
+                    now[0] = start + second
+                    shown = f"{int(math.floor(now[0]) - start)}s"  # whole seconds on screen
+                    await until(pilot, lambda: head.meta.startswith(shown), what=shown)
+                    await pilot.pause(0.1)
+                    lines = [strip.text for strip in head.render_lines(head.region.reset_offset)]
+                    assert lines[0].split() == ["RUNNING", shown, "·", "$-", "·", "files", "-"]
+            finally:
+                Visual.to_strips = real_to_strips  # type: ignore[method-assign]
+            assert not laid_out, f"{len(laid_out)} head(s) through Textual's text layout"
+            assert not styled, f"the head's styles computed {len(styled)} time(s) for the same status"
+            assert lines[1].startswith("reading a very long path/") and lines[1].endswith("…")
+            assert len(lines[1]) == head.size.width
+            bus.emit(TaskStatus(run=RUN, task="t00", status="failed"))
+            await until(pilot, lambda: head.word == "FAILED", what="failed")
+            await pilot.pause(0.1)
+            assert styled, "a new status: the badge's colours computed again"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_logs_lines_render_with_its_style_computed_once_per_restyle() -> None:
+    """Textual's Log asks for its style at every line it renders, and each time the style is
+    computed again by walking up to the screen for the backgrounds: 43 times for one frame of a
+    zoomed pane (about 15 ms under a flood). It is computed once, and again after a restyle (a new
+    theme): the lines then have the new theme's background."""
+    from textual.dom import DOMNode
+
+    from corral.tui.widgets import PaneLog
+
+    names = ["t00", "t01"]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 200)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 199"], what="t00's lines")
+            computed: list[Any] = []
+            real = DOMNode.rich_style.fget
+
+            def rich_style(node: Any) -> Any:
+                if isinstance(node, PaneLog):
+                    computed.append(node)
+                return real(node)  # type: ignore[misc]
+
+            DOMNode.rich_style = property(rich_style)  # type: ignore[method-assign,assignment]
+            try:
+                await pilot.press("z")
+                await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+                zoom = app.screen
+                log = zoom.pane.log_widget
+                await until(pilot, lambda: log.lines[-1:] == ["t00 line 199"], what="the zoomed lines")
+                await pilot.pause(0.2)
+                rows = log.scrollable_content_region.height
+                assert rows > 20 and len(computed) <= 2, f"the log's style computed {len(computed)} times for {rows} lines"
+                dark = log.render_line(0)
+                app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+                await pilot.pause(0.3)
+                light = log.render_line(0)
+                assert light.text == dark.text and light != dark, "the same line in the new theme's colours"
+                assert log.rich_style == real(log), "the style the log keeps is the one Textual computes"  # type: ignore[misc]
+            finally:
+                DOMNode.rich_style = property(real)  # type: ignore[method-assign,assignment]
             app.exit()
 
     anyio.run(main)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual import events
@@ -84,14 +86,23 @@ class PaneHead(Widget):
         self.status = "pending"
         self.meta = ""
         self.activity = ""
+        #: its two lines as last rendered, and the width they were rendered at
+        self._strips: tuple[int, list[Strip]] | None = None
+        #: the styles of its parts (``_part_styles``), until it is restyled
+        self._parts: tuple[Style, Style, Style, Style, Style] | None = None
 
     def set(self, status: str, meta: str, activity: str) -> None:
         if (status, meta, activity) != (self.status, self.meta, self.activity):
             restyle = status != self.status and self.is_attached
             self.status, self.meta, self.activity = status, meta, activity
+            self._strips = None
             if restyle:
                 self.update_node_styles(animate=False)  # the new status's colours (now: it renders next)
             self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = self._parts = None  # new colours: a new status, a new theme
 
     def _get_component_classes(self) -> frozenset[str]:  # type: ignore[override]
         """The components it shows now: its lines' and its status's. Textual computes the styles of
@@ -116,20 +127,52 @@ class PaneHead(Widget):
         padding = Style(bgcolor=background.rich_color)
         return padding + Style(color=(background + color).rich_color, bold=True), padding
 
-    def render(self) -> Text:
-        badge, padding = self._badge_styles()
+    def render_line(self, y: int) -> Strip:
+        """Its lines made from their few segments (Textual's line API): a head changes every second
+        while its agent runs, and a text rendered the usual way went through Textual's text layout,
+        ten times the cost of the segments (one frame repaints the heads of every pane on screen)."""
+        width = self.size.width
+        if self._strips is None or self._strips[0] != width:
+            self._strips = (width, self._render_strips(width))
+        lines = self._strips[1]
+        return lines[y] if 0 <= y < len(lines) else Strip.blank(width, self._part_styles()[0])
+
+    def _part_styles(self) -> tuple[Style, Style, Style, Style, Style]:
+        """Its own style, the badge's word and padding, the meta line's and the activity's, kept
+        until it is restyled: Textual computes them again after every repaint (walking up to the
+        screen for the background), and a head repaints every second."""
+        if self._parts is None:
+            base = self.rich_style
+            badge, padding = self._badge_styles()
+            self._parts = (base, base + badge, base + padding,
+                           base + self.get_component_rich_style("pane-head--meta"),
+                           base + self.get_component_rich_style("pane-head--activity"))
+        return self._parts
+
+    def _render_strips(self, width: int) -> list[Strip]:
+        """The badge (the status's word on its colours), elapsed time, cost and files; then the
+        activity. Each cut to ``width`` with an ellipsis, never wrapped."""
+        base, badge, padding, meta, activity = self._part_styles()
         inner = WIDE_BADGES.get(self.status, BADGE_WIDTH) - 2  # a cell of padding each side
         word = self.word[:inner]
         left = (inner - len(word)) // 2
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(" " * (left + 1), padding)
-        text.append(word, badge)
-        text.append(" " * (inner - len(word) - left + 1), padding)
-        text.append(" ")
-        text.append(self.meta, self.get_component_rich_style("pane-head--meta"))
-        text.append("\n")
-        text.append(self.activity, self.get_component_rich_style("pane-head--activity"))
-        return text
+        head = [Segment(" " * (left + 1), padding), Segment(word, badge),
+                Segment(" " * (inner - len(word) - left + 1), padding), Segment(" ", base),
+                Segment(self.meta, meta)]
+        return [_fit(head, width, base), _fit([Segment(self.activity, activity)], width, base)]
+
+
+def _fit(segments: list[Segment], width: int, style: Style) -> Strip:
+    """``segments`` as one line of ``width`` cells: cut with an ellipsis (in the style of the cell
+    it replaces) when longer, padded in ``style`` when shorter."""
+    strip = Strip(segments)
+    if strip.cell_length > width:
+        if width < 1:
+            return Strip([])
+        cut = list(strip.crop(0, width - 1))
+        last = cut[-1].style if cut else style
+        strip = Strip([*cut, Segment("…", last)])
+    return strip.extend_cell_length(width, style)
 
 
 class QuietLog(Log):
@@ -140,6 +183,24 @@ class QuietLog(Log):
     #: up); here it repaints. The vertical scrollbar is always there and the horizontal one never
     #: (TaskPane's CSS), so no write makes a scrollbar come or go, which would need a layout too.
     virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False, repaint=True)
+
+    #: its style (``rich_style``) until it is restyled
+    _line_style: Style | None = None
+
+    @property
+    def rich_style(self) -> Style:
+        """Textual's, kept until the log is restyled: Log asks for it at every line it renders, and
+        each time it walks up to the screen for the backgrounds (0.1-0.35 ms: 15 ms for the 43
+        lines of a zoomed pane, most of a frame's rendering under a flood). A restyle of the log or
+        of one of its containers restyles the log too (``notify_style_update``)."""
+        style = self._line_style
+        if style is None:
+            style = self._line_style = super().rich_style
+        return style
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._line_style = None
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         styles = self.styles
@@ -221,8 +282,9 @@ class TaskPane(Vertical, can_focus=True):
         self.log_widget = self.query_one(PaneLog)
         # its scrollbar styled now, in the layout the mount makes: Textual styles a scrollbar only
         # when its widget is restyled, and the first focus of the pane did, its scrollbar's new
-        # size laying out the whole screen
-        self.log_widget.update_node_styles(animate=False)
+        # size laying out the whole screen. The scrollbar alone: the log was styled at its mount
+        # (restyling it again cost as much as styling it, 64 times before the first paint)
+        self.app.stylesheet.apply(self.log_widget.vertical_scrollbar)
         if self._initial_lines:
             self.log_widget.write_lines(self._initial_lines)
             self._initial_lines = []
@@ -271,6 +333,11 @@ def fit_path(path: str, width: int) -> str:
     return "…" + path[-(width - 1):]
 
 
+#: The width of the run header's counts, time and cost ("64/64 done", "1m05s · $1.23"): fixed, so a
+#: longer text does not lay the screen out; a text that does not fit widens it (a few times at most).
+STATS_WIDTH = 14
+
+
 class RunHeader(Horizontal):
     """Run id, base and phase; the repository; a progress bar (tasks finished / total; hidden when
     narrow: the count says it too), elapsed time and cost. Lines are cut, never wrapped: a wrapped
@@ -282,8 +349,8 @@ class RunHeader(Horizontal):
     RunHeader #run-progress { width: 24; padding: 0 1; }
     RunHeader #run-progress Bar { width: 20; }
     RunHeader.-narrow #run-progress { display: none; }
-    RunHeader #run-stats { width: auto; min-width: 8; text-align: right; }
-    """
+    RunHeader #run-stats { width: %d; text-align: right; }
+    """ % STATS_WIDTH
 
     #: Below this width the progress bar goes.
     NARROW = 110
@@ -298,6 +365,7 @@ class RunHeader(Horizontal):
         self._bar = self.query_one(ProgressBar)
         self._stats = self.query_one("#run-stats", Static)
         self._last: list = [None, None, None]
+        self._stats_width = STATS_WIDTH
         self.ready = True
 
     def on_resize(self) -> None:
@@ -330,10 +398,14 @@ class RunHeader(Horizontal):
         stats = (f"{model.done_count}/{model.total} done\n{fmt_elapsed(model.elapsed(now), model.ended is None)} · "
                  f"{fmt_cost(cost) if cost is not None else '$-'}")
         if stats != self._last[2]:
-            # its width follows the text: a longer time or cost lays out the header (a few times a run)
-            layout = len(stats) != len(self._last[2] or "")
+            # a repaint: its width is fixed (a width that followed the text laid the whole screen
+            # out when the count reached 10 or the time a minute, 100-180 ms at 64 panes)
             self._last[2] = stats
-            self._stats.update(stats, layout=layout)
+            width = max(cell_len(line) for line in stats.split("\n"))
+            if width > self._stats_width:
+                self._stats_width = width + 2  # room for the next digit
+                self._stats.styles.width = self._stats_width
+            self._stats.update(stats, layout=False)
 
 
 class FitFooter(Footer):
