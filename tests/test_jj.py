@@ -594,6 +594,20 @@ def test_clean_adopts_a_stale_workspace_and_keeps_its_work(plain: Path, tmp_path
 
 
 PAST = {"remove": "removed", "keep": "kept", "delete": "deleted", "commit": "committed"}
+
+
+def clean_as_the_dry_run_said(repo: Path) -> subprocess.CompletedProcess:
+    """``corral clean --dry-run``, then ``corral clean``: both succeed, and the dry run said exactly
+    what clean did (the bookmarks too, which jj makes as the work is committed); clean's ``note:``
+    lines tell what it found doing it."""
+    dry = corral("clean", "--dry-run", "--repo", str(repo))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    res = corral("clean", "--repo", str(repo))
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = sorted(re.sub(r"^would (\w+)", lambda m: PAST[m[1]], line) for line in dry.stdout.splitlines())
+    assert said == sorted(line for line in res.stdout.splitlines() if not line.startswith("note: ")), \
+        (dry.stdout, res.stdout)
+    return res
 RM_JJ = "echo e > e.txt; jj commit -m e >/dev/null 2>&1; echo f > f.txt; rm -rf .jj"
 
 
@@ -616,16 +630,9 @@ def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_jj_dir(
                         "more": f"echo m > m.txt; rm README.md; touch {tmp_path}/more; exec sleep 60"}, base="main")
     started = [tmp_path / t for t in ("rmjj", "idle", "more")]
     killed_run(plain, p, wt_root, lambda: all(f.exists() for f in started))
-    dry = corral("clean", "--dry-run", "--repo", str(plain))
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    res = corral("clean", "--repo", str(plain))
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = clean_as_the_dry_run_said(plain)
     ref = f"corral/{run_id_of(plain)}/rmjj"
     assert f"kept branch {ref}" in res.stdout, res.stdout
-    # the dry run said exactly that (the branches are made as the work is committed)
-    said = sorted(re.sub(r"^would (\w+)", lambda m: PAST[m[1]], line) for line in dry.stdout.splitlines())
-    assert said == sorted(line for line in res.stdout.splitlines() if not line.startswith("note: ")), \
-        (dry.stdout, res.stdout)
     assert f"deleted branch corral/{run_id_of(plain)}/idle" in res.stdout
     assert f"committed 2 uncommitted file(s) of more" in res.stdout
     assert file_at(plain, ref, "e.txt") == "e\n" and file_at(plain, ref, "f.txt") == "f\n"
@@ -885,16 +892,10 @@ def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_forgot_its_workspac
                         "idle": f"touch {tmp_path}/idle; exec sleep 60"}, base="main")
     started = [tmp_path / t for t in ("forget", "idle")]
     killed_run(plain, p, wt_root, lambda: all(f.exists() for f in started))
-    dry = corral("clean", "--dry-run", "--repo", str(plain))
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    res = corral("clean", "--repo", str(plain))
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = clean_as_the_dry_run_said(plain)
     ref = f"corral/{run_id_of(plain)}/forget"
     assert f"kept branch {ref}" in res.stdout, res.stdout
     assert "note: forget: jj could no longer snapshot its workspace" in res.stdout, res.stdout
-    said = sorted(re.sub(r"^would (\w+)", lambda m: PAST[m[1]], line) for line in dry.stdout.splitlines())
-    assert said == sorted(line for line in res.stdout.splitlines() if not line.startswith("note: ")), \
-        (dry.stdout, res.stdout)
     assert file_at(plain, ref, "e.txt") == "e\n" and file_at(plain, ref, "f.txt") == "f\n"
     assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
 
