@@ -110,6 +110,7 @@ async def _plan_item(backend: Backend, lo: Leftover) -> CleanItem:
         keeps = await backend.salvage_keeps(backend.workspace_of(rec), item.committed) if rec.ref else None
     if keeps is not None:
         (item.kept if keeps else item.deleted).append(rec.ref)
+    item.kept += await backend.other_lines_kept(backend.workspace_of(rec))
     return item
 
 

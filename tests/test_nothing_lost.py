@@ -84,11 +84,9 @@ def test_clean_never_touches_the_users_checkout_on_a_corral_branch(repo, tmp_pat
     git(repo, "worktree", "remove", "--force", "--force", str(mine))  # the test's own, made above
 
 
-def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
-    killed_run(repo, tmp_path, wt_root, [
-        ("wip", "echo unsaved > wip.txt; echo started; exec sleep 600"),
-        ("idle", "echo started; exec sleep 600"),
-    ], started=2)
+def clean_as_the_dry_run_said(repo: Path) -> list[str]:
+    """``corral clean --dry-run`` (which changes nothing), then ``corral clean``: the dry run said
+    exactly what clean did. Returns clean's lines but its ``note:`` ones, sorted."""
     before = corral_state(repo)
     dry = corral("clean", "--dry-run", cwd=repo)
     assert dry.returncode == 0, dry.stderr
@@ -101,12 +99,35 @@ def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
     said = sorted(verbs[line.split(" ", 1)[0]] + " " + line.split(" ", 1)[1] if line.split(" ", 1)[0] in verbs
                   else line for line in said)
     assert said == done, f"dry run:\n{dry.stdout}\nclean:\n{res.stdout}"
+    return done
+
+
+def test_dry_run_says_exactly_what_clean_then_does(repo, tmp_path, wt_root):
+    killed_run(repo, tmp_path, wt_root, [
+        ("wip", "echo unsaved > wip.txt; echo started; exec sleep 600"),
+        ("idle", "echo started; exec sleep 600"),
+    ], started=2)
+    done = clean_as_the_dry_run_said(repo)
     assert any("committed 1 uncommitted file(s) of wip" in line for line in done)
     assert any(line.startswith("deleted branch") and line.endswith("(holds no work of its own)") for line in done)
     state = corral_state(repo)
     assert state["worktrees"] == [] and list(wt_root.iterdir()) == []
     [kept] = state["branches"]
     assert kept.endswith("/wip") and git(repo, "show", f"{kept}:wip.txt") == "unsaved"
+
+
+def test_dry_run_names_the_other_line_of_work_clean_then_keeps(repo, tmp_path, wt_root):
+    """An agent commits, detaches HEAD to an older commit, commits again and leaves a file: clean
+    keeps the second line on the task's branch and the first on ``<branch>+1``; the dry run named
+    the branch only."""
+    killed_run(repo, tmp_path, wt_root, [
+        ("two", "echo a > a.txt; git add a.txt; git commit -qm a; git checkout -q --detach HEAD~1; "
+                "echo c > c.txt; git add c.txt; git commit -qm c; echo w > w.txt; echo started; exec sleep 600"),
+    ], started=1)
+    done = clean_as_the_dry_run_said(repo)
+    [branch, other] = corral_state(repo)["branches"]
+    assert other == f"{branch}+1" and f"kept branch {other} (holds work not merged)" in done, done
+    assert {"c.txt", "w.txt"} <= set(files_at(repo, branch)) and "a.txt" in files_at(repo, other)
 
 
 def test_a_task_named_integration_keeps_its_branch_when_it_fails(repo, tmp_path, wt_root):

@@ -429,6 +429,11 @@ class Backend(abc.ABC):
         :class:`VcsError` when the VCS cannot tell."""
         return []
 
+    async def other_lines_kept(self, ws: Workspace) -> list[str]:
+        """The refs besides its branch that removing ``ws`` with its work kept leaves holding other
+        lines of work made in it (git: ``<branch>+N``), found changing nothing."""
+        return []
+
     async def salvage_keeps(self, ws: Workspace, pending: list[str]) -> bool | None:
         """For a workspace whose branch does not exist yet (a VCS that makes it when the work is
         committed): whether removing it with its work kept leaves that branch holding work of its

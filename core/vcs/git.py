@@ -817,16 +817,31 @@ class GitBackend(Backend):
         on (its HEAD's; the branch's when HEAD went back to older commits); any other line (an agent
         that committed, then checked out something else and committed again) is kept on
         ``<branch>+N``. Returns the task's head."""
+        tip, primary, extras = await self._lines(ws)
+        if tip is None:  # nothing to move or keep
+            return primary
+        if primary != tip or extras or ws.extra_refs:
+            async with self.mutating():
+                if primary != tip:
+                    await self.git("update-ref", "-m", "corral: the work made in the workspace",
+                                   f"refs/heads/{ws.ref}", primary)
+                ws.extra_refs = await self._keep_extras(ws, extras, primary)
+        return primary
+
+    async def _lines(self, ws: Workspace) -> tuple[str | None, str, list[str]]:
+        """What :meth:`_collect` finds, changing nothing: (the branch's tip, the line the task's
+        branch is to point at, the ends of the other lines); the tip None when nothing is to be
+        moved or kept (the head is then the answer)."""
         head, tip = await self._heads(ws)
         base = ws.base_commit
         cands = list(dict.fromkeys(c for c in [head, tip, *self._reflog_commits(ws)] if c))
         if not base or not cands:
-            return head or tip or base
+            return None, head or tip or base, []
         if tip and head == tip and set(cands) <= {tip, base} and not ws.extra_refs:
             # one line, the branch's, which HEAD is on (a task's end, most often): whether other refs
             # hold its commits or not, the branch stays where it is and nothing else is kept; no need
             # to ask git which commits are the task's own
-            return tip
+            return None, tip, []
         # the commits only this task's refs (or none) hold, with their parents
         res = await self.git("rev-list", "--parents", "--ignore-missing", *cands, "--not", base,
                              f"--exclude={ws.ref}", f"--exclude={ws.ref}+*", "--branches", "--tags", "--remotes",
@@ -834,7 +849,7 @@ class GitBackend(Backend):
         parents = {line.split()[0]: line.split()[1:] for line in res.out.splitlines() if line.strip()}
         work = [c for c in cands if c in parents]
         if not work:
-            return tip or base  # nothing of its own, or all of it held elsewhere (landed): leave it
+            return None, tip or base, []  # nothing of its own, or all of it held elsewhere (landed): leave it
         below = {p for ps in parents.values() for p in ps}
         tips = [c for c in work if c not in below]  # the lines' ends: no other of its commits is on them
 
@@ -854,27 +869,28 @@ class GitBackend(Backend):
             # the workspace ended on none of these lines: the branch stays where it is (if it holds
             # something: it was merged, say), the lines are kept beside it
             primary = tip if tip and tip != base else tips[0]
-        extras = [t for t in tips if t != primary]
-        if primary != tip or extras or ws.extra_refs:
-            async with self.mutating():
-                if primary != tip:
-                    await self.git("update-ref", "-m", "corral: the work made in the workspace",
-                                   f"refs/heads/{ws.ref}", primary)
-                ws.extra_refs = await self._keep_extras(ws, extras, primary)
-        return primary
+        return tip, primary, [t for t in tips if t != primary]
+
+    async def other_lines_kept(self, ws: Workspace) -> list[str]:
+        """The ``<branch>+N`` refs removing ``ws`` with its work kept leaves (its uncommitted files
+        are committed on the line its HEAD is on, which changes none of them), found changing nothing."""
+        tip, primary, extras = await self._lines(ws)
+        return await self._keep_extras(ws, extras, primary, dry_run=True) if tip is not None and (
+            extras or ws.extra_refs) else []
 
     async def _is_ancestor(self, a: str, b: str) -> bool:
         return (await self.git("merge-base", "--is-ancestor", a, b, check=False)).ok
 
-    async def _keep_extras(self, ws: Workspace, extras: list[str], primary: str) -> list[str]:
+    async def _keep_extras(self, ws: Workspace, extras: list[str], primary: str, dry_run: bool = False) -> list[str]:
         """``<branch>+N`` refs for ``extras`` (existing ones reused; those the primary now holds
-        dropped). Called under the repo lock."""
+        dropped). Called under the repo lock; with ``dry_run``, the names only, nothing written."""
         have = await self.list_refs(f"{ws.ref}+")
         by_commit = {sha: name for name, sha in have.items()}
         kept: list[str] = []
         for name, sha in have.items():
             if sha not in extras and await self._is_ancestor(sha, primary):
-                await self.git("update-ref", "-d", f"refs/heads/{name}", sha, check=False)
+                if not dry_run:
+                    await self.git("update-ref", "-d", f"refs/heads/{name}", sha, check=False)
             else:
                 kept.append(name)
         n = 1
@@ -884,8 +900,9 @@ class GitBackend(Backend):
             while f"{ws.ref}+{n}" in have:
                 n += 1
             name = f"{ws.ref}+{n}"
-            await self.git("update-ref", "-m", "corral: other commits made in the workspace", f"refs/heads/{name}",
-                           sha, "0" * 40)
+            if not dry_run:
+                await self.git("update-ref", "-m", "corral: other commits made in the workspace",
+                               f"refs/heads/{name}", sha, "0" * 40)
             have[name] = sha
             kept.append(name)
         return sorted(kept)
