@@ -27,6 +27,12 @@ from test_tui_pilot import SIZE, until
 RUN = "r1"
 
 
+def clocked_app(now: list[float]) -> tuple[EventBus, CorralApp]:
+    """A run's bus and the dashboard on it, whose clock reads ``now[0]``."""
+    bus = EventBus(RUN)
+    return bus, CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+
+
 def started(bus: EventBus, names: list[str]) -> None:
     bus.emit(RunStarted(run=RUN, repo="/nowhere", base="main", base_commit="0" * 40, backend="git",
                         run_dir="", tasks=names))
@@ -636,8 +642,7 @@ def test_the_run_headers_time_and_count_growing_longer_lay_nothing_out() -> None
     now = [0.0]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+        bus, app = clocked_app(now)
         async with app.run_test(size=SIZE) as pilot:
             started(bus, names)
             now[0] = app.model.started + 5
@@ -717,8 +722,7 @@ def test_a_pane_head_repaints_from_its_segments_with_the_styles_it_computed_once
     now = [0.0]
 
     async def main() -> None:
-        bus = EventBus(RUN)
-        app = CorralApp(bus=bus, notifications=False, clock=lambda: now[0])
+        bus, app = clocked_app(now)
         async with app.run_test(size=SIZE) as pilot:
             started(bus, names)
             screen = app.run_screen
