@@ -133,8 +133,10 @@ SLOW = """\
 """
 
 
-def _start_slow(tmp_path: Path, standbys: Path, *, stdout=subprocess.PIPE) -> tuple[Path, subprocess.Popen, int]:  # type: ignore[no-untyped-def]
-    """A handed-over run whose agent committed its work and is sleeping: (repo, client, run's pid)."""
+def _start_slow(tmp_path: Path, standbys: Path, *, stdout=subprocess.PIPE,  # type: ignore[no-untyped-def]
+                orphaned: bool = False) -> tuple[Path, subprocess.Popen, int]:
+    """A handed-over run whose agent committed its work and is sleeping: (repo, client, run's pid).
+    ``orphaned``: the client in a process group no shell can continue (a session of its own)."""
     repo = make_repo(tmp_path / "repo")
     plan = write_plan(tmp_path / "plan.toml", SLOW)
     env = {**os.environ, **ON}
@@ -142,8 +144,11 @@ def _start_slow(tmp_path: Path, standbys: Path, *, stdout=subprocess.PIPE) -> tu
     subprocess.run([*CLI, "run", str(tmp_path / "missing.toml"), "--headless"], cwd=repo, env=env,
                    capture_output=True, stdin=subprocess.DEVNULL)  # in-process: starts a standby
     pid = wait_standby(standbys)
+    # (a process group of its own, as a shell's job: in one no shell can continue, such as the test
+    # runner's can be, the kernel discards a Ctrl-Z)
     client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+                              stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              **({"start_new_session": True} if orphaned else {"process_group": 0}))
     assert client.stdout is not None
     for line in client.stdout:
         if "[one] started" in line:
@@ -254,6 +259,17 @@ def test_ctrl_z_stops_the_run_with_the_client_and_fg_goes_on(tmp_path: Path, sta
     _until(lambda: _state(client.pid) == "T" and _state(pid) == "T", "both to stop")
     client.send_signal(signal.SIGCONT)
     _until(lambda: _state(client.pid) != "T" and _state(pid) != "T", "both to go on")
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=60) == 130
+    _work_kept(repo)
+
+
+def test_a_ctrl_z_the_kernel_discards_leaves_the_run_going(tmp_path: Path, standbys: Path) -> None:
+    """In a process group no shell can continue (a script started with setsid), the kernel discards
+    a Ctrl-Z to ``corral``: the run's process, stopped first, stayed stopped for good, and a Ctrl-C
+    then never ended it. It goes on with the command."""
+    repo, client, pid = _start_slow(tmp_path, standbys, orphaned=True)
+    client.send_signal(signal.SIGTSTP)
     client.send_signal(signal.SIGINT)
     assert client.wait(timeout=60) == 130
     _work_kept(repo)

@@ -259,6 +259,9 @@ def _follow(sock: _socket.socket, lines: _Lines, pid: int) -> int | None:
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)
         signal.signal(signal.SIGTSTP, stop)
+        # here once continued, or at once when the kernel discarded the stop (a process group no
+        # shell can continue): either way the command's process goes on with this one
+        os.kill(pid, signal.SIGCONT)
 
     def cont(signum: int, frame: object) -> None:
         os.kill(pid, signal.SIGCONT)
