@@ -633,20 +633,22 @@ class GitBackend(Backend):
         if ws.memo is not None and ws.memo[0] == seen:
             snap = copy.copy(ws.memo[1])
         else:
-            ws.head = await self._collect(ws)
-            snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
-            snap.extra_refs = list(ws.extra_refs)
-            ws.memo = (self._signature(ws), snap)
+            snap = await self._gather(ws)
         embedded = _nested_repos(ws.path, snap.files) if self._is_live(ws) else []
         if embedded:  # the agent committed a repository of its own as a gitlink: its files instead
             left = await self._commit_all(ws, message, embedded)
-            ws.head = await self._collect(ws)
-            snap = await self.describe(ws)
-            snap.extra_refs = list(ws.extra_refs)
-            ws.memo = (self._signature(ws), snap)
+            snap = await self._gather(ws)
         if conflicted:
             ws.conflicted = conflicted
         snap.uncommitted, snap.conflicted = left, list(ws.conflicted)
+        return snap
+
+    async def _gather(self, ws: Workspace) -> Snapshot:
+        """:meth:`_collect` of ``ws`` and what its head changed, remembered with what it read."""
+        ws.head = await self._collect(ws)
+        snap = await self.describe(ws) if ws.base_commit else Snapshot(commit=ws.head, files=[])
+        snap.extra_refs = list(ws.extra_refs)
+        ws.memo = (self._signature(ws), snap)
         return snap
 
     async def _commit_all(self, ws: Workspace, message: str, nested: list[str]) -> list[str]:
@@ -680,12 +682,14 @@ class GitBackend(Backend):
         pending = list(nested)
         while pending:
             top = pending.pop()
-            # (the agent wrote that repository's config: nothing in it may run a command or move its work tree)
+            # (the agent wrote that repository's config: nothing in it may move its work tree, and
+            # ENGINE_CONFIG's fsmonitor=false keeps it from running a command)
             where = ws.path / top
             git_dir = where / ".git"
-            if git_dir.is_file() and _read(git_dir).startswith("gitdir:"):
-                git_dir = where / _read(git_dir)[len("gitdir:"):].strip()
-            res = await self.git("-c", "core.fsmonitor=false", "ls-files", "-z", "-c", "-o", "--exclude-standard",
+            link = _read(git_dir) if git_dir.is_file() else ""
+            if link.startswith("gitdir:"):
+                git_dir = where / link[len("gitdir:"):].strip()
+            res = await self.git("ls-files", "-z", "-c", "-o", "--exclude-standard",
                                  cwd=where, env={"GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(where)})
             for name in res.out.split("\0"):
                 if name.endswith("/"):  # a repository inside that one
@@ -1398,26 +1402,24 @@ class GitBackend(Backend):
         with anyio.CancelScope(shield=True):
             # a task's workspace; an integration workspace holds corral's own merges and what verify
             # left behind, nothing to salvage
-            files = ws.memo[1].files if ws.memo else []
             if keep_ref and ws.role == "task" and (self._is_live(ws) or ws.admin):
                 snap = await self.snapshot(ws, f"corral: salvage uncommitted work of {ws.task}")
                 if snap.uncommitted:
                     raise VcsError(f"{ws.path} is left in place: it holds changes corral cannot commit "
                                    f"({', '.join(snap.uncommitted[:5])})")
-                files = snap.files
-            await self._take_down(ws, keep_ref, files)
+            await self._take_down(ws, keep_ref)
 
     async def remove_settled(self, ws: Workspace) -> None:
         """:meth:`remove_workspace` with its branch kept, without the snapshot: the caller's own has
         just committed all of it, and nothing has run in it since."""
         with anyio.CancelScope(shield=True):
-            await self._take_down(ws, keep_ref=True, files=ws.memo[1].files if ws.memo else [])
+            await self._take_down(ws, keep_ref=True)
 
-    async def _take_down(self, ws: Workspace, keep_ref: bool, files: Sequence[str]) -> None:
+    async def _take_down(self, ws: Workspace, keep_ref: bool) -> None:
         """The removal of a workspace whose work is on its branch (or to be dropped with it); the
-        history of a repository an agent made in it, above the task's ``files``, kept."""
+        history of a repository an agent made in it, above the files its last snapshot found, kept."""
         if ws.role == "task":
-            await self._keep_nested_histories(ws, files)
+            await self._keep_nested_histories(ws, ws.memo[1].files if ws.memo else [])
         # the files first, outside the lock and in parallel with other removals (the work is on
         # the branch by now); then git's record of the worktree, under the lock
         if ws.path.is_dir():
