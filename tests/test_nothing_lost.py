@@ -358,6 +358,9 @@ def test_a_repository_an_agent_makes_in_its_workspace_lands_as_files_and_keeps_i
         ("fresh", "mkdir -p a/b && cd a/b && git init -q && echo x > x.txt && chmod +x x.txt && ln -s x.txt l"),
         ("gitlink", f"mkdir gl && cd gl && git init -q && echo g > g.txt && git add -A && {INNER} && cd .. && "
                     "git add gl && git commit -qm 'the agent commits a gitlink'"),
+        # its one commit on a detached HEAD alone, no branch left (only HEAD's reflog names it)
+        ("detached", f"mkdir d && cd d && git init -q -b tmp && echo d > d.txt && git add -A && {INNER} && "
+                     "git checkout -q --detach && git update-ref -d refs/heads/tmp"),
     ], "--approve", "all")
     assert res.returncode == 0, res.stdout + res.stderr
     tree = git(repo, "ls-tree", "-r", "main")
@@ -368,7 +371,7 @@ def test_a_repository_an_agent_makes_in_its_workspace_lands_as_files_and_keeps_i
     assert "120000 blob" in next(line for line in tree.splitlines() if line.endswith("a/b/l"))
     assert "sub/ is a git repository of its own" in res.stdout, res.stdout
     # the commits made inside are kept (the one with none holds nothing its files do not)
-    assert nested_histories(repo) == {"inner/sub": "inner", "gitlink/gl": "inner"}
+    assert nested_histories(repo) == {"inner/sub": "inner", "gitlink/gl": "inner", "detached/d": "inner"}
     assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
 
 

@@ -312,8 +312,10 @@ async def keep_repository_history(state_dir: Path, ws: Workspace, rel: str) -> s
 
 
 def _has_refs(git_dir: Path) -> bool:
-    """Whether the repository ``git_dir`` has a ref (a commit, a stash) to keep."""
-    return (git_dir / "packed-refs").exists() or any(p.is_file() for p in (git_dir / "refs").rglob("*"))
+    """Whether the repository ``git_dir`` has a commit to keep: a ref (a branch, a stash), or a
+    reflog (a detached HEAD's commits, a deleted branch's)."""
+    return (git_dir / "packed-refs").exists() or any(p.is_file() for sub in ("refs", "logs")
+                                                     for p in (git_dir / sub).rglob("*"))
 
 
 class Backend(abc.ABC):
