@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .standby import peer
 
 #: the protocol's version: a client and a supervisor of different versions refuse each other
 VERSION = 1
@@ -62,8 +63,6 @@ def socket_path(state_dir: Path) -> Path:
 def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket (``SO_PEERCRED``), or None."""
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return peer(sock)[1]
     except (OSError, AttributeError):
         return None
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)

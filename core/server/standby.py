@@ -177,8 +177,9 @@ def hand_over(args: Sequence[str], entry: str) -> int | None:
     return code
 
 
-def _peer(sock: _socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end (``SO_PEERCRED``)."""
+def peer(sock: _socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (``SO_PEERCRED``); raises
+    :class:`OSError` when it cannot be told."""
     raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return int.from_bytes(raw[0:4], sys.byteorder, signed=True), int.from_bytes(raw[4:8], sys.byteorder)
 
@@ -213,7 +214,7 @@ def _run_remote(path: str, the_key: str, args: Sequence[str]) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
-        pid, uid = _peer(sock)
+        pid, uid = peer(sock)
         if uid != os.getuid():
             return None
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -375,9 +376,7 @@ def _receive(conn: socket.socket, the_key: str) -> _Request | None:
     conn.settimeout(READY_TIMEOUT)
     fds: list[int] = []
     try:
-        from corral.core.server.protocol import peer_uid
-
-        if peer_uid(conn) != os.getuid():
+        if peer(conn)[1] != os.getuid():
             return None
         data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 8)
         head, sep, body = data.partition(b"\n")
