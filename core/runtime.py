@@ -38,7 +38,7 @@ from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
 from .plan import argv_problem
 from .procs import MAX_DISPLAY_LINE, Supervised
-from .sandbox import TOOL_CACHES, Policy, Sandbox, repo_paths, state_paths
+from .sandbox import TOOL_CACHES, Policy, Sandbox, object_binds, repo_paths, state_paths
 from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace, workspace_of
 
 #: longest output line handed whole to a structured-output parser
@@ -1072,7 +1072,8 @@ class Runtime:
             writable.append(Path(cwd))
         home = env.get("HOME") or os.path.expanduser("~")
         writable += state_paths((*TOOL_CACHES, *state), env)
-        return sandbox.wrap(argv, cwd=cwd, visible=[*visible, Path(home)], writable=writable)
+        moved = object_binds(self.backend, ws) if commits else {}
+        return sandbox.wrap(argv, cwd=cwd, visible=[*visible, Path(home)], writable=writable, moved=moved)
 
     def _workspace_at(self, cwd: str) -> Workspace | None:
         return workspace_of(cwd, self.workspaces.live.values(), exact=True)

@@ -69,9 +69,10 @@ class Sandbox:
         return f"none ({self.why})" if self.why else "none"
 
     def wrap(self, argv: list[str], *, cwd: str, visible: Iterable[Path] = (),
-             writable: Iterable[Path] = ()) -> list[str]:
+             writable: Iterable[Path] = (), moved: Mapping[Path, tuple[Path, bool]] | None = None) -> list[str]:
         """``argv`` as it runs in this sandbox, in ``cwd``: ``visible`` paths read-only (again, over
-        the private temp dirs), ``writable`` ones read-write. Paths that do not exist are left out."""
+        the private temp dirs), ``writable`` ones read-write, ``moved`` ones (destination: (source,
+        writable)) show another path. Paths that do not exist are left out."""
         if not self.on:
             return argv
         out = [self.bwrap, "--die-with-parent", "--unshare-pid"]
@@ -88,9 +89,14 @@ class Sandbox:
                        and any(_within_dir(os.path.realpath(p), d) and os.path.realpath(p) != d for d in private)})
         mounts.update({os.path.realpath(p): "--ro-bind" for p in visible if os.path.lexists(p)})
         mounts.update({os.path.realpath(p): "--bind" for p in writable if os.path.lexists(p)})
+        sources = {}
+        for dest, (src, rw) in (moved or {}).items():
+            if os.path.lexists(src):  # (the destination may be made by an earlier mount)
+                mounts[os.path.realpath(dest)] = "--bind" if rw else "--ro-bind"
+                sources[os.path.realpath(dest)] = os.path.realpath(src)
         # a mount hides what earlier ones put below it: the deepest path's rule wins
         for path in sorted(mounts, key=lambda p: (p.rstrip(os.sep).count(os.sep), p)):
-            out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], path, path]
+            out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], sources.get(path, path), path]
         out += ["--chdir", os.path.abspath(cwd), "--"]
         if self.signals:
             env = shutil.which("env") or "env"  # corral's PATH found bwrap; an agent's may differ
@@ -223,9 +229,8 @@ def state_paths(entries: Iterable[str], env: Mapping[str, str]) -> list[Path]:
 
 def repo_paths(backend: "Backend", ws: "Workspace | None") -> tuple[list[Path], list[Path]]:
     """(paths to see, paths to write) in the repository for a command in ``ws`` (None: in no
-    workspace of the run; it writes nothing of the repository). git: the objects, the worktree's
-    admin dir, the directories of its branch's ref and reflog (shared with the run's other task
-    branches: the guard's hooks refuse the rest), the reftable when refs are stored so, and the
+    workspace of the run; it writes nothing of the repository). git: the worktree's admin dir, the
+    directories of its branch's ref and reflog (shared with the run's other task branches: the guard's hooks refuse the rest), the reftable when refs are stored so, and the
     file the guard writes the workspace's heads to. jj: the repository's store (``.jj/repo``) and,
     colocated, its git dir, which jj writes through."""
     if backend.kind == "git":
@@ -234,7 +239,8 @@ def repo_paths(backend: "Backend", ws: "Workspace | None") -> tuple[list[Path], 
         visible = [Path(git.root), common]
         if ws is None:
             return visible, []
-        writable = [Path(ws.path), common / "objects", common / "reftable"]
+        # (the object store is not among them: see :func:`object_binds`)
+        writable = [Path(ws.path), common / "reftable"]
         if ws.admin:
             writable.append(Path(ws.admin))
         branch_dir = str(Path(ws.ref).parent)
@@ -253,3 +259,21 @@ def repo_paths(backend: "Backend", ws: "Workspace | None") -> tuple[list[Path], 
     if jj.colocated:
         writable.append(Path(jj.root) / ".git")
     return visible, writable
+
+
+def object_binds(backend: "Backend", ws: "Workspace | None") -> dict[Path, tuple[Path, bool]]:
+    """The mounts (destination: (source, writable)) that give a command writing commits in ``ws`` an
+    object store of its own (see :mod:`.vcs.objstore`): its own directory over the repository's
+    ``objects``, the real store read-only inside it. Made (and lent to the repository) here, before
+    the command starts. git only: a jj workspace writes its repository's store."""
+    if backend.kind != "git" or ws is None or not ws.key:
+        return {}
+    from .vcs import objstore
+
+    git = cast("GitBackend", backend)
+    common = Path(git.common_dir)
+    own = objstore.objects_dir(git.state_dir, ws.key)
+    objstore.lend(common, own)
+    return {common / "objects": (own, True), common / "objects" / objstore.REAL: (common / "objects", False),
+            # (read-only: the line naming the real store cannot be taken away)
+            common / "objects" / "info": (own / "info", False)}

@@ -367,3 +367,71 @@ async def run(input, rt):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "wrote ws" in res.stdout and "checkout refused" in res.stdout and "wrote own" in res.stdout, res.stdout
     assert not (repo / "in-checkout.txt").exists() and (own / "own.txt").read_text() == "own\n"
+
+
+def _history(repo: Path) -> list[str]:
+    return git(repo, "log", "--format=%H %s", "main").splitlines()
+
+
+@needs_bwrap
+def test_an_agent_cannot_delete_the_repositorys_history(repo, tmp_path, wt_root):
+    """The object store is every commit the user made: a sandboxed agent gets one of its own over it
+    (the real one read-only inside), so `rm -rf .../objects/*` takes nothing of the user's, and the
+    commit it makes afterwards lands."""
+    (repo / "later.txt").write_text("a loose object\n")
+    git(repo, "add", "later.txt")
+    git(repo, "commit", "-qm", "user: later")
+    git(repo, "gc", "-q")  # packed history, and a loose commit on top of it
+    (repo / "last.txt").write_text("loose\n")
+    git(repo, "add", "last.txt")
+    git(repo, "commit", "-qm", "user: last")
+    before = _history(repo)
+    script = ('d=$(git rev-parse --git-common-dir); rm -rf "$d"/objects/* "$d"/objects/*/* "$d"/objects/.. 2>/dev/null; '
+              'chmod -R u+w "$d"/objects 2>/dev/null; rm -rf "$d"/objects/real/* 2>/dev/null; '
+              'echo one > one.txt && git add one.txt && git commit -qm "agent: one" && echo committed')
+    res = run_plan(repo, tmp_path, wt_root, [("one", script), ("two", "echo two > two.txt")], "--approve", "all",
+                   sandbox="bwrap")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[one] committed" in res.stdout, res.stdout
+    after = _history(repo)
+    assert set(before) <= set(after)
+    assert "agent: one" in git(repo, "log", "--format=%s", "main")
+    assert git(repo, "show", "main:two.txt") == "two"
+    assert subprocess.run(["git", "fsck", "--full", "--strict"], cwd=repo, capture_output=True, text=True).returncode == 0
+    # the agents' own object stores are gone into the repository's, and not named any more
+    assert not list((repo / ".git/corral/objects").glob("*"))
+    assert not (repo / ".git/objects/info/alternates").exists()
+
+
+@needs_bwrap
+def test_the_commits_of_an_agent_killed_with_corral_are_kept_by_clean(repo, tmp_path, wt_root):
+    """The agent's commits are in its own object store while it runs (an alternate of the
+    repository's): when corral is SIGKILLed, its branch still resolves, and `corral clean` moves them
+    into the repository's store before it lets the store go."""
+    (repo / ".git/objects/info").mkdir(parents=True, exist_ok=True)
+    own_line = str(tmp_path / "user-alternate/objects")
+    (tmp_path / "user-alternate/objects").mkdir(parents=True)
+    (repo / ".git/objects/info/alternates").write_text(own_line + "\n")  # the user's own, kept
+    script = "echo one > one.txt && git add one.txt && git commit -qm 'agent: one' && echo started; sleep 300"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
+    proc = start_run(repo, plan, "--approve", "all")
+    try:
+        wait_for(proc, "started", 1)
+        proc.kill()
+        proc.wait()
+        lent = list((repo / ".git/corral/objects").iterdir())
+        assert len(lent) == 1 and any(lent[0].rglob("*")), lent
+        assert git(repo, "log", "--format=%s", "-1", *[f"refs/heads/{b}" for b in corral_state(repo)["branches"]]
+                   ) == "agent: one"
+        res = corral("clean", cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    branches = corral_state(repo)["branches"]
+    assert len(branches) == 1
+    assert git(repo, "show", f"{branches[0]}:one.txt") == "one"
+    assert not list((repo / ".git/corral/objects").iterdir())
+    assert (repo / ".git/objects/info/alternates").read_text() == own_line + "\n"
+    assert subprocess.run(["git", "fsck", "--full"], cwd=repo, capture_output=True, text=True).returncode == 0

@@ -46,6 +46,7 @@ from .base import (
 )
 from ..procs import processes_in
 from ..plan import did_you_mean
+from . import objstore
 from .registry import READY, Record, lock_reason, reason_key
 
 # Options every engine git command gets: no hooks, no signing prompts, no pager, no auto-gc (nor the
@@ -1438,7 +1439,23 @@ class GitBackend(Backend):
         if left:
             raise VcsError(f"workspace {ws.path} not fully removed: {' and '.join(left)} remain")
         if ws.key:
+            await self._absorb(objstore.objects_dir(self.state_dir, ws.key))
             self.registry.drop(ws.key)
+
+    async def _absorb(self, own: Path) -> None:
+        """The objects its agents wrote (:mod:`.objstore`) moved into the repository's store."""
+        if own.exists():
+            try:
+                await anyio.to_thread.run_sync(objstore.absorb, self.common_dir, own)
+            except OSError as e:
+                raise VcsError(f"the objects in {own} could not be moved into the repository: {e}") from e
+
+    async def forget_dead_processes(self) -> None:
+        """The object directories (:mod:`.objstore`) of workspaces no record names any more (their
+        workspace removed, corral killed before it moved their objects), moved into the repository."""
+        for own in objstore.lent(self.state_dir):
+            if self.registry.get(own.name) is None:
+                await self._absorb(own)
 
     async def _keep_nested_histories(self, ws: Workspace, files: Sequence[str]) -> None:
         """Move the ``.git`` of each repository an agent made in ``ws`` (found above the task's
