@@ -129,6 +129,40 @@ def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
     assert want[1:4] == ["bold", "100%", "    x"]
 
 
+def test_a_control_byte_anywhere_in_a_large_block_is_cleaned() -> None:
+    """Each control byte (NUL, tab, CR, ESC, DEL and the rest), alone in a read's worth of plain
+    lines, at its start, in its middle or at its end: the block is cleaned as its lines are."""
+    line = b"x" * 79 + b"\n"
+    block = line * (procs.CHUNK // len(line))
+    assert procs.clean_block(block, MAX_DISPLAY_LINE) == block.decode()
+    for byte in [*range(0, 10), *range(11, 32), 127]:
+        for at in (0, len(block) // 2 + 3, len(block) - 2):
+            raw = block[:at] + bytes([byte]) + block[at + 1 :]
+            want = "".join(clean_line(line) + "\n" for line in raw.split(b"\n")[:-1])
+            assert procs.clean_block(raw, MAX_DISPLAY_LINE) == want, (byte, at)
+            assert procs.clean_lines(raw) == want.split("\n")[:-1], (byte, at)
+
+
+_LINE_IN_TWO_WRITES = """
+import os, time
+os.write(1, (b"y" * 79 + b"\\n") * 1300 + b"the line begun, ")
+deadline = time.monotonic() + 30
+while not os.path.exists("go") and time.monotonic() < deadline:
+    time.sleep(0.005)
+os.write(1, b"\\x1b[1mended\\x1b[0m in the next read\\nand one more\\n")
+"""
+
+
+def test_a_line_begun_in_one_read_and_ended_in_the_next_comes_whole(tmp_path: Path) -> None:
+    """The part of a line a read left is joined to the next read's (cleaned as one line); the log
+    has the bytes as written."""
+    blocks, log = _read_as_text(tmp_path, [sys.executable, "-c", _LINE_IN_TWO_WRITES],
+                                on_text=lambda block: (tmp_path / "go").touch())
+    assert "".join(blocks[:-1]) == ("y" * 79 + "\n") * 1300
+    assert blocks[-1] == "the line begun, ended in the next read\nand one more\n"
+    assert log == (b"y" * 79 + b"\n") * 1300 + b"the line begun, \x1b[1mended\x1b[0m in the next read\nand one more\n"
+
+
 def _flood(host: RunHost, blocks: int, per_block: int) -> list[str]:
     """Blocks of numbered lines emitted as a text agent's output; every line, in order."""
     every = []
