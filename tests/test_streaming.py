@@ -202,6 +202,23 @@ def test_a_lossless_client_gets_every_line_of_blocks_and_others_their_tail() -> 
     anyio.run(main)
 
 
+def test_a_host_no_client_can_join_late_keeps_no_output() -> None:
+    """A headless run's host (tail 0: its renderers attach at its start, nothing attaches later)
+    keeps no copy of a flood for late clients; its lossless feed still gets every line."""
+
+    async def main() -> None:
+        host = RunHost(RUN, tail=0)
+        _s, lossless = host.attach(lossless=True)
+        every = _flood(host, 50, 100)
+        got = [ev for ev in await lossless.take() if isinstance(ev, TaskOutput)]
+        assert [line for ev in got for line in ev.all_lines()] == every
+        assert not [ev for ev in host.snapshot() if isinstance(ev, TaskOutput)]
+        assert host._tails == {}
+        host.detach(lossless)
+
+    anyio.run(main)
+
+
 def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tmp_path, wt_root) -> None:
     script = "yes abc | head -n 30000; printf 'x\\033[1my\\n'"
     res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
