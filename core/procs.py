@@ -92,7 +92,8 @@ def _plain(data: bytes, text: str) -> bool:
         clean = all(scan(data, chars) == len(data) for chars in _CONTROL_SETS)
     else:
         clean = not any(map(data.__contains__, _CONTROL_BYTES))
-    return clean and (data.isascii() or "\ufffd" not in text)
+    # (for ASCII text, which cannot hold U+FFFD, the ``in`` answers without a scan)
+    return clean and "\ufffd" not in text
 
 
 def clean_lines(data: bytes) -> list[str]:

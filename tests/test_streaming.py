@@ -130,12 +130,13 @@ def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
 
 
 def test_a_control_byte_anywhere_in_a_large_block_is_cleaned() -> None:
-    """Each control byte (NUL, tab, CR, ESC, DEL and the rest), alone in a read's worth of plain
-    lines, at its start, in its middle or at its end: the block is cleaned as its lines are."""
+    """Each control byte (NUL, tab, CR, ESC, DEL and the rest) or a bad UTF-8 byte, alone in a read's
+    worth of plain lines, at its start, in its middle or at its end: the block is cleaned as its
+    lines are."""
     line = b"x" * 79 + b"\n"
     block = line * (procs.CHUNK // len(line))
     assert procs.clean_block(block, MAX_DISPLAY_LINE) == block.decode()
-    for byte in [*range(0, 10), *range(11, 32), 127]:
+    for byte in [*range(0, 10), *range(11, 32), 127, 0xFF]:  # (and a byte that is no UTF-8)
         for at in (0, len(block) // 2 + 3, len(block) - 2):
             raw = block[:at] + bytes([byte]) + block[at + 1 :]
             want = "".join(clean_line(line) + "\n" for line in raw.split(b"\n")[:-1])
