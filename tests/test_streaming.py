@@ -129,6 +129,41 @@ def test_blocks_are_cleaned_and_cut_as_lines_are(tmp_path: Path) -> None:
     assert want[1:4] == ["bold", "100%", "    x"]
 
 
+def test_a_control_byte_anywhere_in_a_large_block_is_cleaned() -> None:
+    """Each control byte (NUL, tab, CR, ESC, DEL and the rest) or a bad UTF-8 byte, alone in a read's
+    worth of plain lines, at its start, in its middle or at its end: the block is cleaned as its
+    lines are."""
+    line = b"x" * 79 + b"\n"
+    block = line * (procs.CHUNK // len(line))
+    assert procs.clean_block(block, MAX_DISPLAY_LINE) == block.decode()
+    for byte in [*range(0, 10), *range(11, 32), 127, 0xFF]:  # (and a byte that is no UTF-8)
+        for at in (0, len(block) // 2 + 3, len(block) - 2):
+            raw = block[:at] + bytes([byte]) + block[at + 1 :]
+            want = "".join(clean_line(line) + "\n" for line in raw.split(b"\n")[:-1])
+            assert procs.clean_block(raw, MAX_DISPLAY_LINE) == want, (byte, at)
+            assert procs.clean_lines(raw) == want.split("\n")[:-1], (byte, at)
+
+
+_LINE_IN_TWO_WRITES = """
+import os, time
+os.write(1, (b"y" * 79 + b"\\n") * 1300 + b"the line begun, ")
+deadline = time.monotonic() + 30
+while not os.path.exists("go") and time.monotonic() < deadline:
+    time.sleep(0.005)
+os.write(1, b"\\x1b[1mended\\x1b[0m in the next read\\nand one more\\n")
+"""
+
+
+def test_a_line_begun_in_one_read_and_ended_in_the_next_comes_whole(tmp_path: Path) -> None:
+    """The part of a line a read left is joined to the next read's (cleaned as one line); the log
+    has the bytes as written."""
+    blocks, log = _read_as_text(tmp_path, [sys.executable, "-c", _LINE_IN_TWO_WRITES],
+                                on_text=lambda block: (tmp_path / "go").touch())
+    assert "".join(blocks[:-1]) == ("y" * 79 + "\n") * 1300
+    assert blocks[-1] == "the line begun, ended in the next read\nand one more\n"
+    assert log == (b"y" * 79 + b"\n") * 1300 + b"the line begun, \x1b[1mended\x1b[0m in the next read\nand one more\n"
+
+
 def _flood(host: RunHost, blocks: int, per_block: int) -> list[str]:
     """Blocks of numbered lines emitted as a text agent's output; every line, in order."""
     every = []
@@ -164,6 +199,23 @@ def test_a_lossless_client_gets_every_line_of_blocks_and_others_their_tail() -> 
         assert [ev.all_lines() for ev in host.snapshot(tail=5) if isinstance(ev, TaskOutput)] == [every[-5:]]
         host.detach(lossless)
         host.detach(paced)
+
+    anyio.run(main)
+
+
+def test_a_host_no_client_can_join_late_keeps_no_output() -> None:
+    """A headless run's host (tail 0: its renderers attach at its start, nothing attaches later)
+    keeps no copy of a flood for late clients; its lossless feed still gets every line."""
+
+    async def main() -> None:
+        host = RunHost(RUN, tail=0)
+        _s, lossless = host.attach(lossless=True)
+        every = _flood(host, 50, 100)
+        got = [ev for ev in await lossless.take() if isinstance(ev, TaskOutput)]
+        assert [line for ev in got for line in ev.all_lines()] == every
+        assert not [ev for ev in host.snapshot() if isinstance(ev, TaskOutput)]
+        assert host._tails == {}
+        host.detach(lossless)
 
     anyio.run(main)
 

@@ -517,7 +517,7 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     from corral.core.server.host import RunHost
 
     async def main() -> int:
-        host = RunHost(run_id, approve=approve)
+        host = RunHost(run_id, approve=approve, tail=0)  # (its renderers attach now, and no one later)
         if approver_for is not None:
             host.approver = approver_for(host.bus)
         got: list[int] = []

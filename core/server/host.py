@@ -260,7 +260,8 @@ class HostApprover:
 
 class RunHost:
     """Hosts one run. ``approve`` is the ``--approve`` mode: ``ask`` puts decisions to clients;
-    ``all``/``none`` decide by policy; an ``approver`` given replaces both (a terminal's)."""
+    ``all``/``none`` decide by policy; an ``approver`` given replaces both (a terminal's). ``tail``:
+    the lines of each pane kept for a client attaching late (0: none can, nothing is kept)."""
 
     def __init__(self, run_id: str, *, approve: str = "ask", approver: Any = None,
                  notify: list[str] | None = None, notify_env: dict[str, str] | None = None,
@@ -350,10 +351,11 @@ class RunHost:
         key = _output_key(ev)
         if key is not None:
             assert isinstance(ev, Output)
-            tail = self._tails.get(key)
-            if tail is None:
-                tail = self._tails[key] = _Tail(self.tail)
-            tail.add(ev.block())
+            if self.tail:
+                tail = self._tails.get(key)
+                if tail is None:
+                    tail = self._tails[key] = _Tail(self.tail)
+                tail.add(ev.block())
         elif isinstance(ev, TaskActivity):
             self._activity[ev.task] = ev
         else:
