@@ -303,6 +303,61 @@ def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
     assert said.read_text().split() == ["watchdog"]
 
 
+def test_the_reaper_hub_starts_beside_preflights_git(tmp_path: Path) -> None:
+    """A run starts the hub that forks its agents' reapers in preflight, beside its git processes:
+    its first agent does not wait for the hub's Python to start. Here preflight's ``git
+    for-each-ref`` waits (up to 20 s) for a hub child of corral to exist, and says whether one did;
+    the agent's reaper is then forked by that hub (one hub, started once)."""
+    said = tmp_path / "preflight-saw"
+    repo, bindir, plan = preflight_waits(tmp_path, "pgrep -P $PPID -f 'reaper.py --hub' > /dev/null", "hub", said)
+    plan.write_text(plan.read_text().replace('"echo first-line"',
+                                             """'echo first-line; tr "\\0" " " < /proc/$PPID/cmdline; echo'"""))
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert said.read_text().split() == ["hub"]
+    reaper_argv = next(line for line in res.stdout.splitlines() if "reaper.py" in line)
+    assert "--hub" in reaper_argv, reaper_argv
+
+
+def test_a_run_that_preflight_refuses_leaves_no_hub_behind(tmp_path: Path) -> None:
+    """The hub preflight starts beside its git processes is ended when preflight refuses the run (a
+    process that outlives the refusal, as a supervisor does, is left with nothing of the run)."""
+    from corral.core import procs
+    from corral.core.pipeline import prepare
+    from corral.core.vcs.base import UsageError
+
+    def hubs() -> list[int]:
+        found = []
+        for p in procs.reaper.processes():
+            if p.ppid == os.getpid() and p.state != "Z":
+                with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+                    if b"--hub" in f.read().split(b"\0"):
+                        found.append(p.pid)
+        return found
+
+    with procs._Hub._guard:  # (one the tests before used: this test starts from none)
+        if procs._Hub._instance is not None:
+            procs._Hub._instance.close()
+            procs._Hub._instance = None
+    repo = make_repo(tmp_path / "repo")
+
+    async def refused() -> None:
+        await prepare(_one_task_plan(sandbox="none"), repo, base="nope")
+
+    with pytest.raises(UsageError, match="base 'nope': no such revision"):
+        anyio.run(refused)
+    assert procs._Hub._instance is None and hubs() == []
+
+    async def accepted() -> None:  # (one that passes keeps it for its agents)
+        prep = await prepare(_one_task_plan(sandbox="none"), repo)
+        await prep.backend.close()
+
+    anyio.run(accepted)
+    assert procs._Hub._instance is not None and hubs() == [procs._Hub._instance.proc.pid]
+
+
 def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
     """Started beside a run's preflight (at its first process), the watchdog is Python without
     ``site`` and without the corral package, as the reapers are (a third of the CPU time on a

@@ -192,10 +192,13 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     from corral.core.preflight import prepare
     from corral.core.vcs.base import UsageError
 
+    detach = bool(getattr(args, "detach", False))
+
     async def do_prepare():
         return await prepare(plan, repo, base=getattr(args, "base", None), verify=getattr(args, "verify", None),
                              max_parallel=getattr(args, "max_parallel", None),
-                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None))
+                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None),
+                             starts_agents=(headless and not detach) or in_process)
 
     keymap = None
     if not headless:
@@ -207,7 +210,6 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
         except KeymapError as exc:
             fail_usage(str(exc))
     keep = bool(getattr(args, "keep_worktrees", False))
-    detach = bool(getattr(args, "detach", False))
     beside = import_beside(_HEADLESS_MODULES if headless and not detach else _IN_PROCESS_MODULES if in_process
                            else _SUPERVISED_MODULES + (() if detach else ("corral.tui.dashboard",)))
     try:
