@@ -340,3 +340,32 @@ def test_an_unused_standby_ends_and_removes_its_socket(tmp_path: Path, standbys:
     pid = wait_standby(standbys)
     _until(lambda: not alive(pid), "the standby to end")
     assert list(standbys.glob("*.sock")) == []
+
+
+#: what a standby does before it waits, then the command ``argv[1:]`` as the standby runs it: prints
+#: the corral modules it imported and the argument parsers it built meanwhile
+_AS_A_STANDBY = """
+import argparse, sys
+from corral.core.server.standby import warm
+
+cli = warm("corral.tui.cli")
+before, built = set(sys.modules), []
+init = argparse.ArgumentParser.__init__
+argparse.ArgumentParser.__init__ = lambda self, *a, **k: (built.append(1), init(self, *a, **k))[1]
+code = cli.main(sys.argv[1:])
+late = sorted(m for m in set(sys.modules) - before if m.startswith("corral"))
+print("late:", late, "parsers built:", len(built), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_standby_has_done_what_every_run_starts_with_before_it_waits(tmp_path: Path) -> None:
+    """What a headless run needs is imported by the standby before it waits (the git backend too),
+    and the command line's parser built: the run it takes imports no module of corral and builds
+    no parser (argparse compiles its patterns as it builds one)."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
+    res = subprocess.run([sys.executable, "-c", _AS_A_STANDBY, "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "late: [] parsers built: 0" in res.stderr, res.stderr

@@ -492,11 +492,11 @@ def _exit_code(code: object) -> int:
 
 
 def serve(entry: str) -> None:
-    """Be a standby for the module ``entry``: import it and what its ``STANDBY_MODULES`` names,
-    wait (at most ``CORRAL_STANDBY_IDLE`` seconds unused, and while the key holds) for one command,
-    and run it as the client's process with ``entry.main(args)``. Started by :func:`start`."""
+    """Be a standby for the module ``entry``: import it and what its ``STANDBY_MODULES`` names, do
+    what its ``standby_warm()`` does (:func:`warm`), wait (at most ``CORRAL_STANDBY_IDLE`` seconds
+    unused, and while the key holds) for one command, and run it as the client's process with
+    ``entry.main(args)``. Started by :func:`start`."""
     import atexit
-    import importlib
     import time
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -511,9 +511,7 @@ def serve(entry: str) -> None:
     listener = _Listener(directory, path)  # type: ignore[arg-type]
     if listener.sock is None:
         return
-    module = importlib.import_module(entry)
-    for name in getattr(module, "STANDBY_MODULES", ()):
-        importlib.import_module(name)
+    module = warm(entry)
     import gc
 
     gc.collect()
@@ -543,6 +541,18 @@ def serve(entry: str) -> None:
             except (OSError, ValueError):
                 pass
     sys.exit(code)
+
+
+def warm(entry: str) -> ModuleType:
+    """The module ``entry`` imported, and what its ``STANDBY_MODULES`` names, and its
+    ``standby_warm()`` done: what a standby does before it waits for a command."""
+    import importlib
+
+    module = importlib.import_module(entry)
+    for name in getattr(module, "STANDBY_MODULES", ()):
+        importlib.import_module(name)
+    getattr(module, "standby_warm", lambda: None)()
+    return module
 
 
 def _wait(listener: _Listener, the_key: str) -> tuple[socket.socket, _Request] | None:
