@@ -369,3 +369,26 @@ def test_a_standby_has_done_what_every_run_starts_with_before_it_waits(tmp_path:
                          cwd=repo, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
     assert "late: [] parsers built: 0" in res.stderr, res.stderr
+
+
+def test_the_client_imports_nothing_costly_before_it_hands_over(tmp_path: Path) -> None:
+    """What ``corral`` imports before it hands its command over (cli's module, the standby client,
+    its key), in an interpreter that has loaded nothing else (``-S``; the package found by path, as
+    an installed one is): none of ``signal``, ``contextlib`` or ``typing`` (``enum``,
+    ``collections``, ``functools``: a third of the client's start), ``socket``, ``subprocess``,
+    ``json``, ``re`` or ``argparse``."""
+    root = tmp_path / "site" / "corral"
+    root.mkdir(parents=True)
+    for part in ("core", "tui"):
+        (root / part).symlink_to(Path(__import__(f"corral.{part}", fromlist=["_"]).__path__[0]))
+    code = ("import sys\nbefore = set(sys.modules)\nimport corral.tui.cli\n"
+            "from corral.core.server import standby\nstandby.socket_path('/x', standby.key())\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    res = subprocess.run([sys.executable, "-S", "-c", code], env={**os.environ, "PYTHONPATH": str(root.parent)},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    loaded = set(res.stdout.split())
+    assert "corral.core.server.standby" in loaded
+    costly = {"signal", "contextlib", "typing", "enum", "collections", "functools", "socket", "subprocess", "json",
+              "re", "argparse"}
+    assert not loaded & costly, sorted(loaded & costly)

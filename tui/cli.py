@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from corral.core.codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -531,6 +530,8 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     SIGTERM and SIGHUP stop the run, as ``corral stop`` would: its cleanup runs, what it prints
     is still rendered, and the exit code is 130; later signals only print a note. Output closed by
     its reader stops the run the same way."""
+    import signal
+
     import anyio
 
     from corral.core.server.client import LocalLink, SnapshotEnd
