@@ -139,13 +139,29 @@ async def probe() -> tuple[str, bool, str]:
     return _probed[found]
 
 
+def probe_ahead() -> None:
+    """Probe bwrap now, outside any run (a standby does, before it waits for a command): the run's
+    preflight finds the answer known. Only a bwrap that works is remembered: one that cannot run is
+    tried again when a run asks (what stopped it may be gone by then), so no run goes without a
+    sandbox it could have had; one that stopped working since fails at its command's start."""
+    found = shutil.which("bwrap")
+    if found is not None and found not in _probed:
+        result = _try_bwrap_now(found)
+        if result[0]:
+            _probed[found] = result
+
+
 async def _try_bwrap(found: str) -> tuple[str, bool, str]:
     import anyio.to_thread
 
+    return await anyio.to_thread.run_sync(_try_bwrap_now, found)
+
+
+def _try_bwrap_now(found: str) -> tuple[str, bool, str]:
     result: tuple[str, bool, str] = ("", False, "")
     for signals in (True, False):
         trial = Sandbox(bwrap=found, network=False, signals=signals)
-        code, out = await anyio.to_thread.run_sync(_run_trial, trial.wrap(["true"], cwd="/"), 20.0)
+        code, out = _run_trial(trial.wrap(["true"], cwd="/"), 20.0)
         if code == 0:
             result = (found, signals, "")
             break

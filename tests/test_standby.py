@@ -392,3 +392,77 @@ def test_the_client_imports_nothing_costly_before_it_hands_over(tmp_path: Path) 
     costly = {"signal", "contextlib", "typing", "enum", "collections", "functools", "socket", "subprocess", "json",
               "re", "argparse"}
     assert not loaded & costly, sorted(loaded & costly)
+
+
+#: a standby's warm-up, then the command ``argv[3:]`` as the standby runs it, with ``bwrap`` on PATH a
+#: wrapper that notes each start in file argv[1] and fails while file argv[2] exists (removed after
+#: the warm-up): prints how many bwrap processes started during the warm-up and during the run
+_PROBED_AHEAD = """
+import os, sys
+from pathlib import Path
+from corral.core.server.standby import warm
+
+log, broken = Path(sys.argv[1]), Path(sys.argv[2])
+cli = warm("corral.tui.cli")
+ahead = len(log.read_text().splitlines()) if log.exists() else 0
+broken.unlink(missing_ok=True)
+code = cli.main(sys.argv[3:])
+print("ahead:", ahead, "in the run:", len(log.read_text().splitlines()) - ahead, file=sys.stderr)
+sys.exit(code)
+"""
+
+SANDBOXED = """\
+    agent = "shell"
+    setup = "none"
+    approve = "none"
+    sandbox = "bwrap"
+    [[tasks]]
+    name = "one"
+    prompt = "echo first-line"
+"""
+
+
+def _probed_ahead(tmp_path: Path, broken: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    log, flag = tmp_path / "bwrap-starts", tmp_path / "bwrap-broken"
+    if broken:
+        flag.touch()
+    bindir = tmp_path / "bwrap-bin"
+    bindir.mkdir()
+    (bindir / "bwrap").write_text(f'#!/bin/sh\necho start >> {log}\n'
+                                  f'if [ -e {flag} ]; then echo "bwrap: no user namespaces" >&2; exit 1; fi\n'
+                                  f'exec {shutil.which("bwrap")} "$@"\n')
+    (bindir / "bwrap").chmod(0o755)
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", SANDBOXED)
+    res = subprocess.run([sys.executable, "-c", _PROBED_AHEAD, str(log), str(flag), "run", str(plan), "--headless"],
+                         cwd=repo, env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    return res, log
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+def test_a_standby_has_probed_the_sandbox_before_it_waits(tmp_path: Path) -> None:
+    """The sandbox probe (a bwrap started and ended, the slowest of preflight's steps) is made by the
+    standby before it waits: the run it takes starts one bwrap, its agent's, and runs sandboxed."""
+    from test_sandbox import bwrap_problem
+
+    if bwrap_problem():
+        pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    res, _ = _probed_ahead(tmp_path, broken=False)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap" in res.stdout
+    assert "ahead: 1 in the run: 1" in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+def test_a_sandbox_that_failed_the_standbys_probe_is_probed_again_by_the_run(tmp_path: Path) -> None:
+    """A bwrap that could not run when the standby probed it is not taken as broken for good: the
+    run probes it again, and (working by then) its agent runs in it, as it would in-process."""
+    from test_sandbox import bwrap_problem
+
+    if bwrap_problem():
+        pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    res, _ = _probed_ahead(tmp_path, broken=True)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap" in res.stdout
+    assert "ahead: 2 in the run: 2" in res.stderr, res.stderr  # (a failing probe tries both ways)
