@@ -87,7 +87,7 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 tg.start_soon(anyio.to_thread.run_sync, lambda: hubs.append(start_hub()))
             if _probes(plan, sandbox, env):
                 tg.start_soon(probe)  # (sandbox_policy below gets its result)
-            backend = await open_backend(repo, plan.vcs)
+            backend = await open_backend(repo, plan.vcs, checks_base=not plan.base)
             try:
                 user_state = _Soon(tg, backend.remember_user_state)
                 base_name = plan.base or await backend.current_base()

@@ -47,6 +47,48 @@ def test_preflight_asks_git_five_questions_and_creates_nothing(tmp_path: Path, c
     assert not (repo / ".git" / "corral" / "runs").exists()
 
 
+def test_preflight_asks_for_each_ref_beside_the_rev_parse_that_finds_the_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base checked out in the repository (its ``HEAD``) is asked about (``for-each-ref``) while
+    ``rev-parse`` finds the repository, not after it: here ``rev-parse`` waits (up to 10 s) for a
+    ``for-each-ref`` to have started, and says whether one had. Still five git processes; with a
+    base given (``--base``), the questions one after the other, as before."""
+    from corral.core.pipeline import prepare
+
+    real = shutil.which("git")
+    repo = make_repo(tmp_path / "repo")
+    bindir, log, said = tmp_path / "bin", tmp_path / "git-calls", tmp_path / "rev-parse-saw"
+    bindir.mkdir()
+    (bindir / "git").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" | sed "s/-c [^ ]* //g" >> {log}\n'
+        f'case "$*" in *"rev-parse --show-toplevel"*) if [ -e {said} ]; then\n'
+        f"  i=0; until grep -q for-each-ref {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if grep -q for-each-ref {log}; then echo beside >> {said}; else echo after >> {said}; fi; fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n')
+    (bindir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    main_commit = git(repo, "rev-parse", "main").strip()
+
+    async def main(base: str | None) -> None:
+        prep = await prepare(_one_task_plan(sandbox="none"), repo, base=base)
+        assert prep.base_name == "main" and prep.base_commit == main_commit
+        await prep.backend.close()
+
+    log.write_text("")
+    said.write_text("")  # (rev-parse waits while this file exists)
+    anyio.run(main, None)
+    assert said.read_text().split() == ["beside"]
+    asked = collections.Counter(line.split()[0] for line in _calls(log))
+    assert asked == {"rev-parse": 1, "for-each-ref": 1, "log": 1, "status": 1, "ls-tree": 1}
+    said.unlink()
+    log.write_text("")
+    anyio.run(main, "main")
+    assert _calls(log)[0].startswith("rev-parse --show-toplevel")
+    assert collections.Counter(line.split()[0] for line in _calls(log)) == asked
+
+
 def test_preflight_still_refuses_what_it_refused(tmp_path: Path) -> None:
     """The checks answered by the one ``for-each-ref`` refuse as before: a missing base, a branch
     ``corral``; a tag or ``main~1`` as the base still resolves."""
