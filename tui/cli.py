@@ -121,12 +121,15 @@ def parser() -> argparse.ArgumentParser:
 
 def standby_warm() -> None:
     """What a standby does once it has imported :data:`STANDBY_MODULES`: the work every command does
-    first, here the parser (argparse compiles its patterns as it builds one: 5 to 10 ms), and the
-    probe of bwrap (a sandbox started and ended: the slowest of preflight's steps, see
-    :func:`corral.core.sandbox.probe_ahead`)."""
+    first, here the parser (argparse compiles its patterns as it builds one: 5 to 10 ms)."""
+    parser()
+
+
+def standby_ahead() -> None:
+    """What a standby does while it imports: the probe of bwrap (a sandbox started and ended, the
+    slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
     from corral.core.sandbox import probe_ahead
 
-    parser()
     probe_ahead()
 
 

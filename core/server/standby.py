@@ -555,13 +555,21 @@ def serve(entry: str) -> None:
 
 def warm(entry: str) -> ModuleType:
     """The module ``entry`` imported, and what its ``STANDBY_MODULES`` names, and its
-    ``standby_warm()`` done: what a standby does before it waits for a command."""
+    ``standby_warm()`` done, with its ``standby_ahead()`` (work that waits on other processes) in a
+    thread beside the imports: what a standby does before it waits for a command. (A command that
+    comes right after the one that started this standby waits for all of it.)"""
     import importlib
+    import threading
 
     module = importlib.import_module(entry)
-    for name in getattr(module, "STANDBY_MODULES", ()):
-        importlib.import_module(name)
-    getattr(module, "standby_warm", lambda: None)()
+    ahead = threading.Thread(target=getattr(module, "standby_ahead", lambda: None), name="corral-standby-ahead")
+    ahead.start()
+    try:
+        for name in getattr(module, "STANDBY_MODULES", ()):
+            importlib.import_module(name)
+        getattr(module, "standby_warm", lambda: None)()
+    finally:
+        ahead.join()
     return module
 
 
