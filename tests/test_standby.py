@@ -466,3 +466,17 @@ def test_a_sandbox_that_failed_the_standbys_probe_is_probed_again_by_the_run(tmp
     assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
     assert "one: sandboxed: bwrap" in res.stdout
     assert "ahead: 2 in the run: 2" in res.stderr, res.stderr  # (a failing probe tries both ways)
+
+
+def test_a_standby_imports_with_the_collector_paused_then_collects_once_and_freezes() -> None:
+    """The standby's warm-up makes objects that live as long as the process: no collection runs
+    while it imports (they were a fifth of its time, and of the CPU the run that started it
+    shares), one runs at its end, and what is left is frozen; the collector is on again after."""
+    code = ("import gc\nfrom corral.core.server.standby import warm\n"
+            "before = [s['collections'] for s in gc.get_stats()]\nwarm('corral.tui.cli')\n"
+            "after = [s['collections'] for s in gc.get_stats()]\n"
+            "print([a - b for a, b in zip(after, before)], gc.get_freeze_count() > 10000, gc.isenabled())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("]")[0] + "]" == "[0, 0, 1]", res.stdout
+    assert res.stdout.split("]")[1].split() == ["True", "True"], res.stdout
