@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 
 from .plan import Plan
+from .procs import start_hub, stop_unused_hub
 from .sandbox import MODES, Policy, probe
 from .vcs import open_backend
 from .vcs.base import Backend, UsageError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from .continuation import Continuation, Revisit
+    from .procs import _Hub
 
 
 def _new_run_id() -> str:
@@ -55,9 +57,10 @@ class Prepared:
 async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, verify: str | None = None,
                   max_parallel: int | None = None, approve: str | None = None,
                   sandbox: str | None = None, env: dict[str, str] | None = None,
-                  cwd: str | None = None) -> Prepared:
+                  cwd: str | None = None, starts_agents: bool = True) -> Prepared:
     """Step 1, preflight. Raises :class:`UsageError` naming the problem; creates nothing. ``env`` and
-    ``cwd`` are those of the person's terminal when another process (the supervisor) prepares."""
+    ``cwd`` are those of the person's terminal when another process (the supervisor) prepares;
+    ``starts_agents``: the run's agents start in this process (not in a supervisor it is handed to)."""
     if sandbox is not None and sandbox not in MODES:
         raise UsageError(f"--sandbox {sandbox}: must be one of {', '.join(MODES)}")
     if base is not None:
@@ -72,15 +75,19 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
         plan.approve = approve
     # what does not depend on the answers before it is asked at once, each answer awaited where the
     # checks needed it in turn: the same checks, in the same order, the first problem the one said
+    hubs: list[_Hub | None] = []  # the reaper hub, if started here: a refused run ends it
     try:
         async with anyio.create_task_group() as tg:
-            # the process's watchdog (procs.py tells it each agent) starts now, beside the git
-            # processes: at the first agent's start its Python start would share the cores with the
-            # agent's own (nothing waits for it; the process keeps it)
-            tg.start_soon(anyio.to_thread.run_sync, Watchdog.get)
+            if starts_agents:
+                # the process's watchdog (procs.py tells it each agent) and the hub that forks the
+                # agents' reapers start now, beside the git processes: at the first agent's start
+                # the agent would wait for the hub's Python start, and both would share the cores
+                # with the agent's own (nothing here waits for them; the process keeps them)
+                tg.start_soon(anyio.to_thread.run_sync, Watchdog.get)
+                tg.start_soon(anyio.to_thread.run_sync, lambda: hubs.append(start_hub()))
             if _probes(plan, sandbox, env):
                 tg.start_soon(probe)  # (sandbox_policy below gets its result)
-            backend = await open_backend(repo, plan.vcs)
+            backend = await open_backend(repo, plan.vcs, checks_base=not plan.base)
             try:
                 user_state = _Soon(tg, backend.remember_user_state)
                 base_name = plan.base or await backend.current_base()
@@ -97,8 +104,13 @@ async def prepare(plan: Plan, repo: str | Path, *, base: str | None = None, veri
                 with anyio.CancelScope(shield=True):
                     await backend.close()
                 raise
-    except BaseExceptionGroup as group:
-        raise _problem_of(group) from None
+    except BaseException as exc:
+        if hubs and hubs[0] is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stop_unused_hub, hubs[0])
+        if isinstance(exc, BaseExceptionGroup):
+            raise _problem_of(exc) from None
+        raise
     return prep
 
 

@@ -202,13 +202,15 @@ class _Adopted:
 
 class _Hub:
     """corral's end of the reaper hub (:func:`.reaper.serve`): started on first use (again if it
-    died), one request at a time. Its environment is empty: it forks reapers, each given its
-    command's environment, and is never taken for a process of a task."""
+    died), or beforehand by :func:`start_hub`; one request at a time. Its environment is empty: it
+    forks reapers, each given its command's environment, and is never taken for a process of a task."""
 
     _instance: "_Hub | None" = None
     _guard = threading.Lock()
 
     def __init__(self) -> None:
+        #: whether a command was asked of it (:func:`stop_unused_hub` leaves such a hub alone)
+        self.used = False
         mine, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, "--hub", str(theirs.fileno())],
@@ -240,15 +242,10 @@ class _Hub:
         started): the caller starts the reaper itself. Raises OSError when the hub failed while
         asked (whether it forked the reaper is unknown: the command is not started again)."""
         with cls._guard:
-            hub = cls._instance
-            if hub is None or hub.proc.poll() is not None:
-                if hub is not None:
-                    hub.close()
-                try:
-                    hub = cls._instance = cls()
-                except OSError:
-                    cls._instance = None
-                    return None
+            hub, _ = cls._live()
+            if hub is None:
+                return None
+            hub.used = True
             out_r, out_w = os.pipe()
             try:
                 pid = hub._ask(reaper.request(argv, os.path.abspath(cwd), env, grace, os.getpid(), nice),
@@ -263,6 +260,21 @@ class _Hub:
                 raise OSError(f"the reaper hub could not start {argv[0]}")
             return _Adopted(pid, out_r)
 
+    @classmethod
+    def _live(cls) -> "tuple[_Hub | None, bool]":
+        """(the running hub, started now if there was none or it died; None if it cannot be
+        started), and whether it was started by this call. Called under :attr:`_guard`."""
+        hub = cls._instance
+        if hub is not None and hub.proc.poll() is None:
+            return hub, False
+        if hub is not None:
+            hub.close()
+        try:
+            cls._instance = cls()
+        except OSError:
+            cls._instance = None
+        return cls._instance, cls._instance is not None
+
     def _ask(self, message: bytes, fds: list[int]) -> int:
         sent = socket.send_fds(self.sock, [message], fds)
         if sent < len(message):
@@ -274,6 +286,28 @@ class _Hub:
                 raise OSError("the reaper hub is gone")
             answer += more
         return int.from_bytes(answer, "little")
+
+
+def start_hub() -> "_Hub | None":
+    """Start the reaper hub now, where commands run under reapers and none is running: a run whose
+    agents start in this process calls it beside its preflight (in a worker thread), so that its
+    first agent does not wait for the hub's Python to start. Returns the hub it started, for
+    :func:`stop_unused_hub` (None: it started none)."""
+    if not (REAPED and _become_subreaper()):  # (the hub's reapers would go to init: it is not used)
+        return None
+    with _Hub._guard:
+        hub, started = _Hub._live()
+        return hub if started else None
+
+
+def stop_unused_hub(hub: "_Hub | None") -> None:
+    """End ``hub`` (as :func:`start_hub` returned it) unless a command was asked of it meanwhile: a
+    run that preflight refused leaves no process behind."""
+    with _Hub._guard:
+        if hub is not None and hub is _Hub._instance and not hub.used:
+            _Hub._instance = None
+            atexit.unregister(hub.close)
+            hub.close()
 
 
 class Child:

@@ -21,6 +21,7 @@ without a controlling terminal.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -79,14 +80,11 @@ class Sandbox:
         if not self.network:
             out.append("--unshare-net")
         out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        private = ["/tmp", os.path.realpath(tempfile.gettempdir())]
+        private, tools = _private_dirs(os.environ.get("PATH", ""), tempfile.gettempdir())
         mounts = {p: "--tmpfs" for p in private}
         # tools that live in a temp dir (a venv or a PATH entry there: CI checkouts often are) stay
         # visible, read-only, over the private ones
-        tools = [sys.prefix, sys.exec_prefix, sys.base_prefix, *os.environ.get("PATH", "").split(os.pathsep)]
-        mounts.update({os.path.realpath(p): "--ro-bind" for p in tools
-                       if p and os.path.isabs(p) and os.path.isdir(p)
-                       and any(_within_dir(os.path.realpath(p), d) and os.path.realpath(p) != d for d in private)})
+        mounts.update({p: "--ro-bind" for p in tools if os.path.isdir(p)})
         mounts.update({os.path.realpath(p): "--ro-bind" for p in visible if os.path.lexists(p)})
         mounts.update({os.path.realpath(p): "--bind" for p in writable if os.path.lexists(p)})
         sources = {}
@@ -102,6 +100,17 @@ class Sandbox:
             env = shutil.which("env") or "env"  # corral's PATH found bwrap; an agent's may differ
             return [env, "--ignore-signal=TERM", *out, env, "--default-signal=TERM", *argv]
         return out + argv
+
+
+@functools.lru_cache(maxsize=8)
+def _private_dirs(path_env: str, tempdir: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the temp dirs a sandbox gets private ones of: ``/tmp`` and ``tempdir``, real paths; the real
+    paths of corral's tools that lie in them: its Python's prefixes, the entries of ``path_env``).
+    The same for every agent of a process: resolved once (some forty ``lstat`` calls each time)."""
+    private = ("/tmp", os.path.realpath(tempdir))
+    real = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, *path_env.split(os.pathsep))
+            if p and os.path.isabs(p)}
+    return private, tuple(sorted(p for p in real if any(_within_dir(p, d) and p != d for d in private)))
 
 
 def _within_dir(path: str, top: str) -> bool:
@@ -136,13 +145,29 @@ async def probe() -> tuple[str, bool, str]:
     return _probed[found]
 
 
+def probe_ahead() -> None:
+    """Probe bwrap now, outside any run (a standby does, before it waits for a command): the run's
+    preflight finds the answer known. Only a bwrap that works is remembered: one that cannot run is
+    tried again when a run asks (what stopped it may be gone by then), so no run goes without a
+    sandbox it could have had; one that stopped working since fails at its command's start."""
+    found = shutil.which("bwrap")
+    if found is not None and found not in _probed:
+        result = _try_bwrap_now(found)
+        if result[0]:
+            _probed[found] = result
+
+
 async def _try_bwrap(found: str) -> tuple[str, bool, str]:
     import anyio.to_thread
 
+    return await anyio.to_thread.run_sync(_try_bwrap_now, found)
+
+
+def _try_bwrap_now(found: str) -> tuple[str, bool, str]:
     result: tuple[str, bool, str] = ("", False, "")
     for signals in (True, False):
         trial = Sandbox(bwrap=found, network=False, signals=signals)
-        code, out = await anyio.to_thread.run_sync(_run_trial, trial.wrap(["true"], cwd="/"), 20.0)
+        code, out = _run_trial(trial.wrap(["true"], cwd="/"), 20.0)
         if code == 0:
             result = (found, signals, "")
             break

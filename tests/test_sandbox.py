@@ -107,6 +107,35 @@ def test_tools_installed_in_the_temp_dir_stay_usable_in_the_sandbox(repo, tmp_pa
     assert not (bin_dir / "x").exists()
 
 
+def test_the_path_is_resolved_once_per_process_not_for_every_agent(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a sandbox keeps visible of the temp dirs (corral's Python, the PATH entries in them) is
+    the same for every agent of a process: each PATH entry is resolved once, not at every agent's
+    start; a PATH entry of the temp dir is still bound read-only over the private temp dir."""
+    from corral.core import sandbox
+
+    tools = tmp_path / "tools" / "bin"
+    tools.mkdir(parents=True)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    resolved: list[str] = []
+    realpath = os.path.realpath
+
+    def spied(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        resolved.append(os.fspath(path))
+        return realpath(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", spied)
+    box = sandbox.Sandbox(bwrap="/usr/bin/bwrap")
+    argvs = []
+    for task in ("one", "two"):
+        resolved.clear()
+        argvs.append(box.wrap(["true"], cwd=str(tmp_path), writable=[tmp_path / task]))
+    assert str(tools) not in resolved and "/usr/bin" not in resolved, resolved
+    first = argvs[0]
+    assert ["--ro-bind", str(tools.resolve()), str(tools.resolve())] == \
+        first[first.index(str(tools.resolve())) - 1:first.index(str(tools.resolve())) + 2]
+
+
 @needs_bwrap
 def test_network_false_refuses_a_connection_to_a_local_listener(repo, tmp_path, wt_root):
     server = socket.socket()

@@ -340,3 +340,143 @@ def test_an_unused_standby_ends_and_removes_its_socket(tmp_path: Path, standbys:
     pid = wait_standby(standbys)
     _until(lambda: not alive(pid), "the standby to end")
     assert list(standbys.glob("*.sock")) == []
+
+
+#: what a standby does before it waits, then the command ``argv[1:]`` as the standby runs it: prints
+#: the corral modules it imported and the argument parsers it built meanwhile
+_AS_A_STANDBY = """
+import argparse, sys
+from corral.core.server.standby import warm
+
+cli = warm("corral.tui.cli")
+before, built = set(sys.modules), []
+init = argparse.ArgumentParser.__init__
+argparse.ArgumentParser.__init__ = lambda self, *a, **k: (built.append(1), init(self, *a, **k))[1]
+code = cli.main(sys.argv[1:])
+late = sorted(m for m in set(sys.modules) - before if m.startswith("corral"))
+print("late:", late, "parsers built:", len(built), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_standby_has_done_what_every_run_starts_with_before_it_waits(tmp_path: Path) -> None:
+    """What a headless run needs is imported by the standby before it waits (the git backend too),
+    and the command line's parser built: the run it takes imports no module of corral and builds
+    no parser (argparse compiles its patterns as it builds one)."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
+    res = subprocess.run([sys.executable, "-c", _AS_A_STANDBY, "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "late: [] parsers built: 0" in res.stderr, res.stderr
+
+
+def test_the_client_imports_nothing_costly_before_it_hands_over(tmp_path: Path) -> None:
+    """What ``corral`` imports before it hands its command over (cli's module, the standby client,
+    its key), in an interpreter that has loaded nothing else (``-S``; the package found by path, as
+    an installed one is): none of ``signal``, ``contextlib`` or ``typing`` (``enum``,
+    ``collections``, ``functools``: a third of the client's start), ``socket``, ``subprocess``,
+    ``json``, ``re`` or ``argparse``."""
+    root = tmp_path / "site" / "corral"
+    root.mkdir(parents=True)
+    for part in ("core", "tui"):
+        (root / part).symlink_to(Path(__import__(f"corral.{part}", fromlist=["_"]).__path__[0]))
+    code = ("import sys\nbefore = set(sys.modules)\nimport corral.tui.cli\n"
+            "from corral.core.server import standby\nstandby.socket_path('/x', standby.key())\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    res = subprocess.run([sys.executable, "-S", "-c", code], env={**os.environ, "PYTHONPATH": str(root.parent)},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    loaded = set(res.stdout.split())
+    assert "corral.core.server.standby" in loaded
+    costly = {"signal", "contextlib", "typing", "enum", "collections", "functools", "socket", "subprocess", "json",
+              "re", "argparse"}
+    assert not loaded & costly, sorted(loaded & costly)
+
+
+#: a standby's warm-up, then the command ``argv[3:]`` as the standby runs it, with ``bwrap`` on PATH a
+#: wrapper that notes each start in file argv[1] and fails while file argv[2] exists (removed after
+#: the warm-up): prints how many bwrap processes started during the warm-up and during the run
+_PROBED_AHEAD = """
+import os, sys
+from pathlib import Path
+from corral.core.server.standby import warm
+
+log, broken = Path(sys.argv[1]), Path(sys.argv[2])
+cli = warm("corral.tui.cli")
+ahead = len(log.read_text().splitlines()) if log.exists() else 0
+broken.unlink(missing_ok=True)
+code = cli.main(sys.argv[3:])
+print("ahead:", ahead, "in the run:", len(log.read_text().splitlines()) - ahead, file=sys.stderr)
+sys.exit(code)
+"""
+
+SANDBOXED = """\
+    agent = "shell"
+    setup = "none"
+    approve = "none"
+    sandbox = "bwrap"
+    [[tasks]]
+    name = "one"
+    prompt = "echo first-line"
+"""
+
+
+def _probed_ahead(tmp_path: Path, broken: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    log, flag = tmp_path / "bwrap-starts", tmp_path / "bwrap-broken"
+    if broken:
+        flag.touch()
+    bindir = tmp_path / "bwrap-bin"
+    bindir.mkdir()
+    (bindir / "bwrap").write_text(f'#!/bin/sh\necho start >> {log}\n'
+                                  f'if [ -e {flag} ]; then echo "bwrap: no user namespaces" >&2; exit 1; fi\n'
+                                  f'exec {shutil.which("bwrap")} "$@"\n')
+    (bindir / "bwrap").chmod(0o755)
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", SANDBOXED)
+    res = subprocess.run([sys.executable, "-c", _PROBED_AHEAD, str(log), str(flag), "run", str(plan), "--headless"],
+                         cwd=repo, env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    return res, log
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+def test_a_standby_has_probed_the_sandbox_before_it_waits(tmp_path: Path) -> None:
+    """The sandbox probe (a bwrap started and ended, the slowest of preflight's steps) is made by the
+    standby before it waits: the run it takes starts one bwrap, its agent's, and runs sandboxed."""
+    from test_sandbox import bwrap_problem
+
+    if bwrap_problem():
+        pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    res, _ = _probed_ahead(tmp_path, broken=False)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap" in res.stdout
+    assert "ahead: 1 in the run: 1" in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+def test_a_sandbox_that_failed_the_standbys_probe_is_probed_again_by_the_run(tmp_path: Path) -> None:
+    """A bwrap that could not run when the standby probed it is not taken as broken for good: the
+    run probes it again, and (working by then) its agent runs in it, as it would in-process."""
+    from test_sandbox import bwrap_problem
+
+    if bwrap_problem():
+        pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    res, _ = _probed_ahead(tmp_path, broken=True)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "one: sandboxed: bwrap" in res.stdout
+    assert "ahead: 2 in the run: 2" in res.stderr, res.stderr  # (a failing probe tries both ways)
+
+
+def test_a_standby_imports_with_the_collector_paused_then_collects_once_and_freezes() -> None:
+    """The standby's warm-up makes objects that live as long as the process: no collection runs
+    while it imports (they were a fifth of its time, and of the CPU the run that started it
+    shares), one runs at its end, and what is left is frozen; the collector is on again after."""
+    code = ("import gc\nfrom corral.core.server.standby import warm\n"
+            "before = [s['collections'] for s in gc.get_stats()]\nwarm('corral.tui.cli')\n"
+            "after = [s['collections'] for s in gc.get_stats()]\n"
+            "print([a - b for a, b in zip(after, before)], gc.get_freeze_count() > 10000, gc.isenabled())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("]")[0] + "]" == "[0, 0, 1]", res.stdout
+    assert res.stdout.split("]")[1].split() == ["True", "True"], res.stdout

@@ -47,6 +47,48 @@ def test_preflight_asks_git_five_questions_and_creates_nothing(tmp_path: Path, c
     assert not (repo / ".git" / "corral" / "runs").exists()
 
 
+def test_preflight_asks_for_each_ref_beside_the_rev_parse_that_finds_the_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base checked out in the repository (its ``HEAD``) is asked about (``for-each-ref``) while
+    ``rev-parse`` finds the repository, not after it: here ``rev-parse`` waits (up to 10 s) for a
+    ``for-each-ref`` to have started, and says whether one had. Still five git processes; with a
+    base given (``--base``), the questions one after the other, as before."""
+    from corral.core.pipeline import prepare
+
+    real = shutil.which("git")
+    repo = make_repo(tmp_path / "repo")
+    bindir, log, said = tmp_path / "bin", tmp_path / "git-calls", tmp_path / "rev-parse-saw"
+    bindir.mkdir()
+    (bindir / "git").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" | sed "s/-c [^ ]* //g" >> {log}\n'
+        f'case "$*" in *"rev-parse --show-toplevel"*) if [ -e {said} ]; then\n'
+        f"  i=0; until grep -q for-each-ref {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"  if grep -q for-each-ref {log}; then echo beside >> {said}; else echo after >> {said}; fi; fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n')
+    (bindir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    main_commit = git(repo, "rev-parse", "main").strip()
+
+    async def main(base: str | None) -> None:
+        prep = await prepare(_one_task_plan(sandbox="none"), repo, base=base)
+        assert prep.base_name == "main" and prep.base_commit == main_commit
+        await prep.backend.close()
+
+    log.write_text("")
+    said.write_text("")  # (rev-parse waits while this file exists)
+    anyio.run(main, None)
+    assert said.read_text().split() == ["beside"]
+    asked = collections.Counter(line.split()[0] for line in _calls(log))
+    assert asked == {"rev-parse": 1, "for-each-ref": 1, "log": 1, "status": 1, "ls-tree": 1}
+    said.unlink()
+    log.write_text("")
+    anyio.run(main, "main")
+    assert _calls(log)[0].startswith("rev-parse --show-toplevel")
+    assert collections.Counter(line.split()[0] for line in _calls(log)) == asked
+
+
 def test_preflight_still_refuses_what_it_refused(tmp_path: Path) -> None:
     """The checks answered by the one ``for-each-ref`` refuse as before: a missing base, a branch
     ``corral``; a tag or ``main~1`` as the base still resolves."""
@@ -301,6 +343,61 @@ def test_the_watchdog_starts_beside_preflights_git(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
     assert said.read_text().split() == ["watchdog"]
+
+
+def test_the_reaper_hub_starts_beside_preflights_git(tmp_path: Path) -> None:
+    """A run starts the hub that forks its agents' reapers in preflight, beside its git processes:
+    its first agent does not wait for the hub's Python to start. Here preflight's ``git
+    for-each-ref`` waits (up to 20 s) for a hub child of corral to exist, and says whether one did;
+    the agent's reaper is then forked by that hub (one hub, started once)."""
+    said = tmp_path / "preflight-saw"
+    repo, bindir, plan = preflight_waits(tmp_path, "pgrep -P $PPID -f 'reaper.py --hub' > /dev/null", "hub", said)
+    plan.write_text(plan.read_text().replace('"echo first-line"',
+                                             """'echo first-line; tr "\\0" " " < /proc/$PPID/cmdline; echo'"""))
+    res = subprocess.run([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert said.read_text().split() == ["hub"]
+    reaper_argv = next(line for line in res.stdout.splitlines() if "reaper.py" in line)
+    assert "--hub" in reaper_argv, reaper_argv
+
+
+def test_a_run_that_preflight_refuses_leaves_no_hub_behind(tmp_path: Path) -> None:
+    """The hub preflight starts beside its git processes is ended when preflight refuses the run (a
+    process that outlives the refusal, as a supervisor does, is left with nothing of the run)."""
+    from corral.core import procs
+    from corral.core.pipeline import prepare
+    from corral.core.vcs.base import UsageError
+
+    def hubs() -> list[int]:
+        found = []
+        for p in procs.reaper.processes():
+            if p.ppid == os.getpid() and p.state != "Z":
+                with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+                    if b"--hub" in f.read().split(b"\0"):
+                        found.append(p.pid)
+        return found
+
+    with procs._Hub._guard:  # (one the tests before used: this test starts from none)
+        if procs._Hub._instance is not None:
+            procs._Hub._instance.close()
+            procs._Hub._instance = None
+    repo = make_repo(tmp_path / "repo")
+
+    async def refused() -> None:
+        await prepare(_one_task_plan(sandbox="none"), repo, base="nope")
+
+    with pytest.raises(UsageError, match="base 'nope': no such revision"):
+        anyio.run(refused)
+    assert procs._Hub._instance is None and hubs() == []
+
+    async def accepted() -> None:  # (one that passes keeps it for its agents)
+        prep = await prepare(_one_task_plan(sandbox="none"), repo)
+        await prep.backend.close()
+
+    anyio.run(accepted)
+    assert procs._Hub._instance is not None and hubs() == [procs._Hub._instance.proc.pid]
 
 
 def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from corral.core.codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -108,6 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_parser: argparse.ArgumentParser | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    """:func:`build_parser`'s parser, built once per process (parsing leaves it as it was): a
+    standby builds it before it waits for a command (see :func:`standby_warm`)."""
+    global _parser
+    if _parser is None:
+        _parser = build_parser()
+    return _parser
+
+
+def standby_warm() -> None:
+    """What a standby does once it has imported :data:`STANDBY_MODULES`: the work every command does
+    first, here the parser (argparse compiles its patterns as it builds one: 5 to 10 ms)."""
+    parser()
+
+
+def standby_ahead() -> None:
+    """What a standby does while it imports: the probe of bwrap (a sandbox started and ended, the
+    slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
+    from corral.core.sandbox import probe_ahead
+
+    probe_ahead()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line: a standby may run it (corral run --headless)
         from corral.core.server.standby import hand_over
@@ -116,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handed is not None:
             sys.exit(handed)
     try:
-        args = build_parser().parse_args(argv)
+        args = parser().parse_args(argv)
         code = dispatch(args)
     except UsageExit as exc:
         print(str(exc), file=sys.stderr)
@@ -192,10 +217,13 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     from corral.core.preflight import prepare
     from corral.core.vcs.base import UsageError
 
+    detach = bool(getattr(args, "detach", False))
+
     async def do_prepare():
         return await prepare(plan, repo, base=getattr(args, "base", None), verify=getattr(args, "verify", None),
                              max_parallel=getattr(args, "max_parallel", None),
-                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None))
+                             approve=getattr(args, "approve", None), sandbox=getattr(args, "sandbox", None),
+                             starts_agents=(headless and not detach) or in_process)
 
     keymap = None
     if not headless:
@@ -207,7 +235,6 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
         except KeymapError as exc:
             fail_usage(str(exc))
     keep = bool(getattr(args, "keep_worktrees", False))
-    detach = bool(getattr(args, "detach", False))
     beside = import_beside(_HEADLESS_MODULES if headless and not detach else _IN_PROCESS_MODULES if in_process
                            else _SUPERVISED_MODULES + (() if detach else ("corral.tui.dashboard",)))
     try:
@@ -241,7 +268,7 @@ _HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host"
                      "corral.tui.headless")
 #: what ``corral run --headless`` needs from its start, imported by a standby before it waits for one
 STANDBY_MODULES = ("argparse", "json", "anyio", "anyio._backends._asyncio", "corral.core.plan",
-                   "corral.core.preflight", *_HEADLESS_MODULES)
+                   "corral.core.preflight", "corral.core.vcs.git", *_HEADLESS_MODULES)
 _IN_PROCESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.tui.dashboard")
 _SUPERVISED_MODULES = ("corral.core.server.client", "corral.core.server.launch")
 
@@ -511,6 +538,8 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     SIGTERM and SIGHUP stop the run, as ``corral stop`` would: its cleanup runs, what it prints
     is still rendered, and the exit code is 130; later signals only print a note. Output closed by
     its reader stops the run the same way."""
+    import signal
+
     import anyio
 
     from corral.core.server.client import LocalLink, SnapshotEnd

@@ -18,9 +18,10 @@ def find_jj_root(path: Path) -> Path | None:
     return None
 
 
-async def open_backend(path: str | Path, vcs: str = "auto") -> Backend:
+async def open_backend(path: str | Path, vcs: str = "auto", checks_base: bool = False) -> Backend:
     """Open the repository containing ``path`` with the backend ``vcs`` asks for (auto: jj when
-    the repository has ``.jj``, else git). Raises :class:`UsageError` (exit 2) when it cannot."""
+    the repository has ``.jj``, else git). Raises :class:`UsageError` (exit 2) when it cannot.
+    ``checks_base``: the base checked out there is checked next (git asks it meanwhile)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such directory")
@@ -35,5 +36,5 @@ async def open_backend(path: str | Path, vcs: str = "auto") -> Backend:
     if vcs == "git":
         from .git import GitBackend
 
-        return await GitBackend.open(path)
+        return await GitBackend.open(path, checks_base=checks_base)
     raise UsageError(f"vcs {vcs!r}: must be auto, git or jj")

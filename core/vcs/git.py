@@ -132,16 +132,34 @@ class GitBackend(Backend):
         self._notices: list[str] = []
         #: where a branch is checked out, as :meth:`check_base` found it (None: nowhere), for :meth:`notes`
         self._checkout_seen: dict[str, Path | None] = {}
+        #: the branches :meth:`open` asked ``for-each-ref`` about beside its ``rev-parse``, and the
+        #: answer, for :meth:`_branch_tips` to use once
+        self._early_tips: tuple[tuple[str, ...], GitResult] | None = None
 
     # ----------------------------------------------------------------------------------- plumbing
     @classmethod
-    async def open(cls, path: str | Path) -> "GitBackend":
+    async def open(cls, path: str | Path, checks_base: bool = False) -> "GitBackend":
+        """The repository containing ``path``. ``checks_base``: :meth:`check_base` of the branch
+        checked out there comes next (preflight): its ``for-each-ref`` is asked beside the
+        ``rev-parse`` that finds the repository, where ``path`` holds the ``.git`` directory and its
+        ``HEAD`` names a branch (its answer is used if that is where ``rev-parse`` found the
+        repository and :meth:`check_base` asks about that branch)."""
         path = Path(path)
         if not path.is_dir():
             raise UsageError(f"{path}: no such directory")
-        res = await anyio.to_thread.run_sync(
-            _run_git_sync, ["rev-parse", "--show-toplevel", "--git-common-dir", "--git-dir"], str(path), None, None
-        )
+        guess = _head_branch(path / ".git") if checks_base and not any(v in os.environ for v in _LOCATION_ENV) else ""
+        names, early = (guess, "corral"), []
+
+        def ask_tips() -> None:
+            early.append(_run_git_sync(["for-each-ref", _TIPS_FORMAT, *[f"refs/heads/{n}" for n in names]],
+                                       str(path), None, None))
+
+        async with anyio.create_task_group() as tg:
+            if guess:
+                tg.start_soon(anyio.to_thread.run_sync, ask_tips)
+            res = await anyio.to_thread.run_sync(
+                _run_git_sync, ["rev-parse", "--show-toplevel", "--git-common-dir", "--git-dir"], str(path), None, None
+            )
         lines = res.out.strip().splitlines()
         if not res.ok or len(lines) < 3:
             raise UsageError(f"{path}: {await cls._not_usable(path, res)}")
@@ -149,7 +167,10 @@ class GitBackend(Backend):
         common = (path / lines[1]).resolve() if not os.path.isabs(lines[1]) else Path(lines[1]).resolve()
         gdir = (path / lines[2]).resolve() if not os.path.isabs(lines[2]) else Path(lines[2]).resolve()
         await cls._forget_location_env(root, common)
-        return cls(root, common, gdir)
+        backend = cls(root, common, gdir)
+        if early and gdir == (path / ".git").resolve():
+            backend._early_tips = names, early[0]
+        return backend
 
     @staticmethod
     async def _forget_location_env(root: Path, common: Path) -> None:
@@ -217,10 +238,8 @@ class GitBackend(Backend):
         """The branch the user's checkout is on, read from its ``HEAD`` file as ``git symbolic-ref -q
         HEAD`` reads it (no git process on the way to the run's start); git is asked when the file
         says anything but a plain branch name (a reftable repository's placeholder, a detached HEAD)."""
-        text = _read(self.git_dir / "HEAD")
-        ref = text[4:].strip() if text.startswith("ref:") else ""
-        name = ref.removeprefix("refs/heads/")
-        if ref.startswith("refs/heads/") and _PLAIN_REF.match(name) and _plain_ref_ok(name):
+        name = _head_branch(self.git_dir)
+        if name:
             return name
         # the full name: --short gives 'heads/main' when a tag 'main' exists too
         res = await self.git("symbolic-ref", "-q", "HEAD", check=False)
@@ -274,8 +293,11 @@ class GitBackend(Backend):
     async def _branch_tips(self, *names: str, check: bool = False) -> dict[str, "_Tip"]:
         """Which of the branches ``names`` exist (exactly: ``refs/heads/<name>``), each with what it
         points at and where it is checked out, from one ``for-each-ref``."""
-        res = await self.git("for-each-ref", "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)",
-                             *[f"refs/heads/{n}" for n in names], check=check)
+        early, self._early_tips = self._early_tips, None
+        if early is not None and early[0] == names and (early[1].ok or not check):
+            res = early[1]
+        else:
+            res = await self.git("for-each-ref", _TIPS_FORMAT, *[f"refs/heads/{n}" for n in names], check=check)
         wanted = {f"refs/heads/{n}": n for n in names}
         out: dict[str, _Tip] = {}
         for line in res.out.splitlines():
@@ -1597,6 +1619,17 @@ def _check_rev(rev: str) -> None:
 
 
 _PLAIN_REF = re.compile(r"\A[A-Za-z0-9._/-]+\Z")
+#: what :meth:`GitBackend._branch_tips` asks ``for-each-ref`` of each branch
+_TIPS_FORMAT = "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)"
+
+
+def _head_branch(git_dir: Path) -> str:
+    """The branch ``git_dir``'s ``HEAD`` names, read as :meth:`GitBackend.current_base` reads it
+    ("" when it names none, or not plainly)."""
+    text = _read(git_dir / "HEAD")
+    ref = text[4:].strip() if text.startswith("ref:") else ""
+    name = ref.removeprefix("refs/heads/")
+    return name if ref.startswith("refs/heads/") and _PLAIN_REF.match(name) and _plain_ref_ok(name) else ""
 
 
 def _plain_ref_ok(name: str) -> bool:
