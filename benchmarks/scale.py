@@ -15,7 +15,10 @@ one-task run.
 
 ``--only first-output`` measures the one-task run alone, ``--runs`` times (medians and each run's
 figures), with the steps before its line: ``run_started`` (imports, preflight, the journal), the
-workspace made, the agent started.
+workspace made, the agent started. Each run starts once a warm standby waits (``--pace ready``, a
+person's pace; the first run of the script may find none and start one), or right after the run
+before (``--pace back-to-back``: the standby that run started may still be warming up);
+``CORRAL_STANDBY=0`` measures the start without one.
 
 One run of each side (this is a slow measurement on a shared machine); the repository and the
 workspaces go to the temp dir (``TMPDIR=/dev/shm`` keeps the disk out of it).
@@ -138,13 +141,48 @@ def first_output(repo: Path, root: Path) -> dict[str, float]:
 STEPS = ("run_started", "workspace", "agent", "first")
 
 
-def first_output_only(files: int, runs: int) -> None:
-    """The one-task run alone, ``runs`` times on one ``files``-file repository."""
-    print(f"one task on a {files}-file repository, {runs} runs (temp dir {tempfile.gettempdir()})")
+def standby_ready(timeout: float = 10.0) -> bool:
+    """Wait until a standby of this user is warm (see corral's core/server/standby.py): one that
+    waits for a command accepts a connection, and closes one that sends no valid request, only
+    once its imports and warm-up are done. False when none answered (standbys off, or none left)."""
+    import socket
+
+    from corral.core.server import standby
+
+    if not standby.enabled():
+        return False
+    directory = standby.private_dir(create=False)
+    deadline = time.monotonic() + timeout
+    while directory and time.monotonic() < deadline:
+        for sock_path in Path(directory).glob("*.sock"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(str(sock_path))
+                    s.sendall(b"0\n")  # (no request: the standby drops it once it looks)
+                    s.settimeout(max(0.01, deadline - time.monotonic()))
+                    if s.recv(1) == b"":
+                        return True
+                except OSError:
+                    continue
+        time.sleep(0.02)
+    return False
+
+
+def first_output_only(files: int, runs: int, pace: str) -> None:
+    """The one-task run alone, ``runs`` times on one ``files``-file repository; with ``pace`` ready,
+    each run starts once a standby is warm (a person's pace: the last run's successor is ready),
+    back-to-back: each right after the one before (the standby started by the run before may
+    still be warming up, on the same two cores)."""
+    print(f"one task on a {files}-file repository, {runs} runs (temp dir {tempfile.gettempdir()}), "
+          f"{'each once a standby is warm' if pace == 'ready' else 'back to back'}")
     repo = scratch_repo(files)
     root = Path(tempfile.mkdtemp(prefix="corral-bench-scale-"))
     try:
-        got = [first_output(repo, root) for _ in range(runs)]
+        got = []
+        for _ in range(runs):
+            if pace == "ready":
+                standby_ready()
+            got.append(first_output(repo, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
         for p in repo.parent.glob(f"{repo.name}-*.toml"):
@@ -168,9 +206,11 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--only", choices=("first-output",), default=None, help="measure only this part")
     ap.add_argument("--runs", type=int, default=5, help="with --only first-output: how many one-task runs")
+    ap.add_argument("--pace", choices=("ready", "back-to-back"), default="ready",
+                    help="with --only first-output: start each run once a standby is warm, or right away")
     a = ap.parse_args()
     if a.only == "first-output":
-        first_output_only(a.files, a.runs)
+        first_output_only(a.files, a.runs, a.pace)
         return
     print(f"{a.tasks} trivial tasks at max_parallel {a.parallel} on a {a.files}-file repository "
           f"(temp dir {tempfile.gettempdir()})")
