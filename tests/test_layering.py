@@ -30,3 +30,18 @@ def test_importing_every_core_module_loads_no_textual():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_every_package_is_in_the_installed_distribution():
+    """A regular install (``pip install .``, not the development one, which finds every module in
+    place) gets only the packages pyproject.toml lists: every directory of core/ and tui/ that is a
+    package must be there (corral.core.server was not, and an installed corral had no supervisor)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {f"corral.{top}": top for top in ("core", "tui")}
+    assert conf["package-dir"] == dirs
+    found = {f"corral.{init.parent.relative_to(root).as_posix().replace('/', '.')}"
+             for top in dirs.values() for init in (root / top).rglob("__init__.py")}
+    assert found <= set(conf["packages"]), sorted(found - set(conf["packages"]))
