@@ -199,6 +199,26 @@ def test_the_first_frame_draws_the_panes_on_screen_and_the_others_are_filled_aft
     anyio.run(main)
 
 
+def test_arrow_keys_move_between_panes_of_a_grid_that_scrolls() -> None:
+    """64 panes, more than fit: down and up go to the pane below and above, the grid scrolling to
+    show it (the grid's own up and down, a scroll container's, came first and scrolled it a line,
+    the focus staying where it was)."""
+    names = [f"t{i:02d}" for i in range(64)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            assert screen._columns == 3
+            await pilot.press(*["down"] * 5)
+            await until(pilot, lambda: screen.focused_task == "t15", what="five rows down")
+            await until(pilot, lambda: screen.panes["t15"] in (screen._panes_on_screen() or ()), what="t15 shown")
+            await pilot.press("up", "right")
+            await until(pilot, lambda: screen.focused_task == "t13", what="a row up, then right")
+            app.exit()
+
+    anyio.run(main)
+
+
 def test_panes_off_screen_whose_agents_end_one_by_one_are_written_together() -> None:
     """Each flush that writes a pane off screen makes Textual rebuild its map of every widget: the
     panes off screen whose agents ended are written together, at most once a second, and all at

@@ -79,8 +79,10 @@ def finished_banner(fin: "RunFinished", repo: str) -> Text:
     return text
 
 
-class PanesScroll(VerticalScroll, can_focus=False):
-    """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
+class PanesScroll(VerticalScroll, can_focus=False, inherit_bindings=False):
+    """Scrolls the grid when there are more panes than fit; focus goes to the panes. None of a
+    scroll container's keys: its up and down came before the run screen's and scrolled the grid a
+    line, the focus staying where it was (the grid scrolls to the pane the arrows focus)."""
 
 
 class RunScreen(ForwardsWorkerErrors, Screen):
