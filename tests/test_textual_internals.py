@@ -57,9 +57,13 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
 
     assert "node._get_component_classes()" in inspect.getsource(Stylesheet._process_component_classes)
     assert params(DOMNode._get_component_classes) == []  # a cached classmethod, called without arguments
-    # TaskPane (tui/widgets.py) looks up the bindings of a key where it arrives, as App._on_key does
-    # once the key has bubbled up to the app: App._check_bindings, from the focused widget up
+    # CorralApp.on_event (tui/dashboard.py) looks up the bindings of a key for a focused pane where
+    # it arrives, as App.on_event does for the priority ones before it hands the key to the focused
+    # widget, and App._on_key once it has bubbled up to the app: App._check_bindings, from the
+    # focused widget up
     assert params(App._check_bindings) == ["self", "key", "priority"]
+    assert "self._check_bindings(event.key, priority=True)" in inspect.getsource(App.on_event)
+    assert "forward_target = self.focused or self.screen" in inspect.getsource(App.on_event)
     assert "self._check_bindings(event.key)" in inspect.getsource(App._on_key)
     # RunScreen (tui/run_screen.py) lays itself out only when a screen pushed over it resized it
     assert params(Screen._screen_resized) == ["self", "size"]

@@ -20,7 +20,7 @@ from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
 from corral.tui.keymap import binding_ids
 from corral.tui.model import PANE_MAX_LINES
-from corral.tui.widgets import FitFooter
+from corral.tui.widgets import FitFooter, PaneLog
 from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
 from test_tui_pilot import SIZE, until
 
@@ -97,8 +97,10 @@ def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> No
                 host.bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, start, start + 500)))
         app = CorralApp(link=LocalLink(host), notifications=False)
         async with app.run_test(size=SIZE) as pilot:
+            # (the panes off screen get theirs once filled, after the first frame: each its first write too)
             await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 16
-                        and any(p.log_widget.lines for p in app.run_screen.panes.values()), what="a painted pane")
+                        and all(p.ready and p.log_widget.lines for p in app.run_screen.panes.values()),
+                        what="every pane written")
             for name, pane in app.run_screen.panes.items():
                 assert list(pane.log_widget.lines) == lines(name, 0, PANE_MAX_LINES), name
             app.exit()
@@ -154,6 +156,64 @@ def test_a_pane_is_three_widgets() -> None:
             pane = app.run_screen.panes["a"]
             assert [type(w).__name__ for w in pane.walk_children(with_self=True)] == ["TaskPane", "PaneHead", "PaneLog"]
             assert pane.head.word == "RUNNING" and pane.head.meta.endswith("· $- · files -")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_first_frame_draws_the_panes_on_screen_and_the_others_are_filled_after_it(monkeypatch: Any) -> None:
+    """64 tasks known when the run screen opens: the first frame with panes has the head and log of
+    the panes on screen only (4 rows of 3 at 160x48); the others are mounted as their border and get
+    their head and log after that frame (mounting and styling them was half the first paint). Lines
+    that came for a pane meanwhile show once it is filled, and Tab reaches every pane."""
+    names = [f"t{i:02d}" for i in range(64)]
+    mounted_at_first_frame: list[int] = []
+    real_render_line = PaneLog.render_line
+
+    def render_line(log: PaneLog, y: int) -> Any:
+        if not mounted_at_first_frame:
+            mounted_at_first_frame.append(len(log.screen.query(PaneLog)))
+        return real_render_line(log, y)
+
+    monkeypatch.setattr(PaneLog, "render_line", render_line)
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        started(bus, names)
+        for name in names:
+            bus.emit(TaskOutput(run=RUN, task=name, lines=lines(name, 0, 3)))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 64
+                        and all(p.ready for p in app.run_screen.panes.values()), what="every pane filled")
+            assert 0 < mounted_at_first_frame[0] <= 12, f"{mounted_at_first_frame[0]} panes drawn at the first frame"
+            screen = app.run_screen
+            await until(pilot, lambda: all(p.log_widget.lines[-1:] == [f"{n} line 2"] for n, p in screen.panes.items()),
+                        what="every pane's lines")
+            assert {tuple(type(w).__name__ for w in p.walk_children()) for p in screen.panes.values()} == \
+                {("PaneHead", "PaneLog")}
+            await pilot.press(*["tab"] * 63)
+            await until(pilot, lambda: screen.focused_task == "t63", what="the last pane focused")
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_arrow_keys_move_between_panes_of_a_grid_that_scrolls() -> None:
+    """64 panes, more than fit: down and up go to the pane below and above, the grid scrolling to
+    show it (the grid's own up and down, a scroll container's, came first and scrolled it a line,
+    the focus staying where it was)."""
+    names = [f"t{i:02d}" for i in range(64)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            assert screen._columns == 3
+            await pilot.press(*["down"] * 5)
+            await until(pilot, lambda: screen.focused_task == "t15", what="five rows down")
+            await until(pilot, lambda: screen.panes["t15"] in (screen._panes_on_screen() or ()), what="t15 shown")
+            await pilot.press("up", "right")
+            await until(pilot, lambda: screen.focused_task == "t13", what="a row up, then right")
             app.exit()
 
     anyio.run(main)
@@ -600,35 +660,42 @@ def test_the_footer_is_filled_once_when_the_run_screen_opens(monkeypatch: Any) -
     anyio.run(main)
 
 
-def test_a_key_bound_on_the_screen_acts_at_the_focused_pane() -> None:
+def test_a_key_bound_on_the_screen_acts_where_it_arrives_not_at_the_focused_pane() -> None:
     """Textual takes a key to the focused widget, then up through every container to the app, which
-    only then finds its binding: five hops through message queues, each waiting a turn of the loop
-    (with 64 agents flooding, a turn runs their readers and a frame: 100-300 ms for ``z``). The pane
-    finds the binding itself, the same one the app would, and the key goes no further."""
+    only then finds its binding: each step a message waiting its turn of the loop (with 64 agents
+    flooding, a turn runs their readers and a frame: 50-300 ms for ``z``). For a focused pane (it
+    has no bindings of its own) the app finds the binding where the key arrives, the same one, and
+    the key goes no further; a key bound to nothing goes to the pane and on up as before."""
     names = [f"t{i:02d}" for i in range(4)]
 
     async def main() -> None:
         async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
-            scroll = screen.query_one("#panes-scroll")
-            bubbled: list[str] = []
-            real_post = scroll.post_message
+            reached: list[tuple[str, str]] = []
 
-            def post(message: Any) -> bool:
-                if isinstance(message, events.Key):
-                    bubbled.append(message.key)
-                return real_post(message)
+            def watch(node: Any, name: str) -> None:
+                real_post = node.post_message
 
-            scroll.post_message = post  # type: ignore[method-assign]
+                def post(message: Any) -> bool:
+                    if isinstance(message, events.Key):
+                        reached.append((name, message.key))
+                    return real_post(message)
+
+                node.post_message = post
+
+            for name, pane in screen.panes.items():
+                watch(pane, name)
+            watch(screen.query_one("#panes-scroll"), "grid")
             await pilot.press("z")
             await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            watch(app.screen.pane, "zoomed")
             await pilot.press("z")
             await until(pilot, lambda: app.screen is screen, what="back")
             await pilot.press("tab", "down")
             await until(pilot, lambda: screen.focused_task == "t03", what="t01, then the pane below it")
-            assert not bubbled, f"keys that went up through the grid: {bubbled}"
-            await pilot.press("g")  # bound to nothing: it goes on up as before
-            await until(pilot, lambda: bubbled == ["g"], what="g up through the grid")
+            assert not reached, f"keys handed on from the app: {reached}"
+            await pilot.press("g")  # bound to nothing: it goes to the pane and on up as before
+            await until(pilot, lambda: reached == [("t03", "g"), ("grid", "g")], what="g to the pane, then the grid")
             app.exit()
 
     anyio.run(main)

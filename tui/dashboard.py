@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import anyio
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen
@@ -368,6 +368,20 @@ class CorralApp(App[int]):
             key = binding.key.split(",")[0]
             yield SystemCommand(f"{binding.description} [{key}]", binding.tooltip or binding.description,
                                 partial(screen.run_action, action))
+
+    async def on_event(self, event: events.Event) -> None:
+        """A key for a focused pane acts here, where it arrives: Textual hands it on to the focused
+        widget, a message waiting its turn of the loop (with 64 agents flooding, a turn runs their
+        readers and a frame: ``z`` took 50-200 ms), to look up the same bindings of the screen and
+        the app (a pane has none of its own). A key bound to nothing goes on to the pane as before."""
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            from .widgets import TaskPane
+
+            if isinstance(self.focused, TaskPane):
+                self.app_focus = True  # (as Textual's, for a key)
+                if await self._check_bindings(event.key, priority=True) or await self._check_bindings(event.key):
+                    return
+        await super().on_event(event)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "detach":  # shown only where the run can go on without the dashboard

@@ -79,8 +79,10 @@ def finished_banner(fin: "RunFinished", repo: str) -> Text:
     return text
 
 
-class PanesScroll(VerticalScroll, can_focus=False):
-    """Scrolls the grid when there are more panes than fit; focus goes to the panes."""
+class PanesScroll(VerticalScroll, can_focus=False, inherit_bindings=False):
+    """Scrolls the grid when there are more panes than fit; focus goes to the panes. None of a
+    scroll container's keys: its up and down came before the run screen's and scrolled the grid a
+    line, the focus staying where it was (the grid scrolls to the pane the arrows focus)."""
 
 
 class RunScreen(ForwardsWorkerErrors, Screen):
@@ -129,6 +131,10 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         #: screen popped and removed costs a layout of the screen under it)
         self._zoom: ZoomScreen | None = None
         self._zoom_screen: ZoomScreen | None = None
+        #: panes mounted as their border only, to be filled (``_fill_deferred``), and whether a
+        #: fill waits for the next frame
+        self._deferred: list[TaskPane] = []
+        self._filling = False
 
     @property
     def corral(self) -> "CorralApp":
@@ -210,17 +216,11 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             new = [name for name in model.new_tasks if name not in self.panes]
             model.new_tasks.clear()
             if new:
-                grid = self.query_one("#panes")
-                added = []
-                for name in new:
-                    pane = TaskPane(name, model.tasks[name].agent, max_lines=model.max_lines)
-                    self.panes[name] = pane
-                    added.append(pane)
-                grid.mount_all(added)
-                self._layout_grid(self.size.width)
-                if self.focused_pane is None:
-                    self.call_after_refresh(self._focus_first)
-                self.call_after_refresh(_freeze_heap)
+                self._mount_panes(new)
+        if self._deferred and not self._filling and all(p.ready or p.deferred for p in self.panes.values()):
+            # the panes that show are drawn: the others get their head and log after that frame
+            self._filling = True
+            self.call_after_refresh(self._fill_deferred)
         self._flushes += 1
         floods = []
         shown = self._panes_on_screen()
@@ -284,6 +284,35 @@ class RunScreen(ForwardsWorkerErrors, Screen):
                 banner.display = True
         model.dirty.clear()
         self._refresh_bindings_if_changed()
+
+    def _mount_panes(self, names: list[str]) -> None:
+        """Mount a pane for each task of ``names``, in one batch; those that land off screen as
+        their border only (``TaskPane.deferred``), filled after the next frame (``_fill_deferred``)."""
+        model = self.model
+        added = []
+        for name in names:
+            pane = TaskPane(name, model.tasks[name].agent, max_lines=model.max_lines)
+            self.panes[name] = pane
+            added.append(pane)
+        self._layout_grid(self.size.width)  # the rows and columns the new count takes
+        shown = self._panes_on_screen()
+        if shown is not None:
+            for pane in added:
+                if pane not in shown:
+                    pane.deferred = True
+                    self._deferred.append(pane)
+        self.query_one("#panes").mount_all(added)
+        if self.focused_pane is None:
+            self.call_after_refresh(self._focus_first)
+        self.call_after_refresh(_freeze_heap)
+
+    def _fill_deferred(self) -> None:
+        """Fill the panes mounted deferred, all in one batch: each batch lays out the whole screen."""
+        self._filling = False
+        deferred, self._deferred = self._deferred, []
+        for pane in deferred:
+            pane.fill()
+        self.call_after_refresh(_freeze_heap)
 
     def _panes_on_screen(self) -> set[TaskPane] | None:
         """The panes that show now (None: all of them, or it can't be told yet): the zoomed one, or
@@ -550,7 +579,7 @@ class ZoomScreen(ForwardsWorkerErrors, Screen):
         """A pane of the task of ``source`` with the lines it shows: new lines come to it from the
         run screen's flush while it is zoomed."""
         return TaskPane(source.task_name, source.agent, max_lines=source.max_lines, zoomed=True,
-                        lines=list(source.log_widget.lines))
+                        lines=source.shown_lines)
 
     def show_pane(self, source: TaskPane) -> None:
         """Zoom another pane of the grid (Tab, the arrows; the next zoom): the same pane, showing
@@ -562,9 +591,7 @@ class ZoomScreen(ForwardsWorkerErrors, Screen):
     def give_back(self) -> None:
         """The lines written here while zoomed, to the grid's pane (its own waited)."""
         if self.pane.written_at:
-            log = self.source.log_widget
-            log.clear()
-            log.write_lines(self.pane.log_widget.lines)
+            self.source.take_lines(self.pane.log_widget.lines)
             self.source.written_at = self.run._flushes
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
@@ -259,7 +261,7 @@ class TaskPane(Vertical, can_focus=True):
     """
 
     def __init__(self, task_name: str, agent: str = "", max_lines: int = PANE_MAX_LINES, zoomed: bool = False,
-                 lines: list[str] | None = None) -> None:
+                 lines: list[str] | None = None, deferred: bool = False) -> None:
         super().__init__(classes="task-pane")
         self.task_name = task_name
         self.agent = agent
@@ -269,17 +271,35 @@ class TaskPane(Vertical, can_focus=True):
         self._initial_lines = lines or []
         self.border_title = task_name
         self.border_subtitle = agent
+        #: its head and log exist from the start (what they show can be read, a zoom can start from
+        #: them), mounted with the pane, or by ``fill`` for a pane mounted ``deferred``
+        self.head = PaneHead()
+        self.log_widget = PaneLog(max_lines=max_lines, auto_scroll=True)
+        #: mounted as its border only, its head and log to come (``fill``): a pane off screen when
+        #: the grid opens waits for the first frame (at 64 panes, 52 of them: half the first paint)
+        self.deferred = deferred
+        #: its head and log are mounted and can be written
         self.ready = False
         #: the screen's flush count when its log was last written (flooded panes take turns)
         self.written_at = 0
 
     def compose(self) -> ComposeResult:
-        yield PaneHead()
-        yield PaneLog(max_lines=self.max_lines, auto_scroll=True)
+        if not self.deferred:
+            yield self.head
+            yield self.log_widget
 
     def on_mount(self) -> None:
-        self.head = self.query_one(PaneHead)
-        self.log_widget = self.query_one(PaneLog)
+        if not self.deferred:
+            self._filled()
+
+    def fill(self) -> None:
+        """Mount the head and log of a pane mounted ``deferred`` (its border only); it is ready at once."""
+        if self.deferred and self.is_attached:
+            self.deferred = False
+            self.mount_all([self.head, self.log_widget])  # registered and styled now
+            self._filled()
+
+    def _filled(self) -> None:
         # its scrollbar styled now, in the layout the mount makes: Textual styles a scrollbar only
         # when its widget is restyled, and the first focus of the pane did, its scrollbar's new
         # size laying out the whole screen. The scrollbar alone: the log was styled at its mount
@@ -290,14 +310,18 @@ class TaskPane(Vertical, can_focus=True):
             self._initial_lines = []
         self.ready = True
 
-    async def on_key(self, event: events.Key) -> None:
-        """The bindings of the screen and the app, looked up here, where the key first arrives:
-        Textual takes it up through every container to the app, which only then looks them up (the
-        same ones), each step a message waiting its turn of the loop (100-300 ms for ``z`` with 64
-        agents flooding). A key bound to nothing goes on up as before."""
-        if await self.app._check_bindings(event.key):
-            event.stop()
-            event.prevent_default()
+    @property
+    def shown_lines(self) -> list[str]:
+        """The lines it shows, or will show once ready (a deferred pane's, given while it waited)."""
+        return list(self.log_widget.lines) if self.ready else list(self._initial_lines)
+
+    def take_lines(self, lines: Sequence[str]) -> None:
+        """Show ``lines`` instead of its own (a zoomed view's, given back); kept until it is ready."""
+        if self.ready:
+            self.log_widget.clear()
+            self.log_widget.write_lines(lines)
+        else:
+            self._initial_lines = list(lines)
 
     def show_task_of(self, other: "TaskPane") -> None:
         """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
@@ -305,8 +329,7 @@ class TaskPane(Vertical, can_focus=True):
         self.agent = self.border_subtitle = other.agent
         self.border_title = other.task_name
         self.written_at = 0
-        self.log_widget.clear()
-        self.log_widget.write_lines(other.log_widget.lines)
+        self.take_lines(other.shown_lines)
 
     def show(self, view: TaskView, now: float) -> None:
         """Bring the header line up to date with ``view`` (cheap when nothing changed)."""
