@@ -559,11 +559,12 @@ def warm(entry: str) -> ModuleType:
     that started the standby shares); all of it is then frozen, so the run's collections need not go
     through it."""
     import gc
-    import importlib
-    import threading
 
-    gc.disable()
+    gc.disable()  # (before the imports below too: a collection may start in any allocation)
     try:
+        import importlib
+        import threading
+
         module = importlib.import_module(entry)
         ahead = threading.Thread(target=getattr(module, "standby_ahead", lambda: None), name="corral-standby-ahead")
         ahead.start()
