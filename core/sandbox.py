@@ -90,8 +90,8 @@ class Sandbox:
         sources = {}
         for dest, (src, rw) in (moved or {}).items():
             if os.path.lexists(src):  # (the destination may be made by an earlier mount)
-                mounts[os.path.realpath(dest)] = "--bind" if rw else "--ro-bind"
-                sources[os.path.realpath(dest)] = os.path.realpath(src)
+                real = os.path.realpath(dest)
+                mounts[real], sources[real] = "--bind" if rw else "--ro-bind", os.path.realpath(src)
         # a mount hides what earlier ones put below it: the deepest path's rule wins
         for path in sorted(mounts, key=lambda p: (p.rstrip(os.sep).count(os.sep), p)):
             out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], sources.get(path, path), path]
@@ -255,9 +255,10 @@ def state_paths(entries: Iterable[str], env: Mapping[str, str]) -> list[Path]:
 def repo_paths(backend: "Backend", ws: "Workspace | None") -> tuple[list[Path], list[Path]]:
     """(paths to see, paths to write) in the repository for a command in ``ws`` (None: in no
     workspace of the run; it writes nothing of the repository). git: the worktree's admin dir, the
-    directories of its branch's ref and reflog (shared with the run's other task branches: the guard's hooks refuse the rest), the reftable when refs are stored so, and the
-    file the guard writes the workspace's heads to. jj: the repository's store (``.jj/repo``) and,
-    colocated, its git dir, which jj writes through."""
+    directories of its branch's ref and reflog (shared with the run's other task branches: the
+    guard's hooks refuse the rest), the reftable when refs are stored so, and the file the guard
+    writes the workspace's heads to (its objects: :func:`object_binds`). jj: the repository's store
+    (``.jj/repo``) and, colocated, its git dir, which jj writes through."""
     if backend.kind == "git":
         git = cast("GitBackend", backend)
         common = Path(git.common_dir)

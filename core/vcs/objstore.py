@@ -56,16 +56,18 @@ def absorb(common_dir: Path, own: Path) -> None:
         store = common_dir / "objects"
         for entry in sorted(os.listdir(own)):
             if len(entry) == 2 and set(entry) <= _HEX:
-                for name in os.listdir(own / entry):
-                    if len(name) >= 38 and set(name) <= _HEX:  # (not a temp file of a write cut short)
-                        (store / entry).mkdir(exist_ok=True)
-                        _link(own / entry / name, store / entry / name)
+                # (not a temp file of a write cut short)
+                names = [n for n in os.listdir(own / entry) if len(n) >= 38 and set(n) <= _HEX]
             elif entry == "pack":
                 # a pack is found by its index: the index goes last
-                names = [n for n in os.listdir(own / "pack") if n.startswith("pack-")]
-                for name in sorted(names, key=lambda n: n.endswith(".idx")):
-                    (store / "pack").mkdir(exist_ok=True)
-                    _link(own / "pack" / name, store / "pack" / name)
+                names = sorted((n for n in os.listdir(own / "pack") if n.startswith("pack-")),
+                               key=lambda n: n.endswith(".idx"))
+            else:
+                continue
+            if names:
+                (store / entry).mkdir(exist_ok=True)
+            for name in names:
+                _link(own / entry / name, store / entry / name)
     with _alternates(common_dir) as lines:
         while str(own) in lines:
             lines.remove(str(own))
