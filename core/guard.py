@@ -99,9 +99,15 @@ EOF
 fi
 """
 
-# in the agent's own workspace: its branch (not deleted) and the checkout's own refs
+# in the agent's own workspace: its branch (not deleted, nor made anew once gone: its ref file deleted
+# outside git, a commit would start a history of its own there) and the checkout's own refs
 _OWN_REFS = """\
-      "$own") case "$new" in *[!0]*) continue ;; esac
+      "$own") case "$new" in *[!0]*)
+          case "$old" in *[!0]*) continue ;; esac
+          git rev-parse -q --verify "$ref" >/dev/null && continue
+          echo "corral: refused to make $ref anew: it was deleted outside git, and a commit on it now would start a new history; when the agent ends, corral puts it back at this task's last commit and commits what is left here" >&2
+          refused=1; continue ;;
+        esac
         echo "corral: refused to delete $ref: it holds this task's work" >&2; refused=1; continue ;;
       refs/bisect/*|refs/worktree/*|refs/rewritten/*) continue ;;
       *[!A-Z_]*) ;;

@@ -410,6 +410,29 @@ def test_corral_never_commits_an_agents_leftovers_onto_a_branch_not_the_tasks(re
     assert git(repo, "show", f"{kept}:f.txt") == "x"
 
 
+@pytest.mark.parametrize("then", ["leaves", "commits"])
+def test_a_task_whose_branch_file_is_deleted_under_it_lands_its_work(repo, tmp_path, wt_root, then):
+    """The task's branch deleted outside git while the agent works on it (an ``rm`` of its ref file,
+    which no hook sees; in the sandbox any agent of the run can): corral puts the branch back at the
+    last commit the workspace registered before it commits what was left, and the guard refuses an
+    agent's commit that would start the branch anew as a root commit (sharing no history with base).
+    Every commit lands, on one line, and nothing is kept beside it."""
+    finish = "echo b > b.txt" if then == "leaves" else \
+        "echo b > b.txt; git add b.txt; git commit -qm b 2>&1; echo c > c.txt"
+    roots = git(repo, "rev-list", "--max-parents=0", "main")
+    res = run_plan(repo, tmp_path, wt_root, [(
+        "a", "echo a > a.txt; git add a.txt; git commit -qm a; "
+             "rm \"$(git rev-parse --git-common-dir)/refs/heads/$(git symbolic-ref --short HEAD)\"; " + finish)],
+        "--approve", "all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    landed = set(files_at(repo, "main"))
+    assert {"a.txt", "b.txt"} <= landed and (then == "leaves" or "c.txt" in landed), res.stdout
+    assert git(repo, "rev-list", "--max-parents=0", "main") == roots  # one line: no new root commit
+    assert corral_state(repo)["branches"] == []
+    if then == "commits":
+        assert "refused" in res.stdout, res.stdout
+
+
 def test_an_empty_directory_left_by_a_kill_before_the_worktree_existed_is_removed(repo, tmp_path, wt_root):
     """Killed after its private directory was made, before ``git worktree add``: the directory is
     registered, so clean finds it (and nothing else of the user's in that folder)."""

@@ -643,6 +643,8 @@ class GitBackend(Backend):
                 if sym and sym != f"refs/heads/{ws.ref}":
                     await self.git("update-ref", "--no-deref", "-m", "corral: detach from a branch not the task's",
                                    "HEAD", "HEAD", cwd=ws.path)
+                elif sym:
+                    await self._put_back_branch(ws)
                 # a merge or rebase left in conflict: its files are committed as they are (nothing
                 # lost), and the task is told, so conflict markers never pass for work
                 conflicted = unmerged
@@ -745,6 +747,22 @@ class GitBackend(Backend):
     def take_notices(self) -> list[str]:
         out, self._notices = self._notices, []
         return out
+
+    async def _put_back_branch(self, ws: Workspace) -> None:
+        """The task's branch, when it is gone while HEAD is on it (its ref file deleted outside git,
+        which no hook sees: in the sandbox any agent of the run can), put back at the last commit the
+        workspace registered (the base when none), so what is committed next goes on the task's line
+        and not into a new root commit that shares no history with base. :meth:`_collect` then
+        gathers every other line as it always does."""
+        if _HEX40.match(_read(self.common_dir / "refs" / "heads" / ws.ref)):
+            return  # there as a loose ref, as corral made it
+        if (await self.git("rev-parse", "-q", "--verify", f"refs/heads/{ws.ref}", check=False)).ok:
+            return
+        registered = self._reflog_commits(ws)
+        async with self.mutating():
+            await self.git("update-ref", "-m", "corral: the task's branch put back, deleted outside git",
+                           f"refs/heads/{ws.ref}", registered[-1] if registered else ws.base_commit, "0" * 40,
+                           check=False)
 
     async def _symbolic_head(self, ws: Workspace) -> str:
         """The branch the live workspace's HEAD is on (empty: detached), read from git's admin dir
