@@ -49,6 +49,58 @@ def test_a_task_update_is_serialised_off_the_callers_thread_and_coalesced(tmp_pa
         journal.close()
 
 
+def _switches(thread: threading.Thread) -> int:
+    """How many times ``thread`` went to sleep and was woken (the kernel's count)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
+def test_updates_in_the_writers_pause_do_not_wake_it(tmp_path: Path) -> None:
+    """Between two snapshots the writer pauses; each update used to wake it (only to send it back
+    to sleep): a thread switch per task update, on the GIL the event loop needs."""
+    journal = Journal(tmp_path, "r5")
+    journal.create()
+    try:
+        writer = journal._writer
+        assert writer is not None
+        journal.update_task("t0", status="running")
+        deadline = time.monotonic() + 10
+        while not (journal.dir / "run.json").read_text().count('"t0"') and time.monotonic() < deadline:
+            time.sleep(0.005)
+        before = _switches(writer)
+        for i in range(3000):
+            journal.update_task(f"t{i % 20}", status="running", n=i)
+            if i % 100 == 0:
+                time.sleep(0)  # (lets the writer run, as an event loop's awaits do)
+        assert _switches(writer) - before < 20
+    finally:
+        journal.close()
+    assert _run_json(journal)["tasks"]["t19"]["n"] == 2999
+
+
+def test_a_snapshot_waits_longer_the_longer_the_last_took(tmp_path: Path) -> None:
+    """The pause between two snapshots grows with what one costs: a run of hundreds of tasks spends
+    a bounded share of a core on ``run.json``, not one that grows with its size."""
+    journal = Journal(tmp_path, "r6")
+    journal.create()
+    try:
+        for i in range(5000):
+            journal.update_task(f"t{i}", status="running", files=[f"f{j}.txt" for j in range(10)])
+        start = time.monotonic()
+        journal.write_snapshot()
+        took = time.monotonic() - start
+        dumped = journal._dumped
+        end = time.monotonic() + 20 * took
+        while time.monotonic() < end:
+            journal.update_task("t0", status="running", n=time.monotonic())
+            time.sleep(0.001)
+        # at most one snapshot every SNAPSHOT_DUTY (40) times its time: one in the window, where a
+        # fixed 0.15 s pause let through three or more
+        assert journal._dumped - dumped <= 1, (journal._dumped - dumped, took)
+    finally:
+        journal.close()
+
+
 def test_the_last_state_is_on_disk_when_the_journal_closes(tmp_path: Path) -> None:
     journal = Journal(tmp_path, "r2")
     journal.create()
