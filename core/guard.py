@@ -163,24 +163,57 @@ def _write(path: Path, text: str, executable: bool = True) -> None:
     that already: every agent of a run gets the same files, and rewriting some fifty of them at each
     agent's start costs more than starting it."""
     try:
-        if path.read_text(encoding="utf-8") == text and (not executable or
-                                                        path.stat().st_mode & _EXECUTABLE == _EXECUTABLE):
+        st = path.stat()
+        if _KNOWN.get(path) == (_signature(st), text):
+            return  # as this process left it (or found it) last time: not read again
+        if path.read_text(encoding="utf-8") == text and (not executable or st.st_mode & _EXECUTABLE == _EXECUTABLE):
+            _KNOWN[path] = (_signature(st), text)
             return
     except (OSError, UnicodeDecodeError):
         pass
     write_atomic(path, text)
     if executable:
         path.chmod(path.stat().st_mode | _EXECUTABLE)
+    _KNOWN[path] = (_signature(path.stat()), text)
 
 
-def _hook_dir(path: Path, user_hooks: str, own: str, heads: str = "") -> None:
+#: the files :func:`_write` wrote or found holding what it would write, with their stat signature:
+#: every agent of a run shares some thirty of them, and a changed one has another signature
+_KNOWN: dict[Path, tuple[tuple[int, ...], str]] = {}
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _link(path: Path, target: Path) -> None:
+    """``path`` a symbolic link to ``target`` (left as it is when it is one already)."""
+    try:
+        if os.readlink(path) == str(target):
+            return
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:  # not a link: a file of an older corral
+        path.unlink(missing_ok=True)
+    path.symlink_to(target)
+
+
+def _hook_dir(path: Path, user_hooks: str, own: str, heads: str = "", shared: Path | None = None) -> None:
     """A hook directory: the ref check (``own``: the one branch it lets through, with the checkout's
     own refs; empty: nothing), then the repository's own hooks, each as git would run it. With
-    ``heads``, every commit a ref update moves to is appended to that file."""
+    ``heads``, every commit a ref update moves to is appended to that file. With ``shared`` (a hook
+    directory with no ``own``), the hooks that would be the same as there are links to its files."""
     path.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
     for name in CHAINED_HOOKS:
-        body = _DETACH.format(own=q(own)) if name == "post-checkout" and own else ""
+        if name == "post-checkout" and own:
+            body = _DETACH.format(own=q(own))
+        elif shared is not None:
+            _link(path / name, shared / name)
+            continue
+        else:
+            body = ""
         _write(path / name, _HEADER + body + _EXEC_USER_HOOK.format(hook=q(os.path.join(user_hooks, name))))
     why = (f"an agent may move only its own branch {own.removeprefix('refs/heads/')} and its own checkout's HEAD"
            if own else "this is not the agent's own workspace, where alone it may move refs")
@@ -212,7 +245,7 @@ def _write_guard(run_dir: Path, others: Path, own: Path, user_hooks: str, ref: s
     One agent's at a time: agents share ``others`` and the shim (and a file's temporary name)."""
     with _WRITING:
         _hook_dir(others / "hooks", user_hooks, "")
-        _hook_dir(own / "hooks", user_hooks, ref, heads)
+        _hook_dir(own / "hooks", user_hooks, ref, heads, shared=others / "hooks")
         for d in (others, own):
             _write(d / "config", f"[core]\n\thooksPath = {_config_string(d / 'hooks')}\n", executable=False)
         if real:

@@ -327,8 +327,8 @@ def test_branch_named_corral_is_refused_at_preflight(repo, tmp_path, wt_root):
 
 def test_the_guard_files_are_written_once_and_put_back_when_changed(repo, tmp_path, wt_root):
     """Every agent of a run gets the same hook files: a second agent's start leaves them as they are
-    (rewriting some fifty files at each start cost more than the start); one that was changed since
-    is written again, executable."""
+    (rewriting some fifty files at each start cost more than the start), and does not read them
+    again unless their stat changed; one that was changed since is written again, executable."""
     import anyio
 
     from corral.core.guard import agent_git_env
@@ -344,6 +344,10 @@ def test_the_guard_files_are_written_once_and_put_back_when_changed(repo, tmp_pa
         try:
             await agent_git_env(backend, run_dir, str(ws.path), [ws], {"PATH": os.environ["PATH"]})
             first = {p: p.stat().st_ino for p in (run_dir / "guard").rglob("*") if p.is_file()}
+            # an agent's own hooks that are the same as the other checkouts' are links to those
+            own = run_dir / "guard" / "ws-t1" / "hooks"
+            assert os.readlink(own / "pre-commit") == str(run_dir / "guard" / "others" / "hooks" / "pre-commit")
+            assert not (own / "post-checkout").is_symlink() and not (own / "reference-transaction").is_symlink()
             await agent_git_env(backend, run_dir, str(ws.path), [ws], {"PATH": os.environ["PATH"]})
             second = {p: p.stat().st_ino for p in (run_dir / "guard").rglob("*") if p.is_file()}
             hook = run_dir / "guard" / "others" / "hooks" / "reference-transaction"
