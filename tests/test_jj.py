@@ -639,6 +639,41 @@ def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_jj_dir(
     assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
 
 
+RM_WS = ("echo d > d.txt && jj commit -m d >/dev/null 2>&1 && echo e > e.txt && jj st >/dev/null; cd /; "
+         "rm -rf \"$CORRAL_WORKSPACE\"; true")
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_an_agent_that_deletes_its_whole_workspace_keeps_its_work_and_deletes_none_of_yours(
+        plain: Path, tmp_path: Path, wt_root: Path, sandbox: str) -> None:
+    """`rm -rf "$CORRAL_WORKSPACE"` after a `jj commit` and a snapshot: what jj recorded of the
+    workspace lands. The directory gone (or, in the sandbox, where it is a mount point, left empty) is
+    a workspace deleted: its commit was never found (the task "merged", nothing landed), and in the
+    sandbox the empty directory was adopted as work that deleted every file, which landed."""
+    if sandbox == "bwrap":
+        from test_sandbox import bwrap_problem
+        if bwrap_problem():
+            pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    files = set(jj(plain, "file", "list", "-r", "main").split())
+    res = run(plain, plan(tmp_path, {"rmws": RM_WS}, base="main", sandbox=sandbox), "--approve", "all",
+              wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert set(jj(plain, "file", "list", "-r", "main").split()) == files | {"d.txt", "e.txt"}, res.stdout
+    assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
+
+
+def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_whole_workspace(
+        plain: Path, tmp_path: Path, wt_root: Path) -> None:
+    p = plan(tmp_path, {"rmws": f"{RM_WS}; touch {tmp_path}/rmws; exec sleep 60"}, base="main")
+    killed_run(plain, p, wt_root, lambda: (tmp_path / "rmws").exists())
+    res = clean_as_the_dry_run_said(plain)
+    ref = f"corral/{run_id_of(plain)}/rmws"
+    assert f"kept branch {ref}" in res.stdout, res.stdout
+    assert file_at(plain, ref, "d.txt") == "d\n" and file_at(plain, ref, "e.txt") == "e\n"
+    assert file_at(plain, ref, "README.md") is not None
+    assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
+
+
 @pytest.mark.parametrize("change", ["rename", "delete"])
 def test_base_bookmark_renamed_or_deleted_mid_run(plain: Path, tmp_path: Path, change: str) -> None:
     """The user renames or deletes the base bookmark during the run: one clear line, nothing lands, the

@@ -464,3 +464,35 @@ def test_the_commits_of_an_agent_killed_with_corral_are_kept_by_clean(repo, tmp_
     assert not list((repo / ".git/corral/objects").iterdir())
     assert (repo / ".git/objects/info/alternates").read_text() == own_line + "\n"
     assert subprocess.run(["git", "fsck", "--full"], cwd=repo, capture_output=True, text=True).returncode == 0
+
+
+@needs_bwrap
+@pytest.mark.parametrize("when", ["run", "clean"])
+def test_an_agent_that_deletes_its_whole_workspace_in_the_sandbox_deletes_none_of_your_files(repo, tmp_path,
+                                                                                            wt_root, when):
+    """``rm -rf "$CORRAL_WORKSPACE"`` in the sandbox empties the directory but cannot remove it (a
+    mount point): that is a workspace deleted, as outside the sandbox, not one whose every file was.
+    Its commit lands (or is kept by ``clean`` after a kill); the deletion of every file does not."""
+    files = set(git(repo, "ls-tree", "-r", "--name-only", "main").splitlines())
+    script = ("echo d > d.txt && git add d.txt && git commit -qm d && cd / && rm -rf \"$CORRAL_WORKSPACE\"; "
+              "echo started" + ("; sleep 300" if when == "clean" else ""))
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
+    if when == "run":
+        res = corral("run", str(plan), "--headless", "--approve", "all", cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+        kept = "main"
+    else:
+        proc = start_run(repo, plan, "--approve", "all")
+        try:
+            wait_for(proc, "started", 1)
+            proc.kill()
+            proc.wait()
+            res = corral("clean", cwd=repo)
+            assert res.returncode == 0, res.stdout + res.stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        [kept] = corral_state(repo)["branches"]
+    assert set(git(repo, "ls-tree", "-r", "--name-only", kept).splitlines()) == files | {"d.txt"}, res.stdout
+    assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []

@@ -601,9 +601,18 @@ class GitBackend(Backend):
     @staticmethod
     def _relinkable(path: Path, admin: str) -> bool:
         """Whether the workspace at ``path`` lost its ``.git`` file while git's admin dir ``admin``
-        still names that directory as its worktree."""
+        still names that directory as its worktree, and kept some file. An empty directory is a
+        workspace deleted, not one whose every file was: an agent's ``rm -rf "$CORRAL_WORKSPACE"`` in
+        the sandbox, where the directory is a mount point and stays (outside, it goes). Its commits
+        are kept as they are; committing the deletion of every file would land that."""
         git_file = path / ".git"
         if not admin or not path.is_dir() or os.path.lexists(git_file):
+            return False
+        try:
+            with os.scandir(path) as entries:
+                if next(entries, None) is None:
+                    return False
+        except OSError:  # (unreadable: nothing to relink it for)
             return False
         return os.path.realpath(_read(Path(admin) / "gitdir")) == os.path.realpath(git_file)
 

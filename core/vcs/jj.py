@@ -759,10 +759,18 @@ class JjBackend(Backend):
         size limit) raise :class:`VcsError` once the rest is committed: the workspace must be kept."""
         if ws.base_commit:
             ws.base_commit = await self.follow(ws.base_commit)
-        if ws.path.is_dir():
+        if _holds_anything(ws.path):
             async with self.mutating():  # one operation at a time: no divergent operations to reconcile
                 head = await self._snapshot_head(ws, message)
             ws.head = head
+        else:
+            # the directory is gone, or empty (an agent's `rm -rf "$CORRAL_WORKSPACE"`: in the sandbox
+            # the directory is a mount point and stays): a workspace deleted, not one whose every file
+            # was. Its work is what jj last recorded of it; nothing on disk is snapshotted.
+            async with self.mutating():
+                wc = await self._commit_at("", f"{_quote(ws.name)}@")
+                if wc is not None:
+                    ws.head = await self._settle_head(ws, wc, message, in_workspace=False)
         snap = await self.describe(ws)
         self._notices += await self.guard()
         refused = self._refused.pop(str(ws.path), [])
@@ -781,10 +789,21 @@ class JjBackend(Backend):
                 raise
             await self._adopt(ws, str(exc))
             wc = await self._wc(ws)
+        return await self._settle_head(ws, wc, message)
+
+    async def _settle_head(self, ws: Workspace, wc: _Commit, message: str, in_workspace: bool = True) -> str:
+        """The task's head, from its workspace's working-copy commit ``wc`` (described with
+        ``message`` when it holds work and no description), and its bookmark pointed at it. Not
+        ``in_workspace``: the workspace's directory is gone, and jj is asked from corral's own."""
         if not wc.empty:
             if not wc.subject:
-                await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True, exclude=ws.exclude)
-                wc = await self._wc(ws)
+                if in_workspace:
+                    await self.jj("describe", "-r", "@", "-m", message, cwd=ws.path, workspace=True,
+                                  exclude=ws.exclude)
+                    wc = await self._wc(ws)
+                else:
+                    await self.jj("describe", "-r", wc.commit, "-m", message)
+                    wc = await self._commit_at("", f"{_quote(ws.name)}@") or wc
             head = wc.commit
             self._change_of[head] = wc.change
         elif wc.subject or len(wc.parents) != 1:
@@ -1308,7 +1327,7 @@ class JjBackend(Backend):
         kept bookmark exists afterwards, whatever happened to it. A discarded task's change is
         abandoned."""
         with anyio.CancelScope(shield=True):
-            if keep_ref and not _is_integration(ws) and _holds_anything(ws.path):
+            if keep_ref and not _is_integration(ws):  # (a directory gone or emptied: what jj recorded of it)
                 try:
                     await self.snapshot(ws, f"corral: {ws.task}")
                 except VcsError as exc:
@@ -1470,9 +1489,11 @@ class JjBackend(Backend):
 
     async def salvage_keeps(self, ws: Workspace, pending: list[str]) -> bool | None:
         """Whether removing ``ws`` with its work kept leaves its bookmark holding work of its own
-        (:meth:`snapshot` makes the bookmark then); None when it makes none (its directory is gone)."""
+        (:meth:`snapshot` makes the bookmark then); None when it makes none (its directory is gone or
+        empty, and jj knows the workspace no more)."""
         if not _holds_anything(ws.path):
-            return None
+            last = await self._last_working_copy(ws)  # (what snapshot takes for the work)
+            return None if last is None else await self._holds_work_at(last, ws.base_commit)
         if pending:
             return True
         last = await self._last_working_copy(ws)
