@@ -213,6 +213,39 @@ def test_the_client_killed_stops_the_run_and_keeps_the_work(tmp_path: Path, stan
     assert run_procs == []
 
 
+def test_the_next_standby_starts_once_an_agent_has_printed(tmp_path: Path, standbys: Path) -> None:
+    """The standby that follows a handed-over run starts once one of the run's agents has printed
+    its first output, not at the hand-over: its start and warm-up (imports, a sandbox probe) would
+    share the cores with the run's own start. A run that ends without any (a usage error) starts
+    it as it ends."""
+    repo = make_repo(tmp_path / "repo")
+    started, go = tmp_path / "agent-started", tmp_path / "agent-go"
+    plan = write_plan(tmp_path / "plan.toml", f"""\
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "touch {started}; while [ ! -e {go} ]; do sleep 0.02; done; echo first-line"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _until(started.exists, "the agent to start")
+    assert standby_pids() == [pid]  # the run's process only: no successor yet
+    go.touch()
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0 and "[one] first-line" in out, out + err
+    assert last_run(repo)["pid"] == pid
+    successor = wait_standby(standbys, other_than=pid)
+
+    bad = corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    assert bad.returncode == 2 and not alive(successor)  # it ran the command
+    wait_standby(standbys, other_than=successor)
+
+
 def test_a_standby_of_edited_sources_is_not_used(tmp_path: Path, standbys: Path) -> None:
     """corral's source files edited (or upgraded) after a standby started: the next command runs the
     new code in-process, and the old standby ends."""

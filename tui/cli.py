@@ -542,8 +542,10 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
 
     import anyio
 
+    from corral.core.events import TaskOutput
     from corral.core.server.client import LocalLink, SnapshotEnd
     from corral.core.server.host import RunHost
+    from corral.core.server.standby import successor
 
     async def main() -> int:
         host = RunHost(run_id, approve=approve, tail=0)  # (its renderers attach now, and no one later)
@@ -566,6 +568,7 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
             await anyio.sleep(0)
             tg.start_soon(host.run, body)
             shown = list(renderers)
+            printed = False  # (by an agent: the standby for the next command starts then)
             async for ev in LocalLink(host, lossless=True).events():
                 if isinstance(ev, SnapshotEnd) or not shown:
                     continue
@@ -581,6 +584,9 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                         print("corral: the output was closed: stopping agents and cleaning up "
                               "(work is kept on its branches)", file=sys.stderr, flush=True)
                         host.stop()
+                if not printed and isinstance(ev, TaskOutput):  # (once its line is out)
+                    printed = True
+                    successor()
             tg.cancel_scope.cancel()
         return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
 
