@@ -290,12 +290,28 @@ def _reap(argv: list[str], env: dict[bytes, bytes], grace: float, parent: int, s
 
 # ------------------------------------------------------------------------------------------ the hub
 def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent: int, nice: int = 0) -> bytes:
-    """What corral sends the hub for one command (its pipes go with it: output, status, done)."""
+    """What corral sends the hub for one command (its pipes go with it: output, status, done), with
+    corral's umask as it is now: the hub has the one it was started with, and a standby starts its
+    hub before it takes a command's (see corral.core.server.standby)."""
     import marshal
 
     payload = marshal.dumps(([os.fsencode(a) for a in argv], os.fsencode(cwd),
-                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent, nice))
+                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent, nice,
+                             _umask()))
     return len(payload).to_bytes(8, "little") + payload
+
+
+def _umask() -> int | None:
+    """This process's umask, read without setting it (``os.umask`` sets one to read the old: a file
+    another thread made meanwhile would get the wrong mode); None where the kernel does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def renice_session(pid: int, nice: int) -> None:
@@ -342,9 +358,9 @@ def serve(sock_fd: int) -> None:
             if not more:
                 return
             body += more
-        argv, cwd, env, grace, parent, nice = marshal.loads(body)
+        argv, cwd, env, grace, parent, nice, umask = marshal.loads(body)
         try:
-            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice)
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice, umask)
         except OSError:
             pid = 0
         finally:
@@ -354,7 +370,7 @@ def serve(sock_fd: int) -> None:
 
 
 def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,
-                 fds: list[int], mask: Iterable[int], nice: int = 0) -> int:
+                 fds: list[int], mask: Iterable[int], nice: int = 0, umask: int | None = None) -> int:
     """Fork a middleman that forks the reaper and exits; once the middleman is reaped, the reaper
     is corral's child (an orphan goes to the nearest subreaper above it). Returns its pid."""
     out_fd, status_fd, done_fd = fds
@@ -367,7 +383,7 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice)
+                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice, umask)
             os.write(w, pid.to_bytes(8, "little"))
         finally:
             os._exit(0)
@@ -379,12 +395,15 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
 
 
 def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
-             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0) -> None:
+             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0,
+             umask: int | None = None) -> None:
     """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
-    stdout=out, stderr=STDOUT, cwd=cwd)`` would do, the new session reniced to ``nice``, then
-    :func:`_reap`. Never returns."""
+    stdout=out, stderr=STDOUT, cwd=cwd)`` from corral would do (with corral's ``umask``), the new
+    session reniced to ``nice``, then :func:`_reap`. Never returns."""
     try:
         os.setsid()
+        if umask is not None:
+            os.umask(umask)
         if nice:
             renice_session(0, nice)
         null = os.open(os.devnull, os.O_RDONLY)

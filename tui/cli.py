@@ -126,10 +126,16 @@ def standby_warm() -> None:
 
 
 def standby_ahead() -> None:
-    """What a standby does while it imports: the probe of bwrap (a sandbox started and ended, the
-    slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
+    """What a standby does while it imports: the start of the processes a run's agents need, the
+    watchdog and the hub that forks their reapers (two Python starts, 40 to 50 ms of CPU each, that
+    a run's preflight shared the cores with), and the probe of bwrap (a sandbox started and ended,
+    the slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
+    from corral.core.procs import start_hub
     from corral.core.sandbox import probe_ahead
+    from corral.core.watchdog import Watchdog
 
+    Watchdog.get()
+    start_hub()
     probe_ahead()
 
 

@@ -522,14 +522,16 @@ def serve(entry: str) -> None:
     listener = _Listener(directory, path)  # type: ignore[arg-type]
     if listener.sock is None:
         return
+    code = 1
+    reporter: _Client | None = None
+    # the first registered runs last: the exit code goes once all else is done, the closing of the
+    # processes the warm-up started (the run's reaper hub and watchdog) too
+    atexit.register(lambda: reporter.report(code) if reporter else None)
     module = warm(entry)
     client = _wait(listener, the_key)
     if client is None:
         return
     conn, req = client
-    code = 1
-    reporter: _Client | None = None
-    atexit.register(lambda: reporter.report(code) if reporter else None)  # the first registered runs last
     try:
         _adopt(req)
     except OSError:
