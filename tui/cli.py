@@ -590,7 +590,7 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                         print("corral: the output was closed: stopping agents and cleaning up "
                               "(work is kept on its branches)", file=sys.stderr, flush=True)
                         host.stop()
-                if not printed and isinstance(ev, TaskOutput):  # (once its line is out)
+                if not printed and isinstance(ev, TaskOutput) and ev.stream == "agent":  # (once its line is out)
                     printed = True
                     successor()
             tg.cancel_scope.cancel()

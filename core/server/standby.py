@@ -8,8 +8,9 @@ stdout and stderr (``SCM_RIGHTS``). The standby then *becomes* that command's pr
 nothing is forked from a process that may have threads): it takes the client's context, runs the
 command and reports its exit code, which the client exits with. It starts a fresh standby for the
 next command once one of the run's agents has printed (or at its end, if none has): not at once,
-where the new one's start and warm-up would share the cores with the run's own start. The client forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue
-as SIGSTOP and SIGCONT); when the client goes away (``kill -9``), the run stops as on SIGHUP.
+where the new one's start and warm-up would share the cores with the run's own start. The client
+forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as SIGSTOP and SIGCONT);
+when the client goes away (``kill -9``), the run stops as on SIGHUP.
 
 A standby is never stale: its socket is named after a key of everything that could make it behave
 otherwise than the command would in-process (the interpreter and its flags, the locale and
