@@ -45,6 +45,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs more to import than the rest of the reaper together
 if TYPE_CHECKING:
+    import _socket
     import signal
     from typing import Iterable, Iterator
 else:
@@ -335,16 +336,16 @@ def renice_session(pid: int, nice: int) -> None:
 
 def serve(sock_fd: int) -> None:
     """The hub: make a reaper for each command corral sends, until corral's end closes."""
+    import _socket
     import marshal
-    import socket
 
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
     # before the reaper takes its signals itself (the parent-death signal above all)
     mask = _block_all()
     prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
     while True:
-        head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        head, fds = _recv_fds(sock, 8, 3)
         if not head:
             return
         while len(head) < 8:
@@ -367,6 +368,19 @@ def serve(sock_fd: int) -> None:
             for fd in fds:
                 os.close(fd)
         sock.sendall(pid.to_bytes(8, "little"))
+
+
+def _recv_fds(sock: _socket.socket, size: int, most: int) -> tuple[bytes, list[int]]:
+    """``socket.recv_fds`` with ``_socket`` alone (``socket`` imports ``enum`` and ``selectors``:
+    some 40 % of the hub's start)."""
+    import _socket
+
+    data, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * 4))
+    fds: list[int] = []
+    for level, kind, raw in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(raw[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(raw) - 3, 4)]
+    return data, fds
 
 
 def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,

@@ -442,6 +442,43 @@ def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
     assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("watchdog.py")
 
 
+def test_the_watchdog_imports_nothing_costly_for_its_start() -> None:
+    """The watchdog's own half (what runs as its script) needs none of ``subprocess``,
+    ``threading``, ``signal`` (its enums), ``re`` or ``locale``: the client's half imports those
+    where it uses them. They were two thirds of the watchdog's start, which a run's or a standby's
+    start shares the cores with."""
+    from corral.core import watchdog
+
+    res = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", watchdog.__file__],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    loaded = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "reaper" in loaded
+    costly = {"subprocess", "threading", "signal", "enum", "re", "locale", "atexit"}
+    assert not loaded & costly, sorted(loaded & costly)
+
+
+def test_the_reaper_hub_imports_nothing_costly_for_its_start() -> None:
+    """The hub takes its requests on the socket with ``_socket`` alone: ``socket`` imports ``enum``
+    and ``selectors``, some 40 % of the hub's start (which a run's or a standby's start shares the
+    cores with)."""
+    import socket
+
+    from corral.core import reaper
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        hub = subprocess.Popen([sys.executable, "-I", "-S", "-X", "importtime", reaper.__file__, "--hub",
+                                str(theirs.fileno())], pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, text=True)
+        theirs.close()
+    _out, err = hub.communicate(timeout=60)  # (it ends when our end closes)
+    assert hub.returncode == 0, err
+    loaded = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
+    assert "_socket" in loaded
+    costly = {"socket", "enum", "selectors", "subprocess", "threading", "signal", "re"}
+    assert not loaded & costly, sorted(loaded & costly)
+
+
 def test_an_agents_guard_files_are_written_off_the_event_loop(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard's sixty-odd hook files per agent are read and written in a worker thread: when many
