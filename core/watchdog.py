@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-TYPE_CHECKING = False  # typing's, without importing typing (see above)
+TYPE_CHECKING = False  # typing's, without importing typing
 if TYPE_CHECKING:
     import signal
     import subprocess
