@@ -45,6 +45,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs more to import than the rest of the reaper together
 if TYPE_CHECKING:
+    import _socket
     import signal
     from typing import Iterable, Iterator
 else:
@@ -290,12 +291,28 @@ def _reap(argv: list[str], env: dict[bytes, bytes], grace: float, parent: int, s
 
 # ------------------------------------------------------------------------------------------ the hub
 def request(argv: list[str], cwd: str, env: dict[str, str], grace: float, parent: int, nice: int = 0) -> bytes:
-    """What corral sends the hub for one command (its pipes go with it: output, status, done)."""
+    """What corral sends the hub for one command (its pipes go with it: output, status, done), with
+    corral's umask as it is now: the hub has the one it was started with, and a standby starts its
+    hub before it takes a command's (see corral.core.server.standby)."""
     import marshal
 
     payload = marshal.dumps(([os.fsencode(a) for a in argv], os.fsencode(cwd),
-                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent, nice))
+                             {os.fsencode(k): os.fsencode(v) for k, v in env.items()}, grace, parent, nice,
+                             _umask()))
     return len(payload).to_bytes(8, "little") + payload
+
+
+def _umask() -> int | None:
+    """This process's umask, read without setting it (``os.umask`` sets one to read the old: a file
+    another thread made meanwhile would get the wrong mode); None where the kernel does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def renice_session(pid: int, nice: int) -> None:
@@ -319,16 +336,16 @@ def renice_session(pid: int, nice: int) -> None:
 
 def serve(sock_fd: int) -> None:
     """The hub: make a reaper for each command corral sends, until corral's end closes."""
+    import _socket
     import marshal
-    import socket
 
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
     # before the reaper takes its signals itself (the parent-death signal above all)
     mask = _block_all()
     prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
     while True:
-        head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        head, fds = _recv_fds(sock, 8, 3)
         if not head:
             return
         while len(head) < 8:
@@ -342,9 +359,9 @@ def serve(sock_fd: int) -> None:
             if not more:
                 return
             body += more
-        argv, cwd, env, grace, parent, nice = marshal.loads(body)
+        argv, cwd, env, grace, parent, nice, umask = marshal.loads(body)
         try:
-            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice)
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice, umask)
         except OSError:
             pid = 0
         finally:
@@ -353,8 +370,21 @@ def serve(sock_fd: int) -> None:
         sock.sendall(pid.to_bytes(8, "little"))
 
 
+def _recv_fds(sock: _socket.socket, size: int, most: int) -> tuple[bytes, list[int]]:
+    """``socket.recv_fds`` with ``_socket`` alone (``socket`` imports ``enum`` and ``selectors``:
+    some 40 % of the hub's start)."""
+    import _socket
+
+    data, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * 4))
+    fds: list[int] = []
+    for level, kind, raw in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(raw[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(raw) - 3, 4)]
+    return data, fds
+
+
 def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int,
-                 fds: list[int], mask: Iterable[int], nice: int = 0) -> int:
+                 fds: list[int], mask: Iterable[int], nice: int = 0, umask: int | None = None) -> int:
     """Fork a middleman that forks the reaper and exits; once the middleman is reaped, the reaper
     is corral's child (an orphan goes to the nearest subreaper above it). Returns its pid."""
     out_fd, status_fd, done_fd = fds
@@ -367,7 +397,7 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice)
+                _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice, umask)
             os.write(w, pid.to_bytes(8, "little"))
         finally:
             os._exit(0)
@@ -379,12 +409,15 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
 
 
 def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
-             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0) -> None:
+             status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0,
+             umask: int | None = None) -> None:
     """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
-    stdout=out, stderr=STDOUT, cwd=cwd)`` would do, the new session reniced to ``nice``, then
-    :func:`_reap`. Never returns."""
+    stdout=out, stderr=STDOUT, cwd=cwd)`` from corral would do (with corral's ``umask``), the new
+    session reniced to ``nice``, then :func:`_reap`. Never returns."""
     try:
         os.setsid()
+        if umask is not None:
+            os.umask(umask)
         if nice:
             renice_session(0, nice)
         null = os.open(os.devnull, os.O_RDONLY)

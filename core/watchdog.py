@@ -10,18 +10,24 @@ what is left of the groups, and exits. A parent-death signal alone would not do:
 the direct child, and only where that child acts on it (the reapers do).
 
 Run as ``python -I -S .../watchdog.py`` (as the reapers are: without ``site`` it starts in a
-third of the time, beside a run's own start); :class:`Watchdog` is the client side.
+third of the time, beside a run's own start); :class:`Watchdog` is the client side, which imports
+what it needs (``subprocess``, ``atexit``) where it uses it: the watchdog's own start imports only
+what its loop needs (``subprocess`` and ``signal``'s enums were two thirds of it).
 """
 
 from __future__ import annotations
 
-import atexit
+import _thread
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
+
+TYPE_CHECKING = False  # typing's, without importing typing
+if TYPE_CHECKING:
+    import signal
+    import subprocess
+else:
+    import _signal as signal  # the signal module without its enums (see above)
 
 if __package__:
     from .reaper import SLACK, alive, signal_group
@@ -61,10 +67,13 @@ class Watchdog:
     """Client: starts the watchdog on first use and registers process groups with it."""
 
     _instance: "Watchdog | None" = None
-    _lock = threading.Lock()
+    _lock = _thread.allocate_lock()
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
+        import atexit
+        import subprocess
+
+        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
@@ -99,6 +108,8 @@ class Watchdog:
 
     def close(self) -> None:
         """A clean exit: tell the watchdog to stand down, and reap it."""
+        import subprocess
+
         if self.proc.poll() is None:
             self._send("bye\n")
             try:

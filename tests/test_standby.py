@@ -68,6 +68,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def last_run(repo: Path) -> dict:
     runs = sorted((repo / ".git" / "corral" / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
     return json.loads((runs[-1] / "run.json").read_text())
@@ -208,9 +216,43 @@ def test_the_client_killed_stops_the_run_and_keeps_the_work(tmp_path: Path, stan
     _until(lambda: not alive(pid), "the run's process to end")
     _work_kept(repo)
     assert last_run(repo)["exit_code"] == 130
-    run_procs = [p for p, cmd in _marked_processes(os.environ[TEST_MARK]).items()
-                 if "standby import serve" not in cmd]
+    waiting = standby_pids()  # (the one started for the next command, and its watchdog, are no part of it)
+    run_procs = [p for p in _marked_processes(os.environ[TEST_MARK]) if p not in waiting and parent(p) not in waiting]
     assert run_procs == []
+
+
+def test_the_next_standby_starts_once_an_agent_has_printed(tmp_path: Path, standbys: Path) -> None:
+    """The standby that follows a handed-over run starts once one of the run's agents has printed
+    its first output, not at the hand-over: its start and warm-up (imports, a sandbox probe) would
+    share the cores with the run's own start. A run that ends without any (a usage error) starts
+    it as it ends."""
+    repo = make_repo(tmp_path / "repo")
+    started, go = tmp_path / "agent-started", tmp_path / "agent-go"
+    plan = write_plan(tmp_path / "plan.toml", f"""\
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "touch {started}; while [ ! -e {go} ]; do sleep 0.02; done; echo first-line"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _until(started.exists, "the agent to start")
+    assert standby_pids() == [pid]  # the run's process only: no successor yet
+    go.touch()
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0 and "[one] first-line" in out, out + err
+    assert last_run(repo)["pid"] == pid
+    successor = wait_standby(standbys, other_than=pid)
+
+    bad = corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    assert bad.returncode == 2
+    _until(lambda: not alive(successor), "the standby that ran the command to end")
+    wait_standby(standbys, other_than=successor)
 
 
 def test_a_standby_of_edited_sources_is_not_used(tmp_path: Path, standbys: Path) -> None:
@@ -392,6 +434,47 @@ def test_the_client_imports_nothing_costly_before_it_hands_over(tmp_path: Path) 
     costly = {"signal", "contextlib", "typing", "enum", "collections", "functools", "socket", "subprocess", "json",
               "re", "argparse"}
     assert not loaded & costly, sorted(loaded & costly)
+
+
+#: a standby's warm-up, then the command ``argv[1:]`` as the standby runs it: prints how many reaper
+#: hubs and watchdogs the warm-up left running as this process's children, and whether the run's
+#: are those
+_HELPERS_AHEAD = """
+import os, sys
+from corral.core.server.standby import warm
+
+cli = warm("corral.tui.cli")
+children = {}
+for entry in os.listdir("/proc"):
+    try:
+        with open(f"/proc/{entry}/stat") as f:
+            state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == os.getpid() and state != "Z":
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                children[int(entry)] = f.read().split(b"\\0")
+    except (OSError, ValueError):
+        pass
+code = cli.main(sys.argv[1:])
+from corral.core.procs import _Hub
+from corral.core.watchdog import Watchdog
+hubs = [pid for pid, argv in children.items() if b"--hub" in argv]
+watchdogs = [pid for pid, argv in children.items() if any(a.endswith(b"watchdog.py") for a in argv)]
+print("hubs:", len(hubs), "the run's:", _Hub._instance.proc.pid in hubs,
+      "watchdogs:", len(watchdogs), "the run's:", Watchdog._instance.proc.pid in watchdogs, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_standby_has_started_the_reaper_hub_and_the_watchdog_before_it_waits(tmp_path: Path) -> None:
+    """The processes a run's agents need, the hub that forks their reapers and the watchdog (two
+    Python starts, tens of ms of CPU each), are started by the standby before it waits: the run it
+    takes uses those and starts none while its preflight's git processes run."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
+    res = subprocess.run([sys.executable, "-c", _HELPERS_AHEAD, "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    assert "hubs: 1 the run's: True watchdogs: 1 the run's: True" in res.stderr, res.stderr
 
 
 #: a standby's warm-up, then the command ``argv[3:]`` as the standby runs it, with ``bwrap`` on PATH a

@@ -24,10 +24,11 @@ def _one_task_plan(**fields: object):
     return Plan(tasks=[TaskSpec(name="one", prompt="echo hi", agent="shell")], **fields)  # type: ignore[arg-type]
 
 
-def test_preflight_asks_git_five_questions_and_creates_nothing(tmp_path: Path, counted_git: Path) -> None:
+def test_preflight_asks_git_four_questions_and_creates_nothing(tmp_path: Path, counted_git: Path) -> None:
     """Whether the base is a branch, its commit, where it is checked out and whether a branch
     ``corral`` exists are one ``for-each-ref``: no ``show-ref`` or ``rev-parse`` per question, no
-    ``worktree list``; the branch checked out is read from ``HEAD`` (no ``symbolic-ref``)."""
+    ``worktree list``; the branch checked out is read from ``HEAD`` (no ``symbolic-ref``), and a
+    repository without a stash is not asked for its entries (no ``log -g``)."""
     from corral.core.pipeline import prepare
 
     repo = make_repo(tmp_path / "repo")
@@ -42,7 +43,7 @@ def test_preflight_asks_git_five_questions_and_creates_nothing(tmp_path: Path, c
     counted_git.write_text("")
     anyio.run(main)
     asked = collections.Counter(line.split()[0] for line in _calls(counted_git))
-    assert asked == {"rev-parse": 1, "for-each-ref": 1, "log": 1, "status": 1, "ls-tree": 1}
+    assert asked == {"rev-parse": 1, "for-each-ref": 1, "status": 1, "ls-tree": 1}
     assert git(repo, "for-each-ref") == before
     assert not (repo / ".git" / "corral" / "runs").exists()
 
@@ -51,7 +52,7 @@ def test_preflight_asks_for_each_ref_beside_the_rev_parse_that_finds_the_reposit
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The base checked out in the repository (its ``HEAD``) is asked about (``for-each-ref``) while
     ``rev-parse`` finds the repository, not after it: here ``rev-parse`` waits (up to 10 s) for a
-    ``for-each-ref`` to have started, and says whether one had. Still five git processes; with a
+    ``for-each-ref`` to have started, and says whether one had. Still four git processes; with a
     base given (``--base``), the questions one after the other, as before."""
     from corral.core.pipeline import prepare
 
@@ -81,7 +82,7 @@ def test_preflight_asks_for_each_ref_beside_the_rev_parse_that_finds_the_reposit
     anyio.run(main, None)
     assert said.read_text().split() == ["beside"]
     asked = collections.Counter(line.split()[0] for line in _calls(log))
-    assert asked == {"rev-parse": 1, "for-each-ref": 1, "log": 1, "status": 1, "ls-tree": 1}
+    assert asked == {"rev-parse": 1, "for-each-ref": 1, "status": 1, "ls-tree": 1}
     said.unlink()
     log.write_text("")
     anyio.run(main, "main")
@@ -137,9 +138,10 @@ def test_the_base_is_the_branch_checked_out_as_git_says(tmp_path: Path) -> None:
         anyio.run(base_of)
 
 
-def test_a_one_task_run_starts_seven_git_processes_before_its_agent(tmp_path: Path, counted_git: Path) -> None:
-    """From ``corral run`` to its agent: preflight's five questions (the checkout's branch read from
-    HEAD; the base's commit, where it is checked out and a branch ``corral`` in one ``for-each-ref``),
+def test_a_one_task_run_starts_six_git_processes_before_its_agent(tmp_path: Path, counted_git: Path) -> None:
+    """From ``corral run`` to its agent: preflight's four questions (the checkout's branch read from
+    HEAD; the base's commit, where it is checked out and a branch ``corral`` in one ``for-each-ref``;
+    no stash's entries where there is no stash),
     the workspace's one ``checkout`` and the question of the user's hooks path (asked beside it)."""
     repo = make_repo(tmp_path / "repo")
     (tmp_path / "wt").mkdir()
@@ -151,7 +153,31 @@ def test_a_one_task_run_starts_seven_git_processes_before_its_agent(tmp_path: Pa
     assert res.returncode == 0, res.stdout + res.stderr
     calls = _calls(counted_git)
     before = [c.split()[0] for c in calls[:calls.index("AGENT")]]
-    assert sorted(before) == sorted(["rev-parse", "for-each-ref", "log", "ls-tree", "status", "checkout", "config"])
+    assert sorted(before) == sorted(["rev-parse", "for-each-ref", "ls-tree", "status", "checkout", "config"])
+
+
+def test_the_users_stash_is_asked_of_git_only_when_there_is_one(tmp_path: Path, counted_git: Path) -> None:
+    """The stash's entries are the reflog of ``refs/stash``: a repository without one (refs stored
+    as files) has none, and a run asks no ``git log -g`` of it, at its start or its end. With one,
+    the run asks at both and the stash is kept as it was."""
+    repo = make_repo(tmp_path / "repo")
+    (tmp_path / "wt").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'agent = "shell"\nsetup = "none"\nsandbox = "none"\nworktree_root = "{tmp_path / "wt"}"\n'
+                    '[[tasks]]\nname = "one"\nprompt = "echo hi"\n')
+
+    def stash_asked() -> int:
+        counted_git.write_text("")
+        res = corral("run", str(plan), "--headless", "--approve", "none", cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return sum(c.startswith("log -g") and "refs/stash" in c for c in _calls(counted_git))
+
+    assert stash_asked() == 0
+    (repo / "README.md").write_text("edited\n")
+    git(repo, "stash", "-q")
+    stash = git(repo, "stash", "list")
+    assert stash_asked() == 2
+    assert git(repo, "stash", "list") == stash
 
 
 @pytest.fixture
@@ -414,6 +440,43 @@ def test_the_watchdog_starts_without_site_as_the_reapers_do() -> None:
         with open(f"/proc/{dog.proc.pid}/cmdline", "rb") as f:
             argv = [a.decode() for a in f.read().split(b"\0") if a]
     assert argv[1:3] == ["-I", "-S"] and argv[3].endswith("watchdog.py")
+
+
+def test_the_watchdog_imports_nothing_costly_for_its_start() -> None:
+    """The watchdog's own half (what runs as its script) needs none of ``subprocess``,
+    ``threading``, ``signal`` (its enums), ``re`` or ``locale``: the client's half imports those
+    where it uses them. They were two thirds of the watchdog's start, which a run's or a standby's
+    start shares the cores with."""
+    from corral.core import watchdog
+
+    res = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", watchdog.__file__],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    loaded = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "reaper" in loaded
+    costly = {"subprocess", "threading", "signal", "enum", "re", "locale", "atexit"}
+    assert not loaded & costly, sorted(loaded & costly)
+
+
+def test_the_reaper_hub_imports_nothing_costly_for_its_start() -> None:
+    """The hub takes its requests on the socket with ``_socket`` alone: ``socket`` imports ``enum``
+    and ``selectors``, some 40 % of the hub's start (which a run's or a standby's start shares the
+    cores with)."""
+    import socket
+
+    from corral.core import reaper
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        hub = subprocess.Popen([sys.executable, "-I", "-S", "-X", "importtime", reaper.__file__, "--hub",
+                                str(theirs.fileno())], pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, text=True)
+        theirs.close()
+    _out, err = hub.communicate(timeout=60)  # (it ends when our end closes)
+    assert hub.returncode == 0, err
+    loaded = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
+    assert "_socket" in loaded
+    costly = {"socket", "enum", "selectors", "subprocess", "threading", "signal", "re"}
+    assert not loaded & costly, sorted(loaded & costly)
 
 
 def test_an_agents_guard_files_are_written_off_the_event_loop(tmp_path: Path,

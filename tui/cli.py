@@ -126,10 +126,16 @@ def standby_warm() -> None:
 
 
 def standby_ahead() -> None:
-    """What a standby does while it imports: the probe of bwrap (a sandbox started and ended, the
-    slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
+    """What a standby does while it imports: the start of the processes a run's agents need, the
+    watchdog and the hub that forks their reapers (two Python starts, 40 to 50 ms of CPU each, that
+    a run's preflight shared the cores with), and the probe of bwrap (a sandbox started and ended,
+    the slowest of preflight's steps: see :func:`corral.core.sandbox.probe_ahead`)."""
+    from corral.core.procs import start_hub
     from corral.core.sandbox import probe_ahead
+    from corral.core.watchdog import Watchdog
 
+    Watchdog.get()
+    start_hub()
     probe_ahead()
 
 
@@ -542,8 +548,10 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
 
     import anyio
 
+    from corral.core.events import TaskOutput
     from corral.core.server.client import LocalLink, SnapshotEnd
     from corral.core.server.host import RunHost
+    from corral.core.server.standby import successor
 
     async def main() -> int:
         host = RunHost(run_id, approve=approve, tail=0)  # (its renderers attach now, and no one later)
@@ -566,6 +574,7 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
             await anyio.sleep(0)
             tg.start_soon(host.run, body)
             shown = list(renderers)
+            printed = False  # (by an agent: the standby for the next command starts then)
             async for ev in LocalLink(host, lossless=True).events():
                 if isinstance(ev, SnapshotEnd) or not shown:
                     continue
@@ -581,6 +590,9 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                         print("corral: the output was closed: stopping agents and cleaning up "
                               "(work is kept on its branches)", file=sys.stderr, flush=True)
                         host.stop()
+                if not printed and isinstance(ev, TaskOutput) and ev.stream == "agent":  # (once its line is out)
+                    printed = True
+                    successor()
             tg.cancel_scope.cancel()
         return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
 

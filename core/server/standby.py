@@ -5,10 +5,12 @@ Most of the start of a run is Python importing modules and creating classes. A s
 ahead of time and waits. The ``corral`` command, before its own imports, connects to it and passes
 the command: its arguments, working directory (a descriptor), environment and umask, and its stdin,
 stdout and stderr (``SCM_RIGHTS``). The standby then *becomes* that command's process (one-shot:
-nothing is forked from a process that may have threads): it takes the client's context, starts a
-fresh standby for the next command, runs the command and reports its exit code, which the client
-exits with. The client forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue
-as SIGSTOP and SIGCONT); when the client goes away (``kill -9``), the run stops as on SIGHUP.
+nothing is forked from a process that may have threads): it takes the client's context, runs the
+command and reports its exit code, which the client exits with. It starts a fresh standby for the
+next command once one of the run's agents has printed (or at its end, if none has): not at once,
+where the new one's start and warm-up would share the cores with the run's own start. The client
+forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as SIGSTOP and SIGCONT);
+when the client goes away (``kill -9``), the run stops as on SIGHUP.
 
 A standby is never stale: its socket is named after a key of everything that could make it behave
 otherwise than the command would in-process (the interpreter and its flags, the locale and
@@ -521,20 +523,23 @@ def serve(entry: str) -> None:
     listener = _Listener(directory, path)  # type: ignore[arg-type]
     if listener.sock is None:
         return
+    code = 1
+    reporter: _Client | None = None
+    # the first registered runs last: the exit code goes once all else is done, the closing of the
+    # processes the warm-up started (the run's reaper hub and watchdog) too
+    atexit.register(lambda: reporter.report(code) if reporter else None)
     module = warm(entry)
     client = _wait(listener, the_key)
     if client is None:
         return
     conn, req = client
-    code = 1
-    reporter: _Client | None = None
-    atexit.register(lambda: reporter.report(code) if reporter else None)  # the first registered runs last
     try:
         _adopt(req)
     except OSError:
         conn.sendall(b"back\n")
         return
-    start(entry)
+    _owed.append(entry)
+    atexit.register(successor)  # (registered after the report: runs before it, the client waits)
     reporter = _Client(conn)
     try:
         code = _exit_code(module.main(req.args))
@@ -547,6 +552,22 @@ def serve(entry: str) -> None:
             except (OSError, ValueError):
                 pass
     sys.exit(code)
+
+
+#: the entry of the standby this process still owes the next command (see :func:`successor`)
+_owed: list[str] = []
+
+
+def successor() -> None:
+    """Start the standby that follows this one, if this process is a standby's command that has not
+    started it yet. The run calls it once one of its agents has printed (see ``run_hosted`` in
+    corral.tui.cli), and the process as it exits: started at the hand-over, its Python start and
+    warm-up (some 350 ms of CPU) shared the cores with the run's own start to that first line."""
+    try:
+        entry = _owed.pop()
+    except IndexError:  # (not a standby's command, or started already)
+        return
+    start(entry)
 
 
 def warm(entry: str) -> ModuleType:

@@ -1267,7 +1267,12 @@ class GitBackend(Backend):
         return LandOutcome(True, f"{base} moved {old[:12]} -> {new[:12]}", old, new)
 
     async def _stash_entries(self) -> list[tuple[str, str]]:
-        """The stash, newest first: (commit, message) of each entry."""
+        """The stash, newest first: (commit, message) of each entry. Its entries are the lines of the
+        reflog of ``refs/stash`` (``git stash`` always writes one): with refs stored as files and no
+        such reflog, there is none, and no git process is started to say so (on the way to the
+        run's start, and again at its end)."""
+        if not (self.common_dir / "reftable").exists() and not (self.common_dir / "logs" / "refs" / "stash").exists():
+            return []
         res = await self.git("log", "-g", "--format=%H%x00%gs", "refs/stash", "--", check=False)
         return [tuple(line.split("\0", 1)) for line in res.out.splitlines() if "\0" in line]  # type: ignore[misc]
 
@@ -1280,6 +1285,8 @@ class GitBackend(Backend):
         """Put back the entries of the user's stash gone since the run started (the stash is shared
         by every checkout; ``git stash pop`` by an agent that got past the guard takes one, and no
         hook sees it, or a refused one leaves the stash's list empty). Returns what was done."""
+        if not self._stash_at_start:  # (nothing to go missing)
+            return []
         now = await self._stash_entries()
         gone = [(c, m) for c, m in self._stash_at_start if c not in {c for c, _ in now}]
         if gone:
