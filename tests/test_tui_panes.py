@@ -885,3 +885,43 @@ def test_a_logs_lines_render_with_its_style_computed_once_per_restyle() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_layout_of_the_run_screen_arranges_the_grid_of_panes_once(monkeypatch: Any) -> None:
+    """The grid's height is its rows times their height, said when the panes or the size change:
+    of a height ``auto``, Textual arranged the whole grid to measure it, then again to place it,
+    at every layout of the screen (the first paint's, a resize's: 64 panes twice each)."""
+    from textual.layouts.grid import GridLayout
+
+    names = [f"t{i:02d}" for i in range(24)]
+    arranged: list[int] = []
+    real_arrange = GridLayout.arrange
+
+    def arrange(self: GridLayout, parent: Any, children: Any, size: Any, greedy: bool = True) -> Any:
+        arranged.append(len(children))
+        return real_arrange(self, parent, children, size, greedy)
+
+    monkeypatch.setattr(GridLayout, "arrange", arrange)
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.pause(0.2)
+            per_layout: list[list[int]] = []  # the grid's arrangements in each layout of the screen
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                arranged.clear()
+                real_layout(*args, **kwargs)
+                per_layout.append(list(arranged))
+
+            screen._refresh_layout = layout
+            await pilot.resize_terminal(150, SIZE[1])  # two columns, not three
+            await until(pilot, lambda: screen._columns == 2 and any(per_layout), what="a layout in two columns")
+            await pilot.pause(0.2)
+            assert all(len(a) <= 1 for a in per_layout), f"the grid arranged in each layout: {per_layout}"
+            grid = screen.query_one("#panes")
+            assert grid.region.height == 12 * 12 and grid.region.bottom > SIZE[1], "12 rows of 12 lines: it scrolls"
+            app.exit()
+
+    anyio.run(main)

@@ -122,6 +122,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         self.panes: dict[str, TaskPane] = {}
         self._columns = 0
         self._row_height = 0
+        self._grid_height = 0
         self._scroll_height = 0
         self._binding_key: tuple = ()
         self._flushes = 0
@@ -193,11 +194,15 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             row_height = height // rows
         else:
             row_height = max(PANE_MIN_HEIGHT, min(PANE_HEIGHT, height // 2))
-        if (columns, row_height) != (self._columns, self._row_height):
-            self._columns, self._row_height = columns, row_height
+        # the grid's height said here: of a height ``auto``, Textual arranged the whole grid once
+        # to measure it and again to place it, at every layout of the screen (64 panes twice)
+        grid_height = -(-len(self.panes) // columns) * row_height
+        if (columns, row_height, grid_height) != (self._columns, self._row_height, self._grid_height):
+            self._columns, self._row_height, self._grid_height = columns, row_height, grid_height
             grid = self.query_one("#panes")
             grid.styles.grid_size_columns = columns
             grid.styles.grid_rows = str(row_height)
+            grid.styles.height = grid_height
 
     # ------------------------------------------------------------------------------ updates
     def flush(self) -> None:
