@@ -925,3 +925,42 @@ def test_a_layout_of_the_run_screen_arranges_the_grid_of_panes_once(monkeypatch:
             app.exit()
 
     anyio.run(main)
+
+
+def test_the_run_screen_is_styled_once_before_its_first_paint(monkeypatch: Any) -> None:
+    """Textual restyled the whole run screen at its push and again at its first resize (the
+    breakpoint classes, ``-narrow``/``-short``), each for the styles its nodes had just been given
+    as they were mounted, before the panes could come (20-30 ms each at the first paint). It is
+    given those classes when it is made; a new theme still restyles it."""
+    from textual.css.stylesheet import Stylesheet
+
+    from corral.tui.run_screen import RunScreen
+
+    restyled: list[str] = []
+    real_update = Stylesheet.update_nodes
+
+    def update_nodes(self: Stylesheet, nodes: Any, animate: bool = False) -> None:
+        nodes = list(nodes)
+        restyled.extend(type(n).__name__ for n in nodes if isinstance(n, RunScreen))
+        real_update(self, nodes, animate=animate)
+
+    monkeypatch.setattr(Stylesheet, "update_nodes", update_nodes)
+
+    async def main(size: tuple[int, int], classes: set[str]) -> None:
+        restyled.clear()
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=size) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            await pilot.pause(0.2)
+            screen = app.run_screen
+            assert not restyled, f"the run screen restyled {len(restyled)} time(s) before its first paint"
+            assert classes <= screen.classes, screen.classes
+            app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+            await until(pilot, lambda: restyled, what="a new theme restyling the run screen")
+            app.exit()
+
+    anyio.run(main, SIZE, {"-large", "-tall"})
+    anyio.run(main, (80, 24), {"-small", "-short", "-narrow"})
