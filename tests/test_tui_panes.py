@@ -20,6 +20,7 @@ from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
 from corral.tui.keymap import binding_ids
 from corral.tui.model import PANE_MAX_LINES
+from corral.tui.run_screen import ZoomScreen
 from corral.tui.widgets import FitFooter, PaneLog
 from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
 from test_tui_pilot import SIZE, until
@@ -737,27 +738,34 @@ def test_the_run_headers_time_and_count_growing_longer_lay_nothing_out() -> None
 def test_a_zoom_restyles_nothing_unless_the_css_changed() -> None:
     """Textual restyles a screen and everything on it whenever it is pushed: the zoom screen, at
     every zoom, for the same styles (15-35 ms under a flood at 64 panes, before its first frame).
-    It is styled again only when the app's CSS changed while it was away (a new theme)."""
+    It is styled again only when the app's CSS changed while it was away (a new theme); not at the
+    first zoom either (its nodes were just styled as they were mounted)."""
     names = [f"t{i:02d}" for i in range(4)]
 
     async def main() -> None:
         async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
-            await pilot.press("z")
-            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
-            zoom = app.screen
-            await pilot.press("z")
-            await until(pilot, lambda: app.screen is screen, what="back")
-            await pilot.pause(0.2)
             styled: list[Any] = []
             real_update = app.stylesheet.update_nodes
 
             def update_nodes(nodes: Any, animate: bool = False) -> None:
                 nodes = list(nodes)
-                styled.extend(n for n in nodes if n is zoom or zoom in n.ancestors)
+                styled.extend(n for n in nodes if isinstance(n.screen, ZoomScreen))
                 real_update(nodes, animate=animate)
 
             app.stylesheet.update_nodes = update_nodes  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            zoom = app.screen
+            await pilot.pause(0.2)
+            # the first zoom: the zoom screen as a whole is not restyled either (its nodes were
+            # styled as they were mounted, its classes given); the focus, a status restyle theirs
+            assert zoom not in styled, f"the zoom screen restyled at the first zoom: {styled.count(zoom)} time(s)"
+            assert {"-large", "-tall"} <= zoom.classes
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            await pilot.pause(0.2)
+            styled.clear()
             await pilot.press("z")
             await until(pilot, lambda: app.screen is zoom and zoom.pane.border_title == "t00", what="zoomed again")
             await pilot.pause(0.2)
