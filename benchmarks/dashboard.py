@@ -5,12 +5,14 @@
    files are byte-identical to the baseline's; prints the throughput ratio over the agents'
    streaming window (from the run's events.jsonl), the worst event-loop stall (the pipeline's loop
    monitor, and a 5 ms timer task of our own in the app's loop for the whole life of the app), the
-   peak RSS, and the key latency while flooding (``z`` sent as a terminal key: time until the pane is
-   zoomed, and again until it is back).
-2. First paint: wall time from spawning ``python -c`` (imports corral.tui.app, prepares a plan of
-   N agents, runs the app headless) to the run screen rendered with its N panes (those on screen
-   drawn; those off screen are mounted as their border and filled after that frame, also timed);
-   and the heaviest imports of the dashboard path (``python -X importtime``).
+   peak RSS, and the key latency while flooding (``z`` sent as a terminal key: time until the frame
+   that shows the pane zoomed, and again until the frame that shows the grid).
+2. First paint: wall time from spawning ``python -c`` to the frame of the run screen with its N
+   panes (those on screen drawn; those off screen are mounted as their border and filled after that
+   frame, also timed). Three ways: ``corral run PLAN`` as the CLI does it (preflight, the run started
+   in the repository's supervisor, the dashboard attached as its client), with the supervisor
+   started by the run and with one already up; and the run hosted in the dashboard's own process
+   (as ``corral demo``). Then the heaviest imports of the dashboard path (``python -X importtime``).
 3. Idle cost: N agents running ``sleep 30`` (silent): CPU seconds of the corral process over a 10 s
    window while the dashboard is up, as % of one core.
 
@@ -22,12 +24,14 @@ Each measurement runs in its own process (so RSS and CPU are its own). Prints me
 from __future__ import annotations
 
 import argparse
-import atexit
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,15 +118,33 @@ async def child_stream(plan_path: str, repo: str, agents: int, keys_on: bool) ->
         await _wait(lambda: sum(t.lines_total for t in app.model.tasks.values()) > 20_000 or not app.pipeline_running,
                     60, "the flood")
         screen = app.run_screen
-        # zoom in and out while the agents flood: time from the key to its effect
-        # (as a person would: a zoom in and out every half second or so, not a stream of keys)
+        # the frames made (a terminal would be written then): when, and of which screen
+        frames: list[tuple[float, object]] = []
+        real_display = app._display
+
+        def display(shown, renderable) -> None:
+            real_display(shown, renderable)
+            if renderable is not None:
+                frames.append((time.perf_counter(), shown))
+
+        app._display = display
+        # zoom in and out while the agents flood: time from the key to the frame that shows its
+        # effect (the zoomed pane, the grid again); as a person would: a zoom in and out every
+        # half second or so, not a stream of keys
         t_flood = time.perf_counter() - lateness.t0
         while keys_on and app.model.agents_running and len(keys) < 10:
             for want in (True, False):
+                seen = len(frames)
                 start = time.perf_counter()
                 _send_key(app, "z")
-                await _wait(lambda: (screen.zoomed is not None) == want, 10, "zoom")
-                keys.append(time.perf_counter() - start)
+
+                def shown() -> float | None:
+                    if (screen.zoomed is not None) != want:
+                        return None
+                    return next((at for at, s in frames[seen:] if (s is not screen) == want), None)
+
+                await _wait(lambda: shown() is not None, 10, "zoom")
+                keys.append((shown() or start) - start)
                 await asyncio.sleep(0.25)
         await _wait(lambda: not app.pipeline_running, 600, "the run's end")
         shown = {n: list(p.log_widget.lines[-1:]) for n, p in screen.panes.items()}
@@ -163,48 +185,70 @@ async def child_idle(plan_path: str, repo: str, agents: int, window: float) -> d
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+#: the app both first-paint children run, headless: it notes the frame that first shows every pane on
+#: screen drawn (those off screen wait as their border, filled after that frame) and the frame that
+#: shows every pane filled, off screen too, as each frame is made (``App._display``: the frame has
+#: been rendered; a terminal would be written now), then stops the run and exits
+TIMED_APP = """
+def timed_app():
+    import inspect
+    from pathlib import Path
+    from corral.tui.dashboard import CorralApp
+    class App(CorralApp):
+        # Textual finds a relative CSS_PATH beside the file of the class: this one has none (python -c)
+        CSS_PATH = str(Path(inspect.getfile(CorralApp)).parent / CorralApp.CSS_PATH)
+        _painted = _filled = 0.0
+        def _display(self, screen, renderable):
+            super()._display(screen, renderable)
+            s = self.run_screen
+            if renderable is None or self._filled or s is None or screen is not s or len(s.panes) != N:
+                return
+            if not self._painted and all(p.ready or getattr(p, "deferred", False) for p in s.panes.values()):
+                self._painted = time.time()
+            if self._painted and all(p.ready for p in s.panes.values()):
+                self._filled = time.time()
+                print(f"{T_IMPORT} {T_PREP} {self._painted} {self._filled}", flush=True)
+                self.stop_and_exit()
+    return App
+"""
+
+#: ``python -c`` importing the dashboard, preflight, the run hosted in the dashboard's own process
+#: (as ``corral demo`` and programs do)
 PAINT = """
-import inspect, sys, time, anyio
-from pathlib import Path
-from corral.tui.app import run_dashboard  # the entry point `corral run PLAN` uses
+import sys, time, anyio
+from corral.tui.app import run_dashboard  # the entry point `corral demo` takes
+import corral.tui.dashboard
 from corral.core.pipeline import prepare
 from corral.core.plan import load_plan
-from corral.tui.dashboard import CorralApp
-plan, repo, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-t_import = time.time()
+plan, repo, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
+T_IMPORT = time.time()
 prep = anyio.run(lambda: prepare(load_plan(plan), repo))
-t_prep = time.time()
-class App(CorralApp):
-    # Textual finds a relative CSS_PATH beside the file of the class: this one has none (python -c)
-    CSS_PATH = str(Path(inspect.getfile(CorralApp)).parent / CorralApp.CSS_PATH)
-    def on_mount(self):  # Textual calls CorralApp.on_mount too (a handler of each class): not again here
-        self._painted = None
-        self._filled = None
-        self.set_interval(0.005, self._check)
-    def _check(self):
-        s = self.run_screen
-        if s is None or self.screen is not s or len(s.panes) != n:
-            return
-        # painted: every pane on screen drawn (those off screen wait as their border, filled after
-        # that frame); filled: every pane has its head and log, and a frame went by
-        if self._painted is None and all(p.ready or getattr(p, "deferred", False) for p in s.panes.values()):
-            self._painted = 0
-            self.call_after_refresh(self._shown)
-        if self._filled is None and all(p.ready for p in s.panes.values()):
-            self._filled = 0
-            self.call_after_refresh(self._all)
-    def _shown(self):
-        self._painted = time.time()
-        self._done()
-    def _all(self):
-        self._filled = time.time()
-        self._done()
-    def _done(self):
-        if self._painted and self._filled:
-            print(f"{t_import} {t_prep} {self._painted} {self._filled}", flush=True)
-            self.stop_and_exit()
-app = App(prep=prep, grace=0.2, notifications=False)
+T_PREP = time.time()
+""" + TIMED_APP + """
+app = timed_app()(prep=prep, grace=0.2, notifications=False)
 app.run(headless=True, size=(160, 48))
+"""
+
+#: ``corral run PLAN`` as the CLI runs it (preflight here, the run started in the repository's
+#: supervisor, the dashboard attached to it as a client), the dashboard headless: the one call the
+#: CLI makes to open it (``corral.tui.app.run_attached``) is replaced by the same app run headless.
+#: Its "preflight" is the moment that call comes: preflight, the run started, the supervisor connected.
+CLIENT_PAINT = """
+import sys, time
+plan, N = sys.argv[1], int(sys.argv[2])
+import corral.tui.app as tui_app
+from corral.tui.cli import main
+T_IMPORT = time.time()
+def run_attached(link, keymap=None):
+    global T_PREP
+    T_PREP = time.time()
+    app = timed_app()(link=link, notifications=False)
+    app.run(headless=True, size=(160, 48))
+    print(f"supervisor {link.conn.hello.get('pid', 0)}", flush=True)
+    return app.exit_code
+tui_app.run_attached = run_attached
+""" + TIMED_APP + """
+main(["run", plan])
 """
 
 
@@ -296,7 +340,7 @@ def bench_stream(a: argparse.Namespace) -> None:
           f"   (of which between the first agent running and the last one done:"
           f" {max(r['stream_stall_s'] for r in results) * 1000:.0f} ms)")
     if keys:
-        print(f"  key `z` to zoom toggled            median {median(keys) * 1000:.0f} ms, worst {keys[-1] * 1000:.0f} ms"
+        print(f"  key `z` to the frame showing it    median {median(keys) * 1000:.0f} ms, worst {keys[-1] * 1000:.0f} ms"
               f"   over {len(keys)} presses during the flood (one more run: window {fmt(keyed['window'])} s,"
               f" ratio {b / keyed['window']:.2f}, worst stall {keyed['app_stall_s'] * 1000:.0f} ms)")
     else:
@@ -306,29 +350,69 @@ def bench_stream(a: argparse.Namespace) -> None:
     print(f"  panes end on each agent's last line {'yes' if all(r['tail_ok'] for r in results + [keyed]) else 'NO'}")
 
 
+def paint_child(script: str, args: list[str], repo: Path) -> tuple[list[float], int]:
+    """(imports, preflight, first paint, every pane filled) in seconds from the spawn of ``script``,
+    and the pid of the supervisor it used (0: none; one it started waits 30 s for the next run)."""
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-c", script, *args], cwd=repo, capture_output=True, text=True,
+                         env={**os.environ, "CORRAL_SUPERVISOR_IDLE": "30"})
+    lines = res.stdout.split("\n")
+    try:
+        times = [float(x) - t0 for x in lines[0].split()[:4]]
+        assert len(times) == 4
+    except (ValueError, AssertionError):
+        raise SystemExit(f"paint child failed: {res.stdout[-1000:]}\n{res.stderr[-3000:]}")
+    pid = next((int(l.split()[1]) for l in lines if l.startswith("supervisor ")), 0)
+    return times, pid
+
+
+def stop_supervisor(pid: int, timeout: float = 60.0) -> None:
+    """SIGTERM to the supervisor ``pid`` (its run has ended), then wait until it has exited."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def bench_paint(a: argparse.Namespace) -> None:
     repo = scratch_repo()
     plan = write_plan(repo, "paint", ["sleep 30"] * a.agents)
-    print(f"first paint: `python -c` importing corral.tui.app, preflight of a {a.agents}-agent plan, "
-          f"dashboard headless until the run screen with its {a.agents} panes is rendered; median of {a.runs} runs")
-    rows = []
+    print(f"first paint of a {a.agents}-agent plan of `sleep 30`, the dashboard headless until the run screen "
+          f"with its {a.agents} panes is rendered; median of {a.runs} runs of each")
+    rows: dict[str, list[list[float]]] = {"cold": [], "warm": [], "in": []}
     for _ in range(a.runs):
-        t0 = time.time()
-        res = subprocess.run([sys.executable, "-c", PAINT, str(plan), str(repo), str(a.agents)], cwd=repo,
-                             capture_output=True, text=True)
-        try:
-            t_import, t_prep, t_paint, t_filled = map(float, res.stdout.split()[:4])
-        except ValueError:
-            raise SystemExit(f"paint child failed: {res.stdout[-1000:]}\n{res.stderr[-3000:]}")
-        rows.append((t_import - t0, t_prep - t0, t_paint - t0, t_filled - t0))
+        # as `corral run PLAN` does: the supervisor started by the run (the first run of a repository,
+        # or one more than 60 s after the last), then one already up (another run within the minute)
+        times, pid = paint_child(CLIENT_PAINT, [str(plan), str(a.agents)], repo)
+        rows["cold"].append(times)
+        times, pid = paint_child(CLIENT_PAINT, [str(plan), str(a.agents)], repo)
+        rows["warm"].append(times)
+        stop_supervisor(pid)
+        # the run hosted in the dashboard's process (as `corral demo` and programs are)
+        rows["in"].append(paint_child(PAINT, [str(plan), str(repo), str(a.agents)], repo)[0])
     floor = timed([sys.executable, "-c", "pass"], a.runs)
     help_t = timed([sys.executable, "-m", "corral.tui.cli", "--help"], a.runs)
     print(f"  python -c pass (floor)             {fmt(floor)} s")
     print(f"  corral --help                      {fmt(help_t)} s")
-    print(f"  imports done (tui.app, dashboard)  {fmt(median([r[0] for r in rows]))} s")
-    print(f"  preflight done                     {fmt(median([r[1] for r in rows]))} s")
-    print(f"  first paint of the run screen      {fmt(median([r[2] for r in rows]))} s   (target < 1)")
-    print(f"  every pane filled, off screen too  {fmt(median([r[3] for r in rows]))} s")
+    for key, title, prep in (
+            ("cold", "`corral run PLAN`, supervisor started by the run (the dashboard its client)",
+             "preflight, run started, connected"),
+            ("warm", "`corral run PLAN`, supervisor already up", "preflight, run started, connected"),
+            ("in", "the run hosted in the dashboard's process (as `corral demo`)", "preflight done")):
+        r = rows[key]
+        print(f"  {title}:")
+        print(f"    imports done                     {fmt(median([x[0] for x in r]))} s")
+        print(f"    {prep:<34}{fmt(median([x[1] for x in r]))} s")
+        print(f"    first paint of the run screen    {fmt(median([x[2] for x in r]))} s"
+              f"{'   (target < 1)' if key != 'in' else ''}   (the app's part: "
+              f"{fmt(median([x[2] - x[1] for x in r]))} s)")
+        print(f"    every pane filled, off screen too  {fmt(median([x[3] for x in r]))} s")
     parsed = import_times(["-c", "import corral.tui.app; import corral.tui.dashboard; import corral.tui.run_screen"])
     print(f"  heaviest imports of the dashboard path (cumulative; total "
           f"{sum(us for us, d, _ in parsed if d == 1) / 1000:.0f} ms):")

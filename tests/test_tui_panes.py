@@ -20,6 +20,7 @@ from corral.core.server.host import RunHost
 from corral.tui.dashboard import CorralApp
 from corral.tui.keymap import binding_ids
 from corral.tui.model import PANE_MAX_LINES
+from corral.tui.run_screen import ZoomScreen
 from corral.tui.widgets import FitFooter, PaneLog
 from test_supervisor import start_detached, state_dir, wait_ended, wait_supervisor_gone
 from test_tui_pilot import SIZE, until
@@ -737,27 +738,34 @@ def test_the_run_headers_time_and_count_growing_longer_lay_nothing_out() -> None
 def test_a_zoom_restyles_nothing_unless_the_css_changed() -> None:
     """Textual restyles a screen and everything on it whenever it is pushed: the zoom screen, at
     every zoom, for the same styles (15-35 ms under a flood at 64 panes, before its first frame).
-    It is styled again only when the app's CSS changed while it was away (a new theme)."""
+    It is styled again only when the app's CSS changed while it was away (a new theme); not at the
+    first zoom either (its nodes were just styled as they were mounted)."""
     names = [f"t{i:02d}" for i in range(4)]
 
     async def main() -> None:
         async with on_bus(names) as (bus, app, pilot):
             screen = app.run_screen
-            await pilot.press("z")
-            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
-            zoom = app.screen
-            await pilot.press("z")
-            await until(pilot, lambda: app.screen is screen, what="back")
-            await pilot.pause(0.2)
             styled: list[Any] = []
             real_update = app.stylesheet.update_nodes
 
             def update_nodes(nodes: Any, animate: bool = False) -> None:
                 nodes = list(nodes)
-                styled.extend(n for n in nodes if n is zoom or zoom in n.ancestors)
+                styled.extend(n for n in nodes if isinstance(n.screen, ZoomScreen))
                 real_update(nodes, animate=animate)
 
             app.stylesheet.update_nodes = update_nodes  # type: ignore[method-assign]
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t00"], what="zoomed")
+            zoom = app.screen
+            await pilot.pause(0.2)
+            # the first zoom: the zoom screen as a whole is not restyled either (its nodes were
+            # styled as they were mounted, its classes given); the focus, a status restyle theirs
+            assert zoom not in styled, f"the zoom screen restyled at the first zoom: {styled.count(zoom)} time(s)"
+            assert {"-large", "-tall"} <= zoom.classes
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            await pilot.pause(0.2)
+            styled.clear()
             await pilot.press("z")
             await until(pilot, lambda: app.screen is zoom and zoom.pane.border_title == "t00", what="zoomed again")
             await pilot.pause(0.2)
@@ -885,3 +893,82 @@ def test_a_logs_lines_render_with_its_style_computed_once_per_restyle() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_layout_of_the_run_screen_arranges_the_grid_of_panes_once(monkeypatch: Any) -> None:
+    """The grid's height is its rows times their height, said when the panes or the size change:
+    of a height ``auto``, Textual arranged the whole grid to measure it, then again to place it,
+    at every layout of the screen (the first paint's, a resize's: 64 panes twice each)."""
+    from textual.layouts.grid import GridLayout
+
+    names = [f"t{i:02d}" for i in range(24)]
+    arranged: list[int] = []
+    real_arrange = GridLayout.arrange
+
+    def arrange(self: GridLayout, parent: Any, children: Any, size: Any, greedy: bool = True) -> Any:
+        arranged.append(len(children))
+        return real_arrange(self, parent, children, size, greedy)
+
+    monkeypatch.setattr(GridLayout, "arrange", arrange)
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.pause(0.2)
+            per_layout: list[list[int]] = []  # the grid's arrangements in each layout of the screen
+            real_layout = screen._refresh_layout
+
+            def layout(*args: Any, **kwargs: Any) -> None:
+                arranged.clear()
+                real_layout(*args, **kwargs)
+                per_layout.append(list(arranged))
+
+            screen._refresh_layout = layout
+            await pilot.resize_terminal(150, SIZE[1])  # two columns, not three
+            await until(pilot, lambda: screen._columns == 2 and any(per_layout), what="a layout in two columns")
+            await pilot.pause(0.2)
+            assert all(len(a) <= 1 for a in per_layout), f"the grid arranged in each layout: {per_layout}"
+            grid = screen.query_one("#panes")
+            assert grid.region.height == 12 * 12 and grid.region.bottom > SIZE[1], "12 rows of 12 lines: it scrolls"
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_run_screen_is_styled_once_before_its_first_paint(monkeypatch: Any) -> None:
+    """Textual restyled the whole run screen at its push and again at its first resize (the
+    breakpoint classes, ``-narrow``/``-short``), each for the styles its nodes had just been given
+    as they were mounted, before the panes could come (20-30 ms each at the first paint). It is
+    given those classes when it is made; a new theme still restyles it."""
+    from textual.css.stylesheet import Stylesheet
+
+    from corral.tui.run_screen import RunScreen
+
+    restyled: list[str] = []
+    real_update = Stylesheet.update_nodes
+
+    def update_nodes(self: Stylesheet, nodes: Any, animate: bool = False) -> None:
+        nodes = list(nodes)
+        restyled.extend(type(n).__name__ for n in nodes if isinstance(n, RunScreen))
+        real_update(self, nodes, animate=animate)
+
+    monkeypatch.setattr(Stylesheet, "update_nodes", update_nodes)
+
+    async def main(size: tuple[int, int], classes: set[str]) -> None:
+        restyled.clear()
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False)
+        async with app.run_test(size=size) as pilot:
+            started(bus, ["a", "b"])
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == 2
+                        and all(p.ready for p in app.run_screen.panes.values()), what="the panes")
+            await pilot.pause(0.2)
+            screen = app.run_screen
+            assert not restyled, f"the run screen restyled {len(restyled)} time(s) before its first paint"
+            assert classes <= screen.classes, screen.classes
+            app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+            await until(pilot, lambda: restyled, what="a new theme restyling the run screen")
+            app.exit()
+
+    anyio.run(main, SIZE, {"-large", "-tall"})
+    anyio.run(main, (80, 24), {"-small", "-short", "-narrow"})

@@ -4,7 +4,7 @@ and a collapsible event log. Actions reach the engine only through the app's con
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import events
@@ -85,7 +85,43 @@ class PanesScroll(VerticalScroll, can_focus=False, inherit_bindings=False):
     line, the focus staying where it was (the grid scrolls to the pane the arrows focus)."""
 
 
-class RunScreen(ForwardsWorkerErrors, Screen):
+class StyledOnce:
+    """A screen restyled at a push only when the app's CSS changed since it was styled (a new
+    theme). Textual restyles a pushed screen and all it holds at every push: at the run screen's
+    first push, the nodes it had just styled as they were mounted (20 nodes, 10-30 ms before the
+    first paint); at every zoom, the zoom screen (15-35 ms under a flood, for the same styles). It
+    refreshes the screens in its stack itself when the CSS changes, not one that is not in it.
+    Runs before Textual's handler, which reads ``refresh_styles``."""
+
+    app: Any
+    #: the app's count of CSS changes when this screen was last styled (set when it is made: its
+    #: nodes are styled as they are mounted, after that)
+    _styled_at: int | None = None
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        count = self.app._css_update_count
+        if count == self._styled_at:
+            event.refresh_styles = False
+        self._styled_at = count
+
+
+def breakpoint_classes(screen: Screen, size: Size) -> set[str]:
+    """The classes Textual gives ``screen`` at a resize to ``size`` by the breakpoints (its own, or
+    the app's): given before its first resize, that resize changes none and restyles nothing."""
+    app = screen.app
+    horizontal = screen.HORIZONTAL_BREAKPOINTS if screen.HORIZONTAL_BREAKPOINTS is not None \
+        else app.HORIZONTAL_BREAKPOINTS
+    vertical = screen.VERTICAL_BREAKPOINTS if screen.VERTICAL_BREAKPOINTS is not None else app.VERTICAL_BREAKPOINTS
+    classes = set()
+    for points, extent in ((horizontal or [], size.width), (vertical or [], size.height)):
+        for at, name in sorted(points, reverse=True):
+            if extent >= at:
+                classes.add(name)
+                break
+    return classes
+
+
+class RunScreen(StyledOnce, ForwardsWorkerErrors, Screen):
     """Watch a run live; abort, discard, zoom, open a shell or the full log of the focused task."""
 
     CSS_PATH = "run_screen.tcss"
@@ -119,9 +155,15 @@ class RunScreen(ForwardsWorkerErrors, Screen):
     def __init__(self, model: RunModel) -> None:
         super().__init__()
         self.model = model
+        # the classes its first resize gives it (Textual's breakpoints, ``_fit``'s), given now: set
+        # at that resize, each restyled the whole screen before the first paint (20-30 ms)
+        size = self.app.size
+        self.add_class(*breakpoint_classes(self, size), *self._fit_classes(*size), update=False)
+        self._styled_at = self.app._css_update_count
         self.panes: dict[str, TaskPane] = {}
         self._columns = 0
         self._row_height = 0
+        self._grid_height = 0
         self._scroll_height = 0
         self._binding_key: tuple = ()
         self._flushes = 0
@@ -173,10 +215,14 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             self._ready = True
             self.call_later(self.flush)
 
+    @staticmethod
+    def _fit_classes(width: int, height: int) -> list[str]:
+        return (["-narrow"] if width < NARROW_WIDTH else []) + (["-short"] if height < SHORT_HEIGHT else [])
+
     def _fit(self, width: int, height: int) -> None:
-        narrow = width < NARROW_WIDTH
-        self.set_class(narrow, "-narrow")
-        self.set_class(height < SHORT_HEIGHT, "-short")
+        classes = self._fit_classes(width, height)
+        self.set_class("-narrow" in classes, "-narrow")
+        self.set_class("-short" in classes, "-short")
         self._layout_grid(width)
 
     def _layout_grid(self, width: int) -> None:
@@ -193,11 +239,15 @@ class RunScreen(ForwardsWorkerErrors, Screen):
             row_height = height // rows
         else:
             row_height = max(PANE_MIN_HEIGHT, min(PANE_HEIGHT, height // 2))
-        if (columns, row_height) != (self._columns, self._row_height):
-            self._columns, self._row_height = columns, row_height
+        # the grid's height said here: of a height ``auto``, Textual arranged the whole grid once
+        # to measure it and again to place it, at every layout of the screen (64 panes twice)
+        grid_height = -(-len(self.panes) // columns) * row_height
+        if (columns, row_height, grid_height) != (self._columns, self._row_height, self._grid_height):
+            self._columns, self._row_height, self._grid_height = columns, row_height, grid_height
             grid = self.query_one("#panes")
             grid.styles.grid_size_columns = columns
             grid.styles.grid_rows = str(row_height)
+            grid.styles.height = grid_height
 
     # ------------------------------------------------------------------------------ updates
     def flush(self) -> None:
@@ -544,7 +594,7 @@ class RunScreen(ForwardsWorkerErrors, Screen):
         box.collapsed = not box.collapsed
 
 
-class ZoomScreen(ForwardsWorkerErrors, Screen):
+class ZoomScreen(StyledOnce, ForwardsWorkerErrors, Screen):
     """One task's pane over the whole screen, above the run screen's grid. Its keys are the run
     screen's, acting on the zoomed task (the grid's pane keeps the run screen's focus); Tab and the
     arrows zoom the next pane; z, enter or escape go back."""
@@ -557,18 +607,8 @@ class ZoomScreen(ForwardsWorkerErrors, Screen):
         self.run = run
         self.source = source
         self.pane = self._pane_of(source)
-        #: the app's count of CSS changes when this screen was last styled
-        self._styled_at: int | None = None
-
-    def on_screen_resume(self, event: events.ScreenResume) -> None:
-        """Restyled only when the app's CSS changed since it was last styled (a new theme): Textual
-        restyles a pushed screen and all it holds at every push, here at every zoom (15-35 ms under
-        a flood, for the same styles); it refreshes the screens in its stack itself, not this one
-        while it is not zoomed. Runs before Textual's handler, which reads ``refresh_styles``."""
-        count = self.app._css_update_count
-        if count == self._styled_at:
-            event.refresh_styles = False
-        self._styled_at = count
+        self.add_class(*breakpoint_classes(self, self.app.size), update=False)  # as the run screen
+        self._styled_at = self.app._css_update_count
 
     def compose(self) -> ComposeResult:
         yield self.pane
