@@ -709,6 +709,27 @@ def test_agent_moving_the_base_bookmark_is_put_back(plain: Path, tmp_path: Path)
     assert state(plain)["bookmarks"] == []
 
 
+def test_an_agent_restoring_an_old_operation_never_costs_you_your_working_copy(plain: Path, tmp_path: Path,
+                                                                             wt_root: Path) -> None:
+    """An agent runs ``jj op restore`` to an operation from before your last snapshot: your working
+    copy moves back to an older commit, and your workspace is stale; jj's own way out (``jj workspace
+    update-stale``) then deleted your file from disk (it was only in the operation log). corral
+    puts your working copy back on the commit your workspace's files are, and the run lands."""
+    before = jj(plain, "op", "log", "--no-graph", "-n", "1", "-T", "id").strip()
+    (plain / "mine.txt").write_text("mine\n")
+    jj(plain, "status", wc=True)  # snapshotted: your working copy now holds it
+    p = plan(tmp_path, {"a": f"echo A > a.txt; jj op restore {before} >/dev/null 2>&1; echo B > b.txt"},
+             base="main")
+    res = run(plain, p, "--approve", "all", wt_root=wt_root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "put back" in res.stdout, res.stdout
+    assert file_at(plain, "main", "a.txt") == "A\n" and file_at(plain, "main", "b.txt") == "B\n"
+    jj(plain, "workspace", "update-stale", wc=True)  # what jj tells you to run when it is stale
+    assert "mine.txt" in jj(plain, "status", wc=True)  # loads, and holds your change
+    assert (plain / "mine.txt").read_text() == "mine\n" and file_at(plain, "@", "mine.txt") == "mine\n"
+    assert divergent(plain) == ""
+
+
 def test_agent_abandoning_operations_does_not_break_the_user_workspace(plain: Path, tmp_path: Path) -> None:
     """An agent runs ``jj op abandon ..@-``: the user's workspace would not load any more ("sibling of
     the working copy's operation"); corral integrates the operations back and says so."""

@@ -436,10 +436,21 @@ class JjBackend(Backend):
                                 'commit_id ++ "\\t" ++ local_bookmarks.map(|b| b.name()).join(",") ++ "\\t" ++ '
                                 'working_copies.map(|w| w.name()).join(",") ++ "\\n"', check=False)
             view: dict[str, str] = {}
+            named = False
             for line in res.lines() if res.ok else []:
                 commit, marks, wcs = (line.split("\t") + ["", ""])[:3]
+                named = named or bool(wcs)
                 view.update({f"bookmark {n}": commit for n in marks.split(",") if n and not n.startswith("corral/")})
                 view.update({f"working copy {n}@": commit for n in wcs.split(",") if n and not n.startswith("corral-")})
+            if not named:
+                # jj names no working copy in a template when there is one workspace only (an operation
+                # from before corral's: one an agent's `jj op restore` went back to): ask jj for it
+                res = await self.jj("--at-op", op, "workspace", "list", "-T",
+                                    'name ++ "\t" ++ self.target().commit_id() ++ "\n"', check=False, at_root=True)
+                for line in res.lines() if res.ok else []:
+                    name, _, commit = line.partition("\t")
+                    if name and commit and not name.startswith("corral-"):
+                        view[f"working copy {name}@"] = commit
             self._views[op] = view
         return self._views[op]
 
@@ -518,6 +529,8 @@ class JjBackend(Backend):
         """Put ``thing`` (``bookmark NAME``, ``working copy NAME@``) back from ``new`` to ``old``; what was
         done, or "" when it cannot be done without divergent changes (``old`` was rewritten or
         abandoned, or it is a working copy)."""
+        if thing.startswith("working copy "):
+            return await self._restore_working_copy(thing.removeprefix("working copy "), old, now)
         kind, name = thing.split(" ", 1)
         if now != new:
             return "it has changed again since, so corral leaves it"
@@ -528,6 +541,49 @@ class JjBackend(Backend):
             await self.jj("bookmark", "set", name, "-r", old, "--allow-backwards")
             return f"put back on {old[:12]}"
         return ""
+
+    async def _restore_working_copy(self, name: str, old: str, now: str) -> str:
+        """Put the user's workspace ``name`` (``NAME@``) back on ``old``, the commit an agent's
+        operation moved it off, when that is the commit its files on disk are (the operation its
+        directory last recorded has it there: the user ran no jj there since) and no other commit of
+        its change is visible (no divergence). jj's own way out of the stale workspace the agent left
+        (``jj workspace update-stale``) checks the other commit out over those files, deleting what
+        only ``old`` held. What was done, or "" (landing is then refused)."""
+        workspaces = await self._workspaces()
+        found = workspaces.get(name.removesuffix("@"))
+        if not old or found is None:
+            return ""
+        root = Path(found[0])
+        op, _ = _checkout_state(root)
+        if not op or (await self._user_view(op)).get(f"working copy {name}") != old:
+            return ""
+        if now == old:
+            return "it is back on the commit its files are"
+        # only when the operation went back to an older version of the same change (a restore): one
+        # that rewrote it (an agent that rewrote base, which rebases your working copy) is not undone
+        # here (landing is refused, naming the operation to revert)
+        res = await self.jj("evolog", "-r", old, "--no-graph", "-T", 'commit.commit_id() ++ "\n"', check=False)
+        if not res.ok or now not in res.lines()[1:]:
+            return ""
+        res = await self.jj("log", "-r", old, "--no-graph", "-T", "change_id", check=False)
+        change = res.out.strip() if res.ok else ""
+        if not change:
+            return ""
+        # the other visible versions of its change (the older one a restore brings back) are hidden
+        # again once the workspace is on ``old``: only when nothing is on them and no other workspace
+        # is (else they would stay, divergent)
+        others = f"present(change_id({change})) ~ {old}"
+        res = await self.jj("log", "-r", f"({others}) | (({others}):: ~ ({others}))", "--no-graph", "-T",
+                            'commit_id ++ "\t" ++ change_id ++ "\n"', check=False)
+        lines = [line.split("\t") for line in res.lines()] if res.ok else [["", ""]]
+        elsewhere = {target for ws_name, (_, target) in workspaces.items() if f"{ws_name}@" != name}
+        if not res.ok or any(c != change or commit in elsewhere for commit, c in lines):
+            return ""
+        if not (await self.jj("--ignore-working-copy", "edit", old, cwd=root, workspace=True, check=False)).ok:
+            return ""
+        if lines:
+            await self.jj("abandon", others, check=False)
+        return f"put back on {old[:12]}, the commit its files are"
 
     async def _hidden(self, commit: str) -> bool:
         res = await self.jj("log", "-r", f"present({commit})", "--no-graph", "-T", "hidden", check=False)
