@@ -238,6 +238,26 @@ def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tm
     assert all("text" not in e and "lines" not in e for e in out)
 
 
+def test_headless_cleans_control_bytes_bad_utf8_and_long_lines_of_a_flood_as_lines(repo, tmp_path, wt_root) -> None:
+    """A flood then a block that needs cleaning (a tab, a CR, a bad byte, a line over the display
+    limit): printed and sent as JSON as :func:`clean_line` makes each line; the log has every byte.
+    (The long line comes in one write, from its start: no read ends in it past the limit.)"""
+    (tmp_path / "long.txt").write_bytes(b"y" * (MAX_DISPLAY_LINE + 5) + b"\n")
+    script = f"yes abc | head -n 20000; printf 'tab\\there\\r\\nbad \\377 byte\\n'; cat {tmp_path / 'long.txt'}"
+    want = ["abc"] * 20000 + ["tab    here", "bad \ufffd byte", "y" * MAX_DISPLAY_LINE + " [...]"]
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert [line for line in res.stdout.splitlines() if line.startswith("[a] ")] == ["[a] " + w for w in want]
+    runs = Path(git(repo, "rev-parse", "--git-common-dir"))
+    run_dir = sorted(((runs if runs.is_absolute() else repo / runs) / "corral" / "runs").iterdir())[-1]
+    assert (run_dir / "logs" / "a.log").read_bytes() == (b"abc\n" * 20000 + b"tab\there\r\nbad \xff byte\n"
+                                                         + b"y" * (MAX_DISPLAY_LINE + 5) + b"\n")
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none", "--json")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [e["line"] for e in events if e["type"] == "output" and e["task"] == "a" and e["stream"] == "agent"] == want
+
+
 def test_tail_lines_splits_off_only_the_last_lines() -> None:
     assert tail_lines("a\nb\nc\n", 2) == ["b", "c"]
     assert tail_lines("a\nb\nc\n", 9) == ["a", "b", "c"]
