@@ -123,9 +123,11 @@ def clean_block(data: bytes, limit: int) -> str:
 
 
 def clean_data(data: bytes, limit: int) -> bytes:
-    """:func:`clean_block` in UTF-8 bytes: ``data`` itself when it is ASCII with nothing to clean
-    nor cut, neither decoded nor copied (a flood costs its C-speed scans)."""
-    if data.isascii() and _plain(data, "") and _no_line_over(data, limit):
+    """:func:`clean_block` in UTF-8 bytes: ``data`` itself when nothing needs cleaning nor cutting,
+    not copied, and not even decoded when it is ASCII (which is valid UTF-8): a flood costs its
+    C-speed scans."""
+    text = "" if data.isascii() else data.decode("utf-8", errors="replace")
+    if _plain(data, text) and _no_line_over(data, limit):
         return data
     return clean_block(data, limit).encode()
 
