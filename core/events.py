@@ -127,31 +127,62 @@ def tail_lines(text: str, n: int) -> list[str]:
     return text[start + 1 : -1].split("\n")
 
 
+def tail_of(data: bytes, n: int) -> list[str]:
+    """:func:`tail_lines` of a block of UTF-8 bytes: only the last ``n`` lines are decoded."""
+    if n <= 0 or not data:
+        return []
+    start = len(data) - 1
+    for _ in range(n):
+        start = data.rfind(b"\n", 0, start)
+        if start < 0:
+            break
+    return data[start + 1 : -1].decode("utf-8", "replace").split("\n")
+
+
 @dataclass(kw_only=True)
 class Output(Event):
     """Lines of output, in batches (one per read from the pipe) so that chatty programs cost one
-    event per chunk, not one per line. A text agent's come as ``text``: the lines as one block, each
-    ending with a newline (``lines`` is then empty), split only by whoever needs every line, so a
-    flood is not cut into a string per line on its way to a pane that shows the newest few."""
+    event per chunk, not one per line. A text agent's come as one block, each line ending with a
+    newline (``lines`` is then empty), split only by whoever needs every line, so a flood is not cut
+    into a string per line on its way to a pane that shows the newest few: as ``data``, its UTF-8
+    bytes as read (cleaned where they needed it), decoded to ``text`` only by whoever needs text
+    (the headless printer and the log want bytes), or as ``text``."""
 
     lines: list[str] = field(default_factory=list)
     text: str = ""
+    data: bytes = b""
 
     def all_lines(self) -> list[str]:
-        return self.text[:-1].split("\n") if self.text else self.lines
+        if self.text or self.data:
+            return self.block()[:-1].split("\n")
+        return self.lines
 
     def last_lines(self, n: int) -> list[str]:
-        """The newest ``n`` lines (a split of only that much of ``text``)."""
+        """The newest ``n`` lines (a split, and a decode, of only that much of the block)."""
         if n <= 0:
             return []
-        return tail_lines(self.text, n) if self.text else self.lines[-n:]
+        if self.text:
+            return tail_lines(self.text, n)
+        return tail_of(self.data, n) if self.data else self.lines[-n:]
 
     def line_count(self) -> int:
-        return self.text.count("\n") if self.text else len(self.lines)
+        if self.text or self.data:
+            return self.text.count("\n") if self.text else self.data.count(b"\n")
+        return len(self.lines)
 
     def block(self) -> str:
-        """The lines as one block, each ending with a newline ("" for none)."""
+        """The lines as one block, each ending with a newline ("" for none); ``data`` is decoded
+        once, on the first call."""
+        if self.data and not self.text:
+            self.text = self.data.decode("utf-8", "replace")
         return self.text or "".join(line + "\n" for line in self.lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`Event.to_dict` makes it, the bytes as ``text`` (JSON has no bytes)."""
+        out = super().to_dict()
+        if out.pop("data"):
+            out["text"] = self.block()
+        return out
 
 
 @dataclass(kw_only=True)

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import tail_lines
+from .events import tail_lines, tail_of
 
 #: Longest line a parser returns for display (the agent's log file keeps everything).
 MAX_SHOWN = 16 * 1024
@@ -121,6 +121,10 @@ class TextParser(Parser):
         """A block of lines (each ending with a newline): only its last few are kept, for the final
         text, so only they are split off."""
         self.feed_lines(tail_lines(text, self.TAIL_LINES))
+
+    def feed_data(self, data: bytes) -> None:
+        """:meth:`feed_text` for a block of UTF-8 bytes: only its last few lines are decoded."""
+        self.feed_lines(tail_of(data, self.TAIL_LINES))
 
 
 # ------------------------------------------------------------------------------------------ helpers

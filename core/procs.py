@@ -122,6 +122,16 @@ def clean_block(data: bytes, limit: int) -> str:
     return "\n".join(clip_lines(clean_lines(data), limit)) + "\n"
 
 
+def clean_data(data: bytes, limit: int) -> bytes:
+    """:func:`clean_block` in UTF-8 bytes: ``data`` itself when nothing needs cleaning nor cutting,
+    not copied, and not even decoded when it is ASCII (which is valid UTF-8): a flood costs its
+    C-speed scans."""
+    text = "" if data.isascii() else data.decode("utf-8", errors="replace")
+    if _plain(data, text) and _no_line_over(data, limit):
+        return data
+    return clean_block(data, limit).encode()
+
+
 def _no_line_over(data: bytes, limit: int) -> bool:
     """True when no line of ``data`` is longer than ``limit`` bytes (False: maybe one is): every
     aligned stretch of half that has a newline, so no gap between two is as long as ``limit``."""
@@ -658,6 +668,7 @@ class Supervised:
         on_start: Callable[[int], None] | None = None,
         nice: int = 0,
         max_line: int = MAX_DISPLAY_LINE,
+        on_data: Callable[[bytes], object] | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = str(cwd)
@@ -665,6 +676,9 @@ class Supervised:
         self.on_lines = on_lines or (lambda lines: None)
         #: given, output goes here instead, as blocks of lines (see :func:`clean_block`), unsplit
         self.on_text = on_text
+        #: given, output goes here instead, as those blocks in UTF-8 (see :func:`clean_data`): a
+        #: flood's reads as they came, neither decoded nor copied
+        self.on_data = on_data
         self.log_path = log_path
         self.timeout = timeout
         self.grace = grace
@@ -743,15 +757,17 @@ class Supervised:
         return ProcResult(code, reason, time.monotonic() - start)
 
     def _say(self, lines: list[str]) -> None:
-        """Lines to whichever of ``on_text`` and ``on_lines`` takes the output."""
-        if self.on_text is not None:
+        """Lines to whichever of ``on_data``, ``on_text`` and ``on_lines`` takes the output."""
+        if self.on_data is not None:
+            self.on_data("".join(line + "\n" for line in lines).encode())
+        elif self.on_text is not None:
             self.on_text("".join(line + "\n" for line in lines))
         else:
             self.on_lines(lines)
 
     async def _pump(self, proc: Child, log: _LogFile | None, done: anyio.Event) -> None:
         buf = b""
-        say, on_text = self._say, self.on_text
+        say, on_text, on_data = self._say, self.on_text, self.on_data
         limit = self.max_line
         try:
             while True:
@@ -769,7 +785,9 @@ class Supervised:
                     buf += chunk
                 else:
                     complete, buf = _complete_lines(buf, chunk, cut), chunk[cut + 1 :]
-                    if on_text is not None:
+                    if on_data is not None:
+                        on_data(clean_data(complete, limit))
+                    elif on_text is not None:
                         on_text(clean_block(complete, limit))
                     else:
                         lines = clean_lines(complete)

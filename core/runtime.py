@@ -886,11 +886,12 @@ class Runtime:
 
         text_parser = parser if isinstance(parser, TextParser) else None
 
-        def on_text(text: str) -> None:
-            """Plain text: each read as one block, split only by whoever needs every line."""
+        def on_data(data: bytes) -> None:
+            """Plain text: each read as one block of bytes, decoded and split only by whoever needs
+            text or every line (the headless printer wants neither)."""
             assert text_parser is not None
-            text_parser.feed_text(text)
-            emit(TaskOutput(task=name, text=text))
+            text_parser.feed_data(data)
+            emit(TaskOutput(task=name, data=data))
 
         def on_lines(lines: list[str]) -> None:
             # structured output: line by line, so every change of activity is seen in order
@@ -912,7 +913,7 @@ class Runtime:
 
         text = text_parser is not None
         proc = Supervised(command, cwd=cwd, env=env, on_lines=None if text else on_lines,
-                          on_text=on_text if text else None, log_path=self.journal.log_path(name),
+                          on_data=on_data if text else None, log_path=self.journal.log_path(name),
                           timeout=timeout, grace=self.options.grace, on_start=on_start,
                           nice=agent_nice(max(self.agents_at_once, len(self._procs) + 1)),
                           # structured output: the parser needs whole events (a result line can be long)

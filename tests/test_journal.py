@@ -163,7 +163,7 @@ def test_every_event_is_written_as_dataclasses_asdict_makes_it() -> None:
         ok: bool
 
     samples = {"str": "x", "int": 3, "float": 1.5, "bool": True, "list[str]": ["a", "b"],
-               "dict[str, str]": {"k": "v"}, "dict[str, list[str]]": {"k": ["v"]}}
+               "dict[str, str]": {"k": "v"}, "dict[str, list[str]]": {"k": ["v"]}, "bytes": b"y\n"}
     deep = {"items": [{"name": "t", "inner": Inner(["f"], True)}]}
     classes = [c for c in vars(events).values()
                if inspect.isclass(c) and issubclass(c, events.Event) and c is not events.Event]
@@ -176,7 +176,10 @@ def test_every_event_is_written_as_dataclasses_asdict_makes_it() -> None:
                 [deep, Inner(["g"], False)] if kind.startswith("list[") else deep if kind.startswith("dict[") else Inner(["h"], True))
         ev = cls(**kwargs)
         data = ev.to_dict()
-        assert data == {"type": cls.TYPE, **dataclasses.asdict(ev)}, cls.__name__
+        want = {"type": cls.TYPE, **dataclasses.asdict(ev)}
+        if issubclass(cls, events.Output):  # (JSON has no bytes: a block that came as bytes goes as its text)
+            del want["data"]
+        assert data == want, cls.__name__
         json.dumps(data)
         for name, value in data.items():
             if isinstance(value, (list, dict)):

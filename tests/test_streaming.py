@@ -15,7 +15,7 @@ import anyio
 from conftest import git
 from test_engine_git import run_plan
 
-from corral.core.events import TaskOutput, TaskStatus, VerifyOutput, tail_lines
+from corral.core.events import TaskOutput, TaskStatus, VerifyOutput, tail_lines, wire_dict
 from corral.core import procs
 from corral.core.procs import MAX_DISPLAY_LINE, READ_PAUSE, Supervised, clean_line
 from corral.core.server.host import RunHost
@@ -146,7 +146,7 @@ def test_a_control_byte_anywhere_in_a_large_block_is_cleaned() -> None:
 
 _LINE_IN_TWO_WRITES = """
 import os, time
-os.write(1, (b"y" * 79 + b"\\n") * 1300 + b"the line begun, ")
+os.write(1, (b"y" * 79 + b"\\n") * 700 + b"the line begun, ")
 deadline = time.monotonic() + 30
 while not os.path.exists("go") and time.monotonic() < deadline:
     time.sleep(0.005)
@@ -156,12 +156,13 @@ os.write(1, b"\\x1b[1mended\\x1b[0m in the next read\\nand one more\\n")
 
 def test_a_line_begun_in_one_read_and_ended_in_the_next_comes_whole(tmp_path: Path) -> None:
     """The part of a line a read left is joined to the next read's (cleaned as one line); the log
-    has the bytes as written."""
+    has the bytes as written. (The first write fits in the pipe: it is read whole before the second
+    is made, not in two reads racing it.)"""
     blocks, log = _read_as_text(tmp_path, [sys.executable, "-c", _LINE_IN_TWO_WRITES],
                                 on_text=lambda block: (tmp_path / "go").touch())
-    assert "".join(blocks[:-1]) == ("y" * 79 + "\n") * 1300
+    assert "".join(blocks[:-1]) == ("y" * 79 + "\n") * 700
     assert blocks[-1] == "the line begun, ended in the next read\nand one more\n"
-    assert log == (b"y" * 79 + b"\n") * 1300 + b"the line begun, \x1b[1mended\x1b[0m in the next read\nand one more\n"
+    assert log == (b"y" * 79 + b"\n") * 700 + b"the line begun, \x1b[1mended\x1b[0m in the next read\nand one more\n"
 
 
 def _flood(host: RunHost, blocks: int, per_block: int) -> list[str]:
@@ -238,6 +239,26 @@ def test_headless_prints_every_line_of_a_flood_and_json_one_object_each(repo, tm
     assert all("text" not in e and "lines" not in e for e in out)
 
 
+def test_headless_cleans_control_bytes_bad_utf8_and_long_lines_of_a_flood_as_lines(repo, tmp_path, wt_root) -> None:
+    """A flood then a block that needs cleaning (a tab, a CR, a bad byte, a line over the display
+    limit): printed and sent as JSON as :func:`clean_line` makes each line; the log has every byte.
+    (The long line comes in one write, from its start: no read ends in it past the limit.)"""
+    (tmp_path / "long.txt").write_bytes(b"y" * (MAX_DISPLAY_LINE + 5) + b"\n")
+    script = f"yes abc | head -n 20000; printf 'tab\\there\\r\\nbad \\377 byte\\n'; cat {tmp_path / 'long.txt'}"
+    want = ["abc"] * 20000 + ["tab    here", "bad \ufffd byte", "y" * MAX_DISPLAY_LINE + " [...]"]
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert [line for line in res.stdout.splitlines() if line.startswith("[a] ")] == ["[a] " + w for w in want]
+    runs = Path(git(repo, "rev-parse", "--git-common-dir"))
+    run_dir = sorted(((runs if runs.is_absolute() else repo / runs) / "corral" / "runs").iterdir())[-1]
+    assert (run_dir / "logs" / "a.log").read_bytes() == (b"abc\n" * 20000 + b"tab\there\r\nbad \xff byte\n"
+                                                         + b"y" * (MAX_DISPLAY_LINE + 5) + b"\n")
+    res = run_plan(repo, tmp_path, wt_root, [("a", script)], "--approve", "none", "--json")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [e["line"] for e in events if e["type"] == "output" and e["task"] == "a" and e["stream"] == "agent"] == want
+
+
 def test_tail_lines_splits_off_only_the_last_lines() -> None:
     assert tail_lines("a\nb\nc\n", 2) == ["b", "c"]
     assert tail_lines("a\nb\nc\n", 9) == ["a", "b", "c"]
@@ -259,3 +280,110 @@ def test_the_headless_printer_writes_a_block_as_its_lines_prefixed_in_order() ->
         render(VerifyOutput(lines=["v1", "v2"]))
     want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[verify] v1\n[verify] v2\n"
     assert raw.getvalue().decode() == want and plain.getvalue() == want
+
+
+def _read_as_data(tmp_path: Path, script: str | list[str], on_data=None) -> tuple[list[bytes], bytes]:
+    """What ``on_data`` got from ``sh -c script`` (or the command ``script``), and its log."""
+    blocks: list[bytes] = []
+    log = tmp_path / "out.log"
+
+    def got(block: bytes) -> None:
+        blocks.append(block)
+        if on_data is not None:
+            on_data(block)
+
+    async def main() -> None:
+        argv = ["sh", "-c", script] if isinstance(script, str) else script
+        await Supervised(argv, cwd=tmp_path, on_data=got, log_path=log, timeout=60).run()
+
+    anyio.run(main)
+    return blocks, log.read_bytes()
+
+
+def test_a_plain_flood_comes_as_the_bytes_read_and_a_dirty_block_as_its_cleaned_text(tmp_path: Path) -> None:
+    """``on_data``: blocks of whole lines in UTF-8, the plain ones the very bytes read (a flood is
+    neither decoded nor copied on its way to the printer and the log), the others as
+    :func:`clean_block` makes their text; a last line without a newline gets one."""
+    blocks, log = _read_as_data(tmp_path, "yes 0123456789abcdef | head -n 50000; printf 'last, no newline'")
+    assert all(type(b) is bytes and b.endswith(b"\n") for b in blocks) and len(blocks) < 1000
+    assert b"".join(blocks) == b"0123456789abcdef\n" * 50000 + b"last, no newline\n"
+    assert log == b"0123456789abcdef\n" * 50000 + b"last, no newline"
+
+    raw = (b"plain\n\x1b[1mbold\x1b[0m\n10%\r50%\r100%\n\tx\n\xff\xfe\n" + b"y" * (MAX_DISPLAY_LINE + 10) + b"\n"
+           + "é ok\n".encode())
+    (tmp_path / "printed").write_bytes(raw)
+    (tmp_path / "second").mkdir()
+    blocks, log = _read_as_data(tmp_path / "second", f"cat {tmp_path / 'printed'}")
+    assert log == raw
+    assert b"".join(blocks) == procs.clean_block(raw, MAX_DISPLAY_LINE).encode()
+    assert b"".join(blocks).split(b"\n")[1:4] == [b"bold", b"100%", b"    x"]
+
+
+def test_clean_data_is_the_block_itself_when_plain_and_clean_block_in_utf8_when_not() -> None:
+    """Each control byte, a bad UTF-8 byte or a line over the limit, alone in a read's worth of plain
+    lines: the bytes :func:`clean_block` would print; a plain block, ASCII or not, is handed on as it
+    is (the same object: no copy)."""
+    line = b"x" * 79 + b"\n"
+    block = line * (procs.CHUNK // len(line))
+    assert procs.clean_data(block, MAX_DISPLAY_LINE) is block
+    for byte in [*range(0, 10), *range(11, 32), 127, 0xFF]:
+        for at in (0, len(block) // 2 + 3, len(block) - 2):
+            raw = block[:at] + bytes([byte]) + block[at + 1 :]
+            assert procs.clean_data(raw, MAX_DISPLAY_LINE) == procs.clean_block(raw, MAX_DISPLAY_LINE).encode(), (byte, at)
+    utf8 = block + "zwei é\n".encode()
+    assert procs.clean_data(utf8, MAX_DISPLAY_LINE) is utf8
+    long = block + b"y" * (MAX_DISPLAY_LINE + 1) + b"\n"
+    assert procs.clean_data(long, MAX_DISPLAY_LINE) == block + b"y" * MAX_DISPLAY_LINE + b" [...]\n"
+
+
+def test_a_line_begun_in_one_read_and_ended_in_the_next_comes_whole_as_bytes(tmp_path: Path) -> None:
+    blocks, log = _read_as_data(tmp_path, [sys.executable, "-c", _LINE_IN_TWO_WRITES],
+                                on_data=lambda block: (tmp_path / "go").touch())
+    assert b"".join(blocks[:-1]) == (b"y" * 79 + b"\n") * 700
+    assert blocks[-1] == b"the line begun, ended in the next read\nand one more\n"
+    assert log == (b"y" * 79 + b"\n") * 700 + b"the line begun, \x1b[1mended\x1b[0m in the next read\nand one more\n"
+
+
+def test_the_headless_printer_writes_a_block_of_bytes_prefixed_without_decoding_it() -> None:
+    """A block that came as bytes reaches a UTF-8 stdout's buffer prefixed line by line and is not
+    decoded on the way (its ``text`` stays empty); without a byte buffer it is printed as text."""
+    raw = io.BytesIO()
+    tty = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+    plain = io.StringIO()
+    for out in (tty, plain):
+        render = LineRenderer(out)
+        out.write("before\n")
+        ev = TaskOutput(task="a", data="one\nzwei é\n\nthree\n".encode())
+        render(ev)
+        render(TaskOutput(task="b", data=b"x\n"))
+        render(VerifyOutput(data=b"v1\nv2\n"))
+        assert ev.text == ("" if out is tty else "one\nzwei é\n\nthree\n")
+    want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[b] x\n[verify] v1\n[verify] v2\n"
+    assert raw.getvalue().decode() == want and plain.getvalue() == want
+
+
+def test_blocks_of_bytes_reach_a_lossless_client_undecoded_and_json_as_lines() -> None:
+    """A lossless feed hands on a block of bytes as the event it is (one alone) or the blocks of one
+    pane joined as bytes; none is decoded on the way. As JSON (``--json``, the socket) it is lines."""
+
+    async def main() -> None:
+        host = RunHost(RUN, tail=0)
+        _s, lossless = host.attach(lossless=True)
+        one = TaskOutput(run=RUN, task="a", data=b"a1\na2\n")
+        host.bus.emit(one)
+        got = await lossless.take()
+        assert len(got) == 1 and got[0] is one and one.text == ""
+        for i in range(3):
+            host.bus.emit(TaskOutput(run=RUN, task="a", data=b"b%d\n" % i))
+        got = await lossless.take()
+        assert len(got) == 1 and got[0].data == b"b0\nb1\nb2\n" and got[0].text == ""
+        assert got[0].all_lines() == ["b0", "b1", "b2"] and got[0].line_count() == 3
+        assert got[0].last_lines(2) == ["b1", "b2"]
+        host.detach(lossless)
+
+    anyio.run(main)
+    ev = TaskOutput(run=RUN, task="a", data="x\nzwei é\n".encode())
+    assert ev.to_dict()["text"] == "x\nzwei é\n" and "data" not in ev.to_dict()
+    wire = wire_dict(TaskOutput(run=RUN, task="a", data=b"x\ny\n"))
+    assert wire["lines"] == ["x", "y"] and "data" not in wire and "text" not in wire
+    json.dumps(wire)

@@ -16,6 +16,7 @@ from corral.core.events import (
     Landed,
     LogEvent,
     MergeEvent,
+    Output,
     PhaseChanged,
     ReviewDecision,
     RunFinished,
@@ -45,9 +46,8 @@ class LineRenderer:
         w = self.out.write
         if isinstance(ev, (TaskOutput, VerifyOutput)):
             prefix = f"[{ev.task}] " if isinstance(ev, TaskOutput) else "[verify] "
-            block = ev.block()
-            if block:
-                self._write_block(prefix, block)
+            if ev.lines or ev.text or ev.data:
+                self._write_block(prefix, ev)
             return
         text = self.describe(ev)
         if text is not None:
@@ -56,17 +56,21 @@ class LineRenderer:
             w(self.summary(ev))
         self.out.flush()
 
-    def _write_block(self, prefix: str, block: str) -> None:
-        """Lines (each ending with a newline) with ``prefix`` before each, as one write: prefixed
-        at C speed and never split. Where the stream has a UTF-8 byte buffer under it, as bytes
-        (a bytes replace is three times as fast as a str one, and a flood's blocks are large)."""
+    def _write_block(self, prefix: str, ev: Output) -> None:
+        """The event's lines with ``prefix`` before each: prefixed at C speed and never split. Where
+        the stream has a UTF-8 byte buffer under it, as bytes (a bytes replace is three times as fast
+        as a str one, and a flood's blocks are large): a block that came as bytes is neither decoded
+        nor copied but by the prefixing (the first line's prefix goes as a write of its own)."""
         buffer = getattr(self.out, "buffer", None)
         if buffer is None or codecs.lookup(getattr(self.out, "encoding", None) or "ascii").name != "utf-8":
+            block = ev.block()
             self.out.write(prefix + block[:-1].replace("\n", "\n" + prefix) + "\n")
             return
         self.out.flush()  # (what was written as text goes first)
-        tag = prefix.encode("utf-8", self.out.errors or "strict")
-        data = (prefix + block).encode("utf-8", self.out.errors or "strict").replace(b"\n", b"\n" + tag)
+        errors = self.out.errors or "strict"
+        tag = prefix.encode("utf-8", errors)
+        data = (ev.data or ev.block().encode("utf-8", errors)).replace(b"\n", b"\n" + tag)
+        buffer.write(tag)
         buffer.write(memoryview(data)[: len(data) - len(tag)])  # (no prefix after the last line)
         if getattr(self.out, "line_buffering", False):  # (a terminal: as the text layer would)
             buffer.flush()

@@ -81,10 +81,10 @@ def _output_key(ev: Event) -> tuple[str, str, str] | None:
     return None
 
 
-def _output_event(key: tuple[str, str, str], lines: list[str], run: str, text: str = "") -> Event:
+def _output_event(key: tuple[str, str, str], lines: list[str], run: str, text: str = "", data: bytes = b"") -> Event:
     if key[0] == "verify_output":
-        return VerifyOutput(run=run, lines=lines, text=text)
-    return TaskOutput(run=run, task=key[1], lines=lines, text=text, stream=key[2])
+        return VerifyOutput(run=run, lines=lines, text=text, data=data)
+    return TaskOutput(run=run, task=key[1], lines=lines, text=text, data=data, stream=key[2])
 
 
 class _Tail:
@@ -125,10 +125,13 @@ class _Tail:
 
 
 def _joined(key: tuple[str, str, str], events: list[Output], run: str) -> Event:
-    """Output events of one pane as one: their lines, or one block when any came as a block."""
+    """Output events of one pane as one: their lines, or one block when any came as a block (of
+    bytes when all came so: nothing is decoded on the way)."""
     if len(events) == 1:
-        return _output_event(key, events[0].lines, run, events[0].text)
-    if any(ev.text for ev in events):
+        return events[0]
+    if all(ev.data and not ev.text for ev in events):
+        return _output_event(key, [], run, data=b"".join(ev.data for ev in events))
+    if any(ev.text or ev.data for ev in events):
         return _output_event(key, [], run, "".join(ev.block() for ev in events))
     return _output_event(key, [line for ev in events for line in ev.lines], run)
 
@@ -162,7 +165,7 @@ class Feed:
             assert isinstance(ev, Output)
             buf = self._out.setdefault(key, [])
             if self.tail is None:
-                if ev.lines or ev.text:
+                if ev.lines or ev.text or ev.data:
                     buf.append(ev)  # every line, joined when taken (a block of text stays one)
             else:
                 lines = ev.last_lines(self.tail)
