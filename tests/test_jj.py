@@ -709,21 +709,31 @@ def test_agent_moving_the_base_bookmark_is_put_back(plain: Path, tmp_path: Path)
     assert state(plain)["bookmarks"] == []
 
 
-def test_an_agent_restoring_an_old_operation_never_costs_you_your_working_copy(plain: Path, tmp_path: Path,
-                                                                             wt_root: Path) -> None:
+@pytest.mark.parametrize("colocate", [False, True], ids=["plain", "colocated"])
+def test_an_agent_restoring_an_old_operation_never_costs_you_your_working_copy(tmp_path: Path, wt_root: Path,
+                                                                             colocate: bool) -> None:
     """An agent runs ``jj op restore`` to an operation from before your last snapshot: your working
     copy moves back to an older commit, and your workspace is stale; jj's own way out (``jj workspace
     update-stale``) then deleted your file from disk (it was only in the operation log). corral
-    puts your working copy back on the commit your workspace's files are, and the run lands."""
+    puts your working copy back on the commit your workspace's files are, and the run lands; in a
+    colocated repository, what you staged with git stays staged."""
+    plain = make_jj_repo(tmp_path / "repo", colocate)
     before = jj(plain, "op", "log", "--no-graph", "-n", "1", "-T", "id").strip()
     (plain / "mine.txt").write_text("mine\n")
     jj(plain, "status", wc=True)  # snapshotted: your working copy now holds it
+    if colocate:
+        (plain / "staged.txt").write_text("staged\n")
+        subprocess.run(["git", "add", "staged.txt"], cwd=plain, check=True)
     p = plan(tmp_path, {"a": f"echo A > a.txt; jj op restore {before} >/dev/null 2>&1; echo B > b.txt"},
              base="main")
     res = run(plain, p, "--approve", "all", wt_root=wt_root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "put back" in res.stdout, res.stdout
     assert file_at(plain, "main", "a.txt") == "A\n" and file_at(plain, "main", "b.txt") == "B\n"
+    if colocate:
+        staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=plain, capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert staged == ["staged.txt"], staged
     jj(plain, "workspace", "update-stale", wc=True)  # what jj tells you to run when it is stale
     assert "mine.txt" in jj(plain, "status", wc=True)  # loads, and holds your change
     assert (plain / "mine.txt").read_text() == "mine\n" and file_at(plain, "@", "mine.txt") == "mine\n"

@@ -75,6 +75,25 @@ def test_an_agent_writes_nothing_outside_its_workspace(repo, tmp_path, wt_root):
             outside.unlink()
 
 
+def killed_then_cleaned(repo: Path, plan: Path, while_killed=None) -> subprocess.CompletedProcess:
+    """``corral run`` of ``plan`` SIGKILLed once its agent printed "started" (``while_killed()`` then
+    looks at what it left), then ``corral clean``, which must succeed."""
+    proc = start_run(repo, plan, "--approve", "all")
+    try:
+        wait_for(proc, "started", 1)
+        proc.kill()
+        proc.wait()
+        if while_killed is not None:
+            while_killed()
+        res = corral("clean", cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @needs_bwrap
 def test_a_sandboxed_agent_commits_in_its_workspace_and_its_work_lands(repo, tmp_path, wt_root):
     script = ("echo one > one.txt && git add one.txt && git commit -qm 'agent: one' && "
@@ -443,21 +462,13 @@ def test_the_commits_of_an_agent_killed_with_corral_are_kept_by_clean(repo, tmp_
     (repo / ".git/objects/info/alternates").write_text(own_line + "\n")  # the user's own, kept
     script = "echo one > one.txt && git add one.txt && git commit -qm 'agent: one' && echo started; sleep 300"
     plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", script)], sandbox="bwrap"))
-    proc = start_run(repo, plan, "--approve", "all")
-    try:
-        wait_for(proc, "started", 1)
-        proc.kill()
-        proc.wait()
+    def while_killed() -> None:
         lent = list((repo / ".git/corral/objects").iterdir())
         assert len(lent) == 1 and any(lent[0].rglob("*")), lent
         assert git(repo, "log", "--format=%s", "-1", *[f"refs/heads/{b}" for b in corral_state(repo)["branches"]]
                    ) == "agent: one"
-        res = corral("clean", cwd=repo)
-        assert res.returncode == 0, res.stdout + res.stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    killed_then_cleaned(repo, plan, while_killed)
     branches = corral_state(repo)["branches"]
     assert len(branches) == 1
     assert git(repo, "show", f"{branches[0]}:one.txt") == "one"
@@ -482,17 +493,7 @@ def test_an_agent_that_deletes_its_whole_workspace_in_the_sandbox_deletes_none_o
         assert res.returncode == 0, res.stdout + res.stderr
         kept = "main"
     else:
-        proc = start_run(repo, plan, "--approve", "all")
-        try:
-            wait_for(proc, "started", 1)
-            proc.kill()
-            proc.wait()
-            res = corral("clean", cwd=repo)
-            assert res.returncode == 0, res.stdout + res.stderr
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        res = killed_then_cleaned(repo, plan)
         [kept] = corral_state(repo)["branches"]
     assert set(git(repo, "ls-tree", "-r", "--name-only", kept).splitlines()) == files | {"d.txt"}, res.stdout
     assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []

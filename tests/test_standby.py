@@ -401,15 +401,22 @@ sys.exit(code)
 """
 
 
+def _one_task_run_as(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+    """``python -c script run PLAN --headless`` of PLAN's first task in a new repository: its line
+    printed, exit 0."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
+    res = subprocess.run([sys.executable, "-c", script, "run", str(plan), "--headless", "--approve", "none"],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    return res
+
+
 def test_a_standby_has_done_what_every_run_starts_with_before_it_waits(tmp_path: Path) -> None:
     """What a headless run needs is imported by the standby before it waits (the git backend too),
     and the command line's parser built: the run it takes imports no module of corral and builds
     no parser (argparse compiles its patterns as it builds one)."""
-    repo = make_repo(tmp_path / "repo")
-    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
-    res = subprocess.run([sys.executable, "-c", _AS_A_STANDBY, "run", str(plan), "--headless", "--approve", "none"],
-                         cwd=repo, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    res = _one_task_run_as(tmp_path, _AS_A_STANDBY)
     assert "late: [] parsers built: 0" in res.stderr, res.stderr
 
 
@@ -469,11 +476,7 @@ def test_a_standby_has_started_the_reaper_hub_and_the_watchdog_before_it_waits(t
     """The processes a run's agents need, the hub that forks their reapers and the watchdog (two
     Python starts, tens of ms of CPU each), are started by the standby before it waits: the run it
     takes uses those and starts none while its preflight's git processes run."""
-    repo = make_repo(tmp_path / "repo")
-    plan = write_plan(tmp_path / "plan.toml", PLAN.split("    [[tasks]]\n    name = \"two\"")[0])
-    res = subprocess.run([sys.executable, "-c", _HELPERS_AHEAD, "run", str(plan), "--headless", "--approve", "none"],
-                         cwd=repo, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and "[one] first-line" in res.stdout, res.stdout + res.stderr
+    res = _one_task_run_as(tmp_path, _HELPERS_AHEAD)
     assert "hubs: 1 the run's: True watchdogs: 1 the run's: True" in res.stderr, res.stderr
 
 

@@ -24,22 +24,28 @@ from corral.tui.headless import LineRenderer
 RUN = "20260101-000000-abcd"
 
 
-def _read_as_text(tmp_path: Path, script: str | list[str], on_text=None) -> tuple[list[str], bytes]:
-    """What ``on_text`` got from ``sh -c script`` (or the command ``script``), and its log."""
-    blocks: list[str] = []
+def _read(tmp_path: Path, script: str | list[str], hook: str, then=None) -> tuple[list, bytes]:
+    """What ``Supervised``'s ``hook`` (``on_text`` or ``on_data``) got from ``sh -c script`` (or the
+    command ``script``), each block passed on to ``then`` too, and its log."""
+    blocks: list = []
     log = tmp_path / "out.log"
 
-    def got(block: str) -> None:
+    def got(block) -> None:
         blocks.append(block)
-        if on_text is not None:
-            on_text(block)
+        if then is not None:
+            then(block)
 
     async def main() -> None:
         argv = ["sh", "-c", script] if isinstance(script, str) else script
-        await Supervised(argv, cwd=tmp_path, on_text=got, log_path=log, timeout=60).run()
+        await Supervised(argv, cwd=tmp_path, log_path=log, timeout=60, **{hook: got}).run()
 
     anyio.run(main)
     return blocks, log.read_bytes()
+
+
+def _read_as_text(tmp_path: Path, script: str | list[str], on_text=None) -> tuple[list[str], bytes]:
+    """What ``on_text`` got from ``sh -c script`` (or the command ``script``), and its log."""
+    return _read(tmp_path, script, "on_text", on_text)
 
 
 def test_a_flood_comes_as_blocks_of_whole_lines_and_its_log_is_every_byte(tmp_path: Path) -> None:
@@ -270,34 +276,30 @@ def test_tail_lines_splits_off_only_the_last_lines() -> None:
 def test_the_headless_printer_writes_a_block_as_its_lines_prefixed_in_order() -> None:
     """Through a byte buffer (a terminal's stdout: line-buffered) and without one: the same text,
     each line prefixed, what came before it first, nothing left unwritten on a terminal."""
+    def events(on_tty: bool) -> list:
+        return [TaskOutput(task="a", text="one\nzwei é\n\nthree\n"), VerifyOutput(lines=["v1", "v2"])]
+
+    want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[verify] v1\n[verify] v2\n"
+    assert _printed(events) == (want, want)
+
+
+def _printed(events) -> tuple[str, str]:
+    """What a headless printer wrote of ``events(on_tty)`` after a line of its own, through a byte
+    buffer (a terminal's stdout: line-buffered) and without one."""
     raw = io.BytesIO()
     tty = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
     plain = io.StringIO()
     for out in (tty, plain):
         render = LineRenderer(out)
         out.write("before\n")
-        render(TaskOutput(task="a", text="one\nzwei é\n\nthree\n"))
-        render(VerifyOutput(lines=["v1", "v2"]))
-    want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[verify] v1\n[verify] v2\n"
-    assert raw.getvalue().decode() == want and plain.getvalue() == want
+        for ev in events(out is tty):
+            render(ev)
+    return raw.getvalue().decode(), plain.getvalue()
 
 
 def _read_as_data(tmp_path: Path, script: str | list[str], on_data=None) -> tuple[list[bytes], bytes]:
     """What ``on_data`` got from ``sh -c script`` (or the command ``script``), and its log."""
-    blocks: list[bytes] = []
-    log = tmp_path / "out.log"
-
-    def got(block: bytes) -> None:
-        blocks.append(block)
-        if on_data is not None:
-            on_data(block)
-
-    async def main() -> None:
-        argv = ["sh", "-c", script] if isinstance(script, str) else script
-        await Supervised(argv, cwd=tmp_path, on_data=got, log_path=log, timeout=60).run()
-
-    anyio.run(main)
-    return blocks, log.read_bytes()
+    return _read(tmp_path, script, "on_data", on_data)
 
 
 def test_a_plain_flood_comes_as_the_bytes_read_and_a_dirty_block_as_its_cleaned_text(tmp_path: Path) -> None:
@@ -347,19 +349,15 @@ def test_a_line_begun_in_one_read_and_ended_in_the_next_comes_whole_as_bytes(tmp
 def test_the_headless_printer_writes_a_block_of_bytes_prefixed_without_decoding_it() -> None:
     """A block that came as bytes reaches a UTF-8 stdout's buffer prefixed line by line and is not
     decoded on the way (its ``text`` stays empty); without a byte buffer it is printed as text."""
-    raw = io.BytesIO()
-    tty = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
-    plain = io.StringIO()
-    for out in (tty, plain):
-        render = LineRenderer(out)
-        out.write("before\n")
-        ev = TaskOutput(task="a", data="one\nzwei é\n\nthree\n".encode())
-        render(ev)
-        render(TaskOutput(task="b", data=b"x\n"))
-        render(VerifyOutput(data=b"v1\nv2\n"))
-        assert ev.text == ("" if out is tty else "one\nzwei é\n\nthree\n")
+    made: dict[bool, TaskOutput] = {}
+
+    def events(on_tty: bool) -> list:
+        made[on_tty] = TaskOutput(task="a", data="one\nzwei é\n\nthree\n".encode())
+        return [made[on_tty], TaskOutput(task="b", data=b"x\n"), VerifyOutput(data=b"v1\nv2\n")]
+
     want = "before\n[a] one\n[a] zwei é\n[a] \n[a] three\n[b] x\n[verify] v1\n[verify] v2\n"
-    assert raw.getvalue().decode() == want and plain.getvalue() == want
+    assert _printed(events) == (want, want)
+    assert made[True].text == "" and made[False].text == "one\nzwei é\n\nthree\n"
 
 
 def test_blocks_of_bytes_reach_a_lossless_client_undecoded_and_json_as_lines() -> None:

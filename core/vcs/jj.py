@@ -579,8 +579,9 @@ class JjBackend(Backend):
         elsewhere = {target for ws_name, (_, target) in workspaces.items() if f"{ws_name}@" != name}
         if not res.ok or any(c != change or commit in elsewhere for commit, c in lines):
             return ""
-        if not (await self.jj("--ignore-working-copy", "edit", old, cwd=root, workspace=True, check=False)).ok:
-            return ""
+        with _git_index_kept(root):
+            if not (await self.jj("--ignore-working-copy", "edit", old, cwd=root, workspace=True, check=False)).ok:
+                return ""
         if lines:
             await self.jj("abandon", others, check=False)
         return f"put back on {old[:12]}, the commit its files are"
@@ -1630,6 +1631,28 @@ def _holds_anything(path: Path) -> bool:
             return any(True for _ in entries)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _git_index_kept(root: Path) -> Any:
+    """Around a jj command run in the user's workspace at ``root``: when that is colocated, jj resets
+    its git index (what the user staged with git), even with ``--ignore-working-copy``; the index is
+    put back as it was when git's HEAD is where it was (the staged changes are still on the same
+    commit)."""
+    git = root / ".git"
+    try:
+        head, index = (git / "HEAD").read_bytes(), (git / "index").read_bytes()
+    except OSError:  # (not colocated, or nothing staged ever)
+        yield
+        return
+    yield
+    try:
+        if (git / "HEAD").read_bytes() == head and (git / "index").read_bytes() != index:
+            tmp = git / f"index.corral-{os.getpid()}"
+            tmp.write_bytes(index)
+            os.replace(tmp, git / "index")
+    except OSError:
+        pass
 
 
 def _checkout_state(path: Path) -> tuple[str, str]:
