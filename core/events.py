@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, AnyStr, Callable, ClassVar
 
 #: Every status a task can be in, in the order a task normally passes through them.
 TASK_STATUSES = (
@@ -114,29 +114,29 @@ class TaskStatus(Event):
     branch: str = ""
 
 
+def _tail_start(block: AnyStr, newline: AnyStr, n: int) -> int:
+    """Where the last ``n`` lines of ``block`` (lines each ending with ``newline``) begin."""
+    start = len(block) - 1
+    for _ in range(n):
+        start = block.rfind(newline, 0, start)
+        if start < 0:
+            break
+    return start + 1
+
+
 def tail_lines(text: str, n: int) -> list[str]:
     """The last ``n`` lines of ``text`` (lines each ending with a newline): only they are split
     off, the rest of a flood's block is neither copied nor split."""
     if n <= 0 or not text:
         return []
-    start = len(text) - 1
-    for _ in range(n):
-        start = text.rfind("\n", 0, start)
-        if start < 0:
-            break
-    return text[start + 1 : -1].split("\n")
+    return text[_tail_start(text, "\n", n) : -1].split("\n")
 
 
 def tail_of(data: bytes, n: int) -> list[str]:
     """:func:`tail_lines` of a block of UTF-8 bytes: only the last ``n`` lines are decoded."""
     if n <= 0 or not data:
         return []
-    start = len(data) - 1
-    for _ in range(n):
-        start = data.rfind(b"\n", 0, start)
-        if start < 0:
-            break
-    return data[start + 1 : -1].decode("utf-8", "replace").split("\n")
+    return data[_tail_start(data, b"\n", n) : -1].decode("utf-8", "replace").split("\n")
 
 
 @dataclass(kw_only=True)
@@ -166,9 +166,9 @@ class Output(Event):
         return tail_of(self.data, n) if self.data else self.lines[-n:]
 
     def line_count(self) -> int:
-        if self.text or self.data:
-            return self.text.count("\n") if self.text else self.data.count(b"\n")
-        return len(self.lines)
+        if self.text:
+            return self.text.count("\n")
+        return self.data.count(b"\n") if self.data else len(self.lines)
 
     def block(self) -> str:
         """The lines as one block, each ending with a newline ("" for none); ``data`` is decoded

@@ -158,6 +158,15 @@ exec "$real" "$@"
 _EXECUTABLE = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
 
+#: the files :func:`_write` wrote or found holding what it would write, with their stat signature:
+#: every agent of a run shares some thirty of them, and a changed one has another signature
+_KNOWN: dict[Path, tuple[tuple[int, ...], str]] = {}
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
 def _write(path: Path, text: str, executable: bool = True) -> None:
     """``path`` holding ``text`` (``executable``: a hook or a program). Left as it is when it holds
     that already: every agent of a run gets the same files, and rewriting some fifty of them at each
@@ -175,15 +184,6 @@ def _write(path: Path, text: str, executable: bool = True) -> None:
     if executable:
         path.chmod(path.stat().st_mode | _EXECUTABLE)
     _KNOWN[path] = (_signature(path.stat()), text)
-
-
-#: the files :func:`_write` wrote or found holding what it would write, with their stat signature:
-#: every agent of a run shares some thirty of them, and a changed one has another signature
-_KNOWN: dict[Path, tuple[tuple[int, ...], str]] = {}
-
-
-def _signature(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def _link(path: Path, target: Path) -> None:

@@ -80,6 +80,17 @@ class Workspace:
     exclude: list[str] = field(default_factory=list)
 
 
+def holds_anything(path: Path) -> bool:
+    """Whether the directory ``path`` exists and is not empty (a ``.git`` or ``.jj`` counts): an
+    empty one is a workspace deleted, also in the sandbox, where ``rm -rf`` of a workspace (a mount
+    point there) empties it and cannot remove it."""
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
 def workspace_of(path: str | Path, workspaces: Iterable[Workspace], exact: bool = False) -> Workspace | None:
     """The first of ``workspaces`` whose directory holds ``path`` (``exact``: is ``path``), both
     resolved. One named by ``path`` as it is spelled is found without resolving any path: an agent

@@ -41,6 +41,7 @@ from .base import (
     VcsError,
     Workspace,
     cause_line,
+    holds_anything,
     keep_repository_history,
     run_forecast,
 )
@@ -608,11 +609,7 @@ class GitBackend(Backend):
         git_file = path / ".git"
         if not admin or not path.is_dir() or os.path.lexists(git_file):
             return False
-        try:
-            with os.scandir(path) as entries:
-                if next(entries, None) is None:
-                    return False
-        except OSError:  # (unreadable: nothing to relink it for)
+        if not holds_anything(path):
             return False
         return os.path.realpath(_read(Path(admin) / "gitdir")) == os.path.realpath(git_file)
 

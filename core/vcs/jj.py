@@ -53,6 +53,7 @@ from .base import (
     VcsError,
     Workspace,
     cause_line,
+    holds_anything,
     keep_repository_history,
     run_forecast,
 )
@@ -575,7 +576,7 @@ class JjBackend(Backend):
         others = f"present(change_id({change})) ~ {old}"
         res = await self.jj("log", "-r", f"({others}) | (({others}):: ~ ({others}))", "--no-graph", "-T",
                             'commit_id ++ "\t" ++ change_id ++ "\n"', check=False)
-        lines = [line.split("\t") for line in res.lines()] if res.ok else [["", ""]]
+        lines = [line.split("\t") for line in res.lines()] if res.ok else []
         elsewhere = {target for ws_name, (_, target) in workspaces.items() if f"{ws_name}@" != name}
         if not res.ok or any(c != change or commit in elsewhere for commit, c in lines):
             return ""
@@ -816,7 +817,7 @@ class JjBackend(Backend):
         size limit) raise :class:`VcsError` once the rest is committed: the workspace must be kept."""
         if ws.base_commit:
             ws.base_commit = await self.follow(ws.base_commit)
-        if _holds_anything(ws.path):
+        if holds_anything(ws.path):
             async with self.mutating():  # one operation at a time: no divergent operations to reconcile
                 head = await self._snapshot_head(ws, message)
             ws.head = head
@@ -1548,13 +1549,12 @@ class JjBackend(Backend):
         """Whether removing ``ws`` with its work kept leaves its bookmark holding work of its own
         (:meth:`snapshot` makes the bookmark then); None when it makes none (its directory is gone or
         empty, and jj knows the workspace no more)."""
-        if not _holds_anything(ws.path):
-            last = await self._last_working_copy(ws)  # (what snapshot takes for the work)
-            return None if last is None else await self._holds_work_at(last, ws.base_commit)
         if pending:
             return True
-        last = await self._last_working_copy(ws)
-        return last is not None and await self._holds_work_at(last, ws.base_commit)
+        last = await self._last_working_copy(ws)  # (what snapshot takes for the work)
+        if last is None:
+            return None if not holds_anything(ws.path) else False
+        return await self._holds_work_at(last, ws.base_commit)
 
     async def _holds_work_at(self, target: str, base_commit: str) -> bool:
         """Whether ``target`` has non-empty commits of its own: not on a protected bookmark or base."""
@@ -1622,15 +1622,6 @@ def _dead_engine_locks(engines: Path) -> list[Path]:
         finally:
             os.close(fd)
     return dead
-
-
-def _holds_anything(path: Path) -> bool:
-    """Whether the directory ``path`` exists and is not empty (its ``.jj`` counts)."""
-    try:
-        with os.scandir(path) as entries:
-            return any(True for _ in entries)
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
