@@ -232,19 +232,21 @@ app.run(headless=True, size=(160, 48))
 #: ``corral run PLAN`` as the CLI runs it (preflight here, the run started in the repository's
 #: supervisor, the dashboard attached to it as a client), the dashboard headless: the one call the
 #: CLI makes to open it (``corral.tui.app.run_attached``) is replaced by the same app run headless.
-#: Its "preflight" is the moment that call comes: preflight, the run started, the supervisor connected.
+#: Its "preflight" is the moment that call comes: preflight done; the run is started in the supervisor
+#: (started first if none runs) while the dashboard is built.
 CLIENT_PAINT = """
 import sys, time
 plan, N = sys.argv[1], int(sys.argv[2])
 import corral.tui.app as tui_app
 from corral.tui.cli import main
 T_IMPORT = time.time()
-def run_attached(link, keymap=None):
+def run_attached(link, keymap=None, expect=()):
     global T_PREP
     T_PREP = time.time()
-    app = timed_app()(link=link, notifications=False)
+    app = timed_app()(link=link, notifications=False, expect=expect)
     app.run(headless=True, size=(160, 48))
-    print(f"supervisor {link.conn.hello.get('pid', 0)}", flush=True)
+    conn = link.link.conn if hasattr(link, "link") else link.conn  # a link that started the run, or one to it
+    print(f"supervisor {conn.hello.get('pid', 0)}", flush=True)
     return app.exit_code
 tui_app.run_attached = run_attached
 """ + TIMED_APP + """
@@ -402,8 +404,8 @@ def bench_paint(a: argparse.Namespace) -> None:
     print(f"  corral --help                      {fmt(help_t)} s")
     for key, title, prep in (
             ("cold", "`corral run PLAN`, supervisor started by the run (the dashboard its client)",
-             "preflight, run started, connected"),
-            ("warm", "`corral run PLAN`, supervisor already up", "preflight, run started, connected"),
+             "preflight done, dashboard opens"),
+            ("warm", "`corral run PLAN`, supervisor already up", "preflight done, dashboard opens"),
             ("in", "the run hosted in the dashboard's process (as `corral demo`)", "preflight done")):
         r = rows[key]
         print(f"  {title}:")

@@ -510,3 +510,90 @@ def test_home_shows_a_live_run_attaches_to_it_and_detaching_leaves_it_running(re
     assert anyio.run(approve) == 0
     assert git(repo, "show", "main:one.txt") == "one"
     wait_supervisor_gone(repo)
+
+
+# ------------------------------------------------------------- the dashboard that starts its run
+def _starting_app(repo: Path, request: Any, names: list[str]) -> Any:
+    from corral.core.server.client import StartingLink
+    from corral.tui.dashboard import CorralApp
+
+    link = StartingLink(state_dir(repo), repo, request)
+    return link, CorralApp(link=link, notifications=False, expect=[(n, "shell") for n in names])
+
+
+def test_a_dashboard_quit_while_its_run_is_being_started_stops_the_run_once_it_exists(repo: Path,
+                                                                                     tmp_path: Path) -> None:
+    """``corral run PLAN`` opens the dashboard at once and the run starts in the supervisor behind
+    it: stopping at once (q, y; SIGTERM of a run that cannot go on) waits for the run to exist and
+    stops it, its cleanup done; it does not leave it running, nor stop nothing."""
+    from corral.core.server.launch import StartRequest
+    from test_tui_pilot import SIZE
+
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo one > one.txt; sleep 30"
+    """)
+    request = StartRequest(target=str(plan), repo=str(repo), cwd=str(repo), env=dict(os.environ))
+    link, app = _starting_app(repo, request, ["one"])
+
+    async def main() -> int | None:
+        async with app.run_test(size=SIZE) as pilot:
+            assert link.starting  # (no supervisor ran: it is being started)
+            app.stop_and_exit()
+            deadline = time.monotonic() + 60
+            while app.is_running and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+        await link.aclose()  # as the command's exit does
+        return app.return_value
+
+    code = anyio.run(main)
+    assert link.run_id and code == 130
+    assert run_json(repo, link.run_id)["state"] == "interrupted"
+    assert corral_state(repo)["worktrees"] == []
+    wait_supervisor_gone(repo)
+
+
+def test_a_run_the_supervisor_refuses_ends_the_dashboard_with_one_line_and_exit_2(repo: Path, tmp_path: Path,
+                                                                                  capsys: Any) -> None:
+    """The supervisor checks the run again before it starts it; its refusal, coming once the
+    dashboard is open, closes it: exit 2, the refusal in one line after the screen is gone, and no
+    run created. A command sent meanwhile gets the refusal too."""
+    from corral.core.server.launch import StartRequest
+    from corral.tui.app import _finish
+    from test_tui_pilot import SIZE
+
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo one > one.txt"
+    """)
+    request = StartRequest(target=str(plan), repo="not/absolute", cwd=str(repo), env=dict(os.environ))
+    link, app = _starting_app(repo, request, ["one"])
+    refused: list[str] = []
+
+    async def main() -> int | None:
+        async with app.run_test(size=SIZE) as pilot:
+            async def ask() -> None:
+                try:
+                    await link.request("stop")
+                except CommandError as exc:
+                    refused.append(str(exc))
+            app.run_worker(ask())
+            deadline = time.monotonic() + 60
+            while app.is_running and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+        return app.return_value
+
+    code = _finish(app, anyio.run(main))
+    err = capsys.readouterr().err
+    assert code == 2 and app.exit_code == 2
+    assert err.strip() == "corral: a start request needs the repository as an absolute path", err
+    assert refused == ["a start request needs the repository as an absolute path"]
+    assert corral_state(repo)["runs"] == []
+    wait_supervisor_gone(repo)

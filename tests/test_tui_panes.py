@@ -972,3 +972,40 @@ def test_the_run_screen_is_styled_once_before_its_first_paint(monkeypatch: Any) 
 
     anyio.run(main, SIZE, {"-large", "-tall"})
     anyio.run(main, (80, 24), {"-small", "-short", "-narrow"})
+
+
+def test_the_tasks_of_a_run_being_started_are_panes_at_the_first_frame_and_the_runs_own_replace_them(
+        monkeypatch: Any) -> None:
+    """``corral run PLAN`` opens its dashboard while the supervisor starts the run: the plan's tasks
+    are pending panes at the first frame, before any event of the run (from a supervisor busy
+    starting 64 agents, they came half a second later, and the panes after them). The run's start
+    says its own tasks: one the plan had and the run does not loses its pane."""
+    names = [f"t{i:02d}" for i in range(6)]
+    panes_at_first_frame: list[int] = []
+    real_render_line = PaneLog.render_line
+
+    def render_line(log: PaneLog, y: int) -> Any:
+        if not panes_at_first_frame:
+            panes_at_first_frame.append(len(log.screen.query(PaneLog)))
+        return real_render_line(log, y)
+
+    monkeypatch.setattr(PaneLog, "render_line", render_line)
+
+    async def main() -> None:
+        bus = EventBus(RUN)
+        app = CorralApp(bus=bus, notifications=False, expect=[(n, "shell") for n in names])
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: bool(panes_at_first_frame), what="the first frame with a log")
+            screen = app.run_screen
+            assert screen is not None and panes_at_first_frame == [6] and list(screen.panes) == names
+            assert {p.head.status for p in screen.panes.values()} == {"pending"}
+            assert screen.panes["t00"].border_subtitle == "shell"
+            started(bus, names[:5])  # t05 is not in the run after all
+            await until(pilot, lambda: [getattr(w, "task_name", "") for w in screen.query_one("#panes").children]
+                        == names[:5], what="t05's pane gone")
+            assert list(screen.panes) == names[:5] and app.model.total == 5
+            await until(pilot, lambda: {p.head.status for p in screen.panes.values()} == {"running"},
+                        what="the run's statuses")
+            app.exit()
+
+    anyio.run(main)

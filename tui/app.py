@@ -7,6 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from corral.core.pipeline import Prepared
     from corral.core.server.client import Link
 
@@ -35,18 +37,23 @@ def run_dashboard(prep: "Prepared", keep_worktrees: bool = False, keymap: dict[s
     return _finish(app, app.run())
 
 
-def run_attached(link: "Link", keymap: dict[str, str] | None = None) -> int:
-    """The dashboard on a run in the supervisor. Returns the run's exit code once it ended, 130
-    when the person stopped it, or 0 when they detached (the run goes on)."""
+def run_attached(link: "Link", keymap: dict[str, str] | None = None,
+                 expect: "Iterable[tuple[str, str]]" = ()) -> int:
+    """The dashboard on a run in the supervisor (``link`` may still be starting it: its tasks,
+    name and agent, are ``expect``). Returns the run's exit code once it ended, 130 when the person
+    stopped it, 0 when they detached (the run goes on), or 2 when the run could not start."""
     from .dashboard import CorralApp
 
-    app = CorralApp(link=link, bell=_bell(), handle_signals=True,
+    app = CorralApp(link=link, bell=_bell(), handle_signals=True, expect=expect,
                     keymap=keymap if keymap is not None else user_keymap())
     return _finish(app, app.run())
 
 
 def _finish(app: "CorralApp", result: object) -> int:
     code = result if isinstance(result, int) else app.exit_code
+    if app.start_refused:
+        print(f"corral: {app.start_refused}", file=sys.stderr)
+        return code
     if app.terminal_lost:
         return code
     run = app.bus.run

@@ -265,7 +265,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
         return EXIT_OK
     if banner:
         print(banner, flush=True)
-    return attach_dashboard(state_dir, root, None, keymap, request=request)
+    return start_with_dashboard(state_dir, root, request, keymap, [(t.name, t.agent) for t in plan.tasks])
 
 
 #: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
@@ -325,18 +325,23 @@ async def start_in_supervisor(state_dir, root, request) -> tuple[str, int]:
         raise UsageExit(f"corral: {exc}") from None
 
 
-def attach_dashboard(state_dir, root, run_id: str | None, keymap, request=None) -> int:
-    """The dashboard on a run of the supervisor: ``run_id``, the newest live one, or one started
-    from ``request`` first."""
+def start_with_dashboard(state_dir, root, request, keymap, tasks: list[tuple[str, str]]) -> int:
+    """The dashboard on the run of ``request``, opened at once with the plan's ``tasks`` pending:
+    the run is started in the repository's supervisor (started first if none runs) while the
+    screen is built, and followed over the same connection. A refusal (the supervisor's preflight)
+    is one line once the screen is gone, exit 2."""
+    from corral.core.server.client import StartingLink
+    from corral.tui.app import run_attached
+
+    return run_attached(StartingLink(state_dir, root, request), keymap=keymap, expect=tasks)
+
+
+def attach_dashboard(state_dir, root, run_id: str | None, keymap) -> int:
+    """The dashboard on a run of the supervisor: ``run_id``, or the newest live one."""
     import anyio
 
     from corral.core.server.client import LinkError, NoSupervisor, SocketLink, open_connection
     from corral.tui.app import run_attached
-
-    if request is not None:
-        import corral.tui.dashboard  # noqa: F401  (Textual loads before the agents start, not beside them)
-
-        run_id, _pid = anyio.run(start_in_supervisor, state_dir, root, request)
 
     try:
         conn = anyio.run(open_connection, state_dir)

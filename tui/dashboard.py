@@ -29,8 +29,8 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.worker import Worker, WorkerState
 
-from corral.core.codes import EXIT_INTERRUPTED
-from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, RunFinished
+from corral.core.codes import EXIT_INTERRUPTED, EXIT_USAGE
+from corral.core.events import DecisionMade, DecisionNeeded, Event, EventBus, RunFinished, RunStarted
 from corral.core.report import fmt_duration
 from corral.core.server.host import CommandError, forecast_from_dict
 
@@ -108,6 +108,7 @@ class CorralApp(App[int]):
         handle_signals: bool = False,
         grace: float = 3.0,
         keymap: dict[str, str] | None = None,
+        expect: "Iterable[tuple[str, str]]" = (),
     ) -> None:
         super().__init__()
         if keymap:
@@ -126,6 +127,8 @@ class CorralApp(App[int]):
         self.model = RunModel()
         self._unsubscribe = self.bus.subscribe(self.model)
         self.model.on_notify = self._on_model_notify
+        # the tasks (name, agent) of the run ``link`` starts, shown pending until it says its own
+        self.model.expect(expect)
         #: the run this dashboard follows, and (for a run in this process) its host
         self.link: "Link | None" = None
         self.host: "RunHost | None" = None
@@ -150,6 +153,8 @@ class CorralApp(App[int]):
         self._stopping = False
         #: set when SIGHUP said the terminal went away
         self.terminal_lost = False
+        #: why the run its link was to start did not start (said once the screen is gone; exit 2)
+        self.start_refused = ""
 
     @property
     def rt(self) -> "Runtime | None":
@@ -200,6 +205,7 @@ class CorralApp(App[int]):
         if keep_worktrees is not None:
             self.keep_worktrees = keep_worktrees
         self.prep = prep
+        self.model.expect((t.name, t.agent) for t in prep.plan.tasks)
         keep, grace = self.keep_worktrees, self.grace
         self._host(prep.run_id, prep.plan.approve,
                    lambda approver, bus, on_rt: execute(prep, approver, bus, keep_worktrees=keep, grace=grace,
@@ -244,6 +250,8 @@ class CorralApp(App[int]):
     @work(exclusive=True, group="pipeline", exit_on_error=False)
     async def _follow(self, link: "Link", body: Any = None) -> None:
         """Feed the run's events to the bus until the run ends (or the link is lost)."""
+        from corral.core.server.client import StartRefused
+
         host = self.host
         try:
             async with anyio.create_task_group() as tg:
@@ -258,7 +266,16 @@ class CorralApp(App[int]):
                 why = getattr(link, "lost", "") or "the run's events stopped"
                 self.bus.log("error", f"lost the run: {why}")
                 self.notify(f"lost the run: {why}", severity="error", timeout=10)
-        except Exception as exc:  # an engine or link bug: say so, keep the dashboard up
+        except Exception as exc:
+            cause: BaseException = exc
+            while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                cause = cause.exceptions[0]  # (raised in the task group's body)
+            if isinstance(cause, StartRefused):  # nothing started: the one line comes once the screen is gone
+                self.start_refused = str(cause)
+                self.exit_code = EXIT_USAGE
+                self.exit(EXIT_USAGE)
+                return
+            # an engine or link bug: say so, keep the dashboard up
             self.exit_code = 1
             self.bus.log("error", f"the run stopped on an internal error: {exc!r}")
             self.notify(f"internal error: {exc!r}", severity="error", timeout=10)
@@ -279,6 +296,8 @@ class CorralApp(App[int]):
             if open_:
                 self._on_decision(open_[-1])  # the one the run waits for now
             return
+        if isinstance(ev, RunStarted) and not self.bus.run:
+            self.bus.run = ev.run  # a run started by its link, which had no id before
         self.bus.emit(ev)
         if isinstance(ev, DecisionNeeded):
             if self._replaying:
@@ -419,7 +438,9 @@ class CorralApp(App[int]):
     def action_detach(self) -> None:
         """``D``: close the dashboard; the run goes on in the supervisor (``corral attach``)."""
         if not self.detachable:
-            self.notify("this run lives in this process: it can't go on without the dashboard", severity="warning")
+            starting = getattr(self.link, "starting", False)
+            self.notify("the run is still being started: D detaches from it once it has" if starting
+                        else "this run lives in this process: it can't go on without the dashboard", severity="warning")
             return
         from .home_screen import HomeScreen
 

@@ -8,7 +8,7 @@ flush so that one timer can update only the widgets that need it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from corral.core.events import (
     FINISHED_STATUSES,
@@ -135,6 +135,10 @@ class RunModel:
         #: names of tasks whose pane header changed since the last flush; "" means the run header
         self.dirty: set[str] = set()
         self.new_tasks: list[str] = []
+        #: tasks shown before the run said them (:meth:`expect`), and those the run turned out not
+        #: to have (their panes go at the next flush)
+        self.expected: set[str] = set()
+        self.gone_tasks: list[str] = []
         #: called for events worth a notification: (title, message, severity)
         self.on_notify: Callable[[str, str, str], None] | None = None
 
@@ -150,6 +154,15 @@ class RunModel:
         elif agent and not view.agent:
             view.agent = agent
         return view
+
+    def expect(self, tasks: Iterable[tuple[str, str]]) -> None:
+        """The tasks (name, agent) of the plan a run is being started from, shown pending at once:
+        their panes are drawn with the screen, not once the run's first events come (from a
+        supervisor busy starting them). The run's start says its own tasks, and replaces these."""
+        for name, agent in tasks:
+            if name not in self.tasks:
+                self.task(name, agent)
+                self.expected.add(name)
 
     @property
     def total(self) -> int:
@@ -211,6 +224,14 @@ class RunModel:
         if isinstance(ev, RunStarted):
             self.run, self.repo, self.base, self.base_commit = ev.run, ev.repo, ev.base, ev.base_commit
             self.backend, self.run_dir, self.started = ev.backend, ev.run_dir, ev.ts
+            for name in self.expected - set(ev.tasks):  # expected, but not in the run after all
+                del self.tasks[name]
+                self.order.remove(name)
+                if name in self.new_tasks:
+                    self.new_tasks.remove(name)
+                else:
+                    self.gone_tasks.append(name)
+            self.expected.clear()
             for name in ev.tasks:
                 self.task(name, ev.agents.get(name, ""))
             self.dirty.add("")

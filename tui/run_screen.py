@@ -262,6 +262,9 @@ class RunScreen(StyledOnce, ForwardsWorkerErrors, Screen):
         # whole seconds: every elapsed time on screen ticks at the same moment, once a second, so an
         # idle dashboard repaints once a second rather than on every flush
         now = float(math.floor(self.corral.clock()))
+        if model.gone_tasks:
+            self._remove_panes(model.gone_tasks)
+            model.gone_tasks.clear()
         if model.new_tasks:
             new = [name for name in model.new_tasks if name not in self.panes]
             model.new_tasks.clear()
@@ -355,6 +358,19 @@ class RunScreen(StyledOnce, ForwardsWorkerErrors, Screen):
         if self.focused_pane is None:
             self.call_after_refresh(self._focus_first)
         self.call_after_refresh(_freeze_heap)
+
+    def _remove_panes(self, names: list[str]) -> None:
+        """Take away the panes of ``names`` (tasks shown before the run started that it turned out
+        not to have), and lay the grid out for the panes left."""
+        gone = [pane for name in names if (pane := self.panes.pop(name, None)) is not None]
+        for pane in gone:
+            if pane in self._deferred:
+                self._deferred.remove(pane)
+            if self._zoom is not None and self._zoom.source is pane:
+                self.action_zoom()  # back to the grid: the zoomed task is no more
+        if gone:
+            self.query_one("#panes").remove_children(gone)
+            self._layout_grid(self.size.width)
 
     def _fill_deferred(self) -> None:
         """Fill the panes mounted deferred, all in one batch: each batch lays out the whole screen."""

@@ -269,6 +269,75 @@ class SocketLink(Link):
         await self.conn.aclose()
 
 
+class StartRefused(LinkError):
+    """The run of a :class:`StartingLink` did not start: no supervisor could be had, or it refused
+    the run (its preflight found a problem). One line for the person."""
+
+
+class StartingLink(Link):
+    """A run still to be started in the repository's supervisor (started first if none runs), then
+    followed over the same connection, as a :class:`SocketLink`. A view can open on it at once, the
+    start going on while the view is built: its events begin once the run has started, and a
+    command sent meanwhile waits for the start (a stop stops the run as soon as it exists).
+    :meth:`events` raises :class:`StartRefused` when the run cannot start."""
+
+    def __init__(self, state_dir: Path, repo_root: Path, request: Any, tail: int = 2000) -> None:
+        self.state_dir, self.repo_root, self.start_request, self.tail = state_dir, repo_root, request, tail
+        self._started = anyio.Event()
+        #: the run's link once it has started
+        self.link: SocketLink | None = None
+        #: why the run did not start
+        self.refused = ""
+
+    @property
+    def starting(self) -> bool:
+        """Whether the run is still being started."""
+        return not self._started.is_set()
+
+    @property
+    def detachable(self) -> bool:  # type: ignore[override]
+        """Once the run exists: a dashboard closed before that leaves nothing going."""
+        return self.link is not None
+
+    @property
+    def lost(self) -> str:
+        return self.link.lost if self.link is not None else ""
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            try:
+                conn = await ensure_supervisor(self.state_dir, self.repo_root)
+            except LinkError as exc:
+                self.refused = str(exc)
+                raise StartRefused(self.refused) from None
+            try:
+                reply = await conn.ask("start", request=self.start_request.to_dict())
+            except CommandError as exc:
+                await conn.aclose()
+                self.refused = str(exc)
+                raise StartRefused(self.refused) from None
+            link = SocketLink(conn, str(reply["run"]), self.tail)
+            link.pace, link.batch_tail = self.pace, self.batch_tail
+            self.link, self.run_id = link, link.run_id
+        finally:
+            self._started.set()  # commands waiting for the start go on (or fail: it did not start)
+        try:
+            async for ev in link.events():
+                yield ev
+        finally:
+            self.exit_code = link.exit_code
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        await self._started.wait()
+        if self.link is None:
+            raise CommandError(self.refused or "the run did not start")
+        return await self.link.request(op, **args)
+
+    async def aclose(self) -> None:
+        if self.link is not None:
+            await self.link.aclose()
+
+
 async def live_runs(state_dir: Path) -> dict[str, dict[str, Any]]:
     """What the repository's supervisor says of its runs: run id -> its row (``live``, ``waiting``,
     ...) with the supervisor's ``pid``; {} when no supervisor runs. Starts nothing."""
