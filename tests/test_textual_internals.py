@@ -14,6 +14,7 @@ import re
 
 import corral.tui
 from textual.app import App
+from textual.reactive import Reactive
 from textual.drivers._writer_thread import WriterThread
 from textual.drivers.linux_driver import LinuxDriver
 from textual.dom import DOMNode
@@ -51,6 +52,12 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     footer_key = FooterKey("a", "a", "abort", "abort", disabled=True)
     assert (footer_key.key, footer_key.action, footer_key._disabled) == ("a", "abort", True)
     assert footer_key.has_class("-disabled")
+    # ... and makes a key compact or not as it is made (FitFooter.compose): the reactive its
+    # footer binds, and the class its watcher sets
+    assert isinstance(FooterKey.__dict__["compact"], Reactive) and FooterKey.compact._default is True
+    assert FooterKey("b", "b", "", "b")._reactive_connect is None  # and data_bind fills it:
+    assert "self._reactive_connect[name]" in inspect.getsource(DOMNode.data_bind)
+    assert '"-compact"' in inspect.getsource(FooterKey._watch_compact)
     # PaneHead (tui/widgets.py) tells the stylesheet which of its components to style: the
     # stylesheet asks the node (an instance's override is seen), and get_component_styles reads them
     from textual.css.stylesheet import Stylesheet

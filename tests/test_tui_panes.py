@@ -1009,3 +1009,37 @@ def test_the_tasks_of_a_run_being_started_are_panes_at_the_first_frame_and_the_r
             app.exit()
 
     anyio.run(main)
+
+
+def test_the_footers_keys_are_styled_once_each_when_it_is_composed() -> None:
+    """A footer key is made the footer's way (compact or not) when it is made: Textual made each one
+    compact and then bound it to the footer's ``compact``, restyling it twice at its mount (some
+    20 keys, 25-60 ms before the first paint and at every rebuild of the footer), wide or narrow."""
+    from textual.widgets._footer import FooterKey
+
+    for size in (SIZE, (80, 24)):
+        async def main() -> None:
+            bus = EventBus(RUN)
+            app = CorralApp(bus=bus, notifications=False)
+            started(bus, ["a", "b", "c"])
+            restyled: list[str] = []
+            real_update = app.update_styles
+
+            def update_styles(node: Any, *args: Any, **kwargs: Any) -> None:
+                if isinstance(node, FooterKey):
+                    restyled.append(node.key)
+                real_update(node, *args, **kwargs)
+
+            app.update_styles = update_styles  # type: ignore[method-assign]
+            async with app.run_test(size=size) as pilot:
+                await until(pilot, lambda: app.run_screen is not None and app.run_screen.focused_task == "a"
+                            and bool(app.run_screen.query(FooterKey)), what="the footer's keys")
+                await pilot.pause(0.3)
+                keys = app.run_screen.query(FooterKey)
+                # the palette's key (on a wide screen) is compact in Textual's footer: not bound to it
+                assert {k.has_class("-compact") for k in keys if k.key != "ctrl+p"} == {size[0] < FitFooter.NARROW}
+                assert all(k.has_class("-compact") for k in keys if k.key == "ctrl+p")
+                assert restyled == [], f"{len(restyled)} restyles of the footer's keys at {size}: {restyled}"
+                app.exit()
+
+        anyio.run(main)

@@ -19,6 +19,7 @@ from textual.worker import Worker, WorkerState
 from textual.widget import Widget
 from textual.widgets import Footer, Log, ProgressBar, Static
 from textual.widgets._footer import FooterKey
+from textual.widgets._footer import FooterKey
 
 from corral.core.report import fmt_cost, fmt_duration
 
@@ -453,6 +454,20 @@ class FitFooter(Footer):
             if before is not None and self._toggle_in_place(before, shown):
                 return
         super().bindings_changed(screen)
+
+    def compose(self) -> ComposeResult:
+        """Textual's keys, each made compact or not as it will be once mounted: a key is made
+        compact and bound to the footer's ``compact``, and at its mount it was restyled twice to be
+        made the footer's way (some 20 keys, 25-60 ms before the first paint, and again at each
+        rebuild)."""
+        for widget in super().compose():
+            if isinstance(widget, FooterKey):
+                # bound to the footer's (the palette's key is not: it keeps its own default)
+                bound = "compact" in (widget._reactive_connect or {})
+                compact = self.compact if bound else bool(FooterKey.compact._default)
+                widget.set_reactive(FooterKey.compact, compact)
+                widget.set_class(compact, "-compact", update=False)
+            yield widget
 
     def _toggle_in_place(self, before: tuple, shown: tuple) -> bool:
         """The same keys, only some enabled or disabled now (a task finished, the focus moved to a
