@@ -521,12 +521,13 @@ def _starting_app(repo: Path, request: Any, names: list[str]) -> Any:
     return link, CorralApp(link=link, notifications=False, expect=[(n, "shell") for n in names])
 
 
-def test_a_dashboard_quit_while_its_run_is_being_started_stops_the_run_once_it_exists(repo: Path,
-                                                                                     tmp_path: Path) -> None:
-    """``corral run PLAN`` opens the dashboard at once and the run starts in the supervisor behind
-    it: stopping at once (q, y; SIGTERM of a run that cannot go on) waits for the run to exist and
-    stops it, its cleanup done; it does not leave it running, nor stop nothing."""
+def test_a_dashboard_stopped_before_its_run_was_asked_of_the_supervisor_starts_nothing(
+        repo: Path, tmp_path: Path, capsys: Any) -> None:
+    """``corral run PLAN`` opens the dashboard at once, and asks the supervisor for the run once its
+    panes are drawn: stopped before that (q, y; SIGTERM of a run that cannot go on yet), no run
+    starts, nothing is created, and it exits 130 saying so."""
     from corral.core.server.launch import StartRequest
+    from corral.tui.app import _finish
     from test_tui_pilot import SIZE
 
     plan = write_plan(tmp_path / "plan.toml", """
@@ -542,18 +543,18 @@ def test_a_dashboard_quit_while_its_run_is_being_started_stops_the_run_once_it_e
 
     async def main() -> int | None:
         async with app.run_test(size=SIZE) as pilot:
-            assert link.starting  # (no supervisor ran: it is being started)
+            assert link.starting
             app.stop_and_exit()
             deadline = time.monotonic() + 60
             while app.is_running and time.monotonic() < deadline:
                 await pilot.pause(0.05)
-        await link.aclose()  # as the command's exit does
+        await link.aclose()
         return app.return_value
 
-    code = anyio.run(main)
-    assert link.run_id and code == 130
-    assert run_json(repo, link.run_id)["state"] == "interrupted"
-    assert corral_state(repo)["worktrees"] == []
+    code = _finish(app, anyio.run(main))
+    assert code == 130 and link.withdrawn and not link.run_id
+    assert "nothing was started" in capsys.readouterr().err
+    assert corral_state(repo) == {"branches": [], "worktrees": [], "runs": []}
     wait_supervisor_gone(repo)
 
 
@@ -596,4 +597,71 @@ def test_a_run_the_supervisor_refuses_ends_the_dashboard_with_one_line_and_exit_
     assert err.strip() == "corral: a start request needs the repository as an absolute path", err
     assert refused == ["a start request needs the repository as an absolute path"]
     assert corral_state(repo)["runs"] == []
+    wait_supervisor_gone(repo)
+
+
+def test_corral_run_asks_the_supervisor_for_its_run_once_the_dashboard_has_drawn_its_panes(
+        repo: Path, tmp_path: Path) -> None:
+    """The dashboard of ``corral run`` is built first, then the run's workspaces and agents start:
+    built beside them, on the same cores, it took three times as long (64 panes). The supervisor
+    (here one already up, with another run) answers at once; the run is still asked only after the
+    frame that shows the panes."""
+    from corral.core.server.launch import StartRequest
+    from test_tui_pilot import SIZE, until
+
+    gate = tmp_path / "gate"
+    first = write_plan(tmp_path / "first.toml", f"""
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "waits"
+        prompt = '{GATE.format(gate=gate)}'
+    """)
+    other = start_detached(repo, first)  # the supervisor is up
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo one"
+        [[tasks]]
+        name = "two"
+        prompt = "echo two"
+    """)
+    request = StartRequest(target=str(plan), repo=str(repo), cwd=str(repo), env=dict(os.environ))
+    link, app = _starting_app(repo, request, ["one", "two"])
+    runs_when_drawn: list[list[str]] = []
+
+    class Drawn:
+        """The app's event, noting which runs there were when it is set."""
+
+        def __init__(self) -> None:
+            self.event = anyio.Event()
+
+        def set(self) -> None:
+            if not runs_when_drawn:
+                runs_when_drawn.append(corral_state(repo)["runs"])
+            self.event.set()
+
+        def is_set(self) -> bool:
+            return self.event.is_set()
+
+        async def wait(self) -> None:
+            await self.event.wait()
+
+    async def main() -> int | None:
+        app.panes_drawn = Drawn()  # type: ignore[assignment]
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.finished is not None, 60, what="the run's end")
+            app.exit()
+        await link.aclose()
+        return link.exit_code
+
+    assert anyio.run(main) == 0 and link.run_id
+    assert runs_when_drawn == [[other]], runs_when_drawn  # drawn before the run existed
+    assert run_json(repo, link.run_id)["state"] == "completed"
+    gate.write_text("go")
+    wait_ended(repo, other)
     wait_supervisor_gone(repo)

@@ -63,6 +63,8 @@ def _finish(app: "CorralApp", result: object) -> int:
         return 0
     if app.report:
         print(f"corral: run {run} {app.final_state} (exit {code}); report: {app.report}")
+    elif code == 130 and getattr(app.link, "withdrawn", False):
+        print("corral: stopped before the run started: nothing was started", file=sys.stderr)
     elif code == 130:
         print("corral: run interrupted; agents stopped, workspaces removed, branches with work kept",
               file=sys.stderr)

@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 Runner = Callable[[Any, EventBus, Callable[["Runtime"], None]], Awaitable[Any]]
 #: Panes are flushed this often (seconds).
 FLUSH_INTERVAL = 1 / 12
+#: Longest a run that ``corral run`` starts waits for its panes to be drawn: the dashboard is built
+#: before the run's workspaces and agents start, not beside them on the same cores (three times as
+#: long at 64 panes); the supervisor is started meanwhile.
+PANES_DRAWN_WAIT = 1.0
 
 
 LAND_TITLE = "Land the merge?"
@@ -155,6 +159,8 @@ class CorralApp(App[int]):
         self.terminal_lost = False
         #: why the run its link was to start did not start (said once the screen is gone; exit 2)
         self.start_refused = ""
+        #: set at the frame that first shows the run screen's panes (RunScreen)
+        self.panes_drawn = anyio.Event()
 
     @property
     def rt(self) -> "Runtime | None":
@@ -235,6 +241,8 @@ class CorralApp(App[int]):
         # output no more often than the panes repaint, nor more of a pane than a repaint shows
         link.pace, link.batch_tail = FLUSH_INTERVAL, FLUSH_CAP
         self.link = link
+        if hasattr(link, "gate"):  # a run still to be started: once its panes are drawn
+            link.gate = self._panes_drawn
         self._replaying, self._replayed = True, {}
         if link.run_id:
             self.bus.run = link.run_id
@@ -242,6 +250,12 @@ class CorralApp(App[int]):
         self._pipeline_done = anyio.Event()
         self.show_run_screen()
         self._follow(link, body)
+
+    async def _panes_drawn(self) -> None:
+        """Until the frame that first shows the run screen's panes (at most PANES_DRAWN_WAIT
+        seconds: a run is never held up for long by a screen that cannot be drawn)."""
+        with anyio.move_on_after(PANES_DRAWN_WAIT):
+            await self.panes_drawn.wait()
 
     @property
     def detachable(self) -> bool:
@@ -576,6 +590,11 @@ class CorralApp(App[int]):
         if self._stopping:
             return
         self._stopping = True
+        withdraw = getattr(self.link, "withdraw", None)
+        if withdraw is not None and withdraw():  # a run not asked of the supervisor yet: none starts
+            await self._pipeline_done.wait()
+            self.exit(EXIT_INTERRUPTED)
+            return
         if self._pipeline_running and self.link is not None:
             self.notify("stopping agents and cleaning up ...", timeout=30)
             try:

@@ -270,10 +270,16 @@ class RunScreen(StyledOnce, ForwardsWorkerErrors, Screen):
             model.new_tasks.clear()
             if new:
                 self._mount_panes(new)
-        if self._deferred and not self._filling and all(p.ready or p.deferred for p in self.panes.values()):
-            # the panes that show are drawn: the others get their head and log after that frame
-            self._filling = True
-            self.call_after_refresh(self._fill_deferred)
+        drawn = self.corral.panes_drawn
+        if (self._deferred and not self._filling or not drawn.is_set()) and self.panes \
+                and all(p.ready or p.deferred for p in self.panes.values()):
+            # the panes that show are drawn at the next frame: after it, the others get their head
+            # and log, and a run that waits for them (``corral run``'s) starts
+            if self._deferred and not self._filling:
+                self._filling = True
+                self.call_after_refresh(self._fill_deferred)
+            if not drawn.is_set():
+                self.call_after_refresh(drawn.set)
         self._flushes += 1
         floods = []
         shown = self._panes_on_screen()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 from anyio.abc import SocketStream
@@ -276,14 +276,21 @@ class StartRefused(LinkError):
 
 class StartingLink(Link):
     """A run still to be started in the repository's supervisor (started first if none runs), then
-    followed over the same connection, as a :class:`SocketLink`. A view can open on it at once, the
-    start going on while the view is built: its events begin once the run has started, and a
-    command sent meanwhile waits for the start (a stop stops the run as soon as it exists).
+    followed over the same connection, as a :class:`SocketLink`. A view can open on it at once: the
+    supervisor is started (or connected) while the view is built, and the run asked of it once the
+    view's ``gate`` lets it. Its events begin once the run has started, and a command sent
+    meanwhile waits for the start (a stop stops the run as soon as it exists).
     :meth:`events` raises :class:`StartRefused` when the run cannot start."""
 
     def __init__(self, state_dir: Path, repo_root: Path, request: Any, tail: int = 2000) -> None:
         self.state_dir, self.repo_root, self.start_request, self.tail = state_dir, repo_root, request, tail
+        #: set by a view: awaited once the supervisor is connected (started), before the run is
+        #: asked of it (a dashboard has the run's panes drawn first: see :meth:`events`)
+        self.gate: Callable[[], Awaitable[None]] | None = None
         self._started = anyio.Event()
+        #: the start was withdrawn before it was asked (:meth:`withdraw`)
+        self.withdrawn = False
+        self._asked = False
         #: the run's link once it has started
         self.link: SocketLink | None = None
         #: why the run did not start
@@ -310,6 +317,19 @@ class StartingLink(Link):
             except LinkError as exc:
                 self.refused = str(exc)
                 raise StartRefused(self.refused) from None
+            if self.gate is not None:
+                # the view built before the run's 64 workspaces and agents start: built while
+                # they started, on the same cores, it took three times as long
+                try:
+                    await self.gate()
+                except BaseException:
+                    await conn.aclose()
+                    raise
+            if self.withdrawn:
+                await conn.aclose()
+                self.refused = "the run was stopped before it started"
+                return
+            self._asked = True
             try:
                 reply = await conn.ask("start", request=self.start_request.to_dict())
             except CommandError as exc:
@@ -326,6 +346,13 @@ class StartingLink(Link):
                 yield ev
         finally:
             self.exit_code = link.exit_code
+
+    def withdraw(self) -> bool:
+        """Do not start the run if it has not been asked of the supervisor yet (a dashboard
+        closed while it waits to draw its panes); True if so: nothing will start."""
+        if not self._asked:
+            self.withdrawn = True
+        return self.withdrawn
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         await self._started.wait()
