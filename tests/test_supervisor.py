@@ -513,12 +513,25 @@ def test_home_shows_a_live_run_attaches_to_it_and_detaching_leaves_it_running(re
 
 
 # ------------------------------------------------------------- the dashboard that starts its run
-def _starting_app(repo: Path, request: Any, names: list[str]) -> Any:
+def _starting_app(repo: Path, plan: Path, names: list[str], repo_arg: str = "") -> Any:
+    """The dashboard as ``corral run PLAN`` opens it: on a link that starts the run of ``plan``
+    (asked for ``repo_arg``: the repository's path unless given), the plan's tasks ``names`` shown."""
     from corral.core.server.client import StartingLink
+    from corral.core.server.launch import StartRequest
     from corral.tui.dashboard import CorralApp
 
+    request = StartRequest(target=str(plan), repo=repo_arg or str(repo), cwd=str(repo), env=dict(os.environ))
     link = StartingLink(state_dir(repo), repo, request)
     return link, CorralApp(link=link, notifications=False, expect=[(n, "shell") for n in names])
+
+
+async def _until_it_exits(app: Any, link: Any, pilot: Any) -> int | None:
+    """Run ``app`` until it exits by itself; then close its link, as the command's exit does."""
+    deadline = time.monotonic() + 60
+    while app.is_running and time.monotonic() < deadline:
+        await pilot.pause(0.05)
+    await link.aclose()
+    return app.return_value
 
 
 def test_a_dashboard_stopped_before_its_run_was_asked_of_the_supervisor_starts_nothing(
@@ -526,7 +539,6 @@ def test_a_dashboard_stopped_before_its_run_was_asked_of_the_supervisor_starts_n
     """``corral run PLAN`` opens the dashboard at once, and asks the supervisor for the run once its
     panes are drawn: stopped before that (q, y; SIGTERM of a run that cannot go on yet), no run
     starts, nothing is created, and it exits 130 saying so."""
-    from corral.core.server.launch import StartRequest
     from corral.tui.app import _finish
     from test_tui_pilot import SIZE
 
@@ -538,18 +550,13 @@ def test_a_dashboard_stopped_before_its_run_was_asked_of_the_supervisor_starts_n
         name = "one"
         prompt = "echo one > one.txt; sleep 30"
     """)
-    request = StartRequest(target=str(plan), repo=str(repo), cwd=str(repo), env=dict(os.environ))
-    link, app = _starting_app(repo, request, ["one"])
+    link, app = _starting_app(repo, plan, ["one"])
 
     async def main() -> int | None:
         async with app.run_test(size=SIZE) as pilot:
             assert link.starting
             app.stop_and_exit()
-            deadline = time.monotonic() + 60
-            while app.is_running and time.monotonic() < deadline:
-                await pilot.pause(0.05)
-        await link.aclose()
-        return app.return_value
+            return await _until_it_exits(app, link, pilot)
 
     code = _finish(app, anyio.run(main))
     assert code == 130 and link.withdrawn and not link.run_id
@@ -563,7 +570,6 @@ def test_a_run_the_supervisor_refuses_ends_the_dashboard_with_one_line_and_exit_
     """The supervisor checks the run again before it starts it; its refusal, coming once the
     dashboard is open, closes it: exit 2, the refusal in one line after the screen is gone, and no
     run created. A command sent meanwhile gets the refusal too."""
-    from corral.core.server.launch import StartRequest
     from corral.tui.app import _finish
     from test_tui_pilot import SIZE
 
@@ -574,8 +580,7 @@ def test_a_run_the_supervisor_refuses_ends_the_dashboard_with_one_line_and_exit_
         name = "one"
         prompt = "echo one > one.txt"
     """)
-    request = StartRequest(target=str(plan), repo="not/absolute", cwd=str(repo), env=dict(os.environ))
-    link, app = _starting_app(repo, request, ["one"])
+    link, app = _starting_app(repo, plan, ["one"], repo_arg="not/absolute")
     refused: list[str] = []
 
     async def main() -> int | None:
@@ -586,10 +591,7 @@ def test_a_run_the_supervisor_refuses_ends_the_dashboard_with_one_line_and_exit_
                 except CommandError as exc:
                     refused.append(str(exc))
             app.run_worker(ask())
-            deadline = time.monotonic() + 60
-            while app.is_running and time.monotonic() < deadline:
-                await pilot.pause(0.05)
-        return app.return_value
+            return await _until_it_exits(app, link, pilot)
 
     code = _finish(app, anyio.run(main))
     err = capsys.readouterr().err
@@ -606,7 +608,6 @@ def test_corral_run_asks_the_supervisor_for_its_run_once_the_dashboard_has_drawn
     built beside them, on the same cores, it took three times as long (64 panes). The supervisor
     (here one already up, with another run) answers at once; the run is still asked only after the
     frame that shows the panes."""
-    from corral.core.server.launch import StartRequest
     from test_tui_pilot import SIZE, until
 
     gate = tmp_path / "gate"
@@ -630,8 +631,7 @@ def test_corral_run_asks_the_supervisor_for_its_run_once_the_dashboard_has_drawn
         name = "two"
         prompt = "echo two"
     """)
-    request = StartRequest(target=str(plan), repo=str(repo), cwd=str(repo), env=dict(os.environ))
-    link, app = _starting_app(repo, request, ["one", "two"])
+    link, app = _starting_app(repo, plan, ["one", "two"])
     runs_when_drawn: list[list[str]] = []
 
     class Drawn:
