@@ -186,9 +186,10 @@ async def child_idle(plan_path: str, repo: str, agents: int, window: float) -> d
 
 
 #: the app both first-paint children run, headless: it notes the frame that first shows every pane on
-#: screen drawn (those off screen wait as their border, filled after that frame) and the frame that
+#: screen drawn (those off screen wait as their border, filled after that frame), the frame that
 #: shows every pane filled, off screen too, as each frame is made (``App._display``: the frame has
-#: been rendered; a terminal would be written now), then stops the run and exits
+#: been rendered; a terminal would be written now), and when the run's start came to it (its first
+#: event); then stops the run and exits
 TIMED_APP = """
 def timed_app():
     import inspect
@@ -197,7 +198,10 @@ def timed_app():
     class App(CorralApp):
         # Textual finds a relative CSS_PATH beside the file of the class: this one has none (python -c)
         CSS_PATH = str(Path(inspect.getfile(CorralApp)).parent / CorralApp.CSS_PATH)
-        _painted = _filled = 0.0
+        _painted = _filled = _started = 0.0
+        def _on_event(self, ev):
+            self._started = self._started or time.time()
+            super()._on_event(ev)
         def _display(self, screen, renderable):
             super()._display(screen, renderable)
             s = self.run_screen
@@ -205,9 +209,9 @@ def timed_app():
                 return
             if not self._painted and all(p.ready or getattr(p, "deferred", False) for p in s.panes.values()):
                 self._painted = time.time()
-            if self._painted and all(p.ready for p in s.panes.values()):
+            if self._painted and self._started and all(p.ready for p in s.panes.values()):
                 self._filled = time.time()
-                print(f"{T_IMPORT} {T_PREP} {self._painted} {self._filled}", flush=True)
+                print(f"{T_IMPORT} {T_PREP} {self._painted} {self._filled} {self._started}", flush=True)
                 self.stop_and_exit()
     return App
 """
@@ -243,7 +247,7 @@ T_IMPORT = time.time()
 def run_attached(link, keymap=None, expect=()):
     global T_PREP
     T_PREP = time.time()
-    app = timed_app()(link=link, notifications=False, expect=expect)
+    app = timed_app()(link=link, notifications=False, **({"expect": expect} if expect else {}))  # (older versions: none)
     app.run(headless=True, size=(160, 48))
     conn = link.link.conn if hasattr(link, "link") else link.conn  # a link that started the run, or one to it
     print(f"supervisor {conn.hello.get('pid', 0)}", flush=True)
@@ -353,15 +357,16 @@ def bench_stream(a: argparse.Namespace) -> None:
 
 
 def paint_child(script: str, args: list[str], repo: Path) -> tuple[list[float], int]:
-    """(imports, preflight, first paint, every pane filled) in seconds from the spawn of ``script``,
-    and the pid of the supervisor it used (0: none; one it started waits 30 s for the next run)."""
+    """(imports, preflight, first paint, every pane filled, the run's first event) in seconds from
+    the spawn of ``script``, and the pid of the supervisor it used (0: none; one it started waits
+    30 s for the next run)."""
     t0 = time.time()
     res = subprocess.run([sys.executable, "-c", script, *args], cwd=repo, capture_output=True, text=True,
                          env={**os.environ, "CORRAL_SUPERVISOR_IDLE": "30"})
     lines = res.stdout.split("\n")
     try:
-        times = [float(x) - t0 for x in lines[0].split()[:4]]
-        assert len(times) == 4
+        times = [float(x) - t0 for x in lines[0].split()[:5]]
+        assert len(times) == 5
     except (ValueError, AssertionError):
         raise SystemExit(f"paint child failed: {res.stdout[-1000:]}\n{res.stderr[-3000:]}")
     pid = next((int(l.split()[1]) for l in lines if l.startswith("supervisor ")), 0)
@@ -415,6 +420,8 @@ def bench_paint(a: argparse.Namespace) -> None:
               f"{'   (target < 1)' if key != 'in' else ''}   (the app's part: "
               f"{fmt(median([x[2] - x[1] for x in r]))} s)")
         print(f"    every pane filled, off screen too  {fmt(median([x[3] for x in r]))} s")
+        print(f"    the run's start reached it       {fmt(median([x[4] for x in r]))} s"
+              f"{'   (asked of the supervisor once the panes are drawn)' if key != 'in' else ''}")
     parsed = import_times(["-c", "import corral.tui.app; import corral.tui.dashboard; import corral.tui.run_screen"])
     print(f"  heaviest imports of the dashboard path (cumulative; total "
           f"{sum(us for us, d, _ in parsed if d == 1) / 1000:.0f} ms):")
