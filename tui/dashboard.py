@@ -275,7 +275,7 @@ class CorralApp(App[int]):
                     self._on_event(ev)
             if link.exit_code is not None:
                 self.exit_code = link.exit_code
-            elif not self.detached:
+            elif not self.detached and not getattr(link, "withdrawn", False):
                 self.exit_code = 1
                 why = getattr(link, "lost", "") or "the run's events stopped"
                 self.bus.log("error", f"lost the run: {why}")
