@@ -972,3 +972,76 @@ def test_the_run_screen_is_styled_once_before_its_first_paint(monkeypatch: Any) 
 
     anyio.run(main, SIZE, {"-large", "-tall"})
     anyio.run(main, (80, 24), {"-small", "-short", "-narrow"})
+
+
+def watch_renders(widgets: list[Any]) -> list[Any]:
+    """Each line of ``widgets`` rendered again from now on (a line a cache kept is not): one item,
+    the widget, per line."""
+    rendered: list[Any] = []
+    for widget in widgets:
+        def render_line(y: int, widget: Any = widget, real: Any = widget.render_line) -> Any:
+            rendered.append(widget)
+            return real(y)
+
+        widget.render_line = render_line
+    return rendered
+
+
+def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
+    """A zoom covers the whole terminal and the way back uncovers it, so each is a frame of the
+    whole screen; what was rendered before comes from the widgets' caches. A screen's background
+    (its own lines, under its widgets) was rendered again at each (Textual refreshes a screen at
+    every push and pop), and its new lines, cut at every widget's edge, made the frame of the grid
+    twice as slow (12 ms more at 64 panes); the zoomed pane's border was rendered again at every
+    zoom of the same pane (5 ms). Now a zoom renders the zoomed log's lines, the way back those of
+    the grid's pane that got the lines written while zoomed."""
+    names = [f"t{i:02d}" for i in range(24)]
+    now = [100.0]  # a clock that stands still: no head shows a new time meanwhile
+
+    async def main() -> None:
+        bus, app = clocked_app(now)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == len(names)
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes, the first focused")
+            screen = app.run_screen
+            source = screen.panes["t00"]
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            await pilot.press("z")  # the zoom screen is made at the first zoom
+            await until(pilot, lambda: screen.zoomed is source, what="zoomed")
+            zoom = app.screen
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 50, 60)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == ["t00 line 59"], what="new lines")
+            await pilot.pause(0.2)
+            widgets = [*screen.walk_children(with_self=True), *zoom.walk_children(with_self=True)]
+            rendered = watch_renders(widgets)
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is zoom and zoom.pane.log_widget.lines[-1:] == ["t00 line 59"],
+                        what="zoomed again")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 60, 70)))
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 69"], what="new lines, zoomed")
+            await pilot.pause(0.2)
+            zoomed = set(rendered)
+            rendered.clear()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen, what="back again")
+            await pilot.pause(0.2)
+            back = set(rendered)
+            assert zoomed == {zoom.pane.log_widget}, f"rendered again at the zoom: {zoomed}"
+            assert back == {source.log_widget}, f"rendered again on the way back: {back}"
+            assert source.log_widget.lines[-1] == "t00 line 69"
+            # what a screen keeps of its own lines goes with its styles: a new theme, new colours
+            crop = screen.size.region
+            before = screen.render_lines(crop)
+            app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+            await pilot.pause(0.3)
+            after = screen.render_lines(crop)
+            assert [s.text for s in after] == [s.text for s in before] and after != before
+            assert screen in set(rendered), "the new theme's background rendered"
+            app.exit()
+
+    anyio.run(main)

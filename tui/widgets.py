@@ -325,9 +325,10 @@ class TaskPane(Vertical, can_focus=True):
 
     def show_task_of(self, other: "TaskPane") -> None:
         """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
-        self.task_name = other.task_name
-        self.agent = self.border_subtitle = other.agent
-        self.border_title = other.task_name
+        if (self.task_name, self.agent) != (other.task_name, other.agent):
+            # (a border set again, even to the same, renders the pane's every line again)
+            self.task_name = self.border_title = other.task_name
+            self.agent = self.border_subtitle = other.agent
         self.written_at = 0
         self.take_lines(other.shown_lines)
 
