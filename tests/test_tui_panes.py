@@ -996,6 +996,7 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
     zoom of the same pane (5 ms). Now a zoom renders the zoomed log's lines, the way back those of
     the grid's pane that got the lines written while zoomed."""
     names = [f"t{i:02d}" for i in range(24)]
+    M = PANE_MAX_LINES  # as under a flood: a log as long as it gets, its scrollbar at its end
     now = [100.0]  # a clock that stands still: no head shows a new time meanwhile
 
     async def main() -> None:
@@ -1007,23 +1008,24 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
                         and app.run_screen.focused_task == "t00", what="the panes, the first focused")
             screen = app.run_screen
             source = screen.panes["t00"]
-            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
-            await until(pilot, lambda: source.log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, M)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == [f"t00 line {M - 1}"], what="t00's lines")
             await pilot.press("z")  # the zoom screen is made at the first zoom
             await until(pilot, lambda: screen.zoomed is source, what="zoomed")
             zoom = app.screen
             await pilot.press("z")
             await until(pilot, lambda: app.screen is screen, what="back")
-            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 50, 60)))
-            await until(pilot, lambda: source.log_widget.lines[-1:] == ["t00 line 59"], what="new lines")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", M, M + 10)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == [f"t00 line {M + 9}"], what="new lines")
             await pilot.pause(0.2)
             widgets = [*screen.walk_children(with_self=True), *zoom.walk_children(with_self=True)]
+            widgets += [w.vertical_scrollbar for w in widgets if isinstance(w, PaneLog)]
             rendered = watch_renders(widgets)
             await pilot.press("z")
-            await until(pilot, lambda: app.screen is zoom and zoom.pane.log_widget.lines[-1:] == ["t00 line 59"],
+            await until(pilot, lambda: app.screen is zoom and zoom.pane.log_widget.lines[-1:] == [f"t00 line {M + 9}"],
                         what="zoomed again")
-            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 60, 70)))
-            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == ["t00 line 69"], what="new lines, zoomed")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", M + 10, M + 20)))
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == [f"t00 line {M + 19}"], what="new lines, zoomed")
             await pilot.pause(0.2)
             zoomed = set(rendered)
             rendered.clear()
@@ -1033,7 +1035,7 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
             back = set(rendered)
             assert zoomed == {zoom.pane.log_widget}, f"rendered again at the zoom: {zoomed}"
             assert back == {source.log_widget}, f"rendered again on the way back: {back}"
-            assert source.log_widget.lines[-1] == "t00 line 69"
+            assert source.log_widget.lines[-1] == f"t00 line {M + 19}"
             # what a screen keeps of its own lines goes with its styles: a new theme, new colours
             crop = screen.size.region
             before = screen.render_lines(crop)
@@ -1042,6 +1044,12 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
             after = screen.render_lines(crop)
             assert [s.text for s in after] == [s.text for s in before] and after != before
             assert screen in set(rendered), "the new theme's background rendered"
+            # the zoom moved to a pane with no lines yet: an empty log, and its scrollbar says so
+            await pilot.press("z", "tab")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t01"], what="the next pane zoomed")
+            await pilot.pause(0.1)
+            log = zoom.pane.log_widget
+            assert not log.lines and log.vertical_scrollbar.window_virtual_size == 0
             app.exit()
 
     anyio.run(main)

@@ -243,6 +243,26 @@ class PaneLog(QuietLog, can_focus=False):
         """Nothing to measure: a pane never scrolls sideways (``overflow-x: hidden``), so the width
         of its lines does not matter, and a late attach loads 2,000 lines per pane in one write."""
 
+    #: lines being replaced (``replace_lines``): the scrollbar waits for the new ones
+    _replacing = False
+
+    def replace_lines(self, lines: Sequence[str]) -> None:
+        """Show ``lines`` instead of its own. The scrollbar is told only where the new lines leave
+        it: cleared first, it was told of an empty log and then of the new one, and rendered again
+        even where it shows the same (a zoom under a flood: a log as long as it gets, at its end)."""
+        before = self.virtual_size
+        self._replacing = True
+        try:
+            self.clear()
+            self.write_lines(lines)
+        finally:
+            self._replacing = False
+        super().watch_virtual_size(before, self.virtual_size)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        if not self._replacing:
+            super().watch_virtual_size(old, new)
+
 
 class TaskPane(Vertical, can_focus=True):
     """One task, live: name and agent in the border, its head (status badge, elapsed time, cost,
@@ -318,8 +338,7 @@ class TaskPane(Vertical, can_focus=True):
     def take_lines(self, lines: Sequence[str]) -> None:
         """Show ``lines`` instead of its own (a zoomed view's, given back); kept until it is ready."""
         if self.ready:
-            self.log_widget.clear()
-            self.log_widget.write_lines(lines)
+            self.log_widget.replace_lines(lines)
         else:
             self._initial_lines = list(lines)
 
