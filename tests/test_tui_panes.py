@@ -1053,3 +1053,48 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_logs_lines_render_as_textuals_log_renders_them_without_its_text_layout() -> None:
+    """A pane's log renders a line as one segment in its style: Textual's Log lays each line out as
+    a rich Text first (three times the cost; a zoom renders 43 new lines). The lines are the ones
+    Textual's Log renders: tabs, control codes, wide characters, an empty line, scrolled sideways;
+    selected text is Textual's to show."""
+    from rich.text import Text
+    from textual.widgets import Log
+
+    tricky = ["plain", "a\ttab", "colour \x1b[31mred\x1b[0m codes", "wide 漢字 and 🙂", "", "x" * 300]
+
+    async def main() -> None:
+        async with on_bus(["t00"]) as (bus, app, pilot):
+            screen = app.run_screen
+            log = screen.panes["t00"].log_widget
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=[*lines("t00", 0, 100), *tricky]))
+            await until(pilot, lambda: log.lines[-1:] == [tricky[-1]], what="the lines")
+            await pilot.pause(0.2)
+            laid_out: list[Any] = []
+            real_render = Text.render
+
+            def render(text: Any, *args: Any, **kwargs: Any) -> Any:
+                laid_out.append(text.plain)
+                return real_render(text, *args, **kwargs)
+
+            Text.render = render  # type: ignore[method-assign]
+            try:
+                await pilot.press("z")
+                await until(pilot, lambda: screen.zoomed is not None, what="zoomed")
+                zoomed = app.screen.pane.log_widget
+                await until(pilot, lambda: zoomed.lines[-1:] == [tricky[-1]], what="the zoomed lines")
+                await pilot.pause(0.2)
+                assert not any(line.startswith("t00 line") for line in laid_out), "log lines laid out as text"
+            finally:
+                Text.render = real_render  # type: ignore[method-assign]
+            for widget in (log, zoomed):
+                rows = widget.scrollable_content_region.height
+                for scroll_x in (0, 3):
+                    widget.scroll_to(x=scroll_x, animate=False, immediate=True)
+                    for y in range(rows):
+                        assert widget.render_line(y) == Log.render_line(widget, y), (widget, scroll_x, y)
+            app.exit()
+
+    anyio.run(main)

@@ -204,6 +204,24 @@ class QuietLog(Log):
         super().notify_style_update()
         self._line_style = None
 
+    def render_line(self, y: int) -> Strip:
+        """A line as one segment in the log's style. Textual's Log makes each line a rich Text (spans,
+        a style over them) and renders that, three times the cost, and keeps none of them (it
+        caches a line only while text is selected): a zoom renders 43 new lines, a flood's every
+        frame the new lines of the panes it repaints. Selected or highlighted text is Textual's."""
+        if self.text_selection is not None or self.highlight:
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        style = self.rich_style
+        width = self.size.width
+        lines = self.lines
+        if index >= len(lines):
+            return Strip.blank(width, style)
+        line = self._process_line(lines[index])
+        strip = Strip([Segment(line, style)] if line else [], cell_len(line))
+        return strip.crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
+
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         styles = self.styles
         if styles.overflow_y == "auto" or styles.overflow_x == "auto":
