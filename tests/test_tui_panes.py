@@ -1098,3 +1098,42 @@ def test_a_logs_lines_render_as_textuals_log_renders_them_without_its_text_layou
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_new_line_renders_only_itself_not_the_lines_it_moves_up(monkeypatch: Any) -> None:
+    """A new line moves every line of a pane up a row, and the frame renders every row again: each
+    line shown was made again from its text (43 rows of a zoomed pane for one new line). A line is
+    made once, and again after a restyle (a new theme)."""
+    from collections import Counter
+
+    from textual.widgets import Log
+
+    made: Counter[str] = Counter()
+    real = Log._process_line.__func__  # type: ignore[attr-defined]
+
+    def process_line(cls: Any, line: str) -> str:
+        made[line] += 1
+        return real(cls, line)  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        async with on_bus(["t00"]) as (bus, app, pilot):
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 100)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 99"], what="the lines")
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is not None, what="zoomed")
+            log = app.screen.pane.log_widget
+            await until(pilot, lambda: log.lines[-1:] == ["t00 line 99"], what="the zoomed lines")
+            await pilot.pause(0.2)
+            monkeypatch.setattr(Log, "_process_line", classmethod(process_line))
+            for i in range(100, 105):  # one line a flush, each frame moving the others up a row
+                bus.emit(TaskOutput(run=RUN, task="t00", lines=[f"t00 line {i}"]))
+                await until(pilot, lambda: log.lines[-1:] == [f"t00 line {i}"], what=f"line {i}")
+                await pilot.pause(0.15)
+            rows = log.scrollable_content_region.height
+            assert rows > 20 and made, "lines rendered"
+            again = {line: n for line, n in made.items() if n > 1}
+            assert not again, f"lines made again from their text: {again}"
+            app.exit()
+
+    anyio.run(main)

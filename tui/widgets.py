@@ -177,6 +177,10 @@ def _fit(segments: list[Segment], width: int, style: Style) -> Strip:
     return strip.extend_cell_length(width, style)
 
 
+#: Lines a log keeps rendered (more than a zoomed pane shows on a tall terminal), then starts afresh.
+LINE_STRIPS = 512
+
+
 class QuietLog(Log):
     """A Log whose writes repaint it and never lay out the screen."""
 
@@ -203,12 +207,14 @@ class QuietLog(Log):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._line_style = None
+        self._line_strips = None
 
     def render_line(self, y: int) -> Strip:
         """A line as one segment in the log's style. Textual's Log makes each line a rich Text (spans,
         a style over them) and renders that, three times the cost, and keeps none of them (it
         caches a line only while text is selected): a zoom renders 43 new lines, a flood's every
-        frame the new lines of the panes it repaints. Selected or highlighted text is Textual's."""
+        frame the new lines of the panes it repaints, and a new line moves every line on screen up
+        a row, which rendered them all again. Selected or highlighted text is Textual's."""
         if self.text_selection is not None or self.highlight:
             return super().render_line(y)
         scroll_x, scroll_y = self.scroll_offset
@@ -218,9 +224,21 @@ class QuietLog(Log):
         lines = self.lines
         if index >= len(lines):
             return Strip.blank(width, style)
-        line = self._process_line(lines[index])
-        strip = Strip([Segment(line, style)] if line else [], cell_len(line))
+        strip = self._line_strip(lines[index], style)
         return strip.crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
+
+    #: the lines rendered lately (``_line_strip``), by their text, in its style until it is restyled
+    _line_strips: dict[str, Strip] | None = None
+
+    def _line_strip(self, text: str, style: Style) -> Strip:
+        strips = self._line_strips
+        if strips is None or len(strips) >= LINE_STRIPS:
+            strips = self._line_strips = {}
+        strip = strips.get(text)
+        if strip is None:
+            line = self._process_line(text)
+            strip = strips[text] = Strip([Segment(line, style)] if line else [], cell_len(line))
+        return strip
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         styles = self.styles
