@@ -4,10 +4,11 @@ The real CorralApp headless (160x48) on events emitted in its own loop: N runnin
 a batch of lines of ~80 characters at every flush (as the link paces a flood: FLUSH_CAP lines a
 twelfth of a second). `z` is sent as a terminal key (as benchmarks/dashboard.py does); for each
 press: the CPU from the key to the frame that shows it (zoomed, or the grid again), the wall time,
-and the layouts of each screen and log lines rendered in that span. With --profile F, a cProfile of
-those spans only (pstats file F).
+the layouts of each screen and the log lines rendered in that span; and the CPU of the flood's own
+frames. With --widgets, where the time of those spans goes (each kind of widget's rendering, the
+compositor's steps); with --profile F, a cProfile of them (pstats files F.in and F.out).
 
-    python benchmarks/zoom_frames.py [--panes 16] [--presses 10] [--profile F]
+    python benchmarks/zoom_frames.py [--panes 16] [--presses 10] [--widgets] [--profile F]
 """
 
 from __future__ import annotations
@@ -40,46 +41,32 @@ async def wait(pred: Any, timeout: float, what: str) -> None:
 
 
 async def main(a: argparse.Namespace) -> None:
+    from textual._compositor import Compositor
+    from textual.screen import Screen
+    from textual.widget import Widget
 
     from corral.core.events import EventBus, RunStarted, TaskOutput, TaskStatus
     from corral.tui.dashboard import FLUSH_INTERVAL, CorralApp
     from corral.tui.run_screen import FLUSH_CAP
+    from corral.tui.widgets import QuietLog
 
     names = [f"t{i:02d}" for i in range(a.panes)]
     bus = EventBus(RUN)
     app = CorralApp(bus=bus, notifications=False)
     counts = {"layouts": 0, "lines": 0}
-    from corral.tui.widgets import QuietLog
-
     real_render_line = QuietLog.render_line
-    real_layout = None
 
     def render_line(self: Any, *args: Any) -> Any:
         counts["lines"] += 1
         return real_render_line(self, *args)
 
     QuietLog.render_line = render_line  # type: ignore[method-assign]
-    # the time each kind of widget takes to render its lines (Widget.render_lines), in the frames timed
-    from textual.widget import Widget
-
+    # the time each kind of widget takes to render its lines (Widget.render_lines), and the steps of
+    # the compositor, in the spans timed
     by_kind: dict[str, list[float]] = {}
-    real_render_lines = Widget.render_lines
     timing = [False]
 
-    def render_lines(self: Any, crop: Any) -> Any:
-        if not timing[0]:
-            return real_render_lines(self, crop)
-        t0 = time.perf_counter()
-        lines = real_render_lines(self, crop)
-        row = by_kind.setdefault(type(self).__name__, [0, 0.0])
-        row[0] += 1
-        row[1] += time.perf_counter() - t0
-        return lines
-
-    Widget.render_lines = render_lines  # type: ignore[method-assign]
-    from textual._compositor import Compositor
-
-    def timed(cls: Any, name: str) -> None:
+    def timed(cls: Any, name: str, key: Any) -> None:
         real = getattr(cls, name)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -89,16 +76,16 @@ async def main(a: argparse.Namespace) -> None:
             try:
                 return real(*args, **kwargs)
             finally:
-                row = by_kind.setdefault(f"{cls.__name__}.{name}", [0, 0.0])
+                row = by_kind.setdefault(key(args), [0, 0.0])
                 row[0] += 1
                 row[1] += time.perf_counter() - t0
 
         setattr(cls, name, wrapper)
 
     if a.widgets:
-        for cls, name in ((Compositor, "_render_chops"), (Compositor, "update_widgets"), (Compositor, "reflow"),
-                          (Compositor, "_get_renders")):
-            timed(cls, name)
+        timed(Widget, "render_lines", lambda args: type(args[0]).__name__)
+        for name in ("_render_chops", "update_widgets", "reflow"):
+            timed(Compositor, name, lambda args, name=name: f"Compositor.{name}")
     async with app.run_test(headless=True, size=SIZE):
         bus.emit(RunStarted(run=RUN, repo="/nowhere", base="main", base_commit="0" * 40, backend="git",
                             run_dir="", tasks=names))
@@ -108,8 +95,6 @@ async def main(a: argparse.Namespace) -> None:
                    and all(p.ready for p in app.run_screen.panes.values())
                    and app.run_screen.focused_pane is not None, 60, "the panes")
         screen = app.run_screen
-        from textual.screen import Screen
-
         real_layout = Screen._refresh_layout
 
         def layout(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -154,18 +139,16 @@ async def main(a: argparse.Namespace) -> None:
         # the flood's own frames, nobody at the keyboard: the CPU of each
         await asyncio.sleep(2.0)
         steady = [f[3] for f in frames]
-        prof = None
-        if a.profile:
-            import cProfile
+        import cProfile
 
-            profs = {True: cProfile.Profile(), False: cProfile.Profile()}
+        profs = {True: cProfile.Profile(), False: cProfile.Profile()} if a.profile else {}
         rows: dict[bool, list[tuple[float, float, int, int, float]]] = {True: [], False: []}
         kinds: dict[bool, list[dict[str, float]]] = {True: [], False: []}
         for _ in range(a.presses):
             for want in (True, False):
                 seen = len(frames)
                 before = dict(counts)
-                prof = profs[want] if a.profile else None
+                prof = profs.get(want)
                 if prof is not None:
                     prof.enable()
                 by_kind.clear()
@@ -202,8 +185,8 @@ async def main(a: argparse.Namespace) -> None:
     if a.widgets:
         for want, title in ((True, "zoom in"), (False, "back to the grid")):
             print(f"{title}: median ms per press, by widget class (render_lines) and compositor step")
-            names = {k for row in kinds[want] for k in row}
-            spent = {k: statistics.median(row.get(k, 0.0) for row in kinds[want]) for k in names}
+            seen_kinds = {k for row in kinds[want] for k in row}
+            spent = {k: statistics.median(row.get(k, 0.0) for row in kinds[want]) for k in seen_kinds}
             for kind, ms in sorted(spent.items(), key=lambda kv: -kv[1]):
                 if ms >= 0.0001:
                     print(f"  {kind:<28} {ms * 1000:6.2f}")
