@@ -1006,6 +1006,84 @@ def test_the_tasks_of_a_run_being_started_are_panes_at_the_first_frame_and_the_r
             assert list(screen.panes) == names[:5] and app.model.total == 5
             await until(pilot, lambda: {p.head.status for p in screen.panes.values()} == {"running"},
                         what="the run's statuses")
+
+
+def watch_renders(widgets: list[Any]) -> list[Any]:
+    """Each line of ``widgets`` rendered again from now on (a line a cache kept is not): one item,
+    the widget, per line."""
+    rendered: list[Any] = []
+    for widget in widgets:
+        def render_line(y: int, widget: Any = widget, real: Any = widget.render_line) -> Any:
+            rendered.append(widget)
+            return real(y)
+
+        widget.render_line = render_line
+    return rendered
+
+
+def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
+    """A zoom covers the whole terminal and the way back uncovers it, so each is a frame of the
+    whole screen; what was rendered before comes from the widgets' caches. A screen's background
+    (its own lines, under its widgets) was rendered again at each (Textual refreshes a screen at
+    every push and pop), and its new lines, cut at every widget's edge, made the frame of the grid
+    twice as slow (12 ms more at 64 panes); the zoomed pane's border was rendered again at every
+    zoom of the same pane (5 ms). Now a zoom renders the zoomed log's lines, the way back those of
+    the grid's pane that got the lines written while zoomed."""
+    names = [f"t{i:02d}" for i in range(24)]
+    M = PANE_MAX_LINES  # as under a flood: a log as long as it gets, its scrollbar at its end
+    now = [100.0]  # a clock that stands still: no head shows a new time meanwhile
+
+    async def main() -> None:
+        bus, app = clocked_app(now)
+        async with app.run_test(size=SIZE) as pilot:
+            started(bus, names)
+            await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == len(names)
+                        and all(p.ready for p in app.run_screen.panes.values())
+                        and app.run_screen.focused_task == "t00", what="the panes, the first focused")
+            screen = app.run_screen
+            source = screen.panes["t00"]
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, M)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == [f"t00 line {M - 1}"], what="t00's lines")
+            await pilot.press("z")  # the zoom screen is made at the first zoom
+            await until(pilot, lambda: screen.zoomed is source, what="zoomed")
+            zoom = app.screen
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is screen, what="back")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", M, M + 10)))
+            await until(pilot, lambda: source.log_widget.lines[-1:] == [f"t00 line {M + 9}"], what="new lines")
+            await pilot.pause(0.2)
+            widgets = [*screen.walk_children(with_self=True), *zoom.walk_children(with_self=True)]
+            widgets += [w.vertical_scrollbar for w in widgets if isinstance(w, PaneLog)]
+            rendered = watch_renders(widgets)
+            await pilot.press("z")
+            await until(pilot, lambda: app.screen is zoom and zoom.pane.log_widget.lines[-1:] == [f"t00 line {M + 9}"],
+                        what="zoomed again")
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", M + 10, M + 20)))
+            await until(pilot, lambda: zoom.pane.log_widget.lines[-1:] == [f"t00 line {M + 19}"], what="new lines, zoomed")
+            await pilot.pause(0.2)
+            zoomed = set(rendered)
+            rendered.clear()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen, what="back again")
+            await pilot.pause(0.2)
+            back = set(rendered)
+            assert zoomed == {zoom.pane.log_widget}, f"rendered again at the zoom: {zoomed}"
+            assert back == {source.log_widget}, f"rendered again on the way back: {back}"
+            assert source.log_widget.lines[-1] == f"t00 line {M + 19}"
+            # what a screen keeps of its own lines goes with its styles: a new theme, new colours
+            crop = screen.size.region
+            before = screen.render_lines(crop)
+            app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+            await pilot.pause(0.3)
+            after = screen.render_lines(crop)
+            assert [s.text for s in after] == [s.text for s in before] and after != before
+            assert screen in set(rendered), "the new theme's background rendered"
+            # the zoom moved to a pane with no lines yet: an empty log, and its scrollbar says so
+            await pilot.press("z", "tab")
+            await until(pilot, lambda: screen.zoomed is screen.panes["t01"], what="the next pane zoomed")
+            await pilot.pause(0.1)
+            log = zoom.pane.log_widget
+            assert not log.lines and log.vertical_scrollbar.window_virtual_size == 0
             app.exit()
 
     anyio.run(main)
@@ -1043,3 +1121,87 @@ def test_the_footers_keys_are_styled_once_each_when_it_is_composed() -> None:
                 app.exit()
 
         anyio.run(main)
+
+
+def test_a_logs_lines_render_as_textuals_log_renders_them_without_its_text_layout() -> None:
+    """A pane's log renders a line as one segment in its style: Textual's Log lays each line out as
+    a rich Text first (three times the cost; a zoom renders 43 new lines). The lines are the ones
+    Textual's Log renders: tabs, control codes, wide characters, an empty line, scrolled sideways;
+    selected text is Textual's to show."""
+    from rich.text import Text
+    from textual.widgets import Log
+
+    tricky = ["plain", "a\ttab", "colour \x1b[31mred\x1b[0m codes", "wide 漢字 and 🙂", "", "x" * 300]
+
+    async def main() -> None:
+        async with on_bus(["t00"]) as (bus, app, pilot):
+            screen = app.run_screen
+            log = screen.panes["t00"].log_widget
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=[*lines("t00", 0, 100), *tricky]))
+            await until(pilot, lambda: log.lines[-1:] == [tricky[-1]], what="the lines")
+            await pilot.pause(0.2)
+            laid_out: list[Any] = []
+            real_render = Text.render
+
+            def render(text: Any, *args: Any, **kwargs: Any) -> Any:
+                laid_out.append(text.plain)
+                return real_render(text, *args, **kwargs)
+
+            Text.render = render  # type: ignore[method-assign]
+            try:
+                await pilot.press("z")
+                await until(pilot, lambda: screen.zoomed is not None, what="zoomed")
+                zoomed = app.screen.pane.log_widget
+                await until(pilot, lambda: zoomed.lines[-1:] == [tricky[-1]], what="the zoomed lines")
+                await pilot.pause(0.2)
+                assert not any(line.startswith("t00 line") for line in laid_out), "log lines laid out as text"
+            finally:
+                Text.render = real_render  # type: ignore[method-assign]
+            for widget in (log, zoomed):
+                rows = widget.scrollable_content_region.height
+                for scroll_x in (0, 3):
+                    widget.scroll_to(x=scroll_x, animate=False, immediate=True)
+                    for y in range(rows):
+                        assert widget.render_line(y) == Log.render_line(widget, y), (widget, scroll_x, y)
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_a_new_line_renders_only_itself_not_the_lines_it_moves_up(monkeypatch: Any) -> None:
+    """A new line moves every line of a pane up a row, and the frame renders every row again: each
+    line shown was made again from its text (43 rows of a zoomed pane for one new line). A line is
+    made once, and again after a restyle (a new theme)."""
+    from collections import Counter
+
+    from textual.widgets import Log
+
+    made: Counter[str] = Counter()
+    real = Log._process_line.__func__  # type: ignore[attr-defined]
+
+    def process_line(cls: Any, line: str) -> str:
+        made[line] += 1
+        return real(cls, line)  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        async with on_bus(["t00"]) as (bus, app, pilot):
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 100)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 99"], what="the lines")
+            await pilot.press("z")
+            await until(pilot, lambda: screen.zoomed is not None, what="zoomed")
+            log = app.screen.pane.log_widget
+            await until(pilot, lambda: log.lines[-1:] == ["t00 line 99"], what="the zoomed lines")
+            await pilot.pause(0.2)
+            monkeypatch.setattr(Log, "_process_line", classmethod(process_line))
+            for i in range(100, 105):  # one line a flush, each frame moving the others up a row
+                bus.emit(TaskOutput(run=RUN, task="t00", lines=[f"t00 line {i}"]))
+                await until(pilot, lambda: log.lines[-1:] == [f"t00 line {i}"], what=f"line {i}")
+                await pilot.pause(0.15)
+            rows = log.scrollable_content_region.height
+            assert rows > 20 and made, "lines rendered"
+            again = {line: n for line, n in made.items() if n > 1}
+            assert not again, f"lines made again from their text: {again}"
+            app.exit()
+
+    anyio.run(main)

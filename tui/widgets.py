@@ -178,6 +178,10 @@ def _fit(segments: list[Segment], width: int, style: Style) -> Strip:
     return strip.extend_cell_length(width, style)
 
 
+#: Lines a log keeps rendered (more than a zoomed pane shows on a tall terminal), then starts afresh.
+LINE_STRIPS = 512
+
+
 class QuietLog(Log):
     """A Log whose writes repaint it and never lay out the screen."""
 
@@ -204,6 +208,38 @@ class QuietLog(Log):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._line_style = None
+        self._line_strips = None
+
+    def render_line(self, y: int) -> Strip:
+        """A line as one segment in the log's style. Textual's Log makes each line a rich Text (spans,
+        a style over them) and renders that, three times the cost, and keeps none of them (it
+        caches a line only while text is selected): a zoom renders 43 new lines, a flood's every
+        frame the new lines of the panes it repaints, and a new line moves every line on screen up
+        a row, which rendered them all again. Selected or highlighted text is Textual's."""
+        if self.text_selection is not None or self.highlight:
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        style = self.rich_style
+        width = self.size.width
+        lines = self.lines
+        if index >= len(lines):
+            return Strip.blank(width, style)
+        strip = self._line_strip(lines[index], style)
+        return strip.crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
+
+    #: the lines rendered lately (``_line_strip``), by their text, in its style until it is restyled
+    _line_strips: dict[str, Strip] | None = None
+
+    def _line_strip(self, text: str, style: Style) -> Strip:
+        strips = self._line_strips
+        if strips is None or len(strips) >= LINE_STRIPS:
+            strips = self._line_strips = {}
+        strip = strips.get(text)
+        if strip is None:
+            line = self._process_line(text)
+            strip = strips[text] = Strip([Segment(line, style)] if line else [], cell_len(line))
+        return strip
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         styles = self.styles
@@ -243,6 +279,26 @@ class PaneLog(QuietLog, can_focus=False):
     def _update_size(self, updates: int, lines: list[str]) -> None:  # type: ignore[override]
         """Nothing to measure: a pane never scrolls sideways (``overflow-x: hidden``), so the width
         of its lines does not matter, and a late attach loads 2,000 lines per pane in one write."""
+
+    #: lines being replaced (``replace_lines``): the scrollbar waits for the new ones
+    _replacing = False
+
+    def replace_lines(self, lines: Sequence[str]) -> None:
+        """Show ``lines`` instead of its own. The scrollbar is told only where the new lines leave
+        it: cleared first, it was told of an empty log and then of the new one, and rendered again
+        even where it shows the same (a zoom under a flood: a log as long as it gets, at its end)."""
+        before = self.virtual_size
+        self._replacing = True
+        try:
+            self.clear()
+            self.write_lines(lines)
+        finally:
+            self._replacing = False
+        super().watch_virtual_size(before, self.virtual_size)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        if not self._replacing:
+            super().watch_virtual_size(old, new)
 
 
 class TaskPane(Vertical, can_focus=True):
@@ -319,16 +375,16 @@ class TaskPane(Vertical, can_focus=True):
     def take_lines(self, lines: Sequence[str]) -> None:
         """Show ``lines`` instead of its own (a zoomed view's, given back); kept until it is ready."""
         if self.ready:
-            self.log_widget.clear()
-            self.log_widget.write_lines(lines)
+            self.log_widget.replace_lines(lines)
         else:
             self._initial_lines = list(lines)
 
     def show_task_of(self, other: "TaskPane") -> None:
         """Show the task of ``other`` and its lines from now on (a zoomed view, moved to another task)."""
-        self.task_name = other.task_name
-        self.agent = self.border_subtitle = other.agent
-        self.border_title = other.task_name
+        if (self.task_name, self.agent) != (other.task_name, other.agent):
+            # (a border set again, even to the same, renders the pane's every line again)
+            self.task_name = self.border_title = other.task_name
+            self.agent = self.border_subtitle = other.agent
         self.written_at = 0
         self.take_lines(other.shown_lines)
 
