@@ -162,21 +162,27 @@ def test_a_pane_is_three_widgets() -> None:
     anyio.run(main)
 
 
+def logs_at_first_frame(monkeypatch: Any) -> list[int]:
+    """Filled, at the first line a log renders, with how many logs its screen holds then."""
+    seen: list[int] = []
+    real_render_line = PaneLog.render_line
+
+    def render_line(log: PaneLog, y: int) -> Any:
+        if not seen:
+            seen.append(len(log.screen.query(PaneLog)))
+        return real_render_line(log, y)
+
+    monkeypatch.setattr(PaneLog, "render_line", render_line)
+    return seen
+
+
 def test_the_first_frame_draws_the_panes_on_screen_and_the_others_are_filled_after_it(monkeypatch: Any) -> None:
     """64 tasks known when the run screen opens: the first frame with panes has the head and log of
     the panes on screen only (4 rows of 3 at 160x48); the others are mounted as their border and get
     their head and log after that frame (mounting and styling them was half the first paint). Lines
     that came for a pane meanwhile show once it is filled, and Tab reaches every pane."""
     names = [f"t{i:02d}" for i in range(64)]
-    mounted_at_first_frame: list[int] = []
-    real_render_line = PaneLog.render_line
-
-    def render_line(log: PaneLog, y: int) -> Any:
-        if not mounted_at_first_frame:
-            mounted_at_first_frame.append(len(log.screen.query(PaneLog)))
-        return real_render_line(log, y)
-
-    monkeypatch.setattr(PaneLog, "render_line", render_line)
+    mounted_at_first_frame = logs_at_first_frame(monkeypatch)
 
     async def main() -> None:
         bus = EventBus(RUN)
@@ -981,15 +987,7 @@ def test_the_tasks_of_a_run_being_started_are_panes_at_the_first_frame_and_the_r
     starting 64 agents, they came half a second later, and the panes after them). The run's start
     says its own tasks: one the plan had and the run does not loses its pane."""
     names = [f"t{i:02d}" for i in range(6)]
-    panes_at_first_frame: list[int] = []
-    real_render_line = PaneLog.render_line
-
-    def render_line(log: PaneLog, y: int) -> Any:
-        if not panes_at_first_frame:
-            panes_at_first_frame.append(len(log.screen.query(PaneLog)))
-        return real_render_line(log, y)
-
-    monkeypatch.setattr(PaneLog, "render_line", render_line)
+    panes_at_first_frame = logs_at_first_frame(monkeypatch)
 
     async def main() -> None:
         bus = EventBus(RUN)
