@@ -46,6 +46,16 @@ def corral_cmd() -> list[str]:
     return [sys.executable, "-m", "corral.tui.cli"]
 
 
+def send_key(app, key: str) -> None:
+    """As a terminal key press arrives at a running Textual app: from its driver, without Pilot's
+    wait-for-idle."""
+    from textual import events
+
+    ev = events.Key(key, key if len(key) == 1 else None)
+    ev.set_sender(app)
+    app._driver.send_message(ev)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

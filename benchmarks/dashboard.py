@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import GEN, fmt, import_times, median, scratch_repo, timed
+from _common import GEN, fmt, import_times, median, scratch_repo, send_key, timed
 
 HERE = Path(__file__).resolve().parent
 SIZE = (160, 48)
@@ -79,15 +79,6 @@ async def _prepared(plan_path: str, repo: str):
     from corral.core.plan import load_plan
 
     return await prepare(load_plan(plan_path), repo)
-
-
-def _send_key(app, key: str) -> None:
-    """As a terminal key press arrives: from the driver, without Pilot's wait-for-idle."""
-    from textual import events
-
-    ev = events.Key(key, key if len(key) == 1 else None)
-    ev.set_sender(app)
-    app._driver.send_message(ev)
 
 
 async def _wait(pred, timeout: float, what: str) -> None:
@@ -136,7 +127,7 @@ async def child_stream(plan_path: str, repo: str, agents: int, keys_on: bool) ->
             for want in (True, False):
                 seen = len(frames)
                 start = time.perf_counter()
-                _send_key(app, "z")
+                send_key(app, "z")
 
                 def shown() -> float | None:
                     if (screen.zoomed is not None) != want:

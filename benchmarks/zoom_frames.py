@@ -19,17 +19,10 @@ import statistics
 import time
 from typing import Any
 
+from _common import send_key
+
 SIZE = (160, 48)
 RUN = "r1"
-
-
-def send_key(app: Any, key: str) -> None:
-    """As a terminal key press arrives: from the driver, without Pilot's wait-for-idle."""
-    from textual import events
-
-    ev = events.Key(key, key if len(key) == 1 else None)
-    ev.set_sender(app)
-    app._driver.send_message(ev)
 
 
 async def wait(pred: Any, timeout: float, what: str) -> None:

@@ -295,11 +295,11 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
             if new:
                 self._mount_panes(new)
         drawn = self.corral.panes_drawn
-        if (self._deferred and not self._filling or not drawn.is_set()) and self.panes \
-                and all(p.ready or p.deferred for p in self.panes.values()):
+        fill = bool(self._deferred) and not self._filling
+        if (fill or not drawn.is_set()) and self.panes and all(p.ready or p.deferred for p in self.panes.values()):
             # the panes that show are drawn at the next frame: after it, the others get their head
             # and log, and a run that waits for them (``corral run``'s) starts
-            if self._deferred and not self._filling:
+            if fill:
                 self._filling = True
                 self.call_after_refresh(self._fill_deferred)
             if not drawn.is_set():

@@ -19,7 +19,6 @@ from textual.worker import Worker, WorkerState
 from textual.widget import Widget
 from textual.widgets import Footer, Log, ProgressBar, Static
 from textual.widgets._footer import FooterKey
-from textual.widgets._footer import FooterKey
 
 from corral.core.report import fmt_cost, fmt_duration
 

@@ -312,40 +312,49 @@ class StartingLink(Link):
 
     async def events(self) -> AsyncIterator[Event]:
         try:
-            try:
-                conn = await ensure_supervisor(self.state_dir, self.repo_root)
-            except LinkError as exc:
-                self.refused = str(exc)
-                raise StartRefused(self.refused) from None
-            if self.gate is not None:
-                # the view built before the run's 64 workspaces and agents start: built while
-                # they started, on the same cores, it took three times as long
-                try:
-                    await self.gate()
-                except BaseException:
-                    await conn.aclose()
-                    raise
-            if self.withdrawn:
-                await conn.aclose()
-                self.refused = "the run was stopped before it started"
-                return
-            self._asked = True
-            try:
-                reply = await conn.ask("start", request=self.start_request.to_dict())
-            except CommandError as exc:
-                await conn.aclose()
-                self.refused = str(exc)
-                raise StartRefused(self.refused) from None
-            link = SocketLink(conn, str(reply["run"]), self.tail)
-            link.pace, link.batch_tail = self.pace, self.batch_tail
-            self.link, self.run_id = link, link.run_id
+            link = await self._start()
+        except StartRefused as exc:
+            self.refused = str(exc)
+            raise
         finally:
             self._started.set()  # commands waiting for the start go on (or fail: it did not start)
+        if link is None:
+            self.refused = "the run was stopped before it started"
+            return
         try:
             async for ev in link.events():
                 yield ev
         finally:
             self.exit_code = link.exit_code
+
+    async def _start(self) -> SocketLink | None:
+        """The supervisor connected (started first if need be), the view's ``gate`` passed, the
+        run asked of it: its link (also :attr:`link`), or None when the start was withdrawn
+        meanwhile. The connection is closed unless it became the run's. Raises
+        :class:`StartRefused`."""
+        try:
+            conn = await ensure_supervisor(self.state_dir, self.repo_root)
+        except LinkError as exc:
+            raise StartRefused(str(exc)) from None
+        try:
+            if self.gate is not None:
+                # the view built before the run's 64 workspaces and agents start: built while
+                # they started, on the same cores, it took three times as long
+                await self.gate()
+            if self.withdrawn:
+                return None
+            self._asked = True
+            try:
+                reply = await conn.ask("start", request=self.start_request.to_dict())
+            except CommandError as exc:
+                raise StartRefused(str(exc)) from None
+            link = SocketLink(conn, str(reply["run"]), self.tail)
+            link.pace, link.batch_tail = self.pace, self.batch_tail
+            self.link, self.run_id = link, link.run_id
+            return link
+        finally:
+            if self.link is None:
+                await conn.aclose()
 
     def withdraw(self) -> bool:
         """Do not start the run if it has not been asked of the supervisor yet (a dashboard
