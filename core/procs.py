@@ -165,6 +165,12 @@ def _spawn_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+#: The nice value of the scheduling group of corral's commands (agents, setup and checks), with the
+#: kernel's autogroup scheduling: all of them share the reaper hub's session, one group (see
+#: corral.core.reaper), so together they weigh a third of corral's own process when both want the
+#: CPU, however many run. A command's own nice value only counts inside that group.
+SESSION_NICE = 5
+
 #: Commands run under a reaper where there is ``PR_SET_CHILD_SUBREAPER`` and /proc
 REAPED = sys.platform == "linux"
 
@@ -200,6 +206,8 @@ class _Adopted:
                 pid, status = os.waitpid(self.pid, flags)
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
+                    with _Hub._guard:
+                        _Hub.reapers.discard(pid)
             return self.returncode
 
     def kill(self) -> None:
@@ -217,13 +225,19 @@ class _Hub:
 
     _instance: "_Hub | None" = None
     _guard = threading.Lock()
+    #: the sessions of the hubs this process started (each hub leads one, its reapers' and their
+    #: commands'), and the reapers of those hubs not reaped yet: held under :attr:`_guard`, so a
+    #: look for strays (:func:`_strays`) never finds a reaper being handed over
+    sessions: set[int] = set()
+    reapers: set[int] = set()
 
     def __init__(self) -> None:
         #: whether a command was asked of it (:func:`stop_unused_hub` leaves such a hub alone)
         self.used = False
         mine, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, "--hub", str(theirs.fileno())],
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, "--hub", str(theirs.fileno()),
+                                          "--nice", str(SESSION_NICE)],
                                          pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          start_new_session=True, env={})
@@ -233,6 +247,7 @@ class _Hub:
         finally:
             theirs.close()
         self.sock = mine
+        _Hub.sessions.add(self.proc.pid)
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -268,6 +283,7 @@ class _Hub:
             if not pid:
                 os.close(out_r)
                 raise OSError(f"the reaper hub could not start {argv[0]}")
+            cls.reapers.add(pid)
             return _Adopted(pid, out_r)
 
     @classmethod
@@ -321,9 +337,10 @@ def stop_unused_hub(hub: "_Hub | None") -> None:
 
 
 class Child:
-    """A started command: its own session and process group, stdin closed, stdout and stderr on one
-    pipe read without blocking the event loop. On Linux the process started (``pid``, the group's
-    leader) is the command's reaper, which runs the command as its child in the same group.
+    """A started command: its own process group, in a session without a terminal (its reaper hub's,
+    or one of its own), stdin closed, stdout and stderr on one pipe read without blocking the event
+    loop. On Linux the process started (``pid``, the group's leader) is the command's reaper, which
+    runs the command as its child in the same group.
 
     Started from a worker thread, so the fork and exec (which under load can take tens of
     milliseconds while the child waits for a CPU) never stall the event loop, and awaited through a
@@ -837,12 +854,18 @@ def _marks(env: dict[str, str] | None) -> frozenset[bytes]:
 def _strays(leader: int, marks: frozenset[bytes]) -> list[reaper.Proc]:
     """Children of corral that the command led by ``leader`` left: orphans of its subtree, which
     come to corral (a child subreaper) when the command's reaper was killed before its sweep. Known
-    by the reaper's session or process group, or by ``marks`` in their environment (those that left
-    both); a zombie only by the first two."""
+    by the reaper's process group, or its session (a reaper corral started itself leads one), or by
+    ``marks`` in their environment (those that left both); a zombie only by the first two. And every
+    child of corral in the session of a reaper hub that is not one of the hub's reapers (nor the
+    hub): only those reapers are corral's children there, so the rest are orphans of a reaper that
+    is gone, this one's or another's."""
     me = os.getpid()
-    return [p for p in reaper.processes()
-            if p.ppid == me and p.pid != leader
-            and (p.sid == leader or p.pgid == leader or (bool(marks) and marks <= _environ(p.pid)))]
+    with _Hub._guard:  # (no reaper is being handed over meanwhile)
+        reapers = set(_Hub.reapers)
+        return [p for p in reaper.processes()
+                if p.ppid == me and p.pid != leader
+                and (p.sid == leader or p.pgid == leader or (bool(marks) and marks <= _environ(p.pid))
+                     or (p.sid in _Hub.sessions and p.pid != p.sid and p.pid not in reapers))]
 
 
 def _end_strays(leader: int, marks: frozenset[bytes], timeout: float = 10) -> None:

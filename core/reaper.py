@@ -3,7 +3,7 @@ descendant of the command outlives it, however it left the command's process gro
 (``setsid cmd &``, a double fork, ``setsid -f``, a daemon).
 
     python -I -S reaper.py --grace SECONDS --parent PID --status-fd FD [--done-fd FD] -- ARGV...
-    python -I -S reaper.py --hub FD
+    python -I -S reaper.py --hub FD [--nice N]
 
 It makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every orphan of the command's
 subtree is reparented to it instead of to init, and it forks and execs ARGV in its own process
@@ -28,7 +28,16 @@ corral sends it each command (argv, cwd, environment, grace, the status and done
 output pipe, see :func:`request`) over a socket; the hub forks a middleman that forks the reaper and
 exits at once, so the reaper, an orphan, is reparented to corral (a child subreaper) and is corral's
 child like one it had started itself; the hub answers with its pid. The hub ends when corral's end of
-the socket closes. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
+the socket closes.
+
+The hub's reapers stay in the hub's session, each leading a process group of its own (in which its
+command runs). With the kernel's autogroup scheduling a session is one scheduling group, so all the
+commands of one corral process share one group, whose nice value the hub sets once (``--nice``):
+together they weigh as one process of that niceness against corral's own, however many run. A
+session per command would need a write of its group's nice value per command, and Linux lets a
+user without ``CAP_SYS_ADMIN`` make one such write per 100 ms on the whole machine (EAGAIN for the
+others): most commands of a run started together would weigh as much as corral itself. The hub
+tries its one write again every 100 ms until it is taken. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
 chooses: that is why the reapers are born with every signal blocked. A reaper that finds itself
 not corral's child (corral died meanwhile) starts nothing and says so on the status pipe.
 
@@ -240,7 +249,7 @@ def _parse(args: list[str]) -> tuple[float, int, int, int, list[str]]:
 
 def main(args: list[str]) -> None:
     if args[:1] == ["--hub"]:
-        serve(int(args[1]))
+        serve(int(args[1]), int(args[3]) if args[2:3] == ["--nice"] else 0)
         return
     mask = _block_all()
     grace, parent, status_fd, done_fd, argv = _parse(args)
@@ -315,36 +324,55 @@ def _umask() -> int | None:
     return None
 
 
+def renice_autogroup(pid: int, nice: int) -> bool:
+    """Set the nice value of the autogroup (the scheduling group of the session) of ``pid`` (0:
+    this process). False only when the kernel said to try again later (EAGAIN: a user without
+    ``CAP_SYS_ADMIN`` may make one such write per 100 ms, machine-wide); True when it is set, or
+    when there is no autogroup to set (other kernels, other systems: the plain nice value is what
+    counts)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError as exc:
+        return exc.errno != errno.EAGAIN
+    return True
+
+
 def renice_session(pid: int, nice: int) -> None:
-    """Lower the priority of a new session led by ``pid`` (0: this process, which has just made
-    its own): its process group, and its autogroup. With the kernel's autogroup scheduling each
-    session is one scheduling group and a nice value only counts inside its group, so an agent in a
-    session of its own would otherwise compete with corral as an equal whatever its nice value. A
-    reaper the hub forks does it itself, before it starts its command: corral's call by pid could
-    come before the reaper has its session (it would renice the hub's, and the command would run at
-    full weight)."""
+    """Lower the priority of a new session led by ``pid``: its process group, and its autogroup
+    (once: where the kernel refuses the write, see :func:`renice_autogroup`, the session keeps its
+    full weight). For a reaper corral started itself, where there is no hub; the hub's reapers share
+    its session, whose nice value the hub sets (see above)."""
     try:
         os.setpriority(os.PRIO_PGRP, pid, nice)
     except OSError:
         pass
-    try:
-        with open(f"/proc/{pid or 'self'}/autogroup", "w") as f:
-            f.write(str(nice))
-    except OSError:
-        pass  # no autogroup (other kernels, other systems): the plain nice value is what counts
+    renice_autogroup(pid, nice)
 
 
-def serve(sock_fd: int) -> None:
-    """The hub: make a reaper for each command corral sends, until corral's end closes."""
+#: How often the hub tries again to set its session's nice value, while the kernel refuses it
+RENICE_AGAIN = 0.1
+
+
+def serve(sock_fd: int, nice: int = 0) -> None:
+    """The hub: make a reaper for each command corral sends, until corral's end closes. Its
+    session's autogroup (where all its commands run) is set to ``nice``, tried again every
+    :data:`RENICE_AGAIN` seconds while the kernel refuses it."""
     import _socket
     import marshal
+    import select
 
     sock = _socket.socket(fileno=sock_fd)
     # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
     # before the reaper takes its signals itself (the parent-death signal above all)
     mask = _block_all()
+    reniced = not nice
     prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
     while True:
+        if not reniced:  # (also between two commands: a burst of them may never leave it waiting)
+            reniced = renice_autogroup(0, nice)
+            while not reniced and not select.select([sock_fd], [], [], RENICE_AGAIN)[0]:
+                reniced = renice_autogroup(0, nice)
         head, fds = _recv_fds(sock, 8, 3)
         if not head:
             return
@@ -398,6 +426,10 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             if pid == 0:
                 os.close(w)
                 _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice, umask)
+            try:
+                os.setpgid(pid, pid)  # (the reaper does it too: whichever comes first, the group is
+            except OSError:           # there before corral has the pid to signal it by)
+                pass
             os.write(w, pid.to_bytes(8, "little"))
         finally:
             os._exit(0)
@@ -411,15 +443,18 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
 def _adopted(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: float, parent: int, out_fd: int,
              status_fd: int, done_fd: int, mask: Iterable[int], middleman: int, nice: int = 0,
              umask: int | None = None) -> None:
-    """In the reaper forked by the hub: what ``Popen(start_new_session=True, stdin=DEVNULL,
-    stdout=out, stderr=STDOUT, cwd=cwd)`` from corral would do (with corral's ``umask``), the new
-    session reniced to ``nice``, then :func:`_reap`. Never returns."""
+    """In the reaper forked by the hub: what ``Popen(process_group=0, stdin=DEVNULL, stdout=out,
+    stderr=STDOUT, cwd=cwd)`` from corral would do (with corral's ``umask``), in the hub's session
+    (see above), its new process group reniced to ``nice``, then :func:`_reap`. Never returns."""
     try:
-        os.setsid()
+        os.setpgid(0, 0)
         if umask is not None:
             os.umask(umask)
         if nice:
-            renice_session(0, nice)
+            try:
+                os.setpriority(os.PRIO_PGRP, 0, nice)
+            except OSError:
+                pass
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)

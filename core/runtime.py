@@ -37,7 +37,7 @@ from .guard import agent_git_env
 from .journal import Journal, write_atomic
 from .parsers import TextParser, Usage, make_parser
 from .plan import argv_problem
-from .procs import MAX_DISPLAY_LINE, Supervised
+from .procs import MAX_DISPLAY_LINE, SESSION_NICE, Supervised
 from .sandbox import TOOL_CACHES, Policy, Sandbox, object_binds, repo_paths, state_paths
 from .vcs.base import Backend, Forecast, LandOutcome, MergeOutcome, Snapshot, VcsError, Workspace, workspace_of
 
@@ -68,15 +68,18 @@ def readable_name(text: str) -> str:
 
 #: Agents run at this niceness at least: when they saturate the CPUs, corral (and its dashboard)
 #: still gets to run.
-AGENT_NICE = 5
+AGENT_NICE = SESSION_NICE
 
 
 def agent_nice(at_once: int) -> int:
     """The niceness for an agent of ``at_once`` running together: so that together they weigh no
-    more than corral's own process with the scheduler (which weighs nice ``n`` as 1.25**-n of nice 0;
-    each agent is a scheduling group of its own). 64 agents at nice 5 outweighed corral's loop 20 to
-    1, and it waited for the CPU. At least :data:`AGENT_NICE`, at most 19; the CPU an agent gets
-    when corral does not want it is the same at any niceness."""
+    more than corral's own process with the scheduler (which weighs nice ``n`` as 1.25**-n of nice 0)
+    where each one's nice value weighs against corral's: without autogroup scheduling, or in a
+    cgroup shared with corral. (With autogroup scheduling the agents share one scheduling group
+    whose own nice value is what weighs against corral: see :data:`.procs.SESSION_NICE`.) 64 agents
+    at nice 5 outweighed corral's loop 20 to 1, and it waited for the CPU. At least
+    :data:`AGENT_NICE`, at most 19; the CPU an agent gets when corral does not want it is the same
+    at any niceness."""
     nice = AGENT_NICE
     while nice < 19 and at_once > 1.25 ** nice:
         nice += 1

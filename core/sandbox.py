@@ -15,8 +15,8 @@ reaches the command. bwrap itself must not die of that TERM: with ``--die-with-p
 KILLs the sandbox at once, and the command would lose its grace period. So bwrap is started with
 TERM ignored (``env --ignore-signal=TERM``) and the command with TERM back to its default
 (``env --default-signal=TERM``); the reaper KILLs bwrap when the grace period is over. Leaving out
-``--new-session`` opens no ``TIOCSTI`` hole: corral starts every command in a session of its own,
-without a controlling terminal.
+``--new-session`` opens no ``TIOCSTI`` hole: corral starts every command in a session without a
+controlling terminal (its reaper hub's, or one of its own).
 """
 
 from __future__ import annotations

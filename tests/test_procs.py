@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral.core.procs import Supervised
+from corral.core.procs import SESSION_NICE, Supervised
 
 
 def _alive_with(marker: str) -> list[int]:
@@ -53,22 +54,73 @@ def _until_none_alive_with(marker: str, timeout: float = 10) -> list[int]:
     return alive
 
 
-def test_agents_run_niced_in_a_session_of_their_own(tmp_path: Path) -> None:
-    """With autogroup scheduling a session is its own scheduling group, so the nice value is set on
-    the agent's group too: otherwise 16 agents would each weigh as much as corral itself."""
-    script = "echo sid=$(ps -o sid= -p $$) ni=$(ps -o ni= -p $$); cat /proc/self/autogroup 2>/dev/null || true"
+def test_agents_run_niced_in_a_group_of_their_own_in_one_scheduling_group(tmp_path: Path) -> None:
+    """With autogroup scheduling a session is one scheduling group and a nice value only counts
+    inside it: a command leads a process group of its own in the reaper hub's session (not corral's),
+    whose group is niced; otherwise 16 agents would each weigh as much as corral itself."""
+    script = ("echo pgid=$(ps -o pgid= -p $$) sid=$(ps -o sid= -p $$) ni=$(ps -o ni= -p $$);"
+              " cat /proc/self/autogroup 2>/dev/null || true")
     lines: list[str] = []
 
     async def main() -> None:
-        proc = Supervised(["sh", "-c", script], cwd=tmp_path, on_lines=lines.extend, nice=5)
+        proc = Supervised(["sh", "-c", script], cwd=tmp_path, on_lines=lines.extend, nice=7)
         result = await proc.run()
         assert result.exit_code == 0
-        assert f"sid={proc.pid}" in lines[0].replace(" ", ""), "the agent leads a session of its own"
+        assert f"pgid={proc.pid}" in lines[0].replace(" ", ""), "the agent leads a process group of its own"
 
     anyio.run(main)
-    assert "ni=5" in lines[0].replace(" ", "")
+    ids = dict(field.split("=") for field in lines[0].replace("= ", "=").split())
+    assert int(ids["sid"]) != os.getsid(0), "not in corral's session"
+    assert ids["ni"] == "7"
     if Path("/proc/self/autogroup").exists():
-        assert lines[1].endswith("nice 5"), lines
+        assert lines[1].endswith(f"nice {SESSION_NICE}"), lines
+        assert lines[1].split()[0] != Path("/proc/self/autogroup").read_text().split()[0], "not corral's group"
+
+
+#: Run by :func:`test_every_agent_of_a_run_is_niced_where_the_kernel_limits_autogroup_writes`: starts
+#: eight agents at once, and prints each one's scheduling group once all of them are niced (or after 5 s)
+_EIGHT_AT_ONCE = """
+import sys, time, anyio
+from pathlib import Path
+from corral.core.procs import SESSION_NICE, Supervised
+
+async def main():
+    procs = [Supervised(["sleep", "30"], cwd=sys.argv[1], nice=10) for _ in range(8)]
+    async with anyio.create_task_group() as tg:
+        for p in procs:
+            tg.start_soon(p.run)
+        while not all(p.running for p in procs):
+            await anyio.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while True:
+            groups = [Path(f"/proc/{p.pid}/autogroup").read_text().strip() for p in procs]
+            if all(g.endswith(sys.argv[2]) for g in groups) or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.02)
+        print(" | ".join(groups))
+        for p in procs:
+            p.stop("aborted")
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="this kernel has no autogroup scheduling")
+def test_every_agent_of_a_run_is_niced_where_the_kernel_limits_autogroup_writes(tmp_path: Path) -> None:
+    """Linux lets a user without CAP_SYS_ADMIN (every user but root) set an autogroup's nice value
+    once per 100 ms, machine-wide, and refuses the others (EAGAIN). Eight agents started at once,
+    as a user without it: each of them runs in a niced scheduling group (one write, by the hub,
+    tried again until it is taken), not most of them at corral's full weight."""
+    argv = [sys.executable, "-c", _EIGHT_AT_ONCE, str(tmp_path), f"nice {SESSION_NICE}"]
+    if os.geteuid() == 0:  # root without CAP_SYS_ADMIN, as any other user runs
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv (util-linux) is needed to drop CAP_SYS_ADMIN as root")
+        argv = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    groups = done.stdout.strip().split(" | ")
+    assert len(groups) == 8 and all(g.endswith(f"nice {SESSION_NICE}") for g in groups), done.stdout
+    assert len({g.split()[0] for g in groups}) == 1, "one scheduling group for all"
 
 
 def test_many_children_are_awaited_without_a_thread_each(tmp_path: Path) -> None:
@@ -434,13 +486,32 @@ def test_corral_reaps_its_hub_when_it_exits(tmp_path: Path) -> None:
 
     assert procs._become_subreaper()  # an orphaned hub would come here
     before = children()
-    script = "import anyio; from corral.core.procs import Supervised; anyio.run(Supervised(['true'], cwd='.').run)"
+    script = "import anyio; from corral.core.procs import SESSION_NICE, Supervised; anyio.run(Supervised(['true'], cwd='.').run)"
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
     left = children() - before
     for pid in left:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert not left
+
+
+def test_what_left_its_group_and_environment_dies_when_its_reaper_was_killed(tmp_path: Path, pids: Path) -> None:
+    """An agent that KILLs its reaper, after starting a process that left its process group and
+    dropped its environment (nothing of the task's left to know it by, but the reaper hub's session,
+    which only reapers and what they run are in): it comes to corral, which kills it when the
+    command ends."""
+    python = shlex.quote(os.path.realpath(sys.executable))
+    code = "import os, sys, time; os.setpgid(0, 0); open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+    script = (f"env -i {python} -I -S -c {shlex.quote(code)} {pids}/left & "
+              f"while [ ! -s {pids}/left ]; do sleep 0.02; done; kill -KILL $PPID; sleep 600")
+
+    async def main() -> None:
+        result = await Supervised(["sh", "-c", script], cwd=tmp_path, grace=0.5).run()
+        assert result.exit_code == -signal.SIGKILL
+        assert _pids_alive(_escaped(pids)) == []  # at once: no deadline needed
+
+    anyio.run(main)
+    assert len(_escaped(pids)) == 1
 
 
 def test_no_look_through_proc_after_a_command_whose_reaper_swept(tmp_path: Path, pids: Path,
