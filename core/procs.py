@@ -206,8 +206,8 @@ class _Adopted:
                 pid, status = os.waitpid(self.pid, flags)
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
-                    with _Hub._guard:
-                        _Hub.reapers.discard(pid)
+                    _Hub.reapers.discard(pid)  # (one step for the interpreter: no lock, which a
+                    # spawn holds while the hub forks, on the event loop that polls this)
             return self.returncode
 
     def kill(self) -> None:
@@ -226,8 +226,8 @@ class _Hub:
     _instance: "_Hub | None" = None
     _guard = threading.Lock()
     #: the sessions of the hubs this process started (each hub leads one, its reapers' and their
-    #: commands'), and the reapers of those hubs not reaped yet: held under :attr:`_guard`, so a
-    #: look for strays (:func:`_strays`) never finds a reaper being handed over
+    #: commands'), and the reapers of those hubs not reaped yet (added under :attr:`_guard`, which a
+    #: look for strays holds: it never finds a reaper being handed over)
     sessions: set[int] = set()
     reapers: set[int] = set()
 
