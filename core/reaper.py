@@ -28,18 +28,18 @@ corral sends it each command (argv, cwd, environment, grace, the status and done
 output pipe, see :func:`request`) over a socket; the hub forks a middleman that forks the reaper and
 exits at once, so the reaper, an orphan, is reparented to corral (a child subreaper) and is corral's
 child like one it had started itself; the hub answers with its pid. The hub ends when corral's end of
-the socket closes.
+the socket closes. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
+chooses: that is why the reapers are born with every signal blocked. A reaper that finds itself not
+corral's child (corral died meanwhile) starts nothing and says so on the status pipe.
 
 The hub's reapers stay in the hub's session, each leading a process group of its own (in which its
 command runs). With the kernel's autogroup scheduling a session is one scheduling group, so all the
 commands of one corral process share one group, whose nice value the hub sets once (``--nice``):
 together they weigh as one process of that niceness against corral's own, however many run. A
-session per command would need a write of its group's nice value per command, and Linux lets a
-user without ``CAP_SYS_ADMIN`` make one such write per 100 ms on the whole machine (EAGAIN for the
-others): most commands of a run started together would weigh as much as corral itself. The hub
-tries its one write again every 100 ms until it is taken. The middleman's exit sends the reaper its parent-death signal, at a moment nobody
-chooses: that is why the reapers are born with every signal blocked. A reaper that finds itself
-not corral's child (corral died meanwhile) starts nothing and says so on the status pipe.
+session per command would need a write of its group's nice value per command, and Linux lets a user
+without ``CAP_SYS_ADMIN`` make one such write per 100 ms on the whole machine (EAGAIN for the
+others): most commands of a run started together would weigh as much as corral itself. The hub tries
+its one write again every 100 ms until it is taken.
 
 Only the standard library, and only what is needed (``-I -S``: no site-packages): the reaper
 starts in front of every agent and every setup command. :func:`processes` is shared with corral.
@@ -426,9 +426,11 @@ def _fork_reaper(argv: list[str], cwd: bytes, env: dict[bytes, bytes], grace: fl
             if pid == 0:
                 os.close(w)
                 _adopted(argv, cwd, env, grace, parent, out_fd, status_fd, done_fd, mask, me, nice, umask)
+            # its group, as the reaper makes it too: whichever comes first, the group is there
+            # before corral has the pid to signal it by
             try:
-                os.setpgid(pid, pid)  # (the reaper does it too: whichever comes first, the group is
-            except OSError:           # there before corral has the pid to signal it by)
+                os.setpgid(pid, pid)
+            except OSError:
                 pass
             os.write(w, pid.to_bytes(8, "little"))
         finally:
