@@ -354,9 +354,9 @@ def renice_session(pid: int, nice: int) -> None:
 RENICE_AGAIN = 0.1
 
 
-def serve(sock_fd: int, nice: int = 0) -> None:
+def serve(sock_fd: int, group_nice: int = 0) -> None:
     """The hub: make a reaper for each command corral sends, until corral's end closes. Its
-    session's autogroup (where all its commands run) is set to ``nice``, tried again every
+    session's autogroup (where all its commands run) is set to ``group_nice``, tried again every
     :data:`RENICE_AGAIN` seconds while the kernel refuses it."""
     import _socket
     import marshal
@@ -366,13 +366,13 @@ def serve(sock_fd: int, nice: int = 0) -> None:
     # every signal blocked here, so the middlemen and reapers are born so: no signal can end them
     # before the reaper takes its signals itself (the parent-death signal above all)
     mask = _block_all()
-    reniced = not nice
+    reniced = not group_nice
     prctl(PR_SET_DUMPABLE, 1)  # (a no-op: loads ctypes and libc once, for every reaper forked)
     while True:
         if not reniced:  # (also between two commands: a burst of them may never leave it waiting)
-            reniced = renice_autogroup(0, nice)
+            reniced = renice_autogroup(0, group_nice)
             while not reniced and not select.select([sock_fd], [], [], RENICE_AGAIN)[0]:
-                reniced = renice_autogroup(0, nice)
+                reniced = renice_autogroup(0, group_nice)
         head, fds = _recv_fds(sock, 8, 3)
         if not head:
             return
@@ -387,9 +387,9 @@ def serve(sock_fd: int, nice: int = 0) -> None:
             if not more:
                 return
             body += more
-        argv, cwd, env, grace, parent, nice, umask = marshal.loads(body)
+        argv, cwd, env, grace, parent, own_nice, umask = marshal.loads(body)
         try:
-            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, nice, umask)
+            pid = _fork_reaper([os.fsdecode(a) for a in argv], cwd, env, grace, parent, fds, mask, own_nice, umask)
         except OSError:
             pid = 0
         finally:

@@ -78,11 +78,25 @@ def test_agents_run_niced_in_a_group_of_their_own_in_one_scheduling_group(tmp_pa
 
 
 #: Run by :func:`test_every_agent_of_a_run_is_niced_where_the_kernel_limits_autogroup_writes`: starts
-#: eight agents at once, and prints each one's scheduling group once all of them are niced (or after 5 s)
+#: eight agents at once while another process takes the kernel's one write per 100 ms again and again
+#: (for 0.3 s), and prints each agent's scheduling group once all of them are niced (or after 5 s)
 _EIGHT_AT_ONCE = """
-import sys, time, anyio
+import os, sys, time, anyio
 from pathlib import Path
-from corral.core.procs import SESSION_NICE, Supervised
+from corral.core.procs import Supervised
+
+hog = os.fork()
+if hog == 0:
+    os.setsid()  # (a scheduling group of its own, whose nice value it writes)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write("0")
+        except OSError:
+            pass
+        time.sleep(0.005)
+    os._exit(0)
 
 async def main():
     procs = [Supervised(["sleep", "30"], cwd=sys.argv[1], nice=10) for _ in range(8)]
@@ -102,6 +116,7 @@ async def main():
             p.stop("aborted")
 
 anyio.run(main)
+os.waitpid(hog, 0)
 """
 
 
@@ -109,8 +124,9 @@ anyio.run(main)
 def test_every_agent_of_a_run_is_niced_where_the_kernel_limits_autogroup_writes(tmp_path: Path) -> None:
     """Linux lets a user without CAP_SYS_ADMIN (every user but root) set an autogroup's nice value
     once per 100 ms, machine-wide, and refuses the others (EAGAIN). Eight agents started at once,
-    as a user without it: each of them runs in a niced scheduling group (one write, by the hub,
-    tried again until it is taken), not most of them at corral's full weight."""
+    as a user without it, while another process takes those writes: each of them runs in a niced
+    scheduling group (one write, by the hub, tried again until it is taken), not most of them at
+    corral's full weight; and the group gets the hub's nice value, not an agent's."""
     argv = [sys.executable, "-c", _EIGHT_AT_ONCE, str(tmp_path), f"nice {SESSION_NICE}"]
     if os.geteuid() == 0:  # root without CAP_SYS_ADMIN, as any other user runs
         if not shutil.which("setpriv"):
