@@ -255,6 +255,42 @@ def test_the_next_standby_starts_once_an_agent_has_printed(tmp_path: Path, stand
     wait_standby(standbys, other_than=successor)
 
 
+def test_the_next_standby_waits_until_the_agents_output_is_quiet(tmp_path: Path, standbys: Path) -> None:
+    """An agent that floods its output (25 MB, as fast as it can): the next standby does not start
+    while the flood goes on (its warm-up would share the cores with it), but once the output has
+    been quiet for a moment, while the agent still runs."""
+    repo = make_repo(tmp_path / "repo")
+    flooded, go = tmp_path / "flooded", tmp_path / "agent-go"
+    plan = write_plan(tmp_path / "plan.toml", f"""\
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        [[tasks]]
+        name = "one"
+        prompt = "echo first-line; yes tick | head -n 5000000; touch {flooded}; while [ ! -e {go} ]; do sleep 0.02; done"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        early: set[int] = set()
+        while not flooded.exists():  # (the flood: 5 million lines)
+            assert client.poll() is None, client.communicate()[1]
+            early |= {p for p in standby_pids() if p != pid}
+            time.sleep(0.01)
+        # (a process the standby forks, its hub or watchdog, has its command line until it execs)
+        assert not early & set(standby_pids()), "the next standby started while the agent's output flooded"
+        successor = wait_standby(standbys, other_than=pid)
+        assert client.poll() is None and not go.exists()  # (started while the agent still runs, quiet)
+    finally:
+        go.touch()
+        _, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert successor in standby_pids()
+
+
 def test_a_standby_of_edited_sources_is_not_used(tmp_path: Path, standbys: Path) -> None:
     """corral's source files edited (or upgraded) after a standby started: the next command runs the
     new code in-process, and the old standby ends."""
@@ -591,6 +627,8 @@ def _slow_standby(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int,
     (tmp_path / "entries").mkdir()
     (tmp_path / "entries" / "slow_entry.py").write_text(_SLOW_ENTRY.format(started=str(started), go=str(go)))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "entries"))
+    # (a __pycache__ written there would change the directory's time, which is part of the key)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setenv("CORRAL_STANDBY", "1")
     pid = standby.start("slow_entry")
     assert pid is not None

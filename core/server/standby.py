@@ -7,12 +7,12 @@ the command: its arguments, working directory (a descriptor), environment and um
 stdout and stderr (``SCM_RIGHTS``). The standby then *becomes* that command's process (one-shot:
 nothing is forked from a process that may have threads): it takes the client's context, runs the
 command and reports its exit code, which the client exits with. It starts a fresh standby for the
-next command once one of the run's agents has printed (or at its end, if none has): not at once,
-where the new one's start and warm-up would share the cores with the run's own start. Even then
-they run in the background: a standby's session (its scheduling autogroup) is at nice 19 until it
-is warm or a command comes for it, so its imports take only the CPU that the run and its agents
-leave (see :func:`set_autogroup_nice`). The client
-forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as SIGSTOP and SIGCONT);
+next command once one of the run's agents has printed and the agents' output has then been quiet
+for a moment (or at its end): not at once, where the new one's start and warm-up would share the
+cores with the run's own start, nor while agents flood their output. And they run in the
+background: a standby's session (its scheduling autogroup) is at nice 19 until it is warm or a
+command comes for it, so they weigh little against what the run's processes ask of the CPU (see
+:func:`set_autogroup_nice`). The client forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as SIGSTOP and SIGCONT);
 when the client goes away (``kill -9``), the run stops as on SIGHUP.
 
 A standby is never stale: its socket is named after a key of everything that could make it behave
@@ -333,8 +333,8 @@ def set_autogroup_nice(pid: int, nice: int) -> bool:
     leads no session or the kernel has no autogroups. A standby starts in a session of its own,
     its autogroup at :data:`WARM_NICE`: with autogroups each session weighs as one with the
     scheduler whatever its processes' own nice values, and a standby's start and warm-up (some
-    350 ms of CPU, begun while the run that started it goes on) then take only the CPU that run
-    and its agents leave. It is set back to 0 (the nice value of a new autogroup) once the standby
+    350 ms of CPU, begun while the run that started it goes on) then weigh 15 against the 1024 of
+    a session at 0 (and the 110 of each of eight agents, at 10). It is set back to 0 (the nice value of a new autogroup) once the standby
     is warm (:func:`serve`), or by the client that hands it a command before (:func:`hand_over`):
     nothing a command runs is slowed, and unlike a process's nice value (which only privileges
     lower again) it is no part of the :func:`key`."""
@@ -592,9 +592,11 @@ _owed: list[str] = []
 
 def successor() -> None:
     """Start the standby that follows this one, if this process is a standby's command that has not
-    started it yet. The run calls it once one of its agents has printed (see ``run_hosted`` in
-    corral.tui.cli), and the process as it exits: started at the hand-over, its Python start and
-    warm-up (some 350 ms of CPU) shared the cores with the run's own start to that first line."""
+    started it yet. The run calls it once one of its agents has printed and the output has then
+    been quiet for a moment (see ``run_hosted`` in corral.tui.cli), and the process as it exits:
+    started at the hand-over, its Python start and warm-up (some 350 ms of CPU) shared the cores
+    with the run's own start to that first line; started at the first line, with agents flooding
+    their output."""
     try:
         entry = _owed.pop()
     except IndexError:  # (not a standby's command, or started already)
