@@ -586,11 +586,11 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                             print("corral: cleanup in progress, please wait", file=sys.stderr, flush=True)
 
             printed = anyio.Event()  # (by an agent)
-            last_output = [0.0]
+            last_output = 0.0
 
             async def next_standby() -> None:
                 await printed.wait()
-                while (left := last_output[0] + STANDBY_QUIET - time.monotonic()) > 0:
+                while (left := last_output + STANDBY_QUIET - time.monotonic()) > 0:
                     await anyio.sleep(left)
                 successor()
 
@@ -615,7 +615,7 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                               "(work is kept on its branches)", file=sys.stderr, flush=True)
                         host.stop()
                 if isinstance(ev, TaskOutput):  # (once its lines are out)
-                    last_output[0] = time.monotonic()
+                    last_output = time.monotonic()
                     if ev.stream == "agent":
                         printed.set()
             tg.cancel_scope.cancel()
