@@ -270,6 +270,10 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
 
 #: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
 #: the first command's start makes corral a child subreaper with it)
+#: How long the agents' output must have been quiet, after an agent printed, before a headless run
+#: that a standby took starts the standby for the next command (see :func:`run_hosted`)
+STANDBY_QUIET = 0.5
+
 _HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
                      "corral.tui.headless")
 #: what ``corral run --headless`` needs from its start, imported by a standby before it waits for one
@@ -548,8 +552,14 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     through a link, as every client does, and all of them (output is never cut here). SIGINT,
     SIGTERM and SIGHUP stop the run, as ``corral stop`` would: its cleanup runs, what it prints
     is still rendered, and the exit code is 130; later signals only print a note. Output closed by
-    its reader stops the run the same way."""
+    its reader stops the run the same way.
+
+    Run by a standby, it starts the standby for the next command once an agent has printed and
+    the agents' output has then been quiet for :data:`STANDBY_QUIET` (or as it exits): not while
+    the run starts, nor while agents flood their output (8 agents streaming ``yes``: a standby's
+    warm-up beside them made their window some 50 ms longer, at whatever priority it ran)."""
     import signal
+    import time
 
     import anyio
 
@@ -575,11 +585,20 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                         else:
                             print("corral: cleanup in progress, please wait", file=sys.stderr, flush=True)
 
+            printed = anyio.Event()  # (by an agent)
+            last_output = 0.0
+
+            async def next_standby() -> None:
+                await printed.wait()
+                while (left := last_output + STANDBY_QUIET - time.monotonic()) > 0:
+                    await anyio.sleep(left)
+                successor()
+
             tg.start_soon(watch)
+            tg.start_soon(next_standby)
             await anyio.sleep(0)
             tg.start_soon(host.run, body)
             shown = list(renderers)
-            printed = False  # (by an agent: the standby for the next command starts then)
             async for ev in LocalLink(host, lossless=True).events():
                 if isinstance(ev, SnapshotEnd) or not shown:
                     continue
@@ -595,9 +614,10 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                         print("corral: the output was closed: stopping agents and cleaning up "
                               "(work is kept on its branches)", file=sys.stderr, flush=True)
                         host.stop()
-                if not printed and isinstance(ev, TaskOutput) and ev.stream == "agent":  # (once its line is out)
-                    printed = True
-                    successor()
+                if isinstance(ev, TaskOutput):  # (once its lines are out)
+                    last_output = time.monotonic()
+                    if ev.stream == "agent":
+                        printed.set()
             tg.cancel_scope.cancel()
         return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
 
