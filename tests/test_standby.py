@@ -291,6 +291,56 @@ def test_the_next_standby_waits_until_the_agents_output_is_quiet(tmp_path: Path,
     assert successor in standby_pids()
 
 
+def _socket_inodes(directory: Path) -> set[int]:
+    """The inodes of the standbys' sockets in ``directory`` (a socket is removed as its standby
+    takes a command)."""
+    found = set()
+    for sock in directory.glob("*.sock"):
+        try:
+            found.add(sock.stat().st_ino)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_the_next_standby_starts_once_no_agent_runs_though_output_goes_on(tmp_path: Path, standbys: Path) -> None:
+    """Once an agent has printed and no agent runs any more, the next standby starts, even while
+    other output goes on (here the next task's setup, which prints without pause until told to
+    stop): a command that follows the run at once finds it the warmer."""
+    repo = make_repo(tmp_path / "repo")
+    go = tmp_path / "setup-go"
+    plan = write_plan(tmp_path / "plan.toml", f"""\
+        agent = "shell"
+        setup = "none"
+        approve = "none"
+        max_parallel = 1
+        [[tasks]]
+        name = "first"
+        prompt = "echo first-line"
+        [[tasks]]
+        name = "second"
+        prompt = "echo second-line"
+        setup = "while [ ! -e {go} ]; do echo setting-up; sleep 0.02; done"
+    """)
+    env = {**os.environ, **ON}
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    first = _socket_inodes(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # (a socket of the next standby: a process the run forks has the standby's command line
+        # for a moment, until it execs)
+        _until(lambda: _socket_inodes(standbys) - first, "the next standby")
+        assert client.poll() is None and not go.exists()  # (the second task's setup still prints)
+        successor = wait_standby(standbys, other_than=pid)
+    finally:
+        go.touch()
+        _, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert successor in standby_pids()
+
+
 def test_a_standby_of_edited_sources_is_not_used(tmp_path: Path, standbys: Path) -> None:
     """corral's source files edited (or upgraded) after a standby started: the next command runs the
     new code in-process, and the old standby ends."""
@@ -603,81 +653,3 @@ def test_a_standby_imports_with_the_collector_paused_then_collects_once_and_free
     assert res.stdout.split("]")[0] + "]" == "[0, 0, 1]", res.stdout
     assert res.stdout.split("]")[1].split() == ["True", "True"], res.stdout
 
-
-#: an entry module for a standby (see corral.core.server.standby.warm): its import says it started
-#: (file argv-free: paths baked in) and waits for a go file; its main prints its arguments
-_SLOW_ENTRY = """
-import os, time
-open({started!r}, "w").close()
-while not os.path.exists({go!r}):
-    time.sleep(0.01)
-
-def main(args):
-    print("ran", *args)
-    return 0
-"""
-
-
-def _slow_standby(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, Path, Path]:
-    """A standby of an entry module whose import waits for a go file: (its pid, the file its import
-    writes once it runs, the go file)."""
-    from corral.core.server import standby
-
-    started, go = tmp_path / "importing", tmp_path / "go"
-    (tmp_path / "entries").mkdir()
-    (tmp_path / "entries" / "slow_entry.py").write_text(_SLOW_ENTRY.format(started=str(started), go=str(go)))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "entries"))
-    # (a __pycache__ written there would change the directory's time, which is part of the key)
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("CORRAL_STANDBY", "1")
-    pid = standby.start("slow_entry")
-    assert pid is not None
-    return pid, started, go
-
-
-def _autogroup_nice(pid: int) -> int:
-    with open(f"/proc/{pid}/autogroup") as f:
-        return int(f.read().split()[-1])
-
-
-needs_autogroups = pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
-                                      reason="no scheduling autogroups here")
-
-
-@needs_autogroups
-def test_a_standby_warms_up_in_the_background_then_waits_at_full_weight(tmp_path: Path, standbys: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A standby starts (and imports) with its session's autogroup at nice 19: started while a run
-    goes on (once an agent has printed), it takes only the CPU the run and its agents leave. Once
-    warm, waiting for a command, it is back at 0, as any new session, and its process's own nice
-    value (part of its key) was never changed."""
-    from corral.core.server import standby
-
-    pid, started, go = _slow_standby(tmp_path, monkeypatch)
-    assert _autogroup_nice(pid) == standby.WARM_NICE  # (set before start returned)
-    _until(started.exists, "the standby's import to start")
-    assert _autogroup_nice(pid) == standby.WARM_NICE and os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
-    go.touch()
-    assert wait_standby(standbys) == pid
-    _until(lambda: _autogroup_nice(pid) == 0, "the warm standby back at nice 0")
-
-
-@needs_autogroups
-def test_a_command_for_a_standby_still_warming_up_brings_it_to_full_weight(tmp_path: Path, standbys: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A command that comes while its standby still imports (a run that follows another at once)
-    does not wait for a warm-up that takes only spare CPU: the client sets the standby's autogroup
-    back to 0 as it connects, and the standby then runs the command as usual."""
-    from corral.core.server import standby
-
-    pid, started, go = _slow_standby(tmp_path, monkeypatch)
-    _until(started.exists, "the standby's import to start")
-    assert _autogroup_nice(pid) == standby.WARM_NICE
-    code = "import sys\nfrom corral.core.server import standby\nsys.exit(standby.hand_over(sys.argv[1:], 'slow_entry'))"
-    client = subprocess.Popen([sys.executable, "-c", code, "run", "plan.toml", "--headless"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _until(lambda: _autogroup_nice(pid) == 0, "the client to bring the standby to nice 0")
-    assert not go.exists() and client.poll() is None  # (still importing: the client waits for it)
-    go.touch()
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0 and out == "ran run plan.toml --headless\n", out + err

@@ -268,12 +268,12 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
     return start_with_dashboard(state_dir, root, request, keymap, [(t.name, t.agent) for t in plan.tasks])
 
 
-#: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
-#: the first command's start makes corral a child subreaper with it)
 #: How long the agents' output must have been quiet, after an agent printed, before a headless run
 #: that a standby took starts the standby for the next command (see :func:`run_hosted`)
 STANDBY_QUIET = 0.5
 
+#: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
+#: the first command's start makes corral a child subreaper with it)
 _HEADLESS_MODULES = ("ctypes", "corral.core.pipeline", "corral.core.server.host", "corral.core.server.client",
                      "corral.tui.headless")
 #: what ``corral run --headless`` needs from its start, imported by a standby before it waits for one
@@ -555,15 +555,17 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
     its reader stops the run the same way.
 
     Run by a standby, it starts the standby for the next command once an agent has printed and
-    the agents' output has then been quiet for :data:`STANDBY_QUIET` (or as it exits): not while
-    the run starts, nor while agents flood their output (8 agents streaming ``yes``: a standby's
-    warm-up beside them made their window some 50 ms longer, at whatever priority it ran)."""
+    then either the agents' output has been quiet for :data:`STANDBY_QUIET` or no agent runs any
+    more (or as it exits): not while the run starts, nor while agents flood their output (8 agents
+    streaming ``yes``: a standby's warm-up beside them made their window some 50 ms longer, at
+    whatever priority it ran), and not later than the agents' end (a command that follows a short
+    run at once finds its standby the warmer)."""
     import signal
     import time
 
     import anyio
 
-    from corral.core.events import TaskOutput
+    from corral.core.events import TaskOutput, TaskStatus
     from corral.core.server.client import LocalLink, SnapshotEnd
     from corral.core.server.host import RunHost
     from corral.core.server.standby import successor
@@ -587,11 +589,14 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
 
             printed = anyio.Event()  # (by an agent)
             last_output = 0.0
+            running: set[str] = set()  # the tasks whose agent runs
+            ended = anyio.Event()  # (no agent runs, after one printed)
 
             async def next_standby() -> None:
                 await printed.wait()
-                while (left := last_output + STANDBY_QUIET - time.monotonic()) > 0:
-                    await anyio.sleep(left)
+                while running and (left := last_output + STANDBY_QUIET - time.monotonic()) > 0:
+                    with anyio.move_on_after(left):
+                        await ended.wait()
                 successor()
 
             tg.start_soon(watch)
@@ -618,6 +623,10 @@ def run_hosted(run_id: str, approve: str, body, renderers, approver_for=None) ->
                     last_output = time.monotonic()
                     if ev.stream == "agent":
                         printed.set()
+                elif isinstance(ev, TaskStatus):
+                    (running.add if ev.status == "running" else running.discard)(ev.task)
+                    if not running and printed.is_set():
+                        ended.set()
             tg.cancel_scope.cancel()
         return EXIT_INTERRUPTED if got else int(host.exit_code if host.exit_code is not None else EXIT_FAILED)
 

@@ -7,13 +7,11 @@ the command: its arguments, working directory (a descriptor), environment and um
 stdout and stderr (``SCM_RIGHTS``). The standby then *becomes* that command's process (one-shot:
 nothing is forked from a process that may have threads): it takes the client's context, runs the
 command and reports its exit code, which the client exits with. It starts a fresh standby for the
-next command once one of the run's agents has printed and the agents' output has then been quiet
-for a moment (or at its end): not at once, where the new one's start and warm-up would share the
-cores with the run's own start, nor while agents flood their output. And they run in the
-background: a standby's session (its scheduling autogroup) is at nice 19 until it is warm or a
-command comes for it, so they weigh little against what the run's processes ask of the CPU (see
-:func:`set_autogroup_nice`). The client forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as SIGSTOP and SIGCONT);
-when the client goes away (``kill -9``), the run stops as on SIGHUP.
+next command once one of the run's agents has printed and then either the agents' output has been
+quiet for a moment or no agent runs any more (or at its end): not at once, where the new one's
+start and warm-up would share the cores with the run's own start, nor while agents flood their
+output. The client forwards the signals it gets (INT, TERM, HUP, WINCH; a stop and a continue as
+SIGSTOP and SIGCONT); when the client goes away (``kill -9``), the run stops as on SIGHUP.
 
 A standby is never stale: its socket is named after a key of everything that could make it behave
 otherwise than the command would in-process (the interpreter and its flags, the locale and
@@ -57,8 +55,6 @@ IDLE_DEFAULT = 600.0
 RECHECK = 5.0
 #: how long a client waits for a standby to take its command (it may still be importing)
 READY_TIMEOUT = 10.0
-#: the nice value of a standby's scheduling autogroup while it starts and warms up (see :func:`start`)
-WARM_NICE = 19
 #: the signals a client passes on; WINCH is ignored by a headless run, as it is in-process
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
 MAGIC = b"corral-standby 1"
@@ -227,7 +223,6 @@ def _run_remote(path: str, the_key: str, args: Sequence[str]) -> int | None:
         pid, uid = peer(sock)
         if uid != os.getuid():
             return None
-        set_autogroup_nice(pid, 0)  # (a standby still warming up does so at full weight now)
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             data = _request(the_key, args)
@@ -306,46 +301,21 @@ def _follow(sock: _socket.socket, lines: _Lines, pid: int) -> int | None:
 
 
 # -------------------------------------------------------------------------------- the standby
-def start(entry: str) -> int | None:
+def start(entry: str) -> None:
     """Start a standby for ``entry`` in the background (in a session of its own, its working
-    directory ``/``, nothing of this terminal, its autogroup at :data:`WARM_NICE` until it is warm),
-    unless standbys are turned off. Returns its pid (None: none was started)."""
+    directory ``/``, nothing of this terminal), unless standbys are turned off."""
     if not enabled():
-        return None
+        return
     import subprocess
 
     code = f"from corral.core.server.standby import serve; serve({entry!r})"
     try:
         flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # (what multiprocessing uses)
-        proc = subprocess.Popen([sys.executable, *flags, "-c", code],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                cwd="/", start_new_session=True, close_fds=True)
+        subprocess.Popen([sys.executable, *flags, "-c", code],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd="/", start_new_session=True, close_fds=True)
     except OSError:
-        return None
-    # (its session is its own by now: Popen returns once the child has exec'd)
-    set_autogroup_nice(proc.pid, WARM_NICE)
-    return proc.pid
-
-
-def set_autogroup_nice(pid: int, nice: int) -> bool:
-    """Give the scheduling autogroup of the session ``pid`` leads the nice value ``nice`` (0 or
-    more: any process of the same user may; a negative one takes privileges); False where ``pid``
-    leads no session or the kernel has no autogroups. A standby starts in a session of its own,
-    its autogroup at :data:`WARM_NICE`: with autogroups each session weighs as one with the
-    scheduler whatever its processes' own nice values, and a standby's start and warm-up (some
-    350 ms of CPU, begun while the run that started it goes on) then weigh 15 against the 1024 of
-    a session at 0 (and the 110 of each of eight agents, at 10). It is set back to 0 (the nice value of a new autogroup) once the standby
-    is warm (:func:`serve`), or by the client that hands it a command before (:func:`hand_over`):
-    nothing a command runs is slowed, and unlike a process's nice value (which only privileges
-    lower again) it is no part of the :func:`key`."""
-    try:
-        if os.getsid(pid) != pid:
-            return False
-        with open(f"/proc/{pid}/autogroup", "w") as f:
-            f.write(str(nice))
-        return True
-    except OSError:
-        return False
+        pass
 
 
 class _DirLock:
@@ -560,7 +530,6 @@ def serve(entry: str) -> None:
     # processes the warm-up started (the run's reaper hub and watchdog) too
     atexit.register(lambda: reporter.report(code) if reporter else None)
     module = warm(entry)
-    set_autogroup_nice(os.getpid(), 0)  # (started at WARM_NICE: see start)
     client = _wait(listener, the_key)
     if client is None:
         return
@@ -592,11 +561,11 @@ _owed: list[str] = []
 
 def successor() -> None:
     """Start the standby that follows this one, if this process is a standby's command that has not
-    started it yet. The run calls it once one of its agents has printed and the output has then
-    been quiet for a moment (see ``run_hosted`` in corral.tui.cli), and the process as it exits:
-    started at the hand-over, its Python start and warm-up (some 350 ms of CPU) shared the cores
-    with the run's own start to that first line; started at the first line, with agents flooding
-    their output."""
+    started it yet. The run calls it once one of its agents has printed and then the output has been
+    quiet for a moment or no agent runs any more (see ``run_hosted`` in corral.tui.cli), and the
+    process as it exits: started at the hand-over, its Python start and warm-up (some 350 ms of
+    CPU) shared the cores with the run's own start to that first line; started at the first line,
+    with agents flooding their output."""
     try:
         entry = _owed.pop()
     except IndexError:  # (not a standby's command, or started already)
