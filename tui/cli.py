@@ -270,7 +270,7 @@ def launch(plan, repo: str, args: argparse.Namespace, *, headless: bool, json_mo
 
 #: How long the agents' output must have been quiet, after an agent printed, before a headless run
 #: that a standby took starts the standby for the next command (see :func:`run_hosted`)
-STANDBY_QUIET = 0.5
+STANDBY_QUIET = 0.05
 
 #: what a run needs once preflight has passed, by where it runs: imported beside preflight (ctypes:
 #: the first command's start makes corral a child subreaper with it)
