@@ -93,6 +93,14 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     from textual._compositor import Compositor
 
     assert params(Compositor.render_update) == ["self", "full", "screen_stack", "simplify"]
+    # draw_now (tui/run_screen.py) makes a pushed or uncovered screen's frame at once, as the
+    # screen's update timer would (Screen._on_timer_update: a layout if due, then what is dirty), when
+    # the app holds no batch of updates (App._batch_count); Screen.refresh marks the whole screen
+    source = inspect.getsource(Screen._on_timer_update)
+    assert params(Screen._on_timer_update) == ["self"]
+    assert "if self.is_current and not self.app._batch_count:" in source
+    assert "self._compositor_refresh()" in source and "if self._repaint_required:" in source
+    assert App()._batch_count == 0
     # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's
     # writer thread and that thread's queue; and it reaches the loop through App._loop
     app = App()

@@ -1143,6 +1143,49 @@ def test_the_zoom_screen_is_made_before_the_first_zoom_which_mounts_and_lays_out
         anyio.run(main)
 
 
+def test_a_zoom_and_the_way_back_are_drawn_when_the_key_acts_with_the_collector_held() -> None:
+    """The frame of a zoom is made by the key's action: Textual made it three turns of the loop
+    later (the screen's resume message, its idle, its update timer), each turn first running every
+    agent's reader under a flood (5-30 ms). The garbage collector waits until the frame is out: a
+    collection of the oldest generation that started while it was rendered (it allocates a lot)
+    came before it (20-50 ms under a flood)."""
+    import gc
+
+    names = [f"t{i:02d}" for i in range(4)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            frames: list[tuple[Any, bool]] = []
+            real_display = app._display
+
+            def display(shown: Any, renderable: Any) -> None:
+                if renderable is not None:
+                    frames.append((shown, gc.isenabled()))
+                real_display(shown, renderable)
+
+            app._display = display  # type: ignore[method-assign]
+            for _ in range(2):  # the first zoom (the zoom screen made then or ahead) and a later one
+                await pilot.pause(0.2)
+                frames.clear()
+                screen.action_zoom()  # as the key does, without a turn of the loop after it
+                zoom = app.screen
+                assert isinstance(zoom, ZoomScreen) and screen.zoomed is screen.panes["t00"]
+                assert frames[:1] == [(zoom, False)], f"the frames when the zoom's action returned: {frames}"
+                assert gc.isenabled()
+                await pilot.pause(0.2)
+                assert zoom.pane.log_widget.lines[-1] == "t00 line 49"
+                frames.clear()
+                screen.action_zoom()
+                assert app.screen is screen and frames[:1] == [(screen, False)], frames
+                assert gc.isenabled()
+            app.exit()
+
+    anyio.run(main)
+
+
 def test_the_footers_keys_are_styled_once_each_when_it_is_composed() -> None:
     """A footer key is made the footer's way (compact or not) when it is made: Textual made each one
     compact and then bound it to the footer's ``compact``, restyling it twice at its mount (some

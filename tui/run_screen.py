@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -103,6 +105,34 @@ class StyledOnce:
         if count == self._styled_at:
             event.refresh_styles = False
         self._styled_at = count
+
+
+@contextmanager
+def gc_held() -> Iterator[None]:
+    """The garbage collector off inside (its collections wait until after), as it was after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def draw_now(screen: Screen) -> None:
+    """The frame of ``screen``, just pushed or uncovered, made now (as Textual's update timer
+    would: a layout if one is due, then the whole screen, its lines from the widgets' caches).
+    Textual makes it three turns of the loop later (the screen's resume message, its idle, its
+    update timer), and under a flood each turn of the loop first runs every agent's reader and
+    the link: 5-30 ms between the key and its frame. Left to Textual when the terminal's size or
+    the styles changed since the screen was laid out or styled: its resume handler does that first."""
+    app = screen.app
+    if app._batch_count or app.screen is not screen or screen.outer_size != app.size:
+        return
+    if isinstance(screen, StyledOnce) and screen._styled_at != app._css_update_count:
+        return
+    screen.refresh()
+    screen._on_timer_update()
 
 
 class KeepsOwnLines:
@@ -565,13 +595,21 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
         """The focused pane over the whole screen, and back. The zoom is a screen of its own over
         this one: the grid stays as it is under it, neither hidden nor laid out again (Textual's
         maximize hid and showed every other widget, some 450 at 64 panes, in two layouts of the
-        whole screen: 100-400 ms under a flood)."""
+        whole screen: 100-400 ms under a flood). Its frame is made here (``draw_now``), the
+        garbage collector held off until it is shown: rendering a frame allocates a lot, and a
+        collection of the oldest generation that started in it (20-50 ms under a flood, one a
+        second or so) came before the frame."""
+        with gc_held():
+            self._toggle_zoom()
+
+    def _toggle_zoom(self) -> None:
         zoom = self._zoom
         if zoom is not None:
             self._zoom = None
             zoom.give_back()
             if self.app.screen is zoom:
                 self.app.pop_screen()
+                draw_now(self)
             return
         pane = self.focused_pane
         if pane is None:
@@ -584,6 +622,7 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
             zoom.show_pane(pane)
         self._zoom = zoom
         self.app.push_screen(zoom)
+        draw_now(zoom)
 
     def _build_zoom_ahead(self) -> None:
         """The zoom screen made before the first zoom, once the grid is drawn: composed, mounted and
