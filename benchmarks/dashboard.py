@@ -340,6 +340,7 @@ def bench_stream(a: argparse.Namespace) -> None:
         print(f"  key `z` to the frame showing it    median {median(keys) * 1000:.0f} ms, worst {keys[-1] * 1000:.0f} ms"
               f"   over {len(keys)} presses during the flood (one more run: window {fmt(keyed['window'])} s,"
               f" ratio {b / keyed['window']:.2f}, worst stall {keyed['app_stall_s'] * 1000:.0f} ms)")
+        print(f"  the presses in order (zoom in, back, ...): {', '.join(f'{k * 1000:.0f}' for k in keyed['keys'])} ms")
     else:
         print("  key `z` to zoom toggled            (the flood ended before a key could be pressed)")
     print(f"  peak RSS of corral + dashboard     {max(r['rss_mb'] for r in results + [keyed]):.0f} MB   (target < 300)")

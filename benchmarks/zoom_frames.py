@@ -8,7 +8,7 @@ the layouts of each screen and the log lines rendered in that span; and the CPU 
 frames. With --widgets, where the time of those spans goes (each kind of widget's rendering, the
 compositor's steps); with --profile F, a cProfile of them (pstats files F.in and F.out).
 
-    python benchmarks/zoom_frames.py [--panes 16] [--presses 10] [--widgets] [--profile F]
+    python benchmarks/zoom_frames.py [--panes 16] [--presses 10] [--widgets] [--each] [--profile F]
 """
 
 from __future__ import annotations
@@ -175,6 +175,10 @@ async def main(a: argparse.Namespace) -> None:
               f" worst {max(x[0] for x in r) * 1000:5.1f} ms; CPU key to frame {statistics.median(x[1] for x in r) * 1000:5.1f} ms,"
               f" of the frame {statistics.median(x[4] for x in r) * 1000:5.1f} ms;"
               f" layouts {statistics.median(x[2] for x in r):.0f}; log lines rendered {statistics.median(x[3] for x in r):.0f}")
+    if a.each:
+        for i, (zin, zout) in enumerate(zip(rows[True], rows[False])):
+            print(f"  press {i + 1:2d}: zoom in wall {zin[0] * 1000:6.1f} ms CPU {zin[1] * 1000:6.1f} ms, layouts {zin[2]};"
+                  f" back wall {zout[0] * 1000:6.1f} ms CPU {zout[1] * 1000:6.1f} ms, layouts {zout[2]}")
     if a.widgets:
         for want, title in ((True, "zoom in"), (False, "back to the grid")):
             print(f"{title}: median ms per press, by widget class (render_lines) and compositor step")
@@ -194,4 +198,5 @@ if __name__ == "__main__":
     ap.add_argument("--presses", type=int, default=10)
     ap.add_argument("--profile", default="")
     ap.add_argument("--widgets", action="store_true", help="time each kind of widget's rendering")
+    ap.add_argument("--each", action="store_true", help="the figures of each press (the first builds what a zoom needs)")
     asyncio.run(main(ap.parse_args()))

@@ -28,6 +28,7 @@ INTENDED = {
     ("RunScreen", "_screen_resized"),  # no layout when a screen pushed over it (a zoom) did not resize it
     ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
     ("PaneHead", "_get_component_classes"),  # only the components it shows now: its status's, not all 11
+    ("ZoomScreen", "_layout_required"),  # laid out ahead of its first push: no layout left for the push
 }
 
 
@@ -79,6 +80,27 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     # Screen._on_screen_resume reads after the screen's own handler
     assert "self._css_update_count += 1" in inspect.getsource(App._invalidate_css)
     assert "event.refresh_styles" in inspect.getsource(Screen._on_screen_resume)
+    # RunScreen makes the zoom screen ahead of the first zoom (tui/run_screen.py): App._get_screen
+    # registers an installed screen (composed and mounted, as a push does), then ZoomScreen.settle_ahead
+    # lays it out off the stack with Screen._refresh_layout, clears the Screen._layout_required its
+    # widgets' Layout messages set (with Screen._layout_widgets, what they asked for) and renders it
+    # once through Screen._compositor; a screen that is not current has no frames of its own
+    assert params(App._get_screen) == ["self", "screen"]
+    assert "self._register(self, _screen)" in inspect.getsource(App._get_screen)
+    assert params(Screen._refresh_layout) == ["self", "size", "scroll"]
+    assert "self._layout_required = True" in inspect.getsource(Screen._on_layout)
+    assert "self._layout_widgets[ancestor]" in inspect.getsource(Screen._on_layout)
+    from textual._compositor import Compositor
+
+    assert params(Compositor.render_update) == ["self", "full", "screen_stack", "simplify"]
+    # draw_now (tui/run_screen.py) makes a pushed or uncovered screen's frame at once, as the
+    # screen's update timer would (Screen._on_timer_update: a layout if due, then what is dirty), when
+    # the app holds no batch of updates (App._batch_count); Screen.refresh marks the whole screen
+    source = inspect.getsource(Screen._on_timer_update)
+    assert params(Screen._on_timer_update) == ["self"]
+    assert "if self.is_current and not self.app._batch_count:" in source
+    assert "self._compositor_refresh()" in source and "if self._repaint_required:" in source
+    assert App()._batch_count == 0
     # the SIGHUP handler (tui/dashboard.py) silences the driver: App._driver, the Linux driver's
     # writer thread and that thread's queue; and it reaches the loop through App._loop
     app = App()

@@ -545,9 +545,10 @@ def test_panes_of_a_run_known_at_the_start_are_styled_once_before_the_first_pain
         logs: list[Any] = []
 
         def apply(node: Any, *args: Any, **kwargs: Any) -> None:
-            if type(node).__name__ == "TaskPane":
+            # the grid's (the zoom screen, made once the grid is drawn, has a pane of its own)
+            if type(node).__name__ == "TaskPane" and not node.zoomed:
                 styled.append(node.task_name)
-            if type(node).__name__ == "PaneLog":
+            if type(node).__name__ == "PaneLog" and not node.parent.zoomed:
                 logs.append(node)
             real_apply(node, *args, **kwargs)
 
@@ -648,7 +649,8 @@ def test_the_footer_is_filled_once_when_the_run_screen_opens(monkeypatch: Any) -
     real_recompose = FitFooter.recompose
 
     async def recompose(self: FitFooter) -> None:
-        composed.append(1)
+        if not isinstance(self.screen, ZoomScreen):  # the run screen's (the zoom screen is made once it is drawn)
+            composed.append(1)
         await real_recompose(self)
 
     monkeypatch.setattr(FitFooter, "recompose", recompose)
@@ -1082,6 +1084,103 @@ def test_a_zoom_and_back_render_again_only_the_lines_that_changed() -> None:
             await pilot.pause(0.1)
             log = zoom.pane.log_widget
             assert not log.lines and log.vertical_scrollbar.window_virtual_size == 0
+            app.exit()
+
+    anyio.run(main)
+
+
+def test_the_zoom_screen_is_made_before_the_first_zoom_which_mounts_and_lays_out_nothing() -> None:
+    """The first ``z`` of a run made the zoom screen: its pane and footer mounted and styled, two
+    layouts, every line rendered (2-3 times a later zoom: 70-240 ms under a flood). It is made once
+    the grid is drawn, laid out and rendered off screen: the first zoom renders what a zoom to
+    another pane does (the zoomed log and its scrollbar, the head), and the footer at 80 columns
+    is the narrow one (made before its first resize, its keys are made for the width)."""
+    from textual.widgets._footer import FooterKey
+
+    names = [f"t{i:02d}" for i in range(24)]
+    now = [100.0]  # a clock that stands still: no head shows a new time meanwhile
+
+    for size in (SIZE, (80, 24)):
+        async def main() -> None:
+            bus, app = clocked_app(now)
+            async with app.run_test(size=size) as pilot:
+                started(bus, names)
+                await until(pilot, lambda: app.run_screen is not None and len(app.run_screen.panes) == len(names)
+                            and app.run_screen.focused_task == "t00", what="the panes, the first focused")
+                screen = app.run_screen
+                bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 300)))
+                await until(pilot, lambda: screen._zoom_screen is not None and screen._zoom_screen.settled,
+                            what="the zoom screen made ahead")
+                zoom = screen._zoom_screen
+                assert app.screen is screen and zoom not in app.screen_stack
+                assert zoom.pane.ready and zoom.outer_size == app.size
+                keys = {k.key for k in zoom.query(FooterKey)}
+                assert "z" in keys and ("ctrl+p" in keys) == (size[0] >= FitFooter.NARROW), keys
+                await pilot.pause(0.2)
+                layouts = count_layouts(screen) + count_layouts(zoom)
+                styled: list[Any] = []
+                real_apply = app.stylesheet.apply
+
+                def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+                    styled.append(node)
+                    real_apply(node, *args, **kwargs)
+
+                app.stylesheet.apply = apply  # type: ignore[method-assign]
+                widgets = [*zoom.walk_children(with_self=True)]
+                widgets.append(zoom.pane.log_widget.vertical_scrollbar)
+                rendered = watch_renders(widgets)
+                await pilot.press("z")
+                await until(pilot, lambda: screen.zoomed is screen.panes["t00"] and app.screen is zoom, what="zoomed")
+                await pilot.pause(0.2)
+                assert zoom.pane.log_widget.lines[-1] == "t00 line 299"
+                assert layouts == [], f"{len(layouts)} layout(s) at the first zoom"
+                assert styled == [], f"styled at the first zoom: {styled}"
+                log = zoom.pane.log_widget
+                assert set(rendered) <= {log, log.vertical_scrollbar, zoom.pane.head}, set(rendered)
+                assert {k.key for k in zoom.query(FooterKey)} == keys
+                app.exit()
+
+        anyio.run(main)
+
+
+def test_a_zoom_and_the_way_back_are_drawn_when_the_key_acts_with_the_collector_held() -> None:
+    """The frame of a zoom is made by the key's action: Textual made it three turns of the loop
+    later (the screen's resume message, its idle, its update timer), each turn first running every
+    agent's reader under a flood (5-30 ms). The garbage collector waits until the frame is out: a
+    collection of the oldest generation that started while it was rendered (it allocates a lot)
+    came before it (20-50 ms under a flood)."""
+    import gc
+
+    names = [f"t{i:02d}" for i in range(4)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            bus.emit(TaskOutput(run=RUN, task="t00", lines=lines("t00", 0, 50)))
+            await until(pilot, lambda: screen.panes["t00"].log_widget.lines[-1:] == ["t00 line 49"], what="t00's lines")
+            frames: list[tuple[Any, bool]] = []
+            real_display = app._display
+
+            def display(shown: Any, renderable: Any) -> None:
+                if renderable is not None:
+                    frames.append((shown, gc.isenabled()))
+                real_display(shown, renderable)
+
+            app._display = display  # type: ignore[method-assign]
+            for _ in range(2):  # the first zoom (the zoom screen made then or ahead) and a later one
+                await pilot.pause(0.2)
+                frames.clear()
+                screen.action_zoom()  # as the key does, without a turn of the loop after it
+                zoom = app.screen
+                assert isinstance(zoom, ZoomScreen) and screen.zoomed is screen.panes["t00"]
+                assert frames[:1] == [(zoom, False)], f"the frames when the zoom's action returned: {frames}"
+                assert gc.isenabled()
+                await pilot.pause(0.2)
+                assert zoom.pane.log_widget.lines[-1] == "t00 line 49"
+                frames.clear()
+                screen.action_zoom()
+                assert app.screen is screen and frames[:1] == [(screen, False)], frames
+                assert gc.isenabled()
             app.exit()
 
     anyio.run(main)

@@ -3,7 +3,10 @@ and a collapsible event log. Actions reach the engine only through the app's con
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -53,8 +56,6 @@ def _freeze_heap() -> None:
     """Move what exists now (modules, Textual, the screen and its panes: some 100,000 objects) out
     of the garbage collector's sight. Under a flood the oldest generation is collected every second
     or so, and walking those objects each time made 50-100 ms stalls; they live as long as the app."""
-    import gc
-
     gc.freeze()
 
 
@@ -104,6 +105,34 @@ class StyledOnce:
         if count == self._styled_at:
             event.refresh_styles = False
         self._styled_at = count
+
+
+@contextmanager
+def gc_held() -> Iterator[None]:
+    """The garbage collector off inside (its collections wait until after), as it was after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def draw_now(screen: Screen) -> None:
+    """The frame of ``screen``, just pushed or uncovered, made now (as Textual's update timer
+    would: a layout if one is due, then the whole screen, its lines from the widgets' caches).
+    Textual makes it three turns of the loop later (the screen's resume message, its idle, its
+    update timer), and under a flood each turn of the loop first runs every agent's reader and
+    the link: 5-30 ms between the key and its frame. Left to Textual when the terminal's size or
+    the styles changed since the screen was laid out or styled: its resume handler does that first."""
+    app = screen.app
+    if app._batch_count or app.screen is not screen or screen.outer_size != app.size:
+        return
+    if isinstance(screen, StyledOnce) and screen._styled_at != app._css_update_count:
+        return
+    screen.refresh()
+    screen._on_timer_update()
 
 
 class KeepsOwnLines:
@@ -197,6 +226,7 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
         #: screen popped and removed costs a layout of the screen under it)
         self._zoom: ZoomScreen | None = None
         self._zoom_screen: ZoomScreen | None = None
+        self._zoom_ahead = False  # its making ahead of the first zoom is under way
         #: panes mounted as their border only, to be filled (``_fill_deferred``), and whether a
         #: fill waits for the next frame
         self._deferred: list[TaskPane] = []
@@ -304,6 +334,11 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
                 self.call_after_refresh(self._fill_deferred)
             if not drawn.is_set():
                 self.call_after_refresh(drawn.set)
+        elif (self._zoom_screen is None and not self._zoom_ahead and drawn.is_set() and self.panes
+              and not self._deferred and not self._filling and all(p.ready for p in self.panes.values())):
+            # the grid is drawn and every pane filled: the zoom screen is made at the next idle
+            self._zoom_ahead = True
+            self.call_after_refresh(self._build_zoom_ahead)
         self._flushes += 1
         floods = []
         shown = self._panes_on_screen()
@@ -560,13 +595,21 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
         """The focused pane over the whole screen, and back. The zoom is a screen of its own over
         this one: the grid stays as it is under it, neither hidden nor laid out again (Textual's
         maximize hid and showed every other widget, some 450 at 64 panes, in two layouts of the
-        whole screen: 100-400 ms under a flood)."""
+        whole screen: 100-400 ms under a flood). Its frame is made here (``draw_now``), the
+        garbage collector held off until it is shown: rendering a frame allocates a lot, and a
+        collection of the oldest generation that started in it (20-50 ms under a flood, one a
+        second or so) came before the frame."""
+        with gc_held():
+            self._toggle_zoom()
+
+    def _toggle_zoom(self) -> None:
         zoom = self._zoom
         if zoom is not None:
             self._zoom = None
             zoom.give_back()
             if self.app.screen is zoom:
                 self.app.pop_screen()
+                draw_now(self)
             return
         pane = self.focused_pane
         if pane is None:
@@ -579,6 +622,23 @@ class RunScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
             zoom.show_pane(pane)
         self._zoom = zoom
         self.app.push_screen(zoom)
+        draw_now(zoom)
+
+    def _build_zoom_ahead(self) -> None:
+        """The zoom screen made before the first zoom, once the grid is drawn: composed, mounted and
+        laid out at the terminal's size off the screen stack, its lines rendered once. Made at the
+        first ``z``, it took that press 2-3 times as long as the later ones (its widgets mounted
+        and styled, two layouts, every line rendered: 70-240 ms under a flood)."""
+        if self._zoom_screen is not None or not self.panes or not self.is_attached:
+            return
+        first = next(iter(self.panes.values()))
+        zoom = self._zoom_screen = ZoomScreen(self, first, ahead=True)
+        # its head as the first pane's now: mounted with that status's colours, not restyled at a
+        # zoom to a pane in the same state
+        zoom.pane.show(self.model.tasks[first.task_name], float(math.floor(self.corral.clock())))
+        self.app.install_screen(zoom, f"corral-zoom-{id(self)}")
+        self.app._get_screen(zoom)  # registered: composed and mounted as a push does, not shown
+        zoom.call_after_refresh(zoom.settle_ahead)
 
     def _screen_resized(self, size: Size) -> None:
         """Textual's, without a layout when the size is the one laid out: a screen pushed over this
@@ -648,24 +708,45 @@ class ZoomScreen(StyledOnce, KeepsOwnLines, ForwardsWorkerErrors, Screen):
     AUTO_FOCUS = "TaskPane"
     BINDINGS = [*RunScreen.BINDINGS, Binding("escape", "zoom", "Back", show=False, id="zoom.back")]
 
-    def __init__(self, run: RunScreen, source: TaskPane) -> None:
+    def __init__(self, run: RunScreen, source: TaskPane, ahead: bool = False) -> None:
         super().__init__()
         self.run = run
         self.source = source
-        self.pane = self._pane_of(source)
+        #: made ahead of the first zoom (``RunScreen._build_zoom_ahead``): its pane starts empty
+        #: (the zoom gives it the lines of the pane it shows)
+        self.pane = self._pane_of(source, lines=not ahead)
         self.add_class(*breakpoint_classes(self, self.app.size), update=False)  # as the run screen
         self._styled_at = self.app._css_update_count
+        #: made ahead, it is laid out and rendered (``settle_ahead``)
+        self.settled = False
 
     def compose(self) -> ComposeResult:
         yield self.pane
         yield FitFooter()
 
     @staticmethod
-    def _pane_of(source: TaskPane) -> TaskPane:
+    def _pane_of(source: TaskPane, lines: bool = True) -> TaskPane:
         """A pane of the task of ``source`` with the lines it shows: new lines come to it from the
         run screen's flush while it is zoomed."""
         return TaskPane(source.task_name, source.agent, max_lines=source.max_lines, zoomed=True,
-                        lines=source.shown_lines)
+                        lines=source.shown_lines if lines else None)
+
+    def settle_ahead(self, rounds: int = 4) -> None:
+        """Made ahead of its first push: laid out at the terminal's size and rendered once, off
+        screen (thrown away), so that the push finds its layout done and its lines cached. Again
+        after the next idle while its widgets still ask for a layout (its footer's keys come
+        after its first layout), a few rounds at most."""
+        if not self.is_attached or self.is_current:
+            return
+        if self._layout_required or self._layout_widgets or self.outer_size != self.app.size:
+            self._refresh_layout(self.app.size)
+            self._layout_required = False
+            self._compositor.render_update(full=True)
+            if rounds > 1:
+                self.call_after_refresh(self.settle_ahead, rounds - 1)
+                return
+        _freeze_heap()  # its widgets live as long as the run screen, as the panes do
+        self.settled = True
 
     def show_pane(self, source: TaskPane) -> None:
         """Zoom another pane of the grid (Tab, the arrows; the next zoom): the same pane, showing

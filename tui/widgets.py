@@ -496,6 +496,13 @@ class FitFooter(Footer):
 
     _shown: tuple | None = None
 
+    def __init__(self) -> None:
+        """Compact or not for the terminal's width now (it spans the screen): a footer whose keys
+        are made before its first resize (the zoom screen's, made ahead of the first zoom) makes
+        them the right way, and its first resize changes nothing."""
+        narrow = self.app.size.width < self.NARROW
+        super().__init__(compact=narrow, show_command_palette=not narrow)
+
     def bindings_changed(self, screen: Screen) -> None:
         """Rebuilt only when the keys it shows changed. Textual rebuilds it whenever the screen's
         bindings may have (every focus change, zoom, Tab to the next pane): some 20 widgets mounted
@@ -539,6 +546,12 @@ class FitFooter(Footer):
         return True
 
     def on_resize(self, event: events.Resize) -> None:
+        """Compact, and without the palette's key, when narrow. Its keys made already (a footer
+        made before its first resize: the zoom screen's, made ahead of the first zoom; a terminal
+        made narrower or wider) are made again: the palette's key comes or goes only with them."""
         narrow = event.size.width < self.NARROW
         self.compact = narrow
-        self.show_command_palette = not narrow
+        if self.show_command_palette == narrow:
+            self.show_command_palette = not narrow
+            if self.children:
+                self.call_after_refresh(self.recompose)
