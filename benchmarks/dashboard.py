@@ -320,7 +320,7 @@ def bench_stream(a: argparse.Namespace) -> None:
     # the ratio of a pair measured together is steadier than the ratio of two medians taken apart
     base_times, results = [], []
     for _ in range(a.runs):
-        base_times.append(baseline(a.agents, a.lines, outdir))
+        base_times.append(baseline(a.agents, a.lines, outdir)["window"])
         results.append(one(False))
         results[-1]["ratio"] = base_times[-1] / results[-1]["window"]
     keyed = one(True)

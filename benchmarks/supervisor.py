@@ -96,7 +96,7 @@ def bench_stream(a: argparse.Namespace) -> None:
               f"(headless Textual {SIZE[0]}x{SIZE[1]}); each run after a baseline run")
         ratios, windows, tails = [], [], []
         for _ in range(a.runs):
-            base = baseline(a.agents, a.lines, outdir)
+            base = baseline(a.agents, a.lines, outdir)["window"]
             gate.unlink(missing_ok=True)
             run = start_detached(repo, plan)
             opened: list[float] = []
