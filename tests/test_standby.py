@@ -221,26 +221,46 @@ def test_the_client_killed_stops_the_run_and_keeps_the_work(tmp_path: Path, stan
     assert run_procs == []
 
 
+def _socket_inodes(directory: Path) -> set[int]:
+    """The inodes of the standbys' sockets in ``directory`` (a socket is removed as its standby
+    takes a command)."""
+    found = set()
+    for sock in directory.glob("*.sock"):
+        try:
+            found.add(sock.stat().st_ino)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _handed_over(tmp_path: Path, standbys: Path, plan_text: str,
+                 stdout: int = subprocess.DEVNULL) -> tuple[Path, int, set[int], subprocess.Popen[str]]:
+    """A repository, a standby waiting (its pid, and the inodes of the sockets then), and ``corral
+    run PLAN --headless`` of ``plan_text`` started (it hands its command over to that standby)."""
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.toml", plan_text)
+    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
+    pid = wait_standby(standbys)
+    sockets = _socket_inodes(standbys)
+    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env={**os.environ, **ON},
+                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    return repo, pid, sockets, client
+
+
 def test_the_next_standby_starts_once_an_agent_has_printed(tmp_path: Path, standbys: Path) -> None:
     """The standby that follows a handed-over run starts once one of the run's agents has printed
     its first output, not at the hand-over: its start and warm-up (imports, a sandbox probe) would
     share the cores with the run's own start. A run that ends without any (a usage error) starts
     it as it ends."""
-    repo = make_repo(tmp_path / "repo")
     started, go = tmp_path / "agent-started", tmp_path / "agent-go"
-    plan = write_plan(tmp_path / "plan.toml", f"""\
+    repo, pid, _, client = _handed_over(tmp_path, standbys, f"""\
         agent = "shell"
         setup = "none"
         approve = "none"
         [[tasks]]
         name = "one"
         prompt = "touch {started}; while [ ! -e {go} ]; do sleep 0.02; done; echo first-line"
-    """)
-    env = {**os.environ, **ON}
-    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
-    pid = wait_standby(standbys)
-    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """, stdout=subprocess.PIPE)
     _until(started.exists, "the agent to start")
     assert standby_pids() == [pid]  # the run's process only: no successor yet
     go.touch()
@@ -259,9 +279,8 @@ def test_the_next_standby_waits_until_the_agents_output_is_quiet(tmp_path: Path,
     """An agent that floods its output (25 MB, as fast as it can): the next standby does not start
     while the flood goes on (its warm-up would share the cores with it), but once the output has
     been quiet for a moment, while the agent still runs."""
-    repo = make_repo(tmp_path / "repo")
     flooded, go = tmp_path / "flooded", tmp_path / "agent-go"
-    plan = write_plan(tmp_path / "plan.toml", f"""\
+    _, pid, _, client = _handed_over(tmp_path, standbys, f"""\
         agent = "shell"
         setup = "none"
         approve = "none"
@@ -269,11 +288,6 @@ def test_the_next_standby_waits_until_the_agents_output_is_quiet(tmp_path: Path,
         name = "one"
         prompt = "echo first-line; yes tick | head -n 5000000; touch {flooded}; while [ ! -e {go} ]; do sleep 0.02; done"
     """)
-    env = {**os.environ, **ON}
-    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
-    pid = wait_standby(standbys)
-    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         early: set[int] = set()
         while not flooded.exists():  # (the flood: 5 million lines)
@@ -291,25 +305,12 @@ def test_the_next_standby_waits_until_the_agents_output_is_quiet(tmp_path: Path,
     assert successor in standby_pids()
 
 
-def _socket_inodes(directory: Path) -> set[int]:
-    """The inodes of the standbys' sockets in ``directory`` (a socket is removed as its standby
-    takes a command)."""
-    found = set()
-    for sock in directory.glob("*.sock"):
-        try:
-            found.add(sock.stat().st_ino)
-        except FileNotFoundError:
-            pass
-    return found
-
-
 def test_the_next_standby_starts_once_no_agent_runs_though_output_goes_on(tmp_path: Path, standbys: Path) -> None:
     """Once an agent has printed and no agent runs any more, the next standby starts, even while
     other output goes on (here the next task's setup, which prints without pause until told to
     stop): a command that follows the run at once finds it the warmer."""
-    repo = make_repo(tmp_path / "repo")
     go = tmp_path / "setup-go"
-    plan = write_plan(tmp_path / "plan.toml", f"""\
+    _, pid, first, client = _handed_over(tmp_path, standbys, f"""\
         agent = "shell"
         setup = "none"
         approve = "none"
@@ -322,12 +323,6 @@ def test_the_next_standby_starts_once_no_agent_runs_though_output_goes_on(tmp_pa
         prompt = "echo second-line"
         setup = "while [ ! -e {go} ]; do echo setting-up; sleep 0.02; done"
     """)
-    env = {**os.environ, **ON}
-    corral("run", str(tmp_path / "missing.toml"), "--headless", cwd=repo, env=ON)
-    pid = wait_standby(standbys)
-    first = _socket_inodes(standbys)
-    client = subprocess.Popen([*CLI, "run", str(plan), "--headless"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # (a socket of the next standby: a process the run forks has the standby's command line
         # for a moment, until it execs)

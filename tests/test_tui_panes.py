@@ -84,6 +84,19 @@ def count_layouts(screen: Any) -> list[Any]:
     return layouts
 
 
+def count_styles(app: Any) -> list[Any]:
+    """The nodes the app's stylesheet styles from now on, in order (a list that grows)."""
+    styled: list[Any] = []
+    real_apply = app.stylesheet.apply
+
+    def apply(node: Any, *args: Any, **kwargs: Any) -> None:
+        styled.append(node)
+        real_apply(node, *args, **kwargs)
+
+    app.stylesheet.apply = apply
+    return styled
+
+
 def test_a_late_attach_shows_each_panes_whole_history_at_its_first_paint() -> None:
     """16 agents printed 2,000 lines each while nobody watched: the first flush after the panes are
     mounted gives every pane its whole history (it showed 150 lines and 4 panes a flush, the rest
@@ -576,14 +589,7 @@ def test_a_pane_head_styles_only_the_components_it_shows() -> None:
     async def main() -> None:
         async with on_bus(["a", "b"]) as (bus, app, pilot):
             pane = app.run_screen.panes["b"]
-            applied: list[Any] = []
-            real_apply = app.stylesheet.apply
-
-            def apply(node: Any, *args: Any, **kwargs: Any) -> None:
-                applied.append(node)
-                real_apply(node, *args, **kwargs)
-
-            app.stylesheet.apply = apply  # type: ignore[method-assign]
+            applied = count_styles(app)
             app.update_styles(pane.head)
             assert len(applied) <= 1 + 4, f"{len(applied)} styles computed for one head"
             running = pane.head._badge_styles()[1]
@@ -1118,14 +1124,7 @@ def test_the_zoom_screen_is_made_before_the_first_zoom_which_mounts_and_lays_out
                 assert "z" in keys and ("ctrl+p" in keys) == (size[0] >= FitFooter.NARROW), keys
                 await pilot.pause(0.2)
                 layouts = count_layouts(screen) + count_layouts(zoom)
-                styled: list[Any] = []
-                real_apply = app.stylesheet.apply
-
-                def apply(node: Any, *args: Any, **kwargs: Any) -> None:
-                    styled.append(node)
-                    real_apply(node, *args, **kwargs)
-
-                app.stylesheet.apply = apply  # type: ignore[method-assign]
+                styled = count_styles(app)
                 widgets = [*zoom.walk_children(with_self=True)]
                 widgets.append(zoom.pane.log_widget.vertical_scrollbar)
                 rendered = watch_renders(widgets)
