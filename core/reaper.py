@@ -39,7 +39,11 @@ together they weigh as one process of that niceness against corral's own, howeve
 session per command would need a write of its group's nice value per command, and Linux lets a user
 without ``CAP_SYS_ADMIN`` make one such write per 100 ms on the whole machine (EAGAIN for the
 others): most commands of a run started together would weigh as much as corral itself. The hub tries
-its one write again every 100 ms until it is taken.
+its one write again every 100 ms until it is taken. What sharing a session costs: a command can
+change the group's nice value for all of them (a write to ``/proc/self/autogroup``, which nothing
+does by accident), and a command run without the sandbox reaches the others with a signal to its
+whole session (``pkill -s 0``), as it reaches any process of the user by its pid; in the sandbox a
+command sees only its own processes (a pid namespace of its own).
 
 Only the standard library, and only what is needed (``-I -S``: no site-packages): the reaper
 starts in front of every agent and every setup command. :func:`processes` is shared with corral.
