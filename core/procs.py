@@ -544,10 +544,8 @@ async def _read_all(fd: int) -> bytes:
 
 
 class _LogWriter(threading.Thread):
-    """Appends agents' output to their log files from one thread of its own. A write into the page
-    cache costs 100-150 us per 64 KiB chunk on this project's machine: with 16 agents streaming,
-    time the event loop (and the dashboard on it) spends better elsewhere. Chunks are written in the
-    order they came; files are unbuffered, so what is written can be read at once (``l``)."""
+    """Appends agents' output to their log files from one thread of its own, once a write was slow
+    (see :class:`_LogFile`). Chunks are written in the order they came."""
 
     _instance: "_LogWriter | None" = None
     _guard = threading.Lock()
@@ -595,32 +593,54 @@ class _LogWriter(threading.Thread):
 
 
 class _LogFile:
-    """One agent's log file, written by the log writer thread. A write error (disk full) is raised
-    on the next write, as if the write had been made here."""
+    """One agent's log file, unbuffered (what is written can be read at once: ``l``). A write error
+    (disk full) is raised on the next write, as if the write had been made then.
+
+    Written on the event loop while writes are quick: a write of a 128 KiB chunk into the page cache
+    takes 30 to 60 us, less than handing it to a thread (a wake-up and two hand-overs of the GIL per
+    chunk, which made up a fifth of the CPU that reading a flood of output cost corral). The first
+    write that takes longer than :attr:`SLOW` (the kernel holding writers back for a busy disk)
+    sends every later log write of the process to the log writer thread, so a busy disk stalls the
+    event loop once, for that one write, and never again."""
 
     #: Most bytes waiting for the disk before the agent's output is read again (back-pressure)
     BACKLOG = 16 * 1024 * 1024
+    #: A log write that took longer than this (seconds) sends every later one to the writer thread
+    SLOW = 0.005
+    #: whether a write of this process was slow (set once, never cleared)
+    threaded = False
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "ab", buffering=0)
-        self._writer = _LogWriter.get()
+        #: the writer thread, once this file handed it a write (its close then goes there too)
+        self._writer: _LogWriter | None = None
         self.error: OSError | None = None
 
     async def write(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        self._writer.put(self, data)
-        while self._writer.backlog > self.BACKLOG:
+        if not _LogFile.threaded:
+            start = time.perf_counter()
+            self.write_now(data)
+            if time.perf_counter() - start > self.SLOW:
+                _LogFile.threaded = True
+            return
+        writer = self._writer = self._writer or _LogWriter.get()
+        writer.put(self, data)
+        while writer.backlog > self.BACKLOG:
             await anyio.sleep(0.005)
 
     async def aclose(self) -> None:
         """Once every byte handed over is on its way to the disk and the file is closed."""
+        if self._writer is None:
+            self.close_now()
+            return
         done = threading.Event()
         self._writer.put(self, None, done)
         await anyio.to_thread.run_sync(done.wait)
 
-    # ----------------------------------------------------------------- in the writer thread
     def write_now(self, data: bytes) -> None:
+        """Write ``data`` whole (in the writer thread, once writes go there)."""
         if self.error is not None:
             return
         try:

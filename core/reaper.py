@@ -175,12 +175,22 @@ def _environ() -> dict[bytes, bytes]:
     return dict(e.split(b"=", 1) for e in entries if b"=" in e)
 
 
+#: ``env --ignore-signal=TERM /PROGRAM ARGS...`` (how a sandbox starts bwrap, see corral.core.sandbox)
+#: is run as env would run it, by the reaper itself: ``/PROGRAM ARGS...`` with TERM ignored (an exec
+#: and env's start-up less for every agent; whatever else env is asked to do goes to env)
+IGNORE_TERM = "--ignore-signal=TERM"
+
+
 def _exec(argv: list[str], mask: Iterable[int], status_fd: int, env: dict[bytes, bytes]) -> None:
     """In the forked child: undo what Python's start-up and the reaper changed, then exec. An exec
     that fails writes its errno to the status pipe (closed on a successful exec)."""
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
+        if (len(argv) > 2 and argv[1] == IGNORE_TERM and os.path.basename(argv[0]) == "env"
+                and argv[2].startswith("/") and "=" not in argv[2]):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            argv = argv[2:]
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.execvpe(argv[0], argv, env)
     except OSError as exc:

@@ -13,8 +13,9 @@ daemon included, even when corral and the reaper are SIGKILLed; ``network = fals
 The sandbox stays in the command's process group (no ``--new-session``), so TERM to the group still
 reaches the command. bwrap itself must not die of that TERM: with ``--die-with-parent`` its death
 KILLs the sandbox at once, and the command would lose its grace period. So bwrap is started with
-TERM ignored (``env --ignore-signal=TERM``) and the command with TERM back to its default
-(``env --default-signal=TERM``); the reaper KILLs bwrap when the grace period is over. Leaving out
+TERM ignored (``env --ignore-signal=TERM``, which the reaper carries out itself: one exec less) and
+the command with TERM back to its default (``env --default-signal=TERM``); the reaper KILLs bwrap
+when the grace period is over. Leaving out
 ``--new-session`` opens no ``TIOCSTI`` hole: corral starts every command in a session without a
 controlling terminal (its reaper hub's, or one of its own).
 """
@@ -94,6 +95,8 @@ class Sandbox:
                 mounts[real], sources[real] = "--bind" if rw else "--ro-bind", os.path.realpath(src)
         # a mount hides what earlier ones put below it: the deepest path's rule wins
         for path in sorted(mounts, key=lambda p: (p.rstrip(os.sep).count(os.sep), p)):
+            if mounts[path] == "--ro-bind" and path not in sources and _shown_read_only(path, mounts, sources):
+                continue  # (each mount costs the sandbox's start, and the kernel makes them one at a time)
             out += [mounts[path], path] if mounts[path] == "--tmpfs" else [mounts[path], sources.get(path, path), path]
         out += ["--chdir", os.path.abspath(cwd), "--"]
         if self.signals:
@@ -111,6 +114,15 @@ def _private_dirs(path_env: str, tempdir: str) -> tuple[tuple[str, ...], tuple[s
     real = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, *path_env.split(os.pathsep))
             if p and os.path.isabs(p)}
     return private, tuple(sorted(p for p in real if any(_within_dir(p, d) and p != d for d in private)))
+
+
+def _shown_read_only(path: str, mounts: Mapping[str, str], sources: Mapping[str, str]) -> bool:
+    """Whether ``path`` is shown read-only as it is already: the nearest mount above it is a
+    read-only bind of its own place (``/`` is one), not a private dir nor another path's contents."""
+    parent = os.path.dirname(path)
+    while parent not in mounts and parent != os.sep:
+        parent = os.path.dirname(parent)
+    return parent == os.sep or (mounts[parent] == "--ro-bind" and parent not in sources)
 
 
 def _within_dir(path: str, top: str) -> bool:

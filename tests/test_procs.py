@@ -237,6 +237,89 @@ def test_log_written_in_order_and_a_full_disk_surfaces(tmp_path: Path) -> None:
     assert _until_none_alive_with(marker) == []
 
 
+def test_logs_are_written_on_the_loop_until_a_write_is_slow_then_by_the_writer_thread(tmp_path: Path) -> None:
+    """A flood's log writes are made on the event loop while they are quick (handing each chunk to
+    a thread cost more than the write); once one write was slow (here: a log that is a FIFO whose
+    reader waits while it is full, as the kernel holds writers back for a busy disk) every later
+    write goes to the writer thread. Either way the log holds every byte, in order."""
+    import fcntl
+    import termios
+
+    from corral.core import procs
+
+    script = "yes 'a line of the flood' | head -n 20000; printf tail"
+    expected = b"a line of the flood\n" * 20000 + b"tail"
+    try:
+        async def quick() -> None:
+            result = await Supervised(["sh", "-c", script], cwd=tmp_path, log_path=tmp_path / "quick.log").run()
+            assert result.exit_code == 0
+
+        anyio.run(quick)
+        assert (tmp_path / "quick.log").read_bytes() == expected
+        assert not procs._LogFile.threaded, "quick writes stay on the loop"
+
+        fifo = tmp_path / "slow.log"
+        os.mkfifo(fifo)
+        got = bytearray()
+
+        def reader() -> None:
+            with open(fifo, "rb", buffering=0) as f:
+                size = bytearray(4)
+                while True:  # until the FIFO is full: corral's write is held back
+                    fcntl.ioctl(f.fileno(), termios.FIONREAD, size)
+                    if int.from_bytes(size, sys.byteorder) >= 60000:
+                        break
+                    time.sleep(0.001)
+                threading.Event().wait(0.05)  # (holding the write back a while)
+                while chunk := f.read(65536):
+                    got.extend(chunk)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+
+        async def slow() -> None:
+            result = await Supervised(["sh", "-c", script], cwd=tmp_path, log_path=fifo).run()
+            assert result.exit_code == 0
+
+        anyio.run(slow)
+        thread.join()
+        assert bytes(got) == expected
+        assert procs._LogFile.threaded, "a slow write sends the later ones to the writer thread"
+        assert any(t.name == "corral-logs" for t in threading.enumerate())
+    finally:
+        procs._LogFile.threaded = False
+
+
+def test_env_ignoring_term_in_front_of_a_program_is_done_by_the_reaper_itself(tmp_path: Path) -> None:
+    """A sandbox starts bwrap as ``env --ignore-signal=TERM /path/bwrap ...``: the reaper does what
+    env would (one exec and env's start-up less for every agent): the program runs with TERM ignored
+    and nothing else changed, and a program that is not there is a command that cannot start, as
+    without env. Any other use of env is env's."""
+    env = shutil.which("env") or "/usr/bin/env"
+    sh = shutil.which("sh") or "/bin/sh"
+    script = "grep -E '^Sig(Ign|Blk)' /proc/self/status"
+    outputs: list[list[str]] = []
+
+    async def main() -> None:
+        for argv in ([env, "--ignore-signal=TERM", sh, "-c", script], [env, "--ignore-signal=TERM", "sh", "-c", script],
+                     [sh, "-c", script]):
+            lines: list[str] = []
+            result = await Supervised(argv, cwd=tmp_path, on_lines=lines.extend).run()
+            assert result.exit_code == 0, lines
+            outputs.append(lines)
+        lines = []
+        result = await Supervised([env, "--ignore-signal=TERM", str(tmp_path / "nothing-here")], cwd=tmp_path,
+                                  on_lines=lines.extend).run()
+        assert result.reason == "error" and result.exit_code is None, (result, lines)
+        assert "cannot start" in lines[0], lines
+
+    anyio.run(main)
+    ignored = [dict(line.split(":") for line in out)["SigIgn"].strip() for out in outputs]
+    term = 1 << (signal.SIGTERM - 1)
+    assert int(ignored[0], 16) == int(ignored[1], 16) == int(ignored[2], 16) | term, outputs
+    assert outputs[0][0] == outputs[2][0], "the same signals blocked"
+
+
 def test_children_get_their_cwd_as_pwd_and_an_environment_otherwise_untouched(tmp_path: Path) -> None:
     """opencode reads PWD before the real cwd: a stale PWD (corral's own) sent it into the user's
     checkout. Nothing else of the environment changes (Python's start-up in front of the command

@@ -156,6 +156,42 @@ def test_the_path_is_resolved_once_per_process_not_for_every_agent(tmp_path: Pat
 
 
 @needs_bwrap
+def test_a_path_already_shown_read_only_gets_no_mount_of_its_own(tmp_path: Path) -> None:
+    """Each mount costs a sandbox's start (the kernel makes them one at a time, for every agent
+    started together): a path to show read-only that the root's read-only view already shows (a
+    home outside the temp dir), or a read-only view of a dir above it (a repository's ``.git`` in
+    the repository), gets no mount; one in a private temp dir does, and what lies below a writable
+    or a moved mount does. In the sandbox each is shown as it should be."""
+    from corral.core import sandbox
+
+    repo = tmp_path / "repo"
+    (repo / ".git" / "objects" / "moved").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "info").mkdir()
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    home = Path("/usr/share")  # (outside the temp dir: the root's read-only view shows it)
+    box = sandbox.Sandbox(bwrap=shutil.which("bwrap") or "bwrap")
+    probe = ("cat .git-head; test -w . && echo ws-writable; touch ../repo/x 2>/dev/null || echo repo-read-only;"
+             " touch sub/y && echo sub-writable; ls ../repo/.git/objects/moved")
+    (ws / ".git-head").symlink_to(repo / ".git" / "HEAD")
+    argv = box.wrap(["sh", "-c", probe], cwd=str(ws), visible=[repo, repo / ".git", home, ws / "sub"],
+                    writable=[ws], moved={repo / ".git" / "objects" / "moved": (elsewhere, False)})
+    binds = [tuple(argv[i:i + 3]) for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
+    real = lambda p: os.path.realpath(p)  # noqa: E731
+    assert ("--ro-bind", real(repo), real(repo)) in binds, "the repository is in a private temp dir"
+    assert not [b for b in binds if b[2] in (real(repo / ".git"), str(home))], binds
+    assert ("--ro-bind", real(ws / "sub"), real(ws / "sub")) in binds, "read-only below a writable mount"
+    assert ("--ro-bind", real(elsewhere), real(repo / ".git" / "objects" / "moved")) in binds
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["ref:", "refs/heads/main", "ws-writable", "repo-read-only", "info"], done.stdout
+    assert not (repo / "x").exists() and not (ws / "sub" / "y").exists()
+
+
+@needs_bwrap
 def test_network_false_refuses_a_connection_to_a_local_listener(repo, tmp_path, wt_root):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
