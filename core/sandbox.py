@@ -208,7 +208,38 @@ def _run_trial(argv: list[str], timeout: float) -> tuple[int | None, str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
+    _reap_left_in(proc.pid, timeout)
     return proc.returncode, out.decode(errors="replace")
+
+
+def _reap_left_in(session: int, timeout: float) -> None:
+    """Reap what a probe left in its ``session`` (its own) that came to this process: bwrap with
+    ``--unshare-pid`` exits once its command's exit code is in, while the first process of its pid
+    namespace (a bwrap too) may still be on its way out; that one is reparented to corral (a child
+    subreaper), which must reap it, or it stays a zombie for as long as corral runs (a standby, the
+    supervisor). Killed with the session if it is not gone within ``timeout``."""
+    import signal
+    import time
+
+    from .reaper import processes
+
+    me, deadline = os.getpid(), time.monotonic() + timeout
+    while True:
+        left = [p.pid for p in processes() if p.ppid == me and p.sid == session]
+        for pid in left:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # (a thread's Popen reaped it meanwhile)
+                pass
+        if not left or not [p for p in processes() if p.ppid == me and p.sid == session]:
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+        time.sleep(0.005)
 
 
 @dataclass

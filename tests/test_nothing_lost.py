@@ -168,6 +168,23 @@ def test_a_stale_index_lock_is_recovered_and_clean_reports_what_really_happened(
     assert git(repo, "show", f"{kept}:a.txt") == "unsaved"
 
 
+def test_a_stale_lock_of_the_tasks_branch_is_recovered_by_clean(repo, tmp_path, wt_root):
+    """A git commit killed with corral after it locked the task's branch leaves
+    ``refs/heads/<branch>.lock``; every later update of that branch failed, so clean could not save
+    the uncommitted work. Once no process works in the workspace the lock is stale: clean removes it
+    and commits the work onto the branch."""
+    killed_run(repo, tmp_path, wt_root, [("a", "echo unsaved > a.txt; echo started; exec sleep 600")], started=1)
+    [ws] = list(wt_root.iterdir())
+    branch = git(ws, "symbolic-ref", "--short", "HEAD")
+    lock = repo / ".git" / "refs" / "heads" / f"{branch}.lock"
+    lock.write_text("")  # as the killed commit left it
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed workspace" in res.stdout and not lock.exists()
+    [kept] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{kept}:a.txt") == "unsaved"
+
+
 def test_a_kill_during_the_checkout_leaves_nothing_that_clean_calls_work(repo, tmp_path, wt_root):
     """Killed during the checkout ``git worktree add`` makes (before it is over): the half-made
     workspace holds no work. Before, clean "salvaged" it as a commit deleting every file."""

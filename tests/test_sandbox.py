@@ -192,6 +192,24 @@ def test_a_path_already_shown_read_only_gets_no_mount_of_its_own(tmp_path: Path)
 
 
 @needs_bwrap
+def test_the_probe_leaves_no_zombie_in_a_long_lived_corral() -> None:
+    """The probe's bwrap (``--unshare-pid``) exits before the first process of its pid namespace is
+    gone; that one is reparented to corral, a child subreaper, and was left a zombie for as long as
+    corral ran (a standby, the supervisor). The probe reaps it: corral has no child left after it."""
+    script = """
+import os, anyio
+from corral.core import procs, reaper, sandbox
+assert procs._become_subreaper()
+found, signals, problem = anyio.run(sandbox.probe)
+assert found and not problem, problem
+print([(p.pid, p.state) for p in reaper.processes() if p.ppid == os.getpid()])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+@needs_bwrap
 def test_network_false_refuses_a_connection_to_a_local_listener(repo, tmp_path, wt_root):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -614,12 +614,14 @@ class GitBackend(Backend):
         return os.path.realpath(_read(Path(admin) / "gitdir")) == os.path.realpath(git_file)
 
     async def clear_stale_locks(self, ws: Workspace) -> list[str]:
-        """Remove lock files a killed git process left in the worktree's admin dir, once no process
-        works in the workspace any more (a live one may hold them). Returns what was removed."""
+        """Remove lock files a killed git process left in the worktree's admin dir, and that of the
+        task's branch (a commit in the workspace locks it), once no process works in the workspace
+        any more (a live one may hold them). Returns what was removed."""
         admin = Path(ws.admin)
         if not ws.admin or not admin.is_dir():
             return []
-        locks = [p for p in (admin / "index.lock", admin / "HEAD.lock") if p.exists()]
+        branch = [self.common_dir / "refs" / "heads" / f"{ws.ref}.lock"] if ws.ref else []
+        locks = [p for p in (admin / "index.lock", admin / "HEAD.lock", *branch) if p.exists()]
         if not locks or processes_in(ws.path):
             return []
         removed = []
