@@ -134,17 +134,58 @@ def alive(pid: int) -> bool:
 
 
 def descendants(root: int) -> list[int]:
-    """Pids of every process below ``root`` (parent links, as they are now)."""
+    """Pids of every process below ``root`` (parent links, as they are now): from the kernel's
+    lists of each one's children (``/proc/PID/task/TID/children``), as many reads as there are
+    processes below it, where the kernel keeps them; else from every process's parent link, a read
+    per process of the machine (with 64 agents, some 400 for each one's sweep at its end)."""
+    if _children_lists():
+        found: list[int] = []
+        seen = {root}
+        todo = [root]
+        while todo:
+            for kid in _children_of(todo.pop()):
+                if kid not in seen:
+                    seen.add(kid)
+                    found.append(kid)
+                    todo.append(kid)
+        return found
     children: dict[int, list[int]] = {}
     for p in processes():
         children.setdefault(p.ppid, []).append(p.pid)
-    found: list[int] = []
+    found = []
     todo = [root]
     while todo:
         kids = children.get(todo.pop(), [])
         found += kids
         todo += kids
     return found
+
+
+_has_lists: list[bool] = []
+
+
+def _children_lists() -> bool:
+    """Whether this kernel keeps each task's children list in /proc (CONFIG_PROC_CHILDREN)."""
+    if not _has_lists:
+        _has_lists.append(os.path.exists(f"/proc/self/task/{os.getpid()}/children"))
+    return _has_lists[0]
+
+
+def _children_of(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (a child belongs to the thread that forked it, or to
+    the process when it was reparented); none for a process that is gone."""
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids += map(int, f.read().split())
+        except OSError:
+            pass
+    return kids
 
 
 def signal_group(pgid: int, sig: int) -> bool:

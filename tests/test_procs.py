@@ -339,6 +339,63 @@ def test_children_get_their_cwd_as_pwd_and_an_environment_otherwise_untouched(tm
     assert outputs[1] == {**os.environb, b"PWD": str(tmp_path).encode()}
 
 
+def test_descendants_are_found_below_every_thread_of_a_process_and_however_deep(tmp_path: Path) -> None:
+    """What a reaper's sweep ends: every process below it, read from the kernel's children lists
+    (a read per process below, not one per process of the machine): a child forked by another
+    thread than the main one is listed under that thread, and grandchildren are found through
+    their parents. The same set as every process's parent link gives."""
+    from corral.core import reaper
+
+    script = """
+import ctypes, os, signal, subprocess, sys, threading
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # (a child subreaper: it reaps all of them at the end)
+kids, forked, end = [], threading.Event(), threading.Event()
+def other_thread():  # (alive while the test looks: its children are listed under it)
+    kids.append(subprocess.Popen(["sleep", "30"], process_group=0))
+    forked.set()
+    end.wait()
+t = threading.Thread(target=other_thread)
+t.start(); forked.wait()
+kids.append(subprocess.Popen(["sh", "-c", "sleep 31 & sleep 32; :"], process_group=0))
+print("ready", flush=True)
+sys.stdin.read()
+end.set(); t.join()
+for kid in kids:
+    os.killpg(kid.pid, signal.SIGKILL)
+try:
+    while True:
+        os.waitpid(-1, 0)
+except ChildProcessError:
+    pass
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+
+        def by_parent_links() -> set[int]:
+            children: dict[int, list[int]] = {}
+            for p in reaper.processes():
+                children.setdefault(p.ppid, []).append(p.pid)
+            found, todo = set(), [proc.pid]
+            while todo:
+                kids = children.get(todo.pop(), [])
+                found.update(kids)
+                todo += kids
+            return found
+
+        deadline = time.monotonic() + 30
+        while len(by_parent_links()) < 4:  # sleep 30, sh, and the sh's two sleeps
+            assert time.monotonic() < deadline, by_parent_links()
+            time.sleep(0.01)
+        below = reaper.descendants(proc.pid)
+        assert sorted(below) == sorted(by_parent_links()) and len(below) == 4, below
+        names = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode() for pid in below)
+        assert names == ["30", "31", "32", "sleep 31 & sleep 32; :"], names
+    finally:
+        proc.communicate(timeout=30)  # (its end of stdin closed: it ends and reaps them all)
+    assert reaper.descendants(proc.pid) == []
+
+
 # ----------------------------------------------------------------- descendants that escape the group
 def _pids_alive(pids: list[int]) -> list[int]:
     """The pids of ``pids`` that name a live process (a zombie is dead for our purposes)."""
