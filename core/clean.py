@@ -15,7 +15,6 @@ changed): deleting them loses nothing. A branch holding other work goes only whe
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any

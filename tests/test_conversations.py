@@ -526,7 +526,7 @@ def test_a_finished_tasks_workspace_goes_so_checkouts_stay_bounded_by_max_parall
         name = "t{i}"
         prompt = 'git worktree list | wc -l >> {counts}; echo {i} > f{i}.txt'
     """ for i in range(16))
-    plan = write_plan(tmp_path / "plan.toml", f"""
+    plan = write_plan(tmp_path / "plan.toml", """
         agent = "shell"
         setup = "none"
         sandbox = "none"

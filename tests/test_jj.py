@@ -634,7 +634,7 @@ def test_clean_after_a_crash_keeps_the_work_of_an_agent_that_deleted_its_jj_dir(
     ref = f"corral/{run_id_of(plain)}/rmjj"
     assert f"kept branch {ref}" in res.stdout, res.stdout
     assert f"deleted branch corral/{run_id_of(plain)}/idle" in res.stdout
-    assert f"committed 2 uncommitted file(s) of more" in res.stdout
+    assert "committed 2 uncommitted file(s) of more" in res.stdout
     assert file_at(plain, ref, "e.txt") == "e\n" and file_at(plain, ref, "f.txt") == "f\n"
     assert state(plain)["workspaces"] == [] and list(wt_root.iterdir()) == [] and divergent(plain) == ""
 

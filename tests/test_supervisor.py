@@ -25,7 +25,7 @@ import pytest
 from conftest import TEST_MARK, _marked_processes, corral, corral_state, git, write_plan
 from corral.core.events import DecisionMade, DecisionNeeded, RunStarted, TaskOutput, TaskStatus
 from corral.core.server import protocol
-from corral.core.server.client import LinkError, SnapshotEnd, SocketLink, open_connection
+from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
 from corral.core.server.host import CommandError
 
 

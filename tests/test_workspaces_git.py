@@ -62,7 +62,7 @@ def test_a_workspace_costs_one_git_process_to_make_and_none_for_its_worktree_rec
     checkouts = [c for c in made if not c.startswith("config --path --show-scope --get-all core.hooksPath")]
     assert len(checkouts) == 1 and checkouts[0].startswith("checkout -q -f") and len(made) == 2, made  # (the
     # backend's first workspace asks where the user's hooks are beside its checkout: see below)
-    assert gone == [f"update-ref -d refs/heads/corral/20260101-000000-abcd/task-1"], gone
+    assert gone == ["update-ref -d refs/heads/corral/20260101-000000-abcd/task-1"], gone
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "branch", "--list", "corral/*") == "" and list(root.iterdir()) == []
 

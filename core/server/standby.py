@@ -510,7 +510,6 @@ def serve(entry: str) -> None:
     unused, and while the key holds) for one command, and run it as the client's process with
     ``entry.main(args)``. Started by :func:`start`."""
     import atexit
-    import time
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
