@@ -429,7 +429,7 @@ class Child:
                     await child.wait()
                     child.close()
                     code = int(error)
-                    raise OSError(code, os.strerror(code), argv[0])
+                    raise OSError(code, os.strerror(code), reaper.program(argv))
         return child
 
     @property
@@ -743,7 +743,7 @@ class Supervised:
         try:
             proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice, grace=self.grace)
         except OSError as exc:
-            self._say([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
+            self._say([f"corral: cannot start {reaper.program(self.argv)}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid

@@ -551,3 +551,26 @@ def test_an_agent_that_deletes_its_whole_workspace_in_the_sandbox_deletes_none_o
         [kept] = corral_state(repo)["branches"]
     assert set(git(repo, "ls-tree", "-r", "--name-only", kept).splitlines()) == files | {"d.txt"}, res.stdout
     assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
+
+
+@needs_bwrap
+def test_a_bwrap_gone_since_the_probe_is_named_when_an_agent_cannot_start(repo, tmp_path, wt_root):
+    """bwrap removed after corral found it (a package upgrade during a run): the agent that cannot
+    start says bwrap could not start, not its own program (which is there)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    bwrap = bin_dir / "bwrap"
+    # the probe's and the first agent's bwrap; gone for the second agent
+    bwrap.write_text(f'#!/bin/sh\necho >> "{calls}"\n[ "$(wc -l < "{calls}")" -ge 2 ] && rm -f "$0"\n'
+                     f'exec {shutil.which("bwrap")} "$@"\n')
+    bwrap.chmod(0o755)
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo 1 > one.txt"), ("two", "echo 2 > two.txt")],
+                                                        sandbox="bwrap", max_parallel=1))
+    res = corral("run", str(plan), "--headless", "--approve", "none", cwd=repo,
+                 env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert not bwrap.exists(), res.stdout + res.stderr
+    assert "one: succeeded" in res.stdout, res.stdout
+    assert f"two: failed (could not start {bwrap})" in res.stdout, res.stdout
+    assert f"corral: cannot start {bwrap}: No such file or directory" in res.stdout + (
+        "".join(p.read_text() for p in (repo / ".git" / "corral" / "runs").glob("*/report.md"))), res.stdout
