@@ -574,3 +574,32 @@ def test_a_bwrap_gone_since_the_probe_is_named_when_an_agent_cannot_start(repo, 
     assert f"two: failed (could not start {bwrap})" in res.stdout, res.stdout
     assert f"corral: cannot start {bwrap}: No such file or directory" in res.stdout + (
         "".join(p.read_text() for p in (repo / ".git" / "corral" / "runs").glob("*/report.md"))), res.stdout
+
+
+@needs_bwrap
+def test_a_path_to_show_under_dev_is_mounted_over_the_sandboxs_fresh_dev(tmp_path: Path) -> None:
+    """The sandbox's ``/dev`` (and ``/proc``) are its own, not the root's read-only view: a
+    repository or a home under ``/dev/shm`` (a tmpfs many use for scratch checkouts) still gets a
+    mount of its own, and the agent sees its files."""
+    from corral.core import sandbox
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    top = shm / f"corral-test-{uuid.uuid4().hex[:12]}"
+    try:
+        repo, home, ws = top / "repo", top / "home", tmp_path / "ws"
+        (repo / ".git").mkdir(parents=True)
+        (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+        (repo / "README").write_text("the repository\n")
+        home.mkdir()
+        (home / ".gitconfig").write_text("[user]\n\tname = someone\n")
+        ws.mkdir()
+        box = sandbox.Sandbox(bwrap=shutil.which("bwrap") or "bwrap")
+        argv = box.wrap(["sh", "-c", f"cat {repo}/README {repo}/.git/HEAD {home}/.gitconfig"], cwd=str(ws),
+                        visible=[repo, repo / ".git", home], writable=[ws])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout == "the repository\nref: refs/heads/main\n[user]\n\tname = someone\n", done.stdout
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
