@@ -937,6 +937,32 @@ def processes_in(path: Path) -> list[int]:
     return out
 
 
+def gits_in(*paths: Path) -> list[int]:
+    """Live git processes (``git``, ``git-*``) whose working directory is one of ``paths`` or below
+    it: a git the user runs in the checkout, or another corral's, may hold a lock of a branch there.
+    Not the file system monitor's daemon (``core.fsmonitor``), which lives there and locks no ref."""
+    prefixes = [os.path.realpath(p) for p in paths]
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip()
+            if comm != b"git" and not comm.startswith(b"git-"):
+                continue
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            if not any(cwd == p or cwd.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"\0fsmonitor--daemon\0" in f.read():
+                    continue
+        except OSError:
+            continue
+        out.append(int(entry))
+    return out
+
+
 def run_processes(run: str) -> list[int]:
     """Pids of every live process whose environment holds ``CORRAL_RUN=<run>``: what is left of a
     run (agents, what they started) when its corral was SIGKILLed. corral's own process is never
