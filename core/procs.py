@@ -940,8 +940,10 @@ def processes_in(path: Path) -> list[int]:
 def gits_in(*paths: Path) -> list[int]:
     """Live git processes (``git``, ``git-*``) whose working directory is one of ``paths`` or below
     it: a git the user runs in the checkout, or another corral's, may hold a lock of a branch there.
-    Not the file system monitor's daemon (``core.fsmonitor``), which lives there and locks no ref."""
+    Not the file system monitor's daemon (``core.fsmonitor``), which lives there and locks no ref,
+    nor this process's own (the engine orders those itself)."""
     prefixes = [os.path.realpath(p) for p in paths]
+    me = os.getpid()
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -957,7 +959,10 @@ def gits_in(*paths: Path) -> list[int]:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 if b"\0fsmonitor--daemon\0" in f.read():
                     continue
-        except OSError:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                    continue
+        except (OSError, IndexError, ValueError):
             continue
         out.append(int(entry))
     return out
