@@ -429,7 +429,7 @@ class Child:
                     await child.wait()
                     child.close()
                     code = int(error)
-                    raise OSError(code, os.strerror(code), argv[0])
+                    raise OSError(code, os.strerror(code), reaper.program(argv))
         return child
 
     @property
@@ -743,7 +743,7 @@ class Supervised:
         try:
             proc = await Child.start(self.argv, cwd=self.cwd, env=self.env, nice=self.nice, grace=self.grace)
         except OSError as exc:
-            self._say([f"corral: cannot start {self.argv[0]}: {exc.strerror or exc}"])
+            self._say([f"corral: cannot start {reaper.program(self.argv)}: {exc.strerror or exc}"])
             return ProcResult(None, "error", time.monotonic() - start)
         self._proc = proc
         self.pid = proc.pid
@@ -934,6 +934,37 @@ def processes_in(path: Path) -> list[int]:
             continue
         if cwd == prefix or cwd.startswith(prefix + os.sep):
             out.append(int(entry))
+    return out
+
+
+def gits_in(*paths: Path) -> list[int]:
+    """Live git processes (``git``, ``git-*``) whose working directory is one of ``paths`` or below
+    it: a git the user runs in the checkout, or another corral's, may hold a lock of a branch there.
+    Not the file system monitor's daemon (``core.fsmonitor``), which lives there and locks no ref,
+    nor this process's own (the engine orders those itself)."""
+    prefixes = [os.path.realpath(p) for p in paths]
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip()
+            if comm != b"git" and not comm.startswith(b"git-"):
+                continue
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            if not any(cwd == p or cwd.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"\0fsmonitor--daemon\0" in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                    continue
+        except (OSError, IndexError, ValueError):
+            continue
+        out.append(int(entry))
     return out
 
 

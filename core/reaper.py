@@ -222,14 +222,25 @@ def _environ() -> dict[bytes, bytes]:
 IGNORE_TERM = "--ignore-signal=TERM"
 
 
+def ignores_term(argv: list[str]) -> bool:
+    """Whether ``argv`` is ``env --ignore-signal=TERM /PROGRAM ARGS...``, which the reaper runs as
+    ``/PROGRAM ARGS...`` itself (see :data:`IGNORE_TERM`)."""
+    return (len(argv) > 2 and argv[1] == IGNORE_TERM and os.path.basename(argv[0]) == "env"
+            and argv[2].startswith("/") and "=" not in argv[2])
+
+
+def program(argv: list[str]) -> str:
+    """The program the reaper execs for ``argv`` (what a failed start names)."""
+    return argv[2] if ignores_term(argv) else argv[0]
+
+
 def _exec(argv: list[str], mask: Iterable[int], status_fd: int, env: dict[bytes, bytes]) -> None:
     """In the forked child: undo what Python's start-up and the reaper changed, then exec. An exec
     that fails writes its errno to the status pipe (closed on a successful exec)."""
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
-        if (len(argv) > 2 and argv[1] == IGNORE_TERM and os.path.basename(argv[0]) == "env"
-                and argv[2].startswith("/") and "=" not in argv[2]):
+        if ignores_term(argv):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             argv = argv[2:]
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import anyio
 
 from . import plan as _plan
+from . import reaper
 from .agents import Profile
 from .events import (
     FINISHED_STATUSES,
@@ -939,7 +940,8 @@ class Runtime:
             status, reason = "failed", f"timeout after {timeout:g}s"
         elif res.reason == "error":
             problem = argv_problem(argv, env)  # "Argument list too long": say how long, and the limit
-            status, reason = "failed", f"could not start {argv[0]}" + (f": {problem}" if problem else "")
+            # (a sandboxed command is started by bwrap: a start that failed was bwrap's)
+            status, reason = "failed", f"could not start {reaper.program(command)}" + (f": {problem}" if problem else "")
         elif res.exit_code != 0:
             status, reason = "failed", f"exit code {res.exit_code}"
             if getattr(parser, "error", ""):

@@ -80,7 +80,7 @@ class Sandbox:
         out = [self.bwrap, "--die-with-parent", "--unshare-pid"]
         if not self.network:
             out.append("--unshare-net")
-        out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        out += ["--ro-bind", "/", "/", "--dev", FRESH[0], "--proc", FRESH[1]]
         private, tools = _private_dirs(os.environ.get("PATH", ""), tempfile.gettempdir())
         mounts = {p: "--tmpfs" for p in private}
         # tools that live in a temp dir (a venv or a PATH entry there: CI checkouts often are) stay
@@ -116,12 +116,20 @@ def _private_dirs(path_env: str, tempdir: str) -> tuple[tuple[str, ...], tuple[s
     return private, tuple(sorted(p for p in real if any(_within_dir(p, d) and p != d for d in private)))
 
 
+#: the sandbox's own ``/dev`` and ``/proc`` (``--dev``, ``--proc``): what lies below them on the
+#: machine is not shown there
+FRESH = ("/dev", "/proc")
+
+
 def _shown_read_only(path: str, mounts: Mapping[str, str], sources: Mapping[str, str]) -> bool:
     """Whether ``path`` is shown read-only as it is already: the nearest mount above it is a
-    read-only bind of its own place (``/`` is one), not a private dir nor another path's contents."""
+    read-only bind of its own place (``/`` is one), not a private dir, nor another path's contents,
+    nor the sandbox's own ``/dev`` or ``/proc`` (a checkout in ``/dev/shm``)."""
     parent = os.path.dirname(path)
-    while parent not in mounts and parent != os.sep:
+    while parent not in mounts and parent != os.sep and parent not in FRESH:
         parent = os.path.dirname(parent)
+    if parent in FRESH and parent not in mounts:
+        return False
     return parent == os.sep or (mounts[parent] == "--ro-bind" and parent not in sources)
 
 

@@ -185,6 +185,41 @@ def test_a_stale_lock_of_the_tasks_branch_is_recovered_by_clean(repo, tmp_path, 
     assert git(repo, "show", f"{kept}:a.txt") == "unsaved"
 
 
+def test_a_lock_of_the_tasks_branch_a_live_git_holds_is_not_removed_by_clean(repo, tmp_path, wt_root):
+    """The lock of a task's branch can be held by a git working outside the workspace: one the user
+    runs in the checkout (``git branch -f``, a ``git update-ref --stdin`` transaction), or another
+    corral's (which updates a task's branch from the repository's top). clean leaves it while such a
+    git lives, and that git's update of the branch goes through."""
+    killed_run(repo, tmp_path, wt_root, [("a", "echo unsaved > a.txt; echo started; exec sleep 600")], started=1)
+    [ws] = list(wt_root.iterdir())
+    branch = git(ws, "symbolic-ref", "--short", "HEAD")
+    lock = repo / ".git" / "refs" / "heads" / f"{branch}.lock"
+    target = git(repo, "rev-parse", "main")
+    user = subprocess.Popen(["git", "update-ref", "--stdin"], cwd=repo, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert user.stdin is not None and user.stdout is not None
+        user.stdin.write(f"start\nupdate refs/heads/{branch} {target}\nprepare\n")
+        user.stdin.flush()
+        assert [user.stdout.readline(), user.stdout.readline()] == ["start: ok\n", "prepare: ok\n"]
+        assert lock.exists()
+        res = corral("clean", cwd=repo)
+        assert lock.exists(), res.stdout + res.stderr
+        out, _ = user.communicate("commit\n", timeout=30)
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait()
+    assert user.returncode == 0, out
+    assert git(repo, "rev-parse", branch) == target
+    # the work is still in the workspace, and a clean once that git is gone saves it
+    assert (ws / "a.txt").read_text() == "unsaved\n"
+    res = corral("clean", cwd=repo)
+    assert res.returncode == 0 and "removed workspace" in res.stdout, res.stdout + res.stderr
+    [kept] = corral_state(repo)["branches"]
+    assert git(repo, "show", f"{kept}:a.txt") == "unsaved"
+
+
 def test_a_kill_during_the_checkout_leaves_nothing_that_clean_calls_work(repo, tmp_path, wt_root):
     """Killed during the checkout ``git worktree add`` makes (before it is over): the half-made
     workspace holds no work. Before, clean "salvaged" it as a commit deleting every file."""

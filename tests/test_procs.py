@@ -755,3 +755,20 @@ def test_each_command_gets_its_own_outcome_whenever_the_parent_death_signal_come
     outcomes = anyio.run(main)
     wrong = {i: got for i, got in outcomes.items() if got != (i % 100, "exited", [f"command {i}"])}
     assert hits >= 20 and not wrong, (hits, wrong)
+
+
+def test_a_program_env_would_run_that_cannot_start_is_named(tmp_path: Path) -> None:
+    """``env --ignore-signal=TERM /PROGRAM`` is run by the reaper itself: when /PROGRAM cannot be
+    started (a sandbox's bwrap removed or upgraded away since corral found it), the message names
+    /PROGRAM, as env's own would, not env (which is there)."""
+    env = shutil.which("env") or "/usr/bin/env"
+    missing = tmp_path / "bin" / "bwrap"
+    lines: list[str] = []
+
+    async def main() -> None:
+        result = await Supervised([env, "--ignore-signal=TERM", str(missing), "--", "true"], cwd=tmp_path,
+                                  on_lines=lines.extend).run()
+        assert (result.exit_code, result.reason) == (None, "error"), (result, lines)
+
+    anyio.run(main)
+    assert lines == [f"corral: cannot start {missing}: No such file or directory"]

@@ -551,3 +551,55 @@ def test_an_agent_that_deletes_its_whole_workspace_in_the_sandbox_deletes_none_o
         [kept] = corral_state(repo)["branches"]
     assert set(git(repo, "ls-tree", "-r", "--name-only", kept).splitlines()) == files | {"d.txt"}, res.stdout
     assert corral_state(repo)["worktrees"] == [] and list(wt_root.iterdir()) == []
+
+
+@needs_bwrap
+def test_a_bwrap_gone_since_the_probe_is_named_when_an_agent_cannot_start(repo, tmp_path, wt_root):
+    """bwrap removed after corral found it (a package upgrade during a run): the agent that cannot
+    start says bwrap could not start, not its own program (which is there)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    bwrap = bin_dir / "bwrap"
+    # the probe's and the first agent's bwrap; gone for the second agent
+    bwrap.write_text(f'#!/bin/sh\necho >> "{calls}"\n[ "$(wc -l < "{calls}")" -ge 2 ] && rm -f "$0"\n'
+                     f'exec {shutil.which("bwrap")} "$@"\n')
+    bwrap.chmod(0o755)
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("one", "echo 1 > one.txt"), ("two", "echo 2 > two.txt")],
+                                                        sandbox="bwrap", max_parallel=1))
+    res = corral("run", str(plan), "--headless", "--approve", "none", cwd=repo,
+                 env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert not bwrap.exists(), res.stdout + res.stderr
+    assert "one: succeeded" in res.stdout, res.stdout
+    assert f"two: failed (could not start {bwrap})" in res.stdout, res.stdout
+    assert f"corral: cannot start {bwrap}: No such file or directory" in res.stdout + (
+        "".join(p.read_text() for p in (repo / ".git" / "corral" / "runs").glob("*/report.md"))), res.stdout
+
+
+@needs_bwrap
+def test_a_path_to_show_under_dev_is_mounted_over_the_sandboxs_fresh_dev(tmp_path: Path) -> None:
+    """The sandbox's ``/dev`` (and ``/proc``) are its own, not the root's read-only view: a
+    repository or a home under ``/dev/shm`` (a tmpfs many use for scratch checkouts) still gets a
+    mount of its own, and the agent sees its files."""
+    from corral.core import sandbox
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    top = shm / f"corral-test-{uuid.uuid4().hex[:12]}"
+    try:
+        repo, home, ws = top / "repo", top / "home", tmp_path / "ws"
+        (repo / ".git").mkdir(parents=True)
+        (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+        (repo / "README").write_text("the repository\n")
+        home.mkdir()
+        (home / ".gitconfig").write_text("[user]\n\tname = someone\n")
+        ws.mkdir()
+        box = sandbox.Sandbox(bwrap=shutil.which("bwrap") or "bwrap")
+        argv = box.wrap(["sh", "-c", f"cat {repo}/README {repo}/.git/HEAD {home}/.gitconfig"], cwd=str(ws),
+                        visible=[repo, repo / ".git", home], writable=[ws])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout == "the repository\nref: refs/heads/main\n[user]\n\tname = someone\n", done.stdout
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

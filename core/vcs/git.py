@@ -45,7 +45,7 @@ from .base import (
     keep_repository_history,
     run_forecast,
 )
-from ..procs import processes_in
+from ..procs import gits_in, processes_in
 from ..plan import did_you_mean
 from . import objstore
 from .registry import READY, Record, lock_reason, reason_key
@@ -616,7 +616,9 @@ class GitBackend(Backend):
     async def clear_stale_locks(self, ws: Workspace) -> list[str]:
         """Remove lock files a killed git process left in the worktree's admin dir, and that of the
         task's branch (a commit in the workspace locks it), once no process works in the workspace
-        any more (a live one may hold them). Returns what was removed."""
+        any more (a live one may hold them). The branch's lock is also left while a git works in the
+        repository's checkout or git dir: one the user runs there, or another corral's, may be
+        updating the branch. Returns what was removed."""
         admin = Path(ws.admin)
         if not ws.admin or not admin.is_dir():
             return []
@@ -624,6 +626,8 @@ class GitBackend(Backend):
         locks = [p for p in (admin / "index.lock", admin / "HEAD.lock", *branch) if p.exists()]
         if not locks or processes_in(ws.path):
             return []
+        if branch and branch[0] in locks and gits_in(self.root, self.common_dir):
+            locks.remove(branch[0])
         removed = []
         for p in locks:
             try:
