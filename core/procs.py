@@ -592,6 +592,39 @@ class _LogWriter(threading.Thread):
                 self.backlog -= written
 
 
+#: File systems on a local disk (or in memory): a write there may be held back for a busy disk, but
+#: never waits for a server. ``overlay`` is a container's, over a local one.
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "overlay", "zfs",
+                                "bcachefs", "jfs", "reiserfs"})
+_local_devices: dict[int, bool] = {}
+
+
+def _on_local_disk(fd: int) -> bool:
+    """Whether the file open as ``fd`` is on one of :data:`LOCAL_FILE_SYSTEMS` (asked once per device)."""
+    try:
+        device = os.fstat(fd).st_dev
+    except OSError:
+        return False
+    if device not in _local_devices:
+        _local_devices[device] = file_system_type(device) in LOCAL_FILE_SYSTEMS
+    return _local_devices[device]
+
+
+def file_system_type(device: int) -> str:
+    """The type of the file system on ``device`` (a ``st_dev``) as /proc/self/mountinfo names it; ""
+    where it does not say (no /proc, or a device no mount names, such as a btrfs subvolume's)."""
+    want = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if fields[2] == want:
+                    return fields[fields.index("-") + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return ""
+
+
 class _LogFile:
     """One agent's log file, unbuffered (what is written can be read at once: ``l``). A write error
     (disk full) is raised on the next write, as if the write had been made then.
@@ -601,12 +634,16 @@ class _LogFile:
     chunk, which made up a fifth of the CPU that reading a flood of output cost corral). The first
     write that takes longer than :attr:`SLOW` (the kernel holding writers back for a busy disk)
     sends every later log write of the process to the log writer thread, so a busy disk stalls the
-    event loop once, for that one write, and never again."""
+    event loop once, for that one write, and never again. A log on a file system that is not a local
+    disk's (NFS, SMB, FUSE, a virtual machine's share) goes to the thread from the start: a server
+    that stops answering would hold the event loop, and with it the whole run, for as long."""
 
     #: Most bytes waiting for the disk before the agent's output is read again (back-pressure)
     BACKLOG = 16 * 1024 * 1024
     #: A log write that took longer than this (seconds) sends every later one to the writer thread
-    SLOW = 0.005
+    #: (four times Python's switch interval: a write that waited for the GIL after the system call
+    #: is not a slow disk's)
+    SLOW = 0.02
     #: whether a write of this process was slow (set once, never cleared)
     threaded = False
 
@@ -615,11 +652,13 @@ class _LogFile:
         #: the writer thread, once this file handed it a write (its close then goes there too)
         self._writer: _LogWriter | None = None
         self.error: OSError | None = None
+        #: whether writes may be made on the event loop (the file is on a local disk)
+        self._inline = _on_local_disk(self._file.fileno())
 
     async def write(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        if not _LogFile.threaded:
+        if self._inline and not _LogFile.threaded:
             start = time.perf_counter()
             self.write_now(data)
             if time.perf_counter() - start > self.SLOW:

@@ -233,13 +233,14 @@ def _reap_left_in(session: int, timeout: float) -> None:
 
     me, deadline = os.getpid(), time.monotonic() + timeout
     while True:
-        left = [p.pid for p in processes() if p.ppid == me and p.sid == session]
+        # (not the session's leader: the probe's, reaped; its pid may be another child's by now)
+        left = [p.pid for p in processes() if p.ppid == me and p.sid == session and p.pid != session]
         for pid in left:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # (a thread's Popen reaped it meanwhile)
                 pass
-        if not left or not [p for p in processes() if p.ppid == me and p.sid == session]:
+        if not left or not [p for p in processes() if p.ppid == me and p.sid == session and p.pid != session]:
             return
         if time.monotonic() > deadline:
             try:
