@@ -181,7 +181,8 @@ def test_a_signal_to_the_client_stops_the_run_as_in_process(tmp_path: Path, stan
     _out, err = client.communicate(timeout=60)
     assert client.returncode == 130, err
     assert f"corral: {signal.Signals(sig).name}: stopping agents and cleaning up" in err
-    assert not alive(pid)
+    # (the exit code is the standby's last word to the client: its own exit follows)
+    _until(lambda: not alive(pid), "the standby's exit")
     _work_kept(repo)
 
 
