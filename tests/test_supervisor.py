@@ -55,6 +55,10 @@ def wait_until(cond, what: str, timeout: float = 60) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def last_pid(repo: Path, run: str) -> int:
+    return int(run_json(repo, run)["pid"])
+
+
 def run_json(repo: Path, run: str) -> dict:
     return json.loads((state_dir(repo) / "runs" / run / "run.json").read_text())
 
@@ -397,6 +401,8 @@ def test_stop_stops_a_headless_run_in_a_process_of_its_own_as_ctrl_c_would(repo:
             assert line, "".join(seen)
             seen.append(line)
         [run] = [d.name for d in (state_dir(repo) / "runs").iterdir()]
+        listed = corral("runs", cwd=repo).stdout
+        assert re.search(rf"{run} .*running in process {last_pid(repo, run)}", listed), listed
         res = corral("stop", *(["--all"] if how == "--all" else [run]), cwd=repo)
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"run {run} ended (exit 130)" in res.stdout, res.stdout

@@ -758,17 +758,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     backend = _open_backend(args.repo)
     import anyio
 
-    from corral.core.server.client import live_runs
+    from corral.core.server.client import live_runs, own_process_runs
 
     runs = list_runs(backend.state_dir)
     live = anyio.run(live_runs, backend.state_dir)
+    own = own_process_runs(backend.state_dir)  # (`corral run --headless`: a process of its own)
     if args.json:
         for r in runs:
             info = live.get(r["run"], {})
             data = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
                                           "base", "kept_branches")}
             data.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
-                        supervisor=info.get("pid") if info.get("live") else None)
+                        supervisor=info.get("pid") if info.get("live") else None, process=own.get(r["run"]))
             print(json.dumps(data, default=str))
         return EXIT_OK
     if not runs:
@@ -784,6 +785,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         note = ""
         if info.get("live"):
             note = f"live (supervisor {info.get('pid')})" + (f", waiting: {info['waiting']}" if info.get("waiting") else "")
+        elif r["run"] in own:
+            note = f"running in process {own[r['run']]}"
         rows.append((r["run"], started, str(r.get("state", "?")), str(ok), str(bad),
                      "yes" if r.get("landed") else "no", note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -791,6 +794,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     if any(r.get("live") for r in live.values()):
         print("(corral attach RUN opens the dashboard on a live run; corral stop RUN stops it)")
+    elif own:
+        print("(corral stop RUN stops a run)")
     return EXIT_OK
 
 
