@@ -55,6 +55,10 @@ def wait_until(cond, what: str, timeout: float = 60) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def last_pid(repo: Path, run: str) -> int:
+    return int(run_json(repo, run)["pid"])
+
+
 def run_json(repo: Path, run: str) -> dict:
     return json.loads((state_dir(repo) / "runs" / run / "run.json").read_text())
 
@@ -368,6 +372,51 @@ def test_stop_runs_and_their_cleanup_and_bad_names_are_usage_errors(repo: Path, 
     assert f"corral/{run}/forever" in corral_state(repo)["branches"]  # work kept
     wait_supervisor_gone(repo)
     assert corral("stop", run, cwd=repo).returncode == 2  # nothing runs: said in one line
+    git(repo, "branch", "-D", f"corral/{run}/forever")
+
+
+@pytest.mark.parametrize("how", ["--all", "by-id"])
+def test_stop_stops_a_headless_run_in_a_process_of_its_own_as_ctrl_c_would(repo: Path, tmp_path: Path,
+                                                                            how: str) -> None:
+    """``corral run --headless`` runs in a process of its own, not in the supervisor: ``corral stop``
+    (``--all`` or by its id) stops it as Ctrl-C would, its agents stopped, its cleanup run, its
+    work kept; it said "no live run" and left it running."""
+    plan = write_plan(tmp_path / "plan.toml", """
+        agent = "shell"
+        setup = "none"
+        approve = "all"
+        [[tasks]]
+        name = "forever"
+        prompt = 'echo partial > p.txt; git add p.txt; git commit -qm partial; echo started; sleep 600'
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "CORRAL_RUN"}
+    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        while not any("[forever] started" in line for line in seen):
+            line = proc.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        [run] = [d.name for d in (state_dir(repo) / "runs").iterdir()]
+        listed = corral("runs", cwd=repo).stdout
+        assert re.search(rf"{run} .*running in process {last_pid(repo, run)}", listed), listed
+        res = corral("stop", *(["--all"] if how == "--all" else [run]), cwd=repo)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"run {run} ended (exit 130)" in res.stdout, res.stdout
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert run_json(repo, run)["state"] == "interrupted"
+    assert corral_state(repo)["worktrees"] == []
+    assert git(repo, "show", f"corral/{run}/forever:p.txt") == "partial"  # work kept
+    assert "no live run" in corral("stop", "--all", cwd=repo).stdout
     git(repo, "branch", "-D", f"corral/{run}/forever")
 
 

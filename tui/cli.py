@@ -383,29 +383,50 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    import signal
+
     import anyio
 
-    from corral.core.server.client import LinkError, open_connection
+    from corral.core import reaper
+    from corral.core.journal import list_runs
+    from corral.core.server.client import LinkError, open_connection, own_process_runs
     from corral.core.server.host import CommandError
 
     if bool(args.run) == bool(args.all):
         fail_usage("stop needs a run id (see corral runs) or --all")
     backend = _open_backend(args.repo)
+    own = own_process_runs(backend.state_dir)  # (`corral run --headless`: not the supervisor's)
 
     async def stop() -> int:
         try:
             conn = await open_connection(backend.state_dir)
         except LinkError:
-            if args.all:
-                print(f"corral: no live run in {backend.root}")
-                return EXIT_OK
-            fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
-        runs = {r["run"]: r for r in conn.hello.get("runs", [])}
+            conn = None
+        runs = {r["run"]: r for r in conn.hello.get("runs", [])} if conn is not None else {}
         targets = [r for r, info in runs.items() if info.get("live")] if args.all else [args.run]
-        if not args.all and args.run not in runs:
-            await conn.aclose()
+        headless = {run: pid for run, pid in own.items() if run not in runs and (args.all or run == args.run)}
+        if not args.all and args.run not in runs and args.run not in headless:
+            if conn is not None:
+                await conn.aclose()
             fail_usage(f"no live run {args.run!r} in {backend.root} (corral runs lists them)")
+        if conn is None and not headless:
+            print(f"corral: no live run in {backend.root}")
+            return EXIT_OK
         code = EXIT_OK
+        targets = [run for run in targets if run not in headless]
+        for run, pid in headless.items():
+            try:
+                os.kill(pid, signal.SIGTERM)  # as Ctrl-C would (its agents stopped, its cleanup run)
+            except ProcessLookupError:
+                continue
+            print(f"corral: stopping run {run} (process {pid}): agents stopped, then its cleanup (work is kept)")
+        for run, pid in headless.items():
+            while reaper.alive(pid):
+                await anyio.sleep(0.1)
+            ended = {r["run"]: r for r in list_runs(backend.state_dir)}.get(run, {})
+            print(f"corral: run {run} ended (exit {ended.get('exit_code')})")
+        if conn is None:
+            return code
         for run in targets:
             try:
                 await conn.ask("stop", run=run)
@@ -737,17 +758,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     backend = _open_backend(args.repo)
     import anyio
 
-    from corral.core.server.client import live_runs
+    from corral.core.server.client import live_runs, own_process_runs
 
     runs = list_runs(backend.state_dir)
     live = anyio.run(live_runs, backend.state_dir)
+    own = own_process_runs(backend.state_dir)  # (`corral run --headless`: a process of its own)
     if args.json:
         for r in runs:
             info = live.get(r["run"], {})
             data = {k: r.get(k) for k in ("run", "state", "started", "ended", "exit_code", "landed",
                                           "base", "kept_branches")}
             data.update(live=bool(info.get("live")), waiting=info.get("waiting") or "",
-                        supervisor=info.get("pid") if info.get("live") else None)
+                        supervisor=info.get("pid") if info.get("live") else None, process=own.get(r["run"]))
             print(json.dumps(data, default=str))
         return EXIT_OK
     if not runs:
@@ -763,6 +785,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         note = ""
         if info.get("live"):
             note = f"live (supervisor {info.get('pid')})" + (f", waiting: {info['waiting']}" if info.get("waiting") else "")
+        elif r["run"] in own:
+            note = f"running in process {own[r['run']]}"
         rows.append((r["run"], started, str(r.get("state", "?")), str(ok), str(bad),
                      "yes" if r.get("landed") else "no", note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -770,6 +794,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     if any(r.get("live") for r in live.values()):
         print("(corral attach RUN opens the dashboard on a live run; corral stop RUN stops it)")
+    elif own:
+        print("(corral stop RUN stops a run)")
     return EXIT_OK
 
 

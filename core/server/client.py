@@ -385,6 +385,44 @@ async def live_runs(state_dir: Path) -> dict[str, dict[str, Any]]:
     return {r["run"]: {**r, "pid": conn.hello.get("pid")} for r in conn.hello.get("runs", [])}
 
 
+def own_process_runs(state_dir: Path) -> dict[str, int]:
+    """The repository's runs that a process of their own runs (``corral run --headless``, a
+    dashboard hosting its run), not its supervisor: run id -> that process, where it is alive and
+    started before its run did (a pid the system gave another process since is not the run's). Such
+    a run stops as Ctrl-C stops it, on SIGTERM."""
+    from ..journal import list_runs
+    from ..reaper import alive
+
+    out: dict[str, int] = {}
+    for data in list_runs(state_dir):
+        pid = int(data.get("pid") or 0)
+        if data.get("state") not in ("running", "starting") or pid <= 0 or pid == os.getpid() or not alive(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"corral.core.server.supervisor" in f.read():
+                    continue
+        except OSError:
+            continue
+        started = process_start(pid)
+        if started is None or started > float(data.get("started") or 0) + 1:  # (the boot time is in seconds)
+            continue
+        out[str(data["run"])] = pid
+    return out
+
+
+def process_start(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch, to the second); None where /proc does not say."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 # ---------------------------------------------------------------------------- the supervisor
 def supervisor_env_idle() -> float:
     try:
