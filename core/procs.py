@@ -766,6 +766,8 @@ class Supervised:
         self._stop = anyio.Event()
         self._stop_reason = "aborted"
         self._proc: Child | None = None
+        #: whether the output was read to its end (else it is drained into the log as the command stops)
+        self._eof = False
 
     def stop(self, reason: str = "aborted") -> None:
         if not self._stop.is_set():
@@ -819,6 +821,17 @@ class Supervised:
             reason = "cancelled"
             raise
         finally:
+            if log is not None and not self._eof:
+                # stopped from outside (the run cancelled, its reader gone): what the command says
+                # in its grace period still goes to its log
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as drain:
+                        drained = anyio.Event()
+                        drain.start_soon(_drain_to_log, proc, log, drained)
+                        await kill_group(proc, self.grace)
+                        with anyio.move_on_after(1):  # (what the pipe still holds)
+                            await drained.wait()
+                        drain.cancel_scope.cancel()
             await kill_group(proc, self.grace)
             swept = proc.swept()
             proc.close()
@@ -849,6 +862,7 @@ class Supervised:
             while True:
                 chunk = await proc.read(CHUNK)
                 if not chunk:
+                    self._eof = True
                     break
                 # (what a full pipe holds can be less than its size: a write may fill a page partly)
                 drained = len(chunk) < min(CHUNK, proc.pipe_size) // 2
@@ -882,6 +896,17 @@ class Supervised:
                 say([clean_line(buf)])
         finally:
             done.set()
+
+
+async def _drain_to_log(proc: Child, log: _LogFile, done: anyio.Event) -> None:
+    """The rest of a command's output into its log only, until the pipe's end (or a write fails)."""
+    try:
+        while chunk := await proc.read(CHUNK):
+            await log.write(chunk)
+    except OSError:
+        pass
+    finally:
+        done.set()
 
 
 def _complete_lines(head: bytes, chunk: bytes, cut: int) -> bytes:
