@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .journal import list_runs, write_atomic
+from .journal import ACTIVE_STATES, list_runs, write_atomic
 from . import reaper
 from .procs import kill_run_processes, processes_in, run_processes
 from .vcs.base import Backend, Leftover, UsageError, VcsError
@@ -76,7 +76,7 @@ def stale_runs(backend: Backend) -> list[dict[str, Any]]:
     """Runs whose journal says running but whose corral process is gone."""
     out = []
     for data in list_runs(backend.state_dir):
-        if data.get("state") in ("running", "starting") and not reaper.alive(int(data.get("pid") or 0) or -1):
+        if data.get("state") in ACTIVE_STATES and not reaper.alive(int(data.get("pid") or 0) or -1):
             out.append(data)
     return out
 
@@ -168,7 +168,7 @@ async def clean_branches(backend: Backend, named: list[str], dry_run: bool = Fal
     if runs is not None:
         refs = {ref: c for ref, c in refs.items() if ref.count("/") >= 2 and ref.split("/")[1].partition("-m")[0] in runs}
     live = {str(d.get("run")) for d in list_runs(backend.state_dir)
-            if d.get("state") in ("running", "starting") and reaper.alive(int(d.get("pid") or 0) or -1)}
+            if d.get("state") in ACTIVE_STATES and reaper.alive(int(d.get("pid") or 0) or -1)}
     registered = {lo.record.ref for lo in await backend.list_leftovers() if lo.record is not None}
     items = []
     for ref in named or sorted(refs):

@@ -178,6 +178,10 @@ class Journal:
         self.write_snapshot()
 
 
+#: A run's states while its process has not ended it (a run in them whose process is gone was killed)
+ACTIVE_STATES = ("running", "starting")
+
+
 def list_runs(state_dir: Path) -> list[dict[str, Any]]:
     """Every run recorded under ``state_dir``, newest first; unreadable ones are listed as such."""
     runs_dir = state_dir / "runs"

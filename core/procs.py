@@ -832,7 +832,8 @@ class Supervised:
                         with anyio.move_on_after(1):  # (what the pipe still holds)
                             await drained.wait()
                         drain.cancel_scope.cancel()
-            await kill_group(proc, self.grace)
+            else:
+                await kill_group(proc, self.grace)
             swept = proc.swept()
             proc.close()
             if watchdog:
@@ -985,9 +986,9 @@ def _kill(pid: int, group: bool) -> None:
         pass
 
 
-def processes_in(path: Path) -> list[int]:
-    """Live processes whose working directory is ``path`` or below it."""
-    prefix = os.path.realpath(path)
+def processes_in(*paths: Path) -> list[int]:
+    """Live processes whose working directory is one of ``paths`` or below it."""
+    prefixes = [os.path.realpath(p) for p in paths]
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -996,39 +997,33 @@ def processes_in(path: Path) -> list[int]:
             cwd = os.readlink(f"/proc/{entry}/cwd")
         except OSError:
             continue
-        if cwd == prefix or cwd.startswith(prefix + os.sep):
+        if any(cwd == p or cwd.startswith(p + os.sep) for p in prefixes):
             out.append(int(entry))
     return out
 
 
 def gits_in(*paths: Path) -> list[int]:
     """Live git processes (``git``, ``git-*``) whose working directory is one of ``paths`` or below
-    it: a git the user runs in the checkout, or another corral's, may hold a lock of a branch there.
-    Not the file system monitor's daemon (``core.fsmonitor``), which lives there and locks no ref,
-    nor this process's own (the engine orders those itself)."""
-    prefixes = [os.path.realpath(p) for p in paths]
+    it (:func:`processes_in`): a git the user runs in the checkout, or another corral's, may hold a
+    lock of a branch there. Not the file system monitor's daemon (``core.fsmonitor``), which lives
+    there and locks no ref, nor this process's own (the engine orders those itself)."""
     me = os.getpid()
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in processes_in(*paths):
         try:
-            with open(f"/proc/{entry}/comm", "rb") as f:
+            with open(f"/proc/{pid}/comm", "rb") as f:
                 comm = f.read().strip()
             if comm != b"git" and not comm.startswith(b"git-"):
                 continue
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            if not any(cwd == p or cwd.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"\0fsmonitor--daemon\0" in f.read():
                     continue
-            with open(f"/proc/{entry}/stat", "rb") as f:
+            with open(f"/proc/{pid}/stat", "rb") as f:
                 if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
                     continue
         except (OSError, IndexError, ValueError):
             continue
-        out.append(int(entry))
+        out.append(pid)
     return out
 
 

@@ -232,16 +232,20 @@ def _reap_left_in(session: int, timeout: float) -> None:
     from .reaper import processes
 
     me, deadline = os.getpid(), time.monotonic() + timeout
-    while True:
+
+    def left() -> list[int]:
         # (not the session's leader: the probe's, reaped; its pid may be another child's by now)
-        left = [p.pid for p in processes() if p.ppid == me and p.sid == session and p.pid != session]
-        for pid in left:
+        return [p.pid for p in processes() if p.ppid == me and p.sid == session and p.pid != session]
+
+    while pids := left():
+        reaped = 0
+        for pid in pids:
             try:
-                os.waitpid(pid, os.WNOHANG)
+                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
             except ChildProcessError:  # (a thread's Popen reaped it meanwhile)
-                pass
-        if not left or not [p for p in processes() if p.ppid == me and p.sid == session and p.pid != session]:
-            return
+                reaped += 1
+        if reaped == len(pids):
+            continue  # (look again at once: all were gone)
         if time.monotonic() > deadline:
             try:
                 os.killpg(session, signal.SIGKILL)

@@ -388,3 +388,18 @@ def test_escaped_processes_die_with_their_task_when_the_reaper_itself_is_killed(
     assert res.returncode == 1, res.stdout + res.stderr
     assert "esc: failed (exit code -9)" in res.stdout
     assert_all_dead(pids, timeout=2)
+
+
+def test_what_an_agent_says_in_its_grace_period_is_in_its_log(repo, tmp_path, wt_root):
+    """SIGTERM to a headless run stops its agents with TERM and a grace period: what an agent
+    prints then (its last words, a summary of what it was doing) is in its log, not cut off where
+    the run was stopped."""
+    script = "trap 'echo said in its grace period; exit 3' TERM; echo started; sleep 300 & wait"
+    plan = write_plan(tmp_path / "plan.toml", plan_text(wt_root, [("a", script)]))
+    proc = start_run(repo, plan, "--approve", "all")
+    seen = wait_for(proc, "[a] started", 1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + out
+    [run] = list((repo / ".git/corral/runs").iterdir())
+    assert (run / "logs" / "a.log").read_text() == "started\nsaid in its grace period\n"

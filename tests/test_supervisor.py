@@ -23,6 +23,7 @@ import anyio
 import pytest
 
 from conftest import TEST_MARK, _marked_processes, corral, corral_state, git, write_plan
+from test_faults import start_run, wait_for
 from corral.core.events import DecisionMade, DecisionNeeded, RunStarted, TaskOutput, TaskStatus
 from corral.core.server import protocol
 from corral.core.server.client import SnapshotEnd, SocketLink, open_connection
@@ -389,17 +390,9 @@ def test_stop_stops_a_headless_run_in_a_process_of_its_own_as_ctrl_c_would(repo:
         name = "forever"
         prompt = 'echo partial > p.txt; git add p.txt; git commit -qm partial; echo started; sleep 600'
     """)
-    env = {k: v for k, v in os.environ.items() if k != "CORRAL_RUN"}
-    proc = subprocess.Popen([sys.executable, "-m", "corral.tui.cli", "run", str(plan), "--headless"], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-                            env=env)
+    proc = start_run(repo, plan)
     try:
-        assert proc.stdout is not None
-        seen = []
-        while not any("[forever] started" in line for line in seen):
-            line = proc.stdout.readline()
-            assert line, "".join(seen)
-            seen.append(line)
+        wait_for(proc, "[forever] started", 1)
         [run] = [d.name for d in (state_dir(repo) / "runs").iterdir()]
         listed = corral("runs", cwd=repo).stdout
         assert re.search(rf"{run} .*running in process {last_pid(repo, run)}", listed), listed

@@ -390,13 +390,13 @@ def own_process_runs(state_dir: Path) -> dict[str, int]:
     dashboard hosting its run), not its supervisor: run id -> that process, where it is alive and
     started before its run did (a pid the system gave another process since is not the run's). Such
     a run stops as Ctrl-C stops it, on SIGTERM."""
-    from ..journal import list_runs
+    from ..journal import ACTIVE_STATES, list_runs
     from ..reaper import alive
 
     out: dict[str, int] = {}
     for data in list_runs(state_dir):
         pid = int(data.get("pid") or 0)
-        if data.get("state") not in ("running", "starting") or pid <= 0 or pid == os.getpid() or not alive(pid):
+        if data.get("state") not in ACTIVE_STATES or pid <= 0 or pid == os.getpid() or not alive(pid):
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
