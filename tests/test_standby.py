@@ -466,6 +466,35 @@ def test_an_unused_standby_ends_and_removes_its_socket(tmp_path: Path, standbys:
     assert list(standbys.glob("*.sock")) == []
 
 
+
+def test_a_standby_told_to_end_in_its_warm_up_ends_once_it_is_over(tmp_path: Path, standbys: Path) -> None:
+    """A TERM or a HUP that comes while a standby warms up ends it once the warm-up is over, not in
+    the middle of a step that makes something and removes it (Python's tempfile makes a file in the
+    temp dir and removes it at once, to try the dir): nothing of it is left."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        warming, go = tmp_path / "warming", tmp_path / "go"
+        (tmp_path / "warmup.py").write_text(f"""\
+import os, time
+def standby_warm():
+    open({str(warming)!r}, "w").close()
+    while not os.path.exists({str(go)!r}):
+        time.sleep(0.01)
+    os.unlink({str(warming)!r})
+""")
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-c", "from corral.core.server.standby import serve; serve('warmup')"],
+                                env=env, cwd="/", stdin=subprocess.DEVNULL)
+        try:
+            _until(warming.exists, "the warm-up")
+            proc.send_signal(signum)
+            go.touch()
+            assert proc.wait(timeout=30) == -signum
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not warming.exists()
+        go.unlink()
+
 #: what a standby does before it waits, then the command ``argv[1:]`` as the standby runs it: prints
 #: the corral modules it imported and the argument parsers it built meanwhile
 _AS_A_STANDBY = """

@@ -55,6 +55,9 @@ IDLE_DEFAULT = 600.0
 RECHECK = 5.0
 #: how long a client waits for a standby to take its command (it may still be importing)
 READY_TIMEOUT = 10.0
+#: the signals that end a standby waiting for a command
+_ENDING = (signal.SIGHUP, signal.SIGTERM)
+
 #: the signals a client passes on; WINCH is ignored by a headless run, as it is in-process
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
 MAGIC = b"corral-standby 1"
@@ -512,8 +515,12 @@ def serve(entry: str) -> None:
     import atexit
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # a TERM or HUP in the warm-up ends the standby once it is over: killed in the middle of it, it
+    # could leave what a step makes and removes at once (the file with which Python's tempfile tries
+    # the temp dir, in the temp dir)
+    held: list[int] = []
+    for ending in _ENDING:
+        signal.signal(ending, lambda signum, frame: held.append(signum))
     the_key = key()
     del sys.path[0]  # python -c's working directory (/) is no place to import from
     directory = private_dir(create=True)
@@ -529,6 +536,10 @@ def serve(entry: str) -> None:
     # processes the warm-up started (the run's reaper hub and watchdog) too
     atexit.register(lambda: reporter.report(code) if reporter else None)
     module = warm(entry)
+    for ending in _ENDING:
+        signal.signal(ending, signal.SIG_DFL)
+    for got in held[:1]:
+        os.kill(os.getpid(), got)
     client = _wait(listener, the_key)
     if client is None:
         return
