@@ -574,8 +574,8 @@ class Workspaces:
         untrusted = "" if base_tip in (rt.base_commit, *self.landed.values()) else rt.base_name
         drop: list[Workspace] = []
         gone = [ws for ws in self.created.values() if ws.task not in self.live]
-        try:  # which of their refs exist, asked at once
-            exist: set[str] | None = await backend.existing_refs([r for ws in gone for r in (ws.ref, *ws.extra_refs)])
+        try:  # which of their refs exist, and where they point, asked at once
+            exist: dict[str, str] | None = await backend.existing_refs([r for ws in gone for r in (ws.ref, *ws.extra_refs)])
         except VcsError as exc:
             rt.bus.log("error", f"could not check the branches of this run: {exc}")
             exist = None
@@ -591,7 +591,9 @@ class Workspaces:
                     # landed as it is now (a rebase or squash landed copies of it), or holding nothing
                     # that is not elsewhere: its work is safe without it
                     landed = ws.head and self.landed.get(ws.task) == ws.head
-                    if not landed and await backend.holds_unmerged_work(ws.ref, ws.base_commit, untrusted):
+                    # still at the commit it was made from: nothing of its own (no git process asked)
+                    empty = bool(ws.base_commit) and exist[ws.ref] == ws.base_commit
+                    if not landed and not empty and await backend.holds_unmerged_work(ws.ref, ws.base_commit, untrusted):
                         kept.append(ws.ref)
                     else:
                         drop.append(ws)
@@ -600,7 +602,8 @@ class Workspaces:
                 rt.bus.log("error", f"could not check branch {ws.ref}: {exc}")
                 kept.append(ws.ref)
         try:
-            await backend.drop_works(drop)
+            # each deleted only while it points where it was looked at (no one moved it since)
+            kept += await backend.drop_works(drop, {ws.ref: exist[ws.ref] for ws in drop} if exist else None)
         except VcsError as exc:
             rt.bus.log("error", f"could not delete branches of this run: {exc}")
             kept += [ws.ref for ws in drop if await backend.ref_exists(ws.ref)]

@@ -272,6 +272,50 @@ def test_the_end_of_a_run_deletes_its_branches_in_one_transaction(tmp_path: Path
     assert len([c for c in calls if c.startswith("config") and "user" in c]) == 1, calls
 
 
+
+def test_branches_of_tasks_that_made_nothing_go_without_a_question_each(tmp_path: Path, counted_git: Path) -> None:
+    """Tasks that changed nothing: their branches, still at the commit they were made from, hold
+    nothing of their own; they are deleted at the run's end without a ``rev-list`` each."""
+    from test_engine_git import run_plan
+
+    repo = make_repo(tmp_path / "repo")
+    wt_root = tmp_path / "wt"
+    wt_root.mkdir()
+    counted_git.write_text("")
+    res = run_plan(repo, tmp_path, wt_root, [(f"t{i}", "echo nothing") for i in range(3)], "--approve", "all")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    calls = _calls(counted_git)
+    assert git(repo, "branch", "--list", "corral/*") == "" and list(wt_root.iterdir()) == []
+    assert [c for c in calls if c.startswith("rev-list") and "refs/heads/corral/" in c] == [], calls
+
+
+def test_a_branch_moved_since_it_was_found_empty_is_not_deleted(tmp_path: Path) -> None:
+    """The end of a run deletes each branch only while it points where it was looked at: one that
+    someone moved meanwhile (a commit of the user's on it) stays, and is reported left; the others
+    of the same batch go."""
+    from corral.core.vcs.base import Workspace
+    from corral.core.vcs.git import GitBackend
+
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    for name in ("corral/r/a", "corral/r/b"):
+        git(repo, "branch", name, base)
+
+    async def main() -> list[str]:
+        backend = await GitBackend.open(repo)
+        tips = await backend.existing_refs(["corral/r/a", "corral/r/b", "corral/r/none"])
+        assert tips == {"corral/r/a": base, "corral/r/b": base}
+        moved = git(repo, "commit-tree", "-p", base, "-m", "the user's", f"{base}^{{tree}}")
+        git(repo, "update-ref", "refs/heads/corral/r/b", moved)
+        wss = [Workspace(task=n, path=tmp_path / n, ref=f"corral/r/{n}", name=n, base_commit=base) for n in "ab"]
+        left = await backend.drop_works(wss, tips)
+        await backend.close()
+        return left
+
+    assert anyio.run(main) == ["corral/r/b"]
+    assert git(repo, "branch", "--list", "corral/*").split() == ["corral/r/b"]
+
+
 def test_a_task_put_away_at_its_end_looks_at_its_files_once(tmp_path: Path, counted_git: Path) -> None:
     """A task whose agent exits: its work committed and its workspace removed (max_parallel bounds
     them) in one step, one ``git status`` of its files, not one to commit and another to remove it.

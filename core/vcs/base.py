@@ -11,7 +11,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import anyio
 import anyio.to_thread
@@ -529,10 +529,13 @@ class Backend(abc.ABC):
         whatever the VCS keeps alive only for it."""
         await self.delete_ref(ws.ref)
 
-    async def drop_works(self, wss: list[Workspace]) -> None:
-        """:meth:`drop_work` of several removed workspaces at once (the end of a run)."""
+    async def drop_works(self, wss: list[Workspace], tips: Mapping[str, str] | None = None) -> list[str]:
+        """:meth:`drop_work` of several removed workspaces at once (the end of a run); ``tips``: where
+        each ref pointed when it was found to hold nothing of its own (a backend that can delete a
+        ref only while it is there does so). Returns the refs left."""
         for ws in wss:
             await self.drop_work(ws)
+        return []
 
     async def list_leftovers(self) -> list[Leftover]:
         """The workspaces corral registered in this repository and has not removed yet (each with
@@ -570,9 +573,10 @@ class Backend(abc.ABC):
     async def ref_exists(self, ref: str) -> bool:
         ...
 
-    async def existing_refs(self, refs: list[str]) -> set[str]:
-        """Which of ``refs`` exist (:meth:`ref_exists` of each)."""
-        return {ref for ref in refs if await self.ref_exists(ref)}
+    async def existing_refs(self, refs: list[str]) -> dict[str, str]:
+        """Which of ``refs`` exist (:meth:`ref_exists` of each), each with the commit it points at
+        where that comes at no cost ("" here)."""
+        return {ref: "" for ref in refs if await self.ref_exists(ref)}
 
     @abc.abstractmethod
     async def list_refs(self, prefix: str = "corral/") -> dict[str, str]:
