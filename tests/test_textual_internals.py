@@ -29,6 +29,8 @@ INTENDED = {
     ("CorralApp", "_loop"),  # the running loop, as Textual's own (the SIGHUP handler needs it early)
     ("PaneHead", "_get_component_classes"),  # only the components it shows now: its status's, not all 11
     ("ZoomScreen", "_layout_required"),  # laid out ahead of its first push: no layout left for the push
+    ("RunScreen", "_compositor"),  # a DirtyOnlyCompositor: partial updates render only what changed
+    ("DirtyOnlyCompositor", "_get_renders"),  # ... of the widgets that overlap a region to update
 }
 
 
@@ -93,6 +95,14 @@ def test_the_private_textual_names_the_dashboard_uses_exist() -> None:
     from textual._compositor import Compositor
 
     assert params(Compositor.render_update) == ["self", "full", "screen_stack", "simplify"]
+    # DirtyOnlyCompositor (tui/run_screen.py) replaces the Screen's compositor and narrows the
+    # widgets a partial update renders: Compositor._get_renders, which _render_chops asks for the
+    # renders of the rectangle around Compositor._dirty_regions, which render_partial_update reads
+    assert "self._compositor = Compositor()" in inspect.getsource(Screen.__init__)
+    assert params(Compositor._get_renders) == ["self", "crop"]
+    assert "renders = self._get_renders(crop)" in inspect.getsource(Compositor._render_chops)
+    assert "update_regions = self._dirty_regions.copy()" in inspect.getsource(Compositor.render_partial_update)
+    assert "self._render_chops(crop, is_rendered_line)" in inspect.getsource(Compositor.render_partial_update)
     # draw_now (tui/run_screen.py) makes a pushed or uncovered screen's frame at once, as the
     # screen's update timer would (Screen._on_timer_update: a layout if due, then what is dirty), when
     # the app holds no batch of updates (App._batch_count); Screen.refresh marks the whole screen

@@ -1301,3 +1301,48 @@ def test_a_new_line_renders_only_itself_not_the_lines_it_moves_up(monkeypatch: A
             app.exit()
 
     anyio.run(main)
+
+
+def test_a_frame_renders_only_the_widgets_where_something_changed() -> None:
+    """12 panes on screen, the header's clock and the last pane's log change: the frame renders the
+    widgets there (the header, that pane and what holds it), not every widget in the rectangle
+    around both (Textual's way: the whole screen), and writes what Textual's compositor writes."""
+    from textual._compositor import Compositor
+
+    names = [f"t{i:02d}" for i in range(12)]
+
+    async def main() -> None:
+        async with on_bus(names) as (bus, app, pilot):
+            screen = app.run_screen
+            await pilot.pause()
+            compositor = screen._compositor
+            on_screen = [w for w in compositor.visible_widgets]
+            last = screen.panes[names[-1]]
+            log = last.query_one(PaneLog)
+            assert log in on_screen and screen._header in on_screen
+            rendered: list[Any] = []
+            for widget in on_screen:
+                widget.render_lines = (lambda real, w: lambda crop: (rendered.append(w), real(crop))[1])(
+                    widget.render_lines, widget)
+
+            def frame(render: Any) -> tuple[str, list[Any]]:
+                rendered.clear()
+                for widget in (screen._header, log):
+                    widget.refresh()  # (its whole region to repaint)
+                compositor.update_widgets({screen._header, log})
+                update = render(compositor)
+                text = "".join(seg.text for seg in app.console.render(update))
+                return text, list(rendered)
+
+            ours, ours_rendered = frame(type(compositor).render_partial_update)
+            textuals, textuals_rendered = frame(Compositor.render_partial_update)
+            assert ours == textuals and ours.strip()
+            # what holds the log, and what lies in the header or in that pane
+            visible = compositor.visible_widgets
+            inside = {w for w, (region, clip) in visible.items()
+                      if any(area.contains_region(region.intersection(clip))
+                             for area in (screen._header.region, last.region))}
+            assert set(ours_rendered) <= inside | set(log.ancestors_with_self), ours_rendered
+            assert len(ours_rendered) < len(textuals_rendered) / 2, (len(ours_rendered), len(textuals_rendered))
+
+    anyio.run(main)
