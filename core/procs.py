@@ -1018,9 +1018,8 @@ def gits_in(*paths: Path) -> list[int]:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"\0fsmonitor--daemon\0" in f.read():
                     continue
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
-                    continue
+            if int(reaper.stat_fields(pid)[1]) == me:  # (its parent)
+                continue
         except (OSError, IndexError, ValueError):
             continue
         out.append(pid)

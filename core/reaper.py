@@ -104,15 +104,20 @@ class Proc:
         self.state = state  # "Z" for a zombie
 
 
+def stat_fields(pid: int | str) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command name, from the state on (the name may hold
+    spaces and parentheses: they are read from the last ')'). Raises OSError when there is none."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
 def processes() -> Iterator[Proc]:
-    """Every process visible in /proc, from its ``stat`` (the command name in it may hold spaces and
-    parentheses: the fields after it are read from the last ')')."""
+    """Every process visible in /proc, from its ``stat`` (:func:`stat_fields`)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+            fields = stat_fields(name)
         except (OSError, IndexError):
             continue
         yield Proc(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
@@ -127,8 +132,7 @@ def alive(pid: int) -> bool:
     except PermissionError:
         pass
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        return stat_fields(pid)[0] != b"Z"
     except OSError:
         return True  # no /proc to tell a zombie by (or it ended just now: the next look sees it)
 

@@ -420,11 +420,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
             except ProcessLookupError:
                 continue
             print(f"corral: stopping run {run} (process {pid}): agents stopped, then its cleanup (work is kept)")
-        for run, pid in headless.items():
+        for pid in headless.values():
             while reaper.alive(pid):
                 await anyio.sleep(0.1)
-            ended = {r["run"]: r for r in list_runs(backend.state_dir)}.get(run, {})
-            print(f"corral: run {run} ended (exit {ended.get('exit_code')})")
+        if headless:
+            ended = {r["run"]: r for r in list_runs(backend.state_dir)}
+            for run in headless:
+                print(f"corral: run {run} ended (exit {ended.get(run, {}).get('exit_code')})")
         if conn is None:
             return code
         for run in targets:

@@ -413,12 +413,12 @@ def own_process_runs(state_dir: Path) -> dict[str, int]:
 
 def process_start(pid: int) -> float | None:
     """When ``pid`` started (seconds since the epoch, to the second); None where /proc does not say."""
+    from ..reaper import stat_fields
+
     try:
         with open("/proc/stat", "rb") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
+        return boot + int(stat_fields(pid)[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, StopIteration, ValueError, IndexError):
         return None
 

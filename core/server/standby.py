@@ -538,8 +538,8 @@ def serve(entry: str) -> None:
     module = warm(entry)
     for ending in _ENDING:
         signal.signal(ending, signal.SIG_DFL)
-    for got in held[:1]:
-        os.kill(os.getpid(), got)
+    if held:
+        os.kill(os.getpid(), held[0])
     client = _wait(listener, the_key)
     if client is None:
         return

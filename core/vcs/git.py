@@ -1543,9 +1543,10 @@ class GitBackend(Backend):
             if note:
                 self._notices.append(note)
 
-    async def delete_ref(self, ref: str) -> None:
+    async def delete_ref(self, ref: str, old: str = "") -> None:
+        """Delete the branch ``ref`` (only while it points at ``old``, when given)."""
         async with self.mutating():
-            await self.git("update-ref", "-d", f"refs/heads/{ref}", check=False)
+            await self.git("update-ref", "-d", f"refs/heads/{ref}", *filter(None, [old]), check=False)
 
     async def drop_works(self, wss: list[Workspace], tips: Mapping[str, str] | None = None) -> list[str]:
         """Their branches deleted in one ``update-ref --stdin`` transaction, each only while it still
@@ -1561,14 +1562,13 @@ class GitBackend(Backend):
 
         async with self.mutating():
             res = await self.git("update-ref", "--stdin", stdin="".join(map(line, wss)), check=False)
-            if res.ok:
-                return []
-            left = []
-            for ws in wss:
-                one = await self.git("update-ref", "-d", f"refs/heads/{ws.ref}", *filter(None, [tips.get(ws.ref)]),
-                                     check=False)
-                if not one.ok and await self.ref_exists(ws.ref):
-                    left.append(ws.ref)
+        if res.ok:
+            return []
+        left = []
+        for ws in wss:
+            await self.delete_ref(ws.ref, tips.get(ws.ref, ""))
+            if await self.ref_exists(ws.ref):
+                left.append(ws.ref)
         return left
 
     async def workspace_at(self, path: Path) -> dict[str, str] | None:
